@@ -1,0 +1,69 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Shoal",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "shoal", targets: ["shoal"]),
+        .library(name: "ShoalClient", targets: ["ShoalClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // System libraries: module maps only.
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        .systemLibrary(name: "CVerbs", pkgConfig: "libibverbs", providers: [.apt(["libibverbs-dev"])]),
+        .systemLibrary(name: "CRDMACM", pkgConfig: "librdmacm", providers: [.apt(["librdmacm-dev"])]),
+        .systemLibrary(name: "CNuma", providers: [.apt(["libnuma-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // The only C: what Swift cannot call (variadic functions, macros) and CRC32C.
+        .target(name: "CShoalShims", dependencies: ["CCurl"]),
+
+        .target(name: "ShoalCore", dependencies: ["CShoalShims"]),
+        .target(
+            name: "ShoalSys",
+            dependencies: ["CURing", "CVerbs", "CRDMACM", "CNuma", "CCurl", "CShoalShims", "ShoalCore"]),
+        .target(name: "ShoalObjectStore", dependencies: ["ShoalSys", "ShoalCore"]),
+        .target(name: "ShoalStore", dependencies: ["ShoalSys", "ShoalCore", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "ShoalTransport", dependencies: ["ShoalSys", "ShoalCore"]),
+        .target(
+            name: "ShoalWorker",
+            dependencies: [
+                "ShoalSys", "ShoalCore", "ShoalStore", "ShoalObjectStore", "ShoalTransport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+            ]),
+        .target(name: "ShoalClient", dependencies: ["ShoalSys", "ShoalCore", "ShoalTransport"]),
+        .executableTarget(
+            name: "shoal",
+            dependencies: [
+                "ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalCore", "ShoalSys",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]),
+
+        .testTarget(name: "ShoalCoreTests", dependencies: ["ShoalCore"]),
+        .testTarget(name: "ShoalSysTests", dependencies: ["ShoalSys", "ShoalCore"]),
+        .testTarget(name: "ShoalStoreTests", dependencies: ["ShoalStore", "ShoalSys", "ShoalCore"]),
+        .testTarget(name: "ShoalObjectStoreTests", dependencies: ["ShoalObjectStore", "ShoalSys", "ShoalCore"]),
+        .testTarget(
+            name: "ShoalIntegrationTests",
+            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalTransport", "ShoalSys", "ShoalCore"]),
+    ]
+)

@@ -1,0 +1,173 @@
+import ShoalCore
+import ShoalSys
+import ShoalTransport
+
+/// How a client finds and talks to the cluster.
+public struct ClientConfig: Sendable {
+    public var workers: [Endpoint]
+    public var secret: [UInt8]
+    /// Connections per worker; a large read uses them all, each with `pipelineDepth` READs in flight.
+    public var connectionsPerWorker = 4
+    public var pipelineDepth = 2
+    public var timeoutMillis: Int32 = 10_000
+    public var clientName = "shoal-client"
+
+    public init(workers: [Endpoint], secret: [UInt8]) {
+        self.workers = workers
+        self.secret = secret
+    }
+}
+
+/// An object opened at one version: every read of it returns bytes of that version or fails.
+public struct ShoalFile: Sendable, Equatable {
+    public let object: ObjectRef
+    public let version: ObjectVersion
+    public let blockSize: UInt32
+
+    public var size: UInt64 { version.size }
+}
+
+/// The client core: synchronous and thread-free (blocking sockets and poll), so it is safe in a
+/// process that forks. Routes each block to its owner, keeps connections per worker, and reads
+/// large ranges as parallel, pipelined block requests straight into the caller's buffer.
+public final class ShoalClient: @unchecked Sendable {
+    public let config: ClientConfig
+    private let placement: Placement
+    private let lock = ConditionLock()
+    private var idle: [[WorkerConnection]]
+
+    public init(config: ClientConfig) throws(ShoalError) {
+        guard !config.workers.isEmpty else { throw ShoalError(.badRequest, "no worker address given (e.g. 127.0.0.1:7070)") }
+        guard !config.secret.isEmpty else { throw ShoalError(.badRequest, "no cluster secret given; workers refuse clients without it") }
+        self.config = config
+        placement = Placement(members: config.workers.map { PlacementMember(id: $0.description) })
+        idle = Array(repeating: [], count: config.workers.count)
+    }
+
+    deinit { idle.joined().forEach { $0.close() } }
+
+    // MARK: connections
+
+    private func connection(_ worker: Int) throws(ShoalError) -> WorkerConnection {
+        if let c = lock.withLock({ idle[worker].popLast() }) { return c }
+        return try WorkerConnection(endpoint: config.workers[worker], secret: config.secret, clientName: config.clientName,
+                                    timeoutMillis: config.timeoutMillis)
+    }
+
+    private func giveBack(_ c: WorkerConnection, _ worker: Int) {
+        lock.withLock {
+            if idle[worker].count < config.connectionsPerWorker { idle[worker].append(c); return }
+            c.close()
+        }
+    }
+
+    private func metadataOwner(_ object: ObjectRef) -> Int {
+        placement.owners(of: BlockID(hashing: Array(object.description.utf8)), count: 1).first ?? 0
+    }
+
+    /// The owner of a block, then its fallback.
+    public func owners(of block: BlockKey) -> [Endpoint] {
+        placement.owners(of: block.id).map { config.workers[$0] }
+    }
+
+    // MARK: API
+
+    /// The object's size and etag as the cluster sees it (`revalidate` bypasses the worker's TTL).
+    public func stat(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> ShoalFile {
+        try object.validate()
+        let worker = metadataOwner(object)
+        let c = try connection(worker)
+        do {
+            let reply = try c.stat(object, revalidate: revalidate)
+            giveBack(c, worker)
+            return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize)
+        } catch {
+            if error.code == .connectionFailed || error.code == .timeout || error.code == .badRequest { c.close() } else { giveBack(c, worker) }
+            throw error
+        }
+    }
+
+    /// Opens an object at its current version.
+    public func open(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> ShoalFile {
+        try stat(object, revalidate: revalidate)
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset` into `buffer`; returns the count (short at the end).
+    public func read(_ file: ShoalFile, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ShoalError) -> Int {
+        guard offset < file.size, buffer.count > 0, let base = buffer.baseAddress else { return 0 }
+        let length = min(UInt64(buffer.count), file.size - offset)
+        let layout = BlockLayout(blockSize: UInt64(file.blockSize))
+        let pieces = layout.pieces(offset: offset, length: length)
+        var byWorker = Array(repeating: [BlockPiece](), count: config.workers.count)
+        for p in pieces {
+            let key = BlockKey(object: file.object, etag: file.version.etag, blockSize: file.blockSize, index: p.index)
+            byWorker[placement.owners(of: key.id, count: 1).first ?? 0].append(p)
+        }
+        for (worker, list) in byWorker.enumerated() where !list.isEmpty {
+            try fetch(list, from: worker, file: file, into: base)
+        }
+        return Int(length)
+    }
+
+    /// Reads a whole range into a new array (convenience for small reads and tools).
+    public func read(_ file: ShoalFile, offset: UInt64, length: Int) throws(ShoalError) -> [UInt8] {
+        let n = Int(min(UInt64(length), file.size > offset ? file.size - offset : 0))
+        var out = [UInt8](repeating: 0, count: n)
+        guard n > 0 else { return out }
+        let result = out.withUnsafeMutableBytes { p in Result { () throws(ShoalError) -> Int in try read(file, at: offset, into: p) } }
+        return Array(out.prefix(try result.get()))
+    }
+
+    /// Spreads `pieces` over up to `connectionsPerWorker` connections, each with a bounded
+    /// pipeline, and receives every reply straight into place.
+    private func fetch(_ pieces: [BlockPiece], from worker: Int, file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+        let lanes = min(config.connectionsPerWorker, pieces.count)
+        var connections: [WorkerConnection] = []
+        defer { connections.forEach { giveBack($0, worker) } }
+        for _ in 0..<lanes { connections.append(try connection(worker)) }
+        var queues = Array(repeating: [BlockPiece](), count: lanes)
+        for (i, p) in pieces.enumerated() { queues[i % lanes].append(p) }
+        var sent = Array(repeating: 0, count: lanes)
+        var received = Array(repeating: 0, count: lanes)
+        var pending = Array(repeating: [UInt32](), count: lanes)
+        var firstError: ShoalError?
+
+        func request(_ p: BlockPiece) -> ReadRequest {
+            ReadRequest(block: BlockKey(object: file.object, etag: file.version.etag, blockSize: file.blockSize, index: p.index),
+                        objectSize: file.size, offset: p.offsetInBlock, length: p.length)
+        }
+        do throws(ShoalError) {
+            for lane in 0..<lanes {
+                while sent[lane] < min(config.pipelineDepth, queues[lane].count) {
+                    pending[lane].append(try connections[lane].sendRead(request(queues[lane][sent[lane]])))
+                    sent[lane] += 1
+                }
+            }
+            var remaining = pieces.count
+            while remaining > 0 {
+                for lane in 0..<lanes where received[lane] < queues[lane].count {
+                    let p = queues[lane][received[lane]]
+                    do throws(ShoalError) {
+                        try connections[lane].receiveRead(id: pending[lane].removeFirst(), into: base + Int(p.offsetInRange), length: Int(p.length))
+                    } catch {
+                        // A status reply (or a bad checksum, read in full) leaves the connection in
+                        // step; a broken or silent connection does not.
+                        if error.code == .connectionFailed || error.code == .timeout { throw error }
+                        firstError = firstError ?? error
+                    }
+                    received[lane] += 1
+                    remaining -= 1
+                    if sent[lane] < queues[lane].count {
+                        pending[lane].append(try connections[lane].sendRead(request(queues[lane][sent[lane]])))
+                        sent[lane] += 1
+                    }
+                }
+            }
+        } catch {
+            connections.forEach { $0.close() }
+            connections.removeAll()
+            throw error
+        }
+        if let firstError { throw firstError }
+    }
+}

@@ -1,0 +1,227 @@
+/// An object in a named store: `(store, bucket, key)`.
+public struct ObjectRef: Hashable, Sendable, CustomStringConvertible {
+    public var store: String
+    public var bucket: String
+    public var key: String
+
+    public init(store: String, bucket: String, key: String) {
+        self.store = store
+        self.bucket = bucket
+        self.key = key
+    }
+
+    /// `s3://bucket/key` (with `store@` in front of the bucket when not the default store).
+    public var description: String {
+        store == ObjectRef.defaultStore ? "s3://\(bucket)/\(key)" : "s3://\(store)@\(bucket)/\(key)"
+    }
+
+    public static let defaultStore = "default"
+
+    /// Parses `s3://bucket/key` or `s3://store@bucket/key`.
+    public static func parse(_ url: String, defaultStore: String = ObjectRef.defaultStore) throws(ShoalError) -> ObjectRef {
+        guard url.hasPrefix("s3://") else {
+            throw ShoalError(.badRequest, "'\(url)' is not an s3:// URL (expected s3://bucket/key)")
+        }
+        let rest = url.dropFirst(5)
+        guard let slash = rest.firstIndex(of: "/") else {
+            throw ShoalError(.badRequest, "'\(url)' names no key (expected s3://bucket/key)")
+        }
+        var bucketPart = String(rest[..<slash])
+        let key = String(rest[rest.index(after: slash)...])
+        var store = defaultStore
+        if let at = bucketPart.firstIndex(of: "@") {
+            store = String(bucketPart[..<at])
+            bucketPart = String(bucketPart[bucketPart.index(after: at)...])
+        }
+        let ref = ObjectRef(store: store, bucket: bucketPart, key: key)
+        try ref.validate()
+        return ref
+    }
+
+    /// Checks the limits the wire protocol sets on each field.
+    public func validate() throws(ShoalError) {
+        if store.isEmpty || store.utf8.count > WireLimits.maxStoreName {
+            throw ShoalError(.badRequest, "store name must be 1-\(WireLimits.maxStoreName) bytes, got '\(store)'")
+        }
+        if bucket.isEmpty || bucket.utf8.count > WireLimits.maxBucket {
+            throw ShoalError(.badRequest, "bucket name must be 1-\(WireLimits.maxBucket) bytes, got '\(bucket)'")
+        }
+        if key.isEmpty || key.utf8.count > WireLimits.maxKey {
+            throw ShoalError(.badRequest, "object key must be 1-\(WireLimits.maxKey) bytes (\(self))")
+        }
+    }
+}
+
+/// What is known of an object's current version.
+public struct ObjectVersion: Hashable, Sendable {
+    public var size: UInt64
+    public var etag: String
+
+    public init(size: UInt64, etag: String) {
+        self.size = size
+        self.etag = etag
+    }
+}
+
+/// The full identity of a cached block: which object, which version, which slice.
+public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
+    public var object: ObjectRef
+    public var etag: String
+    public var blockSize: UInt32
+    public var index: UInt64
+
+    public init(object: ObjectRef, etag: String, blockSize: UInt32, index: UInt64) {
+        self.object = object
+        self.etag = etag
+        self.blockSize = blockSize
+        self.index = index
+    }
+
+    /// The canonical byte encoding: it is hashed into the block ID and stored in the block's header.
+    public var encoded: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(object.store.utf8.count + object.bucket.utf8.count + object.key.utf8.count + etag.utf8.count + 24)
+        for field in [object.store, object.bucket, object.key, etag] {
+            let bytes = Array(field.utf8)
+            out.appendLE(UInt16(bytes.count))
+            out += bytes
+        }
+        out.appendLE(blockSize)
+        out.appendLE(index)
+        return out
+    }
+
+    /// Decodes `encoded`; nil if malformed.
+    public init?(encoded: [UInt8]) {
+        var reader = ByteReader(encoded)
+        guard let store = reader.string16(), let bucket = reader.string16(), let key = reader.string16(),
+              let etag = reader.string16(), let bs = reader.u32(), let idx = reader.u64(), reader.isAtEnd
+        else { return nil }
+        self.init(object: ObjectRef(store: store, bucket: bucket, key: key), etag: etag, blockSize: bs, index: idx)
+    }
+
+    public var id: BlockID { BlockID(hashing: encoded) }
+
+    public var description: String { "\(object)#\(index)@\(etag)/\(blockSize)" }
+}
+
+/// A 128-bit hash of a `BlockKey`: the index key and the placement input.
+public struct BlockID: Hashable, Sendable, CustomStringConvertible {
+    public var high: UInt64
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    public init(hashing bytes: [UInt8]) {
+        let digest = SHA256.hash(bytes)
+        var h: UInt64 = 0
+        var l: UInt64 = 0
+        for i in 0..<8 { h = h << 8 | UInt64(digest[i]) }
+        for i in 8..<16 { l = l << 8 | UInt64(digest[i]) }
+        self.init(high: h, low: l)
+    }
+
+    public var description: String {
+        let hex = (0..<16).map { i -> UInt8 in
+            let word = i < 8 ? high : low
+            return UInt8(truncatingIfNeeded: word >> (UInt64(7 - i % 8) * 8))
+        }
+        return hex.hexString
+    }
+}
+
+/// How an object is cut into blocks.
+public struct BlockLayout: Sendable, Equatable {
+    public var blockSize: UInt64
+
+    public init(blockSize: UInt64) {
+        self.blockSize = blockSize
+    }
+
+    public static let minBlockSize: UInt64 = 64 * 1024
+    public static let maxBlockSize: UInt64 = 16 * 1024 * 1024
+    public static let defaultBlockSize: UInt64 = 4 * 1024 * 1024
+
+    public func blockCount(objectSize: UInt64) -> UInt64 {
+        objectSize == 0 ? 0 : (objectSize + blockSize - 1) / blockSize
+    }
+
+    /// The length of block `index` of an object of `objectSize` bytes (the last one is short).
+    public func blockLength(index: UInt64, objectSize: UInt64) -> UInt64 {
+        let start = index * blockSize
+        guard start < objectSize else { return 0 }
+        return min(blockSize, objectSize - start)
+    }
+
+    /// The pieces of `[offset, offset+length)`: block index, offset in the block, length, offset in the range.
+    public func pieces(offset: UInt64, length: UInt64) -> [BlockPiece] {
+        var result: [BlockPiece] = []
+        var position = offset
+        let end = offset + length
+        while position < end {
+            let index = position / blockSize
+            let inBlock = position - index * blockSize
+            let n = min(blockSize - inBlock, end - position)
+            result.append(BlockPiece(index: index, offsetInBlock: UInt32(inBlock), length: UInt32(n), offsetInRange: position - offset))
+            position += n
+        }
+        return result
+    }
+}
+
+/// A slice of one block within a larger read.
+public struct BlockPiece: Sendable, Equatable {
+    public var index: UInt64
+    public var offsetInBlock: UInt32
+    public var length: UInt32
+    public var offsetInRange: UInt64
+}
+
+/// A byte range written as `START-END` (inclusive end, as HTTP), `START-`, `-SUFFIX`, `START+LENGTH`,
+/// with human units: `0-1MiB`, `4MiB+64KiB`.
+public struct ByteRangeSpec: Sendable, Equatable {
+    public enum Form: Sendable, Equatable {
+        case fromTo(UInt64, UInt64)
+        case from(UInt64)
+        case suffix(UInt64)
+        case startLength(UInt64, UInt64)
+    }
+
+    public var form: Form
+
+    public static func parse(_ text: String) -> ByteRangeSpec? {
+        if let plus = text.firstIndex(of: "+") {
+            guard let s = ByteSize.parse(String(text[..<plus])), let l = ByteSize.parse(String(text[text.index(after: plus)...]))
+            else { return nil }
+            return ByteRangeSpec(form: .startLength(s, l))
+        }
+        guard let dash = text.firstIndex(of: "-") else { return nil }
+        let a = String(text[..<dash])
+        let b = String(text[text.index(after: dash)...])
+        if a.isEmpty { return ByteSize.parse(b).map { ByteRangeSpec(form: .suffix($0)) } }
+        guard let start = ByteSize.parse(a) else { return nil }
+        if b.isEmpty { return ByteRangeSpec(form: .from(start)) }
+        guard let end = ByteSize.parse(b), end >= start else { return nil }
+        return ByteRangeSpec(form: .fromTo(start, end))
+    }
+
+    /// The (offset, length) this range covers in an object of `size` bytes, clipped to it.
+    public func resolve(size: UInt64) -> (offset: UInt64, length: UInt64) {
+        switch form {
+        case .fromTo(let s, let e):
+            guard s < size else { return (size, 0) }
+            return (s, min(e, size - 1) - s + 1)
+        case .from(let s):
+            return s < size ? (s, size - s) : (size, 0)
+        case .suffix(let n):
+            let n = min(n, size)
+            return (size - n, n)
+        case .startLength(let s, let l):
+            guard s < size else { return (size, 0) }
+            return (s, min(l, size - s))
+        }
+    }
+}

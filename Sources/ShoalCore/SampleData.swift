@@ -1,0 +1,25 @@
+/// Deterministic pseudo-random bytes for sample datasets, benchmarks and tests: the same seed
+/// always gives the same bytes, so data read back can be checked without keeping a copy.
+public enum SampleData {
+    public static func bytes(seed: UInt64, count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        out.withUnsafeMutableBytes { fill($0, seed: seed) }
+        return out
+    }
+
+    public static func fill(_ buffer: UnsafeMutableRawBufferPointer, seed: UInt64) {
+        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        var i = 0
+        let n = buffer.count
+        while i + 8 <= n {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            buffer.storeBytes(of: state, toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < n {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            buffer[i] = UInt8(truncatingIfNeeded: state)
+            i += 1
+        }
+    }
+}

@@ -1,0 +1,53 @@
+import ShoalCore
+
+/// One entry of a listing.
+public struct ObjectEntry: Sendable, Equatable {
+    public var key: String
+    public var version: ObjectVersion
+
+    public init(key: String, version: ObjectVersion) {
+        self.key = key
+        self.version = version
+    }
+}
+
+/// A page of a listing; `continuation` is nil on the last page.
+public struct ObjectListing: Sendable {
+    public var entries: [ObjectEntry]
+    public var continuation: String?
+}
+
+/// The capacity layer: where every byte Shoal caches comes from. Errors are `ShoalError`s with
+/// `.notFound`, `.accessDenied`, `.preconditionFailed` (the object changed), `.storeUnavailable`
+/// (network) or `.timeout`, and a message that names the object and the store.
+public protocol ObjectStore: Sendable {
+    var name: String { get }
+    /// Size and etag of the current version.
+    func head(bucket: String, key: String) throws(ShoalError) -> ObjectVersion
+    /// Reads `length` bytes at `offset` into `buffer`, only if the object's etag is still `ifMatch`.
+    func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
+             into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> Int
+    /// One page of keys under `prefix`.
+    func list(bucket: String, prefix: String, continuation: String?) throws(ShoalError) -> ObjectListing
+    func put(bucket: String, key: String, bytes: [UInt8]) throws(ShoalError)
+    func delete(bucket: String, key: String) throws(ShoalError)
+    func createBucket(_ bucket: String) throws(ShoalError)
+}
+
+extension ObjectStore {
+    /// Every key under `prefix`, following continuation tokens.
+    public func listAll(bucket: String, prefix: String) throws(ShoalError) -> [ObjectEntry] {
+        var out: [ObjectEntry] = []
+        var token: String?
+        repeat {
+            let page = try list(bucket: bucket, prefix: prefix, continuation: token)
+            out += page.entries
+            token = page.continuation
+        } while token != nil
+        return out
+    }
+
+    func describe(_ bucket: String, _ key: String) -> String {
+        ObjectRef(store: name, bucket: bucket, key: key).description
+    }
+}

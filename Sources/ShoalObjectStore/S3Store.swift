@@ -1,0 +1,259 @@
+import ShoalCore
+import ShoalSys
+
+/// Connection details of an S3-compatible endpoint.
+public struct S3Credentials: Sendable {
+    public var endpoint: String
+    public var region: String
+    public var accessKey: String
+    public var secretKey: String
+
+    public init(endpoint: String, region: String = "us-east-1", accessKey: String, secretKey: String) {
+        self.endpoint = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
+        self.region = region
+        self.accessKey = accessKey
+        self.secretKey = secretKey
+    }
+}
+
+/// An S3-compatible store over libcurl, signed with SigV4, path-style URLs. Easy handles are
+/// pooled so connections are reused; at most `maxConcurrency` requests run at once.
+public final class S3Store: ObjectStore, @unchecked Sendable {
+    public let name: String
+    public let credentials: S3Credentials
+    private let maxConcurrency: Int
+    private let lock = ConditionLock()
+    private var idle: [CurlEasy] = []
+    private var inFlight = 0
+
+    public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16) {
+        self.name = name
+        self.credentials = credentials
+        self.maxConcurrency = max(1, maxConcurrency)
+    }
+
+    // MARK: requests
+
+    private func withHandle<T>(_ body: (CurlEasy) throws(ShoalError) -> T) throws(ShoalError) -> T {
+        lock.lock()
+        while inFlight >= maxConcurrency { lock.wait() }
+        inFlight += 1
+        let handle = idle.popLast()
+        lock.unlock()
+        var easy = handle
+        defer {
+            lock.lock()
+            inFlight -= 1
+            if let easy { idle.append(easy) }
+            lock.unlock()
+            lock.signal()
+        }
+        if easy == nil {
+            do { easy = try CurlEasy() } catch { throw ShoalError(.internal, "cannot create a curl handle: \(error)") }
+        }
+        return try body(easy!)
+    }
+
+    private func request(_ method: String, bucket: String, key: String?, query: [(String, String)] = []) -> HTTPRequest {
+        var url = credentials.endpoint + "/" + S3Store.encode(bucket, keepSlash: false)
+        if let key { url += "/" + S3Store.encode(key, keepSlash: true) }
+        if !query.isEmpty {
+            // SigV4 wants the query sorted by name; curl signs it as written.
+            url += "?" + query.sorted { $0.0 < $1.0 }.map { "\($0.0)=\(S3Store.encode($0.1, keepSlash: false))" }.joined(separator: "&")
+        }
+        var r = HTTPRequest(method: method, url: url)
+        r.sigV4 = "aws:amz:\(credentials.region):s3"
+        r.credentials = (credentials.accessKey, credentials.secretKey)
+        return r
+    }
+
+    private func perform(_ req: HTTPRequest, sink: HTTPBodySink, what: String) throws(ShoalError) -> HTTPResponse {
+        try withHandle { (easy) throws(ShoalError) -> HTTPResponse in
+            do throws(CurlError) {
+                return try easy.perform(req, sink: sink)
+            } catch {
+                if error.isTimeout { throw ShoalError(.timeout, "store '\(name)' timed out on \(what): \(error.message)") }
+                throw ShoalError(.storeUnavailable, "store '\(name)' at \(credentials.endpoint) is unreachable on \(what): \(error.message)")
+            }
+        }
+    }
+
+    private func failure(_ response: HTTPResponse, body: String, what: String) -> ShoalError {
+        let code = S3Store.xmlValue(body, "Code") ?? ""
+        let message = S3Store.xmlValue(body, "Message") ?? ""
+        let detail = [code, message].filter { !$0.isEmpty }.joined(separator: ": ")
+        let suffix = detail.isEmpty ? "HTTP \(response.status)" : "HTTP \(response.status) \(detail)"
+        switch response.status {
+        case 404:
+            return ShoalError(.notFound, "\(what) not found (\(suffix))")
+        case 401, 403:
+            return ShoalError(.accessDenied, "access denied to \(what) by store '\(name)' (\(suffix)); check its access key and secret")
+        case 412:
+            return ShoalError(.preconditionFailed, "\(what) changed while being read (\(suffix))")
+        case 416:
+            return ShoalError(.preconditionFailed, "\(what) is shorter than expected: it changed (\(suffix))")
+        case 500...599:
+            return ShoalError(.storeUnavailable, "store '\(name)' failed on \(what) (\(suffix))")
+        default:
+            return ShoalError(.internal, "store '\(name)' answered \(what) with \(suffix)")
+        }
+    }
+
+    // MARK: ObjectStore
+
+    public func head(bucket: String, key: String) throws(ShoalError) -> ObjectVersion {
+        let what = describe(bucket, key)
+        let sink = HTTPBodySink(limit: 0)
+        let response = try perform(request("HEAD", bucket: bucket, key: key), sink: sink, what: what)
+        guard response.status == 200 else { throw failure(response, body: "", what: what) }
+        guard let lengthText = response.headers["content-length"], let size = UInt64(lengthText) else {
+            throw ShoalError(.internal, "store '\(name)' gave no Content-Length for \(what)")
+        }
+        return ObjectVersion(size: size, etag: response.headers["etag"] ?? "")
+    }
+
+    public func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
+                    into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> Int {
+        let what = describe(bucket, key)
+        guard length > 0 else { return 0 }
+        var req = request("GET", bucket: bucket, key: key)
+        req.headers.append("Range: bytes=\(offset)-\(offset + UInt64(length) - 1)")
+        if let ifMatch, !ifMatch.isEmpty { req.headers.append("If-Match: \(ifMatch)") }
+        let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer, count: length))
+        let response = try perform(req, sink: sink, what: what)
+        guard response.status == 206 || response.status == 200 else {
+            throw failure(response, body: sink.text, what: what)
+        }
+        if let ifMatch, !ifMatch.isEmpty, let etag = response.headers["etag"], etag != ifMatch {
+            throw ShoalError(.preconditionFailed, "\(what) changed while being read (etag \(etag), expected \(ifMatch))")
+        }
+        if response.status == 200 && offset != 0 {
+            throw ShoalError(.internal, "store '\(name)' ignored the byte range for \(what)")
+        }
+        guard !sink.overflowed, sink.count == length else {
+            throw ShoalError(.preconditionFailed, "\(what) returned \(sink.overflowed ? "more" : "\(sink.count)") bytes where \(length) were expected: it changed")
+        }
+        return sink.count
+    }
+
+    public func list(bucket: String, prefix: String, continuation: String?) throws(ShoalError) -> ObjectListing {
+        var query = [("list-type", "2"), ("prefix", prefix)]
+        if let continuation { query.append(("continuation-token", continuation)) }
+        let what = "listing of s3://\(bucket)/\(prefix)"
+        let sink = HTTPBodySink(limit: 64 << 20)
+        let response = try perform(request("GET", bucket: bucket, key: nil, query: query), sink: sink, what: what)
+        let body = String(decoding: sink.bytes, as: UTF8.self)
+        guard response.status == 200 else { throw failure(response, body: body, what: what) }
+        var entries: [ObjectEntry] = []
+        var rest = Substring(body)
+        while let start = rest.range(of: "<Contents>"), let end = rest.range(of: "</Contents>", range: start.upperBound..<rest.endIndex) {
+            let item = String(rest[start.upperBound..<end.lowerBound])
+            if let key = S3Store.xmlValue(item, "Key") {
+                let size = UInt64(S3Store.xmlValue(item, "Size") ?? "0") ?? 0
+                entries.append(ObjectEntry(key: key, version: ObjectVersion(size: size, etag: S3Store.xmlValue(item, "ETag") ?? "")))
+            }
+            rest = rest[end.upperBound...]
+        }
+        let truncated = S3Store.xmlValue(body, "IsTruncated") == "true"
+        return ObjectListing(entries: entries, continuation: truncated ? S3Store.xmlValue(body, "NextContinuationToken") : nil)
+    }
+
+    public func put(bucket: String, key: String, bytes: [UInt8]) throws(ShoalError) {
+        let what = describe(bucket, key)
+        var req = request("PUT", bucket: bucket, key: key)
+        req.body = bytes
+        // curl 7.88 signs only host and x-amz-date; the payload is declared unsigned.
+        req.headers.append("x-amz-content-sha256: UNSIGNED-PAYLOAD")
+        req.headers.append("Content-Type: application/octet-stream")
+        let sink = HTTPBodySink(limit: 1 << 20)
+        let response = try perform(req, sink: sink, what: what)
+        guard response.status == 200 else { throw failure(response, body: sink.text, what: what) }
+    }
+
+    public func delete(bucket: String, key: String) throws(ShoalError) {
+        let what = describe(bucket, key)
+        let sink = HTTPBodySink(limit: 1 << 20)
+        let response = try perform(request("DELETE", bucket: bucket, key: key), sink: sink, what: what)
+        guard response.status == 204 || response.status == 200 else { throw failure(response, body: sink.text, what: what) }
+    }
+
+    public func createBucket(_ bucket: String) throws(ShoalError) {
+        let what = "bucket \(bucket)"
+        var req = request("PUT", bucket: bucket, key: nil)
+        req.headers.append("x-amz-content-sha256: UNSIGNED-PAYLOAD")
+        let sink = HTTPBodySink(limit: 1 << 20)
+        let response = try perform(req, sink: sink, what: what)
+        if response.status == 200 { return }
+        if response.status == 409, sink.text.contains("BucketAlreadyOwnedByYou") || sink.text.contains("BucketAlreadyExists") { return }
+        throw failure(response, body: sink.text, what: what)
+    }
+
+    // MARK: helpers
+
+    /// Percent-encodes all but RFC 3986's unreserved characters (and '/' in keys), as SigV4 expects.
+    static func encode(_ s: String, keepSlash: Bool) -> String {
+        var out = ""
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                out.unicodeScalars.append(Unicode.Scalar(b))
+            case UInt8(ascii: "/") where keepSlash:
+                out.append("/")
+            default:
+                let hex = Array("0123456789ABCDEF")
+                out.append("%")
+                out.append(hex[Int(b >> 4)])
+                out.append(hex[Int(b & 0xf)])
+            }
+        }
+        return out
+    }
+
+    /// The text of the first `<tag>` element, with XML entities decoded.
+    static func xmlValue(_ xml: String, _ tag: String) -> String? {
+        guard let open = xml.range(of: "<\(tag)>"), let close = xml.range(of: "</\(tag)>", range: open.upperBound..<xml.endIndex)
+        else { return nil }
+        return String(xml[open.upperBound..<close.lowerBound])
+            .replacingAll("&quot;", with: "\"").replacingAll("&apos;", with: "'")
+            .replacingAll("&lt;", with: "<").replacingAll("&gt;", with: ">").replacingAll("&amp;", with: "&")
+    }
+}
+
+extension String {
+    func range(of needle: String, range: Range<String.Index>? = nil) -> Range<String.Index>? {
+        Substring(self).range(of: needle, range: range)
+    }
+
+    func replacingAll(_ needle: String, with replacement: String) -> String {
+        guard !needle.isEmpty, range(of: needle) != nil else { return self }
+        var out = ""
+        var rest = Substring(self)
+        while let r = rest.range(of: needle) {
+            out += rest[..<r.lowerBound]
+            out += replacement
+            rest = rest[r.upperBound...]
+        }
+        return out + rest
+    }
+}
+
+extension Substring {
+    func range(of needle: String, range: Range<String.Index>? = nil) -> Range<String.Index>? {
+        let hay = range.map { self[$0] } ?? self[...]
+        let n = Array(needle.utf8)
+        guard !n.isEmpty else { return nil }
+        let u = hay.utf8
+        var i = u.startIndex
+        while i != u.endIndex {
+            if u[i] == n[0] {
+                var j = i
+                var k = 0
+                while k < n.count, j != u.endIndex, u[j] == n[k] { j = u.index(after: j); k += 1 }
+                if k == n.count { return i..<j }
+            }
+            i = u.index(after: i)
+        }
+        return nil
+    }
+}

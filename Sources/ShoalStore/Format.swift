@@ -1,0 +1,89 @@
+import ShoalCore
+
+/// The on-disk format of a cache file (docs/FORMAT.md). All integers little-endian.
+enum CacheFormat {
+    static let version: UInt32 = 1
+    static let alignment = 4096
+    /// Superblock at offset 0; regions start at 1 MiB.
+    static let dataStart: UInt64 = 1 << 20
+    static let superMagic: [UInt8] = Array("SHOALCF1".utf8)
+    static let recordMagic: UInt32 = 0x4B4C_4253  // "SBLK"
+    static let headerSize = 4096
+    static let headerFixed = 28
+    static let maxKeyBytes = headerSize - headerFixed
+
+    static func alignUp(_ n: Int) -> Int { (n + alignment - 1) & ~(alignment - 1) }
+    static func recordLength(dataLength: Int) -> Int { headerSize + alignUp(dataLength) }
+
+    /// Superblock: magic[8] | version u32 | regionSize u64 | regionCount u32 | crc32c u32 (of the bytes before it).
+    static func encodeSuperblock(regionSize: UInt64, regionCount: UInt32) -> [UInt8] {
+        var out = superMagic
+        out.appendLE(version)
+        out.appendLE(regionSize)
+        out.appendLE(regionCount)
+        out.appendLE(CRC32C.checksum(out))
+        return out
+    }
+
+    enum SuperblockState: Equatable {
+        case valid(regionSize: UInt64, regionCount: UInt32)
+        case empty
+        case otherVersion(UInt32)
+        case corrupt
+    }
+
+    static func decodeSuperblock(_ p: UnsafeRawBufferPointer) -> SuperblockState {
+        let bytes = Array(p.prefix(28))
+        if bytes.allSatisfy({ $0 == 0 }) { return .empty }
+        guard Array(bytes[0..<8]) == superMagic else { return .corrupt }
+        var r = ByteReader(Array(bytes[8...]))
+        guard let v = r.u32(), let rs = r.u64(), let rc = r.u32(), let crc = r.u32() else { return .corrupt }
+        guard crc == CRC32C.checksum(Array(bytes[0..<24])) else { return .corrupt }
+        guard v == version else { return .otherVersion(v) }
+        return .valid(regionSize: rs, regionCount: rc)
+    }
+
+    /// Record header: magic u32 | version u16 | keyLength u16 | generation u64 | dataLength u32 |
+    /// dataCRC u32 | headerCRC u32 | key bytes. headerCRC covers bytes 0..<24 and the key.
+    static func writeHeader(into p: UnsafeMutableRawPointer, key: [UInt8], generation: UInt64, dataLength: UInt32, dataCRC: UInt32) {
+        memsetZero(p, headerSize)
+        p.storeBytes(of: recordMagic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        p.storeBytes(of: UInt16(version).littleEndian, toByteOffset: 4, as: UInt16.self)
+        p.storeBytes(of: UInt16(key.count).littleEndian, toByteOffset: 6, as: UInt16.self)
+        p.storeBytes(of: generation.littleEndian, toByteOffset: 8, as: UInt64.self)
+        p.storeBytes(of: dataLength.littleEndian, toByteOffset: 16, as: UInt32.self)
+        p.storeBytes(of: dataCRC.littleEndian, toByteOffset: 20, as: UInt32.self)
+        key.withUnsafeBytes { (p + headerFixed).copyMemory(from: $0.baseAddress!, byteCount: key.count) }
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p + headerFixed, count: key.count),
+                                  continuing: CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: 24)))
+        p.storeBytes(of: crc.littleEndian, toByteOffset: 24, as: UInt32.self)
+    }
+
+    struct Header {
+        var key: [UInt8]
+        var generation: UInt64
+        var dataLength: UInt32
+        var dataCRC: UInt32
+    }
+
+    static func readHeader(_ p: UnsafeRawPointer) -> Header? {
+        guard UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)) == recordMagic,
+              UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) == UInt16(version)
+        else { return nil }
+        let keyLength = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)))
+        guard keyLength <= maxKeyBytes else { return nil }
+        let stored = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt32.self))
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p + headerFixed, count: keyLength),
+                                  continuing: CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: 24)))
+        guard crc == stored else { return nil }
+        return Header(
+            key: Array(UnsafeRawBufferPointer(start: p + headerFixed, count: keyLength)),
+            generation: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+            dataLength: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)),
+            dataCRC: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)))
+    }
+
+    static func memsetZero(_ p: UnsafeMutableRawPointer, _ n: Int) {
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: n)
+    }
+}

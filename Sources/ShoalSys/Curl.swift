@@ -1,0 +1,183 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CCurl
+internal import CShoalShims
+
+/// Where a response body goes: straight into a caller's buffer, or into a growing array.
+public final class HTTPBodySink: @unchecked Sendable {
+    let fixed: UnsafeMutableRawBufferPointer?
+    let limit: Int
+    public private(set) var count = 0
+    public private(set) var overflowed = false
+    public private(set) var bytes: [UInt8] = []
+
+    /// Writes into `buffer`; more than fits marks `overflowed` and stops the transfer.
+    public init(buffer: UnsafeMutableRawBufferPointer) {
+        fixed = buffer
+        limit = buffer.count
+    }
+
+    /// Collects up to `limit` bytes into `bytes`.
+    public init(limit: Int) {
+        fixed = nil
+        self.limit = limit
+    }
+
+    func append(_ data: UnsafeRawPointer, _ n: Int) -> Bool {
+        guard count + n <= limit else { overflowed = true; return false }
+        if let fixed {
+            (fixed.baseAddress! + count).copyMemory(from: data, byteCount: n)
+        } else {
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: data, count: n))
+        }
+        count += n
+        return true
+    }
+
+    /// The body as text (for error documents), from either mode.
+    public var text: String {
+        if let fixed { return String(decoding: UnsafeRawBufferPointer(start: fixed.baseAddress, count: min(count, 4096)), as: UTF8.self) }
+        return String(decoding: bytes.prefix(4096), as: UTF8.self)
+    }
+}
+
+/// An HTTP request for `CurlEasy`.
+public struct HTTPRequest: Sendable {
+    public var method: String
+    public var url: String
+    public var headers: [String] = []
+    /// curl's AWS SigV4 provider string, e.g. "aws:amz:us-east-1:s3".
+    public var sigV4: String?
+    public var credentials: (user: String, password: String)?
+    public var body: [UInt8]?
+    public var connectTimeoutMillis = 5_000
+    /// A transfer slower than 1 KiB/s for this long is aborted.
+    public var stallTimeoutSeconds = 30
+
+    public init(method: String, url: String) {
+        self.method = method
+        self.url = url
+    }
+}
+
+/// The status and headers (lower-cased names) of a response.
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: [String: String]
+}
+
+/// A transfer that failed below HTTP (connect, timeout, DNS, ...).
+public struct CurlError: Error, Sendable, CustomStringConvertible {
+    public var code: Int32
+    public var message: String
+    public var isTimeout: Bool { code == Int32(CURLE_OPERATION_TIMEDOUT.rawValue) }
+    public var description: String { message }
+}
+
+/// A libcurl easy handle: one connection cache, reused across requests (keep-alive).
+public final class CurlEasy: @unchecked Sendable {
+    private let handle: UnsafeMutableRawPointer
+    private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+
+    /// SHOAL_CURL_VERBOSE=1 makes curl print each request and response head to stderr.
+    private static let verbose = getenv("SHOAL_CURL_VERBOSE").map { String(cString: $0) == "1" } ?? false
+    private static let globalInit: Bool = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK }()
+
+    public init() throws(CurlError) {
+        _ = CurlEasy.globalInit
+        guard let h = curl_easy_init() else { throw CurlError(code: -1, message: "curl_easy_init failed") }
+        handle = h
+    }
+
+    deinit {
+        curl_easy_cleanup(handle)
+        errorBuffer.deallocate()
+    }
+
+    private final class Context {
+        let sink: HTTPBodySink
+        var headers: [String: String] = [:]
+        init(sink: HTTPBodySink) { self.sink = sink }
+    }
+
+    public func perform(_ request: HTTPRequest, sink: HTTPBodySink) throws(CurlError) -> HTTPResponse {
+        curl_easy_reset(handle)
+        errorBuffer[0] = 0
+        let context = Context(sink: sink)
+        let contextPointer = Unmanaged.passUnretained(context).toOpaque()
+        var headerList: UnsafeMutablePointer<curl_slist>?
+        defer { if let headerList { curl_slist_free_all(headerList) } }
+
+        // Strings handed to curl must outlive the transfer: keep C copies until it returns.
+        var cStrings: [UnsafeMutablePointer<CChar>] = []
+        defer { cStrings.forEach { free($0) } }
+        func keep(_ s: String) -> UnsafeMutablePointer<CChar> {
+            let p = strdup(s)!
+            cStrings.append(p)
+            return p
+        }
+
+        _ = shoal_curl_setopt_ptr(handle, CURLOPT_URL, keep(request.url))
+        _ = shoal_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        _ = shoal_curl_setopt_ptr(handle, CURLOPT_ERRORBUFFER, errorBuffer)
+        _ = shoal_curl_setopt_long(handle, CURLOPT_BUFFERSIZE, 512 * 1024)
+        _ = shoal_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutMillis)
+        _ = shoal_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1024)
+        _ = shoal_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, request.stallTimeoutSeconds)
+        _ = shoal_curl_setopt_long(handle, CURLOPT_TCP_NODELAY, 1)
+        if CurlEasy.verbose { _ = shoal_curl_setopt_long(handle, CURLOPT_VERBOSE, 1) }
+        switch request.method {
+        case "GET": break
+        case "HEAD": _ = shoal_curl_setopt_long(handle, CURLOPT_NOBODY, 1)
+        default: _ = shoal_curl_setopt_ptr(handle, CURLOPT_CUSTOMREQUEST, keep(request.method))
+        }
+        if let sig = request.sigV4 { _ = shoal_curl_setopt_ptr(handle, CURLOPT_AWS_SIGV4, keep(sig)) }
+        if let c = request.credentials {
+            _ = shoal_curl_setopt_ptr(handle, CURLOPT_USERNAME, keep(c.user))
+            _ = shoal_curl_setopt_ptr(handle, CURLOPT_PASSWORD, keep(c.password))
+        }
+        var bodyCopy: UnsafeMutableRawPointer?
+        defer { bodyCopy.map { free($0) } }
+        if let body = request.body {
+            bodyCopy = malloc(max(body.count, 1))
+            body.withUnsafeBytes { if $0.count > 0 { bodyCopy!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+            _ = shoal_curl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
+            _ = shoal_curl_setopt_ptr(handle, CURLOPT_POSTFIELDS, bodyCopy)
+        }
+        for h in request.headers { headerList = curl_slist_append(headerList, h) }
+        if let headerList { _ = shoal_curl_setopt_ptr(handle, CURLOPT_HTTPHEADER, headerList) }
+
+        _ = shoal_curl_setopt_callback(handle, CURLOPT_WRITEFUNCTION, { data, size, count, ctx in
+            let context = Unmanaged<Context>.fromOpaque(ctx!).takeUnretainedValue()
+            let n = size * count
+            return context.sink.append(UnsafeRawPointer(data!), n) ? n : 0
+        })
+        _ = shoal_curl_setopt_ptr(handle, CURLOPT_WRITEDATA, contextPointer)
+        _ = shoal_curl_setopt_callback(handle, CURLOPT_HEADERFUNCTION, { data, size, count, ctx in
+            let context = Unmanaged<Context>.fromOpaque(ctx!).takeUnretainedValue()
+            let n = size * count
+            let line = String(decoding: UnsafeRawBufferPointer(start: data, count: n), as: UTF8.self)
+            if line.hasPrefix("HTTP/") { context.headers = [:] }  // a new response (after 100 Continue)
+            if let colon = line.firstIndex(of: ":") {
+                let name = line[..<colon].lowercased()
+                var value = line[line.index(after: colon)...]
+                while value.first == " " { value = value.dropFirst() }
+                while let l = value.last, l.isNewline || l == " " { value = value.dropLast() }  // "\r\n" is one Character
+                context.headers[name] = String(value)
+            }
+            return n
+        })
+        _ = shoal_curl_setopt_ptr(handle, CURLOPT_HEADERDATA, contextPointer)
+
+        let rc = curl_easy_perform(handle)
+        if rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && sink.overflowed) {
+            let detail = String(cString: errorBuffer)
+            let base = String(cString: curl_easy_strerror(rc))
+            throw CurlError(code: Int32(rc.rawValue), message: detail.isEmpty ? base : "\(base): \(detail)")
+        }
+        var status: Int = 0
+        _ = shoal_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return HTTPResponse(status: status, headers: context.headers)
+    }
+}

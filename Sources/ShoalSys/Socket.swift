@@ -1,0 +1,246 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CShoalShims
+
+/// A host and port, written `host:port` (`[v6]:port` for IPv6).
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16
+
+    public init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    public init?(_ text: String) {
+        var host: Substring
+        var portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portText = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = UInt16(portText) else { return nil }
+        self.init(host: String(host), port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// A blocking TCP socket; every wait is bounded with `poll`.
+public final class TCPSocket: @unchecked Sendable {
+    public let fd: Int32
+    private var closed = false
+    private let closeLock = ConditionLock()
+
+    init(fd: Int32) { self.fd = fd }
+
+    deinit { close() }
+
+    public func close() {
+        closeLock.withLock {
+            if !closed { closed = true; Glibc.close(fd) }
+        }
+    }
+
+    /// Stops reads and writes (wakes a thread blocked on this socket) without freeing the fd.
+    public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
+    private static func resolve(_ endpoint: Endpoint, passive: Bool) throws(SysError) -> [(Int32, [UInt8])] {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        if passive { hints.ai_flags = AI_PASSIVE }
+        var result: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(endpoint.host, String(endpoint.port), &hints, &result)
+        guard rc == 0, let first = result else {
+            throw SysError("resolve \(endpoint): \(String(cString: gai_strerror(rc)))", errno: EINVAL)
+        }
+        defer { freeaddrinfo(first) }
+        var out: [(Int32, [UInt8])] = []
+        var p: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = p {
+            let bytes = Array(UnsafeRawBufferPointer(start: ai.pointee.ai_addr, count: Int(ai.pointee.ai_addrlen)))
+            out.append((ai.pointee.ai_family, bytes))
+            p = ai.pointee.ai_next
+        }
+        return out
+    }
+
+    /// Listens on `endpoint` (port 0 picks a free one); returns the socket and the bound port.
+    public static func listen(_ endpoint: Endpoint, backlog: Int32 = 1024) throws(SysError) -> (TCPSocket, UInt16) {
+        let addresses = try resolve(endpoint, passive: true)
+        var lastError = SysError("listen \(endpoint): no address", errno: EADDRNOTAVAIL)
+        for (family, addr) in addresses {
+            let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            if fd < 0 { lastError = SysError("socket", errno: currentErrno()); continue }
+            let s = TCPSocket(fd: fd)
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            let bound = addr.withUnsafeBytes { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count)) }
+            if bound != 0 { lastError = SysError("bind \(endpoint)", errno: currentErrno()); continue }
+            if Glibc.listen(fd, backlog) != 0 { lastError = SysError("listen \(endpoint)", errno: currentErrno()); continue }
+            var storage = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            _ = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+            }
+            let port: UInt16 = withUnsafeBytes(of: storage) { raw in
+                // sin_port and sin6_port sit at the same offset, in network byte order.
+                UInt16(bigEndian: raw.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+            }
+            return (s, port)
+        }
+        throw lastError
+    }
+
+    /// Accepts a connection; nil when the listener was shut down.
+    public func accept() throws(SysError) -> TCPSocket? {
+        while true {
+            let fd = shoal_accept_cloexec(self.fd)
+            if fd >= 0 {
+                let s = TCPSocket(fd: fd)
+                s.setNoDelay()
+                return s
+            }
+            let e = currentErrno()
+            switch e {
+            case EINTR, ECONNABORTED, EPROTO: continue
+            case EINVAL, EBADF: return nil
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                usleep(10_000)  // out of descriptors or memory: back off instead of spinning
+                continue
+            default: throw SysError("accept", errno: e)
+            }
+        }
+    }
+
+    /// Connects with a deadline.
+    public static func connect(_ endpoint: Endpoint, timeoutMillis: Int32) throws(SysError) -> TCPSocket {
+        let addresses = try resolve(endpoint, passive: false)
+        var lastError = SysError("connect \(endpoint): no address", errno: EADDRNOTAVAIL)
+        for (family, addr) in addresses {
+            let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            if fd < 0 { lastError = SysError("socket", errno: currentErrno()); continue }
+            let s = TCPSocket(fd: fd)
+            let rc = addr.withUnsafeBytes { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count)) }
+            if rc != 0 {
+                let e = currentErrno()
+                guard e == EINPROGRESS else { lastError = SysError("connect \(endpoint)", errno: e); continue }
+                var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                let pr = poll(&pfd, 1, timeoutMillis)
+                if pr == 0 { lastError = SysError("connect \(endpoint): timed out", errno: ETIMEDOUT); continue }
+                var soError: Int32 = 0
+                var len = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len)
+                if soError != 0 { lastError = SysError("connect \(endpoint)", errno: soError); continue }
+            }
+            let flags = fcntl(fd, F_GETFL)
+            _ = fcntl(fd, F_SETFL, flags & ~Int32(O_NONBLOCK))
+            s.setNoDelay()
+            return s
+        }
+        throw lastError
+    }
+
+    public func setNoDelay() {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    public func setBufferSizes(_ bytes: Int32) {
+        var v = bytes
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    private func waitFor(_ events: Int32, deadline: UInt64?) throws(SysError) {
+        guard let deadline else { return }
+        while true {
+            let now = monotonicNanos()
+            if now >= deadline { throw SysError("socket wait", errno: ETIMEDOUT) }
+            var pfd = pollfd(fd: fd, events: Int16(events), revents: 0)
+            let ms = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
+            let r = poll(&pfd, 1, ms)
+            if r > 0 { return }
+            if r < 0 && currentErrno() != EINTR { throw SysError("poll", errno: currentErrno()) }
+        }
+    }
+
+    /// Sends all of the gathered pieces (one writev per step, so a frame header and its data
+    /// leave together without being copied into one buffer).
+    public func send(_ pieces: [UnsafeRawBufferPointer], deadline: UInt64? = nil) throws(SysError) {
+        var vecs = pieces.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        var first = 0
+        while first < vecs.count {
+            try waitFor(POLLOUT, deadline: deadline)
+            var msg = msghdr()
+            let n = vecs.withUnsafeMutableBufferPointer { buf -> Int in
+                msg.msg_iov = buf.baseAddress! + first
+                msg.msg_iovlen = buf.count - first
+                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+            }
+            if n < 0 {
+                let e = currentErrno()
+                if e == EINTR || e == EAGAIN { continue }
+                throw SysError("send", errno: e)
+            }
+            var left = n
+            while left > 0 && first < vecs.count {
+                if left >= vecs[first].iov_len {
+                    left -= vecs[first].iov_len
+                    first += 1
+                } else {
+                    vecs[first].iov_base += left
+                    vecs[first].iov_len -= left
+                    left = 0
+                }
+            }
+        }
+    }
+
+    public func send(_ bytes: [UInt8], deadline: UInt64? = nil) throws {
+        try bytes.withUnsafeBytes { try send([$0], deadline: deadline) }
+    }
+
+    /// Receives exactly `count` bytes; throws ECONNRESET-style errors on a closed peer
+    /// (`errno` 0 with "closed" for an orderly close before any byte of this read).
+    public func receive(into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64? = nil) throws(SysError) {
+        var done = 0
+        while done < count {
+            try waitFor(POLLIN, deadline: deadline)
+            let n = recv(fd, buffer + done, count - done, 0)
+            if n > 0 { done += n; continue }
+            if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
+            let e = currentErrno()
+            if e == EINTR || e == EAGAIN { continue }
+            throw SysError("recv", errno: e)
+        }
+    }
+
+    public func receive(count: Int, deadline: UInt64? = nil) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        if count > 0 {
+            try out.withUnsafeMutableBytes { try receive(into: $0.baseAddress!, count: count, deadline: deadline) }
+        }
+        return out
+    }
+
+    /// Reads and throws away `count` bytes.
+    public func discard(count: Int, deadline: UInt64? = nil) throws {
+        var left = count
+        var scratch = [UInt8](repeating: 0, count: min(count, 65536))
+        while left > 0 {
+            let n = min(left, scratch.count)
+            try scratch.withUnsafeMutableBytes { try receive(into: $0.baseAddress!, count: n, deadline: deadline) }
+            left -= n
+        }
+    }
+}

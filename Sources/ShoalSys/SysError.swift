@@ -1,0 +1,51 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CShoalShims
+
+/// A failed system call: which operation, on what, and errno.
+public struct SysError: Error, Sendable, CustomStringConvertible {
+    public var operation: String
+    public var errno: Int32
+
+    public init(_ operation: String, errno: Int32) {
+        self.operation = operation
+        self.errno = errno
+    }
+
+    public var description: String { "\(operation): \(String(cString: strerror(errno))) (errno \(errno))" }
+}
+
+/// Reads errno at once, before anything else can clobber it.
+@inline(never)
+func currentErrno() -> Int32 { errno }
+
+/// Runs a syscall, retrying EINTR; a negative result becomes a `SysError`.
+@inline(__always)
+func retryingEINTR<T: BinaryInteger>(_ operation: @autoclosure () -> String, _ body: () -> T) throws(SysError) -> T {
+    while true {
+        let r = body()
+        if r >= 0 { return r }
+        let e = currentErrno()
+        if e == EINTR { continue }
+        throw SysError(operation(), errno: e)
+    }
+}
+
+/// Monotonic time in nanoseconds.
+public func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Bytes from the kernel's random source.
+public func secureRandomBytes(_ count: Int) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    var filled = 0
+    while filled < count {
+        let n = out.withUnsafeMutableBytes { shoal_getrandom($0.baseAddress! + filled, count - filled) }
+        if n > 0 { filled += n } else if currentErrno() != EINTR { break }
+    }
+    return out
+}

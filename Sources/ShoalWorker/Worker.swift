@@ -1,0 +1,121 @@
+import Logging
+import ServiceLifecycle
+import ShoalCore
+import ShoalObjectStore
+import ShoalStore
+import ShoalSys
+import ShoalTransport
+
+/// A cache worker: buffers, cache disks, stores, the TCP data plane and the admin port.
+public final class Worker: @unchecked Sendable {
+    public let config: WorkerConfig
+    public let metrics = WorkerMetrics()
+    public let cache: BlockCache
+    let service: BlockService
+    private var server: TCPServer?
+    private var admin: AdminServer?
+    private let logger: Logger
+
+    /// Opens the cache disks (recovering what they hold) and allocates the buffer pool.
+    public init(config: WorkerConfig, logger: Logger) throws(ShoalError) {
+        try config.validate()
+        self.config = config
+        self.logger = logger
+        cache = try BlockCache(disks: config.caches, logger: logger)
+        let pool: BufferPool
+        do {
+            pool = try BufferPool(bufferSize: Int(config.blockSize) + BlockCache.dataOffset, count: config.buffers)
+        } catch {
+            throw ShoalError(.internal, "cannot allocate \(config.buffers) I/O buffers of \(ByteSize.format(config.blockSize)): \(error)")
+        }
+        var stores: [String: any ObjectStore] = [:]
+        for s in config.stores { stores[s.name] = s.makeStore() }
+        service = BlockService(stores: stores, cache: cache, pool: pool, metadataTTL: config.metadataTTL, metrics: metrics,
+                               blockSize: UInt32(config.blockSize), logger: logger)
+        updateGauges()
+    }
+
+    /// The data-plane port (the configured one, or the one picked for port 0).
+    public var port: UInt16 { server?.port ?? config.listen.port }
+    public var adminPort: Int? { admin?.port }
+
+    /// Starts the TCP listener.
+    public func start() throws(ShoalError) {
+        let handler = ConnectionHandler(service: service, secret: config.secret, logger: logger)
+        do {
+            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections) { socket in
+                handler.serve(socket)
+            }
+            try server.start()
+            self.server = server
+        } catch {
+            throw ShoalError(.badRequest, "cannot listen on \(config.listen): \(error)")
+        }
+        logger.info("worker listening", metadata: [
+            "listen": "\(config.listen.host):\(port)", "blocks": "\(cache.blockCount)",
+            "cached": "\(ByteSize.format(cache.bytesCached))", "capacity": "\(ByteSize.format(cache.capacity))",
+        ])
+    }
+
+    /// Starts the admin HTTP port, if configured.
+    public func startAdmin() async throws {
+        guard let endpoint = config.admin else { return }
+        admin = try await AdminServer(endpoint: endpoint) { [self] path in route(path) }
+        logger.info("admin listening", metadata: ["admin": "\(endpoint.host):\(adminPort ?? 0)"])
+    }
+
+    func updateGauges() {
+        metrics.cachedBlocks.record(cache.blockCount)
+        metrics.cachedBytes.record(Int64(cache.bytesCached))
+    }
+
+    func route(_ path: String) -> AdminResponse {
+        switch path.split(separator: "?").first.map(String.init) ?? path {
+        case "/metrics":
+            updateGauges()
+            return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: metrics.render())
+        case "/healthz":
+            return AdminResponse(status: 200, contentType: "text/plain", body: "ok\n")
+        case "/status":
+            let body = """
+                {"listen":"\(config.listen.host):\(port)","blocks":\(cache.blockCount),"bytesCached":\(cache.bytesCached),\
+                "capacity":\(cache.capacity),"connections":\(server?.connectionCount ?? 0),"fillsInFlight":\(service.fills.inFlight)}
+                """
+            return AdminResponse(status: 200, contentType: "application/json", body: body + "\n")
+        default:
+            return AdminResponse(status: 404, contentType: "text/plain", body: "no such page: \(path) (try /metrics, /healthz, /status)\n")
+        }
+    }
+
+    /// Stops accepting, lets requests in progress finish, and flushes the cache files.
+    public func stop() async {
+        server?.stop()
+        server = nil
+        await admin?.close()
+        admin = nil
+        cache.sync()
+        logger.info("worker stopped")
+    }
+
+    /// Stops the data plane synchronously (tests and non-async callers).
+    public func stopDataPlane() {
+        server?.stop()
+        server = nil
+        cache.sync()
+    }
+}
+
+/// Runs a worker under swift-service-lifecycle: starts it, waits for graceful shutdown (SIGTERM,
+/// SIGINT), then drains it.
+public struct WorkerService: Service {
+    let worker: Worker
+
+    public init(worker: Worker) { self.worker = worker }
+
+    public func run() async throws {
+        try worker.start()
+        try await worker.startAdmin()
+        try? await gracefulShutdown()
+        await worker.stop()
+    }
+}

@@ -1,0 +1,263 @@
+import ShoalCore
+import ShoalObjectStore
+import ShoalStore
+import ShoalSys
+import Yams
+
+/// A capacity-layer store as configured.
+public struct StoreConfig: Sendable, Equatable {
+    public enum Kind: String, Sendable { case s3, file }
+    public var name: String
+    public var kind: Kind
+    public var endpoint = ""
+    public var region = "us-east-1"
+    public var accessKey = ""
+    public var secretKey = ""
+    public var root = ""
+    public var maxConcurrency = 16
+
+    public init(name: String, kind: Kind) {
+        self.name = name
+        self.kind = kind
+    }
+
+    func makeStore() -> any ObjectStore {
+        switch kind {
+        case .s3:
+            S3Store(name: name, credentials: S3Credentials(endpoint: endpoint, region: region, accessKey: accessKey, secretKey: secretKey),
+                    maxConcurrency: maxConcurrency)
+        case .file:
+            FileStore(name: name, root: root)
+        }
+    }
+}
+
+/// Everything a worker is started with. Every key, its default and unit: docs/CONFIG.md.
+public struct WorkerConfig: Sendable {
+    public var listen = Endpoint(host: "127.0.0.1", port: 7070)
+    public var admin: Endpoint? = Endpoint(host: "127.0.0.1", port: 7071)
+    public var secret: [UInt8] = []
+    public var blockSize: UInt64 = BlockLayout.defaultBlockSize
+    public var buffers = 64
+    public var metadataTTL: Double = 60
+    public var maxConnections = 1024
+    public var caches: [CacheDiskConfig] = []
+    public var stores: [StoreConfig] = []
+    /// Serve hits from memory without touching the disk (benchmarks: isolates the network path).
+    public var skipDisk = false
+
+    public init() {}
+
+    public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
+                                           "maxConnections", "caches", "stores"]
+    static let cacheKeys: Set<String> = ["path", "capacity", "regionSize"]
+    static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
+                                         "root", "maxConcurrency"]
+
+    /// Loads a YAML file; errors name the file, the key and what is wrong with it.
+    public static func load(path: String) throws(ShoalError) -> WorkerConfig {
+        let text: String
+        do { text = String(decoding: try FileSystem.readFile(path), as: UTF8.self) } catch {
+            throw ShoalError(.badRequest, "cannot read config file \(path): \(error)")
+        }
+        do {
+            return try parse(yaml: text, baseDirectory: directory(of: path))
+        } catch {
+            throw ShoalError(.badRequest, "\(path): \(error.message)")
+        }
+    }
+
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return path[..<slash].isEmpty ? "/" : String(path[..<slash])
+    }
+
+    /// Parses YAML text; relative paths are resolved against `baseDirectory`.
+    public static func parse(yaml: String, baseDirectory: String = ".") throws(ShoalError) -> WorkerConfig {
+        let loaded: Any?
+        do { loaded = try Yams.load(yaml: yaml) } catch {
+            throw ShoalError(.badRequest, "not valid YAML: \(error)")
+        }
+        var config = WorkerConfig()
+        guard let root = loaded else { return config }
+        guard let map = root as? [String: Any] else { throw ShoalError(.badRequest, "the top level must be a mapping of keys") }
+        let r = KeyReader(map: map, path: "")
+        try r.checkKnown(keys)
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : baseDirectory + "/" + p }
+
+        if let v = try r.endpoint("listen") { config.listen = v }
+        if map["admin"] != nil { config.admin = try r.string("admin") == "off" ? nil : try r.endpoint("admin") }
+        if let s = try r.string("secret") { config.secret = Array(s.utf8) }
+        if let f = try r.string("secretFile") {
+            do { config.secret = try WorkerConfig.readSecret(resolve(f)) } catch {
+                throw ShoalError(.badRequest, "key 'secretFile': \(error.message)")
+            }
+        }
+        if let v = try r.size("blockSize") { config.blockSize = v }
+        if let v = try r.int("buffers", min: 2, max: 65536) { config.buffers = v }
+        if let v = try r.duration("metadataTTL") { config.metadataTTL = v }
+        if let v = try r.int("maxConnections", min: 1, max: 1_000_000) { config.maxConnections = v }
+        for (i, item) in try r.list("caches").enumerated() {
+            let c = try r.nested(item, "caches[\(i)]")
+            try c.checkKnown(cacheKeys)
+            guard let path = try c.string("path") else { throw c.missing("path") }
+            guard let capacity = try c.size("capacity") else { throw c.missing("capacity") }
+            var disk = CacheDiskConfig(path: resolve(path), capacity: capacity)
+            if let rs = try c.size("regionSize") { disk.regionSize = rs }
+            config.caches.append(disk)
+        }
+        for (i, item) in try r.list("stores").enumerated() {
+            let s = try r.nested(item, "stores[\(i)]")
+            try s.checkKnown(storeKeys)
+            guard let name = try s.string("name") else { throw s.missing("name") }
+            let typeText = try s.string("type") ?? "s3"
+            guard let kind = StoreConfig.Kind(rawValue: typeText) else {
+                throw ShoalError(.badRequest, "key 'stores[\(i)].type': '\(typeText)' is not a store type (s3 or file)")
+            }
+            var store = StoreConfig(name: name, kind: kind)
+            store.endpoint = try s.string("endpoint") ?? ""
+            store.region = try s.string("region") ?? "us-east-1"
+            store.accessKey = try s.string("accessKey") ?? ""
+            store.secretKey = try s.string("secretKey") ?? ""
+            if let f = try s.string("credentialsFile") {
+                let env = try WorkerConfig.readEnvFile(resolve(f), key: "stores[\(i)].credentialsFile")
+                store.accessKey = env["SHOAL_S3_ACCESS_KEY"] ?? env["AWS_ACCESS_KEY_ID"] ?? store.accessKey
+                store.secretKey = env["SHOAL_S3_SECRET_KEY"] ?? env["AWS_SECRET_ACCESS_KEY"] ?? store.secretKey
+                if store.endpoint.isEmpty { store.endpoint = env["SHOAL_S3_ENDPOINT"] ?? "" }
+                if let region = env["SHOAL_S3_REGION"] { store.region = region }
+            }
+            if let root = try s.string("root") { store.root = resolve(root) }
+            if let n = try s.int("maxConcurrency", min: 1, max: 1024) { store.maxConcurrency = n }
+            config.stores.append(store)
+        }
+        return config
+    }
+
+    /// Checks the whole config; the error names the key.
+    public func validate() throws(ShoalError) {
+        guard blockSize >= BlockLayout.minBlockSize, blockSize <= BlockLayout.maxBlockSize, blockSize % 4096 == 0 else {
+            throw ShoalError(.badRequest, "key 'blockSize': \(ByteSize.format(blockSize)) must be 64 KiB-16 MiB and a multiple of 4 KiB")
+        }
+        guard !secret.isEmpty else {
+            throw ShoalError(.badRequest, "key 'secret': a shared secret is required (set 'secret' or 'secretFile'); clients prove they hold it")
+        }
+        guard !caches.isEmpty else { throw ShoalError(.badRequest, "key 'caches': at least one cache folder is required") }
+        guard !stores.isEmpty else { throw ShoalError(.badRequest, "key 'stores': at least one store is required") }
+        var names = Set<String>()
+        for (i, s) in stores.enumerated() {
+            guard names.insert(s.name).inserted else { throw ShoalError(.badRequest, "key 'stores[\(i)].name': '\(s.name)' is used twice") }
+            guard !s.name.isEmpty, s.name.utf8.count <= WireLimits.maxStoreName, !s.name.contains("@") else {
+                throw ShoalError(.badRequest, "key 'stores[\(i)].name': '\(s.name)' must be 1-\(WireLimits.maxStoreName) bytes without '@'")
+            }
+            switch s.kind {
+            case .s3:
+                guard s.endpoint.hasPrefix("http://") || s.endpoint.hasPrefix("https://") else {
+                    throw ShoalError(.badRequest, "key 'stores[\(i)].endpoint': '\(s.endpoint)' must be an http:// or https:// URL")
+                }
+                guard !s.accessKey.isEmpty, !s.secretKey.isEmpty else {
+                    throw ShoalError(.badRequest, "key 'stores[\(i)].accessKey': store '\(s.name)' needs accessKey and secretKey (or credentialsFile)")
+                }
+            case .file:
+                guard FileSystem.isDirectory(s.root) else {
+                    throw ShoalError(.badRequest, "key 'stores[\(i)].root': '\(s.root)' is not a folder")
+                }
+            }
+        }
+        for (i, c) in caches.enumerated() where c.capacity < 2 * c.regionSize {
+            throw ShoalError(.badRequest, "key 'caches[\(i)].capacity': \(ByteSize.format(c.capacity)) must hold at least two regions of \(ByteSize.format(c.regionSize))")
+        }
+    }
+
+    /// Reads a secret file, without its trailing newline; an empty file is an error.
+    public static func readSecret(_ path: String) throws(ShoalError) -> [UInt8] {
+        do {
+            var bytes = try FileSystem.readFile(path)
+            while let l = bytes.last, l == 10 || l == 13 || l == 32 { bytes.removeLast() }
+            guard !bytes.isEmpty else { throw ShoalError(.badRequest, "secret file \(path) is empty") }
+            return bytes
+        } catch let e as ShoalError {
+            throw e
+        } catch {
+            throw ShoalError(.badRequest, "cannot read secret file \(path): \(error)")
+        }
+    }
+
+    /// Reads `NAME=value` lines (the object store script's s3.env).
+    public static func readEnvFile(_ path: String, key: String) throws(ShoalError) -> [String: String] {
+        let text: String
+        do { text = String(decoding: try FileSystem.readFile(path), as: UTF8.self) } catch {
+            throw ShoalError(.badRequest, "key '\(key)': cannot read \(path): \(error)")
+        }
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            out[String(line[..<eq])] = String(line[line.index(after: eq)...])
+        }
+        return out
+    }
+}
+
+/// Typed reads of one YAML mapping, with errors that name the key.
+struct KeyReader {
+    let map: [String: Any]
+    let path: String
+
+    func name(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    func missing(_ key: String) -> ShoalError { ShoalError(.badRequest, "key '\(name(key))' is required") }
+
+    func checkKnown(_ known: Set<String>) throws(ShoalError) {
+        for key in map.keys.sorted() where !known.contains(key) {
+            throw ShoalError(.badRequest, "unknown key '\(name(key))' (known: \(known.sorted().joined(separator: ", ")))")
+        }
+    }
+
+    func string(_ key: String) throws(ShoalError) -> String? {
+        guard let v = map[key] else { return nil }
+        if let s = v as? String { return s }
+        if let i = v as? Int { return String(i) }
+        throw ShoalError(.badRequest, "key '\(name(key))': expected text, got \(v)")
+    }
+
+    func int(_ key: String, min lo: Int, max hi: Int) throws(ShoalError) -> Int? {
+        guard let v = map[key] else { return nil }
+        guard let i = v as? Int else { throw ShoalError(.badRequest, "key '\(name(key))': expected a whole number, got \(v)") }
+        guard i >= lo, i <= hi else { throw ShoalError(.badRequest, "key '\(name(key))': \(i) is outside \(lo)-\(hi)") }
+        return i
+    }
+
+    func size(_ key: String) throws(ShoalError) -> UInt64? {
+        guard let v = map[key] else { return nil }
+        if let i = v as? Int, i >= 0 { return UInt64(i) }
+        guard let s = v as? String, let n = ByteSize.parse(s) else {
+            throw ShoalError(.badRequest, "key '\(name(key))': '\(v)' is not a size (e.g. 4MiB, 100GiB)")
+        }
+        return n
+    }
+
+    func duration(_ key: String) throws(ShoalError) -> Double? {
+        guard let v = map[key] else { return nil }
+        if let i = v as? Int, i >= 0 { return Double(i) }
+        guard let s = v as? String, let d = DurationText.parseSeconds(s) else {
+            throw ShoalError(.badRequest, "key '\(name(key))': '\(v)' is not a duration (e.g. 60s, 500ms, 0)")
+        }
+        return d
+    }
+
+    func endpoint(_ key: String) throws(ShoalError) -> Endpoint? {
+        guard let s = try string(key) else { return nil }
+        guard let e = Endpoint(s) else { throw ShoalError(.badRequest, "key '\(name(key))': '\(s)' is not host:port") }
+        return e
+    }
+
+    func list(_ key: String) throws(ShoalError) -> [Any] {
+        guard let v = map[key] else { return [] }
+        guard let l = v as? [Any] else { throw ShoalError(.badRequest, "key '\(name(key))': expected a list") }
+        return l
+    }
+
+    func nested(_ item: Any, _ path: String) throws(ShoalError) -> KeyReader {
+        guard let m = item as? [String: Any] else { throw ShoalError(.badRequest, "key '\(path)': expected a mapping of keys") }
+        return KeyReader(map: m, path: path)
+    }
+}

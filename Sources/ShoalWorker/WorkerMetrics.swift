@@ -1,0 +1,50 @@
+import Metrics
+import Prometheus
+import ShoalCore
+
+/// The worker's metrics, created once and kept (never looked up on the hot path). Each worker has
+/// its own Prometheus registry, so several workers in one process (tests) do not mix counts.
+public final class WorkerMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    let hits: Metrics.Counter
+    let misses: Metrics.Counter
+    let bytesServed: Metrics.Counter
+    let bytesFilled: Metrics.Counter
+    let fillsInFlight: Metrics.Meter
+    let corruptBlocks: Metrics.Counter
+    let cachedBlocks: Metrics.Gauge
+    let cachedBytes: Metrics.Gauge
+    let connections: Metrics.Meter
+    private let errors: [StatusCode: Metrics.Counter]
+
+    public init() {
+        let factory = PrometheusMetricsFactory(registry: registry)
+        hits = Metrics.Counter(label: "shoal_hits_total", factory: factory)
+        misses = Metrics.Counter(label: "shoal_misses_total", factory: factory)
+        bytesServed = Metrics.Counter(label: "shoal_bytes_served_total", factory: factory)
+        bytesFilled = Metrics.Counter(label: "shoal_bytes_filled_total", factory: factory)
+        fillsInFlight = Metrics.Meter(label: "shoal_fills_in_flight", factory: factory)
+        corruptBlocks = Metrics.Counter(label: "shoal_corrupt_blocks_total", factory: factory)
+        cachedBlocks = Metrics.Gauge(label: "shoal_cached_blocks", factory: factory)
+        cachedBytes = Metrics.Gauge(label: "shoal_cached_bytes", factory: factory)
+        connections = Metrics.Meter(label: "shoal_connections", factory: factory)
+        var errors: [StatusCode: Metrics.Counter] = [:]
+        for code in StatusCode.allCases where code != .ok {
+            errors[code] = Metrics.Counter(label: "shoal_errors_total", dimensions: [("kind", code.label)], factory: factory)
+        }
+        self.errors = errors
+    }
+
+    func error(_ code: StatusCode) { errors[code]?.increment() }
+
+    /// The Prometheus text exposition.
+    public func render() -> String { registry.emitToString() }
+
+    /// The value of one sample in the exposition (tests and `/status`).
+    public func value(_ name: String) -> Double {
+        for line in render().split(separator: "\n") where line.hasPrefix(name + " ") {
+            return Double(line.split(separator: " ").last ?? "0") ?? 0
+        }
+        return 0
+    }
+}

@@ -1,0 +1,191 @@
+import ArgumentParser
+import ShoalClient
+import ShoalCore
+import ShoalObjectStore
+import ShoalSys
+import ShoalWorker
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Put a sample dataset in a store and measure reads (Perf/ drives these).",
+        subcommands: [Populate.self, Read.self, Get.self])
+
+    /// Direct access to an S3 store, for populating and for the direct-GET baseline.
+    struct StoreOptions: ParsableArguments {
+        @Option(help: "An env file with SHOAL_S3_ENDPOINT, SHOAL_S3_ACCESS_KEY, SHOAL_S3_SECRET_KEY (default: those variables).")
+        var storeEnv: String?
+
+        func makeStore() throws -> S3Store {
+            var values: [String: String] = [:]
+            if let storeEnv {
+                do { values = try WorkerConfig.readEnvFile(storeEnv, key: "--store-env") } catch { throw fail(error.message, code: 2) }
+            }
+            func get(_ k: String) -> String? { values[k] ?? ProcessEnvironment.get(k) }
+            guard let endpoint = get("SHOAL_S3_ENDPOINT"), let ak = get("SHOAL_S3_ACCESS_KEY"), let sk = get("SHOAL_S3_SECRET_KEY") else {
+                throw fail("store credentials missing: pass --store-env FILE or set SHOAL_S3_ENDPOINT, SHOAL_S3_ACCESS_KEY and SHOAL_S3_SECRET_KEY", code: 2)
+            }
+            return S3Store(name: "default", credentials: S3Credentials(endpoint: endpoint, region: get("SHOAL_S3_REGION") ?? "us-east-1",
+                                                                       accessKey: ak, secretKey: sk), maxConcurrency: 64)
+        }
+    }
+
+    static func parsePrefix(_ url: String) throws -> ObjectRef {
+        guard url.hasPrefix("s3://") else { throw fail("'\(url)' is not s3://bucket/prefix", code: 2) }
+        let rest = url.dropFirst(5)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let bucket = String(rest[..<slash])
+        let prefix = slash == rest.endIndex ? "" : String(rest[rest.index(after: slash)...])
+        guard !bucket.isEmpty else { throw fail("'\(url)' names no bucket", code: 2) }
+        return ObjectRef(store: ObjectRef.defaultStore, bucket: bucket, key: prefix)
+    }
+
+    static func report(_ what: String, bytes: UInt64, seconds: Double, json: Bool, extra: String = "") {
+        if json {
+            print("{\"what\":\"\(what)\",\"bytes\":\(bytes),\"seconds\":\(formatFixed(seconds, decimals: 4)),\"bytesPerSecond\":\(formatFixed(Double(bytes) / max(seconds, 1e-9), decimals: 0))\(extra)}")
+        } else {
+            print("\(what): \(ByteSize.format(bytes)) in \(formatFixed(seconds, decimals: 2)) s = \(ByteSize.formatRate(bytes: bytes, seconds: seconds))")
+        }
+    }
+
+    struct Populate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a sample dataset of pseudo-random objects straight to the store.")
+        @Argument(help: "s3://bucket/prefix") var url: String
+        @Option(help: "Total size, e.g. 1GiB.") var size = "1GiB"
+        @Option(help: "Size of each object, e.g. 64MiB.") var objectSize = "64MiB"
+        @OptionGroup var store: StoreOptions
+
+        func run() throws {
+            let target = try BenchCommand.parsePrefix(url)
+            guard let total = ByteSize.parse(size), let each = ByteSize.parse(objectSize), each > 0, each <= 1 << 30 else {
+                throw fail("--size and --object-size must be sizes (object size at most 1 GiB)", code: 2)
+            }
+            let s3 = try store.makeStore()
+            do throws(ShoalError) {
+                try s3.createBucket(target.bucket)
+                let count = Int((total + each - 1) / each)
+                for i in 0..<count {
+                    let key = target.key + (target.key.isEmpty || target.key.hasSuffix("/") ? "" : "/") + "part-\(String(i).leftPadded(5)).bin"
+                    let n = Int(min(each, total - UInt64(i) * each))
+                    try s3.put(bucket: target.bucket, key: key, bytes: SampleData.bytes(seed: UInt64(i + 1), count: n))
+                }
+                note("populated s3://\(target.bucket)/\(target.key): \(count) objects, \(ByteSize.format(total))")
+            } catch {
+                throw fail(error.message)
+            }
+        }
+    }
+
+    struct Read: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Read every object under a prefix through the cache; print the throughput.")
+        @Argument(help: "s3://bucket/prefix") var url: String
+        @Option(help: "Label for the printed figure.") var label = "read"
+        @Flag(help: "Print one JSON line.") var json = false
+        @OptionGroup var store: StoreOptions
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            let target = try BenchCommand.parsePrefix(url)
+            let s3 = try store.makeStore()
+            do {
+                let entries = try s3.listAll(bucket: target.bucket, prefix: target.key)
+                guard !entries.isEmpty else { throw fail("no objects under \(url)") }
+                let c = try ShoalClient(config: try client.makeClientConfig())
+                var buffer: UnsafeMutableRawBufferPointer?
+                defer { buffer?.deallocate() }
+                var total: UInt64 = 0
+                let start = monotonicNanos()
+                for e in entries {
+                    let file = try c.open(ObjectRef(store: ObjectRef.defaultStore, bucket: target.bucket, key: e.key))
+                    let chunk = Int(file.blockSize) * 16
+                    if buffer == nil || buffer!.count != chunk {
+                        buffer?.deallocate()
+                        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+                    }
+                    var pos: UInt64 = 0
+                    while pos < file.size {
+                        let n = try c.read(file, at: pos, into: buffer!)
+                        pos += UInt64(n)
+                    }
+                    total += file.size
+                }
+                let seconds = Double(monotonicNanos() - start) / 1e9
+                BenchCommand.report(label, bytes: total, seconds: seconds, json: json)
+            } catch let e as ShoalError {
+                throw fail(e.message)
+            }
+        }
+    }
+
+    struct Get: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Baseline: ranged GETs of every block straight from the store, N at a time.")
+        @Argument(help: "s3://bucket/prefix") var url: String
+        @Option(help: "GETs in flight.") var concurrency = 8
+        @Option(help: "Range size, e.g. 4MiB.") var blockSize = "4MiB"
+        @Flag(help: "Print one JSON line.") var json = false
+        @OptionGroup var store: StoreOptions
+
+        func run() throws {
+            let target = try BenchCommand.parsePrefix(url)
+            guard let bs = ByteSize.parse(blockSize), bs > 0, concurrency >= 1, concurrency <= 256 else {
+                throw fail("--block-size must be a size and --concurrency 1-256", code: 2)
+            }
+            let s3 = try store.makeStore()
+            let entries: [ObjectEntry]
+            do { entries = try s3.listAll(bucket: target.bucket, prefix: target.key) } catch { throw fail(error.message) }
+            var work: [(String, UInt64, Int)] = []
+            for e in entries {
+                var off: UInt64 = 0
+                while off < e.version.size {
+                    work.append((e.key, off, Int(min(bs, e.version.size - off))))
+                    off += bs
+                }
+            }
+            let queue = WorkQueue(items: work)
+            let done = ConditionLock()
+            nonisolated(unsafe) var finished = 0
+            nonisolated(unsafe) var firstError: String?
+            let start = monotonicNanos()
+            for _ in 0..<concurrency {
+                try OSThread.spawn(name: "bench-get") {
+                    let buffer = UnsafeMutableRawPointer.allocate(byteCount: Int(bs), alignment: 4096)
+                    defer { buffer.deallocate() }
+                    while let (key, off, n) = queue.next() {
+                        do throws(ShoalError) {
+                            _ = try s3.get(bucket: target.bucket, key: key, offset: off, length: n, ifMatch: nil, into: buffer)
+                        } catch {
+                            done.withLock { firstError = firstError ?? error.message }
+                        }
+                    }
+                    done.withLock { finished += 1 }
+                    done.broadcast()
+                }
+            }
+            done.lock()
+            while finished < concurrency { done.wait() }
+            done.unlock()
+            let seconds = Double(monotonicNanos() - start) / 1e9
+            if let firstError { throw fail(firstError) }
+            BenchCommand.report("direct-get", bytes: entries.reduce(0) { $0 + $1.version.size }, seconds: seconds, json: json,
+                                extra: ",\"concurrency\":\(concurrency)")
+        }
+    }
+}
+
+/// Hands out work items to threads.
+final class WorkQueue: @unchecked Sendable {
+    private var items: [(String, UInt64, Int)]
+    private var nextIndex = 0
+    private let lock = ConditionLock()
+    init(items: [(String, UInt64, Int)]) { self.items = items }
+    func next() -> (String, UInt64, Int)? {
+        lock.withLock {
+            guard nextIndex < items.count else { return nil }
+            defer { nextIndex += 1 }
+            return items[nextIndex]
+        }
+    }
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
+}

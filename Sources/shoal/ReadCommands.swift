@@ -1,0 +1,97 @@
+import ArgumentParser
+import ShoalClient
+import ShoalCore
+import ShoalSys
+
+struct CatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cat", abstract: "Write an object (or a byte range of it) to standard output, read through the cache.")
+
+    @Argument(help: "s3://bucket/key (or s3://store@bucket/key)") var url: String
+    @Option(help: "Byte range: START-END (inclusive), START-, -LAST, or START+LENGTH; units allowed (0-1MiB).")
+    var range: String?
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        StandardStreams.ignoreSIGPIPE()
+        let ref: ObjectRef
+        do { ref = try ObjectRef.parse(url) } catch { throw fail(error.message, code: 2) }
+        var spec: ByteRangeSpec?
+        if let range {
+            guard let s = ByteRangeSpec.parse(range) else { throw fail("--range '\(range)' is not START-END, START-, -LAST or START+LENGTH", code: 2) }
+            spec = s
+        }
+        let c: ShoalClient
+        do { c = try ShoalClient(config: try client.makeClientConfig()) } catch let e as ShoalError { throw fail(e.message, code: 2) }
+        do {
+            let file = try c.open(ref)
+            let (offset, length) = spec?.resolve(size: file.size) ?? (0, file.size)
+            let chunk = max(UInt64(file.blockSize) * 16, 1)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(chunk, max(length, 1))), alignment: 4096)
+            defer { buffer.deallocate() }
+            var position = offset
+            while position < offset + length {
+                let n = Int(min(UInt64(buffer.count), offset + length - position))
+                let got = try c.read(file, at: position, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
+                guard got > 0 else { break }
+                guard StandardStreams.write(fd: 1, buffer.baseAddress!, count: got) else { return }  // reader closed the pipe
+                position += UInt64(got)
+            }
+        } catch {
+            throw fail(error.message)
+        }
+    }
+}
+
+struct StatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "stat", abstract: "Show an object's size, etag and blocks.")
+
+    @Argument(help: "s3://bucket/key") var url: String
+    @Flag(help: "Ask the store, not the worker's metadata cache.") var revalidate = false
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        let ref: ObjectRef
+        do { ref = try ObjectRef.parse(url) } catch { throw fail(error.message, code: 2) }
+        do {
+            let c = try ShoalClient(config: try client.makeClientConfig())
+            let file = try c.stat(ref, revalidate: revalidate)
+            let blocks = BlockLayout(blockSize: UInt64(file.blockSize)).blockCount(objectSize: file.size)
+            if json {
+                let etag = file.version.etag.replacingQuotes()
+                print("{\"url\":\"\(ref)\",\"size\":\(file.size),\"etag\":\"\(etag)\",\"blockSize\":\(file.blockSize),\"blocks\":\(blocks)}")
+            } else {
+                print("\(ref)\n  size:   \(ByteSize.format(file.size)) (\(file.size) bytes)\n  etag:   \(file.version.etag)\n  blocks: \(blocks) × \(ByteSize.format(UInt64(file.blockSize)))")
+            }
+        } catch let e as ShoalError {
+            throw fail(e.message)
+        }
+    }
+}
+
+struct SelftestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "selftest", abstract: "Check hardware paths on this host.",
+                                                    subcommands: [RDMA.self])
+
+    struct RDMA: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "rdma", abstract: "List RDMA devices and check they open.")
+
+        func run() throws {
+            let devices = Verbs.devices()
+            guard !devices.isEmpty else {
+                throw fail("no RDMA device found on this host (libibverbs lists none): nothing was verified", code: 3)
+            }
+            var bad = 0
+            for d in devices {
+                print("\(d.name): \(d.opened ? "opened" : "cannot open")")
+                if !d.opened { bad += 1 }
+            }
+            if bad > 0 { throw ExitCode(1) }
+        }
+    }
+}
+
+extension String {
+    func replacingQuotes() -> String { String(self.map { $0 == "\"" ? "'" : $0 }) }
+}

@@ -1,0 +1,90 @@
+import ArgumentParser
+import Logging
+import ShoalCore
+import ShoalClient
+import ShoalSys
+import ShoalWorker
+
+@main
+struct Shoal: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shoal",
+        abstract: "A distributed NVMe read cache for AI training data.",
+        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, BenchCommand.self, SelftestCommand.self])
+}
+
+/// Prints `shoal: error: …` and exits non-zero: the one way commands report failure.
+func fail(_ message: String, code: Int32 = 1) -> ExitCode {
+    var line = Array("shoal: error: \(message)\n".utf8)
+    _ = line.withUnsafeMutableBytes { StandardStreams.write(fd: 2, $0.baseAddress!, count: $0.count) }
+    return ExitCode(code)
+}
+
+func note(_ message: String) {
+    let line = Array((message + "\n").utf8)
+    _ = line.withUnsafeBytes { StandardStreams.write(fd: 2, $0.baseAddress!, count: $0.count) }
+}
+
+func makeLogger(_ label: String, level: String) throws -> Logger {
+    guard let lvl = Logger.Level(rawValue: level) else {
+        throw fail("--log-level '\(level)' is not one of trace, debug, info, notice, warning, error, critical", code: 2)
+    }
+    var logger = Logger(label: label, factory: { StreamLogHandler.standardError(label: $0) })
+    logger.logLevel = lvl
+    return logger
+}
+
+/// Options every client command shares: where the workers are and the cluster secret.
+struct ClientOptions: ParsableArguments {
+    @Option(name: .customLong("worker"), help: "A worker's host:port (repeat for several; default: $SHOAL_WORKERS, comma-separated).")
+    var workers: [String] = []
+
+    @Option(help: "File holding the cluster secret (default: $SHOAL_SECRET_FILE).")
+    var secretFile: String?
+
+    @Option(help: "Connections per worker for parallel block reads.")
+    var connections = 4
+
+    func makeClientConfig() throws -> ClientConfig {
+        let env = ProcessEnvironment.get
+        var list = workers
+        if list.isEmpty, let w = env("SHOAL_WORKERS") { list = w.split(separator: ",").map(String.init) }
+        guard !list.isEmpty else { throw fail("no worker given: pass --worker HOST:PORT or set SHOAL_WORKERS", code: 2) }
+        var endpoints: [Endpoint] = []
+        for w in list {
+            guard let e = Endpoint(w.trimmingCharacters()) else { throw fail("worker address '\(w)' is not host:port", code: 2) }
+            endpoints.append(e)
+        }
+        guard let path = secretFile ?? env("SHOAL_SECRET_FILE") else {
+            throw fail("no cluster secret: pass --secret-file FILE or set SHOAL_SECRET_FILE", code: 2)
+        }
+        let secret: [UInt8]
+        do { secret = try WorkerConfig.readSecret(path) } catch { throw fail(error.message, code: 2) }
+        guard connections >= 1 && connections <= 64 else { throw fail("--connections must be 1-64", code: 2) }
+        var config = ClientConfig(workers: endpoints, secret: secret)
+        config.connectionsPerWorker = connections
+        config.clientName = "shoal-cli"
+        return config
+    }
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// Environment variables without Foundation.
+enum ProcessEnvironment {
+    static func get(_ name: String) -> String? {
+        guard let v = getenv(name) else { return nil }
+        return String(cString: v)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

