@@ -58,12 +58,16 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]),
 
+        .target(
+            name: "ShoalTestSupport",
+            dependencies: ["ShoalWorker", "ShoalObjectStore", "ShoalStore", "ShoalSys", "ShoalCore", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/ShoalTestSupport"),
         .testTarget(name: "ShoalCoreTests", dependencies: ["ShoalCore"]),
-        .testTarget(name: "ShoalSysTests", dependencies: ["ShoalSys", "ShoalCore"]),
-        .testTarget(name: "ShoalStoreTests", dependencies: ["ShoalStore", "ShoalSys", "ShoalCore"]),
-        .testTarget(name: "ShoalObjectStoreTests", dependencies: ["ShoalObjectStore", "ShoalSys", "ShoalCore"]),
+        .testTarget(name: "ShoalSysTests", dependencies: ["ShoalSys", "ShoalCore", "ShoalTestSupport"]),
+        .testTarget(name: "ShoalStoreTests", dependencies: ["ShoalStore", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
+        .testTarget(name: "ShoalObjectStoreTests", dependencies: ["ShoalObjectStore", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalIntegrationTests",
-            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalTransport", "ShoalSys", "ShoalCore"]),
+            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalTransport", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
     ]
 )

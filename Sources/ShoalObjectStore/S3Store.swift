@@ -22,11 +22,14 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     public let name: String
     public let credentials: S3Credentials
     private let maxConcurrency: Int
+    /// Keys per listing page (S3's max-keys); the store may cap it lower.
+    public let listPageSize: Int
     private let lock = ConditionLock()
     private var idle: [CurlEasy] = []
     private var inFlight = 0
 
-    public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16) {
+    public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000) {
+        self.listPageSize = max(1, min(listPageSize, 1000))
         self.name = name
         self.credentials = credentials
         self.maxConcurrency = max(1, maxConcurrency)
@@ -137,7 +140,7 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     }
 
     public func list(bucket: String, prefix: String, continuation: String?) throws(ShoalError) -> ObjectListing {
-        var query = [("list-type", "2"), ("prefix", prefix)]
+        var query = [("list-type", "2"), ("prefix", prefix), ("max-keys", String(listPageSize))]
         if let continuation { query.append(("continuation-token", continuation)) }
         let what = "listing of s3://\(bucket)/\(prefix)"
         let sink = HTTPBodySink(limit: 64 << 20)

@@ -125,6 +125,7 @@ final class CacheDisk: @unchecked Sendable {
                 logger.warning("cache file has another layout or format; starting it empty", metadata: ["path": "\(filePath)", "found": "\(existing)"])
             }
             try writeSuperblock(scratch: scratch)
+            startRegion(0)
         }
     }
 
@@ -160,7 +161,8 @@ final class CacheDisk: @unchecked Sendable {
                 guard (try? file.read(into: scratch.base, count: CacheFormat.headerSize, at: regionStart(r) + offset)) == CacheFormat.headerSize,
                       let h = CacheFormat.readHeader(scratch.base) else { break }
                 if generation == 0 { generation = h.generation }
-                guard h.generation == generation, let key = BlockKey(encoded: h.key) else { break }
+                // Generations start at 1: a 0 can only be a stray or hand-made header.
+                guard h.generation != 0, h.generation == generation, let key = BlockKey(encoded: h.key) else { break }
                 let length = UInt64(CacheFormat.recordLength(dataLength: Int(h.dataLength)))
                 guard offset + length <= regionSize else { break }
                 let id = key.id

@@ -11,6 +11,12 @@ public final class HTTPBodySink: @unchecked Sendable {
     public private(set) var count = 0
     public private(set) var overflowed = false
     public private(set) var bytes: [UInt8] = []
+    /// The body of an error response (status 300 and up), kept apart from the caller's buffer.
+    public private(set) var errorBytes: [UInt8] = []
+
+    func appendError(_ data: UnsafeRawPointer, _ n: Int) {
+        if errorBytes.count < 64 * 1024 { errorBytes.append(contentsOf: UnsafeRawBufferPointer(start: data, count: min(n, 64 * 1024 - errorBytes.count))) }
+    }
 
     /// Writes into `buffer`; more than fits marks `overflowed` and stops the transfer.
     public init(buffer: UnsafeMutableRawBufferPointer) {
@@ -37,6 +43,7 @@ public final class HTTPBodySink: @unchecked Sendable {
 
     /// The body as text (for error documents), from either mode.
     public var text: String {
+        if !errorBytes.isEmpty { return String(decoding: errorBytes, as: UTF8.self) }
         if let fixed { return String(decoding: UnsafeRawBufferPointer(start: fixed.baseAddress, count: min(count, 4096)), as: UTF8.self) }
         return String(decoding: bytes.prefix(4096), as: UTF8.self)
     }
@@ -97,14 +104,19 @@ public final class CurlEasy: @unchecked Sendable {
 
     private final class Context {
         let sink: HTTPBodySink
+        let handle: UnsafeMutableRawPointer
         var headers: [String: String] = [:]
-        init(sink: HTTPBodySink) { self.sink = sink }
+        var status: Int?
+        init(sink: HTTPBodySink, handle: UnsafeMutableRawPointer) {
+            self.sink = sink
+            self.handle = handle
+        }
     }
 
     public func perform(_ request: HTTPRequest, sink: HTTPBodySink) throws(CurlError) -> HTTPResponse {
         curl_easy_reset(handle)
         errorBuffer[0] = 0
-        let context = Context(sink: sink)
+        let context = Context(sink: sink, handle: handle)
         let contextPointer = Unmanaged.passUnretained(context).toOpaque()
         var headerList: UnsafeMutablePointer<curl_slist>?
         defer { if let headerList { curl_slist_free_all(headerList) } }
@@ -151,6 +163,16 @@ public final class CurlEasy: @unchecked Sendable {
         _ = shoal_curl_setopt_callback(handle, CURLOPT_WRITEFUNCTION, { data, size, count, ctx in
             let context = Unmanaged<Context>.fromOpaque(ctx!).takeUnretainedValue()
             let n = size * count
+            if context.status == nil {
+                var status: Int = 0
+                _ = shoal_curl_getinfo_long(context.handle, CURLINFO_RESPONSE_CODE, &status)
+                context.status = status
+            }
+            // An error document must not land in (or overflow) the caller's data buffer.
+            if let status = context.status, status >= 300 {
+                context.sink.appendError(UnsafeRawPointer(data!), n)
+                return n
+            }
             return context.sink.append(UnsafeRawPointer(data!), n) ? n : 0
         })
         _ = shoal_curl_setopt_ptr(handle, CURLOPT_WRITEDATA, contextPointer)

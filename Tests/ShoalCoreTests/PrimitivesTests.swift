@@ -1,0 +1,158 @@
+import Testing
+@testable import ShoalCore
+
+@Suite struct ChecksumAndHashTests {
+    @Test func crc32cKnownVectors() {
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum([UInt8](repeating: 0, count: 32)) == 0x8A91_36AA)
+        #expect(CRC32C.checksum([]) == 0)
+    }
+
+    @Test func crc32cChainsAndMatchesAcrossLengths() {
+        let data = SampleData.bytes(seed: 7, count: 100_003)
+        let whole = CRC32C.checksum(data)
+        for split in [0, 1, 7, 64, 4095, 50_000, 100_003] {
+            let a = data[..<split].withUnsafeBytes { CRC32C.checksum($0) }
+            let b = data[split...].withUnsafeBytes { CRC32C.checksum($0, continuing: a) }
+            #expect(b == whole, "split at \(split)")
+        }
+    }
+
+    @Test func sha256Vectors() {
+        #expect(SHA256.hash(Array("abc".utf8)).hexString == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(SHA256.hash([]).hexString == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        let long = Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)
+        #expect(SHA256.hash(long).hexString == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+
+    @Test func hmacRFC4231() {
+        let key = [UInt8](repeating: 0x0b, count: 20)
+        #expect(hmacSHA256(key: key, message: Array("Hi There".utf8)).hexString
+                == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+        let longKey = [UInt8](repeating: 0xaa, count: 131)
+        #expect(hmacSHA256(key: longKey, message: Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8)).hexString
+                == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+    }
+
+    @Test func constantTimeCompare() {
+        #expect(constantTimeEqual([1, 2, 3], [1, 2, 3]))
+        #expect(!constantTimeEqual([1, 2, 3], [1, 2, 4]))
+        #expect(!constantTimeEqual([1, 2], [1, 2, 3]))
+    }
+}
+
+@Suite struct UnitsTests {
+    @Test func parsesSizes() {
+        #expect(ByteSize.parse("4MiB") == 4 << 20)
+        #expect(ByteSize.parse("4 MiB") == 4 << 20)
+        #expect(ByteSize.parse("1.5GiB") == 3 << 29)
+        #expect(ByteSize.parse("100") == 100)
+        #expect(ByteSize.parse("2k") == 2048)
+        #expect(ByteSize.parse("1GB") == 1_000_000_000)
+        #expect(ByteSize.parse("12XB") == nil)
+        #expect(ByteSize.parse("") == nil)
+        #expect(ByteSize.parse("-1") == nil)
+        #expect(ByteSize.parse("0.3B") == nil)
+    }
+
+    @Test func formatsSizes() {
+        #expect(ByteSize.format(17) == "17 B")
+        #expect(ByteSize.format(4 << 20) == "4 MiB")
+        #expect(ByteSize.format(1536 << 20) == "1.50 GiB")
+    }
+
+    @Test func parsesDurations() {
+        #expect(DurationText.parseSeconds("60s") == 60)
+        #expect(DurationText.parseSeconds("500ms") == 0.5)
+        #expect(DurationText.parseSeconds("2m") == 120)
+        #expect(DurationText.parseSeconds("0") == 0)
+        #expect(DurationText.parseSeconds("soon") == nil)
+    }
+
+    @Test func rangesResolveAndClip() {
+        func r(_ t: String, _ size: UInt64) -> [UInt64] {
+            guard let (o, l) = ByteRangeSpec.parse(t)?.resolve(size: size) else { return [] }
+            return [o, l]
+        }
+        #expect(r("0-99", 1000) == [0, 100])
+        #expect(r("900-", 1000) == [900, 100])
+        #expect(r("-10", 1000) == [990, 10])
+        #expect(r("1KiB+1KiB", 1500) == [1024, 476])
+        #expect(r("0-1MiB", 10) == [0, 10])
+        #expect(ByteRangeSpec.parse("5000-")?.resolve(size: 1000).length == 0)
+        #expect(ByteRangeSpec.parse("10-5") == nil)
+        #expect(ByteRangeSpec.parse("abc") == nil)
+    }
+}
+
+@Suite struct ObjectModelTests {
+    @Test func parsesURLs() throws {
+        let r = try ObjectRef.parse("s3://bucket/a/b.bin")
+        #expect(r == ObjectRef(store: "default", bucket: "bucket", key: "a/b.bin"))
+        let s = try ObjectRef.parse("s3://aws@bucket/k")
+        #expect(s.store == "aws" && s.description == "s3://aws@bucket/k")
+        #expect(throws: ShoalError.self) { try ObjectRef.parse("http://x/y") }
+        #expect(throws: ShoalError.self) { try ObjectRef.parse("s3://bucket") }
+        #expect(throws: ShoalError.self) { try ObjectRef.parse("s3://bucket/") }
+        #expect(throws: ShoalError.self) { try ObjectRef.parse("s3://b/" + String(repeating: "k", count: 2000)) }
+    }
+
+    @Test func blockKeyRoundTripsAndIdentityIncludesVersion() {
+        let k = BlockKey(object: ObjectRef(store: "s", bucket: "b", key: "k"), etag: "\"e1\"", blockSize: 4 << 20, index: 3)
+        #expect(BlockKey(encoded: k.encoded) == k)
+        var other = k
+        other.etag = "\"e2\""
+        #expect(other.id != k.id)
+        other = k
+        other.index = 4
+        #expect(other.id != k.id)
+        #expect(BlockKey(encoded: Array(k.encoded.dropLast())) == nil)
+    }
+
+    @Test func layoutCutsRangesIntoBlockPieces() {
+        let layout = BlockLayout(blockSize: 100)
+        #expect(layout.blockCount(objectSize: 0) == 0)
+        #expect(layout.blockCount(objectSize: 100) == 1)
+        #expect(layout.blockCount(objectSize: 101) == 2)
+        #expect(layout.blockLength(index: 1, objectSize: 150) == 50)
+        let pieces = layout.pieces(offset: 50, length: 200)
+        #expect(pieces.map(\.index) == [0, 1, 2])
+        #expect(pieces.map(\.length) == [50, 100, 50])
+        #expect(pieces.map(\.offsetInRange) == [0, 50, 150])
+        #expect(pieces.map(\.offsetInBlock) == [50, 0, 0])
+    }
+}
+
+@Suite struct PlacementTests {
+    @Test func spreadsEvenlyAndMovesOnlyTheLeaversSlots() {
+        let members = (0..<10).map { PlacementMember(id: "w\($0)") }
+        let p = Placement(members: members)
+        var counts = [Int](repeating: 0, count: 10)
+        let slots = 20_000
+        var before: [Int] = []
+        for s in 0..<slots {
+            let owner = p.ranked(slot: UInt64(s), count: 1)[0]
+            counts[owner] += 1
+            before.append(owner)
+        }
+        let mean = Double(slots) / 10
+        #expect(Double(counts.max()!) / mean < 1.15)
+        // Drain w3 (weight 0): only its slots move, each to the old rank-2 owner.
+        var drained = members
+        drained[3].weight = 0
+        let q = Placement(members: drained)
+        for s in 0..<slots {
+            let now = q.ranked(slot: UInt64(s), count: 1)[0]
+            if before[s] != 3 { #expect(now == before[s]) } else {
+                #expect(now == p.ranked(slot: UInt64(s), count: 2)[1])
+            }
+        }
+    }
+
+    @Test func weightsShiftLoad() {
+        let p = Placement(members: [PlacementMember(id: "a", weight: 1), PlacementMember(id: "b", weight: 3)])
+        var b = 0
+        for s in 0..<10_000 where p.ranked(slot: UInt64(s), count: 1)[0] == 1 { b += 1 }
+        #expect(b > 7_000 && b < 8_000)
+    }
+}

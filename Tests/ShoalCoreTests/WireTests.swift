@@ -1,0 +1,123 @@
+import Testing
+@testable import ShoalCore
+
+@Suite struct WireCodecTests {
+    let object = ObjectRef(store: "default", bucket: "bkt", key: "dir/file.bin")
+
+    @Test func headerRoundTripsAndRejectsBadInput() {
+        let h = FrameHeader(type: .read, status: .notFound, requestID: 42, payloadLength: 100)
+        let bytes = h.bytes
+        bytes.withUnsafeBytes { p in
+            #expect(FrameHeader.decode(p.baseAddress!, maxPayload: 1000) == .success(h))
+            #expect(FrameHeader.decode(p.baseAddress!, maxPayload: 99) == .failure(.tooLarge(100)))
+        }
+        var bad = bytes
+        bad[0] ^= 0xff
+        bad.withUnsafeBytes { #expect(FrameHeader.decode($0.baseAddress!, maxPayload: 1000) == .failure(.badMagic)) }
+        var v2 = bytes
+        v2[4] = 2
+        v2.withUnsafeBytes { #expect(FrameHeader.decode($0.baseAddress!, maxPayload: 1000) == .failure(.unsupportedVersion(2))) }
+    }
+
+    @Test func messagesRoundTrip() {
+        let stat = StatRequest(object: object, revalidate: true)
+        #expect(StatRequest(decoding: stat.encoded) == stat)
+        let reply = StatReply(version: ObjectVersion(size: 123, etag: "\"abc\""), blockSize: 4 << 20)
+        #expect(StatReply(decoding: reply.encoded) == reply)
+        let read = ReadRequest(block: BlockKey(object: object, etag: "\"e\"", blockSize: 1 << 20, index: 9), objectSize: 10 << 20,
+                               offset: 5, length: 100)
+        #expect(ReadRequest(decoding: read.encoded) == read)
+        let hello = HelloMessage(clientName: "t")
+        #expect(HelloMessage(decoding: hello.encoded) == hello)
+    }
+
+    @Test func truncatedOrPaddedMessagesAreRejected() {
+        let read = ReadRequest(block: BlockKey(object: object, etag: "e", blockSize: 1 << 20, index: 0), objectSize: 1, offset: 0, length: 1)
+        let bytes = read.encoded
+        for n in 0..<bytes.count { #expect(ReadRequest(decoding: Array(bytes.prefix(n))) == nil) }
+        #expect(ReadRequest(decoding: bytes + [0]) == nil)
+        #expect(StatRequest(decoding: []) == nil)
+        #expect(StatRequest(decoding: [0, 0, 0, 0, 0, 0]) == nil)  // empty names
+    }
+
+    @Test func readValidationNamesTheProblem() throws {
+        func req(_ size: UInt64, _ index: UInt64, _ off: UInt32, _ len: UInt32, bs: UInt32 = 1 << 20) -> ReadRequest {
+            ReadRequest(block: BlockKey(object: object, etag: "e", blockSize: bs, index: index), objectSize: size, offset: off, length: len)
+        }
+        try req(3 << 20, 2, 0, 1 << 20).validate()
+        #expect(throws: ShoalError.self) { try req(3 << 20, 3, 0, 1).validate() }  // past the end
+        #expect(throws: ShoalError.self) { try req((2 << 20) + 10, 2, 5, 6).validate() }  // beyond the short last block
+        #expect(throws: ShoalError.self) { try req(1 << 20, 0, 0, 0).validate() }  // empty
+        #expect(throws: ShoalError.self) { try req(1 << 20, 0, 0, 1, bs: 1000).validate() }  // odd block size
+    }
+}
+
+@Suite struct ServerConnectionStateTests {
+    let secret = Array("s3cret".utf8)
+    let nonce = [UInt8](repeating: 7, count: 32)
+
+    func hello() -> (FrameHeader, [UInt8]) {
+        let p = HelloMessage(clientName: "t").encoded
+        return (FrameHeader(type: .hello, requestID: 1, payloadLength: UInt32(p.count)), p)
+    }
+
+    func authenticated() -> ServerConnectionState {
+        var s = ServerConnectionState(secret: secret, blockSize: 4096)
+        let (h, p) = hello()
+        _ = s.received(h, payload: p, nonce: nonce)
+        let mac = ChallengeAuth.response(secret: secret, nonce: nonce)
+        _ = s.received(FrameHeader(type: .auth, requestID: 2, payloadLength: 32), payload: mac, nonce: [])
+        return s
+    }
+
+    @Test func handshakeThenRequests() {
+        var s = ServerConnectionState(secret: secret, blockSize: 4096)
+        let (h, p) = hello()
+        guard case .send(let ch, let body) = s.received(h, payload: p, nonce: nonce) else { Issue.record("no challenge"); return }
+        #expect(ch.type == FrameType.challenge.rawValue && Array(body.dropFirst(2)) == nonce)
+        let mac = ChallengeAuth.response(secret: secret, nonce: nonce)
+        guard case .send(let ok, _) = s.received(FrameHeader(type: .auth, requestID: 2, payloadLength: 32), payload: mac, nonce: []) else {
+            Issue.record("no AUTH_OK"); return
+        }
+        #expect(ok.type == FrameType.authOK.rawValue)
+        let stat = StatRequest(object: ObjectRef(store: "d", bucket: "b", key: "k")).encoded
+        #expect(s.received(FrameHeader(type: .stat, requestID: 3, payloadLength: UInt32(stat.count)), payload: stat, nonce: [])
+                == .serve(requestID: 3, .stat(StatRequest(object: ObjectRef(store: "d", bucket: "b", key: "k")))))
+    }
+
+    @Test func wrongSecretIsRefusedAndCloses() {
+        var s = ServerConnectionState(secret: secret, blockSize: 4096)
+        let (h, p) = hello()
+        _ = s.received(h, payload: p, nonce: nonce)
+        let mac = ChallengeAuth.response(secret: Array("wrong".utf8), nonce: nonce)
+        guard case .fail(let e, _) = s.received(FrameHeader(type: .auth, requestID: 2, payloadLength: 32), payload: mac, nonce: []) else {
+            Issue.record("accepted a wrong secret"); return
+        }
+        #expect(e.status == StatusCode.unauthenticated.rawValue)
+        #expect(s.state == .closed)
+    }
+
+    @Test func requestBeforeAuthIsRefused() {
+        var s = ServerConnectionState(secret: secret, blockSize: 4096)
+        let stat = StatRequest(object: ObjectRef(store: "d", bucket: "b", key: "k")).encoded
+        guard case .fail(let e, _) = s.received(FrameHeader(type: .stat, requestID: 1, payloadLength: UInt32(stat.count)), payload: stat, nonce: nonce) else {
+            Issue.record("served an unauthenticated request"); return
+        }
+        #expect(e.status == StatusCode.unauthenticated.rawValue)
+    }
+
+    @Test func malformedAndUnknownFramesClose() {
+        var s = authenticated()
+        guard case .fail(let e, _) = s.received(FrameHeader(type: .stat, requestID: 5, payloadLength: 3), payload: [1, 2, 3], nonce: []) else {
+            Issue.record("accepted garbage"); return
+        }
+        #expect(e.status == StatusCode.badRequest.rawValue && s.state == .closed)
+        var t = authenticated()
+        var h = FrameHeader(type: .stat, requestID: 6, payloadLength: 0)
+        h.type = 99
+        guard case .fail = t.received(h, payload: [], nonce: []) else { Issue.record("accepted type 99"); return }
+        var u = authenticated()
+        guard case .fail(let big, _) = u.received(headerError: .tooLarge(1 << 30)) else { Issue.record("accepted a huge frame"); return }
+        #expect(big.status == StatusCode.tooLarge.rawValue)
+    }
+}

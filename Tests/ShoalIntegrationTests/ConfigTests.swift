@@ -1,0 +1,60 @@
+import Testing
+import ShoalCore
+import ShoalSys
+import ShoalTestSupport
+@testable import ShoalWorker
+
+@Suite struct WorkerConfigTests {
+    @Test func parsesEveryKey() throws {
+        let dir = makeTemporaryDirectory("cfg")
+        let c = try WorkerConfig.parse(yaml: """
+            listen: 0.0.0.0:7000
+            admin: 127.0.0.1:7001
+            secret: abc
+            blockSize: 8MiB
+            buffers: 32
+            metadataTTL: 5s
+            maxConnections: 10
+            caches:
+              - path: \(dir)
+                capacity: 1GiB
+                regionSize: 64MiB
+            stores:
+              - name: default
+                type: s3
+                endpoint: http://127.0.0.1:9000
+                accessKey: a
+                secretKey: b
+              - name: local
+                type: file
+                root: \(dir)
+            """)
+        #expect(c.listen == Endpoint(host: "0.0.0.0", port: 7000))
+        #expect(c.blockSize == 8 << 20 && c.buffers == 32 && c.metadataTTL == 5 && c.maxConnections == 10)
+        #expect(c.caches.first?.capacity == 1 << 30 && c.caches.first?.regionSize == 64 << 20)
+        #expect(c.stores.map(\.name) == ["default", "local"])
+        try c.validate()
+    }
+
+    func expectError(_ yaml: String, mentions: String) {
+        #expect {
+            try WorkerConfig.parse(yaml: yaml).validate()
+        } throws: { ($0 as? ShoalError)?.message.contains(mentions) == true }
+    }
+
+    @Test func badConfigsNameTheKeyAndTheProblem() {
+        expectError("blockSize: huge", mentions: "'blockSize'")
+        expectError("colour: red", mentions: "unknown key 'colour'")
+        expectError("caches:\n  - path: x\n", mentions: "'caches[0].capacity' is required")
+        expectError("caches:\n  - path: x\n    capacity: 1GiB\n    size: 2\n", mentions: "unknown key 'caches[0].size'")
+        expectError("stores:\n  - name: a\n    type: ftp\n", mentions: "'stores[0].type'")
+        expectError("listen: nowhere", mentions: "'listen'")
+        expectError("metadataTTL: soon", mentions: "'metadataTTL'")
+        expectError("buffers: 1", mentions: "'buffers'")
+        expectError("blockSize: 20MiB\nsecret: x", mentions: "64 KiB-16 MiB")
+        expectError("caches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b}]",
+                    mentions: "'secret'")
+        expectError("[1, 2]", mentions: "mapping")
+        expectError("a: [", mentions: "YAML")
+    }
+}

@@ -1,0 +1,95 @@
+import Glibc
+import Testing
+import ShoalCore
+@testable import ShoalStore
+import ShoalSys
+import ShoalTestSupport
+
+@Suite struct BlockCacheTests {
+    let object = ObjectRef(store: "default", bucket: "b", key: "k")
+
+    func key(_ i: UInt64, etag: String = "e") -> BlockKey { BlockKey(object: object, etag: etag, blockSize: 1 << 20, index: i) }
+
+    /// Fills `slot` with block `i`'s bytes and inserts it.
+    func put(_ cache: BlockCache, _ slot: IOSlot, _ i: UInt64, length: Int = 1 << 20) throws {
+        let data = UnsafeMutableRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: length)
+        SampleData.fill(data, seed: i + 1)
+        try cache.insert(key: key(i), id: key(i).id, slot: slot, length: length, crc: CRC32C.checksum(UnsafeRawBufferPointer(data)))
+    }
+
+    func expectBlock(_ cache: BlockCache, _ slot: IOSlot, _ i: UInt64, length: Int = 1 << 20) {
+        guard case .hit(let n, _) = cache.read(key: key(i), id: key(i).id, into: slot) else {
+            Issue.record("block \(i) missing"); return
+        }
+        #expect(n == length)
+        let expected = SampleData.bytes(seed: i + 1, count: length)
+        #expect(memcmp(slot.base + BlockCache.dataOffset, expected, length) == 0)
+    }
+
+    /// All blocks in the first region (the case a fresh file's generation numbering once lost).
+    @Test func restartWithOnlyTheFirstRegionWritten() throws {
+        let dir = makeTemporaryDirectory("first-region")
+        let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
+        let slot = try #require(pool.acquire())
+        do {
+            let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 64 << 20, regionSize: 8 << 20)], logger: testLogger)
+            for i in 0..<3 { try put(cache, slot, UInt64(i)) }
+        }
+        let reopened = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 64 << 20, regionSize: 8 << 20)], logger: testLogger)
+        #expect(reopened.blockCount == 3)
+        for i in 0..<3 { expectBlock(reopened, slot, UInt64(i)) }
+    }
+
+    @Test func insertReadAndSurviveRestart() throws {
+        let dir = makeTemporaryDirectory("cache")
+        let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
+        let slot = try #require(pool.acquire())
+        do {
+            let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 32 << 20, regionSize: 4 << 20)], logger: testLogger)
+            for i in 0..<5 { try put(cache, slot, UInt64(i), length: i == 4 ? 12345 : 1 << 20) }
+            expectBlock(cache, slot, 2)
+            #expect(cache.read(key: key(2, etag: "other"), id: key(2, etag: "other").id, into: slot) == .miss)
+        }
+        let reopened = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 32 << 20, regionSize: 4 << 20)], logger: testLogger)
+        #expect(reopened.blockCount == 5)
+        for i in 0..<4 { expectBlock(reopened, slot, UInt64(i)) }
+        expectBlock(reopened, slot, 4, length: 12345)
+        // New writes after recovery go on without clobbering the recovered blocks.
+        try put(reopened, slot, 10)
+        expectBlock(reopened, slot, 0)
+        expectBlock(reopened, slot, 10)
+    }
+
+    @Test func flippedByteIsDetectedAndNeverServed() throws {
+        let dir = makeTemporaryDirectory("corrupt")
+        let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
+        let slot = try #require(pool.acquire())
+        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 16 << 20, regionSize: 4 << 20)], logger: testLogger)
+        try put(cache, slot, 0)
+        try flipByte(path: cache.filePaths[0], at: CacheFormat.dataStart + 4096 + 777)
+        guard case .corrupt = cache.read(key: key(0), id: key(0).id, into: slot) else { Issue.record("bad block served"); return }
+        #expect(cache.read(key: key(0), id: key(0).id, into: slot) == .miss)
+        #expect(cache.blockCount == 0)
+    }
+
+    @Test func neverGrowsPastItsCapacityAndEvictsOldestFirst() throws {
+        let dir = makeTemporaryDirectory("cap")
+        let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
+        let slot = try #require(pool.acquire())
+        let capacity: UInt64 = 16 << 20
+        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: capacity, regionSize: 4 << 20)], logger: testLogger)
+        for i in 0..<60 {
+            try put(cache, slot, UInt64(i))
+            #expect(cache.bytesCached <= capacity)
+        }
+        #expect(FileSystem.info(cache.filePaths[0])!.size <= capacity + CacheFormat.dataStart)
+        #expect(!cache.contains(key(0).id))
+        expectBlock(cache, slot, 59)
+    }
+
+    @Test func refusesMissingFolderWithItsName() {
+        #expect {
+            try BlockCache(disks: [CacheDiskConfig(path: "/nonexistent-shoal-dir", capacity: 16 << 20, regionSize: 4 << 20)], logger: testLogger)
+        } throws: { ($0 as? ShoalError)?.message.contains("/nonexistent-shoal-dir") == true }
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import Logging
+import ShoalCore
+import ShoalObjectStore
+import ShoalStore
+import ShoalSys
+import ShoalWorker
+
+/// The repository root, found from this file's place in it.
+public let repositoryRoot: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }
+    return url.path
+}()
+
+/// A fresh folder under .build/test-tmp (a real disk, so O_DIRECT works; tmpfs would not).
+public func makeTemporaryDirectory(_ name: String = "t") -> String {
+    let path = repositoryRoot + "/.build/test-tmp/\(name)-\(getpid())-\(secureRandomBytes(4).hexString)"
+    try! FileSystem.createDirectories(path)
+    return path
+}
+
+public let testLogger: Logger = {
+    var l = Logger(label: "shoal.test", factory: { StreamLogHandler.standardError(label: $0) })
+    // SHOAL_TEST_LOG=debug (or info, ...) shows the workers' logs while debugging a test.
+    l.logLevel = ProcessInfo.processInfo.environment["SHOAL_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+    return l
+}()
+
+/// A real SeaweedFS S3 endpoint for the whole test process, started with Tools/objectstore.sh
+/// (authentication on, every port explicit, bound to 127.0.0.1) and stopped when the process exits.
+public final class ObjectStoreFixture: @unchecked Sendable {
+    public let directory: String
+    public let credentials: S3Credentials
+    public let envFile: String
+
+    nonisolated(unsafe) private static var startedDirectory: String?
+
+    public static let shared: Result<ObjectStoreFixture, FixtureError> = {
+        do { return .success(try ObjectStoreFixture()) } catch let e as FixtureError { return .failure(e) } catch {
+            return .failure(FixtureError(message: "\(error)"))
+        }
+    }()
+
+    /// The shared store, or a failure that says why it could not start (never a silent skip).
+    public static func get() throws -> ObjectStoreFixture { try shared.get() }
+
+    private init() throws {
+        directory = makeTemporaryDirectory("objectstore")
+        let port = 20000 + Int(getpid() % 2000) * 10
+        let script = repositoryRoot + "/Tools/objectstore.sh"
+        let (status, output) = runProcess("/bin/bash", [script, "start", directory, String(port)])
+        guard status == 0 else {
+            throw FixtureError(message: "Tools/objectstore.sh could not start SeaweedFS (run Tools/install-deps.sh first): \(output)")
+        }
+        ObjectStoreFixture.startedDirectory = directory
+        atexit {
+            if let dir = ObjectStoreFixture.startedDirectory {
+                _ = runProcess("/bin/bash", [repositoryRoot + "/Tools/objectstore.sh", "stop", dir])
+            }
+        }
+        envFile = directory + "/s3.env"
+        let env = try WorkerConfig.readEnvFile(envFile, key: "test")
+        credentials = S3Credentials(endpoint: env["SHOAL_S3_ENDPOINT"]!, accessKey: env["SHOAL_S3_ACCESS_KEY"]!,
+                                    secretKey: env["SHOAL_S3_SECRET_KEY"]!)
+    }
+
+    public func store(name: String = "default", secretKey: String? = nil) -> S3Store {
+        var c = credentials
+        if let secretKey { c.secretKey = secretKey }
+        return S3Store(name: name, credentials: c)
+    }
+
+    /// A new bucket for one test.
+    public func makeBucket(_ hint: String) throws -> String {
+        let name = "\(hint)-\(secureRandomBytes(4).hexString)".lowercased()
+        try store().createBucket(name)
+        return name
+    }
+}
+
+public struct FixtureError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Runs a command through /bin/sh and returns its exit status and output. (Foundation's
+/// Process.waitUntilExit was seen to hang here when the command leaves a daemon behind.)
+@discardableResult
+public func runProcess(_ path: String, _ args: [String]) -> (Int32, String) {
+    let log = repositoryRoot + "/.build/test-tmp/cmd-\(getpid())-\(secureRandomBytes(4).hexString).log"
+    let quoted = ([path] + args).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+    let status = system(quoted + " > '\(log)' 2>&1 < /dev/null")
+    let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+    unlink(log)
+    return (status == -1 ? -1 : (status >> 8) & 0xff, output)
+}
+
+/// A worker config for tests: data plane on a free port, small buffers and regions.
+public func testWorkerConfig(cacheDirectory: String, store: StoreConfig, secret: String = "test-secret",
+                             capacity: UInt64 = 256 << 20, blockSize: UInt64 = 1 << 20) -> WorkerConfig {
+    var c = WorkerConfig()
+    c.listen = Endpoint(host: "127.0.0.1", port: 0)
+    c.admin = nil
+    c.secret = Array(secret.utf8)
+    c.blockSize = blockSize
+    c.buffers = 8
+    c.metadataTTL = 0
+    c.caches = [CacheDiskConfig(path: cacheDirectory, capacity: capacity, regionSize: 8 << 20)]
+    c.stores = [store]
+    return c
+}
+
+extension ObjectStoreFixture {
+    public func storeConfig(name: String = "default", secretKey: String? = nil) -> StoreConfig {
+        var s = StoreConfig(name: name, kind: .s3)
+        s.endpoint = credentials.endpoint
+        s.accessKey = credentials.accessKey
+        s.secretKey = secretKey ?? credentials.secretKey
+        return s
+    }
+}
+
+/// Flips one byte of a file in place (to simulate corruption on disk).
+public func flipByte(path: String, at offset: UInt64) throws {
+    let h = try FileHandle.open(path)
+    var b: UInt8 = 0
+    _ = try h.read(into: &b, count: 1, at: offset)
+    b ^= 0xff
+    try h.write(&b, count: 1, at: offset)
+    try h.sync()
+}
