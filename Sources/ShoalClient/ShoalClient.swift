@@ -6,8 +6,9 @@ import ShoalTransport
 public struct ClientConfig: Sendable {
     public var workers: [Endpoint]
     public var secret: [UInt8]
-    /// Connections per worker; a large read uses them all, each with `pipelineDepth` READs in flight.
-    public var connectionsPerWorker = 4
+    /// Connections per worker; a large read uses them all, each with `pipelineDepth` READs in
+    /// flight. A worker serves each connection's requests in order, so this is the read concurrency.
+    public var connectionsPerWorker = 8
     public var pipelineDepth = 2
     public var timeoutMillis: Int32 = 10_000
     public var clientName = "shoal-client"
@@ -118,49 +119,51 @@ public final class ShoalClient: @unchecked Sendable {
         return Array(out.prefix(try result.get()))
     }
 
-    /// Spreads `pieces` over up to `connectionsPerWorker` connections, each with a bounded
-    /// pipeline, and receives every reply straight into place.
+    /// Spreads `pieces` over up to `connectionsPerWorker` connections. Each connection keeps up
+    /// to `pipelineDepth` READs in flight and gets the next piece as soon as one is answered
+    /// (whichever connection `poll` finds ready first), so one slow fill does not stall the rest.
+    /// Every reply is received straight into its place in the caller's buffer.
     private func fetch(_ pieces: [BlockPiece], from worker: Int, file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
         let lanes = min(config.connectionsPerWorker, pieces.count)
         var connections: [WorkerConnection] = []
         defer { connections.forEach { giveBack($0, worker) } }
         for _ in 0..<lanes { connections.append(try connection(worker)) }
-        var queues = Array(repeating: [BlockPiece](), count: lanes)
-        for (i, p) in pieces.enumerated() { queues[i % lanes].append(p) }
-        var sent = Array(repeating: 0, count: lanes)
-        var received = Array(repeating: 0, count: lanes)
-        var pending = Array(repeating: [UInt32](), count: lanes)
+        var next = 0
+        var inFlight = Array(repeating: [(UInt32, BlockPiece)](), count: lanes)
         var firstError: ShoalError?
 
-        func request(_ p: BlockPiece) -> ReadRequest {
-            ReadRequest(block: BlockKey(object: file.object, etag: file.version.etag, blockSize: file.blockSize, index: p.index),
-                        objectSize: file.size, offset: p.offsetInBlock, length: p.length)
+        func send(_ lane: Int) throws(ShoalError) {
+            let p = pieces[next]
+            next += 1
+            let request = ReadRequest(block: BlockKey(object: file.object, etag: file.version.etag, blockSize: file.blockSize, index: p.index),
+                                      objectSize: file.size, offset: p.offsetInBlock, length: p.length)
+            inFlight[lane].append((try connections[lane].sendRead(request), p))
         }
         do throws(ShoalError) {
-            for lane in 0..<lanes {
-                while sent[lane] < min(config.pipelineDepth, queues[lane].count) {
-                    pending[lane].append(try connections[lane].sendRead(request(queues[lane][sent[lane]])))
-                    sent[lane] += 1
-                }
+            for _ in 0..<config.pipelineDepth {
+                for lane in 0..<lanes where next < pieces.count { try send(lane) }
             }
             var remaining = pieces.count
             while remaining > 0 {
-                for lane in 0..<lanes where received[lane] < queues[lane].count {
-                    let p = queues[lane][received[lane]]
+                let busy = (0..<lanes).filter { !inFlight[$0].isEmpty }
+                let ready: [Int]
+                do { ready = try TCPSocket.readable(busy.map { connections[$0].socket }, timeoutMillis: Int32(min(Int64(config.timeoutMillis) * 3, Int64(Int32.max)))) } catch {
+                    throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
+                }
+                guard !ready.isEmpty else { throw ShoalError(.timeout, "worker \(config.workers[worker]) sent nothing in time") }
+                for index in ready {
+                    let lane = busy[index]
+                    let (id, p) = inFlight[lane].removeFirst()
                     do throws(ShoalError) {
-                        try connections[lane].receiveRead(id: pending[lane].removeFirst(), into: base + Int(p.offsetInRange), length: Int(p.length))
+                        try connections[lane].receiveRead(id: id, into: base + Int(p.offsetInRange), length: Int(p.length))
                     } catch {
                         // A status reply (or a bad checksum, read in full) leaves the connection in
                         // step; a broken or silent connection does not.
                         if error.code == .connectionFailed || error.code == .timeout { throw error }
                         firstError = firstError ?? error
                     }
-                    received[lane] += 1
                     remaining -= 1
-                    if sent[lane] < queues[lane].count {
-                        pending[lane].append(try connections[lane].sendRead(request(queues[lane][sent[lane]])))
-                        sent[lane] += 1
-                    }
+                    if next < pieces.count { try send(lane) }
                 }
             }
         } catch {

@@ -244,3 +244,17 @@ public final class TCPSocket: @unchecked Sendable {
         }
     }
 }
+
+extension TCPSocket {
+    /// Indexes of `sockets` with data to read (or closed), waiting up to `timeoutMillis`.
+    public static func readable(_ sockets: [TCPSocket], timeoutMillis: Int32) throws(SysError) -> [Int] {
+        var fds = sockets.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        while true {
+            let r = poll(&fds, nfds_t(fds.count), timeoutMillis)
+            if r >= 0 { break }
+            let e = currentErrno()
+            if e != EINTR { throw SysError("poll", errno: e) }
+        }
+        return fds.indices.filter { fds[$0].revents != 0 }
+    }
+}

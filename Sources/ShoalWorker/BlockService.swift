@@ -4,10 +4,21 @@ import ShoalObjectStore
 import ShoalStore
 import ShoalSys
 
-/// A block ready to send: where its bytes are in a borrowed buffer, and their CRC32C.
+/// A block ready to send: where its bytes are in a borrowed buffer, and their CRC32C. A block
+/// just fetched from the store carries the fill to finish once the reply is on its way.
 struct ServedBlock {
     var slot: IOSlot
     var dataOffset: Int
+    var length: Int
+    var crc: UInt32
+    var fill: PendingFill?
+}
+
+/// A fetched block not yet written to the cache (the reader is answered first); its filler
+/// holds the block's single-flight slot until `BlockService.complete`.
+struct PendingFill {
+    var key: BlockKey
+    var id: BlockID
     var length: Int
     var crc: UInt32
 }
@@ -65,25 +76,42 @@ final class BlockService: @unchecked Sendable {
         guard let slot = pool.acquire() else { throw ShoalError(.timeout, "worker is overloaded: no I/O buffer came free in time") }
         do {
             let id = request.block.id
-            let (length, crc) = try blockInSlot(request, id: id, store: s, slot: slot)
+            let (length, crc, fill) = try blockInSlot(request, id: id, store: s, slot: slot)
             let offset = Int(request.offset)
             let count = Int(request.length)
             let rangeCRC = (offset == 0 && count == length) ? crc
                 : CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset + offset, count: count))
-            return ServedBlock(slot: slot, dataOffset: BlockCache.dataOffset + offset, length: count, crc: rangeCRC)
+            return ServedBlock(slot: slot, dataOffset: BlockCache.dataOffset + offset, length: count, crc: rangeCRC, fill: fill)
         } catch {
             pool.release(slot)
             throw error
         }
     }
 
+    /// Called once the reply has been sent (or failed): writes a fetched block to the cache,
+    /// lets readers waiting on the same fill go on, and gives the buffer back.
+    func complete(_ block: ServedBlock) {
+        if let fill = block.fill {
+            do {
+                try cache.insert(key: fill.key, id: fill.id, slot: block.slot, length: fill.length, crc: fill.crc)
+            } catch {
+                // The reader has its bytes; a block that cannot be cached is only a later miss.
+                metrics.error(error.code)
+                logger.warning("could not cache a filled block", metadata: ["block": "\(fill.key)", "error": "\(error)"])
+            }
+            // Followers read the block from the cache; if it is not there they fetch it themselves.
+            fills.finish(fill.id, error: nil)
+        }
+        pool.release(block.slot)
+    }
+
     /// Puts the whole block in `slot` at `BlockCache.dataOffset`: from the cache, or by filling it.
-    private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32) {
+    private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
         for attempt in 0..<3 {
             switch cache.read(key: request.block, id: id, into: slot) {
             case .hit(let length, let crc):
                 metrics.hits.increment()
-                return (length, crc)
+                return (length, crc, nil)
             case .corrupt(let reason):
                 metrics.corruptBlocks.increment()
                 logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(request.block)", "reason": "\(reason)"])
@@ -94,9 +122,8 @@ final class BlockService: @unchecked Sendable {
             switch fills.join(id) {
             case .leader:
                 do {
-                    let result = try fill(request, id: id, store: store, slot: slot)
-                    fills.finish(id, error: nil)
-                    return result
+                    let (length, crc) = try fetch(request, store: store, slot: slot)
+                    return (length, crc, PendingFill(key: request.block, id: id, length: length, crc: crc))
                 } catch {
                     fills.finish(id, error: error)
                     throw error
@@ -108,11 +135,12 @@ final class BlockService: @unchecked Sendable {
         }
         // The block would not stay in the cache (it is being evicted as fast as it is filled):
         // fetch it for this reader alone.
-        return try fill(request, id: id, store: store, slot: slot, admit: false)
+        let (length, crc) = try fetch(request, store: store, slot: slot)
+        return (length, crc, nil)
     }
 
-    /// GETs the block with If-Match into the buffer, checksums it and appends it to the cache.
-    private func fill(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot, admit: Bool = true) throws(ShoalError) -> (Int, UInt32) {
+    /// GETs the whole block with If-Match into the buffer and checksums it.
+    private func fetch(_ request: ReadRequest, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32) {
         let key = request.block
         let length = Int(BlockLayout(blockSize: UInt64(key.blockSize)).blockLength(index: key.index, objectSize: request.objectSize))
         metrics.fillsInFlight.increment()
@@ -126,15 +154,6 @@ final class BlockService: @unchecked Sendable {
         }
         metrics.bytesFilled.increment(by: Int64(length))
         let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: length))
-        if admit {
-            do {
-                try cache.insert(key: key, id: id, slot: slot, length: length, crc: crc)
-            } catch {
-                // Serving the reader matters more than caching: log and go on.
-                metrics.error(error.code)
-                logger.warning("could not cache a filled block", metadata: ["block": "\(key)", "error": "\(error)"])
-            }
-        }
         return (length, crc)
     }
 }

@@ -63,7 +63,8 @@ struct ConnectionHandler {
             do { block = try service.read(req) } catch {
                 return sendError(socket, type: .readReply, id: id, error)
             }
-            defer { service.pool.release(block.slot) }
+            // After the reply: a fetched block is written to the cache, and the buffer goes back.
+            defer { service.complete(block) }
             var header = [UInt8](repeating: 0, count: FrameHeader.size + 4)
             header.withUnsafeMutableBytes { p in
                 FrameHeader(type: .readReply, requestID: id, payloadLength: UInt32(block.length + 4)).encode(into: p.baseAddress!)

@@ -43,7 +43,7 @@ struct ClientOptions: ParsableArguments {
     var secretFile: String?
 
     @Option(help: "Connections per worker for parallel block reads.")
-    var connections = 4
+    var connections = 8
 
     func makeClientConfig() throws -> ClientConfig {
         let env = ProcessEnvironment.get
