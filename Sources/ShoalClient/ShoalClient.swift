@@ -78,14 +78,20 @@ public final class ShoalClient: @unchecked Sendable {
         try object.validate()
         let worker = metadataOwner(object)
         let c = try connection(worker)
+        let reply: StatReply
         do {
-            let reply = try c.stat(object, revalidate: revalidate)
-            giveBack(c, worker)
-            return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize)
+            reply = try c.stat(object, revalidate: revalidate)
         } catch {
+            // A status reply leaves the connection usable; anything else may have broken it.
             if error.code == .connectionFailed || error.code == .timeout || error.code == .badRequest { c.close() } else { giveBack(c, worker) }
             throw error
         }
+        giveBack(c, worker)
+        let bs = UInt64(reply.blockSize)
+        guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize else {
+            throw ShoalError(.badRequest, "worker \(config.workers[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
+        }
+        return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize)
     }
 
     /// Opens an object at its current version.

@@ -146,19 +146,22 @@ public struct BlockLayout: Sendable, Equatable {
     public static let defaultBlockSize: UInt64 = 4 * 1024 * 1024
 
     public func blockCount(objectSize: UInt64) -> UInt64 {
-        objectSize == 0 ? 0 : (objectSize + blockSize - 1) / blockSize
+        guard blockSize > 0, objectSize > 0 else { return 0 }
+        return objectSize / blockSize + (objectSize % blockSize == 0 ? 0 : 1)
     }
 
-    /// The length of block `index` of an object of `objectSize` bytes (the last one is short).
+    /// The length of block `index` of an object of `objectSize` bytes (the last one is short);
+    /// 0 past the end (also for indexes whose offset would overflow: peers send these).
     public func blockLength(index: UInt64, objectSize: UInt64) -> UInt64 {
-        let start = index * blockSize
-        guard start < objectSize else { return 0 }
+        let (start, overflow) = index.multipliedReportingOverflow(by: blockSize)
+        guard !overflow, start < objectSize else { return 0 }
         return min(blockSize, objectSize - start)
     }
 
     /// The pieces of `[offset, offset+length)`: block index, offset in the block, length, offset in the range.
     public func pieces(offset: UInt64, length: UInt64) -> [BlockPiece] {
         var result: [BlockPiece] = []
+        guard blockSize > 0, offset <= UInt64.max - length else { return result }
         var position = offset
         let end = offset + length
         while position < end {

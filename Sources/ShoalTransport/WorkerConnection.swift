@@ -116,7 +116,10 @@ public final class WorkerConnection: @unchecked Sendable {
             throw ShoalError(.badRequest, "worker \(endpoint) answered request \(header.requestID), expected \(id)")
         }
         if header.status != 0 || header.type != FrameType.readReply.rawValue {
-            let body = try WorkerConnection.io(endpoint) { try socket.receive(count: Int(min(header.payloadLength, 65536)), deadline: deadline) }
+            guard header.payloadLength <= UInt32(WireLimits.maxMessage) * 4 else {
+                throw ShoalError(.connectionFailed, "worker \(endpoint) sent a \(header.payloadLength)-byte error frame")
+            }
+            let body = try WorkerConnection.io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
             throw WorkerConnection.unexpected(header, body, endpoint, "READ_REPLY")
         }
         guard Int(header.payloadLength) == length + 4 else {

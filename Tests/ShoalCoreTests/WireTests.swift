@@ -121,3 +121,31 @@ import Testing
         #expect(big.status == StatusCode.tooLarge.rawValue)
     }
 }
+
+@Suite struct HostileInputTests {
+    /// Random bytes and random field values never trap the decoders or the validation a worker runs.
+    @Test func randomPayloadsNeverTrap() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<5_000 {
+            let n = Int.random(in: 0..<200, using: &rng)
+            let bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            if let r = ReadRequest(decoding: bytes) { _ = try? r.validate() }
+            _ = StatRequest(decoding: bytes)
+            _ = HelloMessage(decoding: bytes)
+            _ = StatReply(decoding: bytes)
+            _ = BlockKey(encoded: bytes)
+        }
+    }
+
+    @Test func extremeBlockIndexesAreRejectedNotTrapped() {
+        let object = ObjectRef(store: "d", bucket: "b", key: "k")
+        for index in [UInt64.max, UInt64(1) << 63, UInt64(1) << 44] {
+            let r = ReadRequest(block: BlockKey(object: object, etag: "e", blockSize: 4 << 20, index: index), objectSize: UInt64.max,
+                                offset: 0, length: 1)
+            if index > UInt64.max / (4 << 20) { #expect(throws: ShoalError.self) { try r.validate() } }
+        }
+        #expect(BlockLayout(blockSize: 0).blockCount(objectSize: 10) == 0)
+        #expect(BlockLayout(blockSize: 0).pieces(offset: 0, length: 10).isEmpty)
+        #expect(BlockLayout(blockSize: 10).pieces(offset: UInt64.max, length: 10).isEmpty)
+    }
+}
