@@ -2,40 +2,68 @@ import Logging
 import ShoalCore
 import ShoalSys
 
-/// The NVMe cache of one worker: one region log per cache disk; a block lives on the disk its ID
-/// picks. Reads land in a registered buffer and are checked (key, generation, CRC32C) every time.
+/// The NVMe cache of one worker: one region log per cache disk. A block lives on the disk its ID
+/// picks; when that disk is out of service the next one in order takes its blocks, so a failed
+/// disk turns its blocks into misses and the worker goes on with the others. Reads land in a
+/// registered buffer and are checked (key, generation, CRC32C) every time.
 public final class BlockCache: @unchecked Sendable {
     private let disks: [CacheDisk]
     /// Where a block's data starts in a slot after a read, and where a fill must put it.
     public static let dataOffset = CacheFormat.headerSize
 
-    public init(disks configs: [CacheDiskConfig], logger: Logger) throws(ShoalError) {
+    public init(disks configs: [CacheDiskConfig], expectedBlockSize: UInt64 = 4 << 20, logger: Logger) throws(ShoalError) {
         guard !configs.isEmpty else { throw ShoalError(.badRequest, "no cache folder configured") }
+        var seen = Set<String>()
+        for c in configs where !seen.insert(c.path).inserted {
+            throw ShoalError(.badRequest, "cache folder '\(c.path)' is listed twice")
+        }
         var disks: [CacheDisk] = []
-        for c in configs { disks.append(try CacheDisk(config: c, logger: logger)) }
+        for c in configs { disks.append(try CacheDisk(config: c, expectedBlockSize: expectedBlockSize, logger: logger)) }
         self.disks = disks
     }
 
-    private func disk(for id: BlockID) -> CacheDisk { disks[Int(id.high % UInt64(disks.count))] }
+    /// The disk for a block: its home disk, or the next one in service.
+    private func disk(for id: BlockID) -> CacheDisk? {
+        let home = Int(id.high % UInt64(disks.count))
+        for step in 0..<disks.count {
+            let d = disks[(home + step) % disks.count]
+            if !d.isFailed { return d }
+        }
+        return nil
+    }
 
     public func read(key: BlockKey, id: BlockID, into slot: IOSlot) -> CacheRead {
-        disk(for: id).read(key: key, id: id, into: slot)
+        guard let d = disk(for: id) else { return .miss }
+        return d.read(key: key, id: id, into: slot)
     }
 
-    public func contains(_ id: BlockID) -> Bool { disk(for: id).contains(id) }
+    public func contains(_ id: BlockID) -> Bool { disk(for: id)?.contains(id) ?? false }
 
-    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32) throws(ShoalError) {
-        try disk(for: id).insert(key: key, id: id, slot: slot, length: length, crc: crc)
+    /// Appends a block (data in `slot` at `dataOffset`) to its disk.
+    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) {
+        guard let d = disk(for: id) else { throw ShoalError(.internal, "every cache disk is out of service") }
+        try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned)
     }
 
-    public func remove(_ id: BlockID) { disk(for: id).remove(id) }
+    public func remove(_ id: BlockID) { disk(for: id)?.remove(id) }
 
     public var blockCount: Int { disks.reduce(0) { $0 + $1.blockCount } }
     public var bytesCached: UInt64 { disks.reduce(0) { $0 + $1.bytesCached } }
     public var capacity: UInt64 { disks.reduce(0) { $0 + UInt64($1.regionCount) * $1.regionSize } }
 
-    /// Flushes each cache file (on clean shutdown).
+    /// Counters and state of each disk.
+    public var diskStats: [CacheDiskStats] { disks.map(\.snapshotStats) }
+
+    /// Flushes each cache file.
     public func sync() { disks.forEach { $0.sync() } }
+
+    /// Clean shutdown: writes each disk's index snapshot so the next start need not read footers.
+    public func close() {
+        for d in disks {
+            d.sync()
+            d.writeSnapshot()
+        }
+    }
 
     /// The path of each disk's cache file (tests corrupt them on purpose).
     public var filePaths: [String] { disks.map { $0.file.path } }

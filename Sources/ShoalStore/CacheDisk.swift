@@ -10,6 +10,12 @@ public struct CacheDiskConfig: Sendable, Equatable {
     public var path: String
     public var capacity: UInt64
     public var regionSize: UInt64
+    /// Free space the filesystem under a cache folder must keep after the cache file is allocated.
+    public var minFreeSpace: UInt64 = 0
+    /// Whether a cache folder may sit on the root filesystem.
+    public var allowRootFilesystem = true
+    /// A read or write slower than this takes the disk out of service.
+    public var stallTimeoutSeconds: Double = 10
 
     public init(path: String, capacity: UInt64, regionSize: UInt64 = 256 << 20) {
         self.path = path
@@ -20,44 +26,70 @@ public struct CacheDiskConfig: Sendable, Equatable {
 
 /// The outcome of a cache read.
 public enum CacheRead: Sendable, Equatable {
-    /// The block is in the buffer at `CacheDisk.dataOffset`; its length and CRC32C.
+    /// The block is in the buffer at `BlockCache.dataOffset`; its length and CRC32C.
     case hit(length: Int, crc: UInt32)
     case miss
     /// The block was on disk but failed its checks; it has been dropped.
     case corrupt(reason: String)
 }
 
-/// A region log in one file: blocks appended 4 KiB-aligned with a header carrying the full block
-/// key, length and CRC32C; the oldest region is reused when the file is full.
-final class CacheDisk: @unchecked Sendable {
-    struct Location {
-        var region: UInt32
-        var offset: UInt64  // absolute, in the file
-        var length: UInt32
-        var generation: UInt64
-    }
+/// Counters and sizes of one cache disk.
+public struct CacheDiskStats: Sendable, Equatable {
+    public var path = ""
+    public var blocks = 0
+    public var bytes: UInt64 = 0
+    public var capacity: UInt64 = 0
+    public var hits: UInt64 = 0
+    public var misses: UInt64 = 0
+    public var evictions: UInt64 = 0
+    public var reinserted: UInt64 = 0
+    public var corrupt: UInt64 = 0
+    public var bytesWritten: UInt64 = 0
+    public var indexBytes = 0
+    /// Why the disk is out of service; nil while it serves.
+    public var failure: String?
+}
 
+/// A region log on one disk. Blocks are appended 4 KiB-aligned as records (header with the full
+/// key, length and CRC32C, then data); a full region is sealed with a footer listing its blocks and
+/// the oldest region is reused, re-appending the blocks read since they were written (CLOCK) and
+/// pinned ones. The index is an `IndexTable`. Format: docs/FORMAT.md.
+final class CacheDisk: @unchecked Sendable {
     let config: CacheDiskConfig
     let file: FileHandle
     let regionSize: UInt64
     let regionCount: UInt32
-    private let lock = ConditionLock()
-    private var index: [BlockID: Location] = [:]
-    private var regionBlocks: [[BlockID]]
-    private var regionGeneration: [UInt64]
-    private var activeRegion: UInt32 = 0
-    private var writeOffset: UInt64 = 0  // within the active region
-    private var nextGeneration: UInt64 = 1
-    private(set) var bytesCached: UInt64 = 0
+    let pagesPerRegion: UInt32
+    /// Pages of each region that records may use (the rest holds the footer).
+    let usablePages: UInt32
+    let footerReserve: Int
+    private let snapshotPath: String?
     private let logger: Logger
 
-    static let fileName = "shoal-cache.dat"
+    /// Guards the index, the region generations, the failure state and the counters.
+    private let lock = ConditionLock()
+    /// Serialises appends, sealing and eviction (one writer per disk, as the device prefers).
+    private let writer = ConditionLock()
+    private var index: IndexTable
+    private var regionGeneration: [UInt64]
+    private var activeRegion: UInt32 = 0
+    private var writePage: UInt32 = 0
+    private var activeEntries: [CacheFormat.FooterEntry] = []
+    private var nextGeneration: UInt64 = 1
+    private var stats = CacheDiskStats()
+    private let maintenance: BufferPool
+    private let maintenanceSlot: IOSlot
+    private let stallNanos: UInt64
 
-    init(config: CacheDiskConfig, logger: Logger) throws(ShoalError) {
+    static let fileName = "shoal-cache.dat"
+    static let snapshotName = "shoal-index.snap"
+
+    init(config: CacheDiskConfig, expectedBlockSize: UInt64 = 4 << 20, logger: Logger) throws(ShoalError) {
         self.config = config
         self.logger = logger
         let isDevice = FileSystem.isBlockDevice(config.path)
         let filePath = isDevice ? config.path : config.path + "/" + CacheDisk.fileName
+        snapshotPath = isDevice ? nil : config.path + "/" + CacheDisk.snapshotName
         if !isDevice {
             guard FileSystem.isDirectory(config.path) else {
                 throw ShoalError(.badRequest, "cache folder '\(config.path)' does not exist (create it or fix the path)")
@@ -65,17 +97,25 @@ final class CacheDisk: @unchecked Sendable {
             guard FileSystem.isWritable(config.path) else {
                 throw ShoalError(.badRequest, "cache folder '\(config.path)' is not writable by this user")
             }
+            if !config.allowRootFilesystem, (try? FileSystem.deviceID(config.path)) == (try? FileSystem.deviceID("/")) {
+                throw ShoalError(.badRequest, "cache folder '\(config.path)' is on the root filesystem, which its config forbids (allowRootFilesystem: false)")
+            }
         }
-        guard config.regionSize >= 1 << 20, config.regionSize % UInt64(CacheFormat.alignment) == 0 else {
-            throw ShoalError(.badRequest, "region size \(config.regionSize) must be at least 1 MiB and a multiple of 4 KiB")
+        guard config.regionSize >= 1 << 20, config.regionSize % UInt64(CacheFormat.alignment) == 0,
+              config.regionSize <= 4 << 30 else {
+            throw ShoalError(.badRequest, "region size \(config.regionSize) must be 1 MiB-4 GiB and a multiple of 4 KiB")
         }
         let regions = config.capacity / config.regionSize
         guard regions >= 2 else {
             throw ShoalError(.badRequest, "cache '\(config.path)': capacity \(ByteSize.format(config.capacity)) must hold at least two regions of \(ByteSize.format(config.regionSize))")
         }
         regionSize = config.regionSize
-        regionCount = UInt32(regions)
-        let fileLength = CacheFormat.dataStart + UInt64(regions) * regionSize
+        regionCount = UInt32(min(regions, UInt64(UInt32.max) / (config.regionSize / 4096)))
+        pagesPerRegion = UInt32(regionSize / 4096)
+        footerReserve = CacheFormat.footerReserve(regionSize: regionSize)
+        usablePages = pagesPerRegion - UInt32(footerReserve / 4096)
+        stallNanos = UInt64(config.stallTimeoutSeconds * 1e9)
+        let fileLength = CacheFormat.dataStart + UInt64(regionCount) * regionSize
         do {
             file = try FileHandle.open(filePath, isDevice ? [.direct] : [.create, .direct])
         } catch {
@@ -84,10 +124,17 @@ final class CacheDisk: @unchecked Sendable {
             }
             throw ShoalError(.badRequest, "cannot open cache file \(filePath): \(error)")
         }
-        regionBlocks = Array(repeating: [], count: Int(regions))
-        regionGeneration = Array(repeating: 0, count: Int(regions))
+        do {
+            maintenance = try BufferPool(bufferSize: max(footerReserve, Int(BlockLayout.maxBlockSize) + CacheFormat.headerSize), count: 1)
+        } catch {
+            throw ShoalError(.internal, "cannot allocate the maintenance buffer for '\(config.path)': \(error)")
+        }
+        maintenanceSlot = maintenance.acquire()!
+        index = IndexTable(expectedBlocks: Int(UInt64(regionCount) * regionSize / max(expectedBlockSize, 64 << 10)))
+        regionGeneration = Array(repeating: 0, count: Int(regionCount))
+        stats.path = config.path
+        stats.capacity = UInt64(regionCount) * regionSize
 
-        let scratch = AlignedScratch(size: CacheFormat.headerSize)
         let existing: CacheFormat.SuperblockState
         do {
             let size = try file.size()
@@ -96,16 +143,17 @@ final class CacheDisk: @unchecked Sendable {
             }
             var superblockRead = 0
             if size >= CacheFormat.dataStart {
-                superblockRead = try file.read(into: scratch.base, count: CacheFormat.headerSize, at: 0)
+                superblockRead = try maintenanceSlot.read(file: file, at: 0, count: CacheFormat.headerSize)
             }
             existing = superblockRead == CacheFormat.headerSize
-                ? CacheFormat.decodeSuperblock(UnsafeRawBufferPointer(start: scratch.base, count: CacheFormat.headerSize)) : .empty
+                ? CacheFormat.decodeSuperblock(UnsafeRawBufferPointer(start: maintenanceSlot.base, count: CacheFormat.headerSize)) : .empty
             if !isDevice {
                 let current = try file.size()
                 if current < fileLength {
                     let (free, _) = try FileSystem.space(config.path)
-                    guard free >= fileLength - current else {
-                        throw ShoalError(.badRequest, "cache folder '\(config.path)' has \(ByteSize.format(free)) free, less than the \(ByteSize.format(fileLength - current)) its capacity needs")
+                    let needed = fileLength - current
+                    guard free >= needed + config.minFreeSpace else {
+                        throw ShoalError(.badRequest, "cache folder '\(config.path)' has \(ByteSize.format(free)) free; its capacity needs \(ByteSize.format(needed)) more and \(ByteSize.format(config.minFreeSpace)) must stay free (minFreeSpace)")
                     }
                     try file.allocate(length: fileLength)
                 } else if current > fileLength {
@@ -119,177 +167,422 @@ final class CacheDisk: @unchecked Sendable {
         }
 
         if case .valid(let rs, let rc) = existing, rs == regionSize, rc <= regionCount {
-            recover(scratch: scratch, regions: rc)
+            if !loadSnapshot(regions: rc) { recoverFromRegions(rc) }
         } else {
             if existing != .empty {
-                logger.warning("cache file has another layout or format; starting it empty", metadata: ["path": "\(filePath)", "found": "\(existing)"])
+                logger.warning("cache file has another layout or format version; starting it empty", metadata: ["path": "\(filePath)", "found": "\(existing)"])
             }
-            try writeSuperblock(scratch: scratch)
+            try writeSuperblock()
+            if let snapshotPath { FileSystem.remove(snapshotPath) }
             startRegion(0)
         }
     }
 
-    private func writeSuperblock(scratch: AlignedScratch) throws(ShoalError) {
-        let sb = CacheFormat.encodeSuperblock(regionSize: regionSize, regionCount: regionCount)
-        CacheFormat.memsetZero(scratch.base, CacheFormat.headerSize)
-        sb.withUnsafeBytes { scratch.base.copyMemory(from: $0.baseAddress!, byteCount: sb.count) }
+    // MARK: layout
+
+    func regionStart(_ r: UInt32) -> UInt64 { CacheFormat.dataStart + UInt64(r) * regionSize }
+    func byteOffset(page: UInt32) -> UInt64 { CacheFormat.dataStart + UInt64(page) * 4096 }
+    func region(ofPage page: UInt32) -> UInt32 { page / pagesPerRegion }
+    var footerOffset: UInt64 { UInt64(usablePages) * 4096 }
+
+    private func writeSuperblock() throws(ShoalError) {
+        let slot = maintenanceSlot
+        CacheFormat.memsetZero(slot.base, CacheFormat.headerSize)
         do {
             // Invalidate the first header of every region so an old file's records are not taken as current.
-            let zero = AlignedScratch(size: CacheFormat.headerSize)
-            for r in 0..<regionCount {
-                try file.write(zero.base, count: CacheFormat.headerSize, at: regionStart(r))
-            }
-            try file.write(scratch.base, count: CacheFormat.headerSize, at: 0)
+            for r in 0..<regionCount { try slot.write(file: file, at: regionStart(r), count: CacheFormat.headerSize) }
+            let sb = CacheFormat.encodeSuperblock(regionSize: regionSize, regionCount: regionCount)
+            sb.withUnsafeBytes { slot.base.copyMemory(from: $0.baseAddress!, byteCount: sb.count) }
+            try slot.write(file: file, at: 0, count: CacheFormat.headerSize)
             try file.sync()
         } catch {
             throw ShoalError(.internal, "cannot initialise cache file in '\(config.path)': \(error)")
         }
     }
 
-    func regionStart(_ r: UInt32) -> UInt64 { CacheFormat.dataStart + UInt64(r) * regionSize }
+    // MARK: reads
 
-    /// Rebuilds the index by walking each region's records while their headers are valid and
-    /// carry the region's generation. Data is checked on every read, so a torn write is caught then.
-    private func recover(scratch: AlignedScratch, regions: UInt32) {
-        let start = monotonicNanos()
-        var maxGeneration: UInt64 = 0
-        var newest: (UInt32, UInt64, UInt64)?  // region, generation, end offset
-        for r in 0..<regions {
-            var offset: UInt64 = 0
-            var generation: UInt64 = 0
-            while offset + UInt64(CacheFormat.headerSize) <= regionSize {
-                guard (try? file.read(into: scratch.base, count: CacheFormat.headerSize, at: regionStart(r) + offset)) == CacheFormat.headerSize,
-                      let h = CacheFormat.readHeader(scratch.base) else { break }
-                if generation == 0 { generation = h.generation }
-                // Generations start at 1: a 0 can only be a stray or hand-made header.
-                guard h.generation != 0, h.generation == generation, let key = BlockKey(encoded: h.key) else { break }
-                let length = UInt64(CacheFormat.recordLength(dataLength: Int(h.dataLength)))
-                guard offset + length <= regionSize else { break }
-                let id = key.id
-                if let old = index[id] { forget(id, old) }
-                index[id] = Location(region: r, offset: regionStart(r) + offset, length: h.dataLength, generation: generation)
-                regionBlocks[Int(r)].append(id)
-                bytesCached += UInt64(h.dataLength)
-                offset += length
-            }
-            regionGeneration[Int(r)] = generation
-            maxGeneration = max(maxGeneration, generation)
-            if generation > 0 && generation >= (newest?.1 ?? 0) { newest = (r, generation, offset) }
-        }
-        nextGeneration = maxGeneration + 1
-        if let (r, _, end) = newest {
-            activeRegion = r
-            writeOffset = end
-        } else {
-            startRegion(0)
-        }
-        let ms = Double(monotonicNanos() - start) / 1e6
-        logger.info("cache recovered", metadata: ["path": "\(config.path)", "blocks": "\(index.count)", "ms": "\(formatFixed(ms, decimals: 1))"])
-    }
-
-    private func forget(_ id: BlockID, _ loc: Location) {
-        index[id] = nil
-        bytesCached -= UInt64(loc.length)
-    }
-
-    /// Starts writing region `r` afresh: its old blocks leave the index. Lock held.
-    private func startRegion(_ r: UInt32) {
-        for id in regionBlocks[Int(r)] {
-            if let loc = index[id], loc.region == r { forget(id, loc) }
-        }
-        regionBlocks[Int(r)] = []
-        regionGeneration[Int(r)] = nextGeneration
-        nextGeneration += 1
-        activeRegion = r
-        writeOffset = 0
-    }
-
-    var blockCount: Int { lock.withLock { index.count } }
-
-    func contains(_ id: BlockID) -> Bool { lock.withLock { index[id] != nil } }
-
-    /// Reads a block into `slot` (header at 0, data at `CacheFormat.headerSize`) and checks it.
+    /// Reads a block into `slot` (header at 0, data at `CacheFormat.headerSize`) and checks it:
+    /// the header's CRC, generation and full key, then the data's CRC32C.
     func read(key: BlockKey, id: BlockID, into slot: IOSlot) -> CacheRead {
-        guard let loc = lock.withLock({ index[id] }) else { return .miss }
-        let count = CacheFormat.recordLength(dataLength: Int(loc.length))
-        guard count <= slot.capacity else { return .miss }
+        let found: (IndexEntry, UInt64)? = lock.withLock {
+            guard stats.failure == nil, let e = index.lookup(id) else { stats.misses += 1; return nil }
+            index.setFlags(id, IndexEntry.hit)
+            return (e, regionGeneration[Int(region(ofPage: e.page))])
+        }
+        guard let (entry, generation) = found else { return .miss }
+        let count = Int(entry.pages) * 4096
+        guard count <= slot.capacity else { return countMiss() }
+        let start = monotonicNanos()
         let n: Int
-        do { n = try slot.read(file: file, at: loc.offset, count: count) } catch {
-            return drop(id, loc, reason: "disk read failed: \(error)")
+        do { n = try slot.read(file: file, at: byteOffset(page: entry.page), count: count) } catch {
+            fail("read error: \(error)")
+            return .miss
         }
+        let elapsed = monotonicNanos() - start
+        if elapsed > stallNanos { fail("a read took \(elapsed / 1_000_000) ms (limit \(stallNanos / 1_000_000) ms)") }
         guard n == count, let header = CacheFormat.readHeader(slot.base) else {
-            return drop(id, loc, reason: "record header unreadable")
+            return stillCurrent(id, entry, generation) ? drop(id, entry, reason: "record header unreadable") : countMiss()
         }
-        // The region may have been reused while the read was in flight: the generation and the
-        // full key in the header say whether these are still our bytes.
-        guard header.generation == loc.generation, header.key == key.encoded, header.dataLength == loc.length else {
-            return drop(id, loc, reason: "record no longer holds this block")
+        // The region may have been reused while the read was in flight (another generation), or
+        // the 32-bit tag matched another block (another key): a miss, nothing to drop.
+        guard header.generation == generation, header.key == key.encoded else { return countMiss() }
+        guard Int(header.dataLength) + CacheFormat.headerSize <= count else {
+            return drop(id, entry, reason: "record length \(header.dataLength) exceeds its index entry")
         }
-        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: Int(loc.length)))
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: Int(header.dataLength)))
         guard crc == header.dataCRC else {
-            return drop(id, loc, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
+            return drop(id, entry, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
         }
-        return .hit(length: Int(loc.length), crc: crc)
+        lock.withLock { stats.hits += 1 }
+        return .hit(length: Int(header.dataLength), crc: crc)
     }
 
-    private func drop(_ id: BlockID, _ loc: Location, reason: String) -> CacheRead {
+    private func countMiss() -> CacheRead {
+        lock.withLock { stats.misses += 1 }
+        return .miss
+    }
+
+    private func stillCurrent(_ id: BlockID, _ e: IndexEntry, _ generation: UInt64) -> Bool {
+        lock.withLock { regionGeneration[Int(region(ofPage: e.page))] == generation && index.lookup(id)?.page == e.page }
+    }
+
+    private func drop(_ id: BlockID, _ e: IndexEntry, reason: String) -> CacheRead {
         lock.withLock {
-            if let current = index[id], current.offset == loc.offset, current.generation == loc.generation { forget(id, current) }
+            index.remove(id, ifAt: e.page)
+            stats.corrupt += 1
+            stats.misses += 1
         }
         return .corrupt(reason: reason)
     }
 
-    /// Appends a block whose data is in `slot` at `CacheFormat.headerSize`; writes the header in
+    /// Takes the disk out of service: its blocks become misses and nothing more is written to it.
+    func fail(_ reason: String) {
+        let first: Bool = lock.withLock {
+            guard stats.failure == nil else { return false }
+            stats.failure = reason
+            return true
+        }
+        if first { logger.error("cache disk taken out of service", metadata: ["path": "\(config.path)", "reason": "\(reason)"]) }
+    }
+
+    var isFailed: Bool { lock.withLock { stats.failure != nil } }
+
+    // MARK: writes
+
+    /// Appends a block whose data is in `slot` at `CacheFormat.headerSize`: writes the header in
     /// front of it and the whole record with one O_DIRECT write.
-    func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32) throws(ShoalError) {
+    func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) {
         let encoded = key.encoded
         guard encoded.count <= CacheFormat.maxKeyBytes else { throw ShoalError(.tooLarge, "block key too long to cache") }
         let count = CacheFormat.recordLength(dataLength: length)
-        guard UInt64(count) <= regionSize, count <= slot.capacity else {
-            throw ShoalError(.tooLarge, "block of \(length) bytes does not fit a region of \(regionSize)")
+        let pages = UInt32(count / 4096)
+        guard pages <= usablePages / 2, count <= slot.capacity else {
+            throw ShoalError(.tooLarge, "a record of \(count) bytes does not fit a region of \(regionSize) (use a larger regionSize)")
         }
-        // Reserve space under the lock; write outside it.
-        let (region, offset, generation): (UInt32, UInt64, UInt64) = lock.withLock {
-            if writeOffset + UInt64(count) > regionSize {
-                startRegion((activeRegion + 1) % regionCount)
-            }
-            let r = (activeRegion, regionStart(activeRegion) + writeOffset, regionGeneration[Int(activeRegion)])
-            writeOffset += UInt64(count)
-            return r
-        }
+        writer.lock()
+        defer { writer.unlock() }
+        if let failure = lock.withLock({ stats.failure }) { throw ShoalError(.internal, "cache disk '\(config.path)' is out of service: \(failure)") }
+        if writePage + pages > usablePages { try sealAndAdvance() }
+        let generation = lock.withLock { regionGeneration[Int(activeRegion)] }
+        let page = activeRegion * pagesPerRegion + writePage
         CacheFormat.writeHeader(into: slot.base, key: encoded, generation: generation, dataLength: UInt32(length), dataCRC: crc)
-        // Zero the padding so the on-disk record is deterministic.
         let pad = count - CacheFormat.headerSize - length
         if pad > 0 { CacheFormat.memsetZero(slot.base + CacheFormat.headerSize + length, pad) }
+        try write(slot, count: count, at: byteOffset(page: page))
+        let flags: UInt8 = pinned ? IndexEntry.pinned : 0
+        lock.withLock {
+            index.insert(id, IndexEntry(page: page, pages: UInt16(pages), flags: flags))
+            stats.bytesWritten += UInt64(count)
+        }
+        activeEntries.append(CacheFormat.FooterEntry(id: id, pageInRegion: writePage, pages: UInt16(pages), flags: UInt16(flags)))
+        writePage += pages
+    }
+
+    private func write(_ slot: IOSlot, count: Int, at offset: UInt64) throws(ShoalError) {
+        let start = monotonicNanos()
         do { try slot.write(file: file, at: offset, count: count) } catch {
+            fail("write error: \(error)")
             throw ShoalError(.internal, "cache write to '\(config.path)' failed: \(error)")
         }
+        let elapsed = monotonicNanos() - start
+        if elapsed > stallNanos { fail("a write took \(elapsed / 1_000_000) ms (limit \(stallNanos / 1_000_000) ms)") }
+    }
+
+    /// Seals the active region with its footer and starts the next (the oldest). Writer lock held.
+    private func sealAndAdvance() throws(ShoalError) {
+        let generation = lock.withLock { regionGeneration[Int(activeRegion)] }
+        guard CacheFormat.encodeFooter(into: maintenanceSlot.base, capacity: footerReserve, generation: generation, entries: activeEntries) else {
+            throw ShoalError(.internal, "footer of region \(activeRegion) overflowed")
+        }
+        try write(maintenanceSlot, count: footerReserve, at: regionStart(activeRegion) + footerOffset)
+        try evictAndStart((activeRegion + 1) % regionCount)
+    }
+
+    /// Starts region `r` afresh (a new file): nothing in it to keep. Lock not needed at init.
+    private func startRegion(_ r: UInt32) {
+        regionGeneration[Int(r)] = nextGeneration
+        nextGeneration += 1
+        activeRegion = r
+        writePage = 0
+        activeEntries = []
+    }
+
+    /// Reuses region `r`: its blocks leave the index, except those read since they were written
+    /// and pinned ones, which are compacted to the front of the region in their order (each moves
+    /// only backwards, so no block is overwritten before it has been moved). Writer lock held.
+    private func evictAndStart(_ r: UInt32) throws(ShoalError) {
+        let oldGeneration = lock.withLock { regionGeneration[Int(r)] }
+        var listed: [CacheFormat.FooterEntry]?
+        if oldGeneration != 0 { listed = readFooter(r, generation: oldGeneration) }
+        let newGeneration = nextGeneration
+        nextGeneration += 1
+        let base = r * pagesPerRegion
+        var keep: [(CacheFormat.FooterEntry, IndexEntry)] = []
         lock.withLock {
-            // If the region was recycled while we wrote, the record is already gone.
-            guard regionGeneration[Int(region)] == generation else { return }
-            if let old = index[id] { forget(id, old) }
-            index[id] = Location(region: region, offset: offset, length: UInt32(length), generation: generation)
-            regionBlocks[Int(region)].append(id)
-            bytesCached += UInt64(length)
+            regionGeneration[Int(r)] = newGeneration  // readers of the old records now miss
+            guard let listed else {
+                let removed = index.removeAll(inPages: base..<(base + pagesPerRegion))
+                stats.evictions += UInt64(removed)
+                return
+            }
+            var keptPages: UInt32 = 0
+            for e in listed {
+                let page = base + e.pageInRegion
+                guard let current = index.lookup(e.id), current.page == page else { continue }
+                let pinned = current.flags & IndexEntry.pinned != 0
+                let hot = current.flags & IndexEntry.hit != 0
+                // Hot blocks may take half the region; pinned ones are always kept.
+                if pinned || (hot && keptPages + UInt32(current.pages) <= usablePages / 2) {
+                    keep.append((e, current))
+                    keptPages += UInt32(current.pages)
+                } else {
+                    index.remove(e.id, ifAt: page)
+                    stats.evictions += 1
+                }
+            }
+        }
+        activeRegion = r
+        writePage = 0
+        activeEntries = []
+        for (e, current) in keep {
+            let slot = maintenanceSlot
+            let count = Int(current.pages) * 4096
+            let oldPage = base + e.pageInRegion
+            let ok: Bool
+            do { ok = try slot.read(file: file, at: byteOffset(page: oldPage), count: count) == count } catch {
+                fail("read error while evicting: \(error)")
+                throw ShoalError(.internal, "cache disk '\(config.path)' failed while evicting: \(error)")
+            }
+            guard ok, let header = CacheFormat.readHeader(slot.base), header.generation == oldGeneration,
+                  CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: Int(header.dataLength))) == header.dataCRC,
+                  writePage + UInt32(current.pages) <= usablePages
+            else {
+                lock.withLock {
+                    index.remove(e.id, ifAt: oldPage)
+                    stats.evictions += 1
+                }
+                continue
+            }
+            CacheFormat.writeHeader(into: slot.base, key: header.key, generation: newGeneration, dataLength: header.dataLength, dataCRC: header.dataCRC)
+            let newPage = base + writePage
+            try write(slot, count: count, at: byteOffset(page: newPage))
+            let flags = current.flags & ~IndexEntry.hit
+            lock.withLock {
+                index.insert(e.id, IndexEntry(page: newPage, pages: current.pages, flags: flags))
+                stats.reinserted += 1
+                stats.bytesWritten += UInt64(count)
+            }
+            activeEntries.append(CacheFormat.FooterEntry(id: e.id, pageInRegion: writePage, pages: current.pages, flags: UInt16(flags)))
+            writePage += UInt32(current.pages)
         }
     }
 
-    /// Forgets a block (the data stays until its region is reused).
-    func remove(_ id: BlockID) {
-        lock.withLock { if let loc = index[id] { forget(id, loc) } }
+    /// The entries of region `r`'s footer if it is valid and of `generation`.
+    private func readFooter(_ r: UInt32, generation: UInt64) -> [CacheFormat.FooterEntry]? {
+        let slot = maintenanceSlot
+        let at = regionStart(r) + footerOffset
+        guard (try? slot.read(file: file, at: at, count: 4096)) == 4096 else { return nil }
+        let count = Int(UInt32(littleEndian: slot.base.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
+        let size = CacheFormat.alignUp(CacheFormat.footerFixed + CacheFormat.footerEntrySize * count + 4)
+        guard size <= footerReserve else { return nil }
+        if size > 4096 {
+            guard (try? slot.read(file: file, at: at + 4096, count: size - 4096, bufferOffset: 4096)) == size - 4096 else { return nil }
+        }
+        guard let (g, entries) = CacheFormat.decodeFooter(slot.base, capacity: footerReserve), g == generation else { return nil }
+        return entries
+    }
+
+    // MARK: recovery
+
+    /// Rebuilds the index from each region: its footer if the region was sealed in the generation
+    /// of its first record, else by walking its records (the region being written at the crash).
+    private func recoverFromRegions(_ regions: UInt32) {
+        let start = monotonicNanos()
+        var walked = 0
+        var newest: (region: UInt32, generation: UInt64, endPage: UInt32, entries: [CacheFormat.FooterEntry])?
+        let slot = maintenanceSlot
+        for r in 0..<regions {
+            guard (try? slot.read(file: file, at: regionStart(r), count: CacheFormat.headerSize)) == CacheFormat.headerSize,
+                  let first = CacheFormat.readHeader(slot.base), first.generation != 0 else { continue }
+            let generation = first.generation
+            var entries: [CacheFormat.FooterEntry]
+            var endPage: UInt32
+            if let listed = readFooter(r, generation: generation) {
+                entries = listed
+                endPage = usablePages
+            } else {
+                (entries, endPage) = walkRecords(r, generation: generation)
+                walked += 1
+            }
+            let base = r * pagesPerRegion
+            for e in entries {
+                index.insert(e.id, IndexEntry(page: base + e.pageInRegion, pages: e.pages, flags: UInt8(truncatingIfNeeded: e.flags) & IndexEntry.pinned))
+            }
+            regionGeneration[Int(r)] = generation
+            nextGeneration = max(nextGeneration, generation + 1)
+            if generation >= (newest?.generation ?? 0) { newest = (r, generation, endPage, entries) }
+        }
+        if let newest {
+            activeRegion = newest.region
+            writePage = newest.endPage
+            activeEntries = newest.entries
+        } else {
+            startRegion(0)
+        }
+        let ms = Double(monotonicNanos() - start) / 1e6
+        logger.info("cache recovered from regions", metadata: [
+            "path": "\(config.path)", "blocks": "\(index.count)", "walked": "\(walked)", "ms": "\(formatFixed(ms, decimals: 1))",
+        ])
+    }
+
+    /// Follows region `r`'s records while their headers are valid and of `generation`.
+    private func walkRecords(_ r: UInt32, generation: UInt64) -> ([CacheFormat.FooterEntry], UInt32) {
+        var entries: [CacheFormat.FooterEntry] = []
+        var page: UInt32 = 0
+        let slot = maintenanceSlot
+        while page + 2 <= usablePages {
+            guard (try? slot.read(file: file, at: regionStart(r) + UInt64(page) * 4096, count: CacheFormat.headerSize)) == CacheFormat.headerSize,
+                  let h = CacheFormat.readHeader(slot.base), h.generation == generation, let key = BlockKey(encoded: h.key)
+            else { break }
+            let pages = UInt32(CacheFormat.recordLength(dataLength: Int(h.dataLength)) / 4096)
+            guard page + pages <= usablePages else { break }
+            entries.append(CacheFormat.FooterEntry(id: key.id, pageInRegion: page, pages: UInt16(pages), flags: 0))
+            page += pages
+        }
+        return (entries, page)
+    }
+
+    // MARK: snapshot
+
+    /// Writes the index and the log's position to the snapshot file (clean shutdown). Later
+    /// writes must not happen: the caller is closing the disk.
+    func writeSnapshot() {
+        guard let snapshotPath, !isFailed else { return }
+        writer.lock()
+        defer { writer.unlock() }
+        var out = CacheFormat.snapshotMagic
+        lock.withLock {
+            out.appendLE(CacheFormat.version)
+            out.appendLE(regionSize)
+            out.appendLE(regionCount)
+            out.appendLE(activeRegion)
+            out.appendLE(writePage)
+            out.appendLE(nextGeneration)
+            for g in regionGeneration { out.appendLE(g) }
+            out.appendLE(UInt64(activeEntries.count))
+            for e in activeEntries {
+                out.appendLE(e.id.high); out.appendLE(e.id.low); out.appendLE(e.pageInRegion); out.appendLE(e.pages); out.appendLE(e.flags)
+            }
+            out.appendLE(UInt64(index.count))
+            out.reserveCapacity(out.count + index.count * 11 + 4)
+            index.forEach { tag, e in
+                out.appendLE(UInt32(truncatingIfNeeded: tag)); out.appendLE(e.page); out.appendLE(e.pages); out.appendLE(e.flags)
+            }
+        }
+        out.appendLE(CRC32C.checksum(out))
+        let tmp = snapshotPath + ".tmp"
+        do {
+            try FileSystem.writeFile(tmp, out)
+            try FileHandle.open(tmp).sync()
+            try FileSystem.rename(tmp, snapshotPath)
+        } catch {
+            logger.warning("could not write the index snapshot; the next start reads region footers", metadata: ["path": "\(snapshotPath)", "error": "\(error)"])
+        }
+    }
+
+    /// Loads and deletes the snapshot; false if there is none or it does not check out.
+    private func loadSnapshot(regions: UInt32) -> Bool {
+        guard let snapshotPath, FileSystem.exists(snapshotPath) else { return false }
+        let start = monotonicNanos()
+        // Used once: a crash after this start must not bring back this (by then stale) picture.
+        defer { FileSystem.remove(snapshotPath) }
+        guard let bytes = try? FileSystem.readFile(snapshotPath), bytes.count > 12 else { return false }
+        let body = Array(bytes.dropLast(4))
+        var tail = ByteReader(Array(bytes.suffix(4)))
+        guard CRC32C.checksum(body) == tail.u32() else {
+            logger.warning("index snapshot is damaged; reading region footers instead", metadata: ["path": "\(snapshotPath)"])
+            return false
+        }
+        var r = ByteReader(body)
+        guard r.bytes(8) == CacheFormat.snapshotMagic, r.u32() == CacheFormat.version, r.u64() == regionSize,
+              r.u32() == regions, let active = r.u32(), let wp = r.u32(), let next = r.u64(), active < regionCount, wp <= usablePages
+        else { return false }
+        var generations: [UInt64] = []
+        for _ in 0..<regions { guard let g = r.u64() else { return false }; generations.append(g) }
+        guard let activeCount = r.u64(), activeCount <= UInt64(usablePages) else { return false }
+        var entries: [CacheFormat.FooterEntry] = []
+        for _ in 0..<activeCount {
+            guard let h = r.u64(), let l = r.u64(), let p = r.u32(), let n = r.u16(), let f = r.u16() else { return false }
+            entries.append(CacheFormat.FooterEntry(id: BlockID(high: h, low: l), pageInRegion: p, pages: n, flags: f))
+        }
+        guard let count = r.u64(), UInt64(r.remaining) == count * 9 else { return false }
+        var table = IndexTable(expectedBlocks: Int(count))
+        for _ in 0..<count {
+            guard let t = r.u32(), let p = r.u32(), let n = r.u16(), let f = r.u8() else { return false }
+            table.insert(tag: UInt64(t), IndexEntry(page: p, pages: n, flags: f))
+        }
+        index = table
+        for (i, g) in generations.enumerated() { regionGeneration[i] = g }
+        activeRegion = active
+        writePage = wp
+        nextGeneration = next
+        activeEntries = entries
+        let ms = Double(monotonicNanos() - start) / 1e6
+        logger.info("cache recovered from snapshot", metadata: ["path": "\(config.path)", "blocks": "\(index.count)", "ms": "\(formatFixed(ms, decimals: 1))"])
+        return true
+    }
+
+    // MARK: queries
+
+    var blockCount: Int { lock.withLock { index.count } }
+
+    func contains(_ id: BlockID) -> Bool { lock.withLock { index.lookup(id) != nil } }
+
+    func setPinned(_ id: BlockID, _ pinned: Bool) {
+        lock.withLock { pinned ? index.setFlags(id, IndexEntry.pinned) : index.clearFlags(id, IndexEntry.pinned) }
+    }
+
+    /// Forgets a block (its record stays until its region is reused).
+    func remove(_ id: BlockID) { lock.withLock { _ = index.remove(id) } }
+
+    var snapshotStats: CacheDiskStats {
+        lock.withLock {
+            var s = stats
+            s.blocks = index.count
+            s.indexBytes = index.memoryBytes
+            return s
+        }
+    }
+
+    /// Bytes of block data the index points at (pages, rounded).
+    var bytesCached: UInt64 {
+        lock.withLock {
+            var total: UInt64 = 0
+            index.forEach { _, e in total += UInt64(e.pages - 1) * 4096 }
+            return total
+        }
     }
 
     func sync() { try? file.sync() }
-}
-
-/// A small 4 KiB-aligned buffer for O_DIRECT metadata I/O.
-final class AlignedScratch {
-    let base: UnsafeMutableRawPointer
-    init(size: Int) {
-        var p: UnsafeMutableRawPointer?
-        posix_memalign(&p, CacheFormat.alignment, size)
-        base = p!
-        CacheFormat.memsetZero(base, size)
-    }
-    deinit { free(base) }
 }

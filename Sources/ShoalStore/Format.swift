@@ -2,12 +2,18 @@ import ShoalCore
 
 /// The on-disk format of a cache file (docs/FORMAT.md). All integers little-endian.
 enum CacheFormat {
-    static let version: UInt32 = 1
+    static let version: UInt32 = 2
     static let alignment = 4096
     /// Superblock at offset 0; regions start at 1 MiB.
     static let dataStart: UInt64 = 1 << 20
     static let superMagic: [UInt8] = Array("SHOALCF1".utf8)
     static let recordMagic: UInt32 = 0x4B4C_4253  // "SBLK"
+    static let footerMagic: UInt32 = 0x5254_4653  // "SFTR"
+    static let snapshotMagic: [UInt8] = Array("SHOALSN2".utf8)
+    static let pageSize = 4096
+    /// Footer entry: id.high u64 | id.low u64 | page in region u32 | pages u16 | flags u16.
+    static let footerEntrySize = 24
+    static let footerFixed = 24
     static let headerSize = 4096
     static let headerFixed = 28
     static let maxKeyBytes = headerSize - headerFixed
@@ -81,6 +87,70 @@ enum CacheFormat {
             generation: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
             dataLength: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)),
             dataCRC: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)))
+    }
+
+    /// Bytes reserved at the end of each region for its footer: room for the most records a
+    /// region can hold (each at least two pages).
+    static func footerReserve(regionSize: UInt64) -> Int {
+        let maxEntries = Int(regionSize) / (2 * pageSize)
+        return alignUp(footerFixed + footerEntrySize * maxEntries + 4)
+    }
+
+    struct FooterEntry {
+        var id: BlockID
+        var pageInRegion: UInt32
+        var pages: UInt16
+        var flags: UInt16
+    }
+
+    /// Footer: magic u32 | version u16 | 0 u16 | generation u64 | count u32 | 0 u32 | entries | crc32c u32.
+    static func encodeFooter(into p: UnsafeMutableRawPointer, capacity: Int, generation: UInt64, entries: [FooterEntry]) -> Bool {
+        let size = footerFixed + footerEntrySize * entries.count
+        guard size + 4 <= capacity else { return false }
+        memsetZero(p, alignUp(size + 4))
+        p.storeBytes(of: footerMagic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        p.storeBytes(of: UInt16(version).littleEndian, toByteOffset: 4, as: UInt16.self)
+        p.storeBytes(of: generation.littleEndian, toByteOffset: 8, as: UInt64.self)
+        p.storeBytes(of: UInt32(entries.count).littleEndian, toByteOffset: 16, as: UInt32.self)
+        var o = footerFixed
+        for e in entries {
+            p.storeBytes(of: e.id.high.littleEndian, toByteOffset: o, as: UInt64.self)
+            p.storeBytes(of: e.id.low.littleEndian, toByteOffset: o + 8, as: UInt64.self)
+            p.storeBytes(of: e.pageInRegion.littleEndian, toByteOffset: o + 16, as: UInt32.self)
+            p.storeBytes(of: e.pages.littleEndian, toByteOffset: o + 20, as: UInt16.self)
+            p.storeBytes(of: e.flags.littleEndian, toByteOffset: o + 22, as: UInt16.self)
+            o += footerEntrySize
+        }
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: o))
+        p.storeBytes(of: crc.littleEndian, toByteOffset: o, as: UInt32.self)
+        return true
+    }
+
+    /// Decodes a footer; nil unless magic, version, bounds and CRC32C all check out.
+    static func decodeFooter(_ p: UnsafeRawPointer, capacity: Int) -> (generation: UInt64, entries: [FooterEntry])? {
+        guard capacity >= footerFixed + 4,
+              UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)) == footerMagic,
+              UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) == UInt16(version)
+        else { return nil }
+        let generation = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        let count = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
+        let size = footerFixed + footerEntrySize * count
+        guard count <= (capacity - footerFixed - 4) / footerEntrySize else { return nil }
+        let stored = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: size, as: UInt32.self))
+        guard CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: size)) == stored else { return nil }
+        var entries: [FooterEntry] = []
+        entries.reserveCapacity(count)
+        var o = footerFixed
+        for _ in 0..<count {
+            entries.append(FooterEntry(
+                id: BlockID(high: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: o, as: UInt64.self)),
+                            low: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: o + 8, as: UInt64.self))),
+                pageInRegion: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: o + 16, as: UInt32.self)),
+                pages: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: o + 20, as: UInt16.self)),
+                flags: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: o + 22, as: UInt16.self))))
+            o += footerEntrySize
+        }
+        return (generation, entries)
     }
 
     static func memsetZero(_ p: UnsafeMutableRawPointer, _ n: Int) {

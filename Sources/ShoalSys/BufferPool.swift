@@ -20,12 +20,14 @@ public final class IOSlot: @unchecked Sendable {
     /// O_DIRECT read into the buffer at `bufferOffset` (both offsets and `count` 4 KiB-aligned).
     public func read(file: FileHandle, at offset: UInt64, count: Int, bufferOffset: Int = 0) throws(SysError) -> Int {
         precondition(bufferOffset + count <= capacity)
+        try FaultInjection.check(file.path, "read")
         return try ring.perform(.readFixed(fd: file.fd, buffer: base + bufferOffset, count: count, offset: offset, bufferIndex: 0))
     }
 
     /// O_DIRECT write from the buffer.
     public func write(file: FileHandle, at offset: UInt64, count: Int, bufferOffset: Int = 0) throws(SysError) {
         precondition(bufferOffset + count <= capacity)
+        try FaultInjection.check(file.path, "write")
         _ = try ring.perform(.writeFixed(fd: file.fd, buffer: base + bufferOffset, count: count, offset: offset, bufferIndex: 0))
     }
 }

@@ -21,7 +21,7 @@ public final class Worker: @unchecked Sendable {
         try config.validate()
         self.config = config
         self.logger = logger
-        cache = try BlockCache(disks: config.caches, logger: logger)
+        cache = try BlockCache(disks: config.caches, expectedBlockSize: config.blockSize, logger: logger)
         let pool: BufferPool
         do {
             pool = try BufferPool(bufferSize: Int(config.blockSize) + BlockCache.dataOffset, count: config.buffers)
@@ -93,7 +93,7 @@ public final class Worker: @unchecked Sendable {
         server = nil
         await admin?.close()
         admin = nil
-        cache.sync()
+        cache.close()
         logger.info("worker stopped")
     }
 
@@ -101,7 +101,7 @@ public final class Worker: @unchecked Sendable {
     public func stopDataPlane() {
         server?.stop()
         server = nil
-        cache.sync()
+        cache.close()
     }
 }
 
