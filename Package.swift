@@ -68,6 +68,6 @@ let package = Package(
         .testTarget(name: "ShoalObjectStoreTests", dependencies: ["ShoalObjectStore", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalIntegrationTests",
-            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalTransport", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
+            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalTransport", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
     ]
 )

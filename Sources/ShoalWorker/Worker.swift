@@ -67,6 +67,7 @@ public final class Worker: @unchecked Sendable {
     func updateGauges() {
         metrics.cachedBlocks.record(cache.blockCount)
         metrics.cachedBytes.record(Int64(cache.bytesCached))
+        metrics.record(disks: cache.diskStats)
     }
 
     func route(_ path: String) -> AdminResponse {
@@ -77,14 +78,35 @@ public final class Worker: @unchecked Sendable {
         case "/healthz":
             return AdminResponse(status: 200, contentType: "text/plain", body: "ok\n")
         case "/status":
-            let body = """
-                {"listen":"\(config.listen.host):\(port)","blocks":\(cache.blockCount),"bytesCached":\(cache.bytesCached),\
-                "capacity":\(cache.capacity),"connections":\(server?.connectionCount ?? 0),"fillsInFlight":\(service.fills.inFlight)}
-                """
-            return AdminResponse(status: 200, contentType: "application/json", body: body + "\n")
+            return AdminResponse(status: 200, contentType: "application/json", body: statusJSON() + "\n")
         default:
             return AdminResponse(status: 404, contentType: "text/plain", body: "no such page: \(path) (try /metrics, /healthz, /status)\n")
         }
+    }
+
+    /// The worker's state as JSON: totals and, per disk, its counters and whether (and why) it is out of service.
+    public func statusJSON() -> String {
+        func quote(_ s: String) -> String {
+            var out = "\""
+            for ch in s.unicodeScalars {
+                switch ch {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                default: if ch.value < 0x20 { out += "?" } else { out.unicodeScalars.append(ch) }
+                }
+            }
+            return out + "\""
+        }
+        let disks = cache.diskStats.map { d in
+            "{\"path\":\(quote(d.path)),\"inService\":\(d.failure == nil),\"failure\":\(d.failure.map(quote) ?? "null"),"
+                + "\"blocks\":\(d.blocks),\"capacity\":\(d.capacity),\"hits\":\(d.hits),\"misses\":\(d.misses),"
+                + "\"evictions\":\(d.evictions),\"reinserted\":\(d.reinserted),\"corruptBlocks\":\(d.corrupt),"
+                + "\"bytesWritten\":\(d.bytesWritten),\"indexBytes\":\(d.indexBytes)}"
+        }
+        return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
+            + "\"capacity\":\(cache.capacity),\"connections\":\(server?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
+            + "\"disks\":[\(disks.joined(separator: ","))]}"
     }
 
     /// Stops accepting, lets requests in progress finish, and flushes the cache files.

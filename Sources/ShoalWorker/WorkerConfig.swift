@@ -50,7 +50,7 @@ public struct WorkerConfig: Sendable {
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
                                            "maxConnections", "caches", "stores"]
-    static let cacheKeys: Set<String> = ["path", "capacity", "regionSize"]
+    static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
                                          "root", "maxConcurrency"]
 
@@ -104,6 +104,9 @@ public struct WorkerConfig: Sendable {
             guard let capacity = try c.size("capacity") else { throw c.missing("capacity") }
             var disk = CacheDiskConfig(path: resolve(path), capacity: capacity)
             if let rs = try c.size("regionSize") { disk.regionSize = rs }
+            if let f = try c.size("minFreeSpace") { disk.minFreeSpace = f }
+            if let a = try c.bool("allowRootFilesystem") { disk.allowRootFilesystem = a }
+            if let t = try c.duration("stallTimeout") { disk.stallTimeoutSeconds = t }
             config.caches.append(disk)
         }
         for (i, item) in try r.list("stores").enumerated() {
@@ -217,6 +220,12 @@ struct KeyReader {
         if let s = v as? String { return s }
         if let i = v as? Int { return String(i) }
         throw ShoalError(.badRequest, "key '\(name(key))': expected text, got \(v)")
+    }
+
+    func bool(_ key: String) throws(ShoalError) -> Bool? {
+        guard let v = map[key] else { return nil }
+        guard let b = v as? Bool else { throw ShoalError(.badRequest, "key '\(name(key))': expected true or false, got \(v)") }
+        return b
     }
 
     func int(_ key: String, min lo: Int, max hi: Int) throws(ShoalError) -> Int? {

@@ -1,10 +1,15 @@
 import Metrics
 import Prometheus
 import ShoalCore
+import ShoalStore
+import ShoalSys
+
+/// A lock for the metrics' own bookkeeping.
+typealias NSLockLike = ConditionLock
 
 /// The worker's metrics, created once and kept (never looked up on the hot path). Each worker has
 /// its own Prometheus registry, so several workers in one process (tests) do not mix counts.
-public final class WorkerMetrics: Sendable {
+public final class WorkerMetrics: @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
     let hits: Metrics.Counter
     let misses: Metrics.Counter
@@ -19,6 +24,7 @@ public final class WorkerMetrics: Sendable {
 
     public init() {
         let factory = PrometheusMetricsFactory(registry: registry)
+        self.factory = factory
         hits = Metrics.Counter(label: "shoal_hits_total", factory: factory)
         misses = Metrics.Counter(label: "shoal_misses_total", factory: factory)
         bytesServed = Metrics.Counter(label: "shoal_bytes_served_total", factory: factory)
@@ -36,6 +42,32 @@ public final class WorkerMetrics: Sendable {
     }
 
     func error(_ code: StatusCode) { errors[code]?.increment() }
+
+    private let factory: PrometheusMetricsFactory
+    private var diskGauges: [String: [String: Metrics.Gauge]] = [:]
+    private let diskLock = NSLockLike()
+
+    /// Publishes each disk's state as gauges labelled with its path (refreshed on every scrape).
+    func record(disks: [CacheDiskStats]) {
+        diskLock.withLock {
+            for d in disks {
+                let values: [(String, Double)] = [
+                    ("shoal_disk_blocks", Double(d.blocks)), ("shoal_disk_capacity_bytes", Double(d.capacity)),
+                    ("shoal_disk_hits", Double(d.hits)), ("shoal_disk_misses", Double(d.misses)),
+                    ("shoal_disk_evictions", Double(d.evictions)), ("shoal_disk_reinserted", Double(d.reinserted)),
+                    ("shoal_disk_corrupt_blocks", Double(d.corrupt)), ("shoal_disk_bytes_written", Double(d.bytesWritten)),
+                    ("shoal_disk_index_bytes", Double(d.indexBytes)), ("shoal_disk_in_service", d.failure == nil ? 1 : 0),
+                ]
+                var gauges = diskGauges[d.path] ?? [:]
+                for (name, value) in values {
+                    let g = gauges[name] ?? Metrics.Gauge(label: name, dimensions: [("disk", d.path)], factory: factory)
+                    gauges[name] = g
+                    g.record(value)
+                }
+                diskGauges[d.path] = gauges
+            }
+        }
+    }
 
     /// The Prometheus text exposition.
     public func render() -> String { registry.emitToString() }

@@ -3,6 +3,7 @@ import Testing
 import ShoalClient
 import ShoalCore
 import ShoalObjectStore
+import ShoalStore
 import ShoalSys
 import ShoalTestSupport
 import ShoalTransport
@@ -200,6 +201,28 @@ final class Harness {
         }
         #expect(results.all)
         #expect(h.metric("shoal_bytes_filled_total") == Double(8 << 20))
+    }
+
+    @Test func oneFailingDiskOfTwoDoesNotFailASingleRead() throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("twodisks")
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("disk0"), store: fx.storeConfig())
+        config.caches.append(CacheDiskConfig(path: makeTemporaryDirectory("disk1"), capacity: 256 << 20, regionSize: 8 << 20))
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret))
+        let data = SampleData.bytes(seed: 21, count: 24 << 20)
+        try fx.store().put(bucket: bucket, key: "k", bytes: data)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "k"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        let failing = worker.cache.filePaths[0]
+        FaultInjection.set(path: failing, .error(5))
+        defer { FaultInjection.set(path: failing, nil) }
+        for _ in 0..<3 { #expect(try client.read(file, offset: 0, length: data.count) == data) }
+        let status = worker.statusJSON()
+        #expect(status.contains("\"inService\":false") && status.contains("injected fault"))
+        #expect(worker.cache.diskStats[1].failure == nil)
     }
 
     @Test func adminPortServesMetricsAndHealth() async throws {
