@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(
             name: "shoal",
             dependencies: [
-                "ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalCore", "ShoalSys",
+                "ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalCore", "ShoalSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -2,6 +2,12 @@ import Logging
 import ShoalCore
 import ShoalSys
 
+/// Layout figures of the on-disk format, for tools that size caches.
+public enum CacheFormatInfo {
+    /// Bytes at the end of each region reserved for its footer.
+    public static func footerReserve(regionSize: UInt64) -> Int { CacheFormat.footerReserve(regionSize: regionSize) }
+}
+
 /// The NVMe cache of one worker: one region log per cache disk. A block lives on the disk its ID
 /// picks; when that disk is out of service the next one in order takes its blocks, so a failed
 /// disk turns its blocks into misses and the worker goes on with the others. Reads land in a

@@ -48,6 +48,10 @@ public struct CacheDiskStats: Sendable, Equatable {
     public var indexBytes = 0
     /// Why the disk is out of service; nil while it serves.
     public var failure: String?
+    /// How the index was rebuilt at start: "new", "snapshot" or "regions".
+    public var recoveredFrom = "new"
+    /// Regions whose records were walked at start (no valid footer).
+    public var regionsWalked = 0
 }
 
 /// A region log on one disk. Blocks are appended 4 KiB-aligned as records (header with the full
@@ -82,7 +86,7 @@ final class CacheDisk: @unchecked Sendable {
     private let stallNanos: UInt64
 
     static let fileName = "shoal-cache.dat"
-    static let snapshotName = "shoal-index.snap"
+    static let snapshotName = "shoal-index.snap"  // docs/FORMAT.md
 
     init(config: CacheDiskConfig, expectedBlockSize: UInt64 = 4 << 20, logger: Logger) throws(ShoalError) {
         self.config = config
@@ -130,7 +134,8 @@ final class CacheDisk: @unchecked Sendable {
             throw ShoalError(.internal, "cannot allocate the maintenance buffer for '\(config.path)': \(error)")
         }
         maintenanceSlot = maintenance.acquire()!
-        index = IndexTable(expectedBlocks: Int(UInt64(regionCount) * regionSize / max(expectedBlockSize, 64 << 10)))
+        // Sized for a full cache of records of the configured block size (it grows if blocks are smaller).
+        index = IndexTable(expectedBlocks: Int(UInt64(regionCount) * UInt64(usablePages) * 4096 / (max(expectedBlockSize, 4096) + 4096)))
         regionGeneration = Array(repeating: 0, count: Int(regionCount))
         stats.path = config.path
         stats.capacity = UInt64(regionCount) * regionSize
@@ -450,6 +455,8 @@ final class CacheDisk: @unchecked Sendable {
         } else {
             startRegion(0)
         }
+        stats.recoveredFrom = "regions"
+        stats.regionsWalked = walked
         let ms = Double(monotonicNanos() - start) / 1e6
         logger.info("cache recovered from regions", metadata: [
             "path": "\(config.path)", "blocks": "\(index.count)", "walked": "\(walked)", "ms": "\(formatFixed(ms, decimals: 1))",
@@ -495,9 +502,9 @@ final class CacheDisk: @unchecked Sendable {
                 out.appendLE(e.id.high); out.appendLE(e.id.low); out.appendLE(e.pageInRegion); out.appendLE(e.pages); out.appendLE(e.flags)
             }
             out.appendLE(UInt64(index.count))
-            out.reserveCapacity(out.count + index.count * 11 + 4)
+            out.reserveCapacity(out.count + index.count * 15 + 4)
             index.forEach { tag, e in
-                out.appendLE(UInt32(truncatingIfNeeded: tag)); out.appendLE(e.page); out.appendLE(e.pages); out.appendLE(e.flags)
+                out.appendLE(tag); out.appendLE(e.page); out.appendLE(e.pages); out.appendLE(e.flags)
             }
         }
         out.appendLE(CRC32C.checksum(out))
@@ -536,11 +543,11 @@ final class CacheDisk: @unchecked Sendable {
             guard let h = r.u64(), let l = r.u64(), let p = r.u32(), let n = r.u16(), let f = r.u16() else { return false }
             entries.append(CacheFormat.FooterEntry(id: BlockID(high: h, low: l), pageInRegion: p, pages: n, flags: f))
         }
-        guard let count = r.u64(), UInt64(r.remaining) == count * 9 else { return false }
-        var table = IndexTable(expectedBlocks: Int(count))
+        guard let count = r.u64(), UInt64(r.remaining) == count * 15 else { return false }
+        var table = IndexTable(expectedBlocks: max(Int(count), index.capacity * 4 / 5))
         for _ in 0..<count {
-            guard let t = r.u32(), let p = r.u32(), let n = r.u16(), let f = r.u8() else { return false }
-            table.insert(tag: UInt64(t), IndexEntry(page: p, pages: n, flags: f))
+            guard let t = r.u64(), let p = r.u32(), let n = r.u16(), let f = r.u8() else { return false }
+            table.insert(tag: t, IndexEntry(page: p, pages: n, flags: f))
         }
         index = table
         for (i, g) in generations.enumerated() { regionGeneration[i] = g }
@@ -548,6 +555,7 @@ final class CacheDisk: @unchecked Sendable {
         writePage = wp
         nextGeneration = next
         activeEntries = entries
+        stats.recoveredFrom = "snapshot"
         let ms = Double(monotonicNanos() - start) / 1e6
         logger.info("cache recovered from snapshot", metadata: ["path": "\(config.path)", "blocks": "\(index.count)", "ms": "\(formatFixed(ms, decimals: 1))"])
         return true

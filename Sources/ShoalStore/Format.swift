@@ -9,7 +9,7 @@ enum CacheFormat {
     static let superMagic: [UInt8] = Array("SHOALCF1".utf8)
     static let recordMagic: UInt32 = 0x4B4C_4253  // "SBLK"
     static let footerMagic: UInt32 = 0x5254_4653  // "SFTR"
-    static let snapshotMagic: [UInt8] = Array("SHOALSN2".utf8)
+    static let snapshotMagic: [UInt8] = Array("SHOALSN3".utf8)
     static let pageSize = 4096
     /// Footer entry: id.high u64 | id.low u64 | page in region u32 | pages u16 | flags u16.
     static let footerEntrySize = 24

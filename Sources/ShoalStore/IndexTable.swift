@@ -12,57 +12,78 @@ struct IndexEntry: Equatable {
     static let pinned: UInt8 = 2
 }
 
-/// The per-disk index: open addressing with linear probing over parallel arrays, 11 bytes a slot
-/// (a 32-bit tag and a 32-bit page, a 16-bit length, 8 bits of flags), at most 80% full, so
-/// about 14 bytes of DRAM per cached block. The tag is 32 bits of the block ID and also picks the
-/// home slot, so entries can be moved (growth, backward-shift deletion) without the full ID. The
-/// full key is checked in the record's header on every read: a tag collision costs a miss,
-/// never a wrong byte.
+/// The per-disk index: open addressing with linear probing over parallel arrays, 12 bytes a slot
+/// (a 40-bit tag of the block ID with the low 24 bits of the page, the page's high byte, a 16-bit
+/// length, 8 bits of flags), sized for the expected number of blocks at 80% load: about 15 bytes
+/// of DRAM per cached block. The tag also picks the home slot, so entries can be moved (growth,
+/// backward-shift deletion) without the full ID. The full key is checked in the record's header
+/// on every read: a tag collision (about one in 2^40 pairs) costs a miss, never a wrong byte.
 struct IndexTable {
-    private var tagAndPage: [UInt64]  // tag << 32 | page; 0 = empty (a tag is never 0)
+    private var tagAndPageLow: [UInt64]  // tag << 24 | page & 0xFFFFFF; 0 = empty (a tag is never 0)
+    private var pageHigh: [UInt8]
     private var lengths: [UInt16]
     private var flagBytes: [UInt8]
-    private var mask: Int
+    private(set) var capacity: Int
     private(set) var count = 0
 
+    static let bytesPerSlot = MemoryLayout<UInt64>.size + 2 * MemoryLayout<UInt8>.size + MemoryLayout<UInt16>.size
+    static let maxLoad = 0.8
+
     init(expectedBlocks: Int) {
-        var size = 16
-        while Double(size) * 0.8 < Double(max(expectedBlocks, 1)) { size <<= 1 }
-        tagAndPage = Array(repeating: 0, count: size)
-        lengths = Array(repeating: 0, count: size)
-        flagBytes = Array(repeating: 0, count: size)
-        mask = size - 1
+        capacity = max(16, Int((Double(max(expectedBlocks, 1)) / IndexTable.maxLoad).rounded(.up)) + 1)
+        tagAndPageLow = Array(repeating: 0, count: capacity)
+        pageHigh = Array(repeating: 0, count: capacity)
+        lengths = Array(repeating: 0, count: capacity)
+        flagBytes = Array(repeating: 0, count: capacity)
     }
 
-    var capacity: Int { mask + 1 }
     /// Bytes of DRAM the table holds.
-    var memoryBytes: Int { capacity * (MemoryLayout<UInt64>.size + MemoryLayout<UInt16>.size + MemoryLayout<UInt8>.size) }
+    var memoryBytes: Int { capacity * IndexTable.bytesPerSlot }
 
     @inline(__always) static func tag(_ id: BlockID) -> UInt64 {
-        let t = id.high >> 32
+        let t = id.high >> 24
         return t == 0 ? 1 : t
     }
 
-    @inline(__always) private func home(tag: UInt64) -> Int { Int(truncatingIfNeeded: tag) & mask }
+    /// The home slot: the tag's low 32 bits scaled onto the table (any table size works).
+    @inline(__always) private func home(tag: UInt64) -> Int { Int(((tag & 0xFFFF_FFFF) &* UInt64(capacity)) >> 32) }
+
+    @inline(__always) private func next(_ i: Int) -> Int { i + 1 == capacity ? 0 : i + 1 }
 
     private func find(_ id: BlockID) -> Int? {
         let t = IndexTable.tag(id)
         var i = home(tag: t)
         while true {
-            let v = tagAndPage[i]
+            let v = tagAndPageLow[i]
             if v == 0 { return nil }
-            if v >> 32 == t { return i }
-            i = (i + 1) & mask
+            if v >> 24 == t { return i }
+            i = next(i)
         }
+    }
+
+    @inline(__always) private func entry(at i: Int) -> IndexEntry {
+        IndexEntry(page: UInt32(pageHigh[i]) << 24 | UInt32(truncatingIfNeeded: tagAndPageLow[i] & 0xFF_FFFF),
+                   pages: lengths[i], flags: flagBytes[i])
+    }
+
+    @inline(__always) private mutating func put(_ i: Int, _ t: UInt64, _ e: IndexEntry) {
+        tagAndPageLow[i] = t << 24 | UInt64(e.page & 0xFF_FFFF)
+        pageHigh[i] = UInt8(truncatingIfNeeded: e.page >> 24)
+        lengths[i] = e.pages
+        flagBytes[i] = e.flags
+    }
+
+    private mutating func move(_ from: Int, to: Int) {
+        tagAndPageLow[to] = tagAndPageLow[from]
+        pageHigh[to] = pageHigh[from]
+        lengths[to] = lengths[from]
+        flagBytes[to] = flagBytes[from]
+        tagAndPageLow[from] = 0
     }
 
     func lookup(_ id: BlockID) -> IndexEntry? {
         guard let i = find(id) else { return nil }
         return entry(at: i)
-    }
-
-    @inline(__always) private func entry(at i: Int) -> IndexEntry {
-        IndexEntry(page: UInt32(truncatingIfNeeded: tagAndPage[i]), pages: lengths[i], flags: flagBytes[i])
     }
 
     mutating func setFlags(_ id: BlockID, _ flags: UInt8) {
@@ -76,36 +97,35 @@ struct IndexTable {
     /// Inserts or replaces; returns the entry replaced.
     @discardableResult
     mutating func insert(_ id: BlockID, _ entry: IndexEntry) -> IndexEntry? {
-        if Double(count + 1) > Double(capacity) * 0.8 { grow() }
-        let t = IndexTable.tag(id)
+        insert(tag: IndexTable.tag(id), entry)
+    }
+
+    /// Inserts by tag (also for snapshot loads); returns the entry replaced.
+    @discardableResult
+    mutating func insert(tag t: UInt64, _ entry: IndexEntry) -> IndexEntry? {
+        if Double(count + 1) > Double(capacity) * IndexTable.maxLoad { grow() }
         var i = home(tag: t)
         while true {
-            let v = tagAndPage[i]
+            let v = tagAndPageLow[i]
             if v == 0 {
                 put(i, t, entry)
                 count += 1
                 return nil
             }
-            if v >> 32 == t {
+            if v >> 24 == t {
                 let old = self.entry(at: i)
                 put(i, t, entry)
                 return old
             }
-            i = (i + 1) & mask
+            i = next(i)
         }
-    }
-
-    @inline(__always) private mutating func put(_ i: Int, _ t: UInt64, _ e: IndexEntry) {
-        tagAndPage[i] = t << 32 | UInt64(e.page)
-        lengths[i] = e.pages
-        flagBytes[i] = e.flags
     }
 
     /// Removes the entry for `id` if it still points at `page` (any page when nil).
     @discardableResult
     mutating func remove(_ id: BlockID, ifAt page: UInt32? = nil) -> Bool {
         guard let i = find(id) else { return false }
-        if let page, UInt32(truncatingIfNeeded: tagAndPage[i]) != page { return false }
+        if let page, entry(at: i).page != page { return false }
         removeSlot(i)
         return true
     }
@@ -113,21 +133,18 @@ struct IndexTable {
     /// Empties slot `hole` and shifts back the entries that probed past it.
     private mutating func removeSlot(_ hole: Int) {
         var i = hole
-        tagAndPage[i] = 0
+        tagAndPageLow[i] = 0
         count -= 1
         var j = i
         while true {
-            j = (j + 1) & mask
-            let v = tagAndPage[j]
+            j = next(j)
+            let v = tagAndPageLow[j]
             if v == 0 { return }
-            let h = home(tag: v >> 32)
+            let h = home(tag: v >> 24)
             // The entry at j may fill the hole at i unless its home lies cyclically in (i, j].
             let staysPut = i <= j ? (h > i && h <= j) : (h > i || h <= j)
             if !staysPut {
-                tagAndPage[i] = v
-                lengths[i] = lengths[j]
-                flagBytes[i] = flagBytes[j]
-                tagAndPage[j] = 0
+                move(j, to: i)
                 i = j
             }
         }
@@ -140,8 +157,7 @@ struct IndexTable {
         var removed = 0
         var i = 0
         while i < capacity {
-            let v = tagAndPage[i]
-            if v != 0 && range.contains(UInt32(truncatingIfNeeded: v)) {
+            if tagAndPageLow[i] != 0 && range.contains(entry(at: i).page) {
                 removeSlot(i)
                 removed += 1
                 continue  // slot i may now hold a shifted entry: look at it again
@@ -151,30 +167,13 @@ struct IndexTable {
         return removed
     }
 
-    /// Visits every entry (for snapshots).
+    /// Visits every entry with its tag (for snapshots).
     func forEach(_ body: (UInt64, IndexEntry) -> Void) {
-        for i in 0..<capacity where tagAndPage[i] != 0 { body(tagAndPage[i] >> 32, entry(at: i)) }
-    }
-
-    /// Inserts by tag (snapshot load).
-    mutating func insert(tag t: UInt64, _ entry: IndexEntry) {
-        if Double(count + 1) > Double(capacity) * 0.8 { grow() }
-        var i = home(tag: t)
-        while true {
-            let v = tagAndPage[i]
-            if v == 0 { put(i, t, entry); count += 1; return }
-            if v >> 32 == t { put(i, t, entry); return }
-            i = (i + 1) & mask
-        }
+        for i in 0..<capacity where tagAndPageLow[i] != 0 { body(tagAndPageLow[i] >> 24, entry(at: i)) }
     }
 
     private mutating func grow() {
-        var bigger = IndexTable(expectedBlocks: 0)
-        let size = capacity * 2
-        bigger.tagAndPage = Array(repeating: 0, count: size)
-        bigger.lengths = Array(repeating: 0, count: size)
-        bigger.flagBytes = Array(repeating: 0, count: size)
-        bigger.mask = size - 1
+        var bigger = IndexTable(expectedBlocks: capacity * 2)
         forEach { t, e in bigger.insert(tag: t, e) }
         self = bigger
     }

@@ -95,6 +95,7 @@ struct Engine {
         var survivors = 0
         do {
             let cache = try e.open()
+            #expect(cache.diskStats[0].recoveredFrom == "snapshot")
             #expect(!FileSystem.exists(snapshot), "a snapshot must be used once")
             for i in 0..<120 where e.check(cache, UInt64(i)) { survivors += 1 }
             #expect(survivors >= 100)
@@ -102,6 +103,8 @@ struct Engine {
             // No close(): as after kill -9, the next start has only footers and records.
         }
         let cache = try e.open()
+        #expect(cache.diskStats[0].recoveredFrom == "regions")
+        #expect(cache.diskStats[0].regionsWalked == 1, "only the region written at the crash lacks a footer")
         var after = 0
         for i in 0..<120 where e.check(cache, UInt64(i)) { after += 1 }
         for i in 0..<30 { #expect(e.check(cache, UInt64(500 + i)), "block written just before the crash lost") }
