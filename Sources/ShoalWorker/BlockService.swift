@@ -33,10 +33,12 @@ final class BlockService: @unchecked Sendable {
     let fills = FillCoordinator()
     let metrics: WorkerMetrics
     let blockSize: UInt32
+    let admission: AdmissionPolicy
     let logger: Logger
 
     init(stores: [String: any ObjectStore], cache: BlockCache, pool: BufferPool, metadataTTL: Double, metrics: WorkerMetrics,
-         blockSize: UInt32, logger: Logger) {
+         blockSize: UInt32, admission: AdmissionPolicy, logger: Logger) {
+        self.admission = admission
         self.stores = stores
         self.cache = cache
         self.pool = pool
@@ -93,13 +95,16 @@ final class BlockService: @unchecked Sendable {
     func complete(_ block: ServedBlock) {
         if let fill = block.fill {
             do {
-                try cache.insert(key: fill.key, id: fill.id, slot: block.slot, length: fill.length, crc: fill.crc)
+                if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset) {
+                    try cache.insert(key: fill.key, id: fill.id, slot: block.slot, length: fill.length, crc: fill.crc)
+                }
             } catch {
                 // The reader has its bytes; a block that cannot be cached is only a later miss.
                 metrics.error(error.code)
                 logger.warning("could not cache a filled block", metadata: ["block": "\(fill.key)", "error": "\(error)"])
             }
-            // Followers read the block from the cache; if it is not there they fetch it themselves.
+            // Followers read the block from the cache; if it is not there (not admitted, or the
+            // write failed) they fetch it themselves.
             fills.finish(fill.id, error: nil)
         }
         pool.release(block.slot)

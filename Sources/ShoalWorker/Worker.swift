@@ -30,8 +30,10 @@ public final class Worker: @unchecked Sendable {
         }
         var stores: [String: any ObjectStore] = [:]
         for s in config.stores { stores[s.name] = s.makeStore() }
+        let admission = AdmissionPolicy(config: config.admission, capacity: cache.capacity,
+                                        expectedBlocks: Int(cache.capacity / (config.blockSize + 4096)))
         service = BlockService(stores: stores, cache: cache, pool: pool, metadataTTL: config.metadataTTL, metrics: metrics,
-                               blockSize: UInt32(config.blockSize), logger: logger)
+                               blockSize: UInt32(config.blockSize), admission: admission, logger: logger)
         updateGauges()
     }
 
@@ -68,6 +70,7 @@ public final class Worker: @unchecked Sendable {
         metrics.cachedBlocks.record(cache.blockCount)
         metrics.cachedBytes.record(Int64(cache.bytesCached))
         metrics.record(disks: cache.diskStats)
+        metrics.record(admission: service.admission.snapshot)
     }
 
     func route(_ path: String) -> AdminResponse {
@@ -104,9 +107,12 @@ public final class Worker: @unchecked Sendable {
                 + "\"evictions\":\(d.evictions),\"reinserted\":\(d.reinserted),\"corruptBlocks\":\(d.corrupt),"
                 + "\"bytesWritten\":\(d.bytesWritten),\"indexBytes\":\(d.indexBytes)}"
         }
+        let a = service.admission.snapshot
+        let admission = "{\"admitted\":\(a.admitted),\"refusedFirstMiss\":\(a.refusedFirstMiss),\"refusedWriteBudget\":\(a.refusedBudget),"
+            + "\"writeBudgetUsed\":\(formatFixed(a.budgetUsed, decimals: 4))}"
         return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
             + "\"capacity\":\(cache.capacity),\"connections\":\(server?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
-            + "\"disks\":[\(disks.joined(separator: ","))]}"
+            + "\"admission\":\(admission),\"disks\":[\(disks.joined(separator: ","))]}"
     }
 
     /// Stops accepting, lets requests in progress finish, and flushes the cache files.

@@ -43,13 +43,13 @@ public struct WorkerConfig: Sendable {
     public var maxConnections = 1024
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
-    /// Serve hits from memory without touching the disk (benchmarks: isolates the network path).
-    public var skipDisk = false
+    /// What misses may be written to flash.
+    public var admission = AdmissionPolicy.Config()
 
     public init() {}
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
-                                           "maxConnections", "caches", "stores"]
+                                           "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
                                          "root", "maxConcurrency"]
@@ -97,6 +97,8 @@ public struct WorkerConfig: Sendable {
         if let v = try r.int("buffers", min: 2, max: 65536) { config.buffers = v }
         if let v = try r.duration("metadataTTL") { config.metadataTTL = v }
         if let v = try r.int("maxConnections", min: 1, max: 1_000_000) { config.maxConnections = v }
+        if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
+        if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         for (i, item) in try r.list("caches").enumerated() {
             let c = try r.nested(item, "caches[\(i)]")
             try c.checkKnown(cacheKeys)
@@ -220,6 +222,16 @@ struct KeyReader {
         if let s = v as? String { return s }
         if let i = v as? Int { return String(i) }
         throw ShoalError(.badRequest, "key '\(name(key))': expected text, got \(v)")
+    }
+
+    func double(_ key: String, min lo: Double, max hi: Double) throws(ShoalError) -> Double? {
+        guard let v = map[key] else { return nil }
+        let d: Double
+        if let x = v as? Double { d = x } else if let i = v as? Int { d = Double(i) } else {
+            throw ShoalError(.badRequest, "key '\(name(key))': expected a number, got \(v)")
+        }
+        guard d >= lo, d <= hi else { throw ShoalError(.badRequest, "key '\(name(key))': \(d) is outside \(lo)-\(hi)") }
+        return d
     }
 
     func bool(_ key: String) throws(ShoalError) -> Bool? {

@@ -47,6 +47,22 @@ public final class WorkerMetrics: @unchecked Sendable {
     private var diskGauges: [String: [String: Metrics.Gauge]] = [:]
     private let diskLock = NSLockLike()
 
+    private var admissionGauges: [Metrics.Gauge] = []
+
+    /// Publishes what the admission policy let through and the write budget spent.
+    func record(admission a: AdmissionPolicy.Stats) {
+        diskLock.withLock {
+            if admissionGauges.isEmpty {
+                admissionGauges = ["shoal_admitted_blocks", "shoal_refused_first_miss_blocks", "shoal_refused_write_budget_blocks",
+                                   "shoal_write_budget_used_ratio"].map { Metrics.Gauge(label: $0, factory: factory) }
+            }
+            admissionGauges[0].record(Double(a.admitted))
+            admissionGauges[1].record(Double(a.refusedFirstMiss))
+            admissionGauges[2].record(Double(a.refusedBudget))
+            admissionGauges[3].record(a.budgetUsed)
+        }
+    }
+
     /// Publishes each disk's state as gauges labelled with its path (refreshed on every scrape).
     func record(disks: [CacheDiskStats]) {
         diskLock.withLock {

@@ -225,6 +225,26 @@ final class Harness {
         #expect(worker.cache.diskStats[1].failure == nil)
     }
 
+    @Test func admitOnSecondMissServesTheFirstReadWithoutCachingIt() throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("admission")
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("admission"), store: fx.storeConfig())
+        config.admission.admitOnSecondMiss = true
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret))
+        let data = SampleData.bytes(seed: 31, count: 3 << 20)
+        try fx.store().put(bucket: bucket, key: "k", bytes: data)
+        let ref = ObjectRef(store: "default", bucket: bucket, key: "k")
+        #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data)
+        #expect(worker.cache.blockCount == 0)
+        #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data)
+        #expect(worker.cache.blockCount == 3)
+        #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data)
+        #expect(worker.metrics.value("shoal_hits_total") == 3)
+    }
+
     @Test func adminPortServesMetricsAndHealth() async throws {
         let fx = try ObjectStoreFixture.get()
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("admin"), store: fx.storeConfig())

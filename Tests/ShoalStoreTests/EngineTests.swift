@@ -221,3 +221,29 @@ struct Engine {
         }
     }
 }
+
+@Suite struct AdmissionTests {
+    func id(_ i: UInt64) -> BlockID { BlockKey(object: ObjectRef(store: "d", bucket: "b", key: "k"), etag: "e", blockSize: 1 << 20, index: i).id }
+
+    @Test func secondMissIsAdmittedFirstIsNot() {
+        var c = AdmissionPolicy.Config()
+        c.admitOnSecondMiss = true
+        let p = AdmissionPolicy(config: c, capacity: 1 << 30, expectedBlocks: 1000)
+        for i in 0..<100 { #expect(!p.admit(id(UInt64(i)), bytes: 4096)) }
+        var admitted = 0
+        for i in 0..<100 where p.admit(id(UInt64(i)), bytes: 4096) { admitted += 1 }
+        #expect(admitted == 100)
+        #expect(p.snapshot.refusedFirstMiss == 100 && p.snapshot.admitted == 100)
+    }
+
+    @Test func writeBudgetStopsWritesWhenSpent() {
+        var c = AdmissionPolicy.Config()
+        c.writeBudgetDWPD = 1
+        let p = AdmissionPolicy(config: c, capacity: 10 << 20, expectedBlocks: 10)
+        var admitted = 0
+        for i in 0..<20 where p.admit(id(UInt64(i)), bytes: 1 << 20) { admitted += 1 }
+        #expect(admitted == 10)
+        #expect(p.snapshot.refusedBudget == 10)
+        #expect(p.snapshot.budgetUsed > 0.99)
+    }
+}
