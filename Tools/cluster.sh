@@ -39,7 +39,7 @@ start)
     stop_workers
     "$root/Tools/objectstore.sh" start "$dir/objectstore" $((base + 100)) >/dev/null
     [ -f "$dir/secret" ] || { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret"; chmod 600 "$dir/secret"; }
-    addresses=()
+    addresses=(); admins=()
     for i in $(seq 0 $((workers - 1))); do
         w="$dir/w$i"; mkdir -p "$w/cache"
         port=$((base + 2 * i))
@@ -61,7 +61,7 @@ stores:
 YAML
         setsid "$shoal" worker --config "$w/worker.yaml" > "$w/worker.log" 2>&1 < /dev/null &
         echo $! > "$w/worker.pid"
-        addresses+=("127.0.0.1:$port")
+        addresses+=("127.0.0.1:$port"); admins+=("127.0.0.1:$((port + 1))")
     done
     for i in $(seq 0 $((workers - 1))); do
         port=$((base + 2 * i + 1))
@@ -70,6 +70,7 @@ YAML
     done
     { cat "$dir/objectstore/s3.env"
       echo "SHOAL_WORKERS=$(IFS=,; echo "${addresses[*]}")"
+      echo "SHOAL_ADMINS=$(IFS=,; echo "${admins[*]}")"
       echo "SHOAL_SECRET_FILE=$dir/secret"
       echo "SHOAL_BIN=$shoal"; } > "$dir/cluster.env"
     echo "cluster: $workers worker(s) at ${addresses[*]}; object store $(grep ENDPOINT "$dir/cluster.env" | cut -d= -f2)"

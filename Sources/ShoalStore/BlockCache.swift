@@ -14,6 +14,8 @@ public enum CacheFormatInfo {
 /// registered buffer and are checked (key, generation, CRC32C) every time.
 public final class BlockCache: @unchecked Sendable {
     private let disks: [CacheDisk]
+    /// Object prefixes whose blocks are kept through eviction.
+    public let pins = PinSet()
     /// Where a block's data starts in a slot after a read, and where a fill must put it.
     public static let dataOffset = CacheFormat.headerSize
 
@@ -24,7 +26,7 @@ public final class BlockCache: @unchecked Sendable {
             throw ShoalError(.badRequest, "cache folder '\(c.path)' is listed twice")
         }
         var disks: [CacheDisk] = []
-        for c in configs { disks.append(try CacheDisk(config: c, expectedBlockSize: expectedBlockSize, logger: logger)) }
+        for c in configs { disks.append(try CacheDisk(config: c, expectedBlockSize: expectedBlockSize, pins: pins, logger: logger)) }
         self.disks = disks
     }
 
@@ -48,7 +50,12 @@ public final class BlockCache: @unchecked Sendable {
     /// Appends a block (data in `slot` at `dataOffset`) to its disk.
     public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) {
         guard let d = disk(for: id) else { throw ShoalError(.internal, "every cache disk is out of service") }
-        try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned)
+        try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned || pins.covers(key))
+    }
+
+    /// Room pins may take: the capacity less two regions per disk (eviction's working room).
+    public var pinnableBytes: UInt64 {
+        disks.filter { !$0.isFailed }.reduce(0) { $0 + UInt64($1.regionCount - 2) * UInt64($1.usablePages) * 4096 }
     }
 
     public func remove(_ id: BlockID) { disk(for: id)?.remove(id) }

@@ -88,8 +88,11 @@ final class CacheDisk: @unchecked Sendable {
     static let fileName = "shoal-cache.dat"
     static let snapshotName = "shoal-index.snap"  // docs/FORMAT.md
 
-    init(config: CacheDiskConfig, expectedBlockSize: UInt64 = 4 << 20, logger: Logger) throws(ShoalError) {
+    private let pins: PinSet
+
+    init(config: CacheDiskConfig, expectedBlockSize: UInt64 = 4 << 20, pins: PinSet = PinSet(), logger: Logger) throws(ShoalError) {
         self.config = config
+        self.pins = pins
         self.logger = logger
         let isDevice = FileSystem.isBlockDevice(config.path)
         let filePath = isDevice ? config.path : config.path + "/" + CacheDisk.fileName
@@ -239,7 +242,11 @@ final class CacheDisk: @unchecked Sendable {
         guard crc == header.dataCRC else {
             return drop(id, entry, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
         }
-        lock.withLock { stats.hits += 1 }
+        let pinned = !pins.isEmpty && pins.covers(key)
+        lock.withLock {
+            stats.hits += 1
+            if pinned && entry.flags & IndexEntry.pinned == 0 { index.setFlags(id, IndexEntry.pinned) }
+        }
         return .hit(length: Int(header.dataLength), crc: crc)
     }
 
@@ -379,7 +386,17 @@ final class CacheDisk: @unchecked Sendable {
                 fail("read error while evicting: \(error)")
                 throw ShoalError(.internal, "cache disk '\(config.path)' failed while evicting: \(error)")
             }
-            guard ok, let header = CacheFormat.readHeader(slot.base), header.generation == oldGeneration,
+            // A pinned block stays only while a pin still covers it (pins expire and are removed).
+            var flags = current.flags & ~IndexEntry.hit
+            var header: CacheFormat.Header?
+            if ok, let h = CacheFormat.readHeader(slot.base) {
+                header = h
+                if flags & IndexEntry.pinned != 0, !(BlockKey(encoded: h.key).map(pins.covers) ?? false) {
+                    flags &= ~IndexEntry.pinned
+                    if current.flags & IndexEntry.hit == 0 { header = nil }
+                }
+            }
+            guard let header, header.generation == oldGeneration,
                   CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: Int(header.dataLength))) == header.dataCRC,
                   writePage + UInt32(current.pages) <= usablePages
             else {
@@ -392,7 +409,6 @@ final class CacheDisk: @unchecked Sendable {
             CacheFormat.writeHeader(into: slot.base, key: header.key, generation: newGeneration, dataLength: header.dataLength, dataCRC: header.dataCRC)
             let newPage = base + writePage
             try write(slot, count: count, at: byteOffset(page: newPage))
-            let flags = current.flags & ~IndexEntry.hit
             lock.withLock {
                 index.insert(e.id, IndexEntry(page: newPage, pages: current.pages, flags: flags))
                 stats.reinserted += 1

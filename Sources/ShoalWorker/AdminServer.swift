@@ -15,7 +15,7 @@ public final class AdminServer: Sendable {
     private let channel: any Channel
     public let port: Int
 
-    public init(endpoint: Endpoint, route: @escaping @Sendable (String) -> AdminResponse) async throws {
+    public init(endpoint: Endpoint, route: @escaping @Sendable (String, String) -> AdminResponse) async throws {
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
@@ -35,13 +35,13 @@ public final class AdminServer: Sendable {
 private final class AdminHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
-    let route: @Sendable (String) -> AdminResponse
+    let route: @Sendable (String, String) -> AdminResponse
 
-    init(route: @escaping @Sendable (String) -> AdminResponse) { self.route = route }
+    init(route: @escaping @Sendable (String, String) -> AdminResponse) { self.route = route }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data) else { return }
-        let answer = head.method == .GET ? route(head.uri) : AdminResponse(status: 405, contentType: "text/plain", body: "only GET\n")
+        let answer = route(head.method.rawValue, head.uri)
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: answer.contentType)
         headers.add(name: "Content-Length", value: String(answer.body.utf8.count))

@@ -31,6 +31,7 @@ final class BlockService: @unchecked Sendable {
     let pool: BufferPool
     let metadata: MetadataCache
     let fills = FillCoordinator()
+    let datasets = DatasetStats()
     let metrics: WorkerMetrics
     let blockSize: UInt32
     let admission: AdmissionPolicy
@@ -81,6 +82,7 @@ final class BlockService: @unchecked Sendable {
             let (length, crc, fill) = try blockInSlot(request, id: id, store: s, slot: slot)
             let offset = Int(request.offset)
             let count = Int(request.length)
+            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length)
             let rangeCRC = (offset == 0 && count == length) ? crc
                 : CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset + offset, count: count))
             return ServedBlock(slot: slot, dataOffset: BlockCache.dataOffset + offset, length: count, crc: rangeCRC, fill: fill)

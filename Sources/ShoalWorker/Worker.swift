@@ -62,7 +62,7 @@ public final class Worker: @unchecked Sendable {
     /// Starts the admin HTTP port, if configured.
     public func startAdmin() async throws {
         guard let endpoint = config.admin else { return }
-        admin = try await AdminServer(endpoint: endpoint) { [self] path in route(path) }
+        admin = try await AdminServer(endpoint: endpoint) { [self] method, uri in route(method: method, uri) }
         logger.info("admin listening", metadata: ["admin": "\(endpoint.host):\(adminPort ?? 0)"])
     }
 
@@ -71,10 +71,38 @@ public final class Worker: @unchecked Sendable {
         metrics.cachedBytes.record(Int64(cache.bytesCached))
         metrics.record(disks: cache.diskStats)
         metrics.record(admission: service.admission.snapshot)
+        metrics.record(datasets: service.datasets.snapshot)
     }
 
-    func route(_ path: String) -> AdminResponse {
-        switch path.split(separator: "?").first.map(String.init) ?? path {
+    func route(method: String = "GET", _ uri: String) -> AdminResponse {
+        let path = uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri
+        let query = AdminQuery(uri)
+        if path == "/pins" {
+            do throws(ShoalError) {
+                switch method {
+                case "GET": break
+                case "POST":
+                    guard let url = query["prefix"] else { throw ShoalError(.badRequest, "POST /pins needs ?prefix=s3://bucket/prefix") }
+                    var ttl: Double?
+                    if let t = query["ttl"] {
+                        guard let s = DurationText.parseSeconds(t), s > 0 else { throw ShoalError(.badRequest, "ttl '\(t)' is not a duration (e.g. 1h)") }
+                        ttl = s
+                    }
+                    try pin(url, ttlSeconds: ttl)
+                case "DELETE":
+                    guard let url = query["prefix"] else { throw ShoalError(.badRequest, "DELETE /pins needs ?prefix=s3://bucket/prefix") }
+                    try unpin(url)
+                default:
+                    throw ShoalError(.badRequest, "/pins takes GET, POST or DELETE")
+                }
+                return AdminResponse(status: 200, contentType: "application/json", body: pinsJSON() + "\n")
+            } catch {
+                let status = error.code == .notFound ? 404 : (error.code == .tooLarge ? 507 : 400)
+                return AdminResponse(status: status, contentType: "text/plain", body: error.message + "\n")
+            }
+        }
+        guard method == "GET" else { return AdminResponse(status: 405, contentType: "text/plain", body: "\(path) takes GET\n") }
+        switch path {
         case "/metrics":
             updateGauges()
             return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: metrics.render())
@@ -87,32 +115,87 @@ public final class Worker: @unchecked Sendable {
         }
     }
 
+    /// Pins an object prefix (`s3://[store@]bucket/prefix`): its blocks are kept through eviction
+    /// until unpinned or `ttlSeconds` pass. Refused when the prefix holds more than the room left.
+    public func pin(_ url: String, ttlSeconds: Double?) throws(ShoalError) {
+        let (store, bucket, prefix) = try Worker.parsePrefix(url)
+        let s = try service.store(store)
+        let bytes = try s.listAll(bucket: bucket, prefix: prefix).reduce(UInt64(0)) { $0 + $1.version.size }
+        let others = cache.pins.active.filter { !($0.store == store && $0.bucket == bucket && $0.prefix == prefix) }
+        let taken = others.reduce(UInt64(0)) { $0 + $1.bytes }
+        let room = cache.pinnableBytes
+        guard taken + bytes <= room else {
+            throw ShoalError(.tooLarge, "pin of \(url) (\(ByteSize.format(bytes))) refused: \(ByteSize.format(room > taken ? room - taken : 0)) left for pins on this worker (\(ByteSize.format(taken)) already pinned of \(ByteSize.format(room)))")
+        }
+        let expires = ttlSeconds.map { monotonicNanos() + UInt64($0 * 1e9) }
+        cache.pins.add(PinRule(store: store, bucket: bucket, prefix: prefix, expiresAt: expires, bytes: bytes))
+        logger.info("pinned", metadata: ["prefix": "\(url)", "bytes": "\(bytes)", "ttl": "\(ttlSeconds.map { "\($0)s" } ?? "none")"])
+    }
+
+    public func unpin(_ url: String) throws(ShoalError) {
+        let (store, bucket, prefix) = try Worker.parsePrefix(url)
+        guard cache.pins.remove(store: store, bucket: bucket, prefix: prefix) else {
+            throw ShoalError(.notFound, "\(url) is not pinned on this worker")
+        }
+    }
+
+    /// `s3://[store@]bucket/prefix` (the prefix may be empty).
+    static func parsePrefix(_ url: String) throws(ShoalError) -> (String, String, String) {
+        guard url.hasPrefix("s3://") else { throw ShoalError(.badRequest, "'\(url)' is not an s3:// prefix (s3://bucket/prefix)") }
+        let rest = url.dropFirst(5)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        var bucket = String(rest[..<slash])
+        let prefix = slash == rest.endIndex ? "" : String(rest[rest.index(after: slash)...])
+        var store = ObjectRef.defaultStore
+        if let at = bucket.firstIndex(of: "@") {
+            store = String(bucket[..<at])
+            bucket = String(bucket[bucket.index(after: at)...])
+        }
+        guard !bucket.isEmpty else { throw ShoalError(.badRequest, "'\(url)' names no bucket") }
+        return (store, bucket, prefix)
+    }
+
+    func pinsJSON() -> String {
+        let now = monotonicNanos()
+        let items = cache.pins.active.map { r in
+            let ttl = r.expiresAt.map { String(($0 > now ? $0 - now : 0) / 1_000_000_000) } ?? "null"
+            return "{\"prefix\":\(Worker.quote(r.url)),\"bytes\":\(r.bytes),\"secondsLeft\":\(ttl)}"
+        }
+        return "{\"pinnable\":\(cache.pinnableBytes),\"pins\":[\(items.joined(separator: ","))]}"
+    }
+
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for ch in s.unicodeScalars {
+            switch ch {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            default: if ch.value < 0x20 { out += "?" } else { out.unicodeScalars.append(ch) }
+            }
+        }
+        return out + "\""
+    }
+
     /// The worker's state as JSON: totals and, per disk, its counters and whether (and why) it is out of service.
     public func statusJSON() -> String {
-        func quote(_ s: String) -> String {
-            var out = "\""
-            for ch in s.unicodeScalars {
-                switch ch {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                default: if ch.value < 0x20 { out += "?" } else { out.unicodeScalars.append(ch) }
-                }
-            }
-            return out + "\""
-        }
+        let quote = Worker.quote
         let disks = cache.diskStats.map { d in
             "{\"path\":\(quote(d.path)),\"inService\":\(d.failure == nil),\"failure\":\(d.failure.map(quote) ?? "null"),"
                 + "\"blocks\":\(d.blocks),\"capacity\":\(d.capacity),\"hits\":\(d.hits),\"misses\":\(d.misses),"
                 + "\"evictions\":\(d.evictions),\"reinserted\":\(d.reinserted),\"corruptBlocks\":\(d.corrupt),"
                 + "\"bytesWritten\":\(d.bytesWritten),\"indexBytes\":\(d.indexBytes)}"
         }
+        let datasets = service.datasets.snapshot.map { name, c in
+            "{\"dataset\":\(quote(name)),\"hits\":\(c.hits),\"misses\":\(c.misses),\"hitRatio\":\(formatFixed(c.hitRatio, decimals: 4)),"
+                + "\"bytesServed\":\(c.bytesServed),\"bytesFilled\":\(c.bytesFilled)}"
+        }
         let a = service.admission.snapshot
         let admission = "{\"admitted\":\(a.admitted),\"refusedFirstMiss\":\(a.refusedFirstMiss),\"refusedWriteBudget\":\(a.refusedBudget),"
             + "\"writeBudgetUsed\":\(formatFixed(a.budgetUsed, decimals: 4))}"
         return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
             + "\"capacity\":\(cache.capacity),\"connections\":\(server?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
-            + "\"admission\":\(admission),\"disks\":[\(disks.joined(separator: ","))]}"
+            + "\"admission\":\(admission),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
     }
 
     /// Stops accepting, lets requests in progress finish, and flushes the cache files.

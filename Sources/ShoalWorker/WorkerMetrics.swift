@@ -48,6 +48,25 @@ public final class WorkerMetrics: @unchecked Sendable {
     private let diskLock = NSLockLike()
 
     private var admissionGauges: [Metrics.Gauge] = []
+    private var datasetGauges: [String: [Metrics.Gauge]] = [:]
+
+    /// Publishes reads per dataset (bounded by DatasetStats' limit).
+    func record(datasets: [(String, DatasetStats.Counts)]) {
+        diskLock.withLock {
+            for (name, c) in datasets {
+                let gauges = datasetGauges[name] ?? ["shoal_dataset_hits", "shoal_dataset_misses", "shoal_dataset_hit_ratio",
+                                                     "shoal_dataset_bytes_served", "shoal_dataset_bytes_filled"].map {
+                    Metrics.Gauge(label: $0, dimensions: [("dataset", name)], factory: factory)
+                }
+                datasetGauges[name] = gauges
+                gauges[0].record(Double(c.hits))
+                gauges[1].record(Double(c.misses))
+                gauges[2].record(c.hitRatio)
+                gauges[3].record(Double(c.bytesServed))
+                gauges[4].record(Double(c.bytesFilled))
+            }
+        }
+    }
 
     /// Publishes what the admission policy let through and the write budget spent.
     func record(admission a: AdmissionPolicy.Stats) {

@@ -10,7 +10,7 @@ struct Shoal: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shoal",
         abstract: "A distributed NVMe read cache for AI training data.",
-        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, BenchCommand.self, SelftestCommand.self])
+        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, PinCommand.self, UnpinCommand.self, BenchCommand.self, SelftestCommand.self])
 }
 
 /// Prints `shoal: error: …` and exits non-zero: the one way commands report failure.

@@ -3,7 +3,7 @@ import Testing
 import ShoalClient
 import ShoalCore
 import ShoalObjectStore
-import ShoalStore
+@testable import ShoalStore
 import ShoalSys
 import ShoalTestSupport
 import ShoalTransport
@@ -129,6 +129,7 @@ final class Harness {
         #expect(h.worker.cache.blockCount == 6)
         #expect(try h.readAll("r") == data)
         #expect(h.metric("shoal_hits_total") == 6)
+        #expect(h.worker.statusJSON().contains("{\"dataset\":\"s3://\(h.bucket)/\",\"hits\":6,\"misses\":0,\"hitRatio\":1.0000"))
         #expect(h.metric("shoal_bytes_filled_total") == 0)
     }
 
@@ -243,6 +244,23 @@ final class Harness {
         #expect(worker.cache.blockCount == 3)
         #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data)
         #expect(worker.metrics.value("shoal_hits_total") == 3)
+    }
+
+    @Test func pinsAreCheckedAgainstTheRoomLeftAndCanBeRemoved() throws {
+        let h = try Harness("pins")
+        try h.put("small/a", SampleData.bytes(seed: 1, count: 1 << 20))
+        try h.put("big/a", SampleData.bytes(seed: 2, count: 1 << 20))
+        // The harness's cache: 256 MiB in 8 MiB regions, so 240 MiB of room for pins at most.
+        let ok = h.worker.route(method: "POST", "/pins?prefix=s3%3A%2F%2F\(h.bucket)%2Fsmall%2F&ttl=1h")
+        #expect(ok.status == 200 && ok.body.contains("\"bytes\":1048576"))
+        let bytes = h.worker.cache.pinnableBytes
+        h.worker.cache.pins.add(PinRule(store: "default", bucket: h.bucket, prefix: "huge/", expiresAt: nil, bytes: bytes - (1 << 20)))
+        let refused = h.worker.route(method: "POST", "/pins?prefix=s3://\(h.bucket)/big/")
+        #expect(refused.status == 507 && refused.body.contains("refused"))
+        #expect(h.worker.route(method: "DELETE", "/pins?prefix=s3://\(h.bucket)/small/").status == 200)
+        #expect(h.worker.route(method: "DELETE", "/pins?prefix=s3://\(h.bucket)/small/").status == 404)
+        #expect(h.worker.route(method: "POST", "/pins").status == 400)
+        #expect(h.worker.route(method: "POST", "/pins?prefix=s3://\(h.bucket)/x&ttl=soon").status == 400)
     }
 
     @Test func adminPortServesMetricsAndHealth() async throws {

@@ -75,12 +75,29 @@ struct Engine {
         #expect(cache.diskStats[0].reinserted > 0)
     }
 
-    @Test func pinnedBlocksSurvivePressure() throws {
+    @Test func pinnedBlocksSurvivePressureUntilThePinExpires() throws {
         let e = try Engine("pins")
         let cache = try e.open()
-        for i in 0..<5 { try e.put(cache, UInt64(i), pinned: true) }
-        for i in 0..<400 { try e.put(cache, UInt64(100 + i)) }
+        // Pin the object "engine" (its blocks 0-4); the pressure comes from another object.
+        cache.pins.add(PinRule(store: "default", bucket: "b", prefix: "engine", expiresAt: monotonicNanos() + 600_000_000, bytes: 0))
+        for i in 0..<5 { try e.put(cache, UInt64(i)) }
+        let other = ObjectRef(store: "default", bucket: "b", key: "other")
+        func putOther(_ i: UInt64) throws {
+            let data = UnsafeMutableRawBufferPointer(start: e.slot.base + BlockCache.dataOffset, count: 64 << 10)
+            SampleData.fill(data, seed: i)
+            let k = BlockKey(object: other, etag: "e", blockSize: 64 << 10, index: i)
+            try cache.insert(key: k, id: k.id, slot: e.slot, length: 64 << 10, crc: CRC32C.checksum(UnsafeRawBufferPointer(data)))
+        }
+        for i in 0..<400 { try putOther(UInt64(i)) }
         for i in 0..<5 { #expect(e.check(cache, UInt64(i)), "pinned block \(i) was evicted") }
+        // After the pin expires, pressure evicts them like any block not read since written.
+        Glibc.usleep(700_000)
+        #expect(cache.pins.active.isEmpty)
+        for i in 0..<5 { _ = e.check(cache, UInt64(i)) }  // reads set the hit bit once more...
+        for i in 0..<800 { try putOther(UInt64(1000 + i)) }  // ...so two passes of pressure are needed
+        var left = 0
+        for i in 0..<5 where e.check(cache, UInt64(i)) { left += 1 }
+        #expect(left == 0, "expired pins still kept \(left) blocks")
     }
 
     @Test func cleanRestartUsesTheSnapshotAndCrashRestartUsesFooters() throws {

@@ -1,0 +1,40 @@
+import ShoalCore
+import ShoalSys
+
+/// Reads per dataset, a dataset being an object's bucket and first path component
+/// (`s3://bucket/imagenet/`), bounded to `limit` datasets (the rest count under "other").
+final class DatasetStats: @unchecked Sendable {
+    struct Counts: Sendable, Equatable {
+        var hits: UInt64 = 0
+        var misses: UInt64 = 0
+        var bytesServed: UInt64 = 0
+        var bytesFilled: UInt64 = 0
+        var hitRatio: Double { hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses) }
+    }
+
+    private let lock = ConditionLock()
+    private var counts: [String: Counts] = [:]
+    private let limit: Int
+
+    init(limit: Int = 256) { self.limit = limit }
+
+    static func dataset(of object: ObjectRef) -> String {
+        let first = object.key.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        let top = first.count > 1 ? String(first[0]) + "/" : ""
+        return ObjectRef(store: object.store, bucket: object.bucket, key: top).description
+    }
+
+    func record(_ object: ObjectRef, hit: Bool, served: Int, filled: Int) {
+        var name = DatasetStats.dataset(of: object)
+        lock.withLock {
+            if counts[name] == nil && counts.count >= limit { name = "other" }
+            var c = counts[name] ?? Counts()
+            if hit { c.hits += 1 } else { c.misses += 1 }
+            c.bytesServed += UInt64(served)
+            c.bytesFilled += UInt64(filled)
+            counts[name] = c
+        }
+    }
+
+    var snapshot: [(String, Counts)] { lock.withLock { counts.sorted { $0.key < $1.key } } }
+}

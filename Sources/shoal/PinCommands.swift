@@ -1,0 +1,82 @@
+import ArgumentParser
+import ShoalCore
+import ShoalSys
+
+/// Where the workers' admin ports are.
+struct AdminOptions: ParsableArguments {
+    @Option(name: .customLong("admin"), help: "A worker's admin host:port (repeat for several; default: $SHOAL_ADMINS, comma-separated).")
+    var admins: [String] = []
+
+    func endpoints() throws -> [Endpoint] {
+        var list = admins
+        if list.isEmpty, let a = ProcessEnvironment.get("SHOAL_ADMINS") { list = a.split(separator: ",").map(String.init) }
+        guard !list.isEmpty else { throw fail("no admin address: pass --admin HOST:PORT or set SHOAL_ADMINS", code: 2) }
+        var out: [Endpoint] = []
+        for a in list {
+            guard let e = Endpoint(a.trimmingCharacters()) else { throw fail("admin address '\(a)' is not host:port", code: 2) }
+            out.append(e)
+        }
+        return out
+    }
+
+    /// Sends one request to every worker; prints each answer; fails if any worker refused.
+    func send(_ method: String, _ pathAndQuery: String) throws {
+        var failed = 0
+        for e in try endpoints() {
+            let easy: CurlEasy
+            do { easy = try CurlEasy() } catch { throw fail("cannot start an HTTP client: \(error)") }
+            let sink = HTTPBodySink(limit: 1 << 20)
+            do {
+                let r = try easy.perform(HTTPRequest(method: method, url: "http://\(e)\(pathAndQuery)"), sink: sink)
+                let body = String(decoding: sink.bytes, as: UTF8.self).trimmingCharacters()
+                if r.status == 200 { print("\(e): \(body)") } else {
+                    note("shoal: error: worker \(e): \(body.isEmpty ? "HTTP \(r.status)" : body)")
+                    failed += 1
+                }
+            } catch {
+                note("shoal: error: worker \(e) admin port unreachable: \(error)")
+                failed += 1
+            }
+        }
+        if failed > 0 { throw ExitCode(1) }
+    }
+}
+
+func percentEncode(_ s: String) -> String {
+    var out = ""
+    for b in s.utf8 {
+        if (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == 0x2d || b == 0x2e || b == 0x5f || b == 0x7e {
+            out.unicodeScalars.append(Unicode.Scalar(b))
+        } else {
+            let hex = Array("0123456789ABCDEF")
+            out += "%\(hex[Int(b >> 4)])\(hex[Int(b & 15)])"
+        }
+    }
+    return out
+}
+
+struct PinCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pin", abstract: "Keep an object prefix's cached blocks through eviction (on every worker given).")
+
+    @Argument(help: "s3://bucket/prefix (or s3://store@bucket/prefix)") var prefix: String
+    @Option(help: "Unpin by itself after this long, e.g. 12h.") var ttl: String?
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        guard prefix.hasPrefix("s3://") else { throw fail("'\(prefix)' is not s3://bucket/prefix", code: 2) }
+        if let ttl, DurationText.parseSeconds(ttl) == nil { throw fail("--ttl '\(ttl)' is not a duration (e.g. 12h)", code: 2) }
+        try admin.send("POST", "/pins?prefix=\(percentEncode(prefix))" + (ttl.map { "&ttl=\(percentEncode($0))" } ?? ""))
+    }
+}
+
+struct UnpinCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "unpin", abstract: "Remove a pin.")
+
+    @Argument(help: "s3://bucket/prefix, as pinned") var prefix: String
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        try admin.send("DELETE", "/pins?prefix=\(percentEncode(prefix))")
+    }
+}
