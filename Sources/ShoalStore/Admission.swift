@@ -17,6 +17,7 @@ public final class AdmissionPolicy: @unchecked Sendable {
         public var admitted: UInt64 = 0
         public var refusedFirstMiss: UInt64 = 0
         public var refusedBudget: UInt64 = 0
+        public var refusedSubset: UInt64 = 0
         /// Fraction of the day's budget spent (0 without a budget).
         public var budgetUsed: Double = 0
     }
@@ -42,9 +43,16 @@ public final class AdmissionPolicy: @unchecked Sendable {
         lastRefill = monotonicNanos()
     }
 
-    /// Whether a block of `bytes` that just missed should be written to the cache.
-    public func admit(_ id: BlockID, bytes: Int) -> Bool {
-        lock.withLock {
+    /// Whether a block of `bytes` that just missed should be written to the cache. With
+    /// `subsetFraction` below 1 (the thrash guard: a dataset larger than its share of the cache),
+    /// only that fraction of the dataset's blocks, always the same ones (by ID hash), is admitted:
+    /// a stable subset survives every shuffled epoch where LRU would keep none.
+    public func admit(_ id: BlockID, bytes: Int, subsetFraction: Double = 1) -> Bool {
+        if subsetFraction < 1, Double(id.low >> 44) / Double(1 << 20) >= subsetFraction {
+            lock.withLock { stats.refusedSubset += 1 }
+            return false
+        }
+        return lock.withLock {
             if config.admitOnSecondMiss {
                 let bitCount = UInt64(doorkeeper.count * 64)
                 let a = Int(id.low % bitCount)
@@ -75,6 +83,13 @@ public final class AdmissionPolicy: @unchecked Sendable {
             stats.admitted += 1
             return true
         }
+    }
+
+    /// The thrash guard's rule: a dataset that fits in the cache is admitted whole; a larger one
+    /// only a stable subset of 90% of the cache's worth of blocks.
+    public static func subsetFraction(datasetBlocks: Int, cacheBlocks: Int) -> Double {
+        guard datasetBlocks > cacheBlocks, datasetBlocks > 0 else { return 1 }
+        return 0.9 * Double(cacheBlocks) / Double(datasetBlocks)
     }
 
     public var snapshot: Stats {

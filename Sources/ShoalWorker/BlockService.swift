@@ -35,11 +35,14 @@ final class BlockService: @unchecked Sendable {
     let metrics: WorkerMetrics
     let blockSize: UInt32
     let admission: AdmissionPolicy
+    /// Cache only a stable subset of a dataset larger than the cache (shuffled epochs).
+    let thrashGuard: Bool
     let logger: Logger
 
     init(stores: [String: any ObjectStore], cache: BlockCache, pool: BufferPool, metadataTTL: Double, metrics: WorkerMetrics,
-         blockSize: UInt32, admission: AdmissionPolicy, logger: Logger) {
+         blockSize: UInt32, admission: AdmissionPolicy, thrashGuard: Bool = false, logger: Logger) {
         self.admission = admission
+        self.thrashGuard = thrashGuard
         self.stores = stores
         self.cache = cache
         self.pool = pool
@@ -82,7 +85,8 @@ final class BlockService: @unchecked Sendable {
             let (length, crc, fill) = try blockInSlot(request, id: id, store: s, slot: slot)
             let offset = Int(request.offset)
             let count = Int(request.length)
-            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length)
+            let objectBlocks = Int(BlockLayout(blockSize: UInt64(request.block.blockSize)).blockCount(objectSize: request.objectSize))
+            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks)
             let rangeCRC = (offset == 0 && count == length) ? crc
                 : CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset + offset, count: count))
             return ServedBlock(slot: slot, dataOffset: BlockCache.dataOffset + offset, length: count, crc: rangeCRC, fill: fill)
@@ -97,7 +101,12 @@ final class BlockService: @unchecked Sendable {
     func complete(_ block: ServedBlock) {
         if let fill = block.fill {
             do {
-                if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset) {
+                var fraction = 1.0
+                if thrashGuard {
+                    let cacheBlocks = Int(cache.capacity / (UInt64(blockSize) + UInt64(BlockCache.dataOffset)))
+                    fraction = AdmissionPolicy.subsetFraction(datasetBlocks: datasets.datasetBlocks(of: fill.key.object), cacheBlocks: cacheBlocks)
+                }
+                if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {
                     try cache.insert(key: fill.key, id: fill.id, slot: block.slot, length: fill.length, crc: fill.crc)
                 }
             } catch {

@@ -14,6 +14,11 @@ final class DatasetStats: @unchecked Sendable {
 
     private let lock = ConditionLock()
     private var counts: [String: Counts] = [:]
+    /// Blocks of the distinct objects seen per dataset (the thrash guard's dataset size).
+    private var objectsSeen: [String: Set<ObjectRef>] = [:]
+    private var blocks: [String: Int] = [:]
+    private let maxObjectsTracked = 1_000_000
+    private var objectsTracked = 0
     private let limit: Int
 
     init(limit: Int = 256) { self.limit = limit }
@@ -24,16 +29,26 @@ final class DatasetStats: @unchecked Sendable {
         return ObjectRef(store: object.store, bucket: object.bucket, key: top).description
     }
 
-    func record(_ object: ObjectRef, hit: Bool, served: Int, filled: Int) {
+    func record(_ object: ObjectRef, hit: Bool, served: Int, filled: Int, objectBlocks: Int = 0) {
         var name = DatasetStats.dataset(of: object)
         lock.withLock {
             if counts[name] == nil && counts.count >= limit { name = "other" }
+            if objectsTracked < maxObjectsTracked, objectsSeen[name, default: []].insert(object).inserted {
+                objectsTracked += 1
+                blocks[name, default: 0] += objectBlocks
+            }
             var c = counts[name] ?? Counts()
             if hit { c.hits += 1 } else { c.misses += 1 }
             c.bytesServed += UInt64(served)
             c.bytesFilled += UInt64(filled)
             counts[name] = c
         }
+    }
+
+    /// Blocks seen so far in `object`'s dataset.
+    func datasetBlocks(of object: ObjectRef) -> Int {
+        let name = DatasetStats.dataset(of: object)
+        return lock.withLock { blocks[name] ?? blocks["other"] ?? 0 }
     }
 
     var snapshot: [(String, Counts)] { lock.withLock { counts.sorted { $0.key < $1.key } } }

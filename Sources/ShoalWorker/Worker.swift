@@ -33,7 +33,7 @@ public final class Worker: @unchecked Sendable {
         let admission = AdmissionPolicy(config: config.admission, capacity: cache.capacity,
                                         expectedBlocks: Int(cache.capacity / (config.blockSize + 4096)))
         service = BlockService(stores: stores, cache: cache, pool: pool, metadataTTL: config.metadataTTL, metrics: metrics,
-                               blockSize: UInt32(config.blockSize), admission: admission, logger: logger)
+                               blockSize: UInt32(config.blockSize), admission: admission, thrashGuard: config.thrashGuard, logger: logger)
         updateGauges()
     }
 
@@ -191,7 +191,7 @@ public final class Worker: @unchecked Sendable {
                 + "\"bytesServed\":\(c.bytesServed),\"bytesFilled\":\(c.bytesFilled)}"
         }
         let a = service.admission.snapshot
-        let admission = "{\"admitted\":\(a.admitted),\"refusedFirstMiss\":\(a.refusedFirstMiss),\"refusedWriteBudget\":\(a.refusedBudget),"
+        let admission = "{\"admitted\":\(a.admitted),\"refusedFirstMiss\":\(a.refusedFirstMiss),\"refusedWriteBudget\":\(a.refusedBudget),\"refusedThrashGuard\":\(a.refusedSubset),"
             + "\"writeBudgetUsed\":\(formatFixed(a.budgetUsed, decimals: 4))}"
         return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
             + "\"capacity\":\(cache.capacity),\"connections\":\(server?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"

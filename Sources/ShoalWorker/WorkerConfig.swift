@@ -45,11 +45,13 @@ public struct WorkerConfig: Sendable {
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
     public var admission = AdmissionPolicy.Config()
+    /// Cache only a stable subset of any dataset larger than the cache.
+    public var thrashGuard = false
 
     public init() {}
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
-                                           "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD"]
+                                           "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
                                          "root", "maxConcurrency"]
@@ -99,6 +101,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.int("maxConnections", min: 1, max: 1_000_000) { config.maxConnections = v }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
+        if let v = try r.bool("thrashGuard") { config.thrashGuard = v }
         for (i, item) in try r.list("caches").enumerated() {
             let c = try r.nested(item, "caches[\(i)]")
             try c.checkKnown(cacheKeys)

@@ -191,17 +191,30 @@ struct ReplayBench: ParsableCommand {
 
     func report(_ name: String, trace: [(Int, Int)], slots: Int, logger: Logger) throws {
         let engine = try replayEngine(trace, slots: slots, logger: logger)
+        let guarded = try replayEngine(trace, slots: slots, thrashGuard: true, logger: logger)
         let lru = replayLRU(trace, slots: slots)
         if json {
-            print("{\"trace\":\"\(name)\",\"engineMissRatio\":\(formatFixed(engine.ratio, decimals: 4)),\"lruMissRatio\":\(formatFixed(lru.ratio, decimals: 4)),"
-                  + "\"engineBlocksWritten\":\(engine.written / 8192),\"lruBlocksWritten\":\(lru.written / 8192)}")
+            print("{\"trace\":\"\(name)\",\"engineMissRatio\":\(formatFixed(engine.ratio, decimals: 4)),\"guardedMissRatio\":\(formatFixed(guarded.ratio, decimals: 4)),"
+                  + "\"lruMissRatio\":\(formatFixed(lru.ratio, decimals: 4)),\"engineBlocksWritten\":\(engine.written / 8192),"
+                  + "\"guardedBlocksWritten\":\(guarded.written / 8192),\"lruBlocksWritten\":\(lru.written / 8192)}")
         } else {
-            print("\(name): engine miss \(formatFixed(engine.ratio, decimals: 3)), writes \(engine.written / 8192) blocks | LRU miss \(formatFixed(lru.ratio, decimals: 3)), writes \(lru.written / 8192) blocks")
+            print("\(name): engine miss \(formatFixed(engine.ratio, decimals: 3)) (\(engine.written / 8192) blocks written) | "
+                  + "with thrash guard \(formatFixed(guarded.ratio, decimals: 3)) (\(guarded.written / 8192)) | "
+                  + "LRU \(formatFixed(lru.ratio, decimals: 3)) (\(lru.written / 8192))")
         }
     }
 
     /// The engine with room for about `slots` 8 KiB records (regions of 1 MiB, 127 records each).
-    func replayEngine(_ trace: [(Int, Int)], slots: Int, logger: Logger) throws -> Outcome {
+    /// With `thrashGuard`, a dataset larger than the cache admits only a stable subset of its
+    /// blocks (90% of the cache's worth), as the worker's `thrashGuard` does.
+    func replayEngine(_ trace: [(Int, Int)], slots: Int, thrashGuard: Bool = false, logger: Logger) throws -> Outcome {
+        var fractions: [Int: Double] = [:]
+        if thrashGuard {
+            var sizes: [Int: Set<Int>] = [:]
+            for (d, b) in trace { sizes[d, default: []].insert(b) }
+            for (d, blocks) in sizes { fractions[d] = AdmissionPolicy.subsetFraction(datasetBlocks: blocks.count, cacheBlocks: slots) }
+        }
+        let admission = AdmissionPolicy(config: AdmissionPolicy.Config(), capacity: UInt64(slots) * 8192, expectedBlocks: slots)
         let path = dir + "/replay"
         try? FileSystem.createDirectories(path)
         FileSystem.remove(path + "/shoal-cache.dat")
@@ -218,6 +231,7 @@ struct ReplayBench: ParsableCommand {
             out.requests += 1
             if case .hit = cache.read(key: key, id: key.id, into: slot) { continue }
             out.misses += 1
+            guard admission.admit(key.id, bytes: 8192, subsetFraction: fractions[dataset] ?? 1) else { continue }
             SampleData.fill(UnsafeMutableRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: 4096), seed: UInt64(block))
             let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: 4096))
             try cache.insert(key: key, id: key.id, slot: slot, length: 4096, crc: crc)

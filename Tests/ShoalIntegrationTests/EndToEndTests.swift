@@ -263,6 +263,23 @@ final class Harness {
         #expect(h.worker.route(method: "POST", "/pins?prefix=s3://\(h.bucket)/x&ttl=soon").status == 400)
     }
 
+    @Test func thrashGuardCachesAStableSubsetOfADatasetLargerThanTheCache() throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("thrash")
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("thrash"), store: fx.storeConfig(), capacity: 32 << 20)
+        config.thrashGuard = true
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret))
+        let data = SampleData.bytes(seed: 41, count: 64 << 20)  // twice the cache
+        try fx.store().put(bucket: bucket, key: "ds/shard", bytes: data)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "ds/shard"))
+        for _ in 0..<2 { #expect(try client.read(file, offset: 0, length: data.count) == data) }
+        #expect(worker.service.admission.snapshot.refusedSubset > 0)
+        #expect(worker.metrics.value("shoal_hits_total") > 0, "the stable subset must be served from the cache on the second pass")
+    }
+
     @Test func adminPortServesMetricsAndHealth() async throws {
         let fx = try ObjectStoreFixture.get()
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("admin"), store: fx.storeConfig())
