@@ -6,4 +6,6 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/Tools/install-deps.sh"
 cd "$root"
 rm -rf .build/test-tmp
+# The crash tests run the shoal binary as a separate worker process (to kill it with SIGKILL).
+swift build --product shoal
 swift test "$@"

@@ -87,6 +87,24 @@ import ShoalTestSupport
         expectBlock(cache, slot, 59)
     }
 
+    @Test func refusesAFolderThatWouldFillItsFilesystemOrSitsOnRootWhenForbidden() throws {
+        let dir = makeTemporaryDirectory("floor")
+        var c = CacheDiskConfig(path: dir, capacity: 16 << 20, regionSize: 4 << 20)
+        c.minFreeSpace = 1 << 60
+        #expect { try BlockCache(disks: [c], logger: testLogger) } throws: {
+            let m = ($0 as? ShoalError)?.message ?? ""
+            return m.contains(dir) && m.contains("minFreeSpace")
+        }
+        var r = CacheDiskConfig(path: dir, capacity: 16 << 20, regionSize: 4 << 20)
+        r.allowRootFilesystem = false
+        let onRoot = try FileSystem.deviceID(dir) == FileSystem.deviceID("/")
+        if onRoot {
+            #expect { try BlockCache(disks: [r], logger: testLogger) } throws: { ($0 as? ShoalError)?.message.contains("root filesystem") == true }
+        } else {
+            #expect(throws: Never.self) { try BlockCache(disks: [r], logger: testLogger) }
+        }
+    }
+
     @Test func refusesMissingFolderWithItsName() {
         #expect {
             try BlockCache(disks: [CacheDiskConfig(path: "/nonexistent-shoal-dir", capacity: 16 << 20, regionSize: 4 << 20)], logger: testLogger)

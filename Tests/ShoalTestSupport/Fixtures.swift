@@ -81,6 +81,7 @@ public final class ObjectStoreFixture: @unchecked Sendable {
 
 public struct FixtureError: Error, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 
