@@ -78,6 +78,23 @@ class Run:
             server.wait(timeout=10)
         return out["end"]["sum_received"]["bits_per_second"] / 8
 
+    def fio_jobs(self, directory, size, jobs):
+        """fio as the engine reads: `jobs` threads, each one 4 MiB read at a time."""
+        path = os.path.join(directory, "fio-jobs.dat")
+        out = sh(["fio", "--name=seq", f"--filename={path}", f"--size={size}", "--rw=read", f"--bs={BLOCK}",
+                  "--ioengine=io_uring", "--direct=1", "--iodepth=1", f"--numjobs={jobs}", "--runtime=3", "--time_based",
+                  "--group_reporting", "--output-format=json"])
+        os.unlink(path)
+        return json.loads(out)["jobs"][0]["read"]["bw_bytes"]
+
+    def engine(self, directory, blocks, read_size, jobs):
+        return json.loads(sh([self.shoal, "bench", "engine", "--dir", directory, "--blocks", str(blocks), "--read-size", read_size,
+                              "--queue-depth", str(jobs), "--seconds", "3", "--json"]))
+
+    def replay(self, directory, blocks):
+        out = sh([self.shoal, "bench", "replay", "--dir", directory, "--dataset-blocks", str(blocks), "--epochs", "5", "--json"])
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
     def direct_get(self, concurrency):
         out = json.loads(sh([self.shoal, "bench", "get", "s3://perf/ds", "--concurrency", str(concurrency), "--json"], env=self.env))
         return out["bytesPerSecond"]
@@ -133,6 +150,7 @@ def main():
     p.add_argument("--size", default=None, help="dataset size (default 1GiB, 256MiB with --quick)")
     p.add_argument("--connections", type=int, default=8, help="client connections = read concurrency")
     p.add_argument("--out", default=os.path.join(ROOT, ".shoal/perf"))
+    p.add_argument("--skip-engine", action="store_true", help="only the end-to-end figures")
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.size = args.size or ("256MiB" if args.quick else "1GiB")
@@ -155,6 +173,22 @@ def main():
             run.stop_worker()
             shutil.rmtree(cache)
         results = {k: summary(v) for k, v in samples.items()}
+        if not args.skip_engine:
+            print("perf: engine alone (index DRAM, recovery, hit reads beside fio, trace replay)...", flush=True)
+            edir = os.path.join(run.work, "engine")
+            os.makedirs(edir)
+            blocks = 100_000 if args.quick else 1_000_000
+            hit, fio_hit, first = [], [], None
+            for i in range(args.runs):
+                fio_hit.append(run.fio_jobs(edir, "1G" if not args.quick else "256M", args.connections))
+                e = run.engine(edir, blocks if i == 0 else 1000, "1GiB" if not args.quick else "256MiB", args.connections)
+                first = first or e
+                hit.append(e["hitReadBytesPerSecond"])
+            results["engine_hit"] = summary(hit)
+            results["fio_jobs"] = summary(fio_hit)
+            engine_info = {"blocks": blocks, "indexBytesPerBlock": first["indexBytesPerBlock"],
+                           "recoverCleanSeconds": first["recoverCleanSeconds"], "recoverUncleanSeconds": first["recoverUncleanSeconds"]}
+            replay = run.replay(edir, 1024 if args.quick else 4096)
     finally:
         run.teardown()
 
@@ -164,8 +198,13 @@ def main():
         "warm / min(fio, iperf3)": (med["warm"] / warm_limit, 0.8),
         "cold / direct GET": (med["cold"] / med["direct_get"], 0.9),
     }
+    if not args.skip_engine:
+        ratios["engine hit reads / fio (same jobs)"] = (med["engine_hit"] / med["fio_jobs"], 0.9)
     report = {"dataset": args.size, "blockSize": BLOCK, "connections": args.connections, "runs": args.runs,
               "figures": results, "ratios": {k: {"value": v, "goal": g} for k, (v, g) in ratios.items()}}
+    if not args.skip_engine:
+        report["engine"] = engine_info
+        report["replay"] = replay
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -175,16 +214,28 @@ def main():
 
     names = {"fio": f"limit: fio seq read (io_uring, O_DIRECT, 4 MiB, QD{args.connections})",
              "iperf3": "limit: iperf3 loopback", "direct_get": f"limit: direct ranged GETs ({args.connections} in flight)",
-             "cold": "shoal: cold sequential read", "warm": "shoal: warm sequential read"}
+             "cold": "shoal: cold sequential read", "warm": "shoal: warm sequential read",
+             "fio_jobs": f"limit: fio seq read (io_uring, O_DIRECT, 4 MiB, {args.connections} jobs × QD1)",
+             "engine_hit": f"engine alone: hit reads (4 MiB, {args.connections} readers)"}
     lines = [f"# Shoal perf report\n", f"Dataset {args.size} of 64 MiB objects, 4 MiB blocks, one client with "
              f"{args.connections} connections; median of {args.runs} run(s).\n",
              "| figure | GB/s (median) | min-max |", "|---|---|---|"]
-    for k in ["fio", "iperf3", "direct_get", "cold", "warm"]:
+    for k in ["fio", "iperf3", "direct_get", "cold", "warm", "fio_jobs", "engine_hit"]:
+        if k not in results:
+            continue
         r = results[k]
         lines.append(f"| {names[k]} | {gb(r['median'])} | {gb(r['min'])}-{gb(r['max'])} |")
     lines += ["", "| ratio | value | goal |", "|---|---|---|"]
     for k, (v, g) in ratios.items():
         lines.append(f"| {k} | {v:.2f} | ≥ {g} |")
+    if not args.skip_engine:
+        lines += ["", f"Engine: {engine_info['blocks']} blocks cached: index DRAM {engine_info['indexBytesPerBlock']:.2f} bytes/block "
+                  f"(goal ≤ 16); recovery {engine_info['recoverCleanSeconds']:.2f} s after a clean stop (snapshot), "
+                  f"{engine_info['recoverUncleanSeconds']:.2f} s after an unclean one (footers, as after kill -9).", "",
+                  "| trace | engine miss | + thrash guard | LRU miss | engine writes | + guard | LRU writes |", "|---|---|---|---|---|---|---|"]
+        for r in replay:
+            lines.append(f"| {r['trace']} | {r['engineMissRatio']:.3f} | {r['guardedMissRatio']:.3f} | {r['lruMissRatio']:.3f} | "
+                         f"{r['engineBlocksWritten']} | {r['guardedBlocksWritten']} | {r['lruBlocksWritten']} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
