@@ -38,6 +38,23 @@ public struct ObjectRef: Hashable, Sendable, CustomStringConvertible {
         return ref
     }
 
+    /// The dataset an object belongs to, for statistics: its bucket and first path component
+    /// (`s3://bucket/imagenet/`), or the bucket for keys without a '/'.
+    public var dataset: String {
+        let parts = key.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        let top = parts.count > 1 ? String(parts[0]) + "/" : ""
+        return ObjectRef(store: store, bucket: bucket, key: top).description
+    }
+
+    /// A 16-bit tag of `dataset`, kept with each cached block (per-dataset block counts).
+    public var datasetTag: UInt16 { ObjectRef.tag(ofDataset: dataset) }
+
+    public static func tag(ofDataset name: String) -> UInt16 {
+        var h: UInt32 = 0x811C_9DC5
+        for b in name.utf8 { h = (h ^ UInt32(b)) &* 0x0100_0193 }
+        return UInt16(truncatingIfNeeded: h ^ (h >> 16))
+    }
+
     /// Checks the limits the wire protocol sets on each field.
     public func validate() throws(ShoalError) {
         if store.isEmpty || store.utf8.count > WireLimits.maxStoreName {

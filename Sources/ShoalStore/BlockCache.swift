@@ -58,7 +58,22 @@ public final class BlockCache: @unchecked Sendable {
         disks.filter { !$0.isFailed }.reduce(0) { $0 + UInt64($1.regionCount - 2) * UInt64($1.usablePages) * 4096 }
     }
 
-    public func remove(_ id: BlockID) { disk(for: id)?.remove(id) }
+    public func remove(_ key: BlockKey, id: BlockID) { disk(for: id)?.remove(key, id: id) }
+
+    /// Blocks, bytes and evictions per dataset tag, over all disks in service.
+    public var datasetBlocks: [UInt16: DatasetBlocks] {
+        var out: [UInt16: DatasetBlocks] = [:]
+        for d in diskStats where d.failure == nil {
+            for (tag, c) in d.datasets {
+                var t = out[tag] ?? DatasetBlocks()
+                t.blocks += c.blocks
+                t.bytes += c.bytes
+                t.evictions += c.evictions
+                out[tag] = t
+            }
+        }
+        return out
+    }
 
     public var blockCount: Int { disks.reduce(0) { $0 + $1.blockCount } }
     public var bytesCached: UInt64 { disks.reduce(0) { $0 + $1.bytesCached } }

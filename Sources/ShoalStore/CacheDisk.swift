@@ -48,10 +48,22 @@ public struct CacheDiskStats: Sendable, Equatable {
     public var indexBytes = 0
     /// Why the disk is out of service; nil while it serves.
     public var failure: String?
+    /// Blocks, bytes and evictions per dataset tag (`ObjectRef.datasetTag`).
+    public var datasets: [UInt16: DatasetBlocks] = [:]
     /// How the index was rebuilt at start: "new", "snapshot" or "regions".
     public var recoveredFrom = "new"
     /// Regions whose records were walked at start (no valid footer).
     public var regionsWalked = 0
+}
+
+/// Cached blocks of one dataset on one disk.
+public struct DatasetBlocks: Sendable, Equatable {
+    public var blocks = 0
+    /// Bytes of cached data, counted in 4 KiB pages.
+    public var bytes: UInt64 = 0
+    public var evictions: UInt64 = 0
+
+    public init() {}
 }
 
 /// A region log on one disk. Blocks are appended 4 KiB-aligned as records (header with the full
@@ -81,6 +93,16 @@ final class CacheDisk: @unchecked Sendable {
     private var activeEntries: [CacheFormat.FooterEntry] = []
     private var nextGeneration: UInt64 = 1
     private var stats = CacheDiskStats()
+
+    /// Counts a block in (+1) or out (-1) of its dataset. Lock held.
+    private func count(_ tag: UInt16, _ pages: UInt16, _ sign: Int, evicted: Bool = false) {
+        var d = stats.datasets[tag] ?? DatasetBlocks()
+        d.blocks += sign
+        let bytes = UInt64(max(Int(pages) - 1, 0)) * 4096
+        d.bytes = sign > 0 ? d.bytes + bytes : (d.bytes >= bytes ? d.bytes - bytes : 0)
+        if evicted { d.evictions += 1 }
+        stats.datasets[tag] = d
+    }
     private let maintenance: BufferPool
     private let maintenanceSlot: IOSlot
     private let stallNanos: UInt64
@@ -230,17 +252,17 @@ final class CacheDisk: @unchecked Sendable {
         let elapsed = monotonicNanos() - start
         if elapsed > stallNanos { fail("a read took \(elapsed / 1_000_000) ms (limit \(stallNanos / 1_000_000) ms)") }
         guard n == count, let header = CacheFormat.readHeader(slot.base) else {
-            return stillCurrent(id, entry, generation) ? drop(id, entry, reason: "record header unreadable") : countMiss()
+            return stillCurrent(id, entry, generation) ? drop(id, entry, key, reason: "record header unreadable") : countMiss()
         }
         // The region may have been reused while the read was in flight (another generation), or
         // the 32-bit tag matched another block (another key): a miss, nothing to drop.
         guard header.generation == generation, header.key == key.encoded else { return countMiss() }
         guard Int(header.dataLength) + CacheFormat.headerSize <= count else {
-            return drop(id, entry, reason: "record length \(header.dataLength) exceeds its index entry")
+            return drop(id, entry, key, reason: "record length \(header.dataLength) exceeds its index entry")
         }
         let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: Int(header.dataLength)))
         guard crc == header.dataCRC else {
-            return drop(id, entry, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
+            return drop(id, entry, key, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
         }
         let pinned = !pins.isEmpty && pins.covers(key)
         lock.withLock {
@@ -259,9 +281,9 @@ final class CacheDisk: @unchecked Sendable {
         lock.withLock { regionGeneration[Int(region(ofPage: e.page))] == generation && index.lookup(id)?.page == e.page }
     }
 
-    private func drop(_ id: BlockID, _ e: IndexEntry, reason: String) -> CacheRead {
+    private func drop(_ id: BlockID, _ e: IndexEntry, _ key: BlockKey, reason: String) -> CacheRead {
         lock.withLock {
-            index.remove(id, ifAt: e.page)
+            if index.remove(id, ifAt: e.page) { count(key.object.datasetTag, e.pages, -1, evicted: true) }
             stats.corrupt += 1
             stats.misses += 1
         }
@@ -303,11 +325,13 @@ final class CacheDisk: @unchecked Sendable {
         if pad > 0 { CacheFormat.memsetZero(slot.base + CacheFormat.headerSize + length, pad) }
         try write(slot, count: count, at: byteOffset(page: page))
         let flags: UInt8 = pinned ? IndexEntry.pinned : 0
+        let tag = key.object.datasetTag
         lock.withLock {
-            index.insert(id, IndexEntry(page: page, pages: UInt16(pages), flags: flags))
+            if let old = index.insert(id, IndexEntry(page: page, pages: UInt16(pages), flags: flags)) { self.count(tag, old.pages, -1) }
+            self.count(tag, UInt16(pages), +1)
             stats.bytesWritten += UInt64(count)
         }
-        activeEntries.append(CacheFormat.FooterEntry(id: id, pageInRegion: writePage, pages: UInt16(pages), flags: UInt16(flags)))
+        activeEntries.append(CacheFormat.FooterEntry(id: id, pageInRegion: writePage, pages: UInt16(pages), flags: UInt16(flags), dataset: tag))
         writePage += pages
     }
 
@@ -371,6 +395,7 @@ final class CacheDisk: @unchecked Sendable {
                 } else {
                     index.remove(e.id, ifAt: page)
                     stats.evictions += 1
+                    count(e.dataset, current.pages, -1, evicted: true)
                 }
             }
         }
@@ -401,7 +426,7 @@ final class CacheDisk: @unchecked Sendable {
                   writePage + UInt32(current.pages) <= usablePages
             else {
                 lock.withLock {
-                    index.remove(e.id, ifAt: oldPage)
+                    if index.remove(e.id, ifAt: oldPage) { self.count(e.dataset, current.pages, -1, evicted: true) }
                     stats.evictions += 1
                 }
                 continue
@@ -414,7 +439,7 @@ final class CacheDisk: @unchecked Sendable {
                 stats.reinserted += 1
                 stats.bytesWritten += UInt64(count)
             }
-            activeEntries.append(CacheFormat.FooterEntry(id: e.id, pageInRegion: writePage, pages: current.pages, flags: UInt16(flags)))
+            activeEntries.append(CacheFormat.FooterEntry(id: e.id, pageInRegion: writePage, pages: current.pages, flags: UInt16(flags), dataset: e.dataset))
             writePage += UInt32(current.pages)
         }
     }
@@ -458,7 +483,10 @@ final class CacheDisk: @unchecked Sendable {
             }
             let base = r * pagesPerRegion
             for e in entries {
-                index.insert(e.id, IndexEntry(page: base + e.pageInRegion, pages: e.pages, flags: UInt8(truncatingIfNeeded: e.flags) & IndexEntry.pinned))
+                if let old = index.insert(e.id, IndexEntry(page: base + e.pageInRegion, pages: e.pages, flags: UInt8(truncatingIfNeeded: e.flags) & IndexEntry.pinned)) {
+                    count(e.dataset, old.pages, -1)
+                }
+                count(e.dataset, e.pages, +1)
             }
             regionGeneration[Int(r)] = generation
             nextGeneration = max(nextGeneration, generation + 1)
@@ -490,7 +518,7 @@ final class CacheDisk: @unchecked Sendable {
             else { break }
             let pages = UInt32(CacheFormat.recordLength(dataLength: Int(h.dataLength)) / 4096)
             guard page + pages <= usablePages else { break }
-            entries.append(CacheFormat.FooterEntry(id: key.id, pageInRegion: page, pages: UInt16(pages), flags: 0))
+            entries.append(CacheFormat.FooterEntry(id: key.id, pageInRegion: page, pages: UInt16(pages), flags: 0, dataset: key.object.datasetTag))
             page += pages
         }
         return (entries, page)
@@ -516,6 +544,11 @@ final class CacheDisk: @unchecked Sendable {
             out.appendLE(UInt64(activeEntries.count))
             for e in activeEntries {
                 out.appendLE(e.id.high); out.appendLE(e.id.low); out.appendLE(e.pageInRegion); out.appendLE(e.pages); out.appendLE(e.flags)
+                out.appendLE(e.dataset)
+            }
+            out.appendLE(UInt32(stats.datasets.count))
+            for (tag, d) in stats.datasets.sorted(by: { $0.key < $1.key }) {
+                out.appendLE(tag); out.appendLE(UInt64(max(d.blocks, 0))); out.appendLE(d.bytes); out.appendLE(d.evictions)
             }
             out.appendLE(UInt64(index.count))
             out.reserveCapacity(out.count + index.count * 15 + 4)
@@ -556,8 +589,18 @@ final class CacheDisk: @unchecked Sendable {
         guard let activeCount = r.u64(), activeCount <= UInt64(usablePages) else { return false }
         var entries: [CacheFormat.FooterEntry] = []
         for _ in 0..<activeCount {
-            guard let h = r.u64(), let l = r.u64(), let p = r.u32(), let n = r.u16(), let f = r.u16() else { return false }
-            entries.append(CacheFormat.FooterEntry(id: BlockID(high: h, low: l), pageInRegion: p, pages: n, flags: f))
+            guard let h = r.u64(), let l = r.u64(), let p = r.u32(), let n = r.u16(), let f = r.u16(), let d = r.u16() else { return false }
+            entries.append(CacheFormat.FooterEntry(id: BlockID(high: h, low: l), pageInRegion: p, pages: n, flags: f, dataset: d))
+        }
+        guard let datasetCount = r.u32(), datasetCount <= 65536 else { return false }
+        var datasets: [UInt16: DatasetBlocks] = [:]
+        for _ in 0..<datasetCount {
+            guard let tag = r.u16(), let b = r.u64(), let bytes = r.u64(), let ev = r.u64() else { return false }
+            var d = DatasetBlocks()
+            d.blocks = Int(b)
+            d.bytes = bytes
+            d.evictions = ev
+            datasets[tag] = d
         }
         guard let count = r.u64(), UInt64(r.remaining) == count * 15 else { return false }
         var table = IndexTable(expectedBlocks: max(Int(count), index.capacity * 4 / 5))
@@ -566,6 +609,7 @@ final class CacheDisk: @unchecked Sendable {
             table.insert(tag: t, IndexEntry(page: p, pages: n, flags: f))
         }
         index = table
+        stats.datasets = datasets
         for (i, g) in generations.enumerated() { regionGeneration[i] = g }
         activeRegion = active
         writePage = wp
@@ -588,7 +632,11 @@ final class CacheDisk: @unchecked Sendable {
     }
 
     /// Forgets a block (its record stays until its region is reused).
-    func remove(_ id: BlockID) { lock.withLock { _ = index.remove(id) } }
+    func remove(_ key: BlockKey, id: BlockID) {
+        lock.withLock {
+            if let e = index.lookup(id), index.remove(id) { count(key.object.datasetTag, e.pages, -1) }
+        }
+    }
 
     var snapshotStats: CacheDiskStats {
         lock.withLock {

@@ -9,10 +9,10 @@ enum CacheFormat {
     static let superMagic: [UInt8] = Array("SHOALCF1".utf8)
     static let recordMagic: UInt32 = 0x4B4C_4253  // "SBLK"
     static let footerMagic: UInt32 = 0x5254_4653  // "SFTR"
-    static let snapshotMagic: [UInt8] = Array("SHOALSN3".utf8)
+    static let snapshotMagic: [UInt8] = Array("SHOALSN4".utf8)
     static let pageSize = 4096
-    /// Footer entry: id.high u64 | id.low u64 | page in region u32 | pages u16 | flags u16.
-    static let footerEntrySize = 24
+    /// Footer entry: id.high u64 | id.low u64 | page in region u32 | pages u16 | flags u16 | dataset tag u16 | 0 u16.
+    static let footerEntrySize = 28
     static let footerFixed = 24
     static let headerSize = 4096
     static let headerFixed = 28
@@ -101,6 +101,7 @@ enum CacheFormat {
         var pageInRegion: UInt32
         var pages: UInt16
         var flags: UInt16
+        var dataset: UInt16
     }
 
     /// Footer: magic u32 | version u16 | 0 u16 | generation u64 | count u32 | 0 u32 | entries | crc32c u32.
@@ -119,6 +120,7 @@ enum CacheFormat {
             p.storeBytes(of: e.pageInRegion.littleEndian, toByteOffset: o + 16, as: UInt32.self)
             p.storeBytes(of: e.pages.littleEndian, toByteOffset: o + 20, as: UInt16.self)
             p.storeBytes(of: e.flags.littleEndian, toByteOffset: o + 22, as: UInt16.self)
+            p.storeBytes(of: e.dataset.littleEndian, toByteOffset: o + 24, as: UInt16.self)
             o += footerEntrySize
         }
         let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: o))
@@ -147,7 +149,8 @@ enum CacheFormat {
                             low: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: o + 8, as: UInt64.self))),
                 pageInRegion: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: o + 16, as: UInt32.self)),
                 pages: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: o + 20, as: UInt16.self)),
-                flags: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: o + 22, as: UInt16.self))))
+                flags: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: o + 22, as: UInt16.self)),
+                dataset: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: o + 24, as: UInt16.self))))
             o += footerEntrySize
         }
         return (generation, entries)

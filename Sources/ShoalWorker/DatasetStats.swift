@@ -23,11 +23,7 @@ final class DatasetStats: @unchecked Sendable {
 
     init(limit: Int = 256) { self.limit = limit }
 
-    static func dataset(of object: ObjectRef) -> String {
-        let first = object.key.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        let top = first.count > 1 ? String(first[0]) + "/" : ""
-        return ObjectRef(store: object.store, bucket: object.bucket, key: top).description
-    }
+    static func dataset(of object: ObjectRef) -> String { object.dataset }
 
     func record(_ object: ObjectRef, hit: Bool, served: Int, filled: Int, objectBlocks: Int = 0) {
         var name = DatasetStats.dataset(of: object)

@@ -71,7 +71,7 @@ public final class Worker: @unchecked Sendable {
         metrics.cachedBytes.record(Int64(cache.bytesCached))
         metrics.record(disks: cache.diskStats)
         metrics.record(admission: service.admission.snapshot)
-        metrics.record(datasets: service.datasets.snapshot)
+        metrics.record(datasets: datasetRows().map { ($0.name, $0.reads, $0.cached) })
     }
 
     func route(method: String = "GET", _ uri: String) -> AdminResponse {
@@ -177,6 +177,27 @@ public final class Worker: @unchecked Sendable {
         return out + "\""
     }
 
+    struct DatasetRow {
+        var name: String
+        var reads: DatasetStats.Counts
+        var cached: DatasetBlocks
+    }
+
+    /// Reads since start (by name) joined with what is cached (by tag); datasets cached but not
+    /// read since start are named by their tag.
+    func datasetRows() -> [DatasetRow] {
+        var cached = cache.datasetBlocks
+        var rows: [DatasetRow] = []
+        for (name, reads) in service.datasets.snapshot {
+            let tag = ObjectRef.tag(ofDataset: name)
+            rows.append(DatasetRow(name: name, reads: reads, cached: cached.removeValue(forKey: tag) ?? DatasetBlocks()))
+        }
+        for (tag, c) in cached.sorted(by: { $0.key < $1.key }) where c.blocks > 0 {
+            rows.append(DatasetRow(name: "dataset#\(String(tag, radix: 16))", reads: DatasetStats.Counts(), cached: c))
+        }
+        return rows
+    }
+
     /// The worker's state as JSON: totals and, per disk, its counters and whether (and why) it is out of service.
     public func statusJSON() -> String {
         let quote = Worker.quote
@@ -186,9 +207,10 @@ public final class Worker: @unchecked Sendable {
                 + "\"evictions\":\(d.evictions),\"reinserted\":\(d.reinserted),\"corruptBlocks\":\(d.corrupt),"
                 + "\"bytesWritten\":\(d.bytesWritten),\"indexBytes\":\(d.indexBytes)}"
         }
-        let datasets = service.datasets.snapshot.map { name, c in
-            "{\"dataset\":\(quote(name)),\"hits\":\(c.hits),\"misses\":\(c.misses),\"hitRatio\":\(formatFixed(c.hitRatio, decimals: 4)),"
-                + "\"bytesServed\":\(c.bytesServed),\"bytesFilled\":\(c.bytesFilled)}"
+        let datasets = datasetRows().map { r in
+            "{\"dataset\":\(quote(r.name)),\"hits\":\(r.reads.hits),\"misses\":\(r.reads.misses),\"hitRatio\":\(formatFixed(r.reads.hitRatio, decimals: 4)),"
+                + "\"bytesServed\":\(r.reads.bytesServed),\"bytesFilled\":\(r.reads.bytesFilled),\"blocks\":\(r.cached.blocks),"
+                + "\"bytesCached\":\(r.cached.bytes),\"evictions\":\(r.cached.evictions)}"
         }
         let a = service.admission.snapshot
         let admission = "{\"admitted\":\(a.admitted),\"refusedFirstMiss\":\(a.refusedFirstMiss),\"refusedWriteBudget\":\(a.refusedBudget),\"refusedThrashGuard\":\(a.refusedSubset),"

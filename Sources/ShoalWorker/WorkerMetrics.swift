@@ -51,11 +51,12 @@ public final class WorkerMetrics: @unchecked Sendable {
     private var datasetGauges: [String: [Metrics.Gauge]] = [:]
 
     /// Publishes reads per dataset (bounded by DatasetStats' limit).
-    func record(datasets: [(String, DatasetStats.Counts)]) {
+    func record(datasets: [(String, DatasetStats.Counts, DatasetBlocks)]) {
         diskLock.withLock {
-            for (name, c) in datasets {
+            for (name, c, cached) in datasets {
                 let gauges = datasetGauges[name] ?? ["shoal_dataset_hits", "shoal_dataset_misses", "shoal_dataset_hit_ratio",
-                                                     "shoal_dataset_bytes_served", "shoal_dataset_bytes_filled"].map {
+                                                     "shoal_dataset_bytes_served", "shoal_dataset_bytes_filled",
+                                                     "shoal_dataset_cached_blocks", "shoal_dataset_cached_bytes", "shoal_dataset_evictions"].map {
                     Metrics.Gauge(label: $0, dimensions: [("dataset", name)], factory: factory)
                 }
                 datasetGauges[name] = gauges
@@ -64,6 +65,9 @@ public final class WorkerMetrics: @unchecked Sendable {
                 gauges[2].record(c.hitRatio)
                 gauges[3].record(Double(c.bytesServed))
                 gauges[4].record(Double(c.bytesFilled))
+                gauges[5].record(Double(cached.blocks))
+                gauges[6].record(Double(cached.bytes))
+                gauges[7].record(Double(cached.evictions))
             }
         }
     }

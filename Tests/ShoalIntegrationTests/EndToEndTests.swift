@@ -130,6 +130,8 @@ final class Harness {
         #expect(try h.readAll("r") == data)
         #expect(h.metric("shoal_hits_total") == 6)
         #expect(h.worker.statusJSON().contains("{\"dataset\":\"s3://\(h.bucket)/\",\"hits\":6,\"misses\":0,\"hitRatio\":1.0000"))
+        // Cached blocks per dataset survive the restart (from the snapshot's counts).
+        #expect(h.worker.statusJSON().contains("\"blocks\":6,\"bytesCached\":\(5 * (1 << 20) + 4096)"))
         #expect(h.metric("shoal_bytes_filled_total") == 0)
     }
 

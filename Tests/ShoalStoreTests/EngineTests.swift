@@ -73,6 +73,10 @@ struct Engine {
         for h in hot { #expect(e.check(cache, h)) }
         #expect(!e.check(cache, 3), "a cold block outlived eight regions of new data")
         #expect(cache.diskStats[0].reinserted > 0)
+        // Per-dataset counts agree with the index, evictions included.
+        let tag = e.object.datasetTag
+        #expect(cache.datasetBlocks[tag]?.blocks == cache.blockCount)
+        #expect((cache.datasetBlocks[tag]?.evictions ?? 0) > 0)
     }
 
     @Test func pinnedBlocksSurvivePressureUntilThePinExpires() throws {
@@ -121,6 +125,7 @@ struct Engine {
         }
         let cache = try e.open()
         #expect(cache.diskStats[0].recoveredFrom == "regions")
+        #expect(cache.datasetBlocks[e.object.datasetTag]?.blocks == cache.blockCount, "per-dataset counts rebuilt from footers")
         #expect(cache.diskStats[0].regionsWalked == 1, "only the region written at the crash lacks a footer")
         var after = 0
         for i in 0..<120 where e.check(cache, UInt64(i)) { after += 1 }
