@@ -58,11 +58,11 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     }
 
     private func request(_ method: String, bucket: String, key: String?, query: [(String, String)] = []) -> HTTPRequest {
-        var url = credentials.endpoint + "/" + S3Store.encode(bucket, keepSlash: false)
-        if let key { url += "/" + S3Store.encode(key, keepSlash: true) }
+        var url = credentials.endpoint + "/" + PercentEncoding.encode(bucket, keepSlash: false)
+        if let key { url += "/" + PercentEncoding.encode(key, keepSlash: true) }
         if !query.isEmpty {
             // SigV4 wants the query sorted by name; curl signs it as written.
-            url += "?" + query.sorted { $0.0 < $1.0 }.map { "\($0.0)=\(S3Store.encode($0.1, keepSlash: false))" }.joined(separator: "&")
+            url += "?" + query.sorted { $0.0 < $1.0 }.map { "\($0.0)=\(PercentEncoding.encode($0.1, keepSlash: false))" }.joined(separator: "&")
         }
         var r = HTTPRequest(method: method, url: url)
         r.sigV4 = "aws:amz:\(credentials.region):s3"
@@ -192,26 +192,6 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     }
 
     // MARK: helpers
-
-    /// Percent-encodes all but RFC 3986's unreserved characters (and '/' in keys), as SigV4 expects.
-    static func encode(_ s: String, keepSlash: Bool) -> String {
-        var out = ""
-        for b in s.utf8 {
-            switch b {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
-                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(b))
-            case UInt8(ascii: "/") where keepSlash:
-                out.append("/")
-            default:
-                let hex = Array("0123456789ABCDEF")
-                out.append("%")
-                out.append(hex[Int(b >> 4)])
-                out.append(hex[Int(b & 0xf)])
-            }
-        }
-        return out
-    }
 
     /// The text of the first `<tag>` element, with XML entities decoded.
     static func xmlValue(_ xml: String, _ tag: String) -> String? {

@@ -118,7 +118,8 @@ public final class Worker: @unchecked Sendable {
     /// Pins an object prefix (`s3://[store@]bucket/prefix`): its blocks are kept through eviction
     /// until unpinned or `ttlSeconds` pass. Refused when the prefix holds more than the room left.
     public func pin(_ url: String, ttlSeconds: Double?) throws(ShoalError) {
-        let (store, bucket, prefix) = try Worker.parsePrefix(url)
+        let p = try ObjectPrefix.parse(url)
+        let (store, bucket, prefix) = (p.store, p.bucket, p.prefix)
         let s = try service.store(store)
         let bytes = try s.listAll(bucket: bucket, prefix: prefix).reduce(UInt64(0)) { $0 + $1.version.size }
         let others = cache.pins.active.filter { !($0.store == store && $0.bucket == bucket && $0.prefix == prefix) }
@@ -133,26 +134,11 @@ public final class Worker: @unchecked Sendable {
     }
 
     public func unpin(_ url: String) throws(ShoalError) {
-        let (store, bucket, prefix) = try Worker.parsePrefix(url)
+        let p = try ObjectPrefix.parse(url)
+        let (store, bucket, prefix) = (p.store, p.bucket, p.prefix)
         guard cache.pins.remove(store: store, bucket: bucket, prefix: prefix) else {
             throw ShoalError(.notFound, "\(url) is not pinned on this worker")
         }
-    }
-
-    /// `s3://[store@]bucket/prefix` (the prefix may be empty).
-    static func parsePrefix(_ url: String) throws(ShoalError) -> (String, String, String) {
-        guard url.hasPrefix("s3://") else { throw ShoalError(.badRequest, "'\(url)' is not an s3:// prefix (s3://bucket/prefix)") }
-        let rest = url.dropFirst(5)
-        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
-        var bucket = String(rest[..<slash])
-        let prefix = slash == rest.endIndex ? "" : String(rest[rest.index(after: slash)...])
-        var store = ObjectRef.defaultStore
-        if let at = bucket.firstIndex(of: "@") {
-            store = String(bucket[..<at])
-            bucket = String(bucket[bucket.index(after: at)...])
-        }
-        guard !bucket.isEmpty else { throw ShoalError(.badRequest, "'\(url)' names no bucket") }
-        return (store, bucket, prefix)
     }
 
     func pinsJSON() -> String {

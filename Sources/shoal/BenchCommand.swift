@@ -30,13 +30,12 @@ struct BenchCommand: ParsableCommand {
     }
 
     static func parsePrefix(_ url: String) throws -> ObjectRef {
-        guard url.hasPrefix("s3://") else { throw fail("'\(url)' is not s3://bucket/prefix", code: 2) }
-        let rest = url.dropFirst(5)
-        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
-        let bucket = String(rest[..<slash])
-        let prefix = slash == rest.endIndex ? "" : String(rest[rest.index(after: slash)...])
-        guard !bucket.isEmpty else { throw fail("'\(url)' names no bucket", code: 2) }
-        return ObjectRef(store: ObjectRef.defaultStore, bucket: bucket, key: prefix)
+        do {
+            let p = try ObjectPrefix.parse(url)
+            return ObjectRef(store: p.store, bucket: p.bucket, key: p.prefix)
+        } catch {
+            throw fail(error.message, code: 2)
+        }
     }
 
     static func report(_ what: String, bytes: UInt64, seconds: Double, json: Bool, extra: String = "") {

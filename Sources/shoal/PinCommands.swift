@@ -42,18 +42,6 @@ struct AdminOptions: ParsableArguments {
     }
 }
 
-func percentEncode(_ s: String) -> String {
-    var out = ""
-    for b in s.utf8 {
-        if (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b == 0x2d || b == 0x2e || b == 0x5f || b == 0x7e {
-            out.unicodeScalars.append(Unicode.Scalar(b))
-        } else {
-            let hex = Array("0123456789ABCDEF")
-            out += "%\(hex[Int(b >> 4)])\(hex[Int(b & 15)])"
-        }
-    }
-    return out
-}
 
 struct PinCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -66,7 +54,7 @@ struct PinCommand: ParsableCommand {
     func run() throws {
         guard prefix.hasPrefix("s3://") else { throw fail("'\(prefix)' is not s3://bucket/prefix", code: 2) }
         if let ttl, DurationText.parseSeconds(ttl) == nil { throw fail("--ttl '\(ttl)' is not a duration (e.g. 12h)", code: 2) }
-        try admin.send("POST", "/pins?prefix=\(percentEncode(prefix))" + (ttl.map { "&ttl=\(percentEncode($0))" } ?? ""))
+        try admin.send("POST", "/pins?prefix=\(PercentEncoding.encode(prefix))" + (ttl.map { "&ttl=\(PercentEncoding.encode($0))" } ?? ""))
     }
 }
 
@@ -77,6 +65,6 @@ struct UnpinCommand: ParsableCommand {
     @OptionGroup var admin: AdminOptions
 
     func run() throws {
-        try admin.send("DELETE", "/pins?prefix=\(percentEncode(prefix))")
+        try admin.send("DELETE", "/pins?prefix=\(PercentEncoding.encode(prefix))")
     }
 }
