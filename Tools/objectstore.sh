@@ -3,7 +3,9 @@
 #   Tools/objectstore.sh start DIR [PORT]   data and credentials under DIR; S3 on 127.0.0.1:PORT
 #   Tools/objectstore.sh stop DIR
 # Every port is set explicitly (PORT .. PORT+9), everything binds to 127.0.0.1, and S3
-# authentication is on with a credentials file generated into DIR. `start` waits until the S3
+# authentication is on with a credentials file generated into DIR. Every bucket is a SeaweedFS
+# collection with volumes of its own, so the volume limit is raised well above the default.
+# `start` waits until the S3
 # endpoint answers and writes DIR/s3.env (SHOAL_S3_ENDPOINT, SHOAL_S3_ACCESS_KEY, ...).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -50,6 +52,7 @@ JSON
         -s3.port=$port -s3.port.grpc=$((port+7)) -s3.port.iceberg=0 -s3.port.lance=0 \
         -admin.port=$((port+8)) -admin.port.grpc=$((port+9)) -admin.ui=false \
         -webdav=false -master.telemetry=false -s3.config="$dir/s3.json" \
+        -volume.max=1000 -master.volumeSizeLimitMB=1024 \
         > "$dir/weed.log" 2>&1 < /dev/null &
     echo $! > "$dir/weed.pid"
     for _ in $(seq 1 600); do
