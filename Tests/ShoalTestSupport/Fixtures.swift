@@ -13,11 +13,24 @@ public let repositoryRoot: String = {
     return url.path
 }()
 
-/// A fresh folder under .build/test-tmp (a real disk, so O_DIRECT works; tmpfs would not).
+/// A fresh folder under .build/test-tmp/<pid> (a real disk, so O_DIRECT works; tmpfs would not).
+/// Each test process deletes its folder when it exits: cache files are preallocated, and runs
+/// that left them behind once filled the disk.
 public func makeTemporaryDirectory(_ name: String = "t") -> String {
-    let path = repositoryRoot + "/.build/test-tmp/\(name)-\(getpid())-\(secureRandomBytes(4).hexString)"
+    TemporaryFolders.registerCleanup
+    let path = TemporaryFolders.root + "/\(name)-\(secureRandomBytes(4).hexString)"
     try! FileSystem.createDirectories(path)
     return path
+}
+
+enum TemporaryFolders {
+    static let root = repositoryRoot + "/.build/test-tmp/\(getpid())"
+    static let registerCleanup: Void = {
+        atexit {
+            ObjectStoreFixture.stopIfStarted()
+            _ = system("rm -rf '\(TemporaryFolders.root)'")
+        }
+    }()
 }
 
 public let testLogger: Logger = {
@@ -42,6 +55,14 @@ public final class ObjectStoreFixture: @unchecked Sendable {
         }
     }()
 
+    /// Stops SeaweedFS if this process started it (at exit, before the folders are deleted).
+    static func stopIfStarted() {
+        if let dir = startedDirectory {
+            startedDirectory = nil
+            _ = runProcess("/bin/bash", [repositoryRoot + "/Tools/objectstore.sh", "stop", dir])
+        }
+    }
+
     /// The shared store, or a failure that says why it could not start (never a silent skip).
     public static func get() throws -> ObjectStoreFixture { try shared.get() }
 
@@ -54,11 +75,6 @@ public final class ObjectStoreFixture: @unchecked Sendable {
             throw FixtureError(message: "Tools/objectstore.sh could not start SeaweedFS (run Tools/install-deps.sh first): \(output)")
         }
         ObjectStoreFixture.startedDirectory = directory
-        atexit {
-            if let dir = ObjectStoreFixture.startedDirectory {
-                _ = runProcess("/bin/bash", [repositoryRoot + "/Tools/objectstore.sh", "stop", dir])
-            }
-        }
         envFile = directory + "/s3.env"
         let env = try WorkerConfig.readEnvFile(envFile, key: "test")
         credentials = S3Credentials(endpoint: env["SHOAL_S3_ENDPOINT"]!, accessKey: env["SHOAL_S3_ACCESS_KEY"]!,
@@ -89,7 +105,7 @@ public struct FixtureError: Error, CustomStringConvertible {
 /// Process.waitUntilExit was seen to hang here when the command leaves a daemon behind.)
 @discardableResult
 public func runProcess(_ path: String, _ args: [String]) -> (Int32, String) {
-    let log = repositoryRoot + "/.build/test-tmp/cmd-\(getpid())-\(secureRandomBytes(4).hexString).log"
+    let log = makeTemporaryDirectory("cmd") + "/output.log"
     let quoted = ([path] + args).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
     let status = system(quoted + " > '\(log)' 2>&1 < /dev/null")
     let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
