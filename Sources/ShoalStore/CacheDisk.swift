@@ -647,13 +647,10 @@ final class CacheDisk: @unchecked Sendable {
         }
     }
 
-    /// Bytes of block data the index points at (pages, rounded).
+    /// Bytes of block data cached (in 4 KiB pages), kept with the per-dataset counts rather than
+    /// read off the index, which would hold the lock for a walk of the whole table.
     var bytesCached: UInt64 {
-        lock.withLock {
-            var total: UInt64 = 0
-            index.forEach { _, e in total += UInt64(e.pages - 1) * 4096 }
-            return total
-        }
+        lock.withLock { stats.datasets.values.reduce(0) { $0 + $1.bytes } }
     }
 
     func sync() { try? file.sync() }
