@@ -150,18 +150,7 @@ public final class Worker: @unchecked Sendable {
         return "{\"pinnable\":\(cache.pinnableBytes),\"pins\":[\(items.joined(separator: ","))]}"
     }
 
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for ch in s.unicodeScalars {
-            switch ch {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            default: if ch.value < 0x20 { out += "?" } else { out.unicodeScalars.append(ch) }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ s: String) -> String { JSONText.quote(s) }
 
     struct DatasetRow {
         var name: String

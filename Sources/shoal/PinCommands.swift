@@ -28,7 +28,8 @@ struct AdminOptions: ParsableArguments {
             let sink = HTTPBodySink(limit: 1 << 20)
             do {
                 let r = try easy.perform(HTTPRequest(method: method, url: "http://\(e)\(pathAndQuery)"), sink: sink)
-                let body = String(decoding: sink.bytes, as: UTF8.self).trimmingCharacters()
+                // Error answers are kept apart from the body (HTTPBodySink.text has either).
+                let body = sink.text.trimmingCharacters(in: "\n").trimmingCharacters()
                 if r.status == 200 { print("\(e): \(body)") } else {
                     note("shoal: error: worker \(e): \(body.isEmpty ? "HTTP \(r.status)" : body)")
                     failed += 1

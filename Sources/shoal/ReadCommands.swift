@@ -59,8 +59,8 @@ struct StatCommand: ParsableCommand {
             let file = try c.stat(ref, revalidate: revalidate)
             let blocks = BlockLayout(blockSize: UInt64(file.blockSize)).blockCount(objectSize: file.size)
             if json {
-                let etag = file.version.etag.replacingQuotes()
-                print("{\"url\":\"\(ref)\",\"size\":\(file.size),\"etag\":\"\(etag)\",\"blockSize\":\(file.blockSize),\"blocks\":\(blocks)}")
+                print("{\"url\":\(JSONText.quote(ref.description)),\"size\":\(file.size),\"etag\":\(JSONText.quote(file.version.etag)),"
+                      + "\"blockSize\":\(file.blockSize),\"blocks\":\(blocks)}")
             } else {
                 print("\(ref)\n  size:   \(ByteSize.format(file.size)) (\(file.size) bytes)\n  etag:   \(file.version.etag)\n  blocks: \(blocks) × \(ByteSize.format(UInt64(file.blockSize)))")
             }
@@ -90,8 +90,4 @@ struct SelftestCommand: ParsableCommand {
             if bad > 0 { throw ExitCode(1) }
         }
     }
-}
-
-extension String {
-    func replacingQuotes() -> String { String(self.map { $0 == "\"" ? "'" : $0 }) }
 }

@@ -69,10 +69,12 @@ struct ClientOptions: ParsableArguments {
 }
 
 extension String {
-    func trimmingCharacters() -> String {
+    /// Without leading and trailing spaces, and the characters in `extra`.
+    func trimmingCharacters(in extra: String = "") -> String {
         var s = Substring(self)
-        while s.first == " " { s = s.dropFirst() }
-        while s.last == " " { s = s.dropLast() }
+        let strip: (Character) -> Bool = { $0 == " " || extra.contains($0) }
+        while let f = s.first, strip(f) { s = s.dropFirst() }
+        while let l = s.last, strip(l) { s = s.dropLast() }
         return String(s)
     }
 }
