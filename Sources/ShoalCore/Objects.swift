@@ -96,12 +96,12 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
 
     /// The canonical byte encoding: it is hashed into the block ID and stored in the block's header.
     public var encoded: [UInt8] {
+        let fields = [object.store.utf8, object.bucket.utf8, object.key.utf8, etag.utf8]
         var out: [UInt8] = []
-        out.reserveCapacity(object.store.utf8.count + object.bucket.utf8.count + object.key.utf8.count + etag.utf8.count + 24)
-        for field in [object.store, object.bucket, object.key, etag] {
-            let bytes = Array(field.utf8)
-            out.appendLE(UInt16(bytes.count))
-            out += bytes
+        out.reserveCapacity(fields.reduce(12 + 2 * fields.count) { $0 + $1.count })
+        for field in fields {
+            out.appendLE(UInt16(field.count))
+            out.append(contentsOf: field)
         }
         out.appendLE(blockSize)
         out.appendLE(index)

@@ -18,33 +18,52 @@ public struct SHA256: Sendable {
         0x748f_82ee, 0x78a5_636f, 0x84c8_7814, 0x8cc7_0208, 0x90be_fffa, 0xa450_6ceb, 0xbef9_a3f7, 0xc671_78f2,
     ]
 
-    public init() {}
+    public init() { pending.reserveCapacity(64) }
 
     public mutating func update<Bytes: Sequence<UInt8>>(_ bytes: Bytes) {
-        for b in bytes {
-            pending.append(b)
-            length &+= 1
+        let handled: Void? = bytes.withContiguousStorageIfAvailable { update(UnsafeRawBufferPointer($0)) }
+        if handled == nil { update(Array(bytes)) }
+    }
+
+    /// Whole 64-byte chunks are compressed straight from the input; only the tail is copied.
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        var rest = bytes[...]
+        length &+= UInt64(bytes.count)
+        if !pending.isEmpty {
+            let take = min(64 - pending.count, rest.count)
+            pending += rest.prefix(take)
+            rest = rest.dropFirst(take)
             if pending.count == 64 {
-                compress(pending)
+                pending.withUnsafeBytes { compress($0) }
                 pending.removeAll(keepingCapacity: true)
             }
         }
+        while rest.count >= 64 {
+            compress(UnsafeRawBufferPointer(rebasing: rest.prefix(64)))
+            rest = rest.dropFirst(64)
+        }
+        pending += rest
     }
 
     public mutating func finalize() -> [UInt8] {
         let bitLength = length &* 8
-        var tail: [UInt8] = [0x80]
-        while (pending.count + tail.count) % 64 != 56 { tail.append(0) }
-        for i in (0..<8).reversed() { tail.append(UInt8(truncatingIfNeeded: bitLength >> (UInt64(i) * 8))) }
-        let savedLength = length
-        update(tail)
-        length = savedLength
+        // Padding: 0x80, zeros to 56 mod 64, then the length in bits, big-endian.
+        pending.append(0x80)
+        if pending.count > 56 {
+            pending += repeatElement(0, count: 64 - pending.count)
+            pending.withUnsafeBytes { compress($0) }
+            pending.removeAll(keepingCapacity: true)
+        }
+        pending += repeatElement(0, count: 56 - pending.count)
+        for shift in stride(from: 56, through: 0, by: -8) { pending.append(UInt8(truncatingIfNeeded: bitLength >> UInt64(shift))) }
+        pending.withUnsafeBytes { compress($0) }
+        pending.removeAll(keepingCapacity: true)
         let s = state
-        var out: [UInt8] = []
-        out.reserveCapacity(32)
-        for word in [s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7] {
-            out.append(UInt8(word >> 24)); out.append(UInt8((word >> 16) & 0xff))
-            out.append(UInt8((word >> 8) & 0xff)); out.append(UInt8(word & 0xff))
+        var out = [UInt8](repeating: 0, count: 32)
+        out.withUnsafeMutableBytes { p in
+            for (i, word) in [s.0, s.1, s.2, s.3, s.4, s.5, s.6, s.7].enumerated() {
+                p.storeBytes(of: word.bigEndian, toByteOffset: i * 4, as: UInt32.self)
+            }
         }
         return out
     }
@@ -55,12 +74,12 @@ public struct SHA256: Sendable {
         return h.finalize()
     }
 
-    private mutating func compress(_ chunk: [UInt8]) {
-        var w = [UInt32](repeating: 0, count: 64)
-        for i in 0..<16 {
-            w[i] = UInt32(chunk[i * 4]) << 24 | UInt32(chunk[i * 4 + 1]) << 16
-                | UInt32(chunk[i * 4 + 2]) << 8 | UInt32(chunk[i * 4 + 3])
-        }
+    private mutating func compress(_ chunk: UnsafeRawBufferPointer) {
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in compress(chunk, w) }
+    }
+
+    private mutating func compress(_ chunk: UnsafeRawBufferPointer, _ w: UnsafeMutableBufferPointer<UInt32>) {
+        for i in 0..<16 { w[i] = UInt32(bigEndian: chunk.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)) }
         for i in 16..<64 {
             let s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)
             let s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10)
