@@ -58,8 +58,6 @@ public final class BlockCache: @unchecked Sendable {
         disks.filter { !$0.isFailed }.reduce(0) { $0 + UInt64($1.regionCount - 2) * UInt64($1.usablePages) * 4096 }
     }
 
-    public func remove(_ key: BlockKey, id: BlockID) { disk(for: id)?.remove(key, id: id) }
-
     /// Blocks, bytes and evictions per dataset tag, over all disks in service.
     public var datasetBlocks: [UInt16: DatasetBlocks] {
         var out: [UInt16: DatasetBlocks] = [:]

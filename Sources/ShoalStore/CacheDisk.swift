@@ -627,17 +627,6 @@ final class CacheDisk: @unchecked Sendable {
 
     func contains(_ id: BlockID) -> Bool { lock.withLock { index.lookup(id) != nil } }
 
-    func setPinned(_ id: BlockID, _ pinned: Bool) {
-        lock.withLock { pinned ? index.setFlags(id, IndexEntry.pinned) : index.clearFlags(id, IndexEntry.pinned) }
-    }
-
-    /// Forgets a block (its record stays until its region is reused).
-    func remove(_ key: BlockKey, id: BlockID) {
-        lock.withLock {
-            if let e = index.lookup(id), index.remove(id) { count(key.object.datasetTag, e.pages, -1) }
-        }
-    }
-
     var snapshotStats: CacheDiskStats {
         lock.withLock {
             var s = stats

@@ -23,10 +23,8 @@ final class DatasetStats: @unchecked Sendable {
 
     init(limit: Int = 256) { self.limit = limit }
 
-    static func dataset(of object: ObjectRef) -> String { object.dataset }
-
     func record(_ object: ObjectRef, hit: Bool, served: Int, filled: Int, objectBlocks: Int = 0) {
-        var name = DatasetStats.dataset(of: object)
+        var name = object.dataset
         lock.withLock {
             if counts[name] == nil && counts.count >= limit { name = "other" }
             if objectsTracked < maxObjectsTracked, objectsSeen[name, default: []].insert(object).inserted {
@@ -43,7 +41,7 @@ final class DatasetStats: @unchecked Sendable {
 
     /// Blocks seen so far in `object`'s dataset.
     func datasetBlocks(of object: ObjectRef) -> Int {
-        let name = DatasetStats.dataset(of: object)
+        let name = object.dataset
         return lock.withLock { blocks[name] ?? blocks["other"] ?? 0 }
     }
 

@@ -7,7 +7,6 @@ final class FillCoordinator: @unchecked Sendable {
     private final class Flight {
         var done = false
         var error: ShoalError?
-        var waiters = 0
     }
 
     private let lock = ConditionLock()
@@ -28,7 +27,6 @@ final class FillCoordinator: @unchecked Sendable {
             flights[id] = Flight()
             return .leader
         }
-        flight.waiters += 1
         let deadline = monotonicNanos() + timeoutNanos
         while !flight.done {
             if !lock.wait(untilNanos: deadline) && !flight.done {

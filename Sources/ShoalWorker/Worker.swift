@@ -145,12 +145,10 @@ public final class Worker: @unchecked Sendable {
         let now = monotonicNanos()
         let items = cache.pins.active.map { r in
             let ttl = r.expiresAt.map { String(($0 > now ? $0 - now : 0) / 1_000_000_000) } ?? "null"
-            return "{\"prefix\":\(Worker.quote(r.url)),\"bytes\":\(r.bytes),\"secondsLeft\":\(ttl)}"
+            return "{\"prefix\":\(JSONText.quote(r.url)),\"bytes\":\(r.bytes),\"secondsLeft\":\(ttl)}"
         }
         return "{\"pinnable\":\(cache.pinnableBytes),\"pins\":[\(items.joined(separator: ","))]}"
     }
-
-    static func quote(_ s: String) -> String { JSONText.quote(s) }
 
     struct DatasetRow {
         var name: String
@@ -175,7 +173,7 @@ public final class Worker: @unchecked Sendable {
 
     /// The worker's state as JSON: totals and, per disk, its counters and whether (and why) it is out of service.
     public func statusJSON() -> String {
-        let quote = Worker.quote
+        let quote = JSONText.quote
         let disks = cache.diskStats.map { d in
             "{\"path\":\(quote(d.path)),\"inService\":\(d.failure == nil),\"failure\":\(d.failure.map(quote) ?? "null"),"
                 + "\"blocks\":\(d.blocks),\"capacity\":\(d.capacity),\"hits\":\(d.hits),\"misses\":\(d.misses),"
@@ -197,15 +195,13 @@ public final class Worker: @unchecked Sendable {
 
     /// Stops accepting, lets requests in progress finish, and flushes the cache files.
     public func stop() async {
-        server?.stop()
-        server = nil
         await admin?.close()
         admin = nil
-        cache.close()
+        stopDataPlane()
         logger.info("worker stopped")
     }
 
-    /// Stops the data plane synchronously (tests and non-async callers).
+    /// Stops the data plane and closes the cache (writing its snapshot), synchronously.
     public func stopDataPlane() {
         server?.stop()
         server = nil

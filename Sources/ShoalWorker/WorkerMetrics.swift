@@ -4,9 +4,6 @@ import ShoalCore
 import ShoalStore
 import ShoalSys
 
-/// A lock for the metrics' own bookkeeping.
-typealias NSLockLike = ConditionLock
-
 /// The worker's metrics, created once and kept (never looked up on the hot path). Each worker has
 /// its own Prometheus registry, so several workers in one process (tests) do not mix counts.
 public final class WorkerMetrics: @unchecked Sendable {
@@ -45,7 +42,7 @@ public final class WorkerMetrics: @unchecked Sendable {
 
     private let factory: PrometheusMetricsFactory
     private var diskGauges: [String: [String: Metrics.Gauge]] = [:]
-    private let diskLock = NSLockLike()
+    private let diskLock = ConditionLock()
 
     private var admissionGauges: [Metrics.Gauge] = []
     private var datasetGauges: [String: [Metrics.Gauge]] = [:]

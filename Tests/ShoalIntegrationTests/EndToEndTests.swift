@@ -211,10 +211,8 @@ final class Harness {
         let bucket = try fx.makeBucket("twodisks")
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("disk0"), store: fx.storeConfig())
         config.caches.append(CacheDiskConfig(path: makeTemporaryDirectory("disk1"), capacity: 256 << 20, regionSize: 8 << 20))
-        let worker = try Worker(config: config, logger: testLogger)
-        try worker.start()
+        let (worker, client) = try startWorker(config)
         defer { worker.stopDataPlane() }
-        let client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret))
         let data = SampleData.bytes(seed: 21, count: 24 << 20)
         try fx.store().put(bucket: bucket, key: "k", bytes: data)
         let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "k"))
@@ -233,10 +231,8 @@ final class Harness {
         let bucket = try fx.makeBucket("admission")
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("admission"), store: fx.storeConfig())
         config.admission.admitOnSecondMiss = true
-        let worker = try Worker(config: config, logger: testLogger)
-        try worker.start()
+        let (worker, client) = try startWorker(config)
         defer { worker.stopDataPlane() }
-        let client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret))
         let data = SampleData.bytes(seed: 31, count: 3 << 20)
         try fx.store().put(bucket: bucket, key: "k", bytes: data)
         let ref = ObjectRef(store: "default", bucket: bucket, key: "k")
@@ -270,10 +266,8 @@ final class Harness {
         let bucket = try fx.makeBucket("thrash")
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("thrash"), store: fx.storeConfig(), capacity: 32 << 20)
         config.thrashGuard = true
-        let worker = try Worker(config: config, logger: testLogger)
-        try worker.start()
+        let (worker, client) = try startWorker(config)
         defer { worker.stopDataPlane() }
-        let client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret))
         let data = SampleData.bytes(seed: 41, count: 64 << 20)  // twice the cache
         try fx.store().put(bucket: bucket, key: "ds/shard", bytes: data)
         let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "ds/shard"))
@@ -299,6 +293,14 @@ final class Harness {
         #expect(try easy.perform(HTTPRequest(method: "GET", url: "http://127.0.0.1:\(port)/nope"), sink: HTTPBodySink(limit: 1024)).status == 404)
         await worker.stop()
     }
+}
+
+/// A worker started on `config`, and a client for it (the caller stops the worker).
+func startWorker(_ config: WorkerConfig) throws -> (Worker, ShoalClient) {
+    let worker = try Worker(config: config, logger: testLogger)
+    try worker.start()
+    let client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret))
+    return (worker, client)
 }
 
 final class ResultBox: @unchecked Sendable {

@@ -4,6 +4,17 @@ import ShoalCore
 import ShoalSys
 import ShoalTestSupport
 
+/// A ranged GET into a new array (exactly the bytes received).
+func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt64, length: Int, ifMatch: String? = nil) throws -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: length)
+    let n = try out.withUnsafeMutableBytes { p in
+        try Result { () throws(ShoalError) -> Int in
+            try store.get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: p.baseAddress!)
+        }.get()
+    }
+    return Array(out.prefix(n))
+}
+
 @Suite struct S3StoreTests {
     @Test func putHeadRangedGetAndIfMatch() throws {
         let fx = try ObjectStoreFixture.get()
@@ -13,19 +24,10 @@ import ShoalTestSupport
         try store.put(bucket: bucket, key: "dir/a b+c.bin", bytes: data)
         let v = try store.head(bucket: bucket, key: "dir/a b+c.bin")
         #expect(v.size == 100_000 && !v.etag.isEmpty)
-        var buffer = [UInt8](repeating: 0, count: 1000)
-        let n = try buffer.withUnsafeMutableBytes { p in
-            try Result { () throws(ShoalError) -> Int in
-                try store.get(bucket: bucket, key: "dir/a b+c.bin", offset: 5000, length: 1000, ifMatch: v.etag, into: p.baseAddress!)
-            }.get()
-        }
-        #expect(n == 1000 && buffer == Array(data[5000..<6000]))
+        let buffer = try get(store, bucket, "dir/a b+c.bin", offset: 5000, length: 1000, ifMatch: v.etag)
+        #expect(buffer == Array(data[5000..<6000]))
         #expect {
-            try buffer.withUnsafeMutableBytes { p in
-                try Result { () throws(ShoalError) -> Int in
-                    try store.get(bucket: bucket, key: "dir/a b+c.bin", offset: 0, length: 10, ifMatch: "\"stale\"", into: p.baseAddress!)
-                }.get()
-            }
+            try get(store, bucket, "dir/a b+c.bin", offset: 0, length: 10, ifMatch: "\"stale\"")
         } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
     }
 
@@ -46,10 +48,7 @@ import ShoalTestSupport
         try fx.store().put(bucket: bucket, key: "k", bytes: [1, 2, 3])
         let bad = fx.store(secretKey: "wrong-secret")
         #expect {
-            var b = [UInt8](repeating: 0, count: 3)
-            _ = try b.withUnsafeMutableBytes { p in
-                try Result { () throws(ShoalError) -> Int in try bad.get(bucket: bucket, key: "k", offset: 0, length: 3, ifMatch: nil, into: p.baseAddress!) }.get()
-            }
+            try get(bad, bucket, "k", offset: 0, length: 3)
         } throws: {
             let e = $0 as? ShoalError
             return e?.code == .accessDenied && e!.message.contains("SignatureDoesNotMatch")
@@ -87,11 +86,7 @@ import ShoalTestSupport
         try store.put(bucket: "b", key: "x/y.bin", bytes: [1, 2, 3, 4])
         let v = try store.head(bucket: "b", key: "x/y.bin")
         #expect(v.size == 4)
-        var out = [UInt8](repeating: 0, count: 2)
-        _ = try out.withUnsafeMutableBytes { p in
-            try Result { () throws(ShoalError) -> Int in try store.get(bucket: "b", key: "x/y.bin", offset: 1, length: 2, ifMatch: v.etag, into: p.baseAddress!) }.get()
-        }
-        #expect(out == [2, 3])
+        #expect(try get(store, "b", "x/y.bin", offset: 1, length: 2, ifMatch: v.etag) == [2, 3])
         #expect(try store.listAll(bucket: "b", prefix: "x/").map(\.key) == ["x/y.bin"])
         #expect(throws: ShoalError.self) { try store.head(bucket: "b", key: "../escape") }
         #expect { try store.head(bucket: "b", key: "none") } throws: { ($0 as? ShoalError)?.code == .notFound }
