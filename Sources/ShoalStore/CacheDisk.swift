@@ -26,7 +26,8 @@ public struct CacheDiskConfig: Sendable, Equatable {
 
 /// The outcome of a cache read.
 public enum CacheRead: Sendable, Equatable {
-    /// The block is in the buffer at `BlockCache.dataOffset`; its length and CRC32C.
+    /// The block is in the buffer at `BlockCache.dataOffset` (after a ranged read, the checked
+    /// chunks covering the range); its length and the whole block's CRC32C.
     case hit(length: Int, crc: UInt32)
     case miss
     /// The block was on disk but failed its checks; it has been dropped.
@@ -233,8 +234,10 @@ final class CacheDisk: @unchecked Sendable {
     // MARK: reads
 
     /// Reads a block into `slot` (header at 0, data at `CacheFormat.headerSize`) and checks it:
-    /// the header's CRC, generation and full key, then the data's CRC32C.
-    func read(key: BlockKey, id: BlockID, into slot: IOSlot) -> CacheRead {
+    /// the header's CRC, generation and full key, then the data's CRC32C. With `range` (bytes of
+    /// the block's data) only the chunks that cover it are read and checked, the header and those
+    /// chunks in one submission; the rest of the slot's data area is then undefined.
+    func read(key: BlockKey, id: BlockID, into slot: IOSlot, range: Range<Int>? = nil) -> CacheRead {
         let found: (IndexEntry, UInt64)? = lock.withLock {
             guard stats.failure == nil, let e = index.lookup(id) else { stats.misses += 1; return nil }
             index.setFlags(id, IndexEntry.hit)
@@ -243,33 +246,65 @@ final class CacheDisk: @unchecked Sendable {
         guard let (entry, generation) = found else { return .miss }
         let count = Int(entry.pages) * 4096
         guard count <= slot.capacity else { return countMiss() }
+        let dataBytes = count - CacheFormat.headerSize
+        let shift = CacheFormat.chunkShift(dataPages: dataBytes / 4096)
+        // The chunks a partial read needs, as a byte range of the data area (4 KiB-aligned).
+        var chunkBytes = 0..<dataBytes
+        if let range, !range.isEmpty, range.upperBound <= dataBytes {
+            let lower = (range.lowerBound >> shift) << shift
+            let upper = min(dataBytes, ((range.upperBound + (1 << shift) - 1) >> shift) << shift)
+            if upper - lower < dataBytes / 2 { chunkBytes = lower..<upper }
+        }
+        let partial = chunkBytes.count < dataBytes
         let start = monotonicNanos()
-        let n: Int
-        do { n = try slot.read(file: file, at: byteOffset(page: entry.page), count: count) } catch {
+        let complete: Bool
+        do {
+            let at = byteOffset(page: entry.page)
+            if partial {
+                complete = try slot.readTwo(file: file, (at, CacheFormat.headerSize, 0),
+                                            (at + UInt64(CacheFormat.headerSize + chunkBytes.lowerBound), chunkBytes.count,
+                                             CacheFormat.headerSize + chunkBytes.lowerBound))
+            } else {
+                complete = try slot.read(file: file, at: at, count: count) == count
+            }
+        } catch {
             fail("read error: \(error)")
             return .miss
         }
         let elapsed = monotonicNanos() - start
         if elapsed > stallNanos { fail("a read took \(elapsed / 1_000_000) ms (limit \(stallNanos / 1_000_000) ms)") }
-        guard n == count, let header = CacheFormat.readHeader(slot.base) else {
+        guard complete, let header = CacheFormat.readHeader(slot.base) else {
             return stillCurrent(id, entry, generation) ? drop(id, entry, key, reason: "record header unreadable") : countMiss()
         }
         // The region may have been reused while the read was in flight (another generation), or
         // the 32-bit tag matched another block (another key): a miss, nothing to drop.
         guard header.generation == generation, header.key == key.encoded else { return countMiss() }
-        guard Int(header.dataLength) + CacheFormat.headerSize <= count else {
-            return drop(id, entry, key, reason: "record length \(header.dataLength) exceeds its index entry")
+        let length = Int(header.dataLength)
+        guard length <= dataBytes, header.chunkShift == shift else {
+            return drop(id, entry, key, reason: "record length \(header.dataLength) does not match its index entry")
         }
-        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: Int(header.dataLength)))
-        guard crc == header.dataCRC else {
-            return drop(id, entry, key, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
+        if partial {
+            let data = slot.base + CacheFormat.headerSize
+            for i in (chunkBytes.lowerBound >> shift)..<(min(chunkBytes.upperBound, length) + (1 << shift) - 1) >> shift {
+                let from = i << shift
+                let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data + from, count: min(length, from + (1 << shift)) - from))
+                let stored = header.chunkCRC(slot.base, i)
+                guard crc == stored else {
+                    return drop(id, entry, key, reason: "CRC32C mismatch in chunk \(i) (stored \(stored), computed \(crc))")
+                }
+            }
+        } else {
+            let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
+            guard crc == header.dataCRC else {
+                return drop(id, entry, key, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
+            }
         }
         let pinned = !pins.isEmpty && pins.covers(key)
         lock.withLock {
             stats.hits += 1
             if pinned && entry.flags & IndexEntry.pinned == 0 { index.setFlags(id, IndexEntry.pinned) }
         }
-        return .hit(length: Int(header.dataLength), crc: crc)
+        return .hit(length: length, crc: header.dataCRC)
     }
 
     private func countMiss() -> CacheRead {
@@ -320,7 +355,8 @@ final class CacheDisk: @unchecked Sendable {
         if writePage + pages > usablePages { try sealAndAdvance() }
         let generation = lock.withLock { regionGeneration[Int(activeRegion)] }
         let page = activeRegion * pagesPerRegion + writePage
-        CacheFormat.writeHeader(into: slot.base, key: encoded, generation: generation, dataLength: UInt32(length), dataCRC: crc)
+        let chunks = CacheFormat.chunkCRCs(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
+        CacheFormat.writeHeader(into: slot.base, key: encoded, generation: generation, dataLength: UInt32(length), dataCRC: crc, chunkCRCs: chunks)
         let pad = count - CacheFormat.headerSize - length
         if pad > 0 { CacheFormat.memsetZero(slot.base + CacheFormat.headerSize + length, pad) }
         try write(slot, count: count, at: byteOffset(page: page))
@@ -431,7 +467,8 @@ final class CacheDisk: @unchecked Sendable {
                 }
                 continue
             }
-            CacheFormat.writeHeader(into: slot.base, key: header.key, generation: newGeneration, dataLength: header.dataLength, dataCRC: header.dataCRC)
+            CacheFormat.writeHeader(into: slot.base, key: header.key, generation: newGeneration, dataLength: header.dataLength, dataCRC: header.dataCRC,
+                                    chunkCRCs: header.chunkCRCs(slot.base))
             let newPage = base + writePage
             try write(slot, count: count, at: byteOffset(page: newPage))
             lock.withLock {

@@ -2,7 +2,7 @@ import ShoalCore
 
 /// The on-disk format of a cache file (docs/FORMAT.md). All integers little-endian.
 enum CacheFormat {
-    static let version: UInt32 = 2
+    static let version: UInt32 = 3
     static let alignment = 4096
     /// Superblock at offset 0; regions start at 1 MiB.
     static let dataStart: UInt64 = 1 << 20
@@ -15,8 +15,32 @@ enum CacheFormat {
     static let footerEntrySize = 28
     static let footerFixed = 24
     static let headerSize = 4096
-    static let headerFixed = 28
-    static let maxKeyBytes = headerSize - headerFixed
+    static let headerFixed = 32
+    /// A record's data is checksummed per chunk too, so a small read checks only the chunks it
+    /// touches: at most this many chunks of at least 16 KiB each.
+    static let maxChunks = 512
+    static let minChunkShift = 14
+    static let maxKeyBytes = headerSize - headerFixed - 4 * maxChunks
+
+    /// The chunk size (as a shift) of a record whose data takes `dataPages` 4 KiB pages: the
+    /// smallest power of two from 16 KiB that needs at most `maxChunks` chunks. It depends only
+    /// on the page count, which the index holds, so a reader knows it before the header arrives.
+    static func chunkShift(dataPages: Int) -> Int {
+        var shift = minChunkShift
+        while (dataPages * pageSize + (1 << shift) - 1) >> shift > maxChunks { shift += 1 }
+        return shift
+    }
+
+    static func chunkCount(dataLength: Int, shift: Int) -> Int { (dataLength + (1 << shift) - 1) >> shift }
+
+    /// CRC32C of each chunk of `data`.
+    static func chunkCRCs(_ data: UnsafeRawBufferPointer) -> [UInt32] {
+        let shift = chunkShift(dataPages: alignUp(data.count) / pageSize)
+        let size = 1 << shift
+        return (0..<chunkCount(dataLength: data.count, shift: shift)).map { i in
+            CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[(i * size)..<min(data.count, (i + 1) * size)]))
+        }
+    }
 
     static func alignUp(_ n: Int) -> Int { (n + alignment - 1) & ~(alignment - 1) }
     static func recordLength(dataLength: Int) -> Int { headerSize + alignUp(dataLength) }
@@ -50,19 +74,31 @@ enum CacheFormat {
     }
 
     /// Record header: magic u32 | version u16 | keyLength u16 | generation u64 | dataLength u32 |
-    /// dataCRC u32 | headerCRC u32 | key bytes. headerCRC covers bytes 0..<24 and the key.
-    static func writeHeader(into p: UnsafeMutableRawPointer, key: [UInt8], generation: UInt64, dataLength: UInt32, dataCRC: UInt32) {
+    /// dataCRC u32 | chunkShift u8 | 0 u8 | chunkCount u16 | headerCRC u32 | key bytes | pad to 4 |
+    /// chunkCount × chunk CRC32C u32. headerCRC covers bytes 0..<28, the key and the chunk CRCs.
+    static func writeHeader(into p: UnsafeMutableRawPointer, key: [UInt8], generation: UInt64, dataLength: UInt32, dataCRC: UInt32,
+                            chunkCRCs: [UInt32]) {
         memsetZero(p, headerSize)
+        let shift = chunkShift(dataPages: alignUp(Int(dataLength)) / pageSize)
         p.storeBytes(of: recordMagic.littleEndian, toByteOffset: 0, as: UInt32.self)
         p.storeBytes(of: UInt16(version).littleEndian, toByteOffset: 4, as: UInt16.self)
         p.storeBytes(of: UInt16(key.count).littleEndian, toByteOffset: 6, as: UInt16.self)
         p.storeBytes(of: generation.littleEndian, toByteOffset: 8, as: UInt64.self)
         p.storeBytes(of: dataLength.littleEndian, toByteOffset: 16, as: UInt32.self)
         p.storeBytes(of: dataCRC.littleEndian, toByteOffset: 20, as: UInt32.self)
+        p.storeBytes(of: UInt8(shift), toByteOffset: 24, as: UInt8.self)
+        p.storeBytes(of: UInt16(chunkCRCs.count).littleEndian, toByteOffset: 26, as: UInt16.self)
         key.withUnsafeBytes { (p + headerFixed).copyMemory(from: $0.baseAddress!, byteCount: key.count) }
-        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p + headerFixed, count: key.count),
-                                  continuing: CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: 24)))
-        p.storeBytes(of: crc.littleEndian, toByteOffset: 24, as: UInt32.self)
+        let table = headerFixed + (key.count + 3) & ~3
+        for (i, c) in chunkCRCs.enumerated() { p.storeBytes(of: c.littleEndian, toByteOffset: table + 4 * i, as: UInt32.self) }
+        p.storeBytes(of: headerCRC(p, keyLength: key.count, chunks: chunkCRCs.count).littleEndian, toByteOffset: 28, as: UInt32.self)
+    }
+
+    private static func headerCRC(_ p: UnsafeRawPointer, keyLength: Int, chunks: Int) -> UInt32 {
+        let table = headerFixed + (keyLength + 3) & ~3
+        var crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: 28))
+        crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p + headerFixed, count: keyLength), continuing: crc)
+        return CRC32C.checksum(UnsafeRawBufferPointer(start: p + table, count: 4 * chunks), continuing: crc)
     }
 
     struct Header {
@@ -70,23 +106,40 @@ enum CacheFormat {
         var generation: UInt64
         var dataLength: UInt32
         var dataCRC: UInt32
+        var chunkShift: Int
+        var chunkCount: Int
+        /// Where the chunk CRC table starts in the header.
+        var tableOffset: Int
+
+        /// The stored CRC32C of chunk `i` of the header at `p`.
+        func chunkCRC(_ p: UnsafeRawPointer, _ i: Int) -> UInt32 {
+            UInt32(littleEndian: p.loadUnaligned(fromByteOffset: tableOffset + 4 * i, as: UInt32.self))
+        }
+
+        func chunkCRCs(_ p: UnsafeRawPointer) -> [UInt32] { (0..<chunkCount).map { chunkCRC(p, $0) } }
     }
 
+    /// Decodes a record header; nil unless magic, version, bounds, chunk layout and CRC check out.
     static func readHeader(_ p: UnsafeRawPointer) -> Header? {
         guard UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)) == recordMagic,
               UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) == UInt16(version)
         else { return nil }
         let keyLength = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)))
-        guard keyLength <= maxKeyBytes else { return nil }
-        let stored = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt32.self))
-        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: p + headerFixed, count: keyLength),
-                                  continuing: CRC32C.checksum(UnsafeRawBufferPointer(start: p, count: 24)))
-        guard crc == stored else { return nil }
+        let dataLength = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
+        let shift = Int(p.load(fromByteOffset: 24, as: UInt8.self))
+        let chunks = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 26, as: UInt16.self)))
+        guard keyLength <= maxKeyBytes, chunks <= maxChunks, dataLength <= UInt32(Int32.max),
+              shift == chunkShift(dataPages: alignUp(Int(dataLength)) / pageSize),
+              chunks == chunkCount(dataLength: Int(dataLength), shift: shift)
+        else { return nil }
+        let stored = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 28, as: UInt32.self))
+        guard headerCRC(p, keyLength: keyLength, chunks: chunks) == stored else { return nil }
         return Header(
             key: Array(UnsafeRawBufferPointer(start: p + headerFixed, count: keyLength)),
             generation: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-            dataLength: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt32.self)),
-            dataCRC: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)))
+            dataLength: dataLength,
+            dataCRC: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20, as: UInt32.self)),
+            chunkShift: shift, chunkCount: chunks, tableOffset: headerFixed + (keyLength + 3) & ~3)
     }
 
     /// Bytes reserved at the end of each region for its footer: room for the most records a

@@ -24,6 +24,15 @@ public final class IOSlot: @unchecked Sendable {
         return try ring.perform(.readFixed(fd: file.fd, buffer: base + bufferOffset, count: count, offset: offset, bufferIndex: 0))
     }
 
+    /// Two O_DIRECT reads into the buffer submitted together, each `(file offset, count, buffer
+    /// offset)`: one wait for both. True when both read in full.
+    public func readTwo(file: FileHandle, _ a: (UInt64, Int, Int), _ b: (UInt64, Int, Int)) throws(SysError) -> Bool {
+        precondition(a.2 + a.1 <= capacity && b.2 + b.1 <= capacity)
+        try FaultInjection.check(file.path, "read")
+        let (n, m) = try ring.readPair(fd: file.fd, base: base, bufferIndex: 0, a, b)
+        return n == a.1 && m == b.1
+    }
+
     /// O_DIRECT write from the buffer.
     public func write(file: FileHandle, at offset: UInt64, count: Int, bufferOffset: Int = 0) throws(SysError) {
         precondition(bufferOffset + count <= capacity)

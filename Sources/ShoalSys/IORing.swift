@@ -68,6 +68,39 @@ public final class IORing: @unchecked Sendable {
         }
     }
 
+    /// Two fixed-buffer reads, `(file offset, count, buffer offset)` from `base`, submitted
+    /// together; returns the bytes each read (a short read is continued alone).
+    public func readPair(fd: Int32, base: UnsafeMutableRawPointer, bufferIndex: Int32,
+                         _ a: (UInt64, Int, Int), _ b: (UInt64, Int, Int)) throws(SysError) -> (Int, Int) {
+        for (tag, op) in [(UInt64(0), a), (UInt64(1), b)] {
+            guard let sqe = io_uring_get_sqe(ring) else { throw SysError("io_uring read_fixed: submission queue full", errno: EBUSY) }
+            io_uring_prep_read_fixed(sqe, fd, base + op.2, UInt32(op.1), op.0, bufferIndex)
+            io_uring_sqe_set_data64(sqe, tag)
+        }
+        var rc = io_uring_submit_and_wait(ring, 2)
+        while rc == -EINTR { rc = io_uring_submit_and_wait(ring, 2) }
+        if rc < 0 { throw SysError("io_uring read_fixed: submit", errno: -rc) }
+        var results: [Int32] = [0, 0]
+        var failure: Int32 = 0
+        for _ in 0..<2 {
+            var cqe: UnsafeMutablePointer<io_uring_cqe>?
+            var wrc = io_uring_wait_cqe(ring, &cqe)
+            while wrc == -EINTR { wrc = io_uring_wait_cqe(ring, &cqe) }
+            if wrc < 0 { throw SysError("io_uring read_fixed: wait", errno: -wrc) }
+            let res = cqe!.pointee.res
+            results[Int(io_uring_cqe_get_data64(cqe) & 1)] = res
+            if res < 0 { failure = -res }
+            io_uring_cqe_seen(ring, cqe)
+        }
+        if failure != 0 { throw SysError("io_uring read_fixed", errno: failure) }
+        var done = [Int(results[0]), Int(results[1])]
+        for (i, op) in [a, b].enumerated() where done[i] > 0 && done[i] < op.1 {
+            done[i] += try perform(.readFixed(fd: fd, buffer: base + op.2 + done[i], count: op.1 - done[i],
+                                              offset: op.0 + UInt64(done[i]), bufferIndex: bufferIndex))
+        }
+        return (done[0], done[1])
+    }
+
     private func submitOne(_ what: String, _ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(SysError) -> Int {
         guard let sqe = io_uring_get_sqe(ring) else { throw SysError("\(what): submission queue full", errno: EBUSY) }
         prep(sqe)

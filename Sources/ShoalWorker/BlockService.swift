@@ -124,7 +124,8 @@ final class BlockService: @unchecked Sendable {
     /// Puts the whole block in `slot` at `BlockCache.dataOffset`: from the cache, or by filling it.
     private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
         for attempt in 0..<3 {
-            switch cache.read(key: request.block, id: id, into: slot) {
+            let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
+            switch cache.read(key: request.block, id: id, into: slot, range: range) {
             case .hit(let length, let crc):
                 metrics.hits.increment()
                 return (length, crc, nil)

@@ -72,6 +72,35 @@ import ShoalTestSupport
         #expect(cache.blockCount == 0)
     }
 
+    /// A small read checks only its chunks: right bytes from any offset (last chunk short, range
+    /// across a chunk edge), and a flipped byte in a chunk it reads is caught.
+    @Test func rangedReadsCheckTheirChunks() throws {
+        let dir = makeTemporaryDirectory("ranged")
+        let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
+        let slot = try #require(pool.acquire())
+        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 16 << 20, regionSize: 4 << 20)], logger: testLogger)
+        let length = (1 << 20) - 1000
+        try put(cache, slot, 0, length: length)
+        let expected = SampleData.bytes(seed: 1, count: length)
+        for range in [0..<4096, 16380..<16400, 500_000..<565_536, (length - 10)..<length, 1..<2] {
+            memset(slot.base + BlockCache.dataOffset, 0, 1 << 20)
+            guard case .hit(let n, _) = cache.read(key: key(0), id: key(0).id, into: slot, range: range) else {
+                Issue.record("range \(range) missed"); return
+            }
+            #expect(n == length)
+            let got = Array(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset + range.lowerBound, count: range.count))
+            #expect(got == Array(expected[range]), "range \(range)")
+        }
+        // Chunk 20 (16 KiB chunks) holds byte 20 × 16384 + 5: a read of another chunk still
+        // hits; a read of chunk 20 is refused and drops the block.
+        try flipByte(path: cache.filePaths[0], at: CacheFormat.dataStart + 4096 + 20 * 16384 + 5)
+        guard case .hit = cache.read(key: key(0), id: key(0).id, into: slot, range: 0..<4096) else { Issue.record("clean chunk missed"); return }
+        guard case .corrupt = cache.read(key: key(0), id: key(0).id, into: slot, range: (20 * 16384)..<(20 * 16384 + 100)) else {
+            Issue.record("bad chunk served"); return
+        }
+        #expect(cache.blockCount == 0)
+    }
+
     @Test func neverGrowsPastItsCapacityAndEvictsOldestFirst() throws {
         let dir = makeTemporaryDirectory("cap")
         let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
