@@ -12,6 +12,9 @@ public struct ClientConfig: Sendable {
     public var pipelineDepth = 2
     public var timeoutMillis: Int32 = 10_000
     public var clientName = "shoal-client"
+    /// Benchmarks only: count READ_NODATA replies from a worker running with `answerWithoutData`
+    /// as answered (the buffer is left untouched) instead of failing them.
+    public var acceptsNoData = false
 
     public init(workers: [Endpoint], secret: [UInt8]) {
         self.workers = workers
@@ -51,8 +54,10 @@ public final class ShoalClient: @unchecked Sendable {
 
     private func connection(_ worker: Int) throws(ShoalError) -> WorkerConnection {
         if let c = lock.withLock({ idle[worker].popLast() }) { return c }
-        return try WorkerConnection(endpoint: config.workers[worker], secret: config.secret, clientName: config.clientName,
-                                    timeoutMillis: config.timeoutMillis)
+        let c = try WorkerConnection(endpoint: config.workers[worker], secret: config.secret, clientName: config.clientName,
+                                     timeoutMillis: config.timeoutMillis)
+        c.acceptsNoData = config.acceptsNoData
+        return c
     }
 
     private func giveBack(_ c: WorkerConnection, _ worker: Int) {
@@ -152,11 +157,8 @@ public final class ShoalClient: @unchecked Sendable {
             var remaining = pieces.count
             while remaining > 0 {
                 let busy = (0..<lanes).filter { !inFlight[$0].isEmpty }
-                let ready: [Int]
-                do { ready = try TCPSocket.readable(busy.map { connections[$0].socket }, timeoutMillis: Int32(min(Int64(config.timeoutMillis) * 3, Int64(Int32.max)))) } catch {
-                    throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
-                }
-                guard !ready.isEmpty else { throw ShoalError(.timeout, "worker \(config.workers[worker]) sent nothing in time") }
+                // One connection waiting: receive on it directly (its own deadline applies).
+                let ready = busy.count == 1 ? [0] : try readable(busy.map { connections[$0].socket }, worker)
                 for index in ready {
                     let lane = busy[index]
                     let (id, p) = inFlight[lane].removeFirst()
@@ -178,5 +180,14 @@ public final class ShoalClient: @unchecked Sendable {
             throw error
         }
         if let firstError { throw firstError }
+    }
+
+    private func readable(_ sockets: [TCPSocket], _ worker: Int) throws(ShoalError) -> [Int] {
+        let ready: [Int]
+        do { ready = try TCPSocket.readable(sockets, timeoutMillis: Int32(min(Int64(config.timeoutMillis) * 3, Int64(Int32.max)))) } catch {
+            throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
+        }
+        guard !ready.isEmpty else { throw ShoalError(.timeout, "worker \(config.workers[worker]) sent nothing in time") }
+        return ready
     }
 }

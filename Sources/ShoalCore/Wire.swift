@@ -22,6 +22,9 @@ public enum FrameType: UInt8, Sendable {
     case statReply = 6
     case read = 7
     case readReply = 8
+    /// Answer to READ from a worker running with `answerWithoutData` (a benchmark switch): the
+    /// CRC32C and length of the data it would have sent, without the data.
+    case readNoData = 9
     case error = 15
 }
 

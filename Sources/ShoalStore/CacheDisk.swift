@@ -89,6 +89,9 @@ final class CacheDisk: @unchecked Sendable {
     private let writer = ConditionLock()
     private var index: IndexTable
     private var regionGeneration: [UInt64]
+    /// Record headers recently read for ranged reads, by page: a ranged read of a block whose
+    /// header is here reads only its chunks (one I/O instead of two). Lock held.
+    private var headers = HeaderCache(capacity: 8192)
     private var activeRegion: UInt32 = 0
     private var writePage: UInt32 = 0
     private var activeEntries: [CacheFormat.FooterEntry] = []
@@ -256,14 +259,17 @@ final class CacheDisk: @unchecked Sendable {
             if upper - lower < dataBytes / 2 { chunkBytes = lower..<upper }
         }
         let partial = chunkBytes.count < dataBytes
+        let at = byteOffset(page: entry.page)
+        let dataOffset = CacheFormat.headerSize + chunkBytes.lowerBound
+        if partial, let cached = lock.withLock({ headers.get(page: entry.page, generation: generation) }) {
+            return readChunks(key: key, id: id, entry: entry, generation: generation, header: cached, chunkBytes: chunkBytes, into: slot)
+        }
         let start = monotonicNanos()
         let complete: Bool
         do {
-            let at = byteOffset(page: entry.page)
             if partial {
                 complete = try slot.readTwo(file: file, (at, CacheFormat.headerSize, 0),
-                                            (at + UInt64(CacheFormat.headerSize + chunkBytes.lowerBound), chunkBytes.count,
-                                             CacheFormat.headerSize + chunkBytes.lowerBound))
+                                            (at + UInt64(dataOffset), chunkBytes.count, dataOffset))
             } else {
                 complete = try slot.read(file: file, at: at, count: count) == count
             }
@@ -277,34 +283,64 @@ final class CacheDisk: @unchecked Sendable {
             return stillCurrent(id, entry, generation) ? drop(id, entry, key, reason: "record header unreadable") : countMiss()
         }
         // The region may have been reused while the read was in flight (another generation), or
-        // the 32-bit tag matched another block (another key): a miss, nothing to drop.
+        // the 40-bit tag matched another block (another key): a miss, nothing to drop.
         guard header.generation == generation, header.key == key.encoded else { return countMiss() }
         let length = Int(header.dataLength)
         guard length <= dataBytes, header.chunkShift == shift else {
             return drop(id, entry, key, reason: "record length \(header.dataLength) does not match its index entry")
         }
         if partial {
-            let data = slot.base + CacheFormat.headerSize
-            for i in (chunkBytes.lowerBound >> shift)..<(min(chunkBytes.upperBound, length) + (1 << shift) - 1) >> shift {
-                let from = i << shift
-                let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data + from, count: min(length, from + (1 << shift)) - from))
-                let stored = header.chunkCRC(slot.base, i)
-                guard crc == stored else {
-                    return drop(id, entry, key, reason: "CRC32C mismatch in chunk \(i) (stored \(stored), computed \(crc))")
-                }
-            }
-        } else {
-            let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
-            guard crc == header.dataCRC else {
-                return drop(id, entry, key, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
+            let cached = CachedHeader(generation: generation, key: header.key, dataLength: length, dataCRC: header.dataCRC,
+                                      chunkShift: shift, chunkCRCs: header.chunkCRCs(slot.base))
+            lock.withLock { headers.put(page: entry.page, cached) }
+            return verifyChunks(key: key, id: id, entry: entry, header: cached, chunkBytes: chunkBytes, slot: slot)
+        }
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
+        guard crc == header.dataCRC else {
+            return drop(id, entry, key, reason: "CRC32C mismatch (stored \(header.dataCRC), computed \(crc))")
+        }
+        return countHit(key: key, id: id, entry: entry, length: length, crc: header.dataCRC)
+    }
+
+    /// A ranged read with the header already known: one read of the chunks, then the checks
+    /// (the region still of that generation after the read, the key, each chunk's CRC32C).
+    private func readChunks(key: BlockKey, id: BlockID, entry: IndexEntry, generation: UInt64, header: CachedHeader,
+                            chunkBytes: Range<Int>, into slot: IOSlot) -> CacheRead {
+        let dataOffset = CacheFormat.headerSize + chunkBytes.lowerBound
+        let start = monotonicNanos()
+        let n: Int
+        do { n = try slot.read(file: file, at: byteOffset(page: entry.page) + UInt64(dataOffset), count: chunkBytes.count, bufferOffset: dataOffset) } catch {
+            fail("read error: \(error)")
+            return .miss
+        }
+        let elapsed = monotonicNanos() - start
+        if elapsed > stallNanos { fail("a read took \(elapsed / 1_000_000) ms (limit \(stallNanos / 1_000_000) ms)") }
+        guard n == chunkBytes.count, stillCurrent(id, entry, generation), header.key == key.encoded else { return countMiss() }
+        return verifyChunks(key: key, id: id, entry: entry, header: header, chunkBytes: chunkBytes, slot: slot)
+    }
+
+    private func verifyChunks(key: BlockKey, id: BlockID, entry: IndexEntry, header: CachedHeader, chunkBytes: Range<Int>, slot: IOSlot) -> CacheRead {
+        let shift = header.chunkShift
+        let length = header.dataLength
+        let data = slot.base + CacheFormat.headerSize
+        for i in (chunkBytes.lowerBound >> shift)..<(min(chunkBytes.upperBound, length) + (1 << shift) - 1) >> shift {
+            let from = i << shift
+            let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data + from, count: min(length, from + (1 << shift)) - from))
+            guard crc == header.chunkCRCs[i] else {
+                lock.withLock { headers.remove(page: entry.page) }
+                return drop(id, entry, key, reason: "CRC32C mismatch in chunk \(i) (stored \(header.chunkCRCs[i]), computed \(crc))")
             }
         }
+        return countHit(key: key, id: id, entry: entry, length: length, crc: header.dataCRC)
+    }
+
+    private func countHit(key: BlockKey, id: BlockID, entry: IndexEntry, length: Int, crc: UInt32) -> CacheRead {
         let pinned = !pins.isEmpty && pins.covers(key)
         lock.withLock {
             stats.hits += 1
             if pinned && entry.flags & IndexEntry.pinned == 0 { index.setFlags(id, IndexEntry.pinned) }
         }
-        return .hit(length: length, crc: header.dataCRC)
+        return .hit(length: length, crc: crc)
     }
 
     private func countMiss() -> CacheRead {
@@ -680,4 +716,43 @@ final class CacheDisk: @unchecked Sendable {
     }
 
     func sync() { try? file.sync() }
+}
+
+/// A record header as a ranged read needs it: which record (generation, key) and the CRCs to check.
+struct CachedHeader {
+    var generation: UInt64
+    var key: [UInt8]
+    var dataLength: Int
+    var dataCRC: UInt32
+    var chunkShift: Int
+    var chunkCRCs: [UInt32]
+}
+
+/// Headers by record page, at most `capacity` (about 1 KiB each for 4 MiB blocks); the oldest
+/// goes first. An entry of an older generation than its region's is stale and never returned.
+struct HeaderCache {
+    private var entries: [UInt32: CachedHeader] = [:]
+    private var ring: [UInt32] = []
+    private var next = 0
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func get(page: UInt32, generation: UInt64) -> CachedHeader? {
+        guard let h = entries[page], h.generation == generation else { return nil }
+        return h
+    }
+
+    mutating func put(page: UInt32, _ header: CachedHeader) {
+        if entries.updateValue(header, forKey: page) != nil { return }
+        if ring.count < capacity {
+            ring.append(page)
+        } else {
+            entries.removeValue(forKey: ring[next])
+            ring[next] = page
+            next = (next + 1) % capacity
+        }
+    }
+
+    mutating func remove(page: UInt32) { entries.removeValue(forKey: page) }
 }

@@ -161,35 +161,39 @@ public final class TCPSocket: @unchecked Sendable {
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Waits until the socket is ready for `events`, or the deadline passes (none: no limit).
     private func waitFor(_ events: Int32, deadline: UInt64?) throws(SysError) {
-        guard let deadline else { return }
         while true {
-            let now = monotonicNanos()
-            if now >= deadline { throw SysError("socket wait", errno: ETIMEDOUT) }
+            var timeout: Int32 = -1
+            if let deadline {
+                let now = monotonicNanos()
+                if now >= deadline { throw SysError("socket wait", errno: ETIMEDOUT) }
+                timeout = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
+            }
             var pfd = pollfd(fd: fd, events: Int16(events), revents: 0)
-            let ms = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
-            let r = poll(&pfd, 1, ms)
+            let r = poll(&pfd, 1, timeout)
             if r > 0 { return }
             if r < 0 && currentErrno() != EINTR { throw SysError("poll", errno: currentErrno()) }
         }
     }
 
     /// Sends all of the gathered pieces (one writev per step, so a frame header and its data
-    /// leave together without being copied into one buffer).
+    /// leave together without being copied into one buffer). Each step tries the send first and
+    /// waits only when the socket buffer is full: one syscall when there is room.
     public func send(_ pieces: [UnsafeRawBufferPointer], deadline: UInt64? = nil) throws(SysError) {
         var vecs = pieces.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
         var first = 0
         while first < vecs.count {
-            try waitFor(POLLOUT, deadline: deadline)
             var msg = msghdr()
             let n = vecs.withUnsafeMutableBufferPointer { buf -> Int in
                 msg.msg_iov = buf.baseAddress! + first
                 msg.msg_iovlen = buf.count - first
-                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+                return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
             }
             if n < 0 {
                 let e = currentErrno()
-                if e == EINTR || e == EAGAIN { continue }
+                if e == EINTR { continue }
+                if e == EAGAIN { try waitFor(POLLOUT, deadline: deadline); continue }
                 throw SysError("send", errno: e)
             }
             var left = n
@@ -211,16 +215,17 @@ public final class TCPSocket: @unchecked Sendable {
     }
 
     /// Receives exactly `count` bytes; throws ECONNRESET-style errors on a closed peer
-    /// (`errno` 0 with "closed" for an orderly close before any byte of this read).
+    /// (`errno` 0 with "closed" for an orderly close before any byte of this read). Tries the
+    /// receive first and waits only when nothing has arrived: one syscall when data is there.
     public func receive(into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64? = nil) throws(SysError) {
         var done = 0
         while done < count {
-            try waitFor(POLLIN, deadline: deadline)
-            let n = recv(fd, buffer + done, count - done, 0)
+            let n = recv(fd, buffer + done, count - done, Int32(MSG_DONTWAIT))
             if n > 0 { done += n; continue }
             if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
             let e = currentErrno()
-            if e == EINTR || e == EAGAIN { continue }
+            if e == EINTR { continue }
+            if e == EAGAIN { try waitFor(POLLIN, deadline: deadline); continue }
             throw SysError("recv", errno: e)
         }
     }

@@ -9,6 +9,9 @@ public final class WorkerConnection: @unchecked Sendable {
     public let blockSize: UInt32
     private var nextRequestID: UInt32 = 1
     public let timeoutNanos: UInt64
+    /// Benchmarks only: take READ_NODATA replies (a worker with `answerWithoutData`) as answered,
+    /// leaving the buffer as it was. Otherwise such a reply is an error naming the switch.
+    public var acceptsNoData = false
 
     /// Connects and authenticates with `secret`.
     public init(endpoint: Endpoint, secret: [UInt8], clientName: String = "shoal-client", timeoutMillis: Int32 = 10_000) throws(ShoalError) {
@@ -114,6 +117,15 @@ public final class WorkerConnection: @unchecked Sendable {
         }
         guard header.requestID == id else {
             throw ShoalError(.badRequest, "worker \(endpoint) answered request \(header.requestID), expected \(id)")
+        }
+        if header.status == 0 && header.type == FrameType.readNoData.rawValue && header.payloadLength == 8 {
+            let body = try WorkerConnection.io(endpoint) { try socket.receive(count: 8, deadline: deadline) }
+            guard acceptsNoData else {
+                throw ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")
+            }
+            let n = body.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
+            guard Int(n) == length else { throw ShoalError(.badRequest, "worker \(endpoint) answered for \(n) bytes where \(length) were asked") }
+            return
         }
         if header.status != 0 || header.type != FrameType.readReply.rawValue {
             guard header.payloadLength <= UInt32(WireLimits.maxMessage) * 4 else {

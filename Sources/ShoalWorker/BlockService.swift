@@ -37,10 +37,17 @@ final class BlockService: @unchecked Sendable {
     let admission: AdmissionPolicy
     /// Cache only a stable subset of a dataset larger than the cache (shuffled epochs).
     let thrashGuard: Bool
+    /// Benchmark switches: blocks held in DRAM instead of on disk (`serveFromMemory`), and
+    /// READs answered without their data (`answerWithoutData`, see ConnectionHandler).
+    let memory: MemoryBlocks?
+    let answerWithoutData: Bool
     let logger: Logger
 
     init(stores: [String: any ObjectStore], cache: BlockCache, pool: BufferPool, metadataTTL: Double, metrics: WorkerMetrics,
-         blockSize: UInt32, admission: AdmissionPolicy, thrashGuard: Bool = false, logger: Logger) {
+         blockSize: UInt32, admission: AdmissionPolicy, thrashGuard: Bool = false, serveFromMemory: Bool = false,
+         answerWithoutData: Bool = false, logger: Logger) {
+        self.memory = serveFromMemory ? MemoryBlocks(capacity: cache.capacity) : nil
+        self.answerWithoutData = answerWithoutData
         self.admission = admission
         self.thrashGuard = thrashGuard
         self.stores = stores
@@ -99,7 +106,10 @@ final class BlockService: @unchecked Sendable {
     /// Called once the reply has been sent (or failed): writes a fetched block to the cache,
     /// lets readers waiting on the same fill go on, and gives the buffer back.
     func complete(_ block: ServedBlock) {
-        if let fill = block.fill {
+        if let fill = block.fill, let memory {
+            memory.insert(fill.key, id: fill.id, from: block.slot.base + BlockCache.dataOffset, length: fill.length, crc: fill.crc)
+            fills.finish(fill.id, error: nil)
+        } else if let fill = block.fill {
             do {
                 var fraction = 1.0
                 if thrashGuard {
@@ -123,17 +133,24 @@ final class BlockService: @unchecked Sendable {
 
     /// Puts the whole block in `slot` at `BlockCache.dataOffset`: from the cache, or by filling it.
     private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
+        let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
         for attempt in 0..<3 {
-            let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
-            switch cache.read(key: request.block, id: id, into: slot, range: range) {
-            case .hit(let length, let crc):
-                metrics.hits.increment()
-                return (length, crc, nil)
-            case .corrupt(let reason):
-                metrics.corruptBlocks.increment()
-                logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(request.block)", "reason": "\(reason)"])
-            case .miss:
-                break
+            if let memory {
+                if let (length, crc) = memory.read(request.block, id: id, range: range, into: slot.base + BlockCache.dataOffset) {
+                    metrics.hits.increment()
+                    return (length, crc, nil)
+                }
+            } else {
+                switch cache.read(key: request.block, id: id, into: slot, range: range) {
+                case .hit(let length, let crc):
+                    metrics.hits.increment()
+                    return (length, crc, nil)
+                case .corrupt(let reason):
+                    metrics.corruptBlocks.increment()
+                    logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(request.block)", "reason": "\(reason)"])
+                case .miss:
+                    break
+                }
             }
             if attempt == 0 { metrics.misses.increment() }
             switch fills.join(id) {

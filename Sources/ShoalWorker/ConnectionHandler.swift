@@ -65,6 +65,12 @@ struct ConnectionHandler {
             }
             // After the reply: a fetched block is written to the cache, and the buffer goes back.
             defer { service.complete(block) }
+            if service.answerWithoutData {
+                var body: [UInt8] = []
+                body.appendLE(block.crc)
+                body.appendLE(UInt32(block.length))
+                return send(socket, FrameHeader(type: .readNoData, requestID: id, payloadLength: 8), body)
+            }
             var header = [UInt8](repeating: 0, count: FrameHeader.size + 4)
             header.withUnsafeMutableBytes { p in
                 FrameHeader(type: .readReply, requestID: id, payloadLength: UInt32(block.length + 4)).encode(into: p.baseAddress!)

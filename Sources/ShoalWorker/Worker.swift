@@ -33,7 +33,13 @@ public final class Worker: @unchecked Sendable {
         let admission = AdmissionPolicy(config: config.admission, capacity: cache.capacity,
                                         expectedBlocks: Int(cache.capacity / (config.blockSize + 4096)))
         service = BlockService(stores: stores, cache: cache, pool: pool, metadataTTL: config.metadataTTL, metrics: metrics,
-                               blockSize: UInt32(config.blockSize), admission: admission, thrashGuard: config.thrashGuard, logger: logger)
+                               blockSize: UInt32(config.blockSize), admission: admission, thrashGuard: config.thrashGuard,
+                               serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData, logger: logger)
+        if config.serveFromMemory || config.answerWithoutData {
+            logger.warning("benchmark switches on: not for service", metadata: [
+                "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",
+            ])
+        }
         updateGauges()
     }
 
@@ -190,6 +196,7 @@ public final class Worker: @unchecked Sendable {
             + "\"writeBudgetUsed\":\(formatFixed(a.budgetUsed, decimals: 4))}"
         return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
             + "\"capacity\":\(cache.capacity),\"connections\":\(server?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
+            + "\"serveFromMemory\":\(config.serveFromMemory),\"answerWithoutData\":\(config.answerWithoutData),"
             + "\"admission\":\(admission),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
     }
 

@@ -47,11 +47,16 @@ public struct WorkerConfig: Sendable {
     public var admission = AdmissionPolicy.Config()
     /// Cache only a stable subset of any dataset larger than the cache.
     public var thrashGuard = false
+    /// Benchmark switches (Perf/ splits each figure into its parts with them; never for service):
+    /// keep blocks in DRAM instead of on the cache disks, and answer READs without their data.
+    public var serveFromMemory = false
+    public var answerWithoutData = false
 
     public init() {}
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
-                                           "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard"]
+                                           "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
+                                           "serveFromMemory", "answerWithoutData"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
                                          "root", "maxConcurrency"]
@@ -102,6 +107,8 @@ public struct WorkerConfig: Sendable {
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }
+        if let v = try r.bool("serveFromMemory") { config.serveFromMemory = v }
+        if let v = try r.bool("answerWithoutData") { config.answerWithoutData = v }
         for (i, item) in try r.list("caches").enumerated() {
             let c = try r.nested(item, "caches[\(i)]")
             try c.checkKnown(cacheKeys)

@@ -8,7 +8,7 @@ import ShoalWorker
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Put a sample dataset in a store and measure reads (Perf/ drives these).",
-        subcommands: [Populate.self, Read.self, Get.self, EngineBench.self, ReplayBench.self])
+        subcommands: [Populate.self, Read.self, Random.self, Get.self, EngineBench.self, ReplayBench.self])
 
     /// Direct access to an S3 store, for populating and for the direct-GET baseline.
     struct StoreOptions: ParsableArguments {
@@ -78,6 +78,7 @@ struct BenchCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Read every object under a prefix through the cache; print the throughput.")
         @Argument(help: "s3://bucket/prefix") var url: String
         @Option(help: "Label for the printed figure.") var label = "read"
+        @Flag(help: "Count replies from a worker with --answer-without-data as answered (benchmarks only).") var acceptNoData = false
         @Flag(help: "Print one JSON line.") var json = false
         @OptionGroup var store: StoreOptions
         @OptionGroup var client: ClientOptions
@@ -88,7 +89,9 @@ struct BenchCommand: ParsableCommand {
             do {
                 let entries = try s3.listAll(bucket: target.bucket, prefix: target.key)
                 guard !entries.isEmpty else { throw fail("no objects under \(url)") }
-                let c = try ShoalClient(config: try client.makeClientConfig())
+                var config = try client.makeClientConfig()
+                config.acceptsNoData = acceptNoData
+                let c = try ShoalClient(config: config)
                 var buffer: UnsafeMutableRawBufferPointer?
                 defer { buffer?.deallocate() }
                 var total: UInt64 = 0

@@ -27,6 +27,8 @@ struct WorkerCommand: AsyncParsableCommand {
     var caches: [String] = []
     @Option(help: "Region size of new caches, e.g. 256MiB.") var regionSize: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Flag(help: "Benchmark switch: keep blocks in DRAM, never touching the cache disks.") var serveFromMemory = false
+    @Flag(help: "Benchmark switch: answer READs without their data (clients must opt in).") var answerWithoutData = false
 
     func run() async throws {
         let logger = try makeLogger("shoal.worker", level: logLevel)
@@ -72,6 +74,8 @@ struct WorkerCommand: AsyncParsableCommand {
             guard let s = DurationText.parseSeconds(t) else { throw ShoalError(.badRequest, "--metadata-ttl '\(t)' is not a duration (e.g. 60s)") }
             cfg.metadataTTL = s
         }
+        if serveFromMemory { cfg.serveFromMemory = true }
+        if answerWithoutData { cfg.answerWithoutData = true }
         var region: UInt64?
         if let r = regionSize {
             guard let n = ByteSize.parse(r) else { throw ShoalError(.badRequest, "--region-size '\(r)' is not a size") }
