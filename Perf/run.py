@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""Shoal beside its limits, measured in one run on one machine.
+"""Shoal beside its limits and its peers, measured in one run on one machine.
 
-    python3 Perf/run.py [--quick] [--runs N] [--size 1GiB] [--out DIR]
+    python3 Perf/run.py [--quick] [--runs N] [--size 1GiB] [--out DIR] [--skip-engine]
 
-Limits: fio (io_uring, O_DIRECT, sequential, same block size and queue depth as the client)
-on the cache folder's disk; iperf3 on loopback; direct ranged GETs from the same SeaweedFS at the
-same concurrency. Shoal: one client reading a dataset sequentially, cold (fresh cache: every
-block filled from the store) and warm (every block from the worker's cache). Each figure is
-the median of --runs runs (min-max shown); ratios are against limits from the same run.
-Writes report.json and report.md to --out (default .shoal/perf).
+Limits: fio (io_uring, O_DIRECT) on the cache folder's disk; iperf3 on loopback; direct ranged
+GETs from the same SeaweedFS at the same concurrency.
+Peers: redis-benchmark GET against redis-server (4 KiB and 64 KiB values, same concurrencies as
+Shoal's random reads); nginx serving the dataset's 4 MiB blocks as files, with `directio`
+(O_DIRECT, like Shoal's disk path) and from the page cache, read by wrk over every file.
+Shoal: cold and warm sequential reads (4 MiB blocks), warm random reads of 4 KiB, 64 KiB and
+4 MiB at several concurrencies (ops/s, p50, p99), restart recovery after a clean and an unclean
+stop, CPU seconds per GB on worker and client, and the isolating switches (serve from memory,
+answer without data) that split a figure into disk, network and the rest.
+Each figure is the median of --runs runs (min-max shown); ratios are against figures from the
+same run. Writes report.json, report.md and report.png to --out (default .shoal/perf).
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, sys, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 4 << 20
+TICKS = os.sysconf("SC_CLK_TCK")
+PORTS = {"store": 18500, "worker": 18470, "iperf3": 18490, "redis": 18600, "nginx_direct": 18610, "nginx_cache": 18611}
 
 
 def sh(cmd, **kw):
@@ -26,6 +33,13 @@ def parse_size(s):
     return int(float(num) * units[s[len(num):].lower()])
 
 
+def cpu_seconds(pid):
+    """utime + stime of a live process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 class Run:
     def __init__(self, args):
         self.args = args
@@ -35,14 +49,16 @@ class Run:
         os.makedirs(self.work)
         self.shoal = os.path.join(ROOT, ".build/release/shoal")
         self.objectstore = os.path.join(self.work, "objectstore")
-        self.port = 18500
         self.worker = None
+        self.worker_args = []
+        self.peers = []
+
+    # -- set-up --
 
     def setup(self):
-        subprocess.run([os.path.join(ROOT, "Tools/install-deps.sh")], check=True, stdout=subprocess.DEVNULL)
         print("perf: building shoal (release)...", flush=True)
         subprocess.run(["swift", "build", "-c", "release", "--product", "shoal"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        sh([os.path.join(ROOT, "Tools/objectstore.sh"), "start", self.objectstore, str(self.port)])
+        sh([os.path.join(ROOT, "Tools/objectstore.sh"), "start", self.objectstore, str(PORTS["store"])])
         self.env = dict(os.environ)
         for line in open(os.path.join(self.objectstore, "s3.env")):
             k, v = line.strip().split("=", 1)
@@ -50,12 +66,14 @@ class Run:
         with open(os.path.join(self.work, "secret"), "w") as f:
             f.write(os.urandom(16).hex())
         self.env["SHOAL_SECRET_FILE"] = os.path.join(self.work, "secret")
-        self.env["SHOAL_WORKERS"] = "127.0.0.1:18470"
+        self.env["SHOAL_WORKERS"] = f"127.0.0.1:{PORTS['worker']}"
         print(f"perf: populating {self.args.size} of 64 MiB objects...", flush=True)
         sh([self.shoal, "bench", "populate", "s3://perf/ds", "--size", self.args.size, "--object-size", "64MiB"], env=self.env)
 
     def teardown(self):
         self.stop_worker()
+        for stop in self.peers:
+            subprocess.run(stop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subprocess.run([os.path.join(ROOT, "Tools/objectstore.sh"), "stop", self.objectstore], stdout=subprocess.DEVNULL)
 
     # -- limits --
@@ -70,13 +88,16 @@ class Run:
         return json.loads(out)["jobs"][0]["read"]["bw_bytes"]
 
     def iperf3(self):
-        server = subprocess.Popen(["iperf3", "-s", "-1", "-p", "18490", "-B", "127.0.0.1"], stdout=subprocess.DEVNULL)
+        """Loopback TCP: bytes/s, and the sender's CPU seconds per GB."""
+        server = subprocess.Popen(["iperf3", "-s", "-1", "-p", str(PORTS["iperf3"]), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL)
         time.sleep(0.3)
         try:
-            out = json.loads(sh(["iperf3", "-c", "127.0.0.1", "-p", "18490", "-t", "3", "-J"]))
+            out = json.loads(sh(["iperf3", "-c", "127.0.0.1", "-p", str(PORTS["iperf3"]), "-t", "3", "-J"]))
         finally:
             server.wait(timeout=10)
-        return out["end"]["sum_received"]["bits_per_second"] / 8
+        sent = out["end"]["sum_sent"]
+        cpu = out["end"]["cpu_utilization_percent"]["host_total"] / 100 * sent["seconds"]
+        return out["end"]["sum_received"]["bits_per_second"] / 8, cpu / (sent["bytes"] / 1e9)
 
     def fio_jobs(self, directory, size, jobs):
         """fio as the engine reads: `jobs` threads, each one 4 MiB read at a time."""
@@ -87,26 +108,110 @@ class Run:
         os.unlink(path)
         return json.loads(out)["jobs"][0]["read"]["bw_bytes"]
 
-    def engine(self, directory, blocks, read_size, jobs):
-        return json.loads(sh([self.shoal, "bench", "engine", "--dir", directory, "--blocks", str(blocks), "--read-size", read_size,
-                              "--queue-depth", str(jobs), "--seconds", "3", "--json"]))
-
-    def replay(self, directory, blocks):
-        out = sh([self.shoal, "bench", "replay", "--dir", directory, "--dataset-blocks", str(blocks), "--epochs", "5", "--json"])
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
     def direct_get(self, concurrency):
         out = json.loads(sh([self.shoal, "bench", "get", "s3://perf/ds", "--concurrency", str(concurrency), "--json"], env=self.env))
         return out["bytesPerSecond"]
 
+    # -- peers --
+
+    def start_redis(self):
+        """redis-server on loopback, holding the keys redis-benchmark asks for: 4 KiB values in
+        db 0, 64 KiB values in db 1."""
+        d = os.path.join(self.work, "redis")
+        os.makedirs(d)
+        sh(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "yes", "--dir", d, "--logfile", os.path.join(d, "redis.log"), "--pidfile", os.path.join(d, "redis.pid")])
+        self.peers.append(["redis-cli", "-p", str(PORTS["redis"]), "shutdown", "nosave"])
+        for _ in range(50):
+            if subprocess.run(["redis-cli", "-p", str(PORTS["redis"]), "ping"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        for db, (size, keys) in enumerate([(4096, self.redis_keys(4096)), (65536, self.redis_keys(65536))]):
+            value = os.urandom(size // 2).hex().encode()
+            cmds = [b"*2\r\n$6\r\nSELECT\r\n$1\r\n" + str(db).encode() + b"\r\n"]
+            for i in range(keys):
+                k = b"key:%012d" % i
+                cmds.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(value), value))
+            subprocess.run(["redis-cli", "-p", str(PORTS["redis"]), "--pipe"], input=b"".join(cmds), check=True, capture_output=True)
+
+    def redis_keys(self, size):
+        return min(parse_size(self.args.size) // size, 65536)
+
+    def redis_get(self, size, concurrency):
+        """redis-benchmark GET of random existing keys: ops/s, p50 and p99 in µs."""
+        db = 0 if size == 4096 else 1
+        n = 40000 if size == 4096 else 15000
+        if self.args.quick:
+            n //= 2
+        out = sh(["redis-benchmark", "-p", str(PORTS["redis"]), "--dbnum", str(db), "-t", "get", "-r", str(self.redis_keys(size)),
+                  "-n", str(n), "-d", str(size), "-c", str(concurrency), "--csv"])
+        row = [line for line in out.splitlines() if line.startswith('"GET"')][-1].replace('"', "").split(",")
+        return {"opsPerSecond": float(row[1]), "p50Micros": float(row[4]) * 1000, "p99Micros": float(row[6]) * 1000}
+
+    def start_nginx(self):
+        """nginx serving the dataset cut into 4 MiB block files, on two ports: with directio
+        (O_DIRECT reads into 4 MiB buffers) and from the page cache (sendfile)."""
+        d = os.path.join(self.work, "nginx")
+        blocks = os.path.join(d, "blocks")
+        os.makedirs(blocks)
+        count = parse_size(self.args.size) // BLOCK
+        for i in range(count):
+            with open(os.path.join(blocks, f"b{i:05d}"), "wb") as f:
+                f.write(os.urandom(BLOCK))
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes 2;
+{"user root;" if os.getuid() == 0 else ""}
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+    default_type application/octet-stream;
+    sendfile on;
+    server {{ listen 127.0.0.1:{PORTS['nginx_direct']}; root {blocks}; directio 4k; directio_alignment 4k; output_buffers 1 4m; }}
+    server {{ listen 127.0.0.1:{PORTS['nginx_cache']}; root {blocks}; }}
+}}
+""")
+        os.makedirs(os.path.join(d, "tmp"))
+        sh(["nginx", "-c", conf, "-p", d])
+        self.peers.append(["nginx", "-c", conf, "-p", d, "-s", "stop"])
+        with open(os.path.join(d, "random.lua"), "w") as f:
+            f.write(f"""local files = {count}
+local n = 0
+setup = function(thread) n = n + 1; thread:set("seed", n) end
+init = function(args) math.randomseed(seed * 7919) end
+request = function() return wrk.format("GET", string.format("/b%05d", math.random(0, files - 1))) end
+done = function(summary, latency, requests)
+  io.write(string.format('{{"requests":%d,"bytes":%d,"seconds":%f,"p50Micros":%f,"p99Micros":%f,"errors":%d}}\\n',
+    summary.requests, summary.bytes, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    summary.errors.status + summary.errors.read + summary.errors.connect + summary.errors.timeout))
+end
+""")
+        self.wrk_script = os.path.join(d, "random.lua")
+        # The page-cache server's files are read once so they are in the page cache.
+        for i in range(count):
+            with open(os.path.join(blocks, f"b{i:05d}"), "rb") as f:
+                f.read()
+
+    def wrk(self, port, concurrency):
+        out = sh(["wrk", "-t", "2", "-c", str(concurrency), "-d", "2s" if self.args.quick else "3s", "-s", self.wrk_script,
+                  f"http://127.0.0.1:{port}/"])
+        r = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+        if r["errors"]:
+            raise SystemExit(f"perf: wrk saw {r['errors']} errors from nginx on port {port}")
+        return {"bytesPerSecond": r["bytes"] / r["seconds"], "opsPerSecond": r["requests"] / r["seconds"],
+                "p50Micros": r["p50Micros"], "p99Micros": r["p99Micros"]}
+
     # -- shoal --
 
-    def start_worker(self, cache):
+    def start_worker(self, cache, extra=()):
         os.makedirs(cache, exist_ok=True)
         config = os.path.join(self.work, "worker.yaml")
         with open(config, "w") as f:
-            f.write(f"""listen: 127.0.0.1:18470
-admin: 127.0.0.1:18471
+            f.write(f"""listen: 127.0.0.1:{PORTS['worker']}
+admin: 127.0.0.1:{PORTS['worker'] + 1}
 secretFile: {self.env['SHOAL_SECRET_FILE']}
 buffers: 32
 caches:
@@ -117,129 +222,295 @@ stores:
     type: s3
     credentialsFile: {os.path.join(self.objectstore, 's3.env')}
 """)
-        self.worker = subprocess.Popen([self.shoal, "worker", "--config", config, "--log-level", "warning"],
+        start = time.monotonic()
+        self.worker = subprocess.Popen([self.shoal, "worker", "--config", config, "--log-level", "warning", *extra],
                                        stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, "worker.log"), "a"))
-        for _ in range(100):
+        for _ in range(1000):
             try:
-                urllib.request.urlopen("http://127.0.0.1:18471/healthz", timeout=1)
-                return
+                urllib.request.urlopen(f"http://127.0.0.1:{PORTS['worker'] + 1}/healthz", timeout=1)
+                return time.monotonic() - start
             except Exception:
-                time.sleep(0.1)
+                time.sleep(0.005)
         raise SystemExit("perf: worker did not start; see " + os.path.join(self.work, "worker.log"))
 
-    def stop_worker(self):
+    def worker_status(self):
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{PORTS['worker'] + 1}/status", timeout=5).read())
+
+    def stop_worker(self, kill=False):
         if self.worker:
-            self.worker.send_signal(signal.SIGTERM)
+            self.worker.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             self.worker.wait(timeout=30)
             self.worker = None
 
-    def shoal_read(self, label):
-        out = json.loads(sh([self.shoal, "bench", "read", "s3://perf/ds", "--json", "--label", label,
-                             "--connections", str(self.args.connections)], env=self.env))
-        return out["bytesPerSecond"]
+    def client(self, args):
+        """Runs a shoal client command: its JSON, its CPU seconds, the worker's CPU seconds."""
+        before = cpu_seconds(self.worker.pid)
+        p = subprocess.Popen([self.shoal, *args, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+        out = p.stdout.read()
+        err = p.stderr.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        if status != 0:
+            raise SystemExit(f"perf: shoal {' '.join(args)} failed: {err.strip()}")
+        worker_cpu = cpu_seconds(self.worker.pid) - before
+        return json.loads(out), usage.ru_utime + usage.ru_stime, worker_cpu
+
+    def shoal_read(self, extra=()):
+        r, client_cpu, worker_cpu = self.client(["bench", "read", "s3://perf/ds", "--connections", str(self.args.connections), *extra])
+        gb = r["bytes"] / 1e9
+        return r["bytesPerSecond"], client_cpu / gb, worker_cpu / gb
+
+    def shoal_random(self, size, concurrency, extra=()):
+        r, _, _ = self.client(["bench", "random", "s3://perf/ds", "--read-size", str(size), "--concurrency", str(concurrency),
+                               "--seconds", "1.5" if self.args.quick else "2", *extra])
+        return {"opsPerSecond": r["opsPerSecond"], "bytesPerSecond": r["bytesPerSecond"], "p50Micros": r["p50Micros"], "p99Micros": r["p99Micros"]}
 
 
 def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
+class Samples:
+    """Figures by name, one value per run."""
+
+    def __init__(self):
+        self.values = {}
+
+    def add(self, name, value):
+        self.values.setdefault(name, []).append(value)
+
+    def add_all(self, prefix, d):
+        for k, v in d.items():
+            self.add(f"{prefix}.{k}", v)
+
+    def summaries(self):
+        return {k: summary(v) for k, v in self.values.items()}
+
+
+def measure(run, args):
+    s = Samples()
+    small = [4096, 65536]
+    for i in range(args.runs):
+        print(f"perf: run {i + 1}/{args.runs}", flush=True)
+        cache = os.path.join(run.work, f"cache-{i}")
+        os.makedirs(cache)
+        s.add("fio", run.fio(cache, args.connections))
+        bw, cpu = run.iperf3()
+        s.add("iperf3", bw)
+        s.add("iperf3.cpuPerGB", cpu)
+        s.add("direct_get", run.direct_get(args.connections))
+        for size in small:
+            for c in args.concurrency:
+                s.add_all(f"redis.{size}.{c}", run.redis_get(size, c))
+        s.add_all("nginx_direct", run.wrk(PORTS["nginx_direct"], args.connections))
+        s.add_all("nginx_cache", run.wrk(PORTS["nginx_cache"], args.connections))
+
+        run.start_worker(cache)
+        bw, client_cpu, worker_cpu = run.shoal_read()
+        s.add("cold", bw)
+        s.add("cold.clientCpuPerGB", client_cpu)
+        s.add("cold.workerCpuPerGB", worker_cpu)
+        bw, client_cpu, worker_cpu = run.shoal_read()
+        s.add("warm", bw)
+        s.add("warm.clientCpuPerGB", client_cpu)
+        s.add("warm.workerCpuPerGB", worker_cpu)
+        for size in small:
+            for c in args.concurrency:
+                s.add_all(f"random.{size}.{c}", run.shoal_random(size, c))
+        s.add_all("random.4194304", run.shoal_random(BLOCK, args.connections))
+        blocks = run.worker_status()["blocks"]
+        run.stop_worker()
+        s.add("restart.clean", run.start_worker(cache))
+        s.add("restart.blocksKept", run.worker_status()["blocks"] / max(blocks, 1))
+        run.stop_worker(kill=True)
+        s.add("restart.unclean", run.start_worker(cache))
+        s.add("restart.blocksKeptUnclean", run.worker_status()["blocks"] / max(blocks, 1))
+        run.stop_worker()
+
+        # Isolating switches: the same reads without the disk, then without sending the data.
+        run.start_worker(cache, ["--serve-from-memory"])
+        run.shoal_read()
+        s.add("memory.warm", run.shoal_read()[0])
+        s.add_all("memory.random.4096", run.shoal_random(4096, args.connections))
+        run.stop_worker()
+        run.start_worker(cache, ["--answer-without-data"])
+        s.add("nodata.warm", run.shoal_read(["--accept-no-data"])[0])
+        s.add_all("nodata.random.4096", run.shoal_random(4096, args.connections, ["--accept-no-data"]))
+        run.stop_worker()
+        shutil.rmtree(cache)
+    return s.summaries()
+
+
+def measure_engine(run, args):
+    print("perf: engine alone (index DRAM, recovery, hit reads beside fio, trace replay)...", flush=True)
+    edir = os.path.join(run.work, "engine")
+    os.makedirs(edir)
+    blocks = 100_000 if args.quick else 1_000_000
+    hit, fio_hit, first = [], [], None
+    for i in range(args.runs):
+        fio_hit.append(run.fio_jobs(edir, "1G" if not args.quick else "256M", args.connections))
+        e = json.loads(sh([run.shoal, "bench", "engine", "--dir", edir, "--blocks", str(blocks if i == 0 else 1000),
+                           "--read-size", "1GiB" if not args.quick else "256MiB", "--queue-depth", str(args.connections),
+                           "--seconds", "3", "--json"]))
+        first = first or e
+        hit.append(e["hitReadBytesPerSecond"])
+    out = sh([run.shoal, "bench", "replay", "--dir", edir, "--dataset-blocks", str(1024 if args.quick else 4096), "--epochs", "5", "--json"])
+    return {"engine_hit": summary(hit), "fio_jobs": summary(fio_hit)}, {
+        "blocks": blocks, "indexBytesPerBlock": first["indexBytesPerBlock"], "recoverCleanSeconds": first["recoverCleanSeconds"],
+        "recoverUncleanSeconds": first["recoverUncleanSeconds"]}, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def report(args, f, engine, replay):
+    med = {k: v["median"] for k, v in f.items()}
+    c = args.connections
+    ratios = [
+        ("warm sequential / min(fio, iperf3)", med["warm"] / min(med["fio"], med["iperf3"]), 0.9),
+        (f"warm 4 KiB reads / redis GET, {c} clients", med[f"random.4096.{c}.opsPerSecond"] / med[f"redis.4096.{c}.opsPerSecond"], 1.0),
+        (f"warm 4 MiB reads / nginx directio, {c} clients", med["random.4194304.bytesPerSecond"] / med["nginx_direct.bytesPerSecond"], 1.0),
+        ("cold / direct GETs", med["cold"] / med["direct_get"], 0.9),
+        ("iperf3 sender CPU / worker CPU, per GB (warm)", med["iperf3.cpuPerGB"] / med["warm.workerCpuPerGB"], 1.0),
+    ]
+    if engine:
+        ratios.append((f"engine hit reads / fio ({c} jobs)", med["engine_hit"] / med["fio_jobs"], 0.9))
+
+    def gb(x):
+        return f"{x / 1e9:.2f}"
+
+    def row(name, key, fmt=gb, unit=""):
+        r = f[key]
+        return f"| {name} | {fmt(r['median'])}{unit} | {fmt(r['min'])}–{fmt(r['max'])} |"
+
+    lines = ["# Shoal perf report", "",
+             f"Dataset {args.size} of 64 MiB objects, 4 MiB blocks, one worker and one client on one machine; "
+             f"median of {args.runs} run(s), min–max beside it. `python3 Perf/run.py{' --quick' if args.quick else ''}`.", "",
+             "## Throughput (GB/s)", "", "| figure | median | min–max |", "|---|---|---|",
+             row(f"limit: fio seq read (io_uring, O_DIRECT, 4 MiB, QD{c})", "fio"),
+             row("limit: iperf3 loopback", "iperf3"),
+             row(f"limit: direct ranged GETs from SeaweedFS ({c} in flight)", "direct_get"),
+             row("shoal: cold sequential", "cold"),
+             row("shoal: warm sequential", "warm"),
+             row(f"shoal: warm random 4 MiB reads, {c} clients", "random.4194304.bytesPerSecond"),
+             row(f"peer: nginx directio, random 4 MiB files, {c} connections (wrk)", "nginx_direct.bytesPerSecond"),
+             row(f"peer: nginx page cache, random 4 MiB files, {c} connections (wrk)", "nginx_cache.bytesPerSecond"),
+             row("split: shoal warm sequential, serve from memory (no disk)", "memory.warm"),
+             row("split: shoal warm sequential, answer without data (no transfer)", "nodata.warm")]
+    if engine:
+        lines += [row(f"limit: fio seq read (4 MiB, {c} jobs × QD1)", "fio_jobs"), row(f"engine alone: hit reads (4 MiB, {c} readers)", "engine_hit")]
+    lines += ["", "## Small random reads (warm)", "",
+              "| reads | clients | shoal ops/s | p50 µs | p99 µs | redis GET ops/s | p50 µs | p99 µs | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for size in [4096, 65536]:
+        for cc in args.concurrency:
+            sk, rk = f"random.{size}.{cc}", f"redis.{size}.{cc}"
+            lines.append(f"| {size // 1024} KiB | {cc} | {med[sk + '.opsPerSecond']:,.0f} ({f[sk + '.opsPerSecond']['min']:,.0f}–{f[sk + '.opsPerSecond']['max']:,.0f}) "
+                         f"| {med[sk + '.p50Micros']:.0f} | {med[sk + '.p99Micros']:.0f} | {med[rk + '.opsPerSecond']:,.0f} | {med[rk + '.p50Micros']:.0f} "
+                         f"| {med[rk + '.p99Micros']:.0f} | {med[sk + '.opsPerSecond'] / med[rk + '.opsPerSecond']:.2f} |")
+    for name, key in [("serve from memory", "memory.random.4096"), ("answer without data", "nodata.random.4096")]:
+        lines.append(f"| 4 KiB, {name} | {c} | {med[key + '.opsPerSecond']:,.0f} | {med[key + '.p50Micros']:.0f} | {med[key + '.p99Micros']:.0f} | | | | "
+                     f"{med[key + '.opsPerSecond'] / med[f'redis.4096.{c}.opsPerSecond']:.2f} |")
+    lines += ["", "## CPU seconds per GB", "", "| process | median | min–max |", "|---|---|---|",
+              row("iperf3 sender", "iperf3.cpuPerGB", lambda x: f"{x:.2f}"),
+              row("shoal worker, warm", "warm.workerCpuPerGB", lambda x: f"{x:.2f}"),
+              row("shoal client, warm", "warm.clientCpuPerGB", lambda x: f"{x:.2f}"),
+              row("shoal worker, cold (its store fetches included)", "cold.workerCpuPerGB", lambda x: f"{x:.2f}"),
+              row("shoal client, cold", "cold.clientCpuPerGB", lambda x: f"{x:.2f}"),
+              "", "## Restart", "", "| figure | median | min–max |", "|---|---|---|",
+              row("worker start to ready after a clean stop (s)", "restart.clean", lambda x: f"{x:.2f}"),
+              row("… blocks kept", "restart.blocksKept", lambda x: f"{x:.2f}"),
+              row("worker start to ready after kill -9 (s)", "restart.unclean", lambda x: f"{x:.2f}"),
+              row("… blocks kept", "restart.blocksKeptUnclean", lambda x: f"{x:.2f}")]
+    if engine:
+        lines += [f"", f"Engine: {engine['blocks']:,} blocks cached: index DRAM {engine['indexBytesPerBlock']:.2f} bytes/block "
+                  f"(goal ≤ 16); recovery {engine['recoverCleanSeconds']:.2f} s after a clean stop (snapshot), "
+                  f"{engine['recoverUncleanSeconds']:.2f} s after an unclean one (footers, as after kill -9).", "",
+                  "| trace | engine miss | + thrash guard | LRU miss | engine writes | + guard | LRU writes |", "|---|---|---|---|---|---|---|"]
+        for r in replay:
+            lines.append(f"| {r['trace']} | {r['engineMissRatio']:.3f} | {r['guardedMissRatio']:.3f} | {r['lruMissRatio']:.3f} | "
+                         f"{r['engineBlocksWritten']} | {r['guardedBlocksWritten']} | {r['lruBlocksWritten']} |")
+    lines += ["", "## Ratios against the goals", "", "| ratio | value | goal | |", "|---|---|---|---|"]
+    for name, v, g in ratios:
+        lines.append(f"| {name} | {v:.2f} | ≥ {g} | {'met' if v >= g else 'not met'} |")
+    return "\n".join(lines) + "\n", [{"name": n, "value": v, "goal": g} for n, v, g in ratios]
+
+
+def chart(path, args, f):
+    """Throughput bars and small-read ops/s and p99 by concurrency, in one PNG."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("perf: matplotlib missing (Tools/install-deps.sh --perf installs it); no chart", file=sys.stderr)
+        return
+    med = {k: v["median"] for k, v in f.items()}
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 5.5))
+    bars = [("fio", "fio"), ("iperf3", "iperf3"), ("direct GET", "direct_get"), ("shoal cold", "cold"), ("shoal warm", "warm"),
+            ("shoal 4M rand", "random.4194304.bytesPerSecond"), ("nginx directio", "nginx_direct.bytesPerSecond"),
+            ("nginx page cache", "nginx_cache.bytesPerSecond"), ("shoal, memory", "memory.warm"), ("shoal, no data", "nodata.warm")]
+    colors = ["#888"] * 3 + ["#1f77b4"] * 3 + ["#d62728"] * 2 + ["#9ecae1"] * 2
+    vals = [med[k] / 1e9 for _, k in bars]
+    errs = [[(med[k] - f[k]["min"]) / 1e9 for _, k in bars], [(f[k]["max"] - med[k]) / 1e9 for _, k in bars]]
+    a.bar([n for n, _ in bars], vals, color=colors, yerr=errs, capsize=3)
+    a.set_ylabel("GB/s")
+    a.set_title("Throughput (grey: limits, blue: shoal, red: peers)")
+    a.tick_params(axis="x", rotation=60)
+    for size, style in [(4096, "-"), (65536, "--")]:
+        b.plot(args.concurrency, [med[f"random.{size}.{cc}.opsPerSecond"] for cc in args.concurrency], "o" + style, color="#1f77b4", label=f"shoal {size // 1024} KiB")
+        b.plot(args.concurrency, [med[f"redis.{size}.{cc}.opsPerSecond"] for cc in args.concurrency], "s" + style, color="#d62728", label=f"redis {size // 1024} KiB")
+        c.plot(args.concurrency, [med[f"random.{size}.{cc}.p99Micros"] for cc in args.concurrency], "o" + style, color="#1f77b4", label=f"shoal {size // 1024} KiB")
+        c.plot(args.concurrency, [med[f"redis.{size}.{cc}.p99Micros"] for cc in args.concurrency], "s" + style, color="#d62728", label=f"redis {size // 1024} KiB")
+    for ax, title, unit in [(b, "Warm random reads", "ops/s"), (c, "p99 latency", "µs")]:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("clients (one read in flight each)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
+    # The peers, and matplotlib in the project's venv; then go on under that venv's Python.
+    venv_python = os.path.join(ROOT, ".tools/venv/bin/python")
+    if os.environ.get("SHOAL_PERF_IN_VENV") != "1":
+        subprocess.run([os.path.join(ROOT, "Tools/install-deps.sh"), "--perf"], check=True, stdout=subprocess.DEVNULL)
+        os.environ["SHOAL_PERF_IN_VENV"] = "1"
+        os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer, smaller runs (under 2 minutes after the build)")
+    p.add_argument("--quick", action="store_true", help="one smaller run, engine figures at 100k blocks (under 2 minutes after the build)")
     p.add_argument("--runs", type=int, default=None)
     p.add_argument("--size", default=None, help="dataset size (default 1GiB, 256MiB with --quick)")
-    p.add_argument("--connections", type=int, default=8, help="client connections = read concurrency")
+    p.add_argument("--connections", type=int, default=8, help="client connections = sequential read concurrency; also the clients of the ratios")
     p.add_argument("--out", default=os.path.join(ROOT, ".shoal/perf"))
     p.add_argument("--skip-engine", action="store_true", help="only the end-to-end figures")
     args = p.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.size = args.size or ("256MiB" if args.quick else "1GiB")
+    args.concurrency = sorted({1, args.connections} | (set() if args.quick else {32}))
 
+    started = time.monotonic()
     run = Run(args)
-    results = {}
+    engine = replay = None
     try:
         run.setup()
-        samples = {k: [] for k in ["fio", "iperf3", "direct_get", "cold", "warm"]}
-        for i in range(args.runs):
-            print(f"perf: run {i + 1}/{args.runs}", flush=True)
-            cache = os.path.join(run.work, f"cache-{i}")
-            os.makedirs(cache)
-            samples["fio"].append(run.fio(cache, args.connections))
-            samples["iperf3"].append(run.iperf3())
-            samples["direct_get"].append(run.direct_get(args.connections))
-            run.start_worker(cache)
-            samples["cold"].append(run.shoal_read("cold"))
-            samples["warm"].append(run.shoal_read("warm"))
-            run.stop_worker()
-            shutil.rmtree(cache)
-        results = {k: summary(v) for k, v in samples.items()}
+        print("perf: peers (redis-server, nginx)...", flush=True)
+        run.start_redis()
+        run.start_nginx()
+        figures = measure(run, args)
         if not args.skip_engine:
-            print("perf: engine alone (index DRAM, recovery, hit reads beside fio, trace replay)...", flush=True)
-            edir = os.path.join(run.work, "engine")
-            os.makedirs(edir)
-            blocks = 100_000 if args.quick else 1_000_000
-            hit, fio_hit, first = [], [], None
-            for i in range(args.runs):
-                fio_hit.append(run.fio_jobs(edir, "1G" if not args.quick else "256M", args.connections))
-                e = run.engine(edir, blocks if i == 0 else 1000, "1GiB" if not args.quick else "256MiB", args.connections)
-                first = first or e
-                hit.append(e["hitReadBytesPerSecond"])
-            results["engine_hit"] = summary(hit)
-            results["fio_jobs"] = summary(fio_hit)
-            engine_info = {"blocks": blocks, "indexBytesPerBlock": first["indexBytesPerBlock"],
-                           "recoverCleanSeconds": first["recoverCleanSeconds"], "recoverUncleanSeconds": first["recoverUncleanSeconds"]}
-            replay = run.replay(edir, 1024 if args.quick else 4096)
+            extra, engine, replay = measure_engine(run, args)
+            figures.update(extra)
     finally:
         run.teardown()
 
-    med = {k: v["median"] for k, v in results.items()}
-    warm_limit = min(med["fio"], med["iperf3"])
-    ratios = {
-        "warm / min(fio, iperf3)": (med["warm"] / warm_limit, 0.8),
-        "cold / direct GET": (med["cold"] / med["direct_get"], 0.9),
-    }
-    if not args.skip_engine:
-        ratios["engine hit reads / fio (same jobs)"] = (med["engine_hit"] / med["fio_jobs"], 0.9)
-    report = {"dataset": args.size, "blockSize": BLOCK, "connections": args.connections, "runs": args.runs,
-              "figures": results, "ratios": {k: {"value": v, "goal": g} for k, (v, g) in ratios.items()}}
-    if not args.skip_engine:
-        report["engine"] = engine_info
-        report["replay"] = replay
+    text, ratios = report(args, figures, engine, replay)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-
-    def gb(x):
-        return f"{x / 1e9:.2f}"
-
-    names = {"fio": f"limit: fio seq read (io_uring, O_DIRECT, 4 MiB, QD{args.connections})",
-             "iperf3": "limit: iperf3 loopback", "direct_get": f"limit: direct ranged GETs ({args.connections} in flight)",
-             "cold": "shoal: cold sequential read", "warm": "shoal: warm sequential read",
-             "fio_jobs": f"limit: fio seq read (io_uring, O_DIRECT, 4 MiB, {args.connections} jobs × QD1)",
-             "engine_hit": f"engine alone: hit reads (4 MiB, {args.connections} readers)"}
-    lines = [f"# Shoal perf report\n", f"Dataset {args.size} of 64 MiB objects, 4 MiB blocks, one client with "
-             f"{args.connections} connections; median of {args.runs} run(s).\n",
-             "| figure | GB/s (median) | min-max |", "|---|---|---|"]
-    for k in ["fio", "iperf3", "direct_get", "cold", "warm", "fio_jobs", "engine_hit"]:
-        if k not in results:
-            continue
-        r = results[k]
-        lines.append(f"| {names[k]} | {gb(r['median'])} | {gb(r['min'])}-{gb(r['max'])} |")
-    lines += ["", "| ratio | value | goal |", "|---|---|---|"]
-    for k, (v, g) in ratios.items():
-        lines.append(f"| {k} | {v:.2f} | ≥ {g} |")
-    if not args.skip_engine:
-        lines += ["", f"Engine: {engine_info['blocks']} blocks cached: index DRAM {engine_info['indexBytesPerBlock']:.2f} bytes/block "
-                  f"(goal ≤ 16); recovery {engine_info['recoverCleanSeconds']:.2f} s after a clean stop (snapshot), "
-                  f"{engine_info['recoverUncleanSeconds']:.2f} s after an unclean one (footers, as after kill -9).", "",
-                  "| trace | engine miss | + thrash guard | LRU miss | engine writes | + guard | LRU writes |", "|---|---|---|---|---|---|---|"]
-        for r in replay:
-            lines.append(f"| {r['trace']} | {r['engineMissRatio']:.3f} | {r['guardedMissRatio']:.3f} | {r['lruMissRatio']:.3f} | "
-                         f"{r['engineBlocksWritten']} | {r['guardedBlocksWritten']} | {r['lruBlocksWritten']} |")
-    text = "\n".join(lines) + "\n"
+        json.dump({"dataset": args.size, "blockSize": BLOCK, "connections": args.connections, "runs": args.runs,
+                   "figures": figures, "ratios": ratios, "engine": engine, "replay": replay}, f, indent=2)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
+    chart(os.path.join(args.out, "report.png"), args, figures)
     print(text)
+    print(f"perf: {time.monotonic() - started:.0f} s; report.md, report.json and report.png in {args.out}")
 
 
 if __name__ == "__main__":

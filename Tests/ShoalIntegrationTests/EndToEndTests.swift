@@ -276,6 +276,41 @@ final class Harness {
         #expect(worker.metrics.value("shoal_hits_total") > 0, "the stable subset must be served from the cache on the second pass")
     }
 
+    /// The isolating switches: serving from memory returns the right bytes without a cache disk
+    /// write or read; answering without data is refused by an ordinary client with the switch's
+    /// name, and taken by a client that opted in (its buffer untouched).
+    @Test func benchmarkSwitchesServeFromMemoryAndAnswerWithoutData() throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("switches")
+        let data = SampleData.bytes(seed: 51, count: (2 << 20) + 123)
+        try fx.store().put(bucket: bucket, key: "k", bytes: data)
+        let ref = ObjectRef(store: "default", bucket: bucket, key: "k")
+
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("memory"), store: fx.storeConfig())
+        config.serveFromMemory = true
+        let (memoryWorker, client) = try startWorker(config)
+        for _ in 0..<2 { #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data) }
+        #expect(try client.read(client.open(ref), offset: 1_000_003, length: 4096) == Array(data[1_000_003..<1_004_099]))
+        #expect(memoryWorker.cache.blockCount == 0 && memoryWorker.cache.diskStats[0].bytesWritten == 0)
+        #expect(memoryWorker.service.memory?.count == 3)
+        #expect(memoryWorker.metrics.value("shoal_hits_total") == 4)
+        memoryWorker.stopDataPlane()
+
+        config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("nodata"), store: fx.storeConfig())
+        config.answerWithoutData = true
+        let (worker, plain) = try startWorker(config)
+        defer { worker.stopDataPlane() }
+        #expect(throws: ShoalError.self) { try plain.read(plain.open(ref), offset: 0, length: 4096) }
+        do { _ = try plain.read(plain.open(ref), offset: 0, length: 4096) } catch {
+            #expect(error.message.contains("answerWithoutData"))
+        }
+        var optIn = ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: config.secret)
+        optIn.acceptsNoData = true
+        let bench = try ShoalClient(config: optIn)
+        #expect(try bench.read(bench.open(ref), offset: 0, length: data.count) == [UInt8](repeating: 0, count: data.count))
+        #expect(worker.metrics.value("shoal_hits_total") > 0, "the worker still read its cache")
+    }
+
     @Test func adminPortServesMetricsAndHealth() async throws {
         let fx = try ObjectStoreFixture.get()
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("admin"), store: fx.storeConfig())
