@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .executable(name: "shoal", targets: ["shoal"]),
         .library(name: "ShoalClient", targets: ["ShoalClient"]),
+        // For Perf/Micro's benchmarks of the parts below the client.
+        .library(name: "ShoalEngine", targets: ["ShoalCore", "ShoalSys", "ShoalStore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -1,12 +1,18 @@
 import ShoalCore
 
-/// Where a block lives on its disk, as the index keeps it.
-struct IndexEntry: Equatable {
+/// Where a block lives on its disk, as the index keeps it. (Public for Perf/Micro's benchmarks.)
+public struct IndexEntry: Equatable, Sendable {
     /// First 4 KiB page of the record, counted from the start of the regions.
-    var page: UInt32
+    public var page: UInt32
     /// Record length in pages (header included).
-    var pages: UInt16
-    var flags: UInt8
+    public var pages: UInt16
+    public var flags: UInt8
+
+    public init(page: UInt32, pages: UInt16, flags: UInt8) {
+        self.page = page
+        self.pages = pages
+        self.flags = flags
+    }
 
     static let hit: UInt8 = 1  // read since written (CLOCK)
     static let pinned: UInt8 = 2
@@ -18,18 +24,18 @@ struct IndexEntry: Equatable {
 /// of DRAM per cached block. The tag also picks the home slot, so entries can be moved (growth,
 /// backward-shift deletion) without the full ID. The full key is checked in the record's header
 /// on every read: a tag collision (about one in 2^40 pairs) costs a miss, never a wrong byte.
-struct IndexTable {
+public struct IndexTable: Sendable {
     private var tagAndPageLow: [UInt64]  // tag << 24 | page & 0xFFFFFF; 0 = empty (a tag is never 0)
     private var pageHigh: [UInt8]
     private var lengths: [UInt16]
     private var flagBytes: [UInt8]
     private(set) var capacity: Int
-    private(set) var count = 0
+    public private(set) var count = 0
 
     static let bytesPerSlot = MemoryLayout<UInt64>.size + 2 * MemoryLayout<UInt8>.size + MemoryLayout<UInt16>.size
     static let maxLoad = 0.8
 
-    init(expectedBlocks: Int) {
+    public init(expectedBlocks: Int) {
         capacity = max(16, Int((Double(max(expectedBlocks, 1)) / IndexTable.maxLoad).rounded(.up)) + 1)
         tagAndPageLow = Array(repeating: 0, count: capacity)
         pageHigh = Array(repeating: 0, count: capacity)
@@ -38,7 +44,7 @@ struct IndexTable {
     }
 
     /// Bytes of DRAM the table holds.
-    var memoryBytes: Int { capacity * IndexTable.bytesPerSlot }
+    public var memoryBytes: Int { capacity * IndexTable.bytesPerSlot }
 
     @inline(__always) static func tag(_ id: BlockID) -> UInt64 {
         let t = id.high >> 24
@@ -81,7 +87,7 @@ struct IndexTable {
         tagAndPageLow[from] = 0
     }
 
-    func lookup(_ id: BlockID) -> IndexEntry? {
+    public func lookup(_ id: BlockID) -> IndexEntry? {
         guard let i = find(id) else { return nil }
         return entry(at: i)
     }
@@ -95,8 +101,7 @@ struct IndexTable {
     }
 
     /// Inserts or replaces; returns the entry replaced.
-    @discardableResult
-    mutating func insert(_ id: BlockID, _ entry: IndexEntry) -> IndexEntry? {
+    @discardableResult public mutating func insert(_ id: BlockID, _ entry: IndexEntry) -> IndexEntry? {
         insert(tag: IndexTable.tag(id), entry)
     }
 
@@ -122,8 +127,7 @@ struct IndexTable {
     }
 
     /// Removes the entry for `id` if it still points at `page` (any page when nil).
-    @discardableResult
-    mutating func remove(_ id: BlockID, ifAt page: UInt32? = nil) -> Bool {
+    @discardableResult public mutating func remove(_ id: BlockID, ifAt page: UInt32? = nil) -> Bool {
         guard let i = find(id) else { return false }
         if let page, entry(at: i).page != page { return false }
         removeSlot(i)
