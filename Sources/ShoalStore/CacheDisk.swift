@@ -264,21 +264,11 @@ final class CacheDisk: @unchecked Sendable {
         if partial, let cached = lock.withLock({ headers.get(page: entry.page, generation: generation) }) {
             return readChunks(key: key, id: id, entry: entry, generation: generation, header: cached, chunkBytes: chunkBytes, into: slot)
         }
-        let start = monotonicNanos()
-        let complete: Bool
-        do {
-            if partial {
-                complete = try slot.readTwo(file: file, (at, CacheFormat.headerSize, 0),
-                                            (at + UInt64(dataOffset), chunkBytes.count, dataOffset))
-            } else {
-                complete = try slot.read(file: file, at: at, count: count) == count
-            }
-        } catch {
-            fail("read error: \(error)")
-            return .miss
+        let read = timedRead { () throws(SysError) -> Bool in
+            partial ? try slot.readTwo(file: file, (at, CacheFormat.headerSize, 0), (at + UInt64(dataOffset), chunkBytes.count, dataOffset))
+                : try slot.read(file: file, at: at, count: count) == count
         }
-        let elapsed = monotonicNanos() - start
-        if elapsed > stallNanos { fail("a read took \(elapsed / 1_000_000) ms (limit \(stallNanos / 1_000_000) ms)") }
+        guard let complete = read else { return .miss }
         guard complete, let header = CacheFormat.readHeader(slot.base) else {
             return stillCurrent(id, entry, generation) ? drop(id, entry, key, reason: "record header unreadable") : countMiss()
         }
@@ -307,16 +297,26 @@ final class CacheDisk: @unchecked Sendable {
     private func readChunks(key: BlockKey, id: BlockID, entry: IndexEntry, generation: UInt64, header: CachedHeader,
                             chunkBytes: Range<Int>, into slot: IOSlot) -> CacheRead {
         let dataOffset = CacheFormat.headerSize + chunkBytes.lowerBound
+        let read = timedRead { () throws(SysError) -> Int in
+            try slot.read(file: file, at: byteOffset(page: entry.page) + UInt64(dataOffset), count: chunkBytes.count, bufferOffset: dataOffset)
+        }
+        guard let n = read else { return .miss }
+        guard n == chunkBytes.count, stillCurrent(id, entry, generation), header.key == key.encoded else { return countMiss() }
+        return verifyChunks(key: key, id: id, entry: entry, header: header, chunkBytes: chunkBytes, slot: slot)
+    }
+
+    /// Runs a read; an I/O error, or a read slower than `stallTimeout`, takes the disk out of
+    /// service. nil after an error.
+    private func timedRead<T>(_ body: () throws(SysError) -> T) -> T? {
         let start = monotonicNanos()
-        let n: Int
-        do { n = try slot.read(file: file, at: byteOffset(page: entry.page) + UInt64(dataOffset), count: chunkBytes.count, bufferOffset: dataOffset) } catch {
+        let result: T
+        do { result = try body() } catch {
             fail("read error: \(error)")
-            return .miss
+            return nil
         }
         let elapsed = monotonicNanos() - start
         if elapsed > stallNanos { fail("a read took \(elapsed / 1_000_000) ms (limit \(stallNanos / 1_000_000) ms)") }
-        guard n == chunkBytes.count, stillCurrent(id, entry, generation), header.key == key.encoded else { return countMiss() }
-        return verifyChunks(key: key, id: id, entry: entry, header: header, chunkBytes: chunkBytes, slot: slot)
+        return result
     }
 
     private func verifyChunks(key: BlockKey, id: BlockID, entry: IndexEntry, header: CachedHeader, chunkBytes: Range<Int>, slot: IOSlot) -> CacheRead {

@@ -78,20 +78,15 @@ struct BenchCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Read every object under a prefix through the cache; print the throughput.")
         @Argument(help: "s3://bucket/prefix") var url: String
         @Option(help: "Label for the printed figure.") var label = "read"
-        @Flag(help: "Count replies from a worker with --answer-without-data as answered (benchmarks only).") var acceptNoData = false
-        @Flag(help: "Print one JSON line.") var json = false
-        @OptionGroup var store: StoreOptions
-        @OptionGroup var client: ClientOptions
+        @OptionGroup var reads: ReadBenchOptions
 
         func run() throws {
             let target = try BenchCommand.parsePrefix(url)
-            let s3 = try store.makeStore()
+            let s3 = try reads.store.makeStore()
             do {
                 let entries = try s3.listAll(bucket: target.bucket, prefix: target.key)
                 guard !entries.isEmpty else { throw fail("no objects under \(url)") }
-                var config = try client.makeClientConfig()
-                config.acceptsNoData = acceptNoData
-                let c = try ShoalClient(config: config)
+                let c = try ShoalClient(config: try reads.clientConfig())
                 var buffer: UnsafeMutableRawBufferPointer?
                 defer { buffer?.deallocate() }
                 var total: UInt64 = 0
@@ -111,7 +106,7 @@ struct BenchCommand: ParsableCommand {
                     total += file.size
                 }
                 let seconds = Double(monotonicNanos() - start) / 1e9
-                BenchCommand.report(label, bytes: total, seconds: seconds, json: json)
+                BenchCommand.report(label, bytes: total, seconds: seconds, json: reads.json)
             } catch let e as ShoalError {
                 throw fail(e.message)
             }
@@ -170,6 +165,21 @@ struct BenchCommand: ParsableCommand {
             BenchCommand.report("direct-get", bytes: entries.reduce(0) { $0 + $1.version.size }, seconds: seconds, json: json,
                                 extra: ",\"concurrency\":\(concurrency)")
         }
+    }
+}
+
+/// What the benchmarks that read through the cache share: the store to list, the cluster to
+/// read from, JSON output, and the opt-in to a worker's `answerWithoutData` replies.
+struct ReadBenchOptions: ParsableArguments {
+    @Flag(help: "Count replies from a worker with --answer-without-data as answered (benchmarks only).") var acceptNoData = false
+    @Flag(help: "Print one JSON line.") var json = false
+    @OptionGroup var store: BenchCommand.StoreOptions
+    @OptionGroup var client: ClientOptions
+
+    func clientConfig() throws -> ClientConfig {
+        var config = try client.makeClientConfig()
+        config.acceptsNoData = acceptNoData
+        return config
     }
 }
 

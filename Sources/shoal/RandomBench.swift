@@ -13,23 +13,19 @@ extension BenchCommand {
         @Option(help: "Size of each read, e.g. 4KiB; reads are aligned to it.") var readSize = "4KiB"
         @Option(help: "Threads, each with one read in flight.") var concurrency = 8
         @Option(help: "How long to read.") var seconds = 3.0
-        @Flag(help: "Count replies from a worker with --answer-without-data as answered (benchmarks only).") var acceptNoData = false
-        @Flag(help: "Print one JSON line.") var json = false
-        @OptionGroup var store: StoreOptions
-        @OptionGroup var client: ClientOptions
+        @OptionGroup var reads: ReadBenchOptions
 
         func run() throws {
             let target = try BenchCommand.parsePrefix(url)
             guard let size = ByteSize.parse(readSize), size > 0, size <= 64 << 20, concurrency >= 1, concurrency <= 256, seconds > 0 else {
                 throw fail("--read-size must be a size up to 64 MiB, --concurrency 1-256 and --seconds positive", code: 2)
             }
-            var config = try client.makeClientConfig()
+            var config = try reads.clientConfig()
             config.connectionsPerWorker = max(config.connectionsPerWorker, concurrency)
-            config.acceptsNoData = acceptNoData
             let files: [ShoalFile]
             let c: ShoalClient
             do {
-                let s3 = try store.makeStore()
+                let s3 = try reads.store.makeStore()
                 c = try ShoalClient(config: config)
                 files = try s3.listAll(bucket: target.bucket, prefix: target.key).filter { $0.version.size >= size }.map { e throws(ShoalError) in
                     try c.open(ObjectRef(store: ObjectRef.defaultStore, bucket: target.bucket, key: e.key))
@@ -72,7 +68,7 @@ extension BenchCommand {
             guard !all.isEmpty else { throw fail("no read finished in \(seconds) s") }
             func pct(_ q: Double) -> Double { Double(all[min(all.count - 1, Int(Double(all.count) * q))]) / 1000 }
             let ops = Double(all.count) / elapsed
-            if json {
+            if reads.json {
                 print("{\"what\":\"random\",\"readSize\":\(size),\"concurrency\":\(concurrency),\"ops\":\(all.count),"
                       + "\"seconds\":\(formatFixed(elapsed, decimals: 3)),\"opsPerSecond\":\(formatFixed(ops, decimals: 0)),"
                       + "\"bytesPerSecond\":\(formatFixed(ops * Double(size), decimals: 0)),\"p50Micros\":\(formatFixed(pct(0.5), decimals: 1)),"
