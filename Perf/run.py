@@ -50,7 +50,6 @@ class Run:
         self.shoal = os.path.join(ROOT, ".build/release/shoal")
         self.objectstore = os.path.join(self.work, "objectstore")
         self.worker = None
-        self.worker_args = []
         self.peers = []
 
     # -- set-up --

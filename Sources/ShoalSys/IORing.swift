@@ -72,33 +72,34 @@ public final class IORing: @unchecked Sendable {
     /// together; returns the bytes each read (a short read is continued alone).
     public func readPair(fd: Int32, base: UnsafeMutableRawPointer, bufferIndex: Int32,
                          _ a: (UInt64, Int, Int), _ b: (UInt64, Int, Int)) throws(SysError) -> (Int, Int) {
-        for (tag, op) in [(UInt64(0), a), (UInt64(1), b)] {
+        func prep(_ op: (UInt64, Int, Int), tag: UInt64) throws(SysError) {
             guard let sqe = io_uring_get_sqe(ring) else { throw SysError("io_uring read_fixed: submission queue full", errno: EBUSY) }
             io_uring_prep_read_fixed(sqe, fd, base + op.2, UInt32(op.1), op.0, bufferIndex)
             io_uring_sqe_set_data64(sqe, tag)
         }
+        try prep(a, tag: 0)
+        try prep(b, tag: 1)
         var rc = io_uring_submit_and_wait(ring, 2)
         while rc == -EINTR { rc = io_uring_submit_and_wait(ring, 2) }
         if rc < 0 { throw SysError("io_uring read_fixed: submit", errno: -rc) }
-        var results: [Int32] = [0, 0]
-        var failure: Int32 = 0
+        var results: (Int32, Int32) = (0, 0)
         for _ in 0..<2 {
             var cqe: UnsafeMutablePointer<io_uring_cqe>?
             var wrc = io_uring_wait_cqe(ring, &cqe)
             while wrc == -EINTR { wrc = io_uring_wait_cqe(ring, &cqe) }
             if wrc < 0 { throw SysError("io_uring read_fixed: wait", errno: -wrc) }
-            let res = cqe!.pointee.res
-            results[Int(io_uring_cqe_get_data64(cqe) & 1)] = res
-            if res < 0 { failure = -res }
+            if io_uring_cqe_get_data64(cqe) == 0 { results.0 = cqe!.pointee.res } else { results.1 = cqe!.pointee.res }
             io_uring_cqe_seen(ring, cqe)
         }
-        if failure != 0 { throw SysError("io_uring read_fixed", errno: failure) }
-        var done = [Int(results[0]), Int(results[1])]
-        for (i, op) in [a, b].enumerated() where done[i] > 0 && done[i] < op.1 {
-            done[i] += try perform(.readFixed(fd: fd, buffer: base + op.2 + done[i], count: op.1 - done[i],
-                                              offset: op.0 + UInt64(done[i]), bufferIndex: bufferIndex))
+        // Both completions are reaped before an error is thrown, so none is left for the next op.
+        let worst = min(results.0, results.1)
+        if worst < 0 { throw SysError("io_uring read_fixed", errno: -worst) }
+        func finish(_ op: (UInt64, Int, Int), _ done: Int) throws(SysError) -> Int {
+            guard done > 0 && done < op.1 else { return done }
+            return try done + perform(.readFixed(fd: fd, buffer: base + op.2 + done, count: op.1 - done,
+                                                 offset: op.0 + UInt64(done), bufferIndex: bufferIndex))
         }
-        return (done[0], done[1])
+        return (try finish(a, Int(results.0)), try finish(b, Int(results.1)))
     }
 
     private func submitOne(_ what: String, _ prep: (UnsafeMutablePointer<io_uring_sqe>) -> Void) throws(SysError) -> Int {

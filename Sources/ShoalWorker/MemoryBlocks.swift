@@ -3,7 +3,8 @@ import ShoalSys
 
 /// Blocks kept in DRAM instead of on the cache disks: the `serveFromMemory` benchmark switch,
 /// which takes the disk out of a figure. Bounded by a byte capacity; the oldest block goes
-/// first. Each block keeps its full key and CRC32C, checked like a disk block's.
+/// first. Each block keeps its full key (checked on every read) and the CRC32C it was filled
+/// with, which the reply carries to the client's check.
 final class MemoryBlocks: @unchecked Sendable {
     private struct Entry {
         var key: BlockKey
