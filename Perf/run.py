@@ -417,7 +417,7 @@ def report(args, f, engine, replay):
               row("worker start to ready after kill -9 (s)", "restart.unclean", lambda x: f"{x:.2f}"),
               row("… blocks kept", "restart.blocksKeptUnclean", lambda x: f"{x:.2f}")]
     if engine:
-        lines += [f"", f"Engine: {engine['blocks']:,} blocks cached: index DRAM {engine['indexBytesPerBlock']:.2f} bytes/block "
+        lines += ["", f"Engine: {engine['blocks']:,} blocks cached: index DRAM {engine['indexBytesPerBlock']:.2f} bytes/block "
                   f"(goal ≤ 16); recovery {engine['recoverCleanSeconds']:.2f} s after a clean stop (snapshot), "
                   f"{engine['recoverUncleanSeconds']:.2f} s after an unclean one (footers, as after kill -9).", "",
                   "| trace | engine miss | + thrash guard | LRU miss | engine writes | + guard | LRU writes |", "|---|---|---|---|---|---|---|"]
