@@ -17,9 +17,11 @@ extension BenchCommand {
 
         func run() throws {
             let target = try BenchCommand.parsePrefix(url)
-            guard let size = ByteSize.parse(readSize), size > 0, size <= 64 << 20, concurrency >= 1, concurrency <= 256, seconds > 0 else {
-                throw fail("--read-size must be a size up to 64 MiB, --concurrency 1-256 and --seconds positive", code: 2)
+            guard let size = ByteSize.parse(readSize), size > 0, size <= 64 << 20 else {
+                throw fail("--read-size '\(readSize)' is not a size from 1 B to 64 MiB (e.g. 4KiB)", code: 2)
             }
+            guard concurrency >= 1, concurrency <= 256 else { throw fail("--concurrency must be 1-256, not \(concurrency)", code: 2) }
+            guard seconds > 0, seconds.isFinite else { throw fail("--seconds must be a positive number", code: 2) }
             var config = try reads.clientConfig()
             config.connectionsPerWorker = max(config.connectionsPerWorker, concurrency)
             let files: [ShoalFile]
