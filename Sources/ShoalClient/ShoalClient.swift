@@ -27,8 +27,22 @@ public struct ShoalFile: Sendable, Equatable {
     public let object: ObjectRef
     public let version: ObjectVersion
     public let blockSize: UInt32
+    /// The worker could not reach the store and gave the last version it knew.
+    public let stale: Bool
+
+    public init(object: ObjectRef, version: ObjectVersion, blockSize: UInt32, stale: Bool = false) {
+        self.object = object
+        self.version = version
+        self.blockSize = blockSize
+        self.stale = stale
+    }
 
     public var size: UInt64 { version.size }
+
+    /// The block of this version at `index`.
+    public func block(_ index: UInt64) -> BlockKey {
+        BlockKey(object: object, version: version, blockSize: blockSize, index: index)
+    }
 }
 
 /// The client core: synchronous and thread-free (blocking sockets and poll), so it is safe in a
@@ -96,7 +110,10 @@ public final class ShoalClient: @unchecked Sendable {
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize else {
             throw ShoalError(.badRequest, "worker \(config.workers[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
         }
-        return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize)
+        guard !reply.version.etag.isEmpty else {
+            throw ShoalError(.internal, "worker \(config.workers[worker]) gave \(object) no version")
+        }
+        return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale)
     }
 
     /// Opens an object at its current version.
@@ -112,8 +129,7 @@ public final class ShoalClient: @unchecked Sendable {
         let pieces = layout.pieces(offset: offset, length: length)
         var byWorker = Array(repeating: [BlockPiece](), count: config.workers.count)
         for p in pieces {
-            let key = BlockKey(object: file.object, etag: file.version.etag, blockSize: file.blockSize, index: p.index)
-            byWorker[placement.owners(of: key.id, count: 1).first ?? 0].append(p)
+            byWorker[placement.owners(of: file.block(p.index).id, count: 1).first ?? 0].append(p)
         }
         for (worker, list) in byWorker.enumerated() where !list.isEmpty {
             try fetch(list, from: worker, file: file, into: base)
@@ -146,8 +162,7 @@ public final class ShoalClient: @unchecked Sendable {
         func send(_ lane: Int) throws(ShoalError) {
             let p = pieces[next]
             next += 1
-            let request = ReadRequest(block: BlockKey(object: file.object, etag: file.version.etag, blockSize: file.blockSize, index: p.index),
-                                      objectSize: file.size, offset: p.offsetInBlock, length: p.length)
+            let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length)
             inFlight[lane].append((try connections[lane].sendRead(request), p))
         }
         do throws(ShoalError) {

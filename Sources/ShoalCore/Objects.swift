@@ -80,29 +80,49 @@ public struct ObjectVersion: Hashable, Sendable {
     }
 }
 
-/// The full identity of a cached block: which object, which version, which slice.
+/// The full identity of a cached block: which object, which version (etag and size), which slice.
+/// The object's size is part of the identity so that a block's length follows from its key:
+/// a block stored under a key is refused unless its length is `expectedLength`.
 public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
     public var object: ObjectRef
     public var etag: String
+    public var objectSize: UInt64
     public var blockSize: UInt32
     public var index: UInt64
 
-    public init(object: ObjectRef, etag: String, blockSize: UInt32, index: UInt64) {
+    public init(object: ObjectRef, etag: String, objectSize: UInt64, blockSize: UInt32, index: UInt64) {
         self.object = object
         self.etag = etag
+        self.objectSize = objectSize
         self.blockSize = blockSize
         self.index = index
     }
+
+    /// The block of `version` of `object` at `index`.
+    public init(object: ObjectRef, version: ObjectVersion, blockSize: UInt32, index: UInt64) {
+        self.init(object: object, etag: version.etag, objectSize: version.size, blockSize: blockSize, index: index)
+    }
+
+    public var version: ObjectVersion { ObjectVersion(size: objectSize, etag: etag) }
+
+    /// The length this block has in its object version (0 if the index is past the end).
+    public var expectedLength: Int {
+        Int(BlockLayout(blockSize: UInt64(blockSize)).blockLength(index: index, objectSize: objectSize))
+    }
+
+    /// The block's first byte in the object (saturating: checked keys never overflow).
+    public var objectOffset: UInt64 { index.multipliedReportingOverflow(by: UInt64(blockSize)).partialValue }
 
     /// The canonical byte encoding: it is hashed into the block ID and stored in the block's header.
     public var encoded: [UInt8] {
         let fields = [object.store.utf8, object.bucket.utf8, object.key.utf8, etag.utf8]
         var out: [UInt8] = []
-        out.reserveCapacity(fields.reduce(12 + 2 * fields.count) { $0 + $1.count })
+        out.reserveCapacity(fields.reduce(20 + 2 * fields.count) { $0 + $1.count })
         for field in fields {
             out.appendLE(UInt16(field.count))
             out.append(contentsOf: field)
         }
+        out.appendLE(objectSize)
         out.appendLE(blockSize)
         out.appendLE(index)
         return out
@@ -112,14 +132,14 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
     public init?(encoded: [UInt8]) {
         var reader = ByteReader(encoded)
         guard let store = reader.string16(), let bucket = reader.string16(), let key = reader.string16(),
-              let etag = reader.string16(), let bs = reader.u32(), let idx = reader.u64(), reader.isAtEnd
+              let etag = reader.string16(), let size = reader.u64(), let bs = reader.u32(), let idx = reader.u64(), reader.isAtEnd
         else { return nil }
-        self.init(object: ObjectRef(store: store, bucket: bucket, key: key), etag: etag, blockSize: bs, index: idx)
+        self.init(object: ObjectRef(store: store, bucket: bucket, key: key), etag: etag, objectSize: size, blockSize: bs, index: idx)
     }
 
     public var id: BlockID { BlockID(hashing: encoded) }
 
-    public var description: String { "\(object)#\(index)@\(etag)/\(blockSize)" }
+    public var description: String { "\(object)#\(index)@\(etag)+\(objectSize)/\(blockSize)" }
 }
 
 /// A 128-bit hash of a `BlockKey`: the index key and the placement input.

@@ -145,14 +145,17 @@ public struct StatRequest: Sendable, Equatable {
     }
 }
 
-/// STAT's answer: the version and the block size the cluster cuts objects into.
+/// STAT's answer: the version and the block size the cluster cuts objects into. `stale` says the
+/// store could not be reached and this is the last version the worker knew (see PROTOCOL.md).
 public struct StatReply: Sendable, Equatable {
     public var version: ObjectVersion
     public var blockSize: UInt32
+    public var stale: Bool
 
-    public init(version: ObjectVersion, blockSize: UInt32) {
+    public init(version: ObjectVersion, blockSize: UInt32, stale: Bool = false) {
         self.version = version
         self.blockSize = blockSize
+        self.stale = stale
     }
 
     public var encoded: [UInt8] {
@@ -160,36 +163,39 @@ public struct StatReply: Sendable, Equatable {
         out.appendLE(version.size)
         out.appendString16(version.etag)
         out.appendLE(blockSize)
+        out.appendLE(UInt8(stale ? 1 : 0))
         return out
     }
 
     public init?(decoding bytes: [UInt8]) {
         var r = ByteReader(bytes)
-        guard let size = r.u64(), let etag = r.string16(max: WireLimits.maxEtag), let bs = r.u32(), r.isAtEnd
+        guard let size = r.u64(), let etag = r.string16(max: WireLimits.maxEtag), let bs = r.u32(), let flags = r.u8(),
+              r.isAtEnd
         else { return nil }
-        self.init(version: ObjectVersion(size: size, etag: etag), blockSize: bs)
+        self.init(version: ObjectVersion(size: size, etag: etag), blockSize: bs, stale: flags & 1 != 0)
     }
 }
 
-/// READ: a byte range of one block of one object version.
+/// READ: a byte range of one block of one object version. The version (etag and size) is the
+/// client's belief; the worker fills a block only after the store confirms both.
 public struct ReadRequest: Sendable, Equatable {
     public var block: BlockKey
-    public var objectSize: UInt64
     public var offset: UInt32
     public var length: UInt32
 
-    public init(block: BlockKey, objectSize: UInt64, offset: UInt32, length: UInt32) {
+    public init(block: BlockKey, offset: UInt32, length: UInt32) {
         self.block = block
-        self.objectSize = objectSize
         self.offset = offset
         self.length = length
     }
+
+    public var objectSize: UInt64 { block.objectSize }
 
     public var encoded: [UInt8] {
         var out: [UInt8] = []
         out.appendObject(block.object)
         out.appendString16(block.etag)
-        out.appendLE(objectSize)
+        out.appendLE(block.objectSize)
         out.appendLE(block.blockSize)
         out.appendLE(block.index)
         out.appendLE(offset)
@@ -202,22 +208,25 @@ public struct ReadRequest: Sendable, Equatable {
         guard let object = r.object(), let etag = r.string16(max: WireLimits.maxEtag), let size = r.u64(),
               let bs = r.u32(), let index = r.u64(), let offset = r.u32(), let length = r.u32(), r.isAtEnd
         else { return nil }
-        self.init(block: BlockKey(object: object, etag: etag, blockSize: bs, index: index), objectSize: size,
+        self.init(block: BlockKey(object: object, etag: etag, objectSize: size, blockSize: bs, index: index),
                   offset: offset, length: length)
     }
 
     /// Checks the request against the block layout; the error names what is wrong.
     public func validate() throws(ShoalError) {
         try block.object.validate()
+        guard !block.etag.isEmpty else {
+            throw ShoalError(.badRequest, "READ of \(block.object) names no version (empty etag): STAT the object first")
+        }
         let bs = UInt64(block.blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize, bs % 4096 == 0 else {
             throw ShoalError(.badRequest, "block size \(bs) is outside 64 KiB-16 MiB or not a multiple of 4 KiB")
         }
-        let blockLength = BlockLayout(blockSize: bs).blockLength(index: block.index, objectSize: objectSize)
+        let blockLength = block.expectedLength
         guard blockLength > 0 else {
             throw ShoalError(.badRequest, "block \(block.index) is past the end of \(block.object) (\(objectSize) bytes)")
         }
-        guard UInt64(offset) + UInt64(length) <= blockLength, length > 0 else {
+        guard UInt64(offset) + UInt64(length) <= UInt64(blockLength), length > 0 else {
             throw ShoalError(.badRequest, "range \(offset)+\(length) is outside block \(block.index) (\(blockLength) bytes)")
         }
     }

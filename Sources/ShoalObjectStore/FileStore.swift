@@ -30,21 +30,22 @@ public final class FileStore: ObjectStore, @unchecked Sendable {
     }
 
     public func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
-                    into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> Int {
+                    into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> StoreRead {
         let p = try path(bucket, key)
         let before = try head(bucket: bucket, key: key)
         if let ifMatch, before.etag != ifMatch {
             throw ShoalError(.preconditionFailed, "\(describe(bucket, key)) changed (etag \(before.etag), expected \(ifMatch))")
         }
+        let expected = offset < before.size ? Int(min(UInt64(length), before.size - offset)) : 0
         do {
             let h = try FileHandle.open(p, .readOnly)
-            let n = try h.read(into: buffer, count: length, at: offset)
+            let n = expected == 0 ? 0 : try h.read(into: buffer, count: expected, at: offset)
             // A rewrite during the read shows as a new etag: never return a mix of versions.
             let after = try head(bucket: bucket, key: key)
-            guard after.etag == before.etag, n == length else {
+            guard after.etag == before.etag, n == expected else {
                 throw ShoalError(.preconditionFailed, "\(describe(bucket, key)) changed while being read")
             }
-            return n
+            return StoreRead(count: n, objectSize: before.size)
         } catch let e as ShoalError {
             throw e
         } catch {

@@ -87,8 +87,12 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         let detail = [code, message].filter { !$0.isEmpty }.joined(separator: ": ")
         let suffix = detail.isEmpty ? "HTTP \(response.status)" : "HTTP \(response.status) \(detail)"
         switch response.status {
+        case 400:
+            return ShoalError(.badRequest, "store '\(name)' refused the request for \(what) as invalid (\(suffix))")
         case 404:
             return ShoalError(.notFound, "\(what) not found (\(suffix))")
+        case 405:
+            return ShoalError(.badRequest, "store '\(name)' does not allow this request on \(what) (\(suffix))")
         case 401, 403:
             return ShoalError(.accessDenied, "access denied to \(what) by store '\(name)' (\(suffix)); check its access key and secret")
         case 412:
@@ -112,31 +116,73 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         guard let lengthText = response.headers["content-length"], let size = UInt64(lengthText) else {
             throw ShoalError(.internal, "store '\(name)' gave no Content-Length for \(what)")
         }
-        return ObjectVersion(size: size, etag: response.headers["etag"] ?? "")
+        return ObjectVersion(size: size, etag: try version(response, what: what))
+    }
+
+    /// The object's version from a response: its ETag, or one made from `Last-Modified` (with the
+    /// size beside it in every block key). A store that sends neither cannot be cached safely.
+    private func version(_ response: HTTPResponse, what: String) throws(ShoalError) -> String {
+        if let etag = response.headers["etag"], !etag.isEmpty { return etag }
+        if let modified = response.headers["last-modified"], !modified.isEmpty {
+            return LastModifiedVersion.etag(lastModified: modified)
+        }
+        throw ShoalError(.preconditionFailed, "store '\(name)' sent neither an ETag nor a Last-Modified for \(what), so its versions cannot be told apart; Shoal does not cache unversioned objects")
     }
 
     public func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
-                    into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> Int {
+                    into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> StoreRead {
         let what = describe(bucket, key)
-        guard length > 0 else { return 0 }
+        guard length > 0 else { return StoreRead(count: 0, objectSize: 0) }
+        if let ifMatch, ifMatch.isEmpty {
+            throw ShoalError(.badRequest, "a versioned read of \(what) names an empty version")
+        }
         var req = request("GET", bucket: bucket, key: key)
         req.headers.append("Range: bytes=\(offset)-\(offset + UInt64(length) - 1)")
-        if let ifMatch, !ifMatch.isEmpty { req.headers.append("If-Match: \(ifMatch)") }
+        let lastModified = ifMatch.flatMap(LastModifiedVersion.lastModified(of:))
+        if let lastModified {
+            req.headers.append("If-Unmodified-Since: \(lastModified)")
+        } else if let ifMatch {
+            req.headers.append("If-Match: \(ifMatch)")
+        }
         let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer, count: length))
         let response = try perform(req, sink: sink, what: what)
         guard response.status == 206 || response.status == 200 else {
             throw failure(response, body: sink.text, what: what)
         }
-        if let ifMatch, !ifMatch.isEmpty, let etag = response.headers["etag"], etag != ifMatch {
-            throw ShoalError(.preconditionFailed, "\(what) changed while being read (etag \(etag), expected \(ifMatch))")
+        // The store enforces the condition; the version it answers with is checked as well, so a
+        // store that ignores conditions still never mixes versions.
+        if let ifMatch {
+            let answered = try version(response, what: what)
+            guard answered == ifMatch else {
+                throw ShoalError(.preconditionFailed, "\(what) changed while being read (version \(answered), expected \(ifMatch))")
+            }
         }
         if response.status == 200 && offset != 0 {
             throw ShoalError(.internal, "store '\(name)' ignored the byte range for \(what)")
         }
-        guard !sink.overflowed, sink.count == length else {
-            throw ShoalError(.preconditionFailed, "\(what) returned \(sink.overflowed ? "more" : "\(sink.count)") bytes where \(length) were expected: it changed")
+        guard !sink.overflowed else {
+            throw ShoalError(.preconditionFailed, "\(what) returned more bytes than the \(length) asked for")
         }
-        return sink.count
+        let objectSize: UInt64
+        if response.status == 206 {
+            guard let range = response.headers["content-range"], let total = S3Store.contentRangeTotal(range) else {
+                throw ShoalError(.internal, "store '\(name)' answered a ranged GET of \(what) without a Content-Range total")
+            }
+            objectSize = total
+        } else {
+            objectSize = UInt64(sink.count)
+        }
+        let expected = offset < objectSize ? Int(min(UInt64(length), objectSize - offset)) : 0
+        guard sink.count == expected else {
+            throw ShoalError(.preconditionFailed, "\(what) returned \(sink.count) bytes at \(offset) where \(expected) were expected for an object of \(objectSize) bytes: it changed")
+        }
+        return StoreRead(count: sink.count, objectSize: objectSize)
+    }
+
+    /// The total of `bytes START-END/TOTAL`; nil if absent or `*`.
+    static func contentRangeTotal(_ header: String) -> UInt64? {
+        guard let slash = header.lastIndex(of: "/") else { return nil }
+        return UInt64(header[header.index(after: slash)...].trimmingSpaces)
     }
 
     public func list(bucket: String, prefix: String, continuation: String?) throws(ShoalError) -> ObjectListing {
@@ -200,6 +246,15 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return String(xml[open.upperBound..<close.lowerBound])
             .replacingAll("&quot;", with: "\"").replacingAll("&apos;", with: "'")
             .replacingAll("&lt;", with: "<").replacingAll("&gt;", with: ">").replacingAll("&amp;", with: "&")
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: Substring {
+        var s = self
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " || s.last == "\r" { s = s.dropLast() }
+        return s
     }
 }
 

@@ -279,6 +279,9 @@ final class CacheDisk: @unchecked Sendable {
         guard length <= dataBytes, header.chunkShift == shift else {
             return drop(id, entry, key, reason: "record length \(header.dataLength) does not match its index entry")
         }
+        guard length == key.expectedLength else {
+            return drop(id, entry, key, reason: "record length \(length) is not the \(key.expectedLength) bytes its key implies")
+        }
         if partial {
             let cached = CachedHeader(generation: generation, key: header.key, dataLength: length, dataCRC: header.dataCRC,
                                       chunkShift: shift, chunkCRCs: header.chunkCRCs(slot.base))
@@ -323,6 +326,10 @@ final class CacheDisk: @unchecked Sendable {
         let shift = header.chunkShift
         let length = header.dataLength
         let data = slot.base + CacheFormat.headerSize
+        guard length == key.expectedLength else {
+            lock.withLock { headers.remove(page: entry.page) }
+            return drop(id, entry, key, reason: "record length \(length) is not the \(key.expectedLength) bytes its key implies")
+        }
         for i in (chunkBytes.lowerBound >> shift)..<(min(chunkBytes.upperBound, length) + (1 << shift) - 1) >> shift {
             let from = i << shift
             let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data + from, count: min(length, from + (1 << shift)) - from))
@@ -380,6 +387,9 @@ final class CacheDisk: @unchecked Sendable {
     func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) {
         let encoded = key.encoded
         guard encoded.count <= CacheFormat.maxKeyBytes else { throw ShoalError(.tooLarge, "block key too long to cache") }
+        guard length == key.expectedLength else {
+            throw ShoalError(.badRequest, "block \(key) has \(length) bytes where its key implies \(key.expectedLength); not cached")
+        }
         let count = CacheFormat.recordLength(dataLength: length)
         let pages = UInt32(count / 4096)
         guard pages <= usablePages / 2, count <= slot.capacity else {

@@ -2,7 +2,7 @@ import ShoalCore
 
 /// The on-disk format of a cache file (docs/FORMAT.md). All integers little-endian.
 enum CacheFormat {
-    static let version: UInt32 = 3
+    static let version: UInt32 = 4
     static let alignment = 4096
     /// Superblock at offset 0; regions start at 1 MiB.
     static let dataStart: UInt64 = 1 << 20

@@ -132,6 +132,9 @@ public final class CurlEasy: @unchecked Sendable {
 
         _ = shoal_curl_setopt_ptr(handle, CURLOPT_URL, keep(request.url))
         _ = shoal_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        // Object keys go to the store exactly as given: without this, curl resolves `.` and `..`
+        // segments and `x/../y` would read the object `y`.
+        _ = shoal_curl_setopt_long(handle, CURLOPT_PATH_AS_IS, 1)
         _ = shoal_curl_setopt_ptr(handle, CURLOPT_ERRORBUFFER, errorBuffer)
         _ = shoal_curl_setopt_long(handle, CURLOPT_BUFFERSIZE, 512 * 1024)
         _ = shoal_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutMillis)

@@ -41,11 +41,14 @@ final class BlockService: @unchecked Sendable {
     /// READs answered without their data (`answerWithoutData`, see ConnectionHandler).
     let memory: MemoryBlocks?
     let answerWithoutData: Bool
+    /// While the store is unreachable, STAT answers with the last version known (flagged stale).
+    let serveStaleOnOutage: Bool
     let logger: Logger
 
     init(stores: [String: any ObjectStore], cache: BlockCache, pool: BufferPool, metadataTTL: Double, metrics: WorkerMetrics,
          blockSize: UInt32, admission: AdmissionPolicy, thrashGuard: Bool = false, serveFromMemory: Bool = false,
-         answerWithoutData: Bool = false, logger: Logger) {
+         answerWithoutData: Bool = false, serveStaleOnOutage: Bool = true, logger: Logger) {
+        self.serveStaleOnOutage = serveStaleOnOutage
         self.memory = serveFromMemory ? MemoryBlocks(capacity: cache.capacity) : nil
         self.answerWithoutData = answerWithoutData
         self.admission = admission
@@ -66,16 +69,35 @@ final class BlockService: @unchecked Sendable {
         return s
     }
 
-    /// STAT: the object's current version, from the metadata cache or the store.
+    /// STAT: the object's current version, from the metadata cache or the store. When the store
+    /// cannot be reached (not when it answers), the last version known is served, flagged stale.
     func stat(_ request: StatRequest) throws(ShoalError) -> StatReply {
         try request.object.validate()
         let s = try store(request.object.store)
         if !request.revalidate, let v = metadata.get(request.object) {
             return StatReply(version: v, blockSize: blockSize)
         }
-        let v = try s.head(bucket: request.object.bucket, key: request.object.key)
-        metadata.put(request.object, v)
-        return StatReply(version: v, blockSize: blockSize)
+        do throws(ShoalError) {
+            let v = try s.head(bucket: request.object.bucket, key: request.object.key)
+            guard !v.etag.isEmpty else {
+                throw ShoalError(.internal, "store '\(s.name)' gave \(request.object) no version")
+            }
+            metadata.put(request.object, v)
+            return StatReply(version: v, blockSize: blockSize)
+        } catch {
+            // "Not found" is an answer: the object is gone, and no outage may bring it back.
+            if error.code == .notFound { metadata.invalidate(request.object) }
+            guard error.code == .storeUnavailable || error.code == .timeout, serveStaleOnOutage,
+                  let last = metadata.lastKnown(request.object)
+            else { throw error }
+            metrics.staleVersionsServed.increment()
+            if metadata.shouldReportStale(request.object, intervalNanos: 60_000_000_000) {
+                logger.warning("store unreachable: serving the last known version", metadata: [
+                    "object": "\(request.object)", "etag": "\(last.etag)", "size": "\(last.size)", "error": "\(error.message)",
+                ])
+            }
+            return StatReply(version: last, blockSize: blockSize, stale: true)
+        }
     }
 
     /// READ: returns the requested range in a borrowed buffer (the caller sends it and releases
@@ -83,15 +105,25 @@ final class BlockService: @unchecked Sendable {
     func read(_ request: ReadRequest) throws(ShoalError) -> ServedBlock {
         try request.validate()
         let s = try store(request.block.object.store)
+        // The worker's own knowledge of a version beats the client's: a size that disagrees with
+        // it is refused before anything is read.
+        if let known = metadata.lastKnown(request.block.object), known.etag == request.block.etag,
+           known.size != request.block.objectSize {
+            throw ShoalError(.badRequest, "READ names \(request.block.object) at version \(known.etag) as \(request.block.objectSize) bytes, but it has \(known.size): STAT it again")
+        }
         guard UInt64(request.block.blockSize) + UInt64(BlockCache.dataOffset) <= UInt64(pool.bufferSize) else {
             throw ShoalError(.badRequest, "block size \(request.block.blockSize) is larger than this worker's buffers (\(pool.bufferSize - BlockCache.dataOffset))")
         }
         guard let slot = pool.acquire() else { throw ShoalError(.timeout, "worker is overloaded: no I/O buffer came free in time") }
-        do {
+        do throws(ShoalError) {
             let id = request.block.id
             let (length, crc, fill) = try blockInSlot(request, id: id, store: s, slot: slot)
             let offset = Int(request.offset)
             let count = Int(request.length)
+            // Never send a byte that was not read for this block.
+            guard length == request.block.expectedLength, offset + count <= length else {
+                throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.block.expectedLength) were expected; not served")
+            }
             let objectBlocks = Int(BlockLayout(blockSize: UInt64(request.block.blockSize)).blockCount(objectSize: request.objectSize))
             datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks)
             let rangeCRC = (offset == 0 && count == length) ? crc
@@ -173,18 +205,23 @@ final class BlockService: @unchecked Sendable {
         return (length, crc, nil)
     }
 
-    /// GETs the whole block with If-Match into the buffer and checksums it.
+    /// GETs the whole block with If-Match into the buffer and checksums it. The store's answer
+    /// decides the object's size: a block is filled only if it agrees with the key's.
     private func fetch(_ request: ReadRequest, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32) {
         let key = request.block
-        let length = Int(BlockLayout(blockSize: UInt64(key.blockSize)).blockLength(index: key.index, objectSize: request.objectSize))
+        let length = key.expectedLength
         metrics.fillsInFlight.increment()
         defer { metrics.fillsInFlight.decrement() }
+        let got: StoreRead
         do {
-            _ = try store.get(bucket: key.object.bucket, key: key.object.key, offset: key.index * UInt64(key.blockSize),
-                              length: length, ifMatch: key.etag, into: slot.base + BlockCache.dataOffset)
+            got = try store.get(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset,
+                                length: length, ifMatch: key.etag, into: slot.base + BlockCache.dataOffset)
         } catch {
             if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
             throw error
+        }
+        guard got.objectSize == key.objectSize, got.count == length else {
+            throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
         }
         metrics.bytesFilled.increment(by: Int64(length))
         let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: length))

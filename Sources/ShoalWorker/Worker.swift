@@ -34,7 +34,8 @@ public final class Worker: @unchecked Sendable {
                                         expectedBlocks: Int(cache.capacity / (config.blockSize + 4096)))
         service = BlockService(stores: stores, cache: cache, pool: pool, metadataTTL: config.metadataTTL, metrics: metrics,
                                blockSize: UInt32(config.blockSize), admission: admission, thrashGuard: config.thrashGuard,
-                               serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData, logger: logger)
+                               serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
+                               serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
         if config.serveFromMemory || config.answerWithoutData {
             logger.warning("benchmark switches on: not for service", metadata: [
                 "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",

@@ -40,6 +40,8 @@ public struct WorkerConfig: Sendable {
     public var blockSize: UInt64 = BlockLayout.defaultBlockSize
     public var buffers = 64
     public var metadataTTL: Double = 60
+    /// While a store is unreachable, answer STAT with the last version known (flagged stale).
+    public var serveStaleOnOutage = true
     public var maxConnections = 1024
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
@@ -54,7 +56,7 @@ public struct WorkerConfig: Sendable {
 
     public init() {}
 
-    public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
+    public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL", "serveStaleOnOutage",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
@@ -103,6 +105,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.size("blockSize") { config.blockSize = v }
         if let v = try r.int("buffers", min: 2, max: 65536) { config.buffers = v }
         if let v = try r.duration("metadataTTL") { config.metadataTTL = v }
+        if let v = try r.bool("serveStaleOnOutage") { config.serveStaleOnOutage = v }
         if let v = try r.int("maxConnections", min: 1, max: 1_000_000) { config.maxConnections = v }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }

@@ -148,7 +148,7 @@ struct BenchCommand: ParsableCommand {
                     defer { buffer.deallocate() }
                     while let (key, off, n) = queue.next() {
                         do throws(ShoalError) {
-                            _ = try s3.get(bucket: target.bucket, key: key, offset: off, length: n, ifMatch: nil, into: buffer)
+                            _ = try s3.get(bucket: target.bucket, key: key, offset: off, length: n, ifMatch: nil, into: buffer).count
                         } catch {
                             done.withLock { firstError = firstError ?? error.message }
                         }

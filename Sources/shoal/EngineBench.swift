@@ -62,7 +62,8 @@ struct EngineBench: ParsableCommand {
             SampleData.fill(UnsafeMutableRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: 4096), seed: 1)
             let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: 4096))
             for i in 0..<blocks {
-                let key = BlockKey(object: object, etag: "e", blockSize: 64 << 10, index: UInt64(i))
+                // 4 KiB blocks of one large object: small records, so a million fit a small file.
+                let key = BlockKey(object: object, etag: "e", objectSize: 1 << 40, blockSize: 4096, index: UInt64(i))
                 try cache.insert(key: key, id: key.id, slot: slot, length: 4096, crc: crc)
             }
             let s = cache.diskStats[0]
@@ -94,7 +95,9 @@ struct EngineBench: ParsableCommand {
         let cache = try BlockCache(disks: [config], expectedBlockSize: blockSize, logger: logger)
         let pool = try BufferPool(bufferSize: Int(blockSize) + BlockCache.dataOffset, count: queueDepth)
         let object = ObjectRef(store: "default", bucket: "bench", key: "hits")
-        let keys = (0..<count).map { BlockKey(object: object, etag: "e", blockSize: UInt32(blockSize), index: UInt64($0)) }
+        let keys = (0..<count).map {
+            BlockKey(object: object, etag: "e", objectSize: UInt64(count) * blockSize, blockSize: UInt32(blockSize), index: UInt64($0))
+        }
         let first = pool.acquire()!
         for k in keys {
             SampleData.fill(UnsafeMutableRawBufferPointer(start: first.base + BlockCache.dataOffset, count: Int(blockSize)), seed: k.index)
@@ -227,7 +230,7 @@ struct ReplayBench: ParsableCommand {
         let slot = pool.acquire()!
         var out = Outcome()
         for (dataset, block) in trace {
-            let key = BlockKey(object: ObjectRef(store: "default", bucket: "replay", key: "ds\(dataset)"), etag: "e", blockSize: 64 << 10, index: UInt64(block))
+            let key = BlockKey(object: ObjectRef(store: "default", bucket: "replay", key: "ds\(dataset)"), etag: "e", objectSize: 1 << 40, blockSize: 4096, index: UInt64(block))
             out.requests += 1
             if case .hit = cache.read(key: key, id: key.id, into: slot) { continue }
             out.misses += 1

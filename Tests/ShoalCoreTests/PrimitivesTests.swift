@@ -116,11 +116,16 @@ import Testing
     }
 
     @Test func blockKeyRoundTripsAndIdentityIncludesVersion() {
-        let k = BlockKey(object: ObjectRef(store: "s", bucket: "b", key: "k"), etag: "\"e1\"", blockSize: 4 << 20, index: 3)
+        let k = BlockKey(object: ObjectRef(store: "s", bucket: "b", key: "k"), etag: "\"e1\"", objectSize: 20 << 20, blockSize: 4 << 20, index: 3)
         #expect(BlockKey(encoded: k.encoded) == k)
+        #expect(k.expectedLength == 4 << 20)
         var other = k
         other.etag = "\"e2\""
         #expect(other.id != k.id)
+        // The size is part of the version: a block of the same etag but another size is another block.
+        other = k
+        other.objectSize = (12 << 20) + 4096
+        #expect(other.id != k.id && other.expectedLength == 4096)
         other = k
         other.index = 4
         #expect(other.id != k.id)

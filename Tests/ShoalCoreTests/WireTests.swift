@@ -24,7 +24,9 @@ import Testing
         #expect(StatRequest(decoding: stat.encoded) == stat)
         let reply = StatReply(version: ObjectVersion(size: 123, etag: "\"abc\""), blockSize: 4 << 20)
         #expect(StatReply(decoding: reply.encoded) == reply)
-        let read = ReadRequest(block: BlockKey(object: object, etag: "\"e\"", blockSize: 1 << 20, index: 9), objectSize: 10 << 20,
+        let stale = StatReply(version: ObjectVersion(size: 123, etag: "\"abc\""), blockSize: 4 << 20, stale: true)
+        #expect(StatReply(decoding: stale.encoded) == stale && StatReply(decoding: stale.encoded) != reply)
+        let read = ReadRequest(block: BlockKey(object: object, etag: "\"e\"", objectSize: 10 << 20, blockSize: 1 << 20, index: 9),
                                offset: 5, length: 100)
         #expect(ReadRequest(decoding: read.encoded) == read)
         let hello = HelloMessage(clientName: "t")
@@ -32,7 +34,7 @@ import Testing
     }
 
     @Test func truncatedOrPaddedMessagesAreRejected() {
-        let read = ReadRequest(block: BlockKey(object: object, etag: "e", blockSize: 1 << 20, index: 0), objectSize: 1, offset: 0, length: 1)
+        let read = ReadRequest(block: BlockKey(object: object, etag: "e", objectSize: 1, blockSize: 1 << 20, index: 0), offset: 0, length: 1)
         let bytes = read.encoded
         for n in 0..<bytes.count { #expect(ReadRequest(decoding: Array(bytes.prefix(n))) == nil) }
         #expect(ReadRequest(decoding: bytes + [0]) == nil)
@@ -41,10 +43,11 @@ import Testing
     }
 
     @Test func readValidationNamesTheProblem() throws {
-        func req(_ size: UInt64, _ index: UInt64, _ off: UInt32, _ len: UInt32, bs: UInt32 = 1 << 20) -> ReadRequest {
-            ReadRequest(block: BlockKey(object: object, etag: "e", blockSize: bs, index: index), objectSize: size, offset: off, length: len)
+        func req(_ size: UInt64, _ index: UInt64, _ off: UInt32, _ len: UInt32, bs: UInt32 = 1 << 20, etag: String = "e") -> ReadRequest {
+            ReadRequest(block: BlockKey(object: object, etag: etag, objectSize: size, blockSize: bs, index: index), offset: off, length: len)
         }
         try req(3 << 20, 2, 0, 1 << 20).validate()
+        #expect(throws: ShoalError.self) { try req(3 << 20, 2, 0, 1 << 20, etag: "").validate() }  // no version
         #expect(throws: ShoalError.self) { try req(3 << 20, 3, 0, 1).validate() }  // past the end
         #expect(throws: ShoalError.self) { try req((2 << 20) + 10, 2, 5, 6).validate() }  // beyond the short last block
         #expect(throws: ShoalError.self) { try req(1 << 20, 0, 0, 0).validate() }  // empty
@@ -140,7 +143,7 @@ import Testing
     @Test func extremeBlockIndexesAreRejectedNotTrapped() {
         let object = ObjectRef(store: "d", bucket: "b", key: "k")
         for index in [UInt64.max, UInt64(1) << 63, UInt64(1) << 44] {
-            let r = ReadRequest(block: BlockKey(object: object, etag: "e", blockSize: 4 << 20, index: index), objectSize: UInt64.max,
+            let r = ReadRequest(block: BlockKey(object: object, etag: "e", objectSize: UInt64.max, blockSize: 4 << 20, index: index),
                                 offset: 0, length: 1)
             if index > UInt64.max / (4 << 20) { #expect(throws: ShoalError.self) { try r.validate() } }
         }

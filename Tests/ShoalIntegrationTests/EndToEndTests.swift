@@ -19,12 +19,13 @@ final class Harness {
     let secret = "integration-secret"
     let blockSize: UInt64 = 1 << 20
 
-    init(_ name: String, storeSecretKey: String? = nil) throws {
+    init(_ name: String, storeSecretKey: String? = nil, configure: (inout WorkerConfig) -> Void = { _ in }) throws {
         fx = try ObjectStoreFixture.get()
         bucket = try fx.makeBucket(name)
         cacheDirectory = makeTemporaryDirectory(name)
-        let config = testWorkerConfig(cacheDirectory: cacheDirectory, store: fx.storeConfig(secretKey: storeSecretKey), secret: secret,
+        var config = testWorkerConfig(cacheDirectory: cacheDirectory, store: fx.storeConfig(secretKey: storeSecretKey), secret: secret,
                                       blockSize: blockSize)
+        configure(&config)
         worker = try Worker(config: config, logger: testLogger)
         try worker.start()
         client = try ShoalClient(config: ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: worker.port)], secret: Array(secret.utf8)))
@@ -170,8 +171,7 @@ final class Harness {
 
         // A READ without a handshake is refused the same way.
         let rude = try TCPSocket.connect(h.endpoint, timeoutMillis: 2000)
-        let req = ReadRequest(block: BlockKey(object: h.ref("d"), etag: file.version.etag, blockSize: file.blockSize, index: 0),
-                              objectSize: file.size, offset: 0, length: 10).encoded
+        let req = ReadRequest(block: file.block(0), offset: 0, length: 10).encoded
         try rude.send(FrameHeader(type: .read, requestID: 1, payloadLength: UInt32(req.count)).bytes + req)
         let r2 = try rude.receive(count: FrameHeader.size, deadline: monotonicNanos() + 5_000_000_000)
         guard case .success(let e2) = r2.withUnsafeBytes({ FrameHeader.decode($0.baseAddress!, maxPayload: 4096) }) else { Issue.record("no reply"); return }

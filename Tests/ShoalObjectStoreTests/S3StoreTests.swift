@@ -9,7 +9,7 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
     var out = [UInt8](repeating: 0, count: length)
     let n = try out.withUnsafeMutableBytes { p in
         try Result { () throws(ShoalError) -> Int in
-            try store.get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: p.baseAddress!)
+            try store.get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: p.baseAddress!).count
         }.get()
     }
     return Array(out.prefix(n))
@@ -29,6 +29,76 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
         #expect {
             try get(store, bucket, "dir/a b+c.bin", offset: 0, length: 10, ifMatch: "\"stale\"")
         } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
+    }
+
+    /// A read past the end is short, and the store (not the caller) says how large the object is.
+    @Test func rangedGetSaysTheObjectsSize() throws {
+        let fx = try ObjectStoreFixture.get()
+        let store = fx.store()
+        let bucket = try fx.makeBucket("size")
+        let data = SampleData.bytes(seed: 2, count: 100_000)
+        try store.put(bucket: bucket, key: "o", bytes: data)
+        let v = try store.head(bucket: bucket, key: "o")
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
+        defer { buffer.deallocate() }
+        let got = try store.get(bucket: bucket, key: "o", offset: 90_000, length: 65536, ifMatch: v.etag, into: buffer)
+        #expect(got == StoreRead(count: 10_000, objectSize: 100_000))
+        #expect(Array(UnsafeRawBufferPointer(start: buffer, count: 10_000)) == Array(data[90_000...]))
+    }
+
+    /// `x/../data/fz` is a key of its own on S3: it must reach the store as written, never be
+    /// resolved by the HTTP layer into `data/fz` (SeaweedFS refuses such keys with a 400).
+    @Test func dotSegmentsReachTheStoreAsWritten() throws {
+        let fx = try ObjectStoreFixture.get()
+        let store = fx.store()
+        let bucket = try fx.makeBucket("dots")
+        try store.put(bucket: bucket, key: "data/fz", bytes: SampleData.bytes(seed: 3, count: 1000))
+        for key in ["x/../data/fz", "./data/fz", "data/./fz"] {
+            #expect(throws: ShoalError.self, "HEAD \(key)") { try store.head(bucket: bucket, key: key) }
+            #expect {
+                try get(store, bucket, key, offset: 0, length: 1000)
+            } throws: {
+                let e = $0 as? ShoalError
+                return e?.code == .badRequest && e!.message.contains(key)
+            }
+        }
+    }
+
+    /// A store that sends no ETag gets a version from Last-Modified, read back with
+    /// If-Unmodified-Since; one that sends neither is refused, never read unversioned.
+    @Test func versionsWithoutETags() throws {
+        let server = try CannedHTTPServer()
+        let store = S3Store(name: "plain", credentials: S3Credentials(endpoint: server.url, accessKey: "a", secretKey: "b"))
+        let modified = "Sun, 22 Nov 2026 03:09:00 GMT"
+        server.respond("200 OK", headers: ["Last-Modified: \(modified)"], body: [1, 2, 3, 4, 5])
+        let v = try store.head(bucket: "bkt", key: "k")
+        #expect(v == ObjectVersion(size: 5, etag: "shoal-lm:" + modified))
+        server.respond("206 Partial Content", headers: ["Last-Modified: \(modified)", "Content-Range: bytes 1-2/5"], body: [2, 3])
+        #expect(try get(store, "bkt", "k", offset: 1, length: 2, ifMatch: v.etag) == [2, 3])
+        let request = try #require(server.requests.last)
+        #expect(request.contains("If-Unmodified-Since: \(modified)") && !request.contains("If-Match"))
+        // The object was rewritten: another Last-Modified is another version.
+        server.respond("206 Partial Content", headers: ["Last-Modified: Mon, 23 Nov 2026 00:00:00 GMT", "Content-Range: bytes 1-2/5"], body: [7, 7])
+        #expect { try get(store, "bkt", "k", offset: 1, length: 2, ifMatch: v.etag) } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
+        server.respond("200 OK", headers: [], body: [1, 2, 3])
+        #expect { try store.head(bucket: "bkt", key: "k") } throws: {
+            let e = $0 as? ShoalError
+            return e?.code == .preconditionFailed && e!.message.contains("neither an ETag nor a Last-Modified")
+        }
+        #expect { try get(store, "bkt", "k", offset: 0, length: 2, ifMatch: "") } throws: { ($0 as? ShoalError)?.code == .badRequest }
+    }
+
+    /// 400 and 405 are the store refusing the request, not an internal error of Shoal's.
+    @Test func refusedRequestsAreBadRequests() throws {
+        let server = try CannedHTTPServer()
+        let store = S3Store(name: "picky", credentials: S3Credentials(endpoint: server.url, accessKey: "a", secretKey: "b"))
+        for status in ["400 Bad Request", "405 Method Not Allowed"] {
+            server.respond(status, headers: [], body: Array("<Error><Code>Nope</Code></Error>".utf8))
+            #expect { try get(store, "bkt", "k", offset: 0, length: 2, ifMatch: "\"e\"") } throws: {
+                let e = $0 as? ShoalError
+                return e?.code == .badRequest && e!.message.contains("picky") && e!.message.contains("Nope")
+            }
+        }
     }
 
     @Test func missingObjectNamesIt() throws {
@@ -87,6 +157,14 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
         let v = try store.head(bucket: "b", key: "x/y.bin")
         #expect(v.size == 4)
         #expect(try get(store, "b", "x/y.bin", offset: 1, length: 2, ifMatch: v.etag) == [2, 3])
+        // Past the end: short, with the file's size.
+        var buffer = [UInt8](repeating: 0, count: 8)
+        let got = try buffer.withUnsafeMutableBytes { p in
+            try Result { () throws(ShoalError) -> StoreRead in
+                try store.get(bucket: "b", key: "x/y.bin", offset: 2, length: 8, ifMatch: v.etag, into: p.baseAddress!)
+            }.get()
+        }
+        #expect(got == StoreRead(count: 2, objectSize: 4) && buffer.prefix(2) == [3, 4])
         #expect(try store.listAll(bucket: "b", prefix: "x/").map(\.key) == ["x/y.bin"])
         #expect(throws: ShoalError.self) { try store.head(bucket: "b", key: "../escape") }
         #expect { try store.head(bucket: "b", key: "none") } throws: { ($0 as? ShoalError)?.code == .notFound }

@@ -8,17 +8,20 @@ import ShoalTestSupport
 @Suite struct BlockCacheTests {
     let object = ObjectRef(store: "default", bucket: "b", key: "k")
 
-    func key(_ i: UInt64, etag: String = "e") -> BlockKey { BlockKey(object: object, etag: etag, blockSize: 1 << 20, index: i) }
+    /// Block `i` of an object version whose block `i` is the last, `length` bytes long.
+    func key(_ i: UInt64, etag: String = "e", length: Int = 1 << 20) -> BlockKey {
+        BlockKey(object: object, etag: etag, objectSize: i * (1 << 20) + UInt64(length), blockSize: 1 << 20, index: i)
+    }
 
     /// Fills `slot` with block `i`'s bytes and inserts it.
     func put(_ cache: BlockCache, _ slot: IOSlot, _ i: UInt64, length: Int = 1 << 20) throws {
         let data = UnsafeMutableRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: length)
         SampleData.fill(data, seed: i + 1)
-        try cache.insert(key: key(i), id: key(i).id, slot: slot, length: length, crc: CRC32C.checksum(UnsafeRawBufferPointer(data)))
+        try cache.insert(key: key(i, length: length), id: key(i, length: length).id, slot: slot, length: length, crc: CRC32C.checksum(UnsafeRawBufferPointer(data)))
     }
 
     func expectBlock(_ cache: BlockCache, _ slot: IOSlot, _ i: UInt64, length: Int = 1 << 20) {
-        guard case .hit(let n, _) = cache.read(key: key(i), id: key(i).id, into: slot) else {
+        guard case .hit(let n, _) = cache.read(key: key(i, length: length), id: key(i, length: length).id, into: slot) else {
             Issue.record("block \(i) missing"); return
         }
         #expect(n == length)
@@ -84,7 +87,7 @@ import ShoalTestSupport
         let expected = SampleData.bytes(seed: 1, count: length)
         for range in [0..<4096, 16380..<16400, 500_000..<565_536, (length - 10)..<length, 1..<2] {
             memset(slot.base + BlockCache.dataOffset, 0, 1 << 20)
-            guard case .hit(let n, _) = cache.read(key: key(0), id: key(0).id, into: slot, range: range) else {
+            guard case .hit(let n, _) = cache.read(key: key(0, length: length), id: key(0, length: length).id, into: slot, range: range) else {
                 Issue.record("range \(range) missed"); return
             }
             #expect(n == length)
@@ -94,8 +97,8 @@ import ShoalTestSupport
         // Chunk 20 (16 KiB chunks) holds byte 20 × 16384 + 5: a read of another chunk still
         // hits; a read of chunk 20 is refused and drops the block.
         try flipByte(path: cache.filePaths[0], at: CacheFormat.dataStart + 4096 + 20 * 16384 + 5)
-        guard case .hit = cache.read(key: key(0), id: key(0).id, into: slot, range: 0..<4096) else { Issue.record("clean chunk missed"); return }
-        guard case .corrupt = cache.read(key: key(0), id: key(0).id, into: slot, range: (20 * 16384)..<(20 * 16384 + 100)) else {
+        guard case .hit = cache.read(key: key(0, length: length), id: key(0, length: length).id, into: slot, range: 0..<4096) else { Issue.record("clean chunk missed"); return }
+        guard case .corrupt = cache.read(key: key(0, length: length), id: key(0, length: length).id, into: slot, range: (20 * 16384)..<(20 * 16384 + 100)) else {
             Issue.record("bad chunk served"); return
         }
         #expect(cache.blockCount == 0)

@@ -22,7 +22,10 @@ struct Engine {
 
     func open() throws -> BlockCache { try BlockCache(disks: [config], expectedBlockSize: 64 << 10, logger: testLogger) }
 
-    func key(_ i: UInt64) -> BlockKey { BlockKey(object: object, etag: "e", blockSize: 64 << 10, index: i) }
+    /// Block `i` of an object version whose block `i` is the last, `length(i)` bytes long.
+    func key(_ i: UInt64) -> BlockKey {
+        BlockKey(object: object, etag: "e", objectSize: i * (64 << 10) + UInt64(length(i)), blockSize: 64 << 10, index: i)
+    }
 
     func length(_ i: UInt64) -> Int { i % 7 == 0 ? 1000 + Int(i % 5000) : 64 << 10 }
 
@@ -89,7 +92,7 @@ struct Engine {
         func putOther(_ i: UInt64) throws {
             let data = UnsafeMutableRawBufferPointer(start: e.slot.base + BlockCache.dataOffset, count: 64 << 10)
             SampleData.fill(data, seed: i)
-            let k = BlockKey(object: other, etag: "e", blockSize: 64 << 10, index: i)
+            let k = BlockKey(object: other, etag: "e", objectSize: 1 << 30, blockSize: 64 << 10, index: i)
             try cache.insert(key: k, id: k.id, slot: e.slot, length: 64 << 10, crc: CRC32C.checksum(UnsafeRawBufferPointer(data)))
         }
         for i in 0..<400 { try putOther(UInt64(i)) }
@@ -245,7 +248,7 @@ struct Engine {
 }
 
 @Suite struct AdmissionTests {
-    func id(_ i: UInt64) -> BlockID { BlockKey(object: ObjectRef(store: "d", bucket: "b", key: "k"), etag: "e", blockSize: 1 << 20, index: i).id }
+    func id(_ i: UInt64) -> BlockID { BlockKey(object: ObjectRef(store: "d", bucket: "b", key: "k"), etag: "e", objectSize: 1 << 40, blockSize: 1 << 20, index: i).id }
 
     @Test func secondMissIsAdmittedFirstIsNot() {
         var c = AdmissionPolicy.Config()

@@ -1,0 +1,63 @@
+import Glibc
+import ShoalSys
+
+/// A loopback TCP relay in front of a real service (the object store), which a test can cut off
+/// to make that service unreachable, and restore.
+public final class TCPRelay: @unchecked Sendable {
+    public let target: Endpoint
+    private let lock = ConditionLock()
+    private var listener: TCPSocket?
+    private var open: [TCPSocket] = []
+    public private(set) var port: UInt16 = 0
+
+    public init(to target: Endpoint) throws {
+        self.target = target
+        try start(port: 0)
+    }
+
+    public var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
+
+    /// Refuses new connections and breaks every open one.
+    public func cut() {
+        lock.withLock {
+            listener?.shutdown()
+            listener?.close()
+            listener = nil
+            open.forEach { $0.shutdown() }
+            open.removeAll()
+        }
+    }
+
+    /// Listens again on the same port.
+    public func restore() throws { try start(port: port) }
+
+    private func start(port: UInt16) throws {
+        let (l, bound) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: port))
+        lock.withLock {
+            listener = l
+            self.port = bound
+        }
+        try OSThread.spawn(name: "relay-accept") { [self] in
+            while let client = try? l.accept() {
+                guard let upstream = try? TCPSocket.connect(target, timeoutMillis: 2000) else { client.close(); continue }
+                lock.withLock { open += [client, upstream] }
+                try? OSThread.spawn(name: "relay-up") { TCPRelay.pump(client, upstream) }
+                try? OSThread.spawn(name: "relay-down") { TCPRelay.pump(upstream, client) }
+            }
+        }
+    }
+
+    private static func pump(_ from: TCPSocket, _ to: TCPSocket) {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 16)
+        defer {
+            buffer.deallocate()
+            to.shutdown()
+        }
+        while true {
+            let n = recv(from.fd, buffer, 1 << 16, 0)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return }
+            guard (try? to.send([UnsafeRawBufferPointer(start: buffer, count: n)], deadline: monotonicNanos() + 10_000_000_000)) != nil else { return }
+        }
+    }
+}
