@@ -115,17 +115,40 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
 
     /// The canonical byte encoding: it is hashed into the block ID and stored in the block's header.
     public var encoded: [UInt8] {
-        let fields = [object.store.utf8, object.bucket.utf8, object.key.utf8, etag.utf8]
-        var out: [UInt8] = []
-        out.reserveCapacity(fields.reduce(20 + 2 * fields.count) { $0 + $1.count })
-        for field in fields {
-            out.appendLE(UInt16(field.count))
-            out.append(contentsOf: field)
+        [UInt8](unsafeUninitializedCapacity: encodedCount) { buffer, count in
+            count = encode(into: UnsafeMutableRawBufferPointer(buffer))
         }
-        out.appendLE(objectSize)
-        out.appendLE(blockSize)
-        out.appendLE(index)
-        return out
+    }
+
+    /// The length of `encoded`.
+    public var encodedCount: Int {
+        20 + 8 + object.store.utf8.count + object.bucket.utf8.count + object.key.utf8.count + etag.utf8.count
+    }
+
+    /// Writes `encoded` into `out` (at least `encodedCount` bytes); returns the count.
+    @discardableResult
+    public func encode(into out: UnsafeMutableRawBufferPointer) -> Int {
+        var at = 0
+        func put<T: FixedWidthInteger>(_ v: T) {
+            withUnsafeBytes(of: v.littleEndian) { out.baseAddress!.advanced(by: at).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            at += MemoryLayout<T>.size
+        }
+        func put(_ field: String) {
+            var field = field
+            field.withUTF8 { utf8 in
+                put(UInt16(truncatingIfNeeded: utf8.count))
+                if utf8.count > 0 { out.baseAddress!.advanced(by: at).copyMemory(from: utf8.baseAddress!, byteCount: utf8.count) }
+                at += utf8.count
+            }
+        }
+        put(object.store)
+        put(object.bucket)
+        put(object.key)
+        put(etag)
+        put(objectSize)
+        put(blockSize)
+        put(index)
+        return at
     }
 
     /// Decodes `encoded`; nil if malformed.
@@ -137,7 +160,13 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
         self.init(object: ObjectRef(store: store, bucket: bucket, key: key), etag: etag, objectSize: size, blockSize: bs, index: idx)
     }
 
-    public var id: BlockID { BlockID(hashing: encoded) }
+    /// The block's ID: `encoded`, hashed without a heap allocation.
+    public var id: BlockID {
+        withUnsafeTemporaryAllocation(byteCount: encodedCount, alignment: 8) { buffer in
+            let n = encode(into: buffer)
+            return BlockID(hashing: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+    }
 
     public var description: String { "\(object)#\(index)@\(etag)+\(objectSize)/\(blockSize)" }
 }
@@ -152,13 +181,14 @@ public struct BlockID: Hashable, Sendable, CustomStringConvertible {
         self.low = low
     }
 
+    /// MurmurHash3 x64-128 of `bytes` (see `BlockHash`).
+    public init(hashing bytes: UnsafeRawBufferPointer) {
+        let (h1, h2) = BlockHash.hash(bytes)
+        self.init(high: h1, low: h2)
+    }
+
     public init(hashing bytes: [UInt8]) {
-        let digest = SHA256.hash(bytes)
-        var h: UInt64 = 0
-        var l: UInt64 = 0
-        for i in 0..<8 { h = h << 8 | UInt64(digest[i]) }
-        for i in 8..<16 { l = l << 8 | UInt64(digest[i]) }
-        self.init(high: h, low: l)
+        self = bytes.withUnsafeBytes { BlockID(hashing: $0) }
     }
 
     public var description: String {

@@ -115,9 +115,30 @@ import Testing
         #expect(throws: ShoalError.self) { try ObjectRef.parse("s3://b/" + String(repeating: "k", count: 2000)) }
     }
 
+    /// MurmurHash3 x64-128 (seed 0), against the reference implementation's outputs, every tail length.
+    @Test func blockHashMatchesMurmur3() {
+        let vectors: [([UInt8], String)] = [
+            ([], "00000000000000000000000000000000"),
+            (Array("a".utf8), "897859f6655555855a890e51483ab5e6"),
+            (Array("hello".utf8), "029bbd41b3a7d8cb191dae486a901e5b"),
+            (Array("0123456789abcdef".utf8), "a7d14acf946de04bda08a7635c5bc387"),
+            (Array("0123456789abcdefX".utf8), "f7d670b5acd2ebcd274b10829711728f"),
+            (Array(0..<20), "4b9536577053d2a37a9c7b6c25061f5a"),
+            (Array(0..<100), "ca5140c199996fb0990734c8936dbd0f"),
+        ]
+        for (input, hex) in vectors {
+            let (h1, h2) = input.withUnsafeBytes { BlockHash.hash($0) }
+            var bytes: [UInt8] = []
+            bytes.appendLE(h1)
+            bytes.appendLE(h2)
+            #expect(bytes.hexString == hex, "\(input.count) bytes")
+        }
+    }
+
     @Test func blockKeyRoundTripsAndIdentityIncludesVersion() {
         let k = BlockKey(object: ObjectRef(store: "s", bucket: "b", key: "k"), etag: "\"e1\"", objectSize: 20 << 20, blockSize: 4 << 20, index: 3)
         #expect(BlockKey(encoded: k.encoded) == k)
+        #expect(k.encoded.count == k.encodedCount && k.id == BlockID(hashing: k.encoded))
         #expect(k.expectedLength == 4 << 20)
         var other = k
         other.etag = "\"e2\""

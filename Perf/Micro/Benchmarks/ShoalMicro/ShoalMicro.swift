@@ -10,8 +10,8 @@ let benchmarks: @Sendable () -> Void = {
                                            maxDuration: .seconds(2), maxIterations: 100_000)
 
     let object = ObjectRef(store: "default", bucket: "datasets", key: "imagenet/train/shard-000123.tar")
-    let key = BlockKey(object: object, etag: "\"9b2cf535f27731c974343645a3985328\"", blockSize: 4 << 20, index: 17)
-    let request = ReadRequest(block: key, objectSize: 1 << 30, offset: 65536, length: 4096)
+    let key = BlockKey(object: object, etag: "\"9b2cf535f27731c974343645a3985328\"", objectSize: 1 << 30, blockSize: 4 << 20, index: 17)
+    let request = ReadRequest(block: key, offset: 65536, length: 4096)
     let encoded = request.encoded
 
     Benchmark("wire: encode READ + frame header") { benchmark in
@@ -23,12 +23,12 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("wire: decode READ") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(ReadRequest(decoding: encoded)) }
     }
-    Benchmark("block ID: SHA-256 of the block key") { benchmark in
+    Benchmark("block ID: MurmurHash3-128 of the block key") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(key.id) }
     }
 
     let placement = Placement(members: (0..<64).map { PlacementMember(id: "10.0.\($0 / 16).\($0 % 16):7070") })
-    let ids = (0..<4096).map { BlockKey(object: object, etag: "e", blockSize: 4 << 20, index: UInt64($0)).id }
+    let ids = (0..<4096).map { BlockKey(object: object, etag: "e", objectSize: 1 << 40, blockSize: 4 << 20, index: UInt64($0)).id }
     Benchmark("placement: owners of a block among 64 workers") { benchmark in
         for i in benchmark.scaledIterations { blackHole(placement.owners(of: ids[i % ids.count])) }
     }
