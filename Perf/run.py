@@ -51,6 +51,8 @@ class Run:
         self.objectstore = os.path.join(self.work, "objectstore")
         self.worker = None
         self.peers = []
+        # How each limit and peer was configured in this run, for the report.
+        self.limits = {}
 
     # -- set-up --
 
@@ -77,33 +79,61 @@ class Run:
 
     # -- limits --
 
+    def hugepages(self, count):
+        """Explicit 2 MiB huge pages for fio's buffers (root only); True if `count` are there."""
+        path = "/proc/sys/vm/nr_hugepages"
+        try:
+            have = int(open(path).read())
+            if have < count and os.getuid() == 0:
+                with open(path, "w") as f:
+                    f.write(str(count))
+                have = int(open(path).read())
+            return have >= count
+        except OSError:
+            return False
+
+    def fio_memory(self, buffers):
+        """fio as its experts run it: buffers registered with io_uring (fixedbufs) and the file
+        registered too, in explicit huge pages where the host has them."""
+        opts = ["--fixedbufs", "--registerfiles"]
+        if self.hugepages(buffers * BLOCK // (2 << 20) + 16):
+            self.limits["fio memory"] = "explicit 2 MiB huge pages (shmhuge), registered (fixedbufs, registerfiles)"
+            return opts + ["--iomem=shmhuge"]
+        self.limits["fio memory"] = "4 KiB pages (no huge pages could be reserved), registered (fixedbufs, registerfiles)"
+        return opts + ["--iomem=malloc"]
+
     def fio(self, directory, qd):
         path = os.path.join(directory, "fio.dat")
         size = "1G" if not self.args.quick else "256M"
         out = sh(["fio", "--name=seq", f"--filename={path}", f"--size={size}", "--rw=read", f"--bs={BLOCK}",
                   "--ioengine=io_uring", "--direct=1", f"--iodepth={qd}", "--runtime=3", "--time_based",
-                  "--output-format=json"])
+                  *self.fio_memory(qd), "--output-format=json"])
         os.unlink(path)
         return json.loads(out)["jobs"][0]["read"]["bw_bytes"]
 
-    def iperf3(self):
-        """Loopback TCP: bytes/s, and the sender's CPU seconds per GB."""
+    def iperf3(self, streams):
+        """Loopback TCP with as many streams as Shoal has connections: bytes/s, and the CPU seconds
+        per GB of both ends (sender and receiver, from wait4 as for Shoal's client)."""
         server = subprocess.Popen(["iperf3", "-s", "-1", "-p", str(PORTS["iperf3"]), "-B", "127.0.0.1"], stdout=subprocess.DEVNULL)
         time.sleep(0.3)
-        try:
-            out = json.loads(sh(["iperf3", "-c", "127.0.0.1", "-p", str(PORTS["iperf3"]), "-t", "3", "-J"]))
-        finally:
-            server.wait(timeout=10)
-        sent = out["end"]["sum_sent"]
-        cpu = out["end"]["cpu_utilization_percent"]["host_total"] / 100 * sent["seconds"]
-        return out["end"]["sum_received"]["bits_per_second"] / 8, cpu / (sent["bytes"] / 1e9)
+        client = subprocess.Popen(["iperf3", "-c", "127.0.0.1", "-p", str(PORTS["iperf3"]), "-t", "3", "-P", str(streams), "-J"],
+                                  stdout=subprocess.PIPE, text=True)
+        out = json.loads(client.stdout.read())
+        _, _, client_usage = os.wait4(client.pid, 0)
+        _, _, server_usage = os.wait4(server.pid, 0)
+        received = out["end"]["sum_received"]
+        cpu = sum(u.ru_utime + u.ru_stime for u in (client_usage, server_usage))
+        self.limits["iperf3"] = f"loopback, {streams} parallel streams (-P {streams}), CPU of sender and receiver"
+        return received["bits_per_second"] / 8, cpu / (received["bytes"] / 1e9)
 
     def fio_jobs(self, directory, size, jobs):
-        """fio as the engine reads: `jobs` threads, each one 4 MiB read at a time."""
+        """fio as the engine reads: `jobs` threads, each one 4 MiB read at a time, each over its
+        own part of the file (offset_increment), so no two read the same offsets."""
         path = os.path.join(directory, "fio-jobs.dat")
-        out = sh(["fio", "--name=seq", f"--filename={path}", f"--size={size}", "--rw=read", f"--bs={BLOCK}",
-                  "--ioengine=io_uring", "--direct=1", "--iodepth=1", f"--numjobs={jobs}", "--runtime=3", "--time_based",
-                  "--group_reporting", "--output-format=json"])
+        part = parse_size(size) // jobs // BLOCK * BLOCK
+        out = sh(["fio", "--name=seq", f"--filename={path}", f"--size={part}", f"--offset_increment={part}", "--rw=read",
+                  f"--bs={BLOCK}", "--ioengine=io_uring", "--direct=1", "--iodepth=1", f"--numjobs={jobs}", "--runtime=3",
+                  "--time_based", *self.fio_memory(jobs), "--group_reporting", "--output-format=json"])
         os.unlink(path)
         return json.loads(out)["jobs"][0]["read"]["bw_bytes"]
 
@@ -159,7 +189,7 @@ class Run:
                 f.write(os.urandom(BLOCK))
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(f"""worker_processes 2;
+            f.write(f"""worker_processes {self.args.connections};
 {"user root;" if os.getuid() == 0 else ""}
 pid {d}/nginx.pid;
 error_log {d}/error.log;
@@ -169,12 +199,15 @@ http {{
     client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
     default_type application/octet-stream;
     sendfile on;
-    server {{ listen 127.0.0.1:{PORTS['nginx_direct']}; root {blocks}; directio 4k; directio_alignment 4k; output_buffers 1 4m; }}
+    output_buffers 1 4m;
+    server {{ listen 127.0.0.1:{PORTS['nginx_direct']}; root {blocks}; directio 4k; directio_alignment 4k; aio threads; }}
     server {{ listen 127.0.0.1:{PORTS['nginx_cache']}; root {blocks}; }}
 }}
 """)
         os.makedirs(os.path.join(d, "tmp"))
         sh(["nginx", "-c", conf, "-p", d])
+        self.limits["nginx"] = (f"{self.args.connections} worker processes (one per Shoal connection), 4 MiB output buffers; "
+                                "directio server: O_DIRECT reads on a thread pool (aio threads); page-cache server: sendfile")
         self.peers.append(["nginx", "-c", conf, "-p", d, "-s", "stop"])
         with open(os.path.join(d, "random.lua"), "w") as f:
             f.write(f"""local files = {count}
@@ -254,7 +287,11 @@ stores:
         return json.loads(out), usage.ru_utime + usage.ru_stime, worker_cpu
 
     def shoal_read(self, extra=()):
-        r, client_cpu, worker_cpu = self.client(["bench", "read", "s3://perf/ds", "--connections", str(self.args.connections), *extra])
+        """Sequential reads by two readers sharing `connections` connections, so the end of one
+        64 MiB read never leaves the connections idle."""
+        readers = 2 if self.args.connections >= 2 else 1
+        r, client_cpu, worker_cpu = self.client(["bench", "read", "s3://perf/ds", "--readers", str(readers),
+                                                 "--connections", str(self.args.connections // readers), *extra])
         gb = r["bytes"] / 1e9
         return r["bytesPerSecond"], client_cpu / gb, worker_cpu / gb
 
@@ -293,7 +330,7 @@ def measure(run, args):
         cache = os.path.join(run.work, f"cache-{i}")
         os.makedirs(cache)
         s.add("fio", run.fio(cache, args.connections))
-        bw, cpu = run.iperf3()
+        bw, cpu = run.iperf3(args.connections)
         s.add("iperf3", bw)
         s.add("iperf3.cpuPerGB", cpu)
         s.add("direct_get", run.direct_get(args.connections))
@@ -312,6 +349,7 @@ def measure(run, args):
         s.add("warm", bw)
         s.add("warm.clientCpuPerGB", client_cpu)
         s.add("warm.workerCpuPerGB", worker_cpu)
+        s.add("warm.cpuPerGB", worker_cpu + client_cpu)
         for size in small:
             for c in args.concurrency:
                 s.add_all(f"random.{size}.{c}", run.shoal_random(size, c))
@@ -358,7 +396,21 @@ def measure_engine(run, args):
         "recoverUncleanSeconds": first["recoverUncleanSeconds"]}, [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def report(args, f, engine, replay):
+def machine():
+    """The machine and its load at the time of the report, in one line."""
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return f"{os.cpu_count()} cores ({model}), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def report(args, f, engine, replay, limits):
     med = {k: v["median"] for k, v in f.items()}
     c = args.connections
     ratios = [
@@ -366,10 +418,12 @@ def report(args, f, engine, replay):
         (f"warm 4 KiB reads / redis GET, {c} clients", med[f"random.4096.{c}.opsPerSecond"] / med[f"redis.4096.{c}.opsPerSecond"], 1.0),
         (f"warm 4 MiB reads / nginx directio, {c} clients", med["random.4194304.bytesPerSecond"] / med["nginx_direct.bytesPerSecond"], 1.0),
         ("cold / direct GETs", med["cold"] / med["direct_get"], 0.9),
-        ("iperf3 sender CPU / worker CPU, per GB (warm)", med["iperf3.cpuPerGB"] / med["warm.workerCpuPerGB"], 1.0),
     ]
+    # (name, value, goal, "max" when lower is better)
+    ratios = [(n, v, g, "min") for n, v, g in ratios]
+    ratios.append(("CPU per GB, warm: (worker + client) / (iperf3 sender + receiver)", med["warm.cpuPerGB"] / med["iperf3.cpuPerGB"], 1.0, "max"))
     if engine:
-        ratios.append((f"engine hit reads / fio ({c} jobs)", med["engine_hit"] / med["fio_jobs"], 0.9))
+        ratios.append((f"engine hit reads / fio ({c} jobs)", med["engine_hit"] / med["fio_jobs"], 0.9, "min"))
 
     def gb(x):
         return f"{x / 1e9:.2f}"
@@ -406,7 +460,8 @@ def report(args, f, engine, replay):
         lines.append(f"| 4 KiB, {name} | {c} | {med[key + '.opsPerSecond']:,.0f} | {med[key + '.p50Micros']:.0f} | {med[key + '.p99Micros']:.0f} | | | | "
                      f"{med[key + '.opsPerSecond'] / med[f'redis.4096.{c}.opsPerSecond']:.2f} |")
     lines += ["", "## CPU seconds per GB", "", "| process | median | min–max |", "|---|---|---|",
-              row("iperf3 sender", "iperf3.cpuPerGB", lambda x: f"{x:.2f}"),
+              row(f"iperf3 sender + receiver, {c} streams", "iperf3.cpuPerGB", lambda x: f"{x:.2f}"),
+              row("shoal worker + client, warm", "warm.cpuPerGB", lambda x: f"{x:.2f}"),
               row("shoal worker, warm", "warm.workerCpuPerGB", lambda x: f"{x:.2f}"),
               row("shoal client, warm", "warm.clientCpuPerGB", lambda x: f"{x:.2f}"),
               row("shoal worker, cold (its store fetches included)", "cold.workerCpuPerGB", lambda x: f"{x:.2f}"),
@@ -425,13 +480,16 @@ def report(args, f, engine, replay):
             lines.append(f"| {r['trace']} | {r['engineMissRatio']:.3f} | {r['guardedMissRatio']:.3f} | {r['lruMissRatio']:.3f} | "
                          f"{r['engineBlocksWritten']} | {r['guardedBlocksWritten']} | {r['lruBlocksWritten']} |")
     lines += ["", "## Ratios against the goals", "", "| ratio | value | goal | |", "|---|---|---|---|"]
-    for name, v, g in ratios:
-        lines.append(f"| {name} | {v:.2f} | ≥ {g} | {'met' if v >= g else 'not met'} |")
-    return "\n".join(lines) + "\n", [{"name": n, "value": v, "goal": g} for n, v, g in ratios]
+    for name, v, g, kind in ratios:
+        met = v >= g if kind == "min" else v <= g
+        lines.append(f"| {name} | {v:.2f} | {'≥' if kind == 'min' else '≤'} {g} | {'met' if met else 'not met'} |")
+    lines += ["", "## How the limits and peers were run", ""] + [f"- {k}: {v}" for k, v in sorted(limits.items())]
+    lines += [f"- machine: {machine()}"]
+    return "\n".join(lines) + "\n", [{"name": n, "value": v, "goal": g, "kind": k} for n, v, g, k in ratios]
 
 
-def chart(path, args, f):
-    """Throughput bars and small-read ops/s and p99 by concurrency, in one PNG."""
+def chart(path, args, f, ratios):
+    """Throughput bars, small-read ops/s and p99 by clients, and the ratios against their goals."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -440,7 +498,7 @@ def chart(path, args, f):
         print("perf: matplotlib missing (Tools/install-deps.sh --perf installs it); no chart", file=sys.stderr)
         return
     med = {k: v["median"] for k, v in f.items()}
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 5.5))
+    fig, ((a, r), (b, c)) = plt.subplots(2, 2, figsize=(17, 11))
     bars = [("fio", "fio"), ("iperf3", "iperf3"), ("direct GET", "direct_get"), ("shoal cold", "cold"), ("shoal warm", "warm"),
             ("shoal 4M rand", "random.4194304.bytesPerSecond"), ("nginx directio", "nginx_direct.bytesPerSecond"),
             ("nginx page cache", "nginx_cache.bytesPerSecond"), ("shoal, memory", "memory.warm"), ("shoal, no data", "nodata.warm")]
@@ -448,20 +506,39 @@ def chart(path, args, f):
     vals = [med[k] / 1e9 for _, k in bars]
     errs = [[(med[k] - f[k]["min"]) / 1e9 for _, k in bars], [(f[k]["max"] - med[k]) / 1e9 for _, k in bars]]
     a.bar([n for n, _ in bars], vals, color=colors, yerr=errs, capsize=3)
+    a.set_ylim(bottom=0)
     a.set_ylabel("GB/s")
-    a.set_title("Throughput (grey: limits, blue: shoal, red: peers)")
+    a.set_title(f"Throughput: bars are the median of {args.runs} run(s), whiskers min–max\n"
+                "grey: limits, blue: shoal, red: peers, light blue: shoal with an isolating switch")
     a.tick_params(axis="x", rotation=60)
     for size, style in [(4096, "-"), (65536, "--")]:
         b.plot(args.concurrency, [med[f"random.{size}.{cc}.opsPerSecond"] for cc in args.concurrency], "o" + style, color="#1f77b4", label=f"shoal {size // 1024} KiB")
-        b.plot(args.concurrency, [med[f"redis.{size}.{cc}.opsPerSecond"] for cc in args.concurrency], "s" + style, color="#d62728", label=f"redis {size // 1024} KiB")
+        b.plot(args.concurrency, [med[f"redis.{size}.{cc}.opsPerSecond"] for cc in args.concurrency], "s" + style, color="#d62728", label=f"redis GET {size // 1024} KiB")
         c.plot(args.concurrency, [med[f"random.{size}.{cc}.p99Micros"] for cc in args.concurrency], "o" + style, color="#1f77b4", label=f"shoal {size // 1024} KiB")
-        c.plot(args.concurrency, [med[f"redis.{size}.{cc}.p99Micros"] for cc in args.concurrency], "s" + style, color="#d62728", label=f"redis {size // 1024} KiB")
-    for ax, title, unit in [(b, "Warm random reads", "ops/s"), (c, "p99 latency", "µs")]:
+        c.plot(args.concurrency, [med[f"redis.{size}.{cc}.p99Micros"] for cc in args.concurrency], "s" + style, color="#d62728", label=f"redis GET {size // 1024} KiB")
+    for ax, title, unit in [(b, "Warm random reads (median)", "ops/s"), (c, "p99 latency (median of runs, log scale)", "µs")]:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(args.concurrency)
+        ax.set_xticklabels([str(cc) for cc in args.concurrency])
         ax.set_xlabel("clients (one read in flight each)")
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.legend()
+    b.set_ylim(bottom=0)
+    c.set_yscale("log")
+    names = [x["name"] for x in ratios]
+    values = [x["value"] for x in ratios]
+    met = [(x["value"] >= x["goal"]) if x["kind"] == "min" else (x["value"] <= x["goal"]) for x in ratios]
+    r.barh(range(len(ratios)), values, color=["#2ca02c" if m else "#d62728" for m in met])
+    for i, x in enumerate(ratios):
+        r.plot([x["goal"], x["goal"]], [i - 0.4, i + 0.4], color="black")
+        r.text(x["value"], i, f" {x['value']:.2f} ({'≥' if x['kind'] == 'min' else '≤'} {x['goal']})", va="center")
+    r.set_yticks(range(len(ratios)))
+    r.set_yticklabels(names, fontsize=8)
+    r.invert_yaxis()
+    r.set_xlim(left=0)
+    r.set_title("Ratios against their goals (black line: goal; green: met, red: not met)")
+    fig.suptitle(f"Shoal perf, {args.size} dataset, {args.connections} connections — {machine()}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -500,14 +577,15 @@ def main():
     finally:
         run.teardown()
 
-    text, ratios = report(args, figures, engine, replay)
+    text, ratios = report(args, figures, engine, replay, run.limits)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump({"dataset": args.size, "blockSize": BLOCK, "connections": args.connections, "runs": args.runs,
+                   "limits": run.limits, "machine": machine(),
                    "figures": figures, "ratios": ratios, "engine": engine, "replay": replay}, f, indent=2)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
-    chart(os.path.join(args.out, "report.png"), args, figures)
+    chart(os.path.join(args.out, "report.png"), args, figures, ratios)
     print(text)
     print(f"perf: {time.monotonic() - started:.0f} s; report.md, report.json and report.png in {args.out}")
 

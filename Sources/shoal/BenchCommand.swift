@@ -78,33 +78,55 @@ struct BenchCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Read every object under a prefix through the cache; print the throughput.")
         @Argument(help: "s3://bucket/prefix") var url: String
         @Option(help: "Label for the printed figure.") var label = "read"
+        @Option(help: "Objects read at once, each by its own thread sharing the client's connections, so one read's tail never leaves the connections idle.")
+        var readers = 1
         @OptionGroup var reads: ReadBenchOptions
 
         func run() throws {
             let target = try BenchCommand.parsePrefix(url)
+            guard readers >= 1 && readers <= 64 else { throw fail("--readers must be 1-64", code: 2) }
             let s3 = try reads.store.makeStore()
             do {
                 let entries = try s3.listAll(bucket: target.bucket, prefix: target.key)
                 guard !entries.isEmpty else { throw fail("no objects under \(url)") }
                 let c = try ShoalClient(config: try reads.clientConfig())
-                var buffer: UnsafeMutableRawBufferPointer?
-                defer { buffer?.deallocate() }
-                var total: UInt64 = 0
+                let queue = WorkQueue(items: entries.map { ($0.key, 0, 0) })
+                let done = ConditionLock()
+                nonisolated(unsafe) var total: UInt64 = 0
+                nonisolated(unsafe) var finished = 0
+                nonisolated(unsafe) var firstError: String?
                 let start = monotonicNanos()
-                for e in entries {
-                    let file = try c.open(ObjectRef(store: ObjectRef.defaultStore, bucket: target.bucket, key: e.key))
-                    let chunk = Int(file.blockSize) * 16
-                    if buffer == nil || buffer!.count != chunk {
-                        buffer?.deallocate()
-                        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+                for _ in 0..<readers {
+                    try OSThread.spawn(name: "bench-read") {
+                        var buffer: UnsafeMutableRawBufferPointer?
+                        defer { buffer?.deallocate() }
+                        var bytes: UInt64 = 0
+                        do throws(ShoalError) {
+                            while let (key, _, _) = queue.next() {
+                                let file = try c.open(ObjectRef(store: ObjectRef.defaultStore, bucket: target.bucket, key: key))
+                                let chunk = Int(file.blockSize) * 16
+                                if buffer == nil || buffer!.count != chunk {
+                                    buffer?.deallocate()
+                                    buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+                                }
+                                var pos: UInt64 = 0
+                                while pos < file.size { pos += UInt64(try c.read(file, at: pos, into: buffer!)) }
+                                bytes += file.size
+                            }
+                        } catch {
+                            done.withLock { firstError = firstError ?? error.message }
+                        }
+                        done.withLock {
+                            total += bytes
+                            finished += 1
+                        }
+                        done.broadcast()
                     }
-                    var pos: UInt64 = 0
-                    while pos < file.size {
-                        let n = try c.read(file, at: pos, into: buffer!)
-                        pos += UInt64(n)
-                    }
-                    total += file.size
                 }
+                done.lock()
+                while finished < readers { done.wait() }
+                done.unlock()
+                if let firstError { throw fail(firstError) }
                 let seconds = Double(monotonicNanos() - start) / 1e9
                 BenchCommand.report(label, bytes: total, seconds: seconds, json: reads.json)
             } catch let e as ShoalError {
