@@ -38,7 +38,9 @@ start)
     fi
     stop_workers
     "$root/Tools/objectstore.sh" start "$dir/objectstore" $((base + 100)) >/dev/null
-    [ -f "$dir/secret" ] || { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret"; chmod 600 "$dir/secret"; }
+    # The secret is created private (a worker refuses one that group or others can read).
+    [ -f "$dir/secret" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret")
+    chmod 600 "$dir/secret"
     addresses=(); admins=()
     for i in $(seq 0 $((workers - 1))); do
         w="$dir/w$i"; mkdir -p "$w/cache"

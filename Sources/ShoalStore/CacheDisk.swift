@@ -157,6 +157,12 @@ final class CacheDisk: @unchecked Sendable {
             }
             throw ShoalError(.badRequest, "cannot open cache file \(filePath): \(error)")
         }
+        if !isDevice {
+            // The file holds object bytes in the clear: owner only, also for a file an older version left 0644.
+            do { try file.setPermissions(0o600) } catch {
+                throw ShoalError(.badRequest, "cannot make cache file \(filePath) private (chmod 600): \(error)")
+            }
+        }
         do {
             maintenance = try BufferPool(bufferSize: max(footerReserve, Int(BlockLayout.maxBlockSize) + CacheFormat.headerSize), count: 1)
         } catch {

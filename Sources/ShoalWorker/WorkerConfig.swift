@@ -96,7 +96,7 @@ public struct WorkerConfig: Sendable {
         if map["admin"] != nil { config.admin = try r.string("admin") == "off" ? nil : try r.endpoint("admin") }
         if let s = try r.string("secret") { config.secret = Array(s.utf8) }
         if let f = try r.string("secretFile") {
-            do { config.secret = try WorkerConfig.readSecret(resolve(f)) } catch {
+            do { config.secret = try WorkerConfig.readPrivateSecret(resolve(f)) } catch {
                 throw ShoalError(.badRequest, "key 'secretFile': \(error.message)")
             }
         }
@@ -195,6 +195,40 @@ public struct WorkerConfig: Sendable {
         } catch {
             throw ShoalError(.badRequest, "cannot read secret file \(path): \(error)")
         }
+    }
+
+    /// Reads the worker's secret file, refusing one that group or others can read: whoever reads
+    /// the secret can pass the handshake and the admin port's token check.
+    public static func readPrivateSecret(_ path: String) throws(ShoalError) -> [UInt8] {
+        if let info = FileSystem.info(path), info.permissions & 0o044 != 0 {
+            throw ShoalError(.badRequest, "secret file \(path) can be read by group or others (mode \(String(info.permissions, radix: 8))); "
+                             + "the cluster secret must be private: run chmod 600 \(path)")
+        }
+        return try readSecret(path)
+    }
+
+    /// The embedded default under `base` (`./.shoal` for `shoal worker` without `--config`): a
+    /// 10 GiB cache in `base/cache`, a file store over `base/store`, and a secret generated into
+    /// `base/secret` on first start. Folders it creates are private (0700), the secret 0600.
+    public static func embeddedDefault(base: String = ".shoal") throws(ShoalError) -> WorkerConfig {
+        var cfg = WorkerConfig()
+        let secretPath = base + "/secret"
+        do {
+            try FileSystem.createDirectories(base, permissions: 0o700)
+            try FileSystem.createDirectories(base + "/cache", permissions: 0o700)
+            try FileSystem.createDirectories(base + "/store", permissions: 0o700)
+            if !FileSystem.exists(secretPath) {
+                try FileSystem.writeFile(secretPath, Array(secureRandomBytes(32).hexString.utf8), permissions: 0o600)
+            }
+        } catch {
+            throw ShoalError(.badRequest, "cannot set up the embedded default under \(base): \(error)")
+        }
+        cfg.secret = try readPrivateSecret(secretPath)
+        cfg.caches = [CacheDiskConfig(path: base + "/cache", capacity: 10 << 30)]
+        var store = StoreConfig(name: "default", kind: .file)
+        store.root = base + "/store"
+        cfg.stores = [store]
+        return cfg
     }
 
     /// Reads `NAME=value` lines (the object store script's s3.env).
