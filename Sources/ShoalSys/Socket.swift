@@ -53,6 +53,25 @@ public final class TCPSocket: @unchecked Sendable {
     /// Stops reads and writes (wakes a thread blocked on this socket) without freeing the fd.
     public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
 
+    /// Sends `farewell`, ends the sending side and reads (discarding) until the peer closes or
+    /// `lingerNanos` pass, then closes. Closing with unread bytes would send a reset that can
+    /// destroy the farewell in the peer's receive buffer before it is read.
+    public func closeAfterSending(_ farewell: [UInt8], lingerNanos: UInt64) {
+        let deadline = monotonicNanos() + lingerNanos
+        _ = try? send(farewell, deadline: deadline)
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+            if n > 0 { continue }
+            if n == 0 { break }
+            let e = currentErrno()
+            if e == EINTR { continue }
+            guard e == EAGAIN, (try? waitFor(POLLIN, deadline: deadline)) != nil else { break }
+        }
+        close()
+    }
+
     private static func resolve(_ endpoint: Endpoint, passive: Bool) throws(SysError) -> [(Int32, [UInt8])] {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC

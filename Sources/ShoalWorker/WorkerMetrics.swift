@@ -17,6 +17,8 @@ public final class WorkerMetrics: @unchecked Sendable {
     let cachedBlocks: Metrics.Gauge
     let cachedBytes: Metrics.Gauge
     let connections: Metrics.Meter
+    /// Connections closed at once because `maxConnections` were open.
+    let connectionsRefused: Metrics.Counter
     private let errors: [StatusCode: Metrics.Counter]
 
     public init() {
@@ -31,6 +33,7 @@ public final class WorkerMetrics: @unchecked Sendable {
         cachedBlocks = Metrics.Gauge(label: "shoal_cached_blocks", factory: factory)
         cachedBytes = Metrics.Gauge(label: "shoal_cached_bytes", factory: factory)
         connections = Metrics.Meter(label: "shoal_connections", factory: factory)
+        connectionsRefused = Metrics.Counter(label: "shoal_connections_refused_total", factory: factory)
         var errors: [StatusCode: Metrics.Counter] = [:]
         for code in StatusCode.allCases where code != .ok {
             errors[code] = Metrics.Counter(label: "shoal_errors_total", dimensions: [("kind", code.label)], factory: factory)
