@@ -34,6 +34,14 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
+/// This host's name (`gethostname`), or nil if it has none.
+public func currentHostName() -> String? {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count - 1) == 0 else { return nil }
+    let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return name.isEmpty ? nil : name
+}
+
 /// A blocking TCP socket; every wait is bounded with `poll`.
 public final class TCPSocket: @unchecked Sendable {
     public let fd: Int32

@@ -84,7 +84,9 @@ public final class Worker: @unchecked Sendable {
     /// Starts the admin HTTP port, if configured.
     public func startAdmin() async throws {
         guard let endpoint = config.admin else { return }
-        admin = try await AdminServer(endpoint: endpoint) { [self] method, uri in route(method: method, uri) }
+        admin = try await AdminServer(endpoint: endpoint, limits: config.adminLimits, secret: config.secret,
+                                      hosts: [currentHostName()].compactMap { $0 },
+                                      refused: { [metrics] in metrics.adminConnectionsRefused.increment() }) { [self] method, uri in route(method: method, uri) }
         logger.info("admin listening", metadata: ["admin": "\(endpoint.host):\(adminPort ?? 0)"])
     }
 

@@ -36,6 +36,8 @@ public struct StoreConfig: Sendable, Equatable {
 public struct WorkerConfig: Sendable {
     public var listen = Endpoint(host: "127.0.0.1", port: 7070)
     public var admin: Endpoint? = Endpoint(host: "127.0.0.1", port: 7071)
+    /// Connection count and timeouts of the admin port.
+    public var adminLimits = AdminLimits()
     public var secret: [UInt8] = []
     public var blockSize: UInt64 = BlockLayout.defaultBlockSize
     public var buffers = 64
@@ -56,7 +58,8 @@ public struct WorkerConfig: Sendable {
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
-                                           "serveFromMemory", "answerWithoutData"]
+                                           "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
+                                           "adminIdleTimeout"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
                                          "root", "maxConcurrency"]
@@ -94,6 +97,9 @@ public struct WorkerConfig: Sendable {
 
         if let v = try r.endpoint("listen") { config.listen = v }
         if map["admin"] != nil { config.admin = try r.string("admin") == "off" ? nil : try r.endpoint("admin") }
+        if let v = try r.int("adminMaxConnections", min: 1, max: 65536) { config.adminLimits.maxConnections = v }
+        if let v = try r.duration("adminRequestTimeout") { config.adminLimits.requestTimeoutSeconds = v }
+        if let v = try r.duration("adminIdleTimeout") { config.adminLimits.idleTimeoutSeconds = v }
         if let s = try r.string("secret") { config.secret = Array(s.utf8) }
         if let f = try r.string("secretFile") {
             do { config.secret = try WorkerConfig.readPrivateSecret(resolve(f)) } catch {
@@ -155,6 +161,9 @@ public struct WorkerConfig: Sendable {
         }
         guard !secret.isEmpty else {
             throw ShoalError(.badRequest, "key 'secret': a shared secret is required (set 'secret' or 'secretFile'); clients prove they hold it")
+        }
+        guard adminLimits.requestTimeoutSeconds > 0, adminLimits.idleTimeoutSeconds > 0 else {
+            throw ShoalError(.badRequest, "key 'adminRequestTimeout'/'adminIdleTimeout': must be more than 0 (e.g. 10s, 5s)")
         }
         guard !caches.isEmpty else { throw ShoalError(.badRequest, "key 'caches': at least one cache folder is required") }
         guard !stores.isEmpty else { throw ShoalError(.badRequest, "key 'stores': at least one store is required") }

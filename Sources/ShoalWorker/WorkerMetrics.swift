@@ -19,6 +19,8 @@ public final class WorkerMetrics: @unchecked Sendable {
     let connections: Metrics.Meter
     /// Connections closed at once because `maxConnections` were open.
     let connectionsRefused: Metrics.Counter
+    /// Admin connections closed at once because `adminMaxConnections` were open.
+    let adminConnectionsRefused: Metrics.Counter
     private let errors: [StatusCode: Metrics.Counter]
 
     public init() {
@@ -34,6 +36,7 @@ public final class WorkerMetrics: @unchecked Sendable {
         cachedBytes = Metrics.Gauge(label: "shoal_cached_bytes", factory: factory)
         connections = Metrics.Meter(label: "shoal_connections", factory: factory)
         connectionsRefused = Metrics.Counter(label: "shoal_connections_refused_total", factory: factory)
+        adminConnectionsRefused = Metrics.Counter(label: "shoal_admin_connections_refused_total", factory: factory)
         var errors: [StatusCode: Metrics.Counter] = [:]
         for code in StatusCode.allCases where code != .ok {
             errors[code] = Metrics.Counter(label: "shoal_errors_total", dimensions: [("kind", code.label)], factory: factory)
