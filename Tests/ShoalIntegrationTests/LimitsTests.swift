@@ -36,3 +36,34 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         #expect(worker.metrics.value("shoal_connections_refused_total") == 1)
     }
 }
+
+/// `shoal cat` as a user runs it (the built binary), against an in-process worker.
+@Suite(.serialized) struct CatCommandTests {
+    @Test func rangesWorkAsTheHelpSays() throws {
+        let shoal = repositoryRoot + "/.build/debug/shoal"
+        guard FileSystem.exists(shoal) else {
+            Issue.record("build the command line first: swift build --product shoal")
+            return
+        }
+        let config = fileStoreWorkerConfig("cat")
+        let text = Array(String(repeating: "0123456789", count: 200).utf8)  // 2000 bytes
+        let store = FileStore(name: "default", root: config.stores[0].root)
+        try store.createBucket("b")
+        try store.put(bucket: "b", key: "k", bytes: text)
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let secretFile = makeTemporaryDirectory("cat-secret") + "/secret"
+        try FileSystem.writeFile(secretFile, config.secret)
+        func cat(_ range: String...) -> (Int32, String) {
+            runProcess(shoal, ["cat", "s3://b/k", "--worker", "127.0.0.1:\(worker.port)", "--secret-file", secretFile] + range)
+        }
+        let suffix = cat("--range", "-100")
+        #expect(suffix.0 == 0 && suffix.1 == String(decoding: text.suffix(100), as: UTF8.self), "\(suffix)")
+        #expect(cat("--range=-100").1 == suffix.1)
+        #expect(cat("--range", "0+1KiB").1.utf8.count == 1024)
+        #expect(cat("--range", "0-1KiB").1.utf8.count == 1025, "START-END is inclusive, as HTTP")
+        let past = cat("--range", "5000-")
+        #expect(past.0 != 0 && past.1.contains("2000 bytes"), "\(past)")
+    }
+}
