@@ -187,8 +187,8 @@ public struct WorkerConfig: Sendable {
                 }
             }
         }
-        for (i, c) in caches.enumerated() where c.capacity < 2 * c.regionSize {
-            throw ShoalError(.badRequest, "key 'caches[\(i)].capacity': \(ByteSize.format(c.capacity)) must hold at least two regions of \(ByteSize.format(c.regionSize))")
+        for (i, c) in caches.enumerated() where c.capacity < CacheFormatInfo.dataStart + 2 * c.regionSize {
+            throw ShoalError(.badRequest, "key 'caches[\(i)].capacity': \(ByteSize.format(c.capacity)) must hold the \(ByteSize.format(CacheFormatInfo.dataStart)) superblock area and at least two regions of \(ByteSize.format(c.regionSize))")
         }
     }
 
