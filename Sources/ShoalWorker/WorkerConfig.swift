@@ -15,17 +15,26 @@ public struct StoreConfig: Sendable, Equatable {
     public var secretKey = ""
     public var root = ""
     public var maxConcurrency = 16
+    /// How long connecting to the store may take, and how long a request may move less than
+    /// 1 KiB/s; together well under a client's 10 s request timeout (see `validate`).
+    public var connectTimeoutSeconds: Double = 2
+    public var stallTimeoutSeconds: Double = 5
 
     public init(name: String, kind: Kind) {
         self.name = name
         self.kind = kind
     }
 
+    /// A client's default request timeout (`ClientConfig.timeoutMillis`), which the store's
+    /// limits must stay under.
+    public static let clientRequestTimeoutSeconds: Double = 10
+
     func makeStore() -> any ObjectStore {
         switch kind {
         case .s3:
             S3Store(name: name, credentials: S3Credentials(endpoint: endpoint, region: region, accessKey: accessKey, secretKey: secretKey),
-                    maxConcurrency: maxConcurrency)
+                    maxConcurrency: maxConcurrency, connectTimeoutMillis: Int(connectTimeoutSeconds * 1000),
+                    stallTimeoutSeconds: Int(stallTimeoutSeconds.rounded(.up)))
         case .file:
             FileStore(name: name, root: root)
         }
@@ -62,7 +71,7 @@ public struct WorkerConfig: Sendable {
                                            "adminIdleTimeout"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
-                                         "root", "maxConcurrency"]
+                                         "root", "maxConcurrency", "connectTimeout", "stallTimeout"]
 
     /// Loads a YAML file; errors name the file, the key and what is wrong with it.
     public static func load(path: String) throws(ShoalError) -> WorkerConfig {
@@ -149,6 +158,8 @@ public struct WorkerConfig: Sendable {
             }
             if let root = try s.string("root") { store.root = resolve(root) }
             if let n = try s.int("maxConcurrency", min: 1, max: 1024) { store.maxConcurrency = n }
+            if let t = try s.duration("connectTimeout") { store.connectTimeoutSeconds = t }
+            if let t = try s.duration("stallTimeout") { store.stallTimeoutSeconds = t }
             config.stores.append(store)
         }
         return config
@@ -177,6 +188,14 @@ public struct WorkerConfig: Sendable {
             case .s3:
                 guard s.endpoint.hasPrefix("http://") || s.endpoint.hasPrefix("https://") else {
                     throw ShoalError(.badRequest, "key 'stores[\(i)].endpoint': '\(s.endpoint)' must be an http:// or https:// URL")
+                }
+                guard s.connectTimeoutSeconds >= 0.001, s.stallTimeoutSeconds >= 1 else {
+                    throw ShoalError(.badRequest, "key 'stores[\(i)].stallTimeout': connectTimeout must be at least 1ms and stallTimeout at least 1s")
+                }
+                guard s.connectTimeoutSeconds + s.stallTimeoutSeconds < StoreConfig.clientRequestTimeoutSeconds else {
+                    throw ShoalError(.badRequest, "key 'stores[\(i)].stallTimeout': connectTimeout + stallTimeout (\(formatFixed(s.connectTimeoutSeconds + s.stallTimeoutSeconds, decimals: 1)) s) "
+                                     + "must be shorter than a client's request timeout (\(formatFixed(StoreConfig.clientRequestTimeoutSeconds, decimals: 0)) s), "
+                                     + "or clients give up on this worker before it can say the store is slow; lower them")
                 }
                 guard !s.accessKey.isEmpty, !s.secretKey.isEmpty else {
                     throw ShoalError(.badRequest, "key 'stores[\(i)].accessKey': store '\(s.name)' needs accessKey and secretKey (or credentialsFile)")

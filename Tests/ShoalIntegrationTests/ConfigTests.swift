@@ -55,6 +55,8 @@ import ShoalTestSupport
         expectError("caches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b}]",
                     mentions: "'secret'")
         expectError("[1, 2]", mentions: "mapping")
+        expectError("secret: x\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b, stallTimeout: 9s}]",
+                    mentions: "shorter than a client's request timeout")
         expectError("a: [", mentions: "YAML")
     }
 

@@ -67,3 +67,43 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         #expect(past.0 != 0 && past.1.contains("2000 bytes"), "\(past)")
     }
 }
+
+@Suite(.serialized) struct HungStoreTests {
+    /// A store that accepts TCP and never answers: the worker gives up first and says so,
+    /// naming the store, so the user is not told the healthy worker is at fault.
+    @Test func aHungStoreIsNamedBeforeTheClientGivesUpOnTheWorker() throws {
+        let (listener, port) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: 0), backlog: 64)
+        defer { listener.close() }
+        var store = StoreConfig(name: "hung", kind: .s3)
+        store.endpoint = "http://127.0.0.1:\(port)"
+        store.accessKey = "a"
+        store.secretKey = "b"
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("hung"), store: store)
+        config.stores[0].name = "default"
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: worker.port)
+        let client = try ShoalClient(config: ClientConfig(workers: [endpoint], secret: config.secret))
+        do {
+            _ = try client.open(ObjectRef(store: "default", bucket: "b", key: "k"))
+            Issue.record("a STAT through a hung store succeeded")
+        } catch {
+            #expect(error.message.contains("store 'default'") && error.message.contains("timed out"), "\(error.message)")
+            #expect(!error.message.contains("did not answer in time"), "\(error.message)")
+        }
+        // An uncached READ (a GET to the store) the same.
+        let c = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        defer { c.close() }
+        let key = BlockKey(object: ObjectRef(store: "default", bucket: "b", key: "k"), etag: "e", blockSize: 1 << 20, index: 0)
+        let id = try c.sendRead(ReadRequest(block: key, objectSize: 4096, offset: 0, length: 4096))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        do {
+            try buffer.withUnsafeMutableBytes { try c.receiveRead(id: id, into: $0.baseAddress!, length: 4096) }
+            Issue.record("a READ through a hung store succeeded")
+        } catch {
+            let message = (error as? ShoalError)?.message ?? "\(error)"
+            #expect(message.contains("store 'default'") && message.contains("timed out") && !message.contains("did not answer in time"), "\(message)")
+        }
+    }
+}
