@@ -177,6 +177,7 @@ final class BlockService: @unchecked Sendable {
     private func fetch(_ request: ReadRequest, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32) {
         let key = request.block
         let length = Int(BlockLayout(blockSize: UInt64(key.blockSize)).blockLength(index: key.index, objectSize: request.objectSize))
+        metrics.fills.increment()
         metrics.fillsInFlight.increment()
         defer { metrics.fillsInFlight.decrement() }
         do {
