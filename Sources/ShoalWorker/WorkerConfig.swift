@@ -115,7 +115,11 @@ public struct WorkerConfig: Sendable {
                 throw ShoalError(.badRequest, "key 'secretFile': \(error.message)")
             }
         }
-        if let v = try r.size("blockSize") { config.blockSize = v }
+        if let v = try r.size("blockSize") {
+            // Checked here too (not only in validate) so a config file's error names the file.
+            config.blockSize = v
+            try config.validateBlockSize()
+        }
         if let v = try r.int("buffers", min: 2, max: 65536) { config.buffers = v }
         if let v = try r.duration("metadataTTL") { config.metadataTTL = v }
         if let v = try r.int("maxConnections", min: 1, max: 1_000_000) { config.maxConnections = v }
@@ -167,9 +171,7 @@ public struct WorkerConfig: Sendable {
 
     /// Checks the whole config; the error names the key.
     public func validate() throws(ShoalError) {
-        guard blockSize >= BlockLayout.minBlockSize, blockSize <= BlockLayout.maxBlockSize, blockSize % 4096 == 0 else {
-            throw ShoalError(.badRequest, "key 'blockSize': \(ByteSize.format(blockSize)) must be 64 KiB-16 MiB and a multiple of 4 KiB")
-        }
+        try validateBlockSize()
         guard !secret.isEmpty else {
             throw ShoalError(.badRequest, "key 'secret': a shared secret is required (set 'secret' or 'secretFile'); clients prove they hold it")
         }
@@ -208,6 +210,12 @@ public struct WorkerConfig: Sendable {
         }
         for (i, c) in caches.enumerated() where c.capacity < CacheFormatInfo.dataStart + 2 * c.regionSize {
             throw ShoalError(.badRequest, "key 'caches[\(i)].capacity': \(ByteSize.format(c.capacity)) must hold the \(ByteSize.format(CacheFormatInfo.dataStart)) superblock area and at least two regions of \(ByteSize.format(c.regionSize))")
+        }
+    }
+
+    func validateBlockSize() throws(ShoalError) {
+        guard blockSize >= BlockLayout.minBlockSize, blockSize <= BlockLayout.maxBlockSize, blockSize % 4096 == 0 else {
+            throw ShoalError(.badRequest, "key 'blockSize': \(ByteSize.format(blockSize)) must be 64 KiB-16 MiB and a multiple of 4 KiB")
         }
     }
 

@@ -88,4 +88,13 @@ import ShoalTestSupport
         try FileSystem.setPermissions(base + "/secret", 0o600)
         #expect(try WorkerConfig.parse(yaml: "secretFile: \(base)/secret").secret.count == 64)
     }
+
+    @Test func aBlockSizeErrorNamesTheConfigFile() throws {
+        let file = makeTemporaryDirectory("bs") + "/worker.yaml"
+        try FileSystem.writeFile(file, Array("blockSize: 20MiB\nsecret: x\n".utf8))
+        #expect(performing: { try WorkerConfig.load(path: file) }, throws: {
+            let m = ($0 as? ShoalError)?.message ?? ""
+            return m.contains(file) && m.contains("'blockSize'") && m.contains("64 KiB-16 MiB")
+        })
+    }
 }
