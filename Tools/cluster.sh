@@ -32,6 +32,13 @@ stop_workers() {
 
 case "$cmd" in
 start)
+    # Ports in the ephemeral range are handed to client sockets: a client of a stopped worker
+    # there can connect to itself. Keep the workers' and the store's ports below it.
+    ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    if [ $((base + 2 * workers + 110)) -ge "$ephemeral_low" ]; then
+        echo "cluster: --port $base puts ports in this host's ephemeral range (from $ephemeral_low, /proc/sys/net/ipv4/ip_local_port_range); pick a base below $((ephemeral_low - 2 * workers - 110))" >&2
+        exit 2
+    fi
     if [ -z "$shoal" ]; then
         (cd "$root" && swift build -c release --product shoal >/dev/null)
         shoal="$root/.build/release/shoal"
