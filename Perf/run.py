@@ -64,8 +64,11 @@ class Run:
         for line in open(os.path.join(self.objectstore, "s3.env")):
             k, v = line.strip().split("=", 1)
             self.env[k] = v
-        with open(os.path.join(self.work, "secret"), "w") as f:
+        # Private from the start: a worker refuses a secret file that group or others can read.
+        secret = os.path.join(self.work, "secret")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(os.urandom(16).hex())
+        os.chmod(secret, 0o600)
         self.env["SHOAL_SECRET_FILE"] = os.path.join(self.work, "secret")
         self.env["SHOAL_WORKERS"] = f"127.0.0.1:{PORTS['worker']}"
         print(f"perf: populating {self.args.size} of 64 MiB objects...", flush=True)

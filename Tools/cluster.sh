@@ -32,13 +32,22 @@ stop_workers() {
 
 case "$cmd" in
 start)
+    # Ports in the ephemeral range are handed to client sockets: a client of a stopped worker
+    # there can connect to itself. Keep the workers' and the store's ports below it.
+    ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    if [ $((base + 2 * workers + 110)) -ge "$ephemeral_low" ]; then
+        echo "cluster: --port $base puts ports in this host's ephemeral range (from $ephemeral_low, /proc/sys/net/ipv4/ip_local_port_range); pick a base below $((ephemeral_low - 2 * workers - 110))" >&2
+        exit 2
+    fi
     if [ -z "$shoal" ]; then
         (cd "$root" && swift build -c release --product shoal >/dev/null)
         shoal="$root/.build/release/shoal"
     fi
     stop_workers
     "$root/Tools/objectstore.sh" start "$dir/objectstore" $((base + 100)) >/dev/null
-    [ -f "$dir/secret" ] || { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret"; chmod 600 "$dir/secret"; }
+    # The secret is created private (a worker refuses one that group or others can read).
+    [ -f "$dir/secret" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret")
+    chmod 600 "$dir/secret"
     addresses=(); admins=()
     for i in $(seq 0 $((workers - 1))); do
         w="$dir/w$i"; mkdir -p "$w/cache"

@@ -34,8 +34,8 @@ echo "demo: reading the dataset through the cache:"
 "$SHOAL_BIN" bench read "s3://demo/dataset" --label "warm (served from the NVMe cache)  "
 "$SHOAL_BIN" bench get "s3://demo/dataset" --concurrency 8 | sed 's/^/baseline: /'
 hits=$(curl -s "http://127.0.0.1:17071/metrics" | awk '/^shoal_hits_total /{print $2}')
-misses=$(curl -s "http://127.0.0.1:17071/metrics" | awk '/^shoal_misses_total /{print $2}')
-echo "demo: worker metrics: $misses block misses (cold), $hits block hits (warm) — http://127.0.0.1:17071/metrics"
+fills=$(curl -s "http://127.0.0.1:17071/metrics" | awk '/^shoal_fills_total /{print $2}')
+echo "demo: worker metrics: $fills blocks filled from the store (cold), $hits block hits (warm) — http://127.0.0.1:17071/metrics"
 if [ $keep -eq 1 ]; then
     echo "demo: cluster left running; stop it with: Tools/cluster.sh stop --dir $dir"
 fi

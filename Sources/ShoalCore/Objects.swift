@@ -278,6 +278,24 @@ public struct ByteRangeSpec: Sendable, Equatable {
         return ByteRangeSpec(form: .fromTo(start, end))
     }
 
+    /// Where the range starts (nil for a suffix, which never starts past the end).
+    public var start: UInt64? {
+        switch form {
+        case .fromTo(let s, _), .from(let s), .startLength(let s, _): s
+        case .suffix: nil
+        }
+    }
+
+    /// Like `resolve`, but a range that starts past the end of a non-empty object is an error
+    /// naming the object's size (a clipped empty answer would look like an empty object).
+    public func resolveWithinObject(size: UInt64) throws(ShoalError) -> (offset: UInt64, length: UInt64) {
+        if let start, start >= size, start > 0 {
+            throw ShoalError(.badRequest, "the range starts at byte \(start), past the end of the object (\(size) bytes, \(ByteSize.format(size))); "
+                             + "ranges start at 0 and the last byte is \(size == 0 ? "none (it is empty)" : String(size - 1))")
+        }
+        return resolve(size: size)
+    }
+
     /// The (offset, length) this range covers in an object of `size` bytes, clipped to it.
     public func resolve(size: UInt64) -> (offset: UInt64, length: UInt64) {
         switch form {

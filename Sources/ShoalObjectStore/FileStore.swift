@@ -78,7 +78,8 @@ public final class FileStore: ObjectStore, @unchecked Sendable {
         do {
             if let slash = p.lastIndex(of: "/") { try FileSystem.createDirectories(String(p[..<slash])) }
             let tmp = root + "/" + bucket + "/.shoal-tmp-\(secureRandomBytes(6).hexString)"
-            try FileSystem.writeFile(tmp, bytes)
+            // An object in a file store is the user's data, readable as a file written there by hand would be.
+            try FileSystem.writeFile(tmp, bytes, permissions: 0o644)
             try FileSystem.rename(tmp, p)
         } catch {
             throw ShoalError(.storeUnavailable, "cannot write \(describe(bucket, key)): \(error)")

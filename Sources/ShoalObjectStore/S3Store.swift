@@ -27,8 +27,15 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     private let lock = ConditionLock()
     private var idle: [CurlEasy] = []
     private var inFlight = 0
+    /// Connect limit and stall limit (seconds under 1 KiB/s) of every request.
+    private let connectTimeoutMillis: Int
+    private let stallTimeoutSeconds: Int
 
-    public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000) {
+    public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000,
+                connectTimeoutMillis: Int = HTTPRequest(method: "GET", url: "").connectTimeoutMillis,
+                stallTimeoutSeconds: Int = HTTPRequest(method: "GET", url: "").stallTimeoutSeconds) {
+        self.connectTimeoutMillis = max(1, connectTimeoutMillis)
+        self.stallTimeoutSeconds = max(1, stallTimeoutSeconds)
         self.listPageSize = max(1, min(listPageSize, 1000))
         self.name = name
         self.credentials = credentials
@@ -67,6 +74,8 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         var r = HTTPRequest(method: method, url: url)
         r.sigV4 = "aws:amz:\(credentials.region):s3"
         r.credentials = (credentials.accessKey, credentials.secretKey)
+        r.connectTimeoutMillis = connectTimeoutMillis
+        r.stallTimeoutSeconds = stallTimeoutSeconds
         return r
     }
 

@@ -6,6 +6,8 @@ import ShoalSys
 public enum CacheFormatInfo {
     /// Bytes at the end of each region reserved for its footer.
     public static func footerReserve(regionSize: UInt64) -> Int { CacheFormat.footerReserve(regionSize: regionSize) }
+    /// Bytes before the first region (the superblock area); a cache's capacity includes them.
+    public static var dataStart: UInt64 { CacheFormat.dataStart }
 }
 
 /// The NVMe cache of one worker: one region log per cache disk. A block lives on the disk its ID
@@ -26,7 +28,9 @@ public final class BlockCache: @unchecked Sendable {
             throw ShoalError(.badRequest, "cache folder '\(c.path)' is listed twice")
         }
         var disks: [CacheDisk] = []
-        for c in configs { disks.append(try CacheDisk(config: c, expectedBlockSize: expectedBlockSize, pins: pins, logger: logger)) }
+        for (i, c) in configs.enumerated() {
+            disks.append(try CacheDisk(config: c, configKey: "caches[\(i)]", expectedBlockSize: expectedBlockSize, pins: pins, logger: logger))
+        }
         self.disks = disks
     }
 

@@ -116,7 +116,9 @@ final class CacheDisk: @unchecked Sendable {
 
     private let pins: PinSet
 
-    init(config: CacheDiskConfig, expectedBlockSize: UInt64 = 4 << 20, pins: PinSet = PinSet(), logger: Logger) throws(ShoalError) {
+    /// `configKey` names this cache in the worker's config (`caches[N]`) for messages.
+    init(config: CacheDiskConfig, configKey: String = "caches[0]", expectedBlockSize: UInt64 = 4 << 20, pins: PinSet = PinSet(),
+         logger: Logger) throws(ShoalError) {
         self.config = config
         self.pins = pins
         self.logger = logger
@@ -138,12 +140,22 @@ final class CacheDisk: @unchecked Sendable {
               config.regionSize <= 4 << 30 else {
             throw ShoalError(.badRequest, "region size \(config.regionSize) must be 1 MiB-4 GiB and a multiple of 4 KiB")
         }
-        let regions = config.capacity / config.regionSize
+        // The capacity is the whole file: the superblock area and the regions after it.
+        let regions = config.capacity > CacheFormat.dataStart ? (config.capacity - CacheFormat.dataStart) / config.regionSize : 0
         guard regions >= 2 else {
-            throw ShoalError(.badRequest, "cache '\(config.path)': capacity \(ByteSize.format(config.capacity)) must hold at least two regions of \(ByteSize.format(config.regionSize))")
+            throw ShoalError(.badRequest, "key '\(configKey).capacity': \(ByteSize.format(config.capacity)) for cache '\(config.path)' must hold the \(ByteSize.format(CacheFormat.dataStart)) superblock area and at least two regions of \(ByteSize.format(config.regionSize))")
         }
         regionSize = config.regionSize
-        regionCount = UInt32(min(regions, UInt64(UInt32.max) / (config.regionSize / 4096)))
+        // Pages are numbered with 32 bits: a cache file addresses at most 16 TiB of regions.
+        let addressable = UInt64(UInt32.max) / (config.regionSize / 4096)
+        regionCount = UInt32(min(regions, addressable))
+        if regions > addressable {
+            logger.warning("cache capacity clamped to what one cache file can address", metadata: [
+                "key": "\(configKey).capacity", "asked": "\(ByteSize.format(config.capacity))",
+                "most": "\(ByteSize.format(CacheFormat.dataStart + addressable * config.regionSize))",
+                "used": "\(ByteSize.format(CacheFormat.dataStart + UInt64(regionCount) * config.regionSize))", "path": "\(config.path)",
+            ])
+        }
         pagesPerRegion = UInt32(regionSize / 4096)
         footerReserve = CacheFormat.footerReserve(regionSize: regionSize)
         usablePages = pagesPerRegion - UInt32(footerReserve / 4096)
@@ -156,6 +168,12 @@ final class CacheDisk: @unchecked Sendable {
                 throw ShoalError(.badRequest, "cache '\(config.path)' is on a filesystem without O_DIRECT (tmpfs?); use a folder on a real disk")
             }
             throw ShoalError(.badRequest, "cannot open cache file \(filePath): \(error)")
+        }
+        if !isDevice {
+            // The file holds object bytes in the clear: owner only, also for a file an older version left 0644.
+            do { try file.setPermissions(0o600) } catch {
+                throw ShoalError(.badRequest, "cannot make cache file \(filePath) private (chmod 600): \(error)")
+            }
         }
         do {
             maintenance = try BufferPool(bufferSize: max(footerReserve, Int(BlockLayout.maxBlockSize) + CacheFormat.headerSize), count: 1)
@@ -187,7 +205,11 @@ final class CacheDisk: @unchecked Sendable {
                     let (free, _) = try FileSystem.space(config.path)
                     let needed = fileLength - current
                     guard free >= needed + config.minFreeSpace else {
-                        throw ShoalError(.badRequest, "cache folder '\(config.path)' has \(ByteSize.format(free)) free; its capacity needs \(ByteSize.format(needed)) more and \(ByteSize.format(config.minFreeSpace)) must stay free (minFreeSpace)")
+                        let most = current + (free > config.minFreeSpace ? free - config.minFreeSpace : 0)
+                        throw ShoalError(.badRequest, "key '\(configKey).capacity': \(ByteSize.format(config.capacity)) asked for cache '\(config.path)', "
+                                         + "but its filesystem has \(ByteSize.format(free)) free, the cache file already uses \(ByteSize.format(current)) "
+                                         + "and \(ByteSize.format(config.minFreeSpace)) must stay free (\(configKey).minFreeSpace): at most \(ByteSize.format(most)) fits; "
+                                         + "lower the capacity or free space")
                     }
                     try file.allocate(length: fileLength)
                 } else if current > fileLength {
@@ -202,6 +224,15 @@ final class CacheDisk: @unchecked Sendable {
 
         if case .valid(let rs, let rc) = existing, rs == regionSize, rc <= regionCount {
             if !loadSnapshot(regions: rc) { recoverFromRegions(rc) }
+        } else if case .valid(let rs, let rc) = existing, rs == regionSize, rc > regionCount {
+            // A file with more regions (a smaller capacity now, or one laid out before the
+            // superblock area counted in the capacity): keep the regions that still fit.
+            logger.info("cache file shrunk to its capacity; blocks in the regions past it are dropped", metadata: [
+                "path": "\(filePath)", "regions": "\(rc) -> \(regionCount)",
+            ])
+            recoverFromRegions(regionCount)
+            try writeSuperblock(invalidatingRegions: false)
+            if let snapshotPath { FileSystem.remove(snapshotPath) }
         } else {
             if existing != .empty {
                 logger.warning("cache file has another layout or format version; starting it empty", metadata: ["path": "\(filePath)", "found": "\(existing)"])
@@ -219,12 +250,14 @@ final class CacheDisk: @unchecked Sendable {
     func region(ofPage page: UInt32) -> UInt32 { page / pagesPerRegion }
     var footerOffset: UInt64 { UInt64(usablePages) * 4096 }
 
-    private func writeSuperblock() throws(ShoalError) {
+    private func writeSuperblock(invalidatingRegions: Bool = true) throws(ShoalError) {
         let slot = maintenanceSlot
         CacheFormat.memsetZero(slot.base, CacheFormat.headerSize)
         do {
             // Invalidate the first header of every region so an old file's records are not taken as current.
-            for r in 0..<regionCount { try slot.write(file: file, at: regionStart(r), count: CacheFormat.headerSize) }
+            if invalidatingRegions {
+                for r in 0..<regionCount { try slot.write(file: file, at: regionStart(r), count: CacheFormat.headerSize) }
+            }
             let sb = CacheFormat.encodeSuperblock(regionSize: regionSize, regionCount: regionCount)
             sb.withUnsafeBytes { slot.base.copyMemory(from: $0.baseAddress!, byteCount: sb.count) }
             try slot.write(file: file, at: 0, count: CacheFormat.headerSize)

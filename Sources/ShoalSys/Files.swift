@@ -24,14 +24,15 @@ public final class FileHandle: @unchecked Sendable {
         public static let truncate = Options(rawValue: 8)
     }
 
-    /// Opens `path`; `.direct` asks for O_DIRECT (the filesystem must support it).
-    public static func open(_ path: String, _ options: Options = []) throws(SysError) -> FileHandle {
+    /// Opens `path`; `.direct` asks for O_DIRECT (the filesystem must support it). A file it
+    /// creates gets `permissions` (owner only by default: cache files and secrets hold data in the clear).
+    public static func open(_ path: String, _ options: Options = [], permissions: UInt32 = 0o600) throws(SysError) -> FileHandle {
         var flags = options.contains(.readOnly) ? O_RDONLY : O_RDWR
         flags |= O_CLOEXEC
         if options.contains(.create) { flags |= O_CREAT }
         if options.contains(.truncate) { flags |= O_TRUNC }
         if options.contains(.direct) { flags |= shoal_o_direct() }
-        let fd = try retryingEINTR("open \(path)") { Glibc.open(path, flags, 0o644) }
+        let fd = try retryingEINTR("open \(path)") { Glibc.open(path, flags, mode_t(permissions)) }
         return FileHandle(fd: fd, path: path)
     }
 
@@ -78,6 +79,11 @@ public final class FileHandle: @unchecked Sendable {
     public func sync() throws(SysError) {
         _ = try retryingEINTR("fdatasync \(path)") { fdatasync(fd) }
     }
+
+    /// Sets the file's permission bits (e.g. 0o600).
+    public func setPermissions(_ mode: UInt32) throws(SysError) {
+        _ = try retryingEINTR("fchmod \(path)") { fchmod(fd, mode_t(mode)) }
+    }
 }
 
 /// Filesystem queries and small file operations.
@@ -96,12 +102,12 @@ public enum FileSystem {
 
     public static func isWritable(_ path: String) -> Bool { access(path, W_OK) == 0 }
 
-    /// Creates `path` and its parents.
-    public static func createDirectories(_ path: String) throws(SysError) {
+    /// Creates `path` and its parents; folders it creates get `permissions`.
+    public static func createDirectories(_ path: String, permissions: UInt32 = 0o755) throws(SysError) {
         var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             current += "/" + part
-            if mkdir(current, 0o755) != 0 {
+            if mkdir(current, mode_t(permissions)) != 0 {
                 let e = currentErrno()
                 if e != EEXIST { throw SysError("mkdir \(current)", errno: e) }
             }
@@ -130,13 +136,19 @@ public enum FileSystem {
         return Array(out.prefix(n))
     }
 
-    public static func writeFile(_ path: String, _ bytes: [UInt8]) throws {
-        let h = try FileHandle.open(path, [.create, .truncate])
+    /// Writes a whole file; a new file is readable by its owner only unless `permissions` say otherwise.
+    public static func writeFile(_ path: String, _ bytes: [UInt8], permissions: UInt32 = 0o600) throws {
+        let h = try FileHandle.open(path, [.create, .truncate], permissions: permissions)
         if bytes.isEmpty { return }
         try bytes.withUnsafeBytes { try h.write($0.baseAddress!, count: $0.count, at: 0) }
     }
 
     public static func remove(_ path: String) { unlink(path) }
+
+    /// Sets a path's permission bits (e.g. 0o700 for a folder only its owner may enter).
+    public static func setPermissions(_ path: String, _ mode: UInt32) throws(SysError) {
+        _ = try retryingEINTR("chmod \(path)") { chmod(path, mode_t(mode)) }
+    }
 
     public static func rename(_ from: String, _ to: String) throws(SysError) {
         _ = try retryingEINTR("rename \(from)") { Glibc.rename(from, to) }
@@ -163,6 +175,8 @@ public struct FileInfo: Sendable {
     public var modifiedNanos: UInt64
     public var isDirectory: Bool
     public var isRegular: Bool
+    /// The permission bits (e.g. 0o600).
+    public var permissions: UInt32
 }
 
 extension FileSystem {
@@ -172,7 +186,8 @@ extension FileSystem {
         guard stat(path, &st) == 0 else { return nil }
         let mtime = UInt64(st.st_mtim.tv_sec) * 1_000_000_000 + UInt64(st.st_mtim.tv_nsec)
         let kind = st.st_mode & S_IFMT
-        return FileInfo(size: UInt64(st.st_size), modifiedNanos: mtime, isDirectory: kind == S_IFDIR, isRegular: kind == S_IFREG)
+        return FileInfo(size: UInt64(st.st_size), modifiedNanos: mtime, isDirectory: kind == S_IFDIR, isRegular: kind == S_IFREG,
+                        permissions: UInt32(st.st_mode) & 0o7777)
     }
 }
 

@@ -34,6 +34,14 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
+/// This host's name (`gethostname`), or nil if it has none.
+public func currentHostName() -> String? {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count - 1) == 0 else { return nil }
+    let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return name.isEmpty ? nil : name
+}
+
 /// A blocking TCP socket; every wait is bounded with `poll`.
 public final class TCPSocket: @unchecked Sendable {
     public let fd: Int32
@@ -52,6 +60,25 @@ public final class TCPSocket: @unchecked Sendable {
 
     /// Stops reads and writes (wakes a thread blocked on this socket) without freeing the fd.
     public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Sends `farewell`, ends the sending side and reads (discarding) until the peer closes or
+    /// `lingerNanos` pass, then closes. Closing with unread bytes would send a reset that can
+    /// destroy the farewell in the peer's receive buffer before it is read.
+    public func closeAfterSending(_ farewell: [UInt8], lingerNanos: UInt64) {
+        let deadline = monotonicNanos() + lingerNanos
+        _ = try? send(farewell, deadline: deadline)
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+            if n > 0 { continue }
+            if n == 0 { break }
+            let e = currentErrno()
+            if e == EINTR { continue }
+            guard e == EAGAIN, (try? waitFor(POLLIN, deadline: deadline)) != nil else { break }
+        }
+        close()
+    }
 
     private static func resolve(_ endpoint: Endpoint, passive: Bool) throws(SysError) -> [(Int32, [UInt8])] {
         var hints = addrinfo()
@@ -122,14 +149,27 @@ public final class TCPSocket: @unchecked Sendable {
         }
     }
 
-    /// Connects with a deadline.
+    /// Connects with a deadline. A connection that reached itself (a port in the ephemeral
+    /// range with nothing listening, which the kernel may pick as this socket's own port) is
+    /// closed and reported as nothing listening there.
     public static func connect(_ endpoint: Endpoint, timeoutMillis: Int32) throws(SysError) -> TCPSocket {
+        try connect(endpoint, timeoutMillis: timeoutMillis, bindingTo: nil)
+    }
+
+    /// `bindingTo` fixes the local address first (tests use it to make a connection reach itself).
+    static func connect(_ endpoint: Endpoint, timeoutMillis: Int32, bindingTo local: Endpoint?) throws(SysError) -> TCPSocket {
         let addresses = try resolve(endpoint, passive: false)
         var lastError = SysError("connect \(endpoint): no address", errno: EADDRNOTAVAIL)
         for (family, addr) in addresses {
             let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
             if fd < 0 { lastError = SysError("socket", errno: currentErrno()); continue }
             let s = TCPSocket(fd: fd)
+            if let local, let (_, bytes) = try resolve(local, passive: true).first(where: { $0.0 == family }) {
+                var one: Int32 = 1
+                _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+                let bound = bytes.withUnsafeBytes { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(bytes.count)) }
+                if bound != 0 { lastError = SysError("bind \(local)", errno: currentErrno()); continue }
+            }
             let rc = addr.withUnsafeBytes { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count)) }
             if rc != 0 {
                 let e = currentErrno()
@@ -142,12 +182,31 @@ public final class TCPSocket: @unchecked Sendable {
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len)
                 if soError != 0 { lastError = SysError("connect \(endpoint)", errno: soError); continue }
             }
+            if s.isConnectedToItself {
+                lastError = SysError("connect \(endpoint): the connection reached itself, so nothing listens there "
+                                     + "(a port in this host's ephemeral range, /proc/sys/net/ipv4/ip_local_port_range, can do that); "
+                                     + "start the worker or check its address", errno: ECONNREFUSED)
+                continue
+            }
             let flags = fcntl(fd, F_GETFL)
             _ = fcntl(fd, F_SETFL, flags & ~Int32(O_NONBLOCK))
             s.setNoDelay()
             return s
         }
         throw lastError
+    }
+
+    /// Whether the local and the peer address are the same (a TCP self-connect).
+    var isConnectedToItself: Bool {
+        func address(_ get: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32) -> [UInt8]? {
+            var storage = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let rc = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { get(fd, $0, &len) } }
+            guard rc == 0 else { return nil }
+            return withUnsafeBytes(of: storage) { Array($0.prefix(Int(len))) }
+        }
+        guard let mine = address({ getsockname($0, $1, $2) }), let peer = address({ getpeername($0, $1, $2) }) else { return false }
+        return mine == peer
     }
 
     public func setNoDelay() {

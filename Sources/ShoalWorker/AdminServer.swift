@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import ShoalCore
 import ShoalSys
 
 /// An admin HTTP answer.
@@ -10,21 +11,52 @@ public struct AdminResponse: Sendable {
     public var body: String
 }
 
-/// The admin HTTP port (/metrics, /healthz, /status) on SwiftNIO.
+/// Bounds on the admin port, so clients that connect and send little cannot take the worker's
+/// file descriptors (the data plane needs them too).
+public struct AdminLimits: Sendable, Equatable {
+    /// Admin connections open at once; more are closed as soon as they are accepted.
+    public var maxConnections = 64
+    /// The whole request must arrive, and its answer leave, within this time of the connect.
+    public var requestTimeoutSeconds: Double = 10
+    /// A connection that sends nothing for this long is closed.
+    public var idleTimeoutSeconds: Double = 5
+
+    public init() {}
+}
+
+/// The admin HTTP port (/metrics, /healthz, /status, /pins) on SwiftNIO: one request per
+/// connection, checked by `AdminAccess` before it is routed.
 public final class AdminServer: Sendable {
     private let channel: any Channel
     public let port: Int
 
-    public init(endpoint: Endpoint, route: @escaping @Sendable (String, String) -> AdminResponse) async throws {
+    /// `refused` is called for each connection closed for being over `limits.maxConnections`.
+    public init(endpoint: Endpoint, limits: AdminLimits, secret: [UInt8], hosts: [String], refused: @escaping @Sendable () -> Void = {},
+                route: @escaping @Sendable (String, String) -> AdminResponse) async throws {
+        let open = ConnectionCount(limit: limits.maxConnections)
+        let accessBox = AccessBox()
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap {
-                    channel.pipeline.addHandler(AdminHandler(route: route))
+                guard let access = accessBox.value else { return channel.close() }
+                guard open.acquire() else {
+                    refused()
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in open.release() }
+                let idle = TimeAmount.nanoseconds(Int64(limits.idleTimeoutSeconds * 1e9))
+                let requestTimeout = TimeAmount.nanoseconds(Int64(limits.requestTimeoutSeconds * 1e9))
+                return channel.eventLoop.makeCompletedFuture {
+                    let pipeline = channel.pipeline.syncOperations
+                    try pipeline.addHandler(IdleStateHandler(readTimeout: idle))
+                    try pipeline.configureHTTPServerPipeline()
+                    try pipeline.addHandler(AdminHandler(access: access, route: route, requestTimeout: requestTimeout))
                 }
             }
         channel = try await bootstrap.bind(host: endpoint.host, port: Int(endpoint.port)).get()
         port = channel.localAddress?.port ?? Int(endpoint.port)
+        // The access rules name the port actually bound (port 0 picks one).
+        accessBox.value = AdminAccess(secret: secret, port: port, hosts: [endpoint.host] + hosts)
     }
 
     public func close() async {
@@ -32,16 +64,80 @@ public final class AdminServer: Sendable {
     }
 }
 
-private final class AdminHandler: ChannelInboundHandler, Sendable {
+/// Set once after bind, before any connection can be routed.
+private final class AccessBox: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var stored: AdminAccess?
+    var value: AdminAccess? {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}
+
+/// Admin connections open now, against their limit.
+private final class ConnectionCount: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var open = 0
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func acquire() -> Bool {
+        lock.withLock {
+            guard open < limit else { return false }
+            open += 1
+            return true
+        }
+    }
+
+    func release() { lock.withLock { open -= 1 } }
+}
+
+private final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
+    let access: AdminAccess
     let route: @Sendable (String, String) -> AdminResponse
+    let requestTimeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+    private var answered = false
 
-    init(route: @escaping @Sendable (String, String) -> AdminResponse) { self.route = route }
+    init(access: AdminAccess, route: @escaping @Sendable (String, String) -> AdminResponse, requestTimeout: TimeAmount) {
+        self.access = access
+        self.route = route
+        self.requestTimeout = requestTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: requestTimeout) { channel.close(promise: nil) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil); return }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(let head) = unwrapInboundIn(data) else { return }
-        let answer = route(head.method.rawValue, head.uri)
+        guard case .head(let head) = unwrapInboundIn(data), !answered else { return }
+        answered = true
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        let decision = access.check(method: head.method.rawValue, path: path, host: head.headers.first(name: "host"),
+                                    origin: head.headers.first(name: "origin"), authorization: head.headers.first(name: "authorization"),
+                                    localAddress: context.channel.localAddress?.ipAddress)
+        let answer: AdminResponse
+        switch decision {
+        case .allow: answer = route(head.method.rawValue, head.uri)
+        case .refuse(let status, let message): answer = AdminResponse(status: status, contentType: "text/plain", body: message + "\n")
+        }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: answer.contentType)
         headers.add(name: "Content-Length", value: String(answer.body.utf8.count))

@@ -210,6 +210,7 @@ final class BlockService: @unchecked Sendable {
     private func fetch(_ request: ReadRequest, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32) {
         let key = request.block
         let length = key.expectedLength
+        metrics.fills.increment()
         metrics.fillsInFlight.increment()
         defer { metrics.fillsInFlight.decrement() }
         let got: StoreRead

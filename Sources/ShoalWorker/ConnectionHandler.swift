@@ -10,6 +10,9 @@ struct ConnectionHandler {
     let logger: Logger
     /// A client must finish its handshake, and send each frame's payload, within this time.
     let frameTimeoutNanos: UInt64 = 10_000_000_000
+    /// Unauthenticated clients choose how many protocol errors happen (a fuzzer made thousands):
+    /// a few lines per interval, the next one saying how many were left out.
+    let protocolErrorLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
 
     func serve(_ socket: TCPSocket) {
         service.metrics.connections.increment()
@@ -39,7 +42,12 @@ struct ConnectionHandler {
                 guard (try? socket.send(h.bytes + body, deadline: monotonicNanos() + frameTimeoutNanos)) != nil else { return }
             case .fail(let h, let body):
                 service.metrics.error(StatusCode(rawValue: h.status) ?? .badRequest)
-                logger.info("closing a connection after a protocol error", metadata: ["error": "\(String(decoding: body, as: UTF8.self))"])
+                let (log, suppressed) = protocolErrorLog.admit()
+                if log {
+                    var metadata: Logger.Metadata = ["error": "\(String(decoding: body, as: UTF8.self))"]
+                    if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
+                    logger.info("closing a connection after a protocol error", metadata: metadata)
+                }
                 _ = try? socket.send(h.bytes + body, deadline: monotonicNanos() + 1_000_000_000)
                 return
             case .serve(let id, let request):

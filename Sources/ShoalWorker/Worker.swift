@@ -51,8 +51,24 @@ public final class Worker: @unchecked Sendable {
     /// Starts the TCP listener.
     public func start() throws(ShoalError) {
         let handler = ConnectionHandler(service: service, secret: config.secret, logger: logger)
+        let (metrics, logger, max) = (metrics, logger, config.maxConnections)
+        let refusedLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
+        // A client over the limit is told why (an ERROR frame it reads in place of the handshake's
+        // CHALLENGE), not left with a bare reset.
+        let message = Array("worker is full: \(max) connections (maxConnections); retry later, or raise maxConnections in the worker's config".utf8)
+        let farewell = FrameHeader(type: .error, status: .shuttingDown, requestID: 0, payloadLength: UInt32(message.count)).bytes + message
+        let refusal: @Sendable () -> [UInt8] = {
+            metrics.connectionsRefused.increment()
+            let (log, suppressed) = refusedLog.admit()
+            if log {
+                var metadata: Logger.Metadata = ["maxConnections": "\(max)"]
+                if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
+                logger.warning("refused a connection: the worker is full", metadata: metadata)
+            }
+            return farewell
+        }
         do {
-            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections) { socket in
+            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections, refusal: refusal) { socket in
                 handler.serve(socket)
             }
             try server.start()
@@ -69,7 +85,9 @@ public final class Worker: @unchecked Sendable {
     /// Starts the admin HTTP port, if configured.
     public func startAdmin() async throws {
         guard let endpoint = config.admin else { return }
-        admin = try await AdminServer(endpoint: endpoint) { [self] method, uri in route(method: method, uri) }
+        admin = try await AdminServer(endpoint: endpoint, limits: config.adminLimits, secret: config.secret,
+                                      hosts: [currentHostName()].compactMap { $0 },
+                                      refused: { [metrics] in metrics.adminConnectionsRefused.increment() }) { [self] method, uri in route(method: method, uri) }
         logger.info("admin listening", metadata: ["admin": "\(endpoint.host):\(adminPort ?? 0)"])
     }
 

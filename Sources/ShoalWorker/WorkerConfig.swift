@@ -15,17 +15,26 @@ public struct StoreConfig: Sendable, Equatable {
     public var secretKey = ""
     public var root = ""
     public var maxConcurrency = 16
+    /// How long connecting to the store may take, and how long a request may move less than
+    /// 1 KiB/s; together well under a client's 10 s request timeout (see `validate`).
+    public var connectTimeoutSeconds: Double = 2
+    public var stallTimeoutSeconds: Double = 5
 
     public init(name: String, kind: Kind) {
         self.name = name
         self.kind = kind
     }
 
+    /// A client's default request timeout (`ClientConfig.timeoutMillis`), which the store's
+    /// limits must stay under.
+    public static let clientRequestTimeoutSeconds: Double = 10
+
     func makeStore() -> any ObjectStore {
         switch kind {
         case .s3:
             S3Store(name: name, credentials: S3Credentials(endpoint: endpoint, region: region, accessKey: accessKey, secretKey: secretKey),
-                    maxConcurrency: maxConcurrency)
+                    maxConcurrency: maxConcurrency, connectTimeoutMillis: Int(connectTimeoutSeconds * 1000),
+                    stallTimeoutSeconds: Int(stallTimeoutSeconds.rounded(.up)))
         case .file:
             FileStore(name: name, root: root)
         }
@@ -36,6 +45,8 @@ public struct StoreConfig: Sendable, Equatable {
 public struct WorkerConfig: Sendable {
     public var listen = Endpoint(host: "127.0.0.1", port: 7070)
     public var admin: Endpoint? = Endpoint(host: "127.0.0.1", port: 7071)
+    /// Connection count and timeouts of the admin port.
+    public var adminLimits = AdminLimits()
     public var secret: [UInt8] = []
     public var blockSize: UInt64 = BlockLayout.defaultBlockSize
     public var buffers = 64
@@ -58,10 +69,11 @@ public struct WorkerConfig: Sendable {
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL", "serveStaleOnOutage",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
-                                           "serveFromMemory", "answerWithoutData"]
+                                           "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
+                                           "adminIdleTimeout"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
-                                         "root", "maxConcurrency"]
+                                         "root", "maxConcurrency", "connectTimeout", "stallTimeout"]
 
     /// Loads a YAML file; errors name the file, the key and what is wrong with it.
     public static func load(path: String) throws(ShoalError) -> WorkerConfig {
@@ -96,13 +108,20 @@ public struct WorkerConfig: Sendable {
 
         if let v = try r.endpoint("listen") { config.listen = v }
         if map["admin"] != nil { config.admin = try r.string("admin") == "off" ? nil : try r.endpoint("admin") }
+        if let v = try r.int("adminMaxConnections", min: 1, max: 65536) { config.adminLimits.maxConnections = v }
+        if let v = try r.duration("adminRequestTimeout") { config.adminLimits.requestTimeoutSeconds = v }
+        if let v = try r.duration("adminIdleTimeout") { config.adminLimits.idleTimeoutSeconds = v }
         if let s = try r.string("secret") { config.secret = Array(s.utf8) }
         if let f = try r.string("secretFile") {
-            do { config.secret = try WorkerConfig.readSecret(resolve(f)) } catch {
+            do { config.secret = try WorkerConfig.readPrivateSecret(resolve(f)) } catch {
                 throw ShoalError(.badRequest, "key 'secretFile': \(error.message)")
             }
         }
-        if let v = try r.size("blockSize") { config.blockSize = v }
+        if let v = try r.size("blockSize") {
+            // Checked here too (not only in validate) so a config file's error names the file.
+            config.blockSize = v
+            try config.validateBlockSize()
+        }
         if let v = try r.int("buffers", min: 2, max: 65536) { config.buffers = v }
         if let v = try r.duration("metadataTTL") { config.metadataTTL = v }
         if let v = try r.bool("serveStaleOnOutage") { config.serveStaleOnOutage = v }
@@ -146,6 +165,8 @@ public struct WorkerConfig: Sendable {
             }
             if let root = try s.string("root") { store.root = resolve(root) }
             if let n = try s.int("maxConcurrency", min: 1, max: 1024) { store.maxConcurrency = n }
+            if let t = try s.duration("connectTimeout") { store.connectTimeoutSeconds = t }
+            if let t = try s.duration("stallTimeout") { store.stallTimeoutSeconds = t }
             config.stores.append(store)
         }
         return config
@@ -153,11 +174,12 @@ public struct WorkerConfig: Sendable {
 
     /// Checks the whole config; the error names the key.
     public func validate() throws(ShoalError) {
-        guard blockSize >= BlockLayout.minBlockSize, blockSize <= BlockLayout.maxBlockSize, blockSize % 4096 == 0 else {
-            throw ShoalError(.badRequest, "key 'blockSize': \(ByteSize.format(blockSize)) must be 64 KiB-16 MiB and a multiple of 4 KiB")
-        }
+        try validateBlockSize()
         guard !secret.isEmpty else {
             throw ShoalError(.badRequest, "key 'secret': a shared secret is required (set 'secret' or 'secretFile'); clients prove they hold it")
+        }
+        guard adminLimits.requestTimeoutSeconds > 0, adminLimits.idleTimeoutSeconds > 0 else {
+            throw ShoalError(.badRequest, "key 'adminRequestTimeout'/'adminIdleTimeout': must be more than 0 (e.g. 10s, 5s)")
         }
         guard !caches.isEmpty else { throw ShoalError(.badRequest, "key 'caches': at least one cache folder is required") }
         guard !stores.isEmpty else { throw ShoalError(.badRequest, "key 'stores': at least one store is required") }
@@ -172,6 +194,14 @@ public struct WorkerConfig: Sendable {
                 guard s.endpoint.hasPrefix("http://") || s.endpoint.hasPrefix("https://") else {
                     throw ShoalError(.badRequest, "key 'stores[\(i)].endpoint': '\(s.endpoint)' must be an http:// or https:// URL")
                 }
+                guard s.connectTimeoutSeconds >= 0.001, s.stallTimeoutSeconds >= 1 else {
+                    throw ShoalError(.badRequest, "key 'stores[\(i)].stallTimeout': connectTimeout must be at least 1ms and stallTimeout at least 1s")
+                }
+                guard s.connectTimeoutSeconds + s.stallTimeoutSeconds < StoreConfig.clientRequestTimeoutSeconds else {
+                    throw ShoalError(.badRequest, "key 'stores[\(i)].stallTimeout': connectTimeout + stallTimeout (\(formatFixed(s.connectTimeoutSeconds + s.stallTimeoutSeconds, decimals: 1)) s) "
+                                     + "must be shorter than a client's request timeout (\(formatFixed(StoreConfig.clientRequestTimeoutSeconds, decimals: 0)) s), "
+                                     + "or clients give up on this worker before it can say the store is slow; lower them")
+                }
                 guard !s.accessKey.isEmpty, !s.secretKey.isEmpty else {
                     throw ShoalError(.badRequest, "key 'stores[\(i)].accessKey': store '\(s.name)' needs accessKey and secretKey (or credentialsFile)")
                 }
@@ -181,8 +211,14 @@ public struct WorkerConfig: Sendable {
                 }
             }
         }
-        for (i, c) in caches.enumerated() where c.capacity < 2 * c.regionSize {
-            throw ShoalError(.badRequest, "key 'caches[\(i)].capacity': \(ByteSize.format(c.capacity)) must hold at least two regions of \(ByteSize.format(c.regionSize))")
+        for (i, c) in caches.enumerated() where c.capacity < CacheFormatInfo.dataStart + 2 * c.regionSize {
+            throw ShoalError(.badRequest, "key 'caches[\(i)].capacity': \(ByteSize.format(c.capacity)) must hold the \(ByteSize.format(CacheFormatInfo.dataStart)) superblock area and at least two regions of \(ByteSize.format(c.regionSize))")
+        }
+    }
+
+    func validateBlockSize() throws(ShoalError) {
+        guard blockSize >= BlockLayout.minBlockSize, blockSize <= BlockLayout.maxBlockSize, blockSize % 4096 == 0 else {
+            throw ShoalError(.badRequest, "key 'blockSize': \(ByteSize.format(blockSize)) must be 64 KiB-16 MiB and a multiple of 4 KiB")
         }
     }
 
@@ -198,6 +234,40 @@ public struct WorkerConfig: Sendable {
         } catch {
             throw ShoalError(.badRequest, "cannot read secret file \(path): \(error)")
         }
+    }
+
+    /// Reads the worker's secret file, refusing one that group or others can read: whoever reads
+    /// the secret can pass the handshake and the admin port's token check.
+    public static func readPrivateSecret(_ path: String) throws(ShoalError) -> [UInt8] {
+        if let info = FileSystem.info(path), info.permissions & 0o044 != 0 {
+            throw ShoalError(.badRequest, "secret file \(path) can be read by group or others (mode \(String(info.permissions, radix: 8))); "
+                             + "the cluster secret must be private: run chmod 600 \(path)")
+        }
+        return try readSecret(path)
+    }
+
+    /// The embedded default under `base` (`./.shoal` for `shoal worker` without `--config`): a
+    /// 10 GiB cache in `base/cache`, a file store over `base/store`, and a secret generated into
+    /// `base/secret` on first start. Folders it creates are private (0700), the secret 0600.
+    public static func embeddedDefault(base: String = ".shoal") throws(ShoalError) -> WorkerConfig {
+        var cfg = WorkerConfig()
+        let secretPath = base + "/secret"
+        do {
+            try FileSystem.createDirectories(base, permissions: 0o700)
+            try FileSystem.createDirectories(base + "/cache", permissions: 0o700)
+            try FileSystem.createDirectories(base + "/store", permissions: 0o700)
+            if !FileSystem.exists(secretPath) {
+                try FileSystem.writeFile(secretPath, Array(secureRandomBytes(32).hexString.utf8), permissions: 0o600)
+            }
+        } catch {
+            throw ShoalError(.badRequest, "cannot set up the embedded default under \(base): \(error)")
+        }
+        cfg.secret = try readPrivateSecret(secretPath)
+        cfg.caches = [CacheDiskConfig(path: base + "/cache", capacity: 10 << 30)]
+        var store = StoreConfig(name: "default", kind: .file)
+        store.root = base + "/store"
+        cfg.stores = [store]
+        return cfg
     }
 
     /// Reads `NAME=value` lines (the object store script's s3.env).

@@ -8,8 +8,13 @@ import ShoalSys
 /// its own Prometheus registry, so several workers in one process (tests) do not mix counts.
 public final class WorkerMetrics: @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
+    /// Block reads served from the cache.
     let hits: Metrics.Counter
+    /// Block reads that did not find their block in the cache: each reader counts, also one
+    /// that then waits on another reader's fill (so this is not the number of store GETs).
     let misses: Metrics.Counter
+    /// Store GETs of a block: one per fill, however many readers wait on it.
+    let fills: Metrics.Counter
     let bytesServed: Metrics.Counter
     let bytesFilled: Metrics.Counter
     let fillsInFlight: Metrics.Meter
@@ -19,6 +24,10 @@ public final class WorkerMetrics: @unchecked Sendable {
     let connections: Metrics.Meter
     /// STATs answered with the last known version while the store was unreachable.
     let staleVersionsServed: Metrics.Counter
+    /// Connections closed at once because `maxConnections` were open.
+    let connectionsRefused: Metrics.Counter
+    /// Admin connections closed at once because `adminMaxConnections` were open.
+    let adminConnectionsRefused: Metrics.Counter
     private let errors: [StatusCode: Metrics.Counter]
 
     public init() {
@@ -26,6 +35,7 @@ public final class WorkerMetrics: @unchecked Sendable {
         self.factory = factory
         hits = Metrics.Counter(label: "shoal_hits_total", factory: factory)
         misses = Metrics.Counter(label: "shoal_misses_total", factory: factory)
+        fills = Metrics.Counter(label: "shoal_fills_total", factory: factory)
         bytesServed = Metrics.Counter(label: "shoal_bytes_served_total", factory: factory)
         bytesFilled = Metrics.Counter(label: "shoal_bytes_filled_total", factory: factory)
         fillsInFlight = Metrics.Meter(label: "shoal_fills_in_flight", factory: factory)
@@ -34,6 +44,8 @@ public final class WorkerMetrics: @unchecked Sendable {
         cachedBytes = Metrics.Gauge(label: "shoal_cached_bytes", factory: factory)
         connections = Metrics.Meter(label: "shoal_connections", factory: factory)
         staleVersionsServed = Metrics.Counter(label: "shoal_stale_versions_served_total", factory: factory)
+        connectionsRefused = Metrics.Counter(label: "shoal_connections_refused_total", factory: factory)
+        adminConnectionsRefused = Metrics.Counter(label: "shoal_admin_connections_refused_total", factory: factory)
         var errors: [StatusCode: Metrics.Counter] = [:]
         for code in StatusCode.allCases where code != .ok {
             errors[code] = Metrics.Counter(label: "shoal_errors_total", dimensions: [("kind", code.label)], factory: factory)

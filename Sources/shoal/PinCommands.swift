@@ -1,11 +1,23 @@
 import ArgumentParser
 import ShoalCore
 import ShoalSys
+import ShoalWorker
 
 /// Where the workers' admin ports are.
 struct AdminOptions: ParsableArguments {
     @Option(name: .customLong("admin"), help: "A worker's admin host:port (repeat for several; default: $SHOAL_ADMINS, comma-separated).")
     var admins: [String] = []
+
+    @Option(help: "File holding the cluster secret (default: $SHOAL_SECRET_FILE); changes carry a token derived from it.")
+    var secretFile: String?
+
+    /// The admin token, from the cluster secret (`Authorization: Bearer ...`).
+    func token() throws -> String {
+        guard let path = secretFile ?? ProcessEnvironment.get("SHOAL_SECRET_FILE") else {
+            throw fail("no cluster secret: pass --secret-file FILE or set SHOAL_SECRET_FILE (a worker accepts changes only with a token derived from it)", code: 2)
+        }
+        do { return AdminAccess.token(secret: try WorkerConfig.readSecret(path)) } catch { throw fail(error.message, code: 2) }
+    }
 
     func endpoints() throws -> [Endpoint] {
         var list = admins
@@ -22,12 +34,15 @@ struct AdminOptions: ParsableArguments {
     /// Sends one request to every worker; prints each answer; fails if any worker refused.
     func send(_ method: String, _ pathAndQuery: String) throws {
         var failed = 0
+        let authorization = "Authorization: Bearer \(try token())"
         for e in try endpoints() {
             let easy: CurlEasy
             do { easy = try CurlEasy() } catch { throw fail("cannot start an HTTP client: \(error)") }
             let sink = HTTPBodySink(limit: 1 << 20)
             do {
-                let r = try easy.perform(HTTPRequest(method: method, url: "http://\(e)\(pathAndQuery)"), sink: sink)
+                var request = HTTPRequest(method: method, url: "http://\(e)\(pathAndQuery)")
+                request.headers = [authorization]
+                let r = try easy.perform(request, sink: sink)
                 // Error answers are kept apart from the body (HTTPBodySink.text has either).
                 let body = sink.text.trimmingCharacters(in: "\n").trimmingCharacters()
                 if r.status == 200 { print("\(e): \(body)") } else {

@@ -8,7 +8,10 @@ struct CatCommand: ParsableCommand {
         commandName: "cat", abstract: "Write an object (or a byte range of it) to standard output, read through the cache.")
 
     @Argument(help: "s3://bucket/key (or s3://store@bucket/key)") var url: String
-    @Option(help: "Byte range: START-END (inclusive), START-, -LAST, or START+LENGTH; units allowed (0-1MiB).")
+    // Unconditional, so the suffix form `--range -100` is taken as the value, not as an option.
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("Byte range: START-END (inclusive, as HTTP: 0-99 is 100 bytes), START-, -LAST (the last LAST bytes) or START+LENGTH; units allowed (0+1MiB is the first MiB).",
+                               valueName: "range"))
     var range: String?
     @OptionGroup var client: ClientOptions
 
@@ -25,7 +28,7 @@ struct CatCommand: ParsableCommand {
         do { c = try ShoalClient(config: try client.makeClientConfig()) } catch let e as ShoalError { throw fail(e.message, code: 2) }
         do {
             let file = try c.open(ref)
-            let (offset, length) = spec?.resolve(size: file.size) ?? (0, file.size)
+            let (offset, length) = try spec?.resolveWithinObject(size: file.size) ?? (0, file.size)
             let chunk = max(UInt64(file.blockSize) * 16, 1)
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(chunk, max(length, 1))), alignment: 4096)
             defer { buffer.deallocate() }

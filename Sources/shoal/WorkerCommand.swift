@@ -34,7 +34,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let logger = try makeLogger("shoal.worker", level: logLevel)
         var cfg: WorkerConfig
         do {
-            cfg = try config.map { (p) throws(ShoalError) in try WorkerConfig.load(path: p) } ?? (try WorkerCommand.embeddedDefault())
+            cfg = try config.map { (p) throws(ShoalError) in try WorkerConfig.load(path: p) } ?? (try WorkerConfig.embeddedDefault())
             try applyFlags(&cfg)
             try cfg.validate()
         } catch let e as ShoalError {
@@ -60,7 +60,7 @@ struct WorkerCommand: AsyncParsableCommand {
             }
         }
         if let f = secretFile {
-            do { cfg.secret = try WorkerConfig.readSecret(f) } catch { throw ShoalError(.badRequest, "--secret-file: \(error.message)") }
+            do { cfg.secret = try WorkerConfig.readPrivateSecret(f) } catch { throw ShoalError(.badRequest, "--secret-file: \(error.message)") }
         }
         if let b = blockSize {
             guard let n = ByteSize.parse(b) else { throw ShoalError(.badRequest, "--block-size '\(b)' is not a size (e.g. 4MiB)") }
@@ -93,26 +93,5 @@ struct WorkerCommand: AsyncParsableCommand {
                 cfg.caches.append(disk)
             }
         }
-    }
-
-    static func embeddedDefault() throws(ShoalError) -> WorkerConfig {
-        var cfg = WorkerConfig()
-        let base = ".shoal"
-        do {
-            try FileSystem.createDirectories(base + "/cache")
-            try FileSystem.createDirectories(base + "/store")
-            let secretPath = base + "/secret"
-            if !FileSystem.exists(secretPath) {
-                try FileSystem.writeFile(secretPath, Array(secureRandomBytes(32).hexString.utf8))
-            }
-            cfg.secret = try WorkerConfig.readSecret(secretPath)
-        } catch {
-            throw ShoalError(.badRequest, "cannot set up the embedded default under ./.shoal: \(error)")
-        }
-        cfg.caches = [CacheDiskConfig(path: base + "/cache", capacity: 10 << 30)]
-        var store = StoreConfig(name: "default", kind: .file)
-        store.root = base + "/store"
-        cfg.stores = [store]
-        return cfg
     }
 }

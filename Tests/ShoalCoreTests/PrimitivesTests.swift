@@ -87,7 +87,7 @@ import Testing
         #expect(DurationText.parseSeconds("soon") == nil)
     }
 
-    @Test func rangesResolveAndClip() {
+    @Test func rangesResolveAndClip() throws {
         func r(_ t: String, _ size: UInt64) -> [UInt64] {
             guard let (o, l) = ByteRangeSpec.parse(t)?.resolve(size: size) else { return [] }
             return [o, l]
@@ -99,6 +99,13 @@ import Testing
         #expect(r("0-1MiB", 10) == [0, 10])
         #expect(ByteRangeSpec.parse("5000-")?.resolve(size: 1000).length == 0)
         #expect(ByteRangeSpec.parse("10-5") == nil)
+        // Past the end: an error naming the size, not an empty answer.
+        #expect(performing: { try ByteRangeSpec.parse("5000-")!.resolveWithinObject(size: 1000) },
+                throws: { ($0 as? ShoalError)?.message.contains("1000 bytes") == true })
+        #expect(throws: ShoalError.self) { try ByteRangeSpec.parse("1000+1")!.resolveWithinObject(size: 1000) }
+        #expect(try ByteRangeSpec.parse("999-")!.resolveWithinObject(size: 1000) == (999, 1))
+        #expect(try ByteRangeSpec.parse("-5000")!.resolveWithinObject(size: 1000) == (0, 1000))
+        #expect(try ByteRangeSpec.parse("0-")!.resolveWithinObject(size: 0) == (0, 0))
         #expect(ByteRangeSpec.parse("abc") == nil)
     }
 }

@@ -55,6 +55,46 @@ import ShoalTestSupport
         expectError("caches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b}]",
                     mentions: "'secret'")
         expectError("[1, 2]", mentions: "mapping")
+        expectError("secret: x\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b, stallTimeout: 9s}]",
+                    mentions: "shorter than a client's request timeout")
         expectError("a: [", mentions: "YAML")
+    }
+
+    @Test func embeddedDefaultIsPrivateAndAReadableSecretIsRefused() throws {
+        let base = makeTemporaryDirectory("default") + "/.shoal"
+        var cfg = try WorkerConfig.embeddedDefault(base: base)
+        #expect(FileSystem.info(base)?.permissions == 0o700)
+        #expect(FileSystem.info(base + "/cache")?.permissions == 0o700)
+        #expect(FileSystem.info(base + "/store")?.permissions == 0o700)
+        #expect(FileSystem.info(base + "/secret")?.permissions == 0o600)
+        cfg.listen = Endpoint(host: "127.0.0.1", port: 0)
+        cfg.admin = nil
+        cfg.blockSize = 1 << 20
+        cfg.buffers = 2
+        cfg.caches[0].capacity = 64 << 20
+        cfg.caches[0].regionSize = 8 << 20
+        let worker = try Worker(config: cfg, logger: testLogger)
+        worker.stopDataPlane()
+        #expect(FileSystem.info(base + "/cache/shoal-cache.dat")?.permissions == 0o600)
+
+        // A secret others can read: refused, naming the file and the fix, on every path to it.
+        try FileSystem.setPermissions(base + "/secret", 0o644)
+        let names: (Error) -> Bool = {
+            guard let m = ($0 as? ShoalError)?.message else { return false }
+            return m.contains(base + "/secret") && m.contains("chmod 600")
+        }
+        #expect(performing: { try WorkerConfig.embeddedDefault(base: base) }, throws: names)
+        #expect(performing: { try WorkerConfig.parse(yaml: "secretFile: \(base)/secret") }, throws: names)
+        try FileSystem.setPermissions(base + "/secret", 0o600)
+        #expect(try WorkerConfig.parse(yaml: "secretFile: \(base)/secret").secret.count == 64)
+    }
+
+    @Test func aBlockSizeErrorNamesTheConfigFile() throws {
+        let file = makeTemporaryDirectory("bs") + "/worker.yaml"
+        try FileSystem.writeFile(file, Array("blockSize: 20MiB\nsecret: x\n".utf8))
+        #expect(performing: { try WorkerConfig.load(path: file) }, throws: {
+            let m = ($0 as? ShoalError)?.message ?? ""
+            return m.contains(file) && m.contains("'blockSize'") && m.contains("64 KiB-16 MiB")
+        })
     }
 }

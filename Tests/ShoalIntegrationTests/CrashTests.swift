@@ -18,9 +18,9 @@ final class WorkerProcess {
         guard FileSystem.exists(binary) else {
             throw FixtureError(message: "\(binary) is missing: build it first (Tools/test.sh runs swift build before swift test)")
         }
-        let (probe, free) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: 0))
-        probe.close()
-        port = free
+        // It is killed and restarted on this port: outside the ephemeral range, so a client
+        // connecting while it is down is refused rather than reaching itself.
+        port = try freePortBelowEphemeralRange()
         config = directory + "/worker.yaml"
         log = directory + "/worker.log"
         try FileSystem.createDirectories(directory + "/cache")

@@ -67,8 +67,10 @@ final class Harness {
             let blocks = Double((size + bs - 1) / bs)
             let missesBefore = h.metric("shoal_misses_total")
             let hitsBefore = h.metric("shoal_hits_total")
+            let fillsBefore = h.metric("shoal_fills_total")
             #expect(try h.readAll("obj-\(size)") == data, "cold read of \(size) bytes")
             #expect(h.metric("shoal_misses_total") - missesBefore == blocks, "cold read of \(size) bytes misses every block")
+            #expect(h.metric("shoal_fills_total") - fillsBefore == blocks, "cold read of \(size) bytes fills every block once")
             let filled = h.metric("shoal_bytes_filled_total")
             #expect(try h.readAll("obj-\(size)") == data, "warm read of \(size) bytes")
             #expect(h.metric("shoal_hits_total") - hitsBefore == blocks, "warm read of \(size) bytes hits every block")
@@ -204,6 +206,9 @@ final class Harness {
         }
         #expect(results.all)
         #expect(h.metric("shoal_bytes_filled_total") == Double(8 << 20))
+        // One store GET per block; the readers that waited on it are misses, not fills.
+        #expect(h.metric("shoal_fills_total") == 8)
+        #expect(h.metric("shoal_misses_total") >= 8)
     }
 
     @Test func oneFailingDiskOfTwoDoesNotFailASingleRead() throws {

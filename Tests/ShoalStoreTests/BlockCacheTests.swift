@@ -114,7 +114,7 @@ import ShoalTestSupport
             try put(cache, slot, UInt64(i))
             #expect(cache.bytesCached <= capacity)
         }
-        #expect(FileSystem.info(cache.filePaths[0])!.size <= capacity + CacheFormat.dataStart)
+        #expect(FileSystem.info(cache.filePaths[0])!.size <= capacity)
         #expect(!cache.contains(key(0).id))
         expectBlock(cache, slot, 59)
     }
@@ -141,5 +141,44 @@ import ShoalTestSupport
         #expect {
             try BlockCache(disks: [CacheDiskConfig(path: "/nonexistent-shoal-dir", capacity: 16 << 20, regionSize: 4 << 20)], logger: testLogger)
         } throws: { ($0 as? ShoalError)?.message.contains("/nonexistent-shoal-dir") == true }
+    }
+
+    @Test func theCacheFileIsNoLargerThanItsCapacity() throws {
+        let dir = makeTemporaryDirectory("cap48")
+        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 48 << 20, regionSize: 8 << 20)], logger: testLogger)
+        let size = try #require(FileSystem.info(cache.filePaths[0])?.size)
+        #expect(size <= 48 << 20)
+        #expect(size == CacheFormat.dataStart + 5 * (8 << 20), "the superblock area and as many whole regions as fit")
+    }
+
+    /// A file laid out when the superblock area came on top of the capacity has one region
+    /// more than the capacity now allows: it is shrunk, and the blocks in the regions kept stay.
+    @Test func aFileWithMoreRegionsThanTheCapacityKeepsItsBlocks() throws {
+        let dir = makeTemporaryDirectory("shrink")
+        let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
+        let slot = try #require(pool.acquire())
+        do {
+            let old = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 49 << 20, regionSize: 8 << 20)], logger: testLogger)
+            for i in 0..<4 { try put(old, slot, UInt64(i)) }
+            old.close()
+        }
+        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 48 << 20, regionSize: 8 << 20)], logger: testLogger)
+        #expect(FileSystem.info(cache.filePaths[0])!.size <= 48 << 20)
+        for i in 0..<4 { expectBlock(cache, slot, UInt64(i)) }
+        cache.close()
+        // And it starts from the rewritten superblock the next time.
+        let again = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 48 << 20, regionSize: 8 << 20)], logger: testLogger)
+        for i in 0..<4 { expectBlock(again, slot, UInt64(i)) }
+    }
+
+    @Test func aCapacityTheDiskCannotHoldNamesTheKeyTheValueAndWhatFits() {
+        let dir = makeTemporaryDirectory("huge")
+        #expect {
+            try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 16 << 20, regionSize: 4 << 20),
+                                   CacheDiskConfig(path: makeTemporaryDirectory("huge2"), capacity: 15 << 40, regionSize: 8 << 20)], logger: testLogger)
+        } throws: {
+            let m = ($0 as? ShoalError)?.message ?? ""
+            return m.contains("caches[1].capacity") && m.contains("15 TiB") && m.contains("free") && m.contains("at most")
+        }
     }
 }

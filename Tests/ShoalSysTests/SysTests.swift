@@ -53,3 +53,17 @@ import ShoalTestSupport
         #expect(Endpoint("h:99999") == nil)
     }
 }
+
+@Suite struct SelfConnectTests {
+    /// A port in the ephemeral range with nothing listening can be picked as the connecting
+    /// socket's own port: the connection reaches itself. Forced here by binding to the target.
+    @Test func aConnectionThatReachesItselfIsRefusedNamingTheEndpoint() throws {
+        let (probe, port) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: 0))
+        probe.close()
+        let target = Endpoint(host: "127.0.0.1", port: port)
+        #expect(performing: { try TCPSocket.connect(target, timeoutMillis: 2_000, bindingTo: target) }, throws: {
+            guard let e = $0 as? SysError else { return false }
+            return e.errno == ECONNREFUSED && e.operation.contains("\(target)") && e.operation.contains("nothing listens there")
+        })
+    }
+}

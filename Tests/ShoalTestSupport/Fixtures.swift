@@ -68,7 +68,8 @@ public final class ObjectStoreFixture: @unchecked Sendable {
 
     private init() throws {
         directory = makeTemporaryDirectory("objectstore")
-        let port = 20000 + Int(getpid() % 2000) * 10
+        // Below the ephemeral range (Linux: 32768-60999), where no client socket is given the port.
+        let port = 20000 + Int(getpid() % 1000) * 10
         let script = repositoryRoot + "/Tools/objectstore.sh"
         let (status, output) = runProcess("/bin/bash", [script, "start", directory, String(port)])
         guard status == 0 else {
@@ -111,6 +112,26 @@ public func runProcess(_ path: String, _ args: [String]) -> (Int32, String) {
     let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
     unlink(log)
     return (status == -1 ? -1 : (status >> 8) & 0xff, output)
+}
+
+/// The first port of this host's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range).
+public var ephemeralPortStart: UInt16 {
+    let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+    return text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { UInt16($0) } ?? 32768
+}
+
+/// A free port below the ephemeral range, for a worker that is stopped and started again on
+/// it: while it is down, a client connecting to a port in the range can reach itself.
+public func freePortBelowEphemeralRange() throws -> UInt16 {
+    let top = min(ephemeralPortStart, 32768)
+    for _ in 0..<200 {
+        let candidate = UInt16.random(in: 10000..<max(top, 10001))
+        if let (probe, port) = try? TCPSocket.listen(Endpoint(host: "127.0.0.1", port: candidate)) {
+            probe.close()
+            return port
+        }
+    }
+    throw FixtureError(message: "no free port below \(top) in 200 tries")
 }
 
 /// A worker config for tests: data plane on a free port, small buffers and regions.

@@ -1,0 +1,109 @@
+import Testing
+import ShoalClient
+import ShoalCore
+import ShoalObjectStore
+import ShoalSys
+import ShoalTestSupport
+import ShoalTransport
+@testable import ShoalWorker
+
+/// A worker over a file store (no object store needed).
+func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
+    let root = makeTemporaryDirectory(name + "-store")
+    var store = StoreConfig(name: "default", kind: .file)
+    store.root = root
+    return testWorkerConfig(cacheDirectory: makeTemporaryDirectory(name), store: store, capacity: 32 << 20)
+}
+
+@Suite(.serialized) struct LimitsTests {
+    @Test func aClientOverMaxConnectionsIsToldTheWorkerIsFull() throws {
+        var config = fileStoreWorkerConfig("full")
+        config.maxConnections = 2
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: worker.port)
+        let first = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        let second = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        defer { first.close(); second.close() }
+        do {
+            _ = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+            Issue.record("a third connection was served with maxConnections 2")
+        } catch {
+            #expect(error.message.contains("worker is full: 2 connections (maxConnections)"), "\(error.message)")
+            #expect(error.message.contains("\(endpoint)"))
+        }
+        #expect(worker.metrics.value("shoal_connections_refused_total") == 1)
+    }
+}
+
+/// `shoal cat` as a user runs it (the built binary), against an in-process worker.
+@Suite(.serialized) struct CatCommandTests {
+    @Test func rangesWorkAsTheHelpSays() throws {
+        let shoal = repositoryRoot + "/.build/debug/shoal"
+        guard FileSystem.exists(shoal) else {
+            Issue.record("build the command line first: swift build --product shoal")
+            return
+        }
+        let config = fileStoreWorkerConfig("cat")
+        let text = Array(String(repeating: "0123456789", count: 200).utf8)  // 2000 bytes
+        let store = FileStore(name: "default", root: config.stores[0].root)
+        try store.createBucket("b")
+        try store.put(bucket: "b", key: "k", bytes: text)
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let secretFile = makeTemporaryDirectory("cat-secret") + "/secret"
+        try FileSystem.writeFile(secretFile, config.secret)
+        func cat(_ range: String...) -> (Int32, String) {
+            runProcess(shoal, ["cat", "s3://b/k", "--worker", "127.0.0.1:\(worker.port)", "--secret-file", secretFile] + range)
+        }
+        let suffix = cat("--range", "-100")
+        #expect(suffix.0 == 0 && suffix.1 == String(decoding: text.suffix(100), as: UTF8.self), "\(suffix)")
+        #expect(cat("--range=-100").1 == suffix.1)
+        #expect(cat("--range", "0+1KiB").1.utf8.count == 1024)
+        #expect(cat("--range", "0-1KiB").1.utf8.count == 1025, "START-END is inclusive, as HTTP")
+        let past = cat("--range", "5000-")
+        #expect(past.0 != 0 && past.1.contains("2000 bytes"), "\(past)")
+    }
+}
+
+@Suite(.serialized) struct HungStoreTests {
+    /// A store that accepts TCP and never answers: the worker gives up first and says so,
+    /// naming the store, so the user is not told the healthy worker is at fault.
+    @Test func aHungStoreIsNamedBeforeTheClientGivesUpOnTheWorker() throws {
+        let (listener, port) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: 0), backlog: 64)
+        defer { listener.close() }
+        var store = StoreConfig(name: "hung", kind: .s3)
+        store.endpoint = "http://127.0.0.1:\(port)"
+        store.accessKey = "a"
+        store.secretKey = "b"
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("hung"), store: store)
+        config.stores[0].name = "default"
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: worker.port)
+        let client = try ShoalClient(config: ClientConfig(workers: [endpoint], secret: config.secret))
+        do {
+            _ = try client.open(ObjectRef(store: "default", bucket: "b", key: "k"))
+            Issue.record("a STAT through a hung store succeeded")
+        } catch {
+            #expect(error.message.contains("store 'default'") && error.message.contains("timed out"), "\(error.message)")
+            #expect(!error.message.contains("did not answer in time"), "\(error.message)")
+        }
+        // An uncached READ (a GET to the store) the same.
+        let c = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        defer { c.close() }
+        let key = BlockKey(object: ObjectRef(store: "default", bucket: "b", key: "k"), etag: "e", objectSize: 4096, blockSize: 1 << 20, index: 0)
+        let id = try c.sendRead(ReadRequest(block: key, offset: 0, length: 4096))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        do {
+            try buffer.withUnsafeMutableBytes { try c.receiveRead(id: id, into: $0.baseAddress!, length: 4096) }
+            Issue.record("a READ through a hung store succeeded")
+        } catch {
+            let message = (error as? ShoalError)?.message ?? "\(error)"
+            #expect(message.contains("store 'default'") && message.contains("timed out") && !message.contains("did not answer in time"), "\(message)")
+        }
+    }
+}
