@@ -28,6 +28,9 @@ struct CatCommand: ParsableCommand {
         do { c = try ShoalClient(config: try client.makeClientConfig()) } catch let e as ShoalError { throw fail(e.message, code: 2) }
         do {
             let file = try c.open(ref)
+            if file.stale {
+                note("shoal: warning: \(ref): the store is unreachable; reading the last version the worker knew (etag \(file.version.etag))")
+            }
             let (offset, length) = try spec?.resolveWithinObject(size: file.size) ?? (0, file.size)
             let chunk = max(UInt64(file.blockSize) * 16, 1)
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(chunk, max(length, 1))), alignment: 4096)
@@ -63,9 +66,10 @@ struct StatCommand: ParsableCommand {
             let blocks = BlockLayout(blockSize: UInt64(file.blockSize)).blockCount(objectSize: file.size)
             if json {
                 print("{\"url\":\(JSONText.quote(ref.description)),\"size\":\(file.size),\"etag\":\(JSONText.quote(file.version.etag)),"
-                      + "\"blockSize\":\(file.blockSize),\"blocks\":\(blocks)}")
+                      + "\"blockSize\":\(file.blockSize),\"blocks\":\(blocks),\"stale\":\(file.stale)}")
             } else {
                 print("\(ref)\n  size:   \(ByteSize.format(file.size)) (\(file.size) bytes)\n  etag:   \(file.version.etag)\n  blocks: \(blocks) × \(ByteSize.format(UInt64(file.blockSize)))")
+                if file.stale { print("  stale:  the store is unreachable; this is the last version the worker knew") }
             }
         } catch let e as ShoalError {
             throw fail(e.message)
