@@ -76,7 +76,7 @@ public final class FileStore: ObjectStore, @unchecked Sendable {
         let p = try path(bucket, key)
         do {
             if let slash = p.lastIndex(of: "/") { try FileSystem.createDirectories(String(p[..<slash])) }
-            let tmp = root + "/" + bucket + "/.shoal-tmp-\(secureRandomBytes(6).hexString)"
+            let tmp = root + "/" + bucket + "/.shoal-tmp-\(try secureRandomBytes(6).hexString)"
             try FileSystem.writeFile(tmp, bytes)
             try FileSystem.rename(tmp, p)
         } catch {

@@ -103,7 +103,7 @@ struct WorkerCommand: AsyncParsableCommand {
             try FileSystem.createDirectories(base + "/store")
             let secretPath = base + "/secret"
             if !FileSystem.exists(secretPath) {
-                try FileSystem.writeFile(secretPath, Array(secureRandomBytes(32).hexString.utf8))
+                try FileSystem.writeFile(secretPath, Array(try secureRandomBytes(32).hexString.utf8))
             }
             cfg.secret = try WorkerConfig.readSecret(secretPath)
         } catch {

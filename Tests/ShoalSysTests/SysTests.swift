@@ -53,3 +53,16 @@ import ShoalTestSupport
         #expect(Endpoint("h:99999") == nil)
     }
 }
+
+@Suite struct RandomSourceTests {
+    @Test func aFailingRandomSourceThrowsInsteadOfReturningZeroes() throws {
+        #expect(try secureRandomBytes(32) != [UInt8](repeating: 0, count: 32))
+        FaultInjection.setRandomSource(failingWith: EIO)
+        defer { FaultInjection.setRandomSource(failingWith: nil) }
+        #expect {
+            _ = try secureRandomBytes(32)
+        } throws: { error in
+            (error as? SysError).map { $0.errno == EIO && $0.operation.contains("random source") } ?? false
+        }
+    }
+}
