@@ -47,9 +47,19 @@ public final class Worker: @unchecked Sendable {
     public var port: UInt16 { server?.port ?? config.listen.port }
     public var adminPort: Int? { admin?.port }
 
-    /// Starts the TCP listener.
+    /// Starts the TCP listener (with TLS, if configured). Refuses to start when the system's
+    /// random source fails: without it no connection can be authenticated.
     public func start() throws(ShoalError) {
-        let handler = ConnectionHandler(service: service, secret: config.secret, logger: logger)
+        do { _ = try secureRandomBytes(MutualAuth.nonceSize) } catch {
+            throw ShoalError(.internal, "cannot start: \(error); the worker needs it to authenticate every connection")
+        }
+        var tls: TLSContext?
+        if let files = config.tls {
+            do { tls = try TLSContext.server(certificateFile: files.certFile, keyFile: files.keyFile) } catch {
+                throw ShoalError(.badRequest, "key 'tls': \(error.message)")
+            }
+        }
+        let handler = ConnectionHandler(service: service, secret: config.secret, tls: tls, logger: logger, tlsReport: TLSReport())
         do {
             let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections) { socket in
                 handler.serve(socket)
@@ -60,7 +70,7 @@ public final class Worker: @unchecked Sendable {
             throw ShoalError(.badRequest, "cannot listen on \(config.listen): \(error)")
         }
         logger.info("worker listening", metadata: [
-            "listen": "\(config.listen.host):\(port)", "blocks": "\(cache.blockCount)",
+            "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "blocks": "\(cache.blockCount)",
             "cached": "\(ByteSize.format(cache.bytesCached))", "capacity": "\(ByteSize.format(cache.capacity))",
         ])
     }

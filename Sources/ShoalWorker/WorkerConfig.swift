@@ -32,6 +32,17 @@ public struct StoreConfig: Sendable, Equatable {
     }
 }
 
+/// TLS on the data plane: the worker's certificate chain and private key (PEM files).
+public struct TLSFiles: Sendable, Equatable {
+    public var certFile: String
+    public var keyFile: String
+
+    public init(certFile: String, keyFile: String) {
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+}
+
 /// Everything a worker is started with. Every key, its default and unit: docs/CONFIG.md.
 public struct WorkerConfig: Sendable {
     public var listen = Endpoint(host: "127.0.0.1", port: 7070)
@@ -51,12 +62,15 @@ public struct WorkerConfig: Sendable {
     /// keep blocks in DRAM instead of on the cache disks, and answer READs without their data.
     public var serveFromMemory = false
     public var answerWithoutData = false
+    /// TLS 1.3 on the data plane (nil: plain TCP, every frame tagged under the session key).
+    public var tls: TLSFiles?
 
     public init() {}
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
-                                           "serveFromMemory", "answerWithoutData"]
+                                           "serveFromMemory", "answerWithoutData", "tls"]
+    static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
                                          "root", "maxConcurrency"]
@@ -109,6 +123,13 @@ public struct WorkerConfig: Sendable {
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }
         if let v = try r.bool("serveFromMemory") { config.serveFromMemory = v }
         if let v = try r.bool("answerWithoutData") { config.answerWithoutData = v }
+        if let item = map["tls"] {
+            let t = try r.nested(item, "tls")
+            try t.checkKnown(tlsKeys)
+            guard let cert = try t.string("certFile") else { throw t.missing("certFile") }
+            guard let key = try t.string("keyFile") else { throw t.missing("keyFile") }
+            config.tls = TLSFiles(certFile: resolve(cert), keyFile: resolve(key))
+        }
         for (i, item) in try r.list("caches").enumerated() {
             let c = try r.nested(item, "caches[\(i)]")
             try c.checkKnown(cacheKeys)
