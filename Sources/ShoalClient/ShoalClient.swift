@@ -19,6 +19,9 @@ public struct ClientConfig: Sendable {
     /// worker's certificate must be valid for the address it is dialled at. nil: plain TCP, with
     /// every frame tagged under the session key instead.
     public var tlsCAFile: String?
+    /// Benchmarks only: ask for frames without tags from a worker running with the switch
+    /// `allowUntaggedFrames`, to measure what the tags cost. Never for service.
+    public var untaggedFrames = false
 
     public init(workers: [Endpoint], secret: [UInt8]) {
         self.workers = workers
@@ -65,7 +68,7 @@ public final class ShoalClient: @unchecked Sendable {
     private func connection(_ worker: Int) throws(ShoalError) -> WorkerConnection {
         if let c = lock.withLock({ idle[worker].popLast() }) { return c }
         let c = try WorkerConnection(endpoint: config.workers[worker], secret: config.secret, clientName: config.clientName,
-                                     timeoutMillis: config.timeoutMillis, tls: tls)
+                                     timeoutMillis: config.timeoutMillis, tls: tls, untaggedFrames: config.untaggedFrames)
         c.acceptsNoData = config.acceptsNoData
         return c
     }

@@ -30,12 +30,13 @@ public struct ClientHandshake: Sendable {
     /// Names the worker in error messages.
     private let worker: String
 
-    /// `nonce` is Nc: fresh bytes from the system's random source.
-    public init(secret: [UInt8], nonce: [UInt8], clientName: String, worker: String) {
+    /// `nonce` is Nc: fresh bytes from the system's random source. `untaggedFrames` asks for
+    /// frames without tags (benchmarks only; the worker must allow it).
+    public init(secret: [UInt8], nonce: [UInt8], clientName: String, worker: String, untaggedFrames: Bool = false) {
         self.secret = secret
         self.clientNonce = nonce
         self.worker = worker
-        hello = HelloMessage(nonce: nonce, clientName: clientName).encoded
+        hello = HelloMessage(nonce: nonce, flags: untaggedFrames ? HelloMessage.untaggedFramesFlag : 0, clientName: clientName).encoded
     }
 
     /// The HELLO frame that opens the connection.

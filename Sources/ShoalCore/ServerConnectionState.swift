@@ -30,12 +30,18 @@ public struct ServerConnectionState: Sendable {
     public private(set) var clientName = ""
     /// The session's keys, once the client has proved itself.
     public private(set) var sessionKeys: SessionKeys?
+    /// False when the client asked for frames without tags and the worker allows it (a
+    /// benchmark switch): then the session key is derived but not used.
+    public private(set) var framesTagged = true
     private let secret: [UInt8]
     private let blockSize: UInt32
+    private let allowsUntaggedFrames: Bool
 
-    public init(secret: [UInt8], blockSize: UInt32) {
+    /// `allowsUntaggedFrames` is the benchmark switch `allowUntaggedFrames`; never for service.
+    public init(secret: [UInt8], blockSize: UInt32, allowsUntaggedFrames: Bool = false) {
         self.secret = secret
         self.blockSize = blockSize
+        self.allowsUntaggedFrames = allowsUntaggedFrames
     }
 
     /// The largest payload to accept in the current state (without a frame tag).
@@ -77,6 +83,13 @@ public struct ServerConnectionState: Sendable {
             }
             guard nonce.count == MutualAuth.nonceSize else {
                 return fail(id, .internal, "the worker has no fresh nonce for this connection (its random source failed)")
+            }
+            if hello.flags & HelloMessage.untaggedFramesFlag != 0 {
+                guard allowsUntaggedFrames else {
+                    return fail(id, .badRequest,
+                                "the client asked for frames without tags, a benchmark switch this worker does not allow (allowUntaggedFrames)")
+                }
+                framesTagged = false
             }
             clientName = hello.clientName
             let proof = MutualAuth.workerProof(secret: secret, hello: payload, workerNonce: nonce)

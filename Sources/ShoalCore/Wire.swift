@@ -88,19 +88,25 @@ public struct FrameHeader: Sendable, Equatable {
     }
 }
 
-/// HELLO: the client's protocol versions, its nonce, and a name for logs.
+/// HELLO: the client's protocol versions, its nonce, flags, and a name for logs.
 public struct HelloMessage: Sendable, Equatable {
+    /// Flag bit 0: the client asks for frames without tags (a benchmark switch; the worker must
+    /// allow it). Both proofs cover HELLO, so a relay cannot set it.
+    public static let untaggedFramesFlag: UInt8 = 1
+
     public var minVersion: UInt16
     public var maxVersion: UInt16
     /// Nc: fresh bytes from the client's random source (`MutualAuth.nonceSize`).
     public var nonce: [UInt8]
+    public var flags: UInt8
     public var clientName: String
 
     public init(minVersion: UInt16 = UInt16(FrameHeader.version), maxVersion: UInt16 = UInt16(FrameHeader.version),
-                nonce: [UInt8], clientName: String) {
+                nonce: [UInt8], flags: UInt8 = 0, clientName: String) {
         self.minVersion = minVersion
         self.maxVersion = maxVersion
         self.nonce = nonce
+        self.flags = flags
         self.clientName = clientName
     }
 
@@ -109,16 +115,17 @@ public struct HelloMessage: Sendable, Equatable {
         out.appendLE(minVersion)
         out.appendLE(maxVersion)
         out += nonce
+        out.appendLE(flags)
         out.appendString8(String(clientName.utf8.prefix(WireLimits.maxClientName)) ?? "")
         return out
     }
 
     public init?(decoding bytes: [UInt8]) {
         var r = ByteReader(bytes)
-        guard let lo = r.u16(), let hi = r.u16(), let nonce = r.bytes(MutualAuth.nonceSize),
+        guard let lo = r.u16(), let hi = r.u16(), let nonce = r.bytes(MutualAuth.nonceSize), let flags = r.u8(),
               let name = r.string8(max: WireLimits.maxClientName), r.isAtEnd, lo <= hi
         else { return nil }
-        self.init(minVersion: lo, maxVersion: hi, nonce: nonce, clientName: name)
+        self.init(minVersion: lo, maxVersion: hi, nonce: nonce, flags: flags, clientName: name)
     }
 }
 

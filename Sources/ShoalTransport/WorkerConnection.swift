@@ -25,8 +25,10 @@ public final class WorkerConnection: @unchecked Sendable {
     public private(set) var isBroken = false
 
     /// Connects (through TLS when `tls` is given) and runs the mutual handshake with `secret`.
+    /// `untaggedFrames` asks a worker running with the benchmark switch `allowUntaggedFrames` for
+    /// frames without tags, to measure what the tags cost; never for service.
     public init(endpoint: Endpoint, secret: [UInt8], clientName: String = "shoal-client", timeoutMillis: Int32 = 10_000,
-                tls: TLSContext? = nil) throws(ShoalError) {
+                tls: TLSContext? = nil, untaggedFrames: Bool = false) throws(ShoalError) {
         self.endpoint = endpoint
         self.timeoutNanos = UInt64(timeoutMillis) * 1_000_000
         let nonce: [UInt8]
@@ -46,7 +48,8 @@ public final class WorkerConnection: @unchecked Sendable {
                 throw ShoalError(.connectionFailed, "TLS handshake with worker \(endpoint) failed: \(error.message) (is the worker running with TLS, and is its certificate signed by the client's CA file?)")
             }
         }
-        var handshake = ClientHandshake(secret: secret, nonce: nonce, clientName: clientName, worker: endpoint.description)
+        var handshake = ClientHandshake(secret: secret, nonce: nonce, clientName: clientName, worker: endpoint.description,
+                                        untaggedFrames: untaggedFrames)
         var action = handshake.start()
         var authenticator: FrameAuthenticator?
         var blockSize: UInt32 = 0
@@ -54,7 +57,7 @@ public final class WorkerConnection: @unchecked Sendable {
             switch action {
             case .send(let h, let body):
                 try WorkerConnection.io(endpoint) { try socket.send(h.bytes + body, deadline: deadline) }
-                if h.type == FrameType.auth.rawValue, !socket.isTLS, let keys = handshake.sessionKeys {
+                if h.type == FrameType.auth.rawValue, !socket.isTLS, !untaggedFrames, let keys = handshake.sessionKeys {
                     do { authenticator = try FrameAuthenticator(keys: keys, role: .client) } catch {
                         throw ShoalError(.internal, "cannot set up frame tags for worker \(endpoint): \(error)")
                     }

@@ -9,6 +9,8 @@ struct ConnectionHandler {
     let service: BlockService
     let secret: [UInt8]
     let tls: TLSContext?
+    /// The benchmark switch `allowUntaggedFrames`.
+    let allowsUntaggedFrames: Bool
     let logger: Logger
     /// Says once, at the first TLS connection, whether kernel TLS took effect.
     let tlsReport: TLSReport
@@ -37,7 +39,7 @@ struct ConnectionHandler {
             tlsReport.first(kernelSend: socket.kernelTLSSend, logger)
         }
         var connection = Connection(socket: socket)
-        var state = ServerConnectionState(secret: secret, blockSize: service.blockSize)
+        var state = ServerConnectionState(secret: secret, blockSize: service.blockSize, allowsUntaggedFrames: allowsUntaggedFrames)
         var headerBytes = [UInt8](repeating: 0, count: FrameHeader.size)
         while state.state != .closed {
             // Idle authenticated clients may wait as long as they like; others get a deadline.
@@ -74,7 +76,7 @@ struct ConnectionHandler {
                 action = state.received(header, payload: payload, nonce: nonce)
             }
             // From AUTH_OK on, every frame is tagged (unless TLS already authenticates them).
-            if connection.authenticator == nil, !socket.isTLS, let keys = state.sessionKeys {
+            if connection.authenticator == nil, !socket.isTLS, state.framesTagged, let keys = state.sessionKeys {
                 do { connection.authenticator = try FrameAuthenticator(keys: keys, role: .worker) } catch {
                     logger.error("cannot set up frame tags", metadata: ["error": "\(error)"])
                     action = state.internalFailure("the worker cannot tag frames: \(error)")

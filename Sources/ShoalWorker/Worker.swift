@@ -35,9 +35,10 @@ public final class Worker: @unchecked Sendable {
         service = BlockService(stores: stores, cache: cache, pool: pool, metadataTTL: config.metadataTTL, metrics: metrics,
                                blockSize: UInt32(config.blockSize), admission: admission, thrashGuard: config.thrashGuard,
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData, logger: logger)
-        if config.serveFromMemory || config.answerWithoutData {
+        if config.serveFromMemory || config.answerWithoutData || config.allowUntaggedFrames {
             logger.warning("benchmark switches on: not for service", metadata: [
                 "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",
+                "allowUntaggedFrames": "\(config.allowUntaggedFrames)",
             ])
         }
         updateGauges()
@@ -59,7 +60,8 @@ public final class Worker: @unchecked Sendable {
                 throw ShoalError(.badRequest, "key 'tls': \(error.message)")
             }
         }
-        let handler = ConnectionHandler(service: service, secret: config.secret, tls: tls, logger: logger, tlsReport: TLSReport())
+        let handler = ConnectionHandler(service: service, secret: config.secret, tls: tls, allowsUntaggedFrames: config.allowUntaggedFrames,
+                                        logger: logger, tlsReport: TLSReport())
         do {
             let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections) { socket in
                 handler.serve(socket)

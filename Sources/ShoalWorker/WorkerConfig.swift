@@ -62,6 +62,9 @@ public struct WorkerConfig: Sendable {
     /// keep blocks in DRAM instead of on the cache disks, and answer READs without their data.
     public var serveFromMemory = false
     public var answerWithoutData = false
+    /// Benchmark switch: serve clients that ask for frames without tags (Perf/ measures what the
+    /// tags cost with it). A relay could then change replies undetected: never for service.
+    public var allowUntaggedFrames = false
     /// TLS 1.3 on the data plane (nil: plain TCP, every frame tagged under the session key).
     public var tls: TLSFiles?
 
@@ -69,7 +72,7 @@ public struct WorkerConfig: Sendable {
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
-                                           "serveFromMemory", "answerWithoutData", "tls"]
+                                           "serveFromMemory", "answerWithoutData", "allowUntaggedFrames", "tls"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
@@ -123,6 +126,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }
         if let v = try r.bool("serveFromMemory") { config.serveFromMemory = v }
         if let v = try r.bool("answerWithoutData") { config.answerWithoutData = v }
+        if let v = try r.bool("allowUntaggedFrames") { config.allowUntaggedFrames = v }
         if let item = map["tls"] {
             let t = try r.nested(item, "tls")
             try t.checkKnown(tlsKeys)

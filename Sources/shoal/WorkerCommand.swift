@@ -31,6 +31,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
     @Flag(help: "Benchmark switch: keep blocks in DRAM, never touching the cache disks.") var serveFromMemory = false
     @Flag(help: "Benchmark switch: answer READs without their data (clients must opt in).") var answerWithoutData = false
+    @Flag(help: "Benchmark switch: serve clients that ask for frames without tags (to measure what the tags cost).") var allowUntaggedFrames = false
 
     func run() async throws {
         let logger = try makeLogger("shoal.worker", level: logLevel)
@@ -83,6 +84,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         if serveFromMemory { cfg.serveFromMemory = true }
         if answerWithoutData { cfg.answerWithoutData = true }
+        if allowUntaggedFrames { cfg.allowUntaggedFrames = true }
         var region: UInt64?
         if let r = regionSize {
             guard let n = ByteSize.parse(r) else { throw ShoalError(.badRequest, "--region-size '\(r)' is not a size") }

@@ -143,13 +143,29 @@ import Testing
             return (c.state == .awaitingAuthOK, s.state == .ready)
         }
         #expect(run(alter: 99, at: 0) == (true, true), "an honest relay changes nothing")
-        // HELLO: versions, nonce and name; CHALLENGE: version, nonce, proof; AUTH: the proof.
-        for (frame, positions) in [(0, [0, 2, 4, 20, 35, 37, 40]), (1, [0, 2, 20, 34, 50, 65]), (2, [0, 16, 31])] {
+        // HELLO: versions, nonce, flags and name; CHALLENGE: version, nonce, proof; AUTH: the proof.
+        for (frame, positions) in [(0, [0, 2, 4, 20, 35, 36, 37, 40]), (1, [0, 2, 20, 34, 50, 65]), (2, [0, 16, 31])] {
             for at in positions {
                 let r = run(alter: frame, at: at)
                 #expect(!(r.clientReady && r.serverReady), "frame \(frame) altered at byte \(at) went through")
             }
         }
+    }
+
+    @Test func framesWithoutTagsOnlyWhenTheClientAsksAndTheWorkerAllows() {
+        func handshake(asks: Bool, allows: Bool) -> (ServerConnectionState, ServerAction?) {
+            var s = ServerConnectionState(secret: secret, blockSize: 4096, allowsUntaggedFrames: allows)
+            var c = ClientHandshake(secret: secret, nonce: clientNonce, clientName: "t", worker: "w", untaggedFrames: asks)
+            guard case .send(let h, let p) = c.start() else { return (s, nil) }
+            let a = s.received(h, payload: p, nonce: workerNonce)
+            return (s, a)
+        }
+        #expect(handshake(asks: false, allows: true).0.framesTagged, "a worker with the switch still tags unless asked")
+        #expect(handshake(asks: false, allows: false).0.framesTagged)
+        #expect(!handshake(asks: true, allows: true).0.framesTagged)
+        let (refusing, action) = handshake(asks: true, allows: false)
+        guard case .fail(_, let body)? = action else { Issue.record("a worker without the switch served untagged frames"); return }
+        #expect(String(decoding: body, as: UTF8.self).contains("allowUntaggedFrames") && refusing.framesTagged)
     }
 
     @Test func aVersion1ClientIsToldBothVersionsInItsOwnVersion() {

@@ -190,6 +190,26 @@ func fileStore() -> StoreConfig {
         }
     }
 
+    @Test func framesWithoutTagsNeedTheWorkersBenchmarkSwitch() throws {
+        let h = try Harness("untagged")
+        let data = SampleData.bytes(seed: 23, count: 2 << 20)
+        try h.put("o", data)
+        var config = ClientConfig(workers: [h.endpoint], secret: Array(h.secret.utf8))
+        config.untaggedFrames = true
+        let asking = try ShoalClient(config: config)
+        #expect { _ = try asking.open(h.ref("o")) } throws: { error in
+            (error as? ShoalError)?.message.contains("allowUntaggedFrames") ?? false
+        }
+        var switched = h.worker.config
+        switched.allowUntaggedFrames = true
+        h.worker.stopDataPlane()
+        h.worker = try Worker(config: switched, logger: testLogger)
+        try h.worker.start()
+        config.workers = [h.endpoint]
+        let client = try ShoalClient(config: config)
+        #expect(try client.read(try client.open(h.ref("o")), offset: 0, length: data.count) == data)
+    }
+
     @Test func aTLSWorkerRefusesABadKeyAtStart() throws {
         let certs = try TestCertificates()
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("tls-bad"), store: fileStore())
