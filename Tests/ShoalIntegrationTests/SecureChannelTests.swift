@@ -23,9 +23,13 @@ final class Relay: @unchecked Sendable {
     var injected: Int { lock.withLock { _injected } }
     var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
 
-    init(to target: Endpoint, attack: Attack) throws {
+    /// Frames carry a tag the relay must leave out of the data it changes (`tagged`).
+    private let tagSize: Int
+
+    init(to target: Endpoint, attack: Attack, tagged: Bool = true) throws {
         (listener, port) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: 0))
         self.attack = attack
+        tagSize = tagged ? FrameTag.size : 0
         try OSThread.spawn(name: "relay") { [self] in
             while let client = try? listener.accept() {
                 guard let upstream = try? TCPSocket.connect(target, timeoutMillis: 2000) else { client.close(); continue }
@@ -54,10 +58,10 @@ final class Relay: @unchecked Sendable {
             }
             // A READ reply: crc u32, data, tag [16]. Flip a data byte and make the CRC match again.
             if !towardWorker && attack == .flipReadData && head[5] == FrameType.readReply.rawValue && head[6] == 0
-                && payload.count > 4 + FrameTag.size {
+                && payload.count > 4 + tagSize {
                 lock.withLock { _altered += 1 }
                 payload[4] ^= 0x01
-                let crc = payload.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[4..<(payload.count - FrameTag.size)])) }
+                let crc = payload.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[4..<(payload.count - tagSize)])) }
                 withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { payload[i] = $0[i] } }
             }
             guard (try? to.send(head + payload)) != nil else { return }
@@ -128,6 +132,27 @@ func fileStore() -> StoreConfig {
         }
         #expect(relay.altered >= 1)
         #expect(!buffer.contains { $0 != 0 }, "the altered bytes were handed back")
+    }
+
+    /// The attack above is real: with the tags switched off (the benchmark switch on both sides,
+    /// which is what v1 was) the same relay's change passes the CRC32C check unnoticed.
+    @Test func withoutTagsTheSameRelayGoesUnnoticed() throws {
+        let h = try Harness("relay-untagged")
+        let data = SampleData.bytes(seed: 24, count: 1 << 20)
+        try h.put("o", data)
+        var switched = h.worker.config
+        switched.allowUntaggedFrames = true
+        h.worker.stopDataPlane()
+        h.worker = try Worker(config: switched, logger: testLogger)
+        try h.worker.start()
+        let relay = try Relay(to: h.endpoint, attack: .flipReadData, tagged: false)
+        var config = ClientConfig(workers: [relay.endpoint], secret: Array(h.secret.utf8))
+        config.connectionsPerWorker = 1
+        config.untaggedFrames = true
+        let client = try ShoalClient(config: config)
+        let read = try client.read(try client.open(h.ref("o")), offset: 0, length: data.count)
+        #expect(relay.altered == 1)
+        #expect(read.count == data.count && read != data, "the relay's change should have gone through")
     }
 
     @Test func aRequestInjectedByARelayIsRefusedAndClosesTheConnection() throws {
