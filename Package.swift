@@ -26,13 +26,15 @@ let package = Package(
         .systemLibrary(name: "CRDMACM", pkgConfig: "librdmacm", providers: [.apt(["librdmacm-dev"])]),
         .systemLibrary(name: "CNuma", providers: [.apt(["libnuma-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // libssl and libcrypto: TLS on the data plane, AES-GCM frame tags.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // The only C: what Swift cannot call (variadic functions, macros) and CRC32C.
-        .target(name: "CShoalShims", dependencies: ["CCurl"]),
+        .target(name: "CShoalShims", dependencies: ["CCurl", "COpenSSL"]),
 
         .target(name: "ShoalCore", dependencies: ["CShoalShims"]),
         .target(
             name: "ShoalSys",
-            dependencies: ["CURing", "CVerbs", "CRDMACM", "CNuma", "CCurl", "CShoalShims", "ShoalCore"]),
+            dependencies: ["CURing", "CVerbs", "CRDMACM", "CNuma", "CCurl", "COpenSSL", "CShoalShims", "ShoalCore"]),
         .target(name: "ShoalObjectStore", dependencies: ["ShoalSys", "ShoalCore"]),
         .target(name: "ShoalStore", dependencies: ["ShoalSys", "ShoalCore", .product(name: "Logging", package: "swift-log")]),
         .target(name: "ShoalTransport", dependencies: ["ShoalSys", "ShoalCore"]),

@@ -12,6 +12,9 @@ Shoal: cold and warm sequential reads (4 MiB blocks), warm random reads of 4 KiB
 4 MiB at several concurrencies (ops/s, p50, p99), restart recovery after a clean and an unclean
 stop, CPU seconds per GB on worker and client, and the isolating switches (serve from memory,
 answer without data) that split a figure into disk, network and the rest.
+The channel: warm sequential reads with frames untagged (a benchmark switch on both sides),
+tagged under the session key (the default on TCP), and over TLS 1.3 (user-space TLS where the
+kernel has no TLS module), as ratios to the untagged figure.
 Each figure is the median of --runs runs (min-max shown); ratios are against figures from the
 same run. Writes report.json, report.md and report.png to --out (default .shoal/perf).
 """
@@ -71,8 +74,23 @@ class Run:
         os.chmod(secret, 0o600)
         self.env["SHOAL_SECRET_FILE"] = os.path.join(self.work, "secret")
         self.env["SHOAL_WORKERS"] = f"127.0.0.1:{PORTS['worker']}"
+        self.make_certificates()
         print(f"perf: populating {self.args.size} of 64 MiB objects...", flush=True)
         sh([self.shoal, "bench", "populate", "s3://perf/ds", "--size", self.args.size, "--object-size", "64MiB"], env=self.env)
+
+    def make_certificates(self):
+        """A throwaway CA and a worker certificate for 127.0.0.1, for the TLS figures."""
+        d = os.path.join(self.work, "tls")
+        os.makedirs(d)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        sh(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", "/CN=shoal-perf-ca", "-keyout", "ca.key", "-out", "ca.pem"], cwd=d)
+        sh(["openssl", "req", *ec, "-subj", "/CN=shoal-worker", "-keyout", "worker.key", "-out", "worker.csr"], cwd=d)
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\n")
+        sh(["openssl", "x509", "-req", "-in", "worker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", "ext.cnf", "-out", "worker.pem"], cwd=d)
+        self.tls_worker = ["--tls-cert", os.path.join(d, "worker.pem"), "--tls-key", os.path.join(d, "worker.key")]
+        self.tls_client = ["--tls-ca", os.path.join(d, "ca.pem")]
 
     def teardown(self):
         self.stop_worker()
@@ -376,6 +394,25 @@ def measure(run, args):
         s.add("nodata.warm", run.shoal_read(["--accept-no-data"])[0])
         s.add_all("nodata.random.4096", run.shoal_random(4096, args.connections, ["--accept-no-data"]))
         run.stop_worker()
+
+        # The channel, on the warm cache: untagged frames (both sides opt in to the benchmark
+        # switch), tagged ones (the default), then TLS. Three reads each, interleaved, so that
+        # drift on a shared machine falls on all of them alike; the median of the three is kept.
+        run.start_worker(cache, ["--allow-untagged-frames"])
+        run.shoal_read()
+        plain, tagged = [], []
+        for _ in range(3):
+            plain.append(run.shoal_read(["--untagged-frames"]))
+            tagged.append(run.shoal_read())
+        run.stop_worker()
+        run.start_worker(cache, run.tls_worker)
+        run.shoal_read(run.tls_client)
+        tls = [run.shoal_read(run.tls_client) for _ in range(3)]
+        run.stop_worker()
+        for name, reads in [("plain", plain), ("tagged", tagged), ("tls", tls)]:
+            s.add(f"channel.{name}.warm", statistics.median(r[0] for r in reads))
+            s.add(f"channel.{name}.workerCpuPerGB", statistics.median(r[2] for r in reads))
+            s.add(f"channel.{name}.clientCpuPerGB", statistics.median(r[1] for r in reads))
         shutil.rmtree(cache)
     return s.summaries()
 
@@ -427,6 +464,7 @@ def report(args, f, engine, replay, limits):
     ratios.append(("CPU per GB, warm: (worker + client) / (iperf3 sender + receiver)", med["warm.cpuPerGB"] / med["iperf3.cpuPerGB"], 1.0, "max"))
     if engine:
         ratios.append((f"engine hit reads / fio ({c} jobs)", med["engine_hit"] / med["fio_jobs"], 0.9, "min"))
+    ratios.append(("warm sequential, tagged frames / untagged", med["channel.tagged.warm"] / med["channel.plain.warm"], 0.9, "min"))
 
     def gb(x):
         return f"{x / 1e9:.2f}"
@@ -469,7 +507,14 @@ def report(args, f, engine, replay, limits):
               row("shoal client, warm", "warm.clientCpuPerGB", lambda x: f"{x:.2f}"),
               row("shoal worker, cold (its store fetches included)", "cold.workerCpuPerGB", lambda x: f"{x:.2f}"),
               row("shoal client, cold", "cold.clientCpuPerGB", lambda x: f"{x:.2f}"),
-              "", "## Restart", "", "| figure | median | min–max |", "|---|---|---|",
+              "", "## The channel: what authenticating it costs (warm sequential)", "",
+              "| channel | GB/s | min–max | / untagged | worker CPU s/GB | client CPU s/GB |", "|---|---|---|---|---|---|"]
+    for name, key in [("plain TCP, frames untagged (benchmark switch)", "plain"), ("plain TCP, frames tagged (default)", "tagged"),
+                      ("TLS 1.3, " + ("kernel TLS module loaded" if os.path.exists("/sys/module/tls") else "in user space (no kernel TLS module)"), "tls")]:
+        k = f"channel.{key}"
+        lines.append(f"| {name} | {gb(med[k + '.warm'])} | {gb(f[k + '.warm']['min'])}–{gb(f[k + '.warm']['max'])} "
+                     f"| {med[k + '.warm'] / med['channel.plain.warm']:.2f} | {med[k + '.workerCpuPerGB']:.2f} | {med[k + '.clientCpuPerGB']:.2f} |")
+    lines += ["", "## Restart", "", "| figure | median | min–max |", "|---|---|---|",
               row("worker start to ready after a clean stop (s)", "restart.clean", lambda x: f"{x:.2f}"),
               row("… blocks kept", "restart.blocksKept", lambda x: f"{x:.2f}"),
               row("worker start to ready after kill -9 (s)", "restart.unclean", lambda x: f"{x:.2f}"),

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # A local Shoal cluster on this machine: SeaweedFS as the object store and N cache workers.
-#   Tools/cluster.sh start [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE]
+#   Tools/cluster.sh start [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls]
 #   Tools/cluster.sh stop  [--dir DIR]
 # Workers listen on 127.0.0.1:BASE, BASE+2, ... (admin on the odd ports). `start` writes
-# DIR/cluster.env: source it and `shoal cat s3://...` reads through the cluster.
+# DIR/cluster.env: source it and `shoal cat s3://...` reads through the cluster. --tls makes a CA
+# and a certificate per worker with openssl (DIR/tls) and runs the data plane over TLS 1.3.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-}"; shift || true
-dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"
+dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"; tls=false
 while [ $# -gt 0 ]; do
     case "$1" in
         --workers) workers="$2"; shift 2 ;;
         --dir) dir="$2"; shift 2 ;;
         --capacity) capacity="$2"; shift 2 ;;
         --port) base="$2"; shift 2 ;;
+        --tls) tls=true; shift ;;
         *) echo "cluster: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -48,6 +50,23 @@ start)
     # The secret is created private (a worker refuses one that group or others can read).
     [ -f "$dir/secret" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret")
     chmod 600 "$dir/secret"
+    if $tls; then
+        mkdir -p "$dir/tls"
+        if [ ! -f "$dir/tls/ca.pem" ]; then
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj /CN=shoal-local-ca \
+                -keyout "$dir/tls/ca.key" -out "$dir/tls/ca.pem" 2>/dev/null
+            chmod 600 "$dir/tls/ca.key"
+        fi
+        # Every worker listens on 127.0.0.1: one certificate for that address serves them all.
+        if [ ! -f "$dir/tls/worker.pem" ]; then
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=shoal-worker \
+                -keyout "$dir/tls/worker.key" -out "$dir/tls/worker.csr" 2>/dev/null
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$dir/tls/ext.cnf"
+            openssl x509 -req -in "$dir/tls/worker.csr" -CA "$dir/tls/ca.pem" -CAkey "$dir/tls/ca.key" -CAcreateserial \
+                -days 365 -extfile "$dir/tls/ext.cnf" -out "$dir/tls/worker.pem" 2>/dev/null
+            chmod 600 "$dir/tls/worker.key"
+        fi
+    fi
     addresses=(); admins=()
     for i in $(seq 0 $((workers - 1))); do
         w="$dir/w$i"; mkdir -p "$w/cache"
@@ -68,6 +87,9 @@ stores:
     type: s3
     credentialsFile: $dir/objectstore/s3.env
 YAML
+        if $tls; then
+            printf 'tls:\n  certFile: %s\n  keyFile: %s\n' "$dir/tls/worker.pem" "$dir/tls/worker.key" >> "$w/worker.yaml"
+        fi
         setsid "$shoal" worker --config "$w/worker.yaml" > "$w/worker.log" 2>&1 < /dev/null &
         echo $! > "$w/worker.pid"
         addresses+=("127.0.0.1:$port"); admins+=("127.0.0.1:$((port + 1))")
@@ -81,6 +103,7 @@ YAML
       echo "SHOAL_WORKERS=$(IFS=,; echo "${addresses[*]}")"
       echo "SHOAL_ADMINS=$(IFS=,; echo "${admins[*]}")"
       echo "SHOAL_SECRET_FILE=$dir/secret"
+      if $tls; then echo "SHOAL_TLS_CA_FILE=$dir/tls/ca.pem"; else echo "SHOAL_TLS_CA_FILE="; fi
       echo "SHOAL_BIN=$shoal"; } > "$dir/cluster.env"
     echo "cluster: $workers worker(s) at ${addresses[*]}; object store $(grep ENDPOINT "$dir/cluster.env" | cut -d= -f2)"
     echo "cluster: set -a; . $dir/cluster.env; set +a   # then: shoal cat s3://bucket/key"
@@ -89,5 +112,5 @@ stop)
     stop_workers
     "$root/Tools/objectstore.sh" stop "$dir/objectstore"
     ;;
-*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE]" >&2; exit 2 ;;
+*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls]" >&2; exit 2 ;;
 esac

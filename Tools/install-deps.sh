@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 perf=false
 [ "${1:-}" = "--perf" ] && perf=true
 
-packages=(pkg-config liburing-dev libibverbs-dev librdmacm-dev libnuma-dev libcurl4-openssl-dev
+packages=(pkg-config liburing-dev libibverbs-dev librdmacm-dev libnuma-dev libcurl4-openssl-dev libssl-dev openssl
           ibverbs-utils fio iperf3 iproute2 python3-venv curl)
 $perf && packages+=(redis-server redis-tools nginx-light wrk)
 missing=()

@@ -15,6 +15,13 @@ public struct ClientConfig: Sendable {
     /// Benchmarks only: count READ_NODATA replies from a worker running with `answerWithoutData`
     /// as answered (the buffer is left untouched) instead of failing them.
     public var acceptsNoData = false
+    /// TLS on the data plane: the PEM file of the CA that signed the workers' certificates. Each
+    /// worker's certificate must be valid for the address it is dialled at. nil: plain TCP, with
+    /// every frame tagged under the session key instead.
+    public var tlsCAFile: String?
+    /// Benchmarks only: ask for frames without tags from a worker running with the switch
+    /// `allowUntaggedFrames`, to measure what the tags cost. Never for service.
+    public var untaggedFrames = false
 
     public init(workers: [Endpoint], secret: [UInt8]) {
         self.workers = workers
@@ -53,11 +60,17 @@ public final class ShoalClient: @unchecked Sendable {
     private let placement: Placement
     private let lock = ConditionLock()
     private var idle: [[WorkerConnection]]
+    private let tls: TLSContext?
 
     public init(config: ClientConfig) throws(ShoalError) {
         guard !config.workers.isEmpty else { throw ShoalError(.badRequest, "no worker address given (e.g. 127.0.0.1:7070)") }
         guard !config.secret.isEmpty else { throw ShoalError(.badRequest, "no cluster secret given; workers refuse clients without it") }
         self.config = config
+        if let ca = config.tlsCAFile {
+            do { tls = try TLSContext.client(caFile: ca) } catch { throw ShoalError(.badRequest, error.message) }
+        } else {
+            tls = nil
+        }
         placement = Placement(members: config.workers.map { PlacementMember(id: $0.description) })
         idle = Array(repeating: [], count: config.workers.count)
     }
@@ -69,12 +82,13 @@ public final class ShoalClient: @unchecked Sendable {
     private func connection(_ worker: Int) throws(ShoalError) -> WorkerConnection {
         if let c = lock.withLock({ idle[worker].popLast() }) { return c }
         let c = try WorkerConnection(endpoint: config.workers[worker], secret: config.secret, clientName: config.clientName,
-                                     timeoutMillis: config.timeoutMillis)
+                                     timeoutMillis: config.timeoutMillis, tls: tls, untaggedFrames: config.untaggedFrames)
         c.acceptsNoData = config.acceptsNoData
         return c
     }
 
     private func giveBack(_ c: WorkerConnection, _ worker: Int) {
+        if c.isBroken { c.close(); return }
         lock.withLock {
             if idle[worker].count < config.connectionsPerWorker { idle[worker].append(c); return }
             c.close()
@@ -102,7 +116,11 @@ public final class ShoalClient: @unchecked Sendable {
             reply = try c.stat(object, revalidate: revalidate)
         } catch {
             // A status reply leaves the connection usable; anything else may have broken it.
-            if error.code == .connectionFailed || error.code == .timeout || error.code == .badRequest { c.close() } else { giveBack(c, worker) }
+            if error.code == .connectionFailed || error.code == .timeout || error.code == .badRequest || error.code == .tampered {
+                c.close()
+            } else {
+                giveBack(c, worker)
+            }
             throw error
         }
         giveBack(c, worker)
@@ -181,8 +199,8 @@ public final class ShoalClient: @unchecked Sendable {
                         try connections[lane].receiveRead(id: id, into: base + Int(p.offsetInRange), length: Int(p.length))
                     } catch {
                         // A status reply (or a bad checksum, read in full) leaves the connection in
-                        // step; a broken or silent connection does not.
-                        if error.code == .connectionFailed || error.code == .timeout { throw error }
+                        // step; a broken, silent or tampered-with connection does not.
+                        if error.code == .connectionFailed || error.code == .timeout || error.code == .tampered { throw error }
                         firstError = firstError ?? error
                     }
                     remaining -= 1

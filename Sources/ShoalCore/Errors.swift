@@ -15,6 +15,7 @@ public enum StatusCode: UInt16, Sendable, CaseIterable {
     case checksumMismatch = 12
     case timeout = 13
     case connectionFailed = 14
+    case tampered = 15
 
     /// The label used in metrics and logs.
     public var label: String {
@@ -34,6 +35,7 @@ public enum StatusCode: UInt16, Sendable, CaseIterable {
         case .checksumMismatch: "checksum_mismatch"
         case .timeout: "timeout"
         case .connectionFailed: "connection_failed"
+        case .tampered: "tampered"
         }
     }
 }

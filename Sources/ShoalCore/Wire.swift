@@ -33,8 +33,12 @@ public enum FrameType: UInt8, Sendable {
 public struct FrameHeader: Sendable, Equatable {
     public static let size = 16
     public static let magic: UInt32 = 0x4C4F_4853  // "SHOL" on the wire
-    public static let version: UInt8 = 1
+    /// The protocol version this build speaks (docs/PROTOCOL.md).
+    public static let version: UInt8 = 2
 
+    /// The version written on the wire: ours, except in the refusal sent to a peer of another
+    /// version, which is written in the peer's version so that it can read why.
+    public var version: UInt8 = FrameHeader.version
     public var type: UInt8
     public var status: UInt16
     public var requestID: UInt32
@@ -49,7 +53,7 @@ public struct FrameHeader: Sendable, Equatable {
 
     public func encode(into p: UnsafeMutableRawPointer) {
         p.storeBytes(of: FrameHeader.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
-        p.storeBytes(of: FrameHeader.version, toByteOffset: 4, as: UInt8.self)
+        p.storeBytes(of: version, toByteOffset: 4, as: UInt8.self)
         p.storeBytes(of: type, toByteOffset: 5, as: UInt8.self)
         p.storeBytes(of: status.littleEndian, toByteOffset: 6, as: UInt16.self)
         p.storeBytes(of: requestID.littleEndian, toByteOffset: 8, as: UInt32.self)
@@ -84,15 +88,25 @@ public struct FrameHeader: Sendable, Equatable {
     }
 }
 
-/// HELLO: the client's protocol versions and a name for logs.
+/// HELLO: the client's protocol versions, its nonce, flags, and a name for logs.
 public struct HelloMessage: Sendable, Equatable {
+    /// Flag bit 0: the client asks for frames without tags (a benchmark switch; the worker must
+    /// allow it). Both proofs cover HELLO, so a relay cannot set it.
+    public static let untaggedFramesFlag: UInt8 = 1
+
     public var minVersion: UInt16
     public var maxVersion: UInt16
+    /// Nc: fresh bytes from the client's random source (`MutualAuth.nonceSize`).
+    public var nonce: [UInt8]
+    public var flags: UInt8
     public var clientName: String
 
-    public init(minVersion: UInt16 = 1, maxVersion: UInt16 = 1, clientName: String) {
+    public init(minVersion: UInt16 = UInt16(FrameHeader.version), maxVersion: UInt16 = UInt16(FrameHeader.version),
+                nonce: [UInt8], flags: UInt8 = 0, clientName: String) {
         self.minVersion = minVersion
         self.maxVersion = maxVersion
+        self.nonce = nonce
+        self.flags = flags
         self.clientName = clientName
     }
 
@@ -100,24 +114,108 @@ public struct HelloMessage: Sendable, Equatable {
         var out: [UInt8] = []
         out.appendLE(minVersion)
         out.appendLE(maxVersion)
+        out += nonce
+        out.appendLE(flags)
         out.appendString8(String(clientName.utf8.prefix(WireLimits.maxClientName)) ?? "")
         return out
     }
 
     public init?(decoding bytes: [UInt8]) {
         var r = ByteReader(bytes)
-        guard let lo = r.u16(), let hi = r.u16(), let name = r.string8(max: WireLimits.maxClientName), r.isAtEnd,
-              lo <= hi
+        guard let lo = r.u16(), let hi = r.u16(), let nonce = r.bytes(MutualAuth.nonceSize), let flags = r.u8(),
+              let name = r.string8(max: WireLimits.maxClientName), r.isAtEnd, lo <= hi
         else { return nil }
-        self.init(minVersion: lo, maxVersion: hi, clientName: name)
+        self.init(minVersion: lo, maxVersion: hi, nonce: nonce, flags: flags, clientName: name)
     }
 }
 
-/// The HMAC a client proves it holds the cluster secret with.
-public enum ChallengeAuth {
+/// CHALLENGE: the version the worker chose, its nonce Nw, and its proof that it holds the secret.
+public struct ChallengeMessage: Sendable, Equatable {
+    public var version: UInt16
+    public var nonce: [UInt8]
+    public var proof: [UInt8]
+
+    public init(version: UInt16, nonce: [UInt8], proof: [UInt8]) {
+        self.version = version
+        self.nonce = nonce
+        self.proof = proof
+    }
+
+    /// What the client's proof covers: the CHALLENGE without the worker's proof.
+    public var signedPart: [UInt8] {
+        var out: [UInt8] = []
+        out.appendLE(version)
+        out += nonce
+        return out
+    }
+
+    public var encoded: [UInt8] { signedPart + proof }
+
+    public init?(decoding bytes: [UInt8]) {
+        var r = ByteReader(bytes)
+        guard let v = r.u16(), let nonce = r.bytes(MutualAuth.nonceSize), let proof = r.bytes(MutualAuth.proofSize), r.isAtEnd
+        else { return nil }
+        self.init(version: v, nonce: nonce, proof: proof)
+    }
+}
+
+/// The keys one session's frames are authenticated with, one per direction, so that a frame
+/// can never be reflected back to its sender as if the other side had sent it.
+public struct SessionKeys: Sendable, Equatable {
+    public var clientToWorker: [UInt8]
+    public var workerToClient: [UInt8]
+
+    public init(clientToWorker: [UInt8], workerToClient: [UInt8]) {
+        self.clientToWorker = clientToWorker
+        self.workerToClient = workerToClient
+    }
+}
+
+/// The mutual handshake's proofs and the session keys (docs/PROTOCOL.md, "Handshake"). Each
+/// proof is an HMAC-SHA256 with the cluster secret over a label, the whole HELLO and the
+/// worker's nonce, so a relay that changes any byte of HELLO (versions, nonce, name) or of
+/// CHALLENGE makes a proof fail; the labels keep one side's proof from serving as the other's.
+public enum MutualAuth {
     public static let nonceSize = 32
-    public static func response(secret: [UInt8], nonce: [UInt8]) -> [UInt8] {
-        hmacSHA256(key: secret, message: Array("shoal-auth-v1".utf8) + nonce)
+    public static let proofSize = 32
+
+    /// The worker's proof, checked by the client before it proves anything itself.
+    public static func workerProof(secret: [UInt8], hello: [UInt8], workerNonce: [UInt8]) -> [UInt8] {
+        hmacSHA256(key: secret, message: Array("shoal-worker-v2".utf8) + hello + workerNonce)
+    }
+
+    /// The client's proof, over HELLO and the signed part of CHALLENGE.
+    public static func clientProof(secret: [UInt8], hello: [UInt8], challenge: [UInt8]) -> [UInt8] {
+        hmacSHA256(key: secret, message: Array("shoal-client-v2".utf8) + hello + challenge)
+    }
+
+    /// Both sides derive the same two keys from the secret and both nonces; neither nonce alone
+    /// (an attacker may pick one of them) decides them.
+    public static func sessionKeys(secret: [UInt8], clientNonce: [UInt8], workerNonce: [UInt8]) -> SessionKeys {
+        SessionKeys(clientToWorker: hmacSHA256(key: secret, message: Array("shoal-session-c2w-v2".utf8) + clientNonce + workerNonce),
+                    workerToClient: hmacSHA256(key: secret, message: Array("shoal-session-w2c-v2".utf8) + clientNonce + workerNonce))
+    }
+}
+
+/// Per-frame authentication tags (docs/PROTOCOL.md, "Frame tags"): after the handshake every
+/// frame's payload ends with a 16-byte tag over its header and the rest of its payload, keyed
+/// by the sender's session key and bound to a per-direction sequence number.
+public enum FrameTag {
+    public static let size = 16
+
+    public enum Direction: UInt32, Sendable {
+        case clientToWorker = 1
+        case workerToClient = 2
+    }
+
+    /// The 12-byte GCM nonce of frame `sequence` in `direction`: direction u32 | sequence u64.
+    /// Unique per key because each key signs one direction and the sequence never repeats.
+    public static func nonce(_ direction: Direction, sequence: UInt64) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(12)
+        out.appendLE(direction.rawValue)
+        out.appendLE(sequence)
+        return out
     }
 }
 

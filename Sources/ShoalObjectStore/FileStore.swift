@@ -77,7 +77,7 @@ public final class FileStore: ObjectStore, @unchecked Sendable {
         let p = try path(bucket, key)
         do {
             if let slash = p.lastIndex(of: "/") { try FileSystem.createDirectories(String(p[..<slash])) }
-            let tmp = root + "/" + bucket + "/.shoal-tmp-\(secureRandomBytes(6).hexString)"
+            let tmp = root + "/" + bucket + "/.shoal-tmp-\(try secureRandomBytes(6).hexString)"
             // An object in a file store is the user's data, readable as a file written there by hand would be.
             try FileSystem.writeFile(tmp, bytes, permissions: 0o644)
             try FileSystem.rename(tmp, p)

@@ -17,6 +17,19 @@ public enum FaultInjection {
         }
     }
 
+    nonisolated(unsafe) private static var randomSourceFault: (thread: pthread_t, errno: Int32)?
+
+    /// Makes `secureRandomBytes` fail with `errno` on the calling thread only (nil: work again),
+    /// for tests of a broken random source that must not break the tests running beside them.
+    public static func setRandomSource(failingWith errno: Int32?) {
+        lock.withLock { randomSourceFault = errno.map { (pthread_self(), $0) } }
+    }
+
+    static func checkRandomSource() throws(SysError) {
+        guard let fault = lock.withLock({ randomSourceFault }), pthread_equal(fault.thread, pthread_self()) != 0 else { return }
+        throw SysError("the system random source (getrandom) failed (injected fault)", errno: fault.errno)
+    }
+
     /// Applies the fault for `path`, if any; throws the injected error.
     @inline(__always)
     static func check(_ path: String, _ what: String) throws(SysError) {

@@ -42,11 +42,13 @@ public func currentHostName() -> String? {
     return name.isEmpty ? nil : name
 }
 
-/// A blocking TCP socket; every wait is bounded with `poll`.
+/// A blocking TCP socket; every wait is bounded with `poll`. After `startTLS` the same calls
+/// send and receive through TLS.
 public final class TCPSocket: @unchecked Sendable {
     public let fd: Int32
     private var closed = false
     private let closeLock = ConditionLock()
+    private var tls: TLSSession?
 
     init(fd: Int32) { self.fd = fd }
 
@@ -54,9 +56,45 @@ public final class TCPSocket: @unchecked Sendable {
 
     public func close() {
         closeLock.withLock {
-            if !closed { closed = true; Glibc.close(fd) }
+            if !closed { closed = true; tls = nil; Glibc.close(fd) }
         }
     }
+
+    /// True once a TLS handshake has completed on this socket.
+    public var isTLS: Bool { tls != nil }
+
+    /// True when the kernel encrypts this TLS connection's sends (kernel TLS): sends then go from
+    /// the caller's buffer as plain ones do. False without TLS, or with TLS in user space.
+    public var kernelTLSSend: Bool { tls?.kernelSend ?? false }
+
+    /// Runs a TLS handshake on this connected socket, as the server or (with the address it
+    /// dialled, `host`, to check the peer's certificate against) as the client. Afterwards every
+    /// send and receive goes through TLS.
+    public func startTLS(_ context: TLSContext, host: String?, deadline: UInt64?) throws(CryptoError) {
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            throw CryptoError("cannot make the socket non-blocking for TLS: \(String(cString: strerror(currentErrno())))")
+        }
+        let session = try TLSSession(context: context, fd: fd, host: context.isServer ? nil : host)
+        while true {
+            var events: Int32
+            switch session.handshakeStep(server: context.isServer) {
+            case .done:
+                tls = session
+                return
+            case .wantRead: events = POLLIN
+            case .wantWrite: events = POLLOUT
+            case .closed: throw CryptoError("the peer closed the connection during the TLS handshake")
+            case .failed(let reason): throw CryptoError(reason)
+            }
+            do { try waitFor(events, deadline: deadline) } catch {
+                throw CryptoError(error.errno == ETIMEDOUT ? "the TLS handshake timed out" : "TLS handshake: \(error)")
+            }
+        }
+    }
+
+    /// Data already received through TLS that `poll` on the descriptor cannot see.
+    public var hasBufferedData: Bool { tls?.hasBufferedData ?? false }
 
     /// Stops reads and writes (wakes a thread blocked on this socket) without freeing the fd.
     public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
@@ -240,6 +278,7 @@ public final class TCPSocket: @unchecked Sendable {
     /// leave together without being copied into one buffer). Each step tries the send first and
     /// waits only when the socket buffer is full: one syscall when there is room.
     public func send(_ pieces: [UnsafeRawBufferPointer], deadline: UInt64? = nil) throws(SysError) {
+        if let tls { return try tlsSend(tls, pieces, deadline: deadline) }
         var vecs = pieces.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
         var first = 0
         while first < vecs.count {
@@ -277,6 +316,7 @@ public final class TCPSocket: @unchecked Sendable {
     /// (`errno` 0 with "closed" for an orderly close before any byte of this read). Tries the
     /// receive first and waits only when nothing has arrived: one syscall when data is there.
     public func receive(into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64? = nil) throws(SysError) {
+        if let tls { return try tlsReceive(tls, into: buffer, count: count, deadline: deadline) }
         var done = 0
         while done < count {
             let n = recv(fd, buffer + done, count - done, Int32(MSG_DONTWAIT))
@@ -286,6 +326,83 @@ public final class TCPSocket: @unchecked Sendable {
             if e == EINTR { continue }
             if e == EAGAIN { try waitFor(POLLIN, deadline: deadline); continue }
             throw SysError("recv", errno: e)
+        }
+    }
+
+    /// Waits until `count` bytes have arrived and copies them without consuming them (the
+    /// worker looks at a connection's first bytes to tell a plain Shoal client from a TLS one).
+    public func peek(count: Int, deadline: UInt64?) throws(SysError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        while true {
+            let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, count, Int32(MSG_PEEK | MSG_DONTWAIT)) }
+            if n >= count { return out }
+            if n == 0 { throw SysError("connection closed by peer", errno: ECONNRESET) }
+            if n < 0 {
+                let e = currentErrno()
+                if e == EINTR { continue }
+                if e != EAGAIN { throw SysError("recv", errno: e) }
+            }
+            // Fewer bytes than asked for are there: wait for more (at most a millisecond per pass).
+            if n > 0 {
+                if let deadline, monotonicNanos() >= deadline { throw SysError("socket wait", errno: ETIMEDOUT) }
+                usleep(1000)
+            } else {
+                try waitFor(POLLIN, deadline: deadline)
+            }
+        }
+    }
+
+    /// TLS has no gather write: small pieces (a header, a tag) are joined so that they leave in
+    /// one record with what follows them; large ones are written where they lie.
+    private func tlsSend(_ tls: TLSSession, _ pieces: [UnsafeRawBufferPointer], deadline: UInt64?) throws(SysError) {
+        var staged: [UInt8] = []
+        for piece in pieces where piece.count > 0 {
+            if piece.count <= 16 * 1024 {
+                staged.append(contentsOf: piece)
+                continue
+            }
+            if !staged.isEmpty {
+                try tlsWrite(tls, staged, deadline: deadline)
+                staged.removeAll(keepingCapacity: true)
+            }
+            try tlsWrite(tls, piece.baseAddress!, piece.count, deadline: deadline)
+        }
+        if !staged.isEmpty { try tlsWrite(tls, staged, deadline: deadline) }
+    }
+
+    private func tlsWrite(_ tls: TLSSession, _ bytes: [UInt8], deadline: UInt64?) throws(SysError) {
+        let result = bytes.withUnsafeBytes { b in
+            Result { () throws(SysError) in try tlsWrite(tls, b.baseAddress!, b.count, deadline: deadline) }
+        }
+        try result.get()
+    }
+
+    private func tlsWrite(_ tls: TLSSession, _ p: UnsafeRawPointer, _ count: Int, deadline: UInt64?) throws(SysError) {
+        var done = 0
+        while done < count {
+            var n = 0
+            // After a want-read/write OpenSSL needs the same arguments again: `done` is unchanged.
+            switch tls.write(p + done, count - done, written: &n) {
+            case .done: done += n
+            case .wantRead: try waitFor(POLLIN, deadline: deadline)
+            case .wantWrite: try waitFor(POLLOUT, deadline: deadline)
+            case .closed: throw SysError("TLS send: connection closed by peer", errno: ECONNRESET)
+            case .failed(let reason): throw SysError("TLS send: \(reason)", errno: EPROTO)
+            }
+        }
+    }
+
+    private func tlsReceive(_ tls: TLSSession, into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64?) throws(SysError) {
+        var done = 0
+        while done < count {
+            var n = 0
+            switch tls.read(buffer + done, count - done, read: &n) {
+            case .done: done += n
+            case .wantRead: try waitFor(POLLIN, deadline: deadline)
+            case .wantWrite: try waitFor(POLLOUT, deadline: deadline)
+            case .closed: throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET)
+            case .failed(let reason): throw SysError("TLS receive: \(reason)", errno: EPROTO)
+            }
         }
     }
 
@@ -313,12 +430,14 @@ extension TCPSocket {
     /// Indexes of `sockets` with data to read (or closed), waiting up to `timeoutMillis`.
     public static func readable(_ sockets: [TCPSocket], timeoutMillis: Int32) throws(SysError) -> [Int] {
         var fds = sockets.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        // TLS may already hold a reply that poll cannot see: then only look, do not wait.
+        let buffered = sockets.indices.filter { sockets[$0].hasBufferedData }
         while true {
-            let r = poll(&fds, nfds_t(fds.count), timeoutMillis)
+            let r = poll(&fds, nfds_t(fds.count), buffered.isEmpty ? timeoutMillis : 0)
             if r >= 0 { break }
             let e = currentErrno()
             if e != EINTR { throw SysError("poll", errno: e) }
         }
-        return fds.indices.filter { fds[$0].revents != 0 }
+        return fds.indices.filter { fds[$0].revents != 0 || buffered.contains($0) }
     }
 }

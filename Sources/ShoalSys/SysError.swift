@@ -39,13 +39,19 @@ public func monotonicNanos() -> UInt64 {
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
-/// Bytes from the kernel's random source.
-public func secureRandomBytes(_ count: Int) -> [UInt8] {
+/// Bytes from the kernel's random source (`getrandom`), for nonces and secrets. Throws when the
+/// source fails, never returns fewer or zeroed bytes: a predictable nonce or secret is worse than
+/// no connection.
+public func secureRandomBytes(_ count: Int) throws(SysError) -> [UInt8] {
+    try FaultInjection.checkRandomSource()
     var out = [UInt8](repeating: 0, count: count)
     var filled = 0
     while filled < count {
         let n = out.withUnsafeMutableBytes { shoal_getrandom($0.baseAddress! + filled, count - filled) }
-        if n > 0 { filled += n } else if currentErrno() != EINTR { break }
+        if n > 0 { filled += n; continue }
+        let e = n < 0 ? currentErrno() : EIO
+        if e == EINTR { continue }
+        throw SysError("the system random source (getrandom) failed; no nonce or secret can be made", errno: e)
     }
     return out
 }

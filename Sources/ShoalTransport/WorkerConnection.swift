@@ -1,8 +1,13 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ShoalCore
 import ShoalSys
 
-/// The client side of one TCP connection to a worker: handshake, then STAT and pipelined READs.
-/// Blocking I/O with deadlines; no threads of its own.
+/// The client side of one TCP connection to a worker: the mutual handshake (the worker proves
+/// it holds the secret before this side proves anything), then STAT and pipelined READs. Every
+/// frame after the handshake carries a tag under the session key (or the channel is TLS), so a
+/// relay can neither change a reply nor add a request. Blocking I/O with deadlines; no threads.
 public final class WorkerConnection: @unchecked Sendable {
     public let endpoint: Endpoint
     public let socket: TCPSocket
@@ -12,11 +17,24 @@ public final class WorkerConnection: @unchecked Sendable {
     /// Benchmarks only: take READ_NODATA replies (a worker with `answerWithoutData`) as answered,
     /// leaving the buffer as it was. Otherwise such a reply is an error naming the switch.
     public var acceptsNoData = false
+    /// Tags this side's frames and checks the worker's; nil over TLS, which authenticates already.
+    private let authenticator: FrameAuthenticator?
+    private var tagSize: Int { authenticator == nil ? 0 : FrameTag.size }
+    /// The worker closed this connection with an ERROR frame, or a reply failed its tag: the
+    /// connection must not be used again.
+    public private(set) var isBroken = false
 
-    /// Connects and authenticates with `secret`.
-    public init(endpoint: Endpoint, secret: [UInt8], clientName: String = "shoal-client", timeoutMillis: Int32 = 10_000) throws(ShoalError) {
+    /// Connects (through TLS when `tls` is given) and runs the mutual handshake with `secret`.
+    /// `untaggedFrames` asks a worker running with the benchmark switch `allowUntaggedFrames` for
+    /// frames without tags, to measure what the tags cost; never for service.
+    public init(endpoint: Endpoint, secret: [UInt8], clientName: String = "shoal-client", timeoutMillis: Int32 = 10_000,
+                tls: TLSContext? = nil, untaggedFrames: Bool = false) throws(ShoalError) {
         self.endpoint = endpoint
         self.timeoutNanos = UInt64(timeoutMillis) * 1_000_000
+        let nonce: [UInt8]
+        do { nonce = try secureRandomBytes(MutualAuth.nonceSize) } catch {
+            throw ShoalError(.internal, "cannot open a connection to worker \(endpoint): \(error)")
+        }
         let socket: TCPSocket
         do {
             socket = try TCPSocket.connect(endpoint, timeoutMillis: timeoutMillis)
@@ -25,26 +43,46 @@ public final class WorkerConnection: @unchecked Sendable {
         }
         socket.setBufferSizes(8 << 20)
         let deadline = monotonicNanos() + timeoutNanos
-        let hello = HelloMessage(clientName: clientName).encoded
-        try WorkerConnection.io(endpoint) { try socket.send(FrameHeader(type: .hello, requestID: 0, payloadLength: UInt32(hello.count)).bytes + hello, deadline: deadline) }
-        let (h1, challenge) = try WorkerConnection.receiveSmall(socket, endpoint, deadline: deadline)
-        guard h1.type == FrameType.challenge.rawValue, challenge.count == 2 + ChallengeAuth.nonceSize else {
-            throw WorkerConnection.unexpected(h1, challenge, endpoint, "CHALLENGE")
+        if let tls {
+            do { try socket.startTLS(tls, host: endpoint.host, deadline: deadline) } catch {
+                throw ShoalError(.connectionFailed, "TLS handshake with worker \(endpoint) failed: \(error.message) (is the worker running with TLS, and is its certificate signed by the client's CA file?)")
+            }
         }
-        let mac = ChallengeAuth.response(secret: secret, nonce: Array(challenge[2...]))
-        try WorkerConnection.io(endpoint) { try socket.send(FrameHeader(type: .auth, requestID: 0, payloadLength: 32).bytes + mac, deadline: deadline) }
-        let (h2, ok) = try WorkerConnection.receiveSmall(socket, endpoint, deadline: deadline)
-        guard h2.type == FrameType.authOK.rawValue, ok.count == 4 else { throw WorkerConnection.unexpected(h2, ok, endpoint, "AUTH_OK") }
-        var r = ByteReader(ok)
+        var handshake = ClientHandshake(secret: secret, nonce: nonce, clientName: clientName, worker: endpoint.description,
+                                        untaggedFrames: untaggedFrames)
+        var action = handshake.start()
+        var authenticator: FrameAuthenticator?
+        var blockSize: UInt32 = 0
+        while true {
+            switch action {
+            case .send(let h, let body):
+                try WorkerConnection.io(endpoint) { try socket.send(h.bytes + body, deadline: deadline) }
+                if h.type == FrameType.auth.rawValue, !socket.isTLS, !untaggedFrames, let keys = handshake.sessionKeys {
+                    do { authenticator = try FrameAuthenticator(keys: keys, role: .client) } catch {
+                        throw ShoalError(.internal, "cannot set up frame tags for worker \(endpoint): \(error)")
+                    }
+                }
+            case .ready(let size):
+                blockSize = size
+            case .fail(let error):
+                throw error
+            }
+            if case .ready = action { break }
+            // AUTH_OK is the worker's first tagged frame: it shows the worker derived the same keys.
+            let (h, body) = try WorkerConnection.receiveFrame(socket, endpoint, authenticator: authenticator,
+                                                              maxPayload: 64 * 1024, deadline: deadline, allowUntaggedRefusal: true)
+            action = handshake.received(h, payload: body)
+        }
         self.socket = socket
-        blockSize = r.u32() ?? 0
+        self.authenticator = authenticator
+        self.blockSize = blockSize
     }
 
     public func close() { socket.close() }
 
     static func io<T>(_ endpoint: Endpoint, _ body: () throws -> T) throws(ShoalError) -> T {
         do { return try body() } catch let e as SysError {
-            if e.errno == 110 /* ETIMEDOUT */ { throw ShoalError(.timeout, "worker \(endpoint) did not answer in time") }
+            if e.errno == ETIMEDOUT { throw ShoalError(.timeout, "worker \(endpoint) did not answer in time") }
             throw ShoalError(.connectionFailed, "connection to worker \(endpoint) failed: \(e)")
         } catch let e as ShoalError {
             throw e
@@ -53,17 +91,46 @@ public final class WorkerConnection: @unchecked Sendable {
         }
     }
 
-    static func receiveSmall(_ socket: TCPSocket, _ endpoint: Endpoint, deadline: UInt64) throws(ShoalError) -> (FrameHeader, [UInt8]) {
-        try io(endpoint) {
-            let raw = try socket.receive(count: FrameHeader.size, deadline: deadline)
-            let header = try raw.withUnsafeBytes { p -> FrameHeader in
-                switch FrameHeader.decode(p.baseAddress!, maxPayload: 64 * 1024) {
-                case .success(let h): return h
-                case .failure(let e): throw ShoalError(.badRequest, "worker \(endpoint) sent a bad frame: \(e)")
-                }
-            }
-            return (header, try socket.receive(count: Int(header.payloadLength), deadline: deadline))
+    static func decodeHeader(_ raw: [UInt8], _ endpoint: Endpoint, maxPayload: UInt32) throws(ShoalError) -> FrameHeader {
+        switch raw.withUnsafeBytes({ FrameHeader.decode($0.baseAddress!, maxPayload: maxPayload) }) {
+        case .success(let h): return h
+        case .failure(.unsupportedVersion(let v)):
+            throw ShoalError(.unsupportedVersion, "worker \(endpoint) speaks protocol version \(v); this client speaks version \(FrameHeader.version): run the same Shoal release on both")
+        case .failure(let e):
+            throw ShoalError(.badRequest, "worker \(endpoint) sent a bad frame: \(e)")
         }
+    }
+
+    static func tampered(_ endpoint: Endpoint) -> ShoalError {
+        ShoalError(.tampered, "reply from worker \(endpoint) failed authentication (tampered or corrupted in transit); its bytes were discarded and the connection closed")
+    }
+
+    /// Receives one small frame whole; with `authenticator`, checks and removes its tag. Only in
+    /// the handshake (`allowUntaggedRefusal`) is an untagged ERROR taken: a worker that refuses
+    /// AUTH has no session keys yet, and a refusal cannot make anything succeed.
+    static func receiveFrame(_ socket: TCPSocket, _ endpoint: Endpoint, authenticator: FrameAuthenticator?, maxPayload: UInt32,
+                             deadline: UInt64, allowUntaggedRefusal: Bool = false) throws(ShoalError) -> (FrameHeader, [UInt8]) {
+        let raw = try io(endpoint) { try socket.receive(count: FrameHeader.size, deadline: deadline) }
+        let header = try decodeHeader(raw, endpoint, maxPayload: maxPayload)
+        let payload = try io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
+        guard let authenticator else { return (header, payload) }
+        guard authenticator.open(frame: raw + payload) else {
+            if allowUntaggedRefusal && header.type == FrameType.error.rawValue && header.status != 0 { return (header, payload) }
+            socket.close()
+            throw tampered(endpoint)
+        }
+        var h = header
+        h.payloadLength -= UInt32(FrameTag.size)
+        return (h, Array(payload.dropLast(FrameTag.size)))
+    }
+
+    /// Sends one frame, tagged when the session has frame tags.
+    private func sendFrame(type: FrameType, id: UInt32, _ payload: [UInt8], deadline: UInt64) throws(ShoalError) {
+        var bytes = FrameHeader(type: type, requestID: id, payloadLength: UInt32(payload.count + tagSize)).bytes + payload
+        if let authenticator {
+            do { bytes += try authenticator.seal(bytes) } catch { throw ShoalError(.internal, "cannot tag a frame for worker \(endpoint): \(error)") }
+        }
+        try WorkerConnection.io(endpoint) { try socket.send(bytes, deadline: deadline) }
     }
 
     static func unexpected(_ h: FrameHeader, _ payload: [UInt8], _ endpoint: Endpoint, _ wanted: String) -> ShoalError {
@@ -72,6 +139,23 @@ public final class WorkerConnection: @unchecked Sendable {
             return ShoalError(code, "worker \(endpoint): \(String(decoding: payload, as: UTF8.self))")
         }
         return ShoalError(.badRequest, "worker \(endpoint) sent frame type \(h.type) where \(wanted) was expected")
+    }
+
+    /// Runs `body`, marking the connection broken when it throws a tag failure; an ERROR frame
+    /// (the worker closing the connection) is thrown as the worker's message.
+    private func received(_ body: @autoclosure () throws(ShoalError) -> (FrameHeader, [UInt8])) throws(ShoalError) -> (FrameHeader, [UInt8]) {
+        do throws(ShoalError) {
+            let (h, payload) = try body()
+            if h.type == FrameType.error.rawValue {
+                isBroken = true
+                socket.close()
+                throw WorkerConnection.unexpected(h, payload, endpoint, "a reply")
+            }
+            return (h, payload)
+        } catch {
+            if error.code == .tampered || error.code == .connectionFailed { isBroken = true }
+            throw error
+        }
     }
 
     private func takeID() -> UInt32 {
@@ -84,8 +168,9 @@ public final class WorkerConnection: @unchecked Sendable {
         let deadline = monotonicNanos() + timeoutNanos
         let payload = StatRequest(object: object, revalidate: revalidate).encoded
         let id = takeID()
-        try WorkerConnection.io(endpoint) { try socket.send(FrameHeader(type: .stat, requestID: id, payloadLength: UInt32(payload.count)).bytes + payload, deadline: deadline) }
-        let (h, body) = try WorkerConnection.receiveSmall(socket, endpoint, deadline: deadline)
+        try sendFrame(type: .stat, id: id, payload, deadline: deadline)
+        let (h, body) = try received(WorkerConnection.receiveFrame(socket, endpoint, authenticator: authenticator, maxPayload: 64 * 1024,
+                                                                   deadline: deadline))
         guard h.requestID == id else { throw ShoalError(.badRequest, "worker \(endpoint) answered request \(h.requestID), expected \(id)") }
         guard h.type == FrameType.statReply.rawValue, h.status == 0, let reply = StatReply(decoding: body) else {
             throw WorkerConnection.unexpected(h, body, endpoint, "STAT_REPLY")
@@ -97,53 +182,86 @@ public final class WorkerConnection: @unchecked Sendable {
     public func sendRead(_ request: ReadRequest) throws(ShoalError) -> UInt32 {
         let payload = request.encoded
         let id = takeID()
-        let deadline = monotonicNanos() + timeoutNanos
-        try WorkerConnection.io(endpoint) { try socket.send(FrameHeader(type: .read, requestID: id, payloadLength: UInt32(payload.count)).bytes + payload, deadline: deadline) }
+        try sendFrame(type: .read, id: id, payload, deadline: monotonicNanos() + timeoutNanos)
         return id
     }
 
     /// Receives the answer to READ `id` straight into `buffer` (exactly `length` bytes) and checks
-    /// its CRC32C. On an error status the worker's message is thrown; the connection stays usable.
+    /// its tag and its CRC32C. On an error status the worker's message is thrown; the connection
+    /// stays usable. A reply that fails its tag is never returned: the buffer's range is zeroed,
+    /// the connection closed, and a `tampered` error thrown.
     public func receiveRead(id: UInt32, into buffer: UnsafeMutableRawPointer, length: Int) throws(ShoalError) {
         let deadline = monotonicNanos() + timeoutNanos * 3
-        let header: FrameHeader = try WorkerConnection.io(endpoint) {
-            let raw = try socket.receive(count: FrameHeader.size, deadline: deadline)
-            return try raw.withUnsafeBytes { p -> FrameHeader in
-                switch FrameHeader.decode(p.baseAddress!, maxPayload: WireLimits.maxResponsePayload) {
-                case .success(let h): return h
-                case .failure(let e): throw ShoalError(.badRequest, "worker \(endpoint) sent a bad frame: \(e)")
-                }
+        var raw = [UInt8](repeating: 0, count: FrameHeader.size + 4)
+        try WorkerConnection.io(endpoint) {
+            try raw.withUnsafeMutableBytes { try socket.receive(into: $0.baseAddress!, count: FrameHeader.size, deadline: deadline) }
+        }
+        let header = try WorkerConnection.decodeHeader(raw, endpoint, maxPayload: WireLimits.maxResponsePayload + UInt32(tagSize))
+        let isData = header.status == 0 && header.type == FrameType.readReply.rawValue
+        guard !isData else { return try receiveData(header, raw, id: id, into: buffer, length: length, deadline: deadline) }
+        // Anything else is small: take it whole, check its tag, then look at it.
+        guard header.payloadLength <= UInt32(WireLimits.maxMessage) * 4 + UInt32(tagSize) else {
+            throw ShoalError(.connectionFailed, "worker \(endpoint) sent a \(header.payloadLength)-byte frame of type \(header.type) where a READ reply was expected")
+        }
+        var payload = try WorkerConnection.io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
+        var h = header
+        if let authenticator {
+            guard authenticator.open(frame: Array(raw.prefix(FrameHeader.size)) + payload) else {
+                isBroken = true
+                socket.close()
+                throw WorkerConnection.tampered(endpoint)
             }
+            payload.removeLast(FrameTag.size)
+            h.payloadLength -= UInt32(FrameTag.size)
         }
-        guard header.requestID == id else {
-            throw ShoalError(.badRequest, "worker \(endpoint) answered request \(header.requestID), expected \(id)")
+        if h.type == FrameType.error.rawValue {
+            isBroken = true
+            socket.close()
+            throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
         }
-        if header.status == 0 && header.type == FrameType.readNoData.rawValue && header.payloadLength == 8 {
-            let body = try WorkerConnection.io(endpoint) { try socket.receive(count: 8, deadline: deadline) }
+        guard h.requestID == id else {
+            throw ShoalError(.badRequest, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
+        }
+        if h.status == 0 && h.type == FrameType.readNoData.rawValue && payload.count == 8 {
             guard acceptsNoData else {
                 throw ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")
             }
-            let n = body.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
+            let n = payload.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
             guard Int(n) == length else { throw ShoalError(.badRequest, "worker \(endpoint) answered for \(n) bytes where \(length) were asked") }
             return
         }
-        if header.status != 0 || header.type != FrameType.readReply.rawValue {
-            guard header.payloadLength <= UInt32(WireLimits.maxMessage) * 4 else {
-                throw ShoalError(.connectionFailed, "worker \(endpoint) sent a \(header.payloadLength)-byte error frame")
-            }
-            let body = try WorkerConnection.io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
-            throw WorkerConnection.unexpected(header, body, endpoint, "READ_REPLY")
+        throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
+    }
+
+    /// A READ_REPLY: CRC, data straight into the caller's buffer, then (with tags) the tag, which
+    /// is checked over the header, the CRC and the data before the data counts as received.
+    private func receiveData(_ header: FrameHeader, _ raw: [UInt8], id: UInt32, into buffer: UnsafeMutableRawPointer, length: Int,
+                             deadline: UInt64) throws(ShoalError) {
+        guard Int(header.payloadLength) == length + 4 + tagSize else {
+            throw ShoalError(.connectionFailed, "worker \(endpoint) sent \(Int(header.payloadLength) - 4 - tagSize) bytes where \(length) were asked")
         }
-        guard Int(header.payloadLength) == length + 4 else {
-            throw ShoalError(.badRequest, "worker \(endpoint) sent \(Int(header.payloadLength) - 4) bytes where \(length) were asked")
-        }
-        let crc: UInt32 = try WorkerConnection.io(endpoint) {
-            var c: UInt32 = 0
-            try withUnsafeMutableBytes(of: &c) { try socket.receive(into: $0.baseAddress!, count: 4, deadline: deadline) }
+        var raw = raw
+        var tag = [UInt8](repeating: 0, count: FrameTag.size)
+        let data = UnsafeRawBufferPointer(start: buffer, count: length)
+        try WorkerConnection.io(endpoint) {
+            try raw.withUnsafeMutableBytes { try socket.receive(into: $0.baseAddress! + FrameHeader.size, count: 4, deadline: deadline) }
             if length > 0 { try socket.receive(into: buffer, count: length, deadline: deadline) }
-            return UInt32(littleEndian: c)
+            if tagSize > 0 { try tag.withUnsafeMutableBytes { try socket.receive(into: $0.baseAddress!, count: FrameTag.size, deadline: deadline) } }
         }
-        let actual = CRC32C.checksum(UnsafeRawBufferPointer(start: buffer, count: length))
+        if let authenticator {
+            let ok = raw.withUnsafeBytes { r in tag.withUnsafeBytes { t in authenticator.open([r, data], tag: t) } }
+            guard ok else {
+                memset(buffer, 0, length)
+                isBroken = true
+                socket.close()
+                throw WorkerConnection.tampered(endpoint)
+            }
+        }
+        guard header.requestID == id else {
+            throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(header.requestID), expected \(id)")
+        }
+        let crc = raw.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: FrameHeader.size, as: UInt32.self)) }
+        let actual = CRC32C.checksum(data)
         guard actual == crc else {
             throw ShoalError(.checksumMismatch, "data from worker \(endpoint) failed its CRC32C check (sent \(crc), got \(actual))")
         }

@@ -36,9 +36,10 @@ public final class Worker: @unchecked Sendable {
                                blockSize: UInt32(config.blockSize), admission: admission, thrashGuard: config.thrashGuard,
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
                                serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
-        if config.serveFromMemory || config.answerWithoutData {
+        if config.serveFromMemory || config.answerWithoutData || config.allowUntaggedFrames {
             logger.warning("benchmark switches on: not for service", metadata: [
                 "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",
+                "allowUntaggedFrames": "\(config.allowUntaggedFrames)",
             ])
         }
         updateGauges()
@@ -48,9 +49,20 @@ public final class Worker: @unchecked Sendable {
     public var port: UInt16 { server?.port ?? config.listen.port }
     public var adminPort: Int? { admin?.port }
 
-    /// Starts the TCP listener.
+    /// Starts the TCP listener (with TLS, if configured). Refuses to start when the system's
+    /// random source fails: without it no connection can be authenticated.
     public func start() throws(ShoalError) {
-        let handler = ConnectionHandler(service: service, secret: config.secret, logger: logger)
+        do { _ = try secureRandomBytes(MutualAuth.nonceSize) } catch {
+            throw ShoalError(.internal, "cannot start: \(error); the worker needs it to authenticate every connection")
+        }
+        var tls: TLSContext?
+        if let files = config.tls {
+            do { tls = try TLSContext.server(certificateFile: files.certFile, keyFile: files.keyFile) } catch {
+                throw ShoalError(.badRequest, "key 'tls': \(error.message)")
+            }
+        }
+        let handler = ConnectionHandler(service: service, secret: config.secret, tls: tls, allowsUntaggedFrames: config.allowUntaggedFrames,
+                                        logger: logger, tlsReport: TLSReport())
         let (metrics, logger, max) = (metrics, logger, config.maxConnections)
         let refusedLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
         // A client over the limit is told why (an ERROR frame it reads in place of the handshake's
@@ -77,7 +89,7 @@ public final class Worker: @unchecked Sendable {
             throw ShoalError(.badRequest, "cannot listen on \(config.listen): \(error)")
         }
         logger.info("worker listening", metadata: [
-            "listen": "\(config.listen.host):\(port)", "blocks": "\(cache.blockCount)",
+            "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "blocks": "\(cache.blockCount)",
             "cached": "\(ByteSize.format(cache.bytesCached))", "capacity": "\(ByteSize.format(cache.capacity))",
         ])
     }

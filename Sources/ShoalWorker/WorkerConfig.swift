@@ -41,6 +41,17 @@ public struct StoreConfig: Sendable, Equatable {
     }
 }
 
+/// TLS on the data plane: the worker's certificate chain and private key (PEM files).
+public struct TLSFiles: Sendable, Equatable {
+    public var certFile: String
+    public var keyFile: String
+
+    public init(certFile: String, keyFile: String) {
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+}
+
 /// Everything a worker is started with. Every key, its default and unit: docs/CONFIG.md.
 public struct WorkerConfig: Sendable {
     public var listen = Endpoint(host: "127.0.0.1", port: 7070)
@@ -64,13 +75,19 @@ public struct WorkerConfig: Sendable {
     /// keep blocks in DRAM instead of on the cache disks, and answer READs without their data.
     public var serveFromMemory = false
     public var answerWithoutData = false
+    /// Benchmark switch: serve clients that ask for frames without tags (Perf/ measures what the
+    /// tags cost with it). A relay could then change replies undetected: never for service.
+    public var allowUntaggedFrames = false
+    /// TLS 1.3 on the data plane (nil: plain TCP, every frame tagged under the session key).
+    public var tls: TLSFiles?
 
     public init() {}
 
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL", "serveStaleOnOutage",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
-                                           "adminIdleTimeout"]
+                                           "adminIdleTimeout", "allowUntaggedFrames", "tls"]
+    static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
                                          "root", "maxConcurrency", "connectTimeout", "stallTimeout"]
@@ -131,6 +148,14 @@ public struct WorkerConfig: Sendable {
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }
         if let v = try r.bool("serveFromMemory") { config.serveFromMemory = v }
         if let v = try r.bool("answerWithoutData") { config.answerWithoutData = v }
+        if let v = try r.bool("allowUntaggedFrames") { config.allowUntaggedFrames = v }
+        if let item = map["tls"] {
+            let t = try r.nested(item, "tls")
+            try t.checkKnown(tlsKeys)
+            guard let cert = try t.string("certFile") else { throw t.missing("certFile") }
+            guard let key = try t.string("keyFile") else { throw t.missing("keyFile") }
+            config.tls = TLSFiles(certFile: resolve(cert), keyFile: resolve(key))
+        }
         for (i, item) in try r.list("caches").enumerated() {
             let c = try r.nested(item, "caches[\(i)]")
             try c.checkKnown(cacheKeys)
@@ -257,7 +282,7 @@ public struct WorkerConfig: Sendable {
             try FileSystem.createDirectories(base + "/cache", permissions: 0o700)
             try FileSystem.createDirectories(base + "/store", permissions: 0o700)
             if !FileSystem.exists(secretPath) {
-                try FileSystem.writeFile(secretPath, Array(secureRandomBytes(32).hexString.utf8), permissions: 0o600)
+                try FileSystem.writeFile(secretPath, Array(try secureRandomBytes(32).hexString.utf8), permissions: 0o600)
             }
         } catch {
             throw ShoalError(.badRequest, "cannot set up the embedded default under \(base): \(error)")

@@ -194,6 +194,7 @@ struct BenchCommand: ParsableCommand {
 /// read from, JSON output, and the opt-in to a worker's `answerWithoutData` replies.
 struct ReadBenchOptions: ParsableArguments {
     @Flag(help: "Count replies from a worker with --answer-without-data as answered (benchmarks only).") var acceptNoData = false
+    @Flag(help: "Ask for frames without tags from a worker with --allow-untagged-frames (benchmarks only).") var untaggedFrames = false
     @Flag(help: "Print one JSON line.") var json = false
     @OptionGroup var store: BenchCommand.StoreOptions
     @OptionGroup var client: ClientOptions
@@ -201,6 +202,7 @@ struct ReadBenchOptions: ParsableArguments {
     func clientConfig() throws -> ClientConfig {
         var config = try client.makeClientConfig()
         config.acceptsNoData = acceptNoData
+        config.untaggedFrames = untaggedFrames
         return config
     }
 }

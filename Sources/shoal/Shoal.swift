@@ -45,6 +45,9 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "Connections per worker for parallel block reads.")
     var connections = 8
 
+    @Option(help: "TLS to the workers: the CA file (PEM) their certificates are signed by (default: $SHOAL_TLS_CA_FILE; none: plain TCP).")
+    var tlsCa: String?
+
     func makeClientConfig() throws -> ClientConfig {
         let env = ProcessEnvironment.get
         var list = workers
@@ -64,6 +67,7 @@ struct ClientOptions: ParsableArguments {
         var config = ClientConfig(workers: endpoints, secret: secret)
         config.connectionsPerWorker = connections
         config.clientName = "shoal-cli"
+        if let ca = tlsCa ?? env("SHOAL_TLS_CA_FILE"), !ca.isEmpty { config.tlsCAFile = ca }
         return config
     }
 }

@@ -20,6 +20,8 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Data-plane address, host:port.") var listen: String?
     @Option(help: "Admin HTTP address, host:port, or 'off'.") var admin: String?
     @Option(help: "File holding the cluster secret.") var secretFile: String?
+    @Option(help: "TLS on the data plane: the worker's certificate chain (PEM); needs --tls-key.") var tlsCert: String?
+    @Option(help: "TLS on the data plane: the worker's private key (PEM); needs --tls-cert.") var tlsKey: String?
     @Option(help: "Block size, e.g. 4MiB.") var blockSize: String?
     @Option(help: "Number of I/O buffers (each one block).") var buffers: Int?
     @Option(help: "How long object metadata is trusted, e.g. 60s; 0 revalidates every open.") var metadataTtl: String?
@@ -29,6 +31,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
     @Flag(help: "Benchmark switch: keep blocks in DRAM, never touching the cache disks.") var serveFromMemory = false
     @Flag(help: "Benchmark switch: answer READs without their data (clients must opt in).") var answerWithoutData = false
+    @Flag(help: "Benchmark switch: serve clients that ask for frames without tags (to measure what the tags cost).") var allowUntaggedFrames = false
 
     func run() async throws {
         let logger = try makeLogger("shoal.worker", level: logLevel)
@@ -62,6 +65,11 @@ struct WorkerCommand: AsyncParsableCommand {
         if let f = secretFile {
             do { cfg.secret = try WorkerConfig.readPrivateSecret(f) } catch { throw ShoalError(.badRequest, "--secret-file: \(error.message)") }
         }
+        switch (tlsCert, tlsKey) {
+        case (let cert?, let key?): cfg.tls = TLSFiles(certFile: cert, keyFile: key)
+        case (nil, nil): break
+        default: throw ShoalError(.badRequest, "--tls-cert and --tls-key go together: give both for TLS, or neither")
+        }
         if let b = blockSize {
             guard let n = ByteSize.parse(b) else { throw ShoalError(.badRequest, "--block-size '\(b)' is not a size (e.g. 4MiB)") }
             cfg.blockSize = n
@@ -76,6 +84,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         if serveFromMemory { cfg.serveFromMemory = true }
         if answerWithoutData { cfg.answerWithoutData = true }
+        if allowUntaggedFrames { cfg.allowUntaggedFrames = true }
         var region: UInt64?
         if let r = regionSize {
             guard let n = ByteSize.parse(r) else { throw ShoalError(.badRequest, "--region-size '\(r)' is not a size") }

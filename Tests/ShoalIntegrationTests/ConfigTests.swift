@@ -15,6 +15,9 @@ import ShoalTestSupport
             buffers: 32
             metadataTTL: 5s
             maxConnections: 10
+            tls:
+              certFile: /etc/shoal/worker.pem
+              keyFile: keys/worker.key
             caches:
               - path: \(dir)
                 capacity: 1GiB
@@ -28,8 +31,9 @@ import ShoalTestSupport
               - name: local
                 type: file
                 root: \(dir)
-            """)
+            """, baseDirectory: "/etc/shoal")
         #expect(c.listen == Endpoint(host: "0.0.0.0", port: 7000))
+        #expect(c.tls == TLSFiles(certFile: "/etc/shoal/worker.pem", keyFile: "/etc/shoal/keys/worker.key"))
         #expect(c.blockSize == 8 << 20 && c.buffers == 32 && c.metadataTTL == 5 && c.maxConnections == 10)
         #expect(c.caches.first?.capacity == 1 << 30 && c.caches.first?.regionSize == 64 << 20)
         #expect(c.stores.map(\.name) == ["default", "local"])
@@ -54,6 +58,8 @@ import ShoalTestSupport
         expectError("blockSize: 20MiB\nsecret: x", mentions: "64 KiB-16 MiB")
         expectError("caches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b}]",
                     mentions: "'secret'")
+        expectError("tls: {certFile: w.pem}", mentions: "'tls.keyFile' is required")
+        expectError("tls: {certFile: w.pem, keyFile: w.key, caFile: ca.pem}", mentions: "unknown key 'tls.caFile'")
         expectError("[1, 2]", mentions: "mapping")
         expectError("secret: x\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b, stallTimeout: 9s}]",
                     mentions: "shorter than a client's request timeout")

@@ -67,3 +67,71 @@ import ShoalTestSupport
         })
     }
 }
+
+@Suite struct RandomSourceTests {
+    @Test func aFailingRandomSourceThrowsInsteadOfReturningZeroes() throws {
+        #expect(try secureRandomBytes(32) != [UInt8](repeating: 0, count: 32))
+        FaultInjection.setRandomSource(failingWith: EIO)
+        defer { FaultInjection.setRandomSource(failingWith: nil) }
+        #expect {
+            _ = try secureRandomBytes(32)
+        } throws: { error in
+            (error as? SysError).map { $0.errno == EIO && $0.operation.contains("random source") } ?? false
+        }
+    }
+}
+
+@Suite struct FrameAuthenticatorTests {
+    let keys = MutualAuth.sessionKeys(secret: Array("s".utf8), clientNonce: Array(repeating: 1, count: 32),
+                                      workerNonce: Array(repeating: 2, count: 32))
+
+    func frame(_ id: UInt32, _ body: [UInt8]) -> [UInt8] {
+        FrameHeader(type: .read, requestID: id, payloadLength: UInt32(body.count + FrameTag.size)).bytes + body
+    }
+
+    @Test func aTaggedFrameOpensOnceInOrderAndNowhereElse() throws {
+        let client = try FrameAuthenticator(keys: keys, role: .client)
+        let worker = try FrameAuthenticator(keys: keys, role: .worker)
+        let a = frame(1, Array(repeating: 7, count: 100))
+        let b = frame(2, Array(repeating: 8, count: 100))
+        let ta = try client.seal(a)
+        let tb = try client.seal(b)
+        #expect(ta != tb)
+        #expect(worker.open(frame: a + ta))
+        #expect(!worker.open(frame: a + ta), "a replayed frame fails (its sequence number is spent)")
+
+        let worker2 = try FrameAuthenticator(keys: keys, role: .worker)
+        #expect(!worker2.open(frame: b + tb), "frames out of order fail")
+
+        let worker3 = try FrameAuthenticator(keys: keys, role: .worker)
+        var altered = a
+        altered[FrameHeader.size + 50] ^= 1
+        #expect(!worker3.open(frame: altered + ta), "a changed byte fails")
+
+        // A frame of the worker's own, reflected back to it, fails: each direction has its key.
+        let worker4 = try FrameAuthenticator(keys: keys, role: .worker)
+        let fromWorker = try worker4.seal(a)
+        let worker5 = try FrameAuthenticator(keys: keys, role: .worker)
+        #expect(!worker5.open(frame: a + fromWorker))
+        let client2 = try FrameAuthenticator(keys: keys, role: .client)
+        #expect(client2.open(frame: a + fromWorker))
+    }
+
+    @Test func aTagOverPiecesEqualsTheTagOverTheirConcatenation() throws {
+        let data = SampleData.bytes(seed: 9, count: (4 << 20) + 3)
+        let head = frame(3, [])
+        let whole = try FrameAuthenticator(keys: keys, role: .worker).seal(head + data)
+        var split = [UInt8](repeating: 0, count: FrameTag.size)
+        let sender = try FrameAuthenticator(keys: keys, role: .worker)
+        try head.withUnsafeBytes { h in
+            try data.withUnsafeBytes { d in
+                try split.withUnsafeMutableBytes { t in
+                    try sender.seal([h, UnsafeRawBufferPointer(rebasing: d[..<17]), UnsafeRawBufferPointer(rebasing: d[17...])], tag: t.baseAddress!)
+                }
+            }
+        }
+        #expect(split == whole)
+        let receiver = try FrameAuthenticator(keys: keys, role: .client)
+        #expect(receiver.open(frame: head + data + split))
+    }
+}

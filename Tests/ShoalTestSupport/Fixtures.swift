@@ -18,7 +18,7 @@ public let repositoryRoot: String = {
 /// that left them behind once filled the disk.
 public func makeTemporaryDirectory(_ name: String = "t") -> String {
     TemporaryFolders.registerCleanup
-    let path = TemporaryFolders.root + "/\(name)-\(secureRandomBytes(4).hexString)"
+    let path = TemporaryFolders.root + "/\(name)-\(try! secureRandomBytes(4).hexString)"
     try! FileSystem.createDirectories(path)
     return path
 }
@@ -90,7 +90,7 @@ public final class ObjectStoreFixture: @unchecked Sendable {
 
     /// A new bucket for one test.
     public func makeBucket(_ hint: String) throws -> String {
-        let name = "\(hint)-\(secureRandomBytes(4).hexString)".lowercased()
+        let name = "\(hint)-\(try! secureRandomBytes(4).hexString)".lowercased()
         try store().createBucket(name)
         return name
     }
