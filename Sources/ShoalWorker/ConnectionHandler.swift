@@ -194,7 +194,7 @@ final class TLSReport: @unchecked Sendable {
     func first(kernelSend: Bool, _ logger: Logger) {
         guard lock.withLock({ () -> Bool in defer { done = true }; return !done }) else { return }
         if kernelSend {
-            logger.notice("TLS connection: kernel TLS is sending (replies leave from the registered buffers, encrypted by the kernel)")
+            logger.notice("TLS connection: kernel TLS is sending (the kernel encrypts the replies; OpenSSL no longer does)")
         } else {
             logger.notice("TLS connection: kernel TLS is not in effect (this kernel has no TLS module, or OpenSSL lacks it): OpenSSL encrypts in user space, copying each reply")
         }
