@@ -39,11 +39,11 @@ import ShoalTransport
         let bigger = BlockKey(object: lie.object, etag: lie.etag, objectSize: 12 << 20, blockSize: lie.blockSize, index: 9)
         let pastTheEnd = BlockKey(object: lie.object, etag: lie.etag, objectSize: 12 << 20, blockSize: lie.blockSize, index: 11)
         for (block, length) in [(lie, UInt32(4096)), (bigger, UInt32(1 << 20)), (pastTheEnd, UInt32(1 << 20))] {
-            #expect(throws: ShoalError.self, "\(block)") { try read(h, block, length: length) }
+            #expect(throws: ShoalError.self, "\(block)") { _ = try read(h, block, length: length) }
         }
         // The worker knows the version now (the honest STAT): the lie is refused before any GET.
         let filled = h.metric("shoal_bytes_filled_total")
-        #expect { try read(h, lie, length: 4096) } throws: {
+        #expect { _ = try read(h, lie, length: 4096) } throws: {
             let e = $0 as? ShoalError
             return e?.code == .badRequest && e!.message.contains("STAT it again")
         }
