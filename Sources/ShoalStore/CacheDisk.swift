@@ -46,6 +46,8 @@ public struct CacheDiskStats: Sendable, Equatable {
     public var reinserted: UInt64 = 0
     public var corrupt: UInt64 = 0
     public var bytesWritten: UInt64 = 0
+    /// Times the log moved on to another region (the active one was full).
+    public var regionSwitches: UInt64 = 0
     public var indexBytes = 0
     /// Why the disk is out of service; nil while it serves.
     public var failure: String?
@@ -468,6 +470,7 @@ final class CacheDisk: @unchecked Sendable {
         }
         try write(maintenanceSlot, count: footerReserve, at: regionStart(activeRegion) + footerOffset)
         try evictAndStart((activeRegion + 1) % regionCount)
+        lock.withLock { stats.regionSwitches += 1 }
     }
 
     /// Starts region `r` afresh (a new file): nothing in it to keep. Lock not needed at init.
