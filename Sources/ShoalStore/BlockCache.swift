@@ -53,10 +53,13 @@ public final class BlockCache: @unchecked Sendable {
 
     public func contains(_ id: BlockID) -> Bool { disk(for: id)?.contains(id) ?? false }
 
-    /// Appends a block (data in `slot` at `dataOffset`) to its disk.
-    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) {
+    /// Appends a block (data in `slot` at `dataOffset`) to its disk. False if it was not cached
+    /// because the disk's background cleaner had no clean region ready in time (counted in
+    /// `CacheDiskStats.insertsDropped`; the block is a later miss).
+    @discardableResult
+    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) -> Bool {
         guard let d = disk(for: id) else { throw ShoalError(.internal, "every cache disk is out of service") }
-        try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned || pins.covers(key))
+        return try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned || pins.covers(key))
     }
 
     /// Room pins may take: the capacity less two regions per disk (eviction's working room).
@@ -89,13 +92,20 @@ public final class BlockCache: @unchecked Sendable {
     /// Flushes each cache file.
     public func sync() { disks.forEach { $0.sync() } }
 
-    /// Clean shutdown: writes each disk's index snapshot so the next start need not read footers.
+    /// Clean shutdown: stops each disk's background cleaner (after it seals the full regions it
+    /// was handed) and writes its index snapshot so the next start need not read footers.
     public func close() {
-        for d in disks {
-            d.sync()
-            d.writeSnapshot()
-        }
+        for d in disks { d.close() }
     }
+
+    /// Waits until each disk's cleaner has sealed what it was handed and has its clean regions
+    /// ready (tests: what the cache holds once background work is done).
+    func waitForBackgroundWork() {
+        for d in disks { d.cleaner.waitUntilIdle() }
+    }
+
+    /// The disks, for tests.
+    var cacheDisks: [CacheDisk] { disks }
 
     /// The path of each disk's cache file (tests corrupt them on purpose).
     public var filePaths: [String] { disks.map { $0.file.path } }
