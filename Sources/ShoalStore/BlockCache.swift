@@ -62,10 +62,14 @@ public final class BlockCache: @unchecked Sendable {
         return try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned || pins.covers(key))
     }
 
-    /// Room pins may take: the capacity less two regions per disk (eviction's working room).
-    public var pinnableBytes: UInt64 {
+    /// The room that always holds blocks, over the disks in service: each disk's regions less the
+    /// one being written and the clean one its cleaner keeps ready (eviction's working room).
+    public var dataCapacity: UInt64 {
         disks.filter { !$0.isFailed }.reduce(0) { $0 + UInt64($1.regionCount - 2) * UInt64($1.usablePages) * 4096 }
     }
+
+    /// Room pins may take: `dataCapacity`.
+    public var pinnableBytes: UInt64 { dataCapacity }
 
     /// Blocks, bytes and evictions per dataset tag, over all disks in service.
     public var datasetBlocks: [UInt16: DatasetBlocks] {
