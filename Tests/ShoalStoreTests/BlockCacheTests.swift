@@ -109,7 +109,9 @@ import ShoalTestSupport
         let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
         let slot = try #require(pool.acquire())
         let capacity: UInt64 = 16 << 20
-        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: capacity, regionSize: 4 << 20)], logger: testLogger)
+        var config = CacheDiskConfig(path: dir, capacity: capacity, regionSize: 4 << 20)
+        config.cleanRegionWaitSeconds = 30  // every insert lands, however loaded the machine
+        let cache = try BlockCache(disks: [config], logger: testLogger)
         for i in 0..<60 {
             try put(cache, slot, UInt64(i))
             #expect(cache.bytesCached <= capacity)

@@ -18,6 +18,9 @@ struct Engine {
         pool = try BufferPool(bufferSize: (64 << 10) + 4096, count: 1)
         slot = pool.acquire()!
         config = CacheDiskConfig(path: dir, capacity: capacity, regionSize: regionSize)
+        // These tests check what eviction keeps, so every insert must land even on a loaded
+        // machine; dropping inserts when the cleaner is behind has its own test.
+        config.cleanRegionWaitSeconds = 30
     }
 
     func open() throws -> BlockCache { try BlockCache(disks: [config], expectedBlockSize: 64 << 10, logger: testLogger) }
@@ -39,6 +42,8 @@ struct Engine {
     /// True if block i is served with exactly its bytes; false if it is a miss; records an issue
     /// if wrong bytes would have been served.
     func check(_ cache: BlockCache, _ i: UInt64) -> Bool {
+        // What the cache holds once its background work (sealing, eviction, moves) is done.
+        cache.waitForBackgroundWork()
         switch cache.read(key: key(i), id: key(i).id, into: slot) {
         case .hit(let n, _):
             let expected = SampleData.bytes(seed: i + 1, count: length(i))
@@ -205,6 +210,69 @@ struct Engine {
         _ = e.check(cache, 1)
         #expect(cache.diskStats[0].failure?.contains("took") == true)
         #expect(!e.check(cache, 1))
+    }
+}
+
+/// Sealing and eviction run on each disk's cleaner thread, never on an insert.
+@Suite struct CleanerTests {
+    @Test func theCleanerSealsFullRegionsAndKeepsOneReady() throws {
+        let e = try Engine("cleaner-ready")
+        let cache = try e.open()
+        let disk = cache.cacheDisks[0]
+        cache.waitForBackgroundWork()
+        #expect(disk.cleaner.readyRegions.map(\.region) == [1], "a clean region is ready before the first one fills")
+        let first = disk.writer.active
+        var i: UInt64 = 0
+        while disk.writer.active.region == first.region {
+            try e.put(cache, i)
+            i += 1
+        }
+        cache.waitForBackgroundWork()
+        // The full region got its footer in the background, listing every block written to it.
+        let footer = RegionFooter.read(first.region, generation: first.generation, state: disk.state, slot: disk.cleaner.slot)
+        #expect(footer?.count == Int(i) - 1)
+        #expect(disk.cleaner.readyRegions.map(\.region) == [2])
+        #expect(cache.diskStats[0].regionSwitches == 1)
+    }
+
+    /// With the cleaner paused, inserts past the clean room are dropped and counted: the
+    /// inserting thread never evicts. Resumed, the cleaner evicts and inserts land again.
+    @Test func insertsNeverEvictOnTheirOwnThread() throws {
+        var e = try Engine("cleaner-paused")
+        e.config.cleanRegionWaitSeconds = 0
+        let cache = try e.open()
+        let disk = cache.cacheDisks[0]
+        // Fill every region once, so further inserts need eviction.
+        var i: UInt64 = 0
+        while disk.writer.active.region != disk.regionCount - 1 {
+            cache.waitForBackgroundWork()
+            try e.put(cache, i)
+            i += 1
+        }
+        cache.waitForBackgroundWork()
+        disk.cleaner.setPaused(true)
+        let before = cache.diskStats[0]
+        var landed = 0
+        var dropped = 0
+        for j in 0..<100 {
+            let k = e.key(5000 + UInt64(j))
+            let data = UnsafeMutableRawBufferPointer(start: e.slot.base + BlockCache.dataOffset, count: e.length(5000 + UInt64(j)))
+            if try cache.insert(key: k, id: k.id, slot: e.slot, length: data.count, crc: CRC32C.checksum(UnsafeRawBufferPointer(data))) {
+                landed += 1
+            } else {
+                dropped += 1
+            }
+        }
+        let paused = cache.diskStats[0]
+        #expect(paused.evictions == before.evictions, "an insert evicted blocks itself")
+        #expect(paused.reinserted == before.reinserted)
+        #expect(dropped > 0 && paused.insertsDropped == before.insertsDropped + UInt64(dropped))
+        #expect(landed < 100)
+        disk.cleaner.setPaused(false)
+        cache.waitForBackgroundWork()
+        #expect(cache.diskStats[0].evictions > before.evictions, "the cleaner evicted the oldest region once resumed")
+        try e.put(cache, 9999)
+        #expect(e.check(cache, 9999))
     }
 }
 
