@@ -34,7 +34,8 @@ struct EngineBench: ParsableCommand {
                 print("{\"blocks\":\(blocks),\"indexBytesPerBlock\":\(formatFixed(dram, decimals: 2)),\"recoverCleanSeconds\":\(formatFixed(clean, decimals: 3)),"
                       + "\"recoverUncleanSeconds\":\(formatFixed(unclean, decimals: 3)),\"hitReadBytesPerSecond\":\(formatFixed(rate, decimals: 0)),"
                       + "\"insertBytesPerSecond\":\(formatFixed(ins.rate, decimals: 0)),\"insertP50Micros\":\(formatFixed(ins.p50, decimals: 1)),"
-                      + "\"insertP99Micros\":\(formatFixed(ins.p99, decimals: 1)),\"boundaryInsertP99Micros\":\(formatFixed(ins.boundaryP99, decimals: 1)),"
+                      + "\"insertP99Micros\":\(formatFixed(ins.p99, decimals: 1)),\"boundaryInsertP50Micros\":\(formatFixed(ins.boundaryP50, decimals: 1)),"
+                      + "\"boundaryInsertP99Micros\":\(formatFixed(ins.boundaryP99, decimals: 1)),"
                       + "\"boundaryInserts\":\(ins.boundaries),\"inserts\":\(ins.count),\"insertsDropped\":\(ins.dropped),"
                       + "\"queueDepth\":\(queueDepth),\"blockSize\":\(bs)}")
             } else {
@@ -44,7 +45,7 @@ struct EngineBench: ParsableCommand {
                 print("hit reads, \(ByteSize.format(bs)) blocks, \(queueDepth) readers: \(ByteSize.formatRate(bytes: UInt64(rate), seconds: 1))")
                 print("inserts, \(ByteSize.format(bs)) blocks, \(ins.count) into a cache half their size: \(ByteSize.formatRate(bytes: UInt64(ins.rate), seconds: 1)) "
                       + "(time inside insert), p50 \(formatFixed(ins.p50, decimals: 1)) µs, p99 \(formatFixed(ins.p99, decimals: 1)) µs; "
-                      + "\(ins.boundaries) crossing a region boundary: p99 \(formatFixed(ins.boundaryP99, decimals: 1)) µs; \(ins.dropped) dropped")
+                      + "\(ins.boundaries) crossing a region boundary: p50 \(formatFixed(ins.boundaryP50, decimals: 1)) µs, p99 \(formatFixed(ins.boundaryP99, decimals: 1)) µs; \(ins.dropped) dropped")
             }
         } catch let e as ShoalError {
             throw fail(e.message)
@@ -57,10 +58,11 @@ struct EngineBench: ParsableCommand {
         try? FileSystem.createDirectories(path)
         FileSystem.remove(path + "/shoal-cache.dat")
         FileSystem.remove(path + "/shoal-index.snap")
-        // Room for the blocks plus the footer reserves and one spare region.
+        // Room for the blocks (whole regions, less their footer reserves), the superblock area and
+        // the clean region the cleaner keeps ready ahead of the writer.
         let regionSize: UInt64 = 256 << 20
         let perRegion = (regionSize - UInt64(CacheFormatInfo.footerReserve(regionSize: regionSize))) / 8192
-        let capacity = (UInt64(blocks) / perRegion + 2) * regionSize
+        let capacity = CacheFormatInfo.dataStart + ((UInt64(blocks) + perRegion - 1) / perRegion + 1) * regionSize
         let config = CacheDiskConfig(path: path, capacity: capacity, regionSize: regionSize)
         let pool = try BufferPool(bufferSize: 8192, count: 1)
         let slot = pool.acquire()!
@@ -77,7 +79,9 @@ struct EngineBench: ParsableCommand {
             }
             let s = cache.diskStats[0]
             dram = Double(s.indexBytes) / Double(max(s.blocks, 1))
-            guard s.blocks == blocks else { throw ShoalError(.internal, "only \(s.blocks) of \(blocks) blocks are indexed") }
+            guard s.blocks == blocks else {
+                throw ShoalError(.internal, "only \(s.blocks) of \(blocks) blocks are indexed (\(s.evictions) evicted, \(s.insertsDropped) inserts dropped)")
+            }
             cache.close()
         }
         var start = monotonicNanos()
@@ -151,6 +155,7 @@ extension EngineBench {
         var rate = 0.0
         var p50 = 0.0
         var p99 = 0.0
+        var boundaryP50 = 0.0
         var boundaryP99 = 0.0
         var boundaries = 0
         var count = 0
@@ -200,7 +205,7 @@ extension EngineBench {
             return s[min(s.count - 1, Int(Double(s.count) * q))]
         }
         return InsertFigures(rate: Double(UInt64(count) * blockSize) / (Double(total) / 1e9), p50: pct(all, 0.5), p99: pct(all, 0.99),
-                             boundaryP99: pct(boundary, 0.99), boundaries: boundary.count, count: count, dropped: dropped)
+                             boundaryP50: pct(boundary, 0.5), boundaryP99: pct(boundary, 0.99), boundaries: boundary.count, count: count, dropped: dropped)
     }
 }
 
