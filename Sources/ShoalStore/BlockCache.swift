@@ -35,11 +35,13 @@ public final class BlockCache: @unchecked Sendable {
     }
 
     /// The disk for a block: its home disk, or the next one in service.
-    private func disk(for id: BlockID) -> CacheDisk? {
+    private func disk(for id: BlockID) -> CacheDisk? { diskIndex(for: id).map { disks[$0] } }
+
+    private func diskIndex(for id: BlockID) -> Int? {
         let home = Int(id.high % UInt64(disks.count))
         for step in 0..<disks.count {
-            let d = disks[(home + step) % disks.count]
-            if !d.isFailed { return d }
+            let i = (home + step) % disks.count
+            if !disks[i].isFailed { return i }
         }
         return nil
     }
@@ -50,6 +52,27 @@ public final class BlockCache: @unchecked Sendable {
         guard let d = disk(for: id) else { return .miss }
         return d.read(key: key, id: id, into: slot, range: range)
     }
+
+    /// The same read in steps, for a caller that submits the I/O itself (an io_uring shard): the
+    /// plan from the index (nil: a miss, counted), whose `first` and `second` reads go from
+    /// `file(for:)` into a buffer of at least `capacity` bytes, then `complete` on that buffer.
+    public func plan(id: BlockID, range: Range<Int>? = nil, capacity: Int) -> ReadPlan? {
+        guard let i = diskIndex(for: id), var plan = disks[i].plan(id: id, range: range, capacity: capacity) else { return nil }
+        plan.disk = i
+        return plan
+    }
+
+    /// The cache file a plan reads.
+    public func file(for plan: ReadPlan) -> FileHandle { disks[plan.disk].file }
+
+    /// Checks what `plan`'s reads put in `buffer` (false `readComplete`: they came back short)
+    /// and counts the outcome, as `read` does.
+    public func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool) -> CacheRead {
+        disks[plan.disk].complete(plan, key: key, id: id, buffer: buffer, readComplete: readComplete)
+    }
+
+    /// A plan's read failed or stalled: its disk is taken out of service.
+    public func readFailed(_ plan: ReadPlan, reason: String) { disks[plan.disk].fail(reason) }
 
     public func contains(_ id: BlockID) -> Bool { disk(for: id)?.contains(id) ?? false }
 

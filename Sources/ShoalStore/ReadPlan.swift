@@ -12,8 +12,10 @@ public struct PlannedRead: Sendable, Equatable {
 /// chunks of the block's data they cover, and the region generation the record must carry. The
 /// caller submits `first` (and `second`, if any) into one buffer, then calls `complete` on the
 /// bytes read. A blocking thread does both at once (`CacheDisk.read`); an io_uring shard can
-/// submit the reads itself and complete the plan when they finish.
-struct ReadPlan: Equatable {
+/// submit the reads itself and complete the plan when they finish (`BlockCache.plan`).
+public struct ReadPlan: Sendable, Equatable {
+    /// The disk of the cache the plan reads (`BlockCache.file(for:)`).
+    public internal(set) var disk = 0
     let page: UInt32
     let pages: UInt16
     /// The record's region generation when the plan was made; checked against the header and
@@ -24,8 +26,9 @@ struct ReadPlan: Equatable {
     let chunkBytes: Range<Int>
     /// The record's header when it is already known (a header cache hit): only chunks are read.
     let knownHeader: CachedHeader?
-    let first: PlannedRead
-    let second: PlannedRead?
+    /// The read to submit first; `second`, if any, goes with it (header and chunks of a small range).
+    public let first: PlannedRead
+    public let second: PlannedRead?
 
     var dataBytes: Int { Int(pages) * CacheFormat.pageSize - CacheFormat.headerSize }
     var chunkShift: Int { CacheFormat.chunkShift(dataPages: dataBytes / CacheFormat.pageSize) }
@@ -130,7 +133,7 @@ enum ReadOutcome: Equatable {
 }
 
 /// A record header as a ranged read needs it: which record (generation, key) and the CRCs to check.
-struct CachedHeader: Equatable {
+struct CachedHeader: Sendable, Equatable {
     var generation: UInt64
     var key: [UInt8]
     var dataLength: Int
