@@ -1,4 +1,3 @@
-import Dispatch
 import Glibc
 import Testing
 import ShoalCore
@@ -286,29 +285,35 @@ extension CleanerTests {
         let pool = try BufferPool(bufferSize: (64 << 10) + 4096, count: 3)
         let state = ConditionLock()
         nonisolated(unsafe) var writing = true
+        nonisolated(unsafe) var started = 0
+        nonisolated(unsafe) var finished = 0
         nonisolated(unsafe) var hits = 0
         nonisolated(unsafe) var wrong = 0
-        DispatchQueue.concurrentPerform(iterations: 4) { worker in
-            if worker == 0 {
-                for i in 0..<600 { try? e.put(cache, UInt64(i % 150)) }
-                state.withLock { writing = false }
-                return
-            }
-            let slot = pool.acquire()!
-            defer { pool.release(slot) }
-            var n = 0
-            var bad = 0
-            var i = UInt64(worker)
-            while state.withLock({ writing }) {
-                i = (i &* 6364136223846793005 &+ 1442695040888963407)
-                let b = (i >> 33) % 150
-                if case .hit(let len, _) = cache.read(key: e.key(b), id: e.key(b).id, into: slot) {
-                    n += 1
-                    let expected = SampleData.bytes(seed: b + 1, count: e.length(b))
-                    if len != expected.count || memcmp(slot.base + BlockCache.dataOffset, expected, len) != 0 { bad += 1 }
+        for reader in 0..<3 {
+            try OSThread.spawn(name: "race-reader") {
+                let slot = pool.acquire()!
+                var n = 0
+                var bad = 0
+                var i = UInt64(reader + 1)
+                state.withLock { started += 1; state.broadcast() }
+                while state.withLock({ writing }) {
+                    i = i &* 6364136223846793005 &+ 1442695040888963407
+                    let b = (i >> 33) % 150
+                    if case .hit(let len, _) = cache.read(key: e.key(b), id: e.key(b).id, into: slot) {
+                        n += 1
+                        let expected = SampleData.bytes(seed: b + 1, count: e.length(b))
+                        if len != expected.count || memcmp(slot.base + BlockCache.dataOffset, expected, len) != 0 { bad += 1 }
+                    }
                 }
+                pool.release(slot)
+                state.withLock { hits += n; wrong += bad; finished += 1; state.broadcast() }
             }
-            state.withLock { hits += n; wrong += bad }
+        }
+        state.withLock { while started < 3 { state.wait() } }
+        for i in 0..<600 { try e.put(cache, UInt64(i % 150)) }
+        state.withLock {
+            writing = false
+            while finished < 3 { state.wait() }
         }
         #expect(wrong == 0, "\(wrong) hits served wrong bytes")
         #expect(hits > 0)
