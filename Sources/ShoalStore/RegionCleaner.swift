@@ -185,6 +185,11 @@ final class RegionCleaner: @unchecked Sendable {
                 let hot = current.flags & IndexEntry.hit != 0
                 // Hot blocks may take half the region; pinned ones are always kept.
                 if pinned || (hot && keptPages + UInt32(current.pages) <= layout.usablePages / 2) {
+                    // Out of the index until it has moved: its old record is not of the new
+                    // generation, and a plan for it could read whatever is written there next
+                    // in this generation (even a fresh copy of the same block, half written).
+                    state.index.remove(e.id, ifAt: page)
+                    state.count(e.dataset, current.pages, -1)
                     keep.append((e, current))
                     keptPages += UInt32(current.pages)
                 } else {
@@ -217,8 +222,8 @@ final class RegionCleaner: @unchecked Sendable {
                   open.writePage + UInt32(current.pages) <= layout.usablePages
             else {
                 state.lock.withLock {
-                    if state.index.remove(e.id, ifAt: oldPage) { state.count(e.dataset, current.pages, -1, evicted: true) }
                     state.stats.evictions += 1
+                    state.stats.datasets[e.dataset]?.evictions += 1
                 }
                 continue
             }
@@ -227,9 +232,10 @@ final class RegionCleaner: @unchecked Sendable {
             let newPage = base + open.writePage
             do { try state.write(slot, count: count, at: layout.byteOffset(page: newPage)) } catch { return nil }
             let moved: Bool = state.lock.withLock {
-                // A reader that missed during the move may have refilled the block elsewhere: keep that copy.
-                guard state.index.lookup(e.id)?.page == oldPage else { return false }
+                // A reader that missed during the move may have refilled the block: keep that copy.
+                guard state.index.lookup(e.id) == nil else { return false }
                 state.index.insert(e.id, IndexEntry(page: newPage, pages: current.pages, flags: flags))
+                state.count(e.dataset, current.pages, +1)
                 state.stats.reinserted += 1
                 state.stats.bytesWritten += UInt64(count)
                 return true
