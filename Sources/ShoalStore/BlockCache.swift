@@ -35,11 +35,13 @@ public final class BlockCache: @unchecked Sendable {
     }
 
     /// The disk for a block: its home disk, or the next one in service.
-    private func disk(for id: BlockID) -> CacheDisk? {
+    private func disk(for id: BlockID) -> CacheDisk? { diskIndex(for: id).map { disks[$0] } }
+
+    private func diskIndex(for id: BlockID) -> Int? {
         let home = Int(id.high % UInt64(disks.count))
         for step in 0..<disks.count {
-            let d = disks[(home + step) % disks.count]
-            if !d.isFailed { return d }
+            let i = (home + step) % disks.count
+            if !disks[i].isFailed { return i }
         }
         return nil
     }
@@ -51,18 +53,46 @@ public final class BlockCache: @unchecked Sendable {
         return d.read(key: key, id: id, into: slot, range: range)
     }
 
+    /// The same read in steps, for a caller that submits the I/O itself (an io_uring shard): the
+    /// plan from the index (nil: a miss, counted), whose `first` and `second` reads go from
+    /// `file(for:)` into a buffer of at least `capacity` bytes, then `complete` on that buffer.
+    public func plan(id: BlockID, range: Range<Int>? = nil, capacity: Int) -> ReadPlan? {
+        guard let i = diskIndex(for: id), var plan = disks[i].plan(id: id, range: range, capacity: capacity) else { return nil }
+        plan.disk = i
+        return plan
+    }
+
+    /// The cache file a plan reads.
+    public func file(for plan: ReadPlan) -> FileHandle { disks[plan.disk].file }
+
+    /// Checks what `plan`'s reads put in `buffer` (false `readComplete`: they came back short)
+    /// and counts the outcome, as `read` does.
+    public func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool) -> CacheRead {
+        disks[plan.disk].complete(plan, key: key, id: id, buffer: buffer, readComplete: readComplete)
+    }
+
+    /// A plan's read failed or stalled: its disk is taken out of service.
+    public func readFailed(_ plan: ReadPlan, reason: String) { disks[plan.disk].fail(reason) }
+
     public func contains(_ id: BlockID) -> Bool { disk(for: id)?.contains(id) ?? false }
 
-    /// Appends a block (data in `slot` at `dataOffset`) to its disk.
-    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) {
+    /// Appends a block (data in `slot` at `dataOffset`) to its disk. False if it was not cached
+    /// because the disk's background cleaner had no clean region ready in time (counted in
+    /// `CacheDiskStats.insertsDropped`; the block is a later miss).
+    @discardableResult
+    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) -> Bool {
         guard let d = disk(for: id) else { throw ShoalError(.internal, "every cache disk is out of service") }
-        try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned || pins.covers(key))
+        return try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned || pins.covers(key))
     }
 
-    /// Room pins may take: the capacity less two regions per disk (eviction's working room).
-    public var pinnableBytes: UInt64 {
+    /// The room that always holds blocks, over the disks in service: each disk's regions less the
+    /// one being written and the clean one its cleaner keeps ready (eviction's working room).
+    public var dataCapacity: UInt64 {
         disks.filter { !$0.isFailed }.reduce(0) { $0 + UInt64($1.regionCount - 2) * UInt64($1.usablePages) * 4096 }
     }
+
+    /// Room pins may take: `dataCapacity`.
+    public var pinnableBytes: UInt64 { dataCapacity }
 
     /// Blocks, bytes and evictions per dataset tag, over all disks in service.
     public var datasetBlocks: [UInt16: DatasetBlocks] {
@@ -89,13 +119,20 @@ public final class BlockCache: @unchecked Sendable {
     /// Flushes each cache file.
     public func sync() { disks.forEach { $0.sync() } }
 
-    /// Clean shutdown: writes each disk's index snapshot so the next start need not read footers.
+    /// Clean shutdown: stops each disk's background cleaner (after it seals the full regions it
+    /// was handed) and writes its index snapshot so the next start need not read footers.
     public func close() {
-        for d in disks {
-            d.sync()
-            d.writeSnapshot()
-        }
+        for d in disks { d.close() }
     }
+
+    /// Waits until each disk's cleaner has sealed what it was handed and has its clean regions
+    /// ready (tests: what the cache holds once background work is done).
+    func waitForBackgroundWork() {
+        for d in disks { d.cleaner.waitUntilIdle() }
+    }
+
+    /// The disks, for tests.
+    var cacheDisks: [CacheDisk] { disks }
 
     /// The path of each disk's cache file (tests corrupt them on purpose).
     public var filePaths: [String] { disks.map { $0.file.path } }

@@ -145,7 +145,8 @@ final class BlockService: @unchecked Sendable {
             do {
                 var fraction = 1.0
                 if thrashGuard {
-                    let cacheBlocks = Int(cache.capacity / (UInt64(blockSize) + UInt64(BlockCache.dataOffset)))
+                    // The room that always holds blocks: a larger subset would cycle through the cache.
+                    let cacheBlocks = Int(cache.dataCapacity / (UInt64(blockSize) + UInt64(BlockCache.dataOffset)))
                     fraction = AdmissionPolicy.subsetFraction(datasetBlocks: datasets.datasetBlocks(of: fill.key.object), cacheBlocks: cacheBlocks)
                 }
                 if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {

@@ -108,6 +108,7 @@ public final class WorkerMetrics: @unchecked Sendable {
                     ("shoal_disk_evictions", Double(d.evictions)), ("shoal_disk_reinserted", Double(d.reinserted)),
                     ("shoal_disk_corrupt_blocks", Double(d.corrupt)), ("shoal_disk_bytes_written", Double(d.bytesWritten)),
                     ("shoal_disk_index_bytes", Double(d.indexBytes)), ("shoal_disk_in_service", d.failure == nil ? 1 : 0),
+                    ("shoal_disk_inserts_dropped", Double(d.insertsDropped)),
                 ]
                 var gauges = diskGauges[d.path] ?? [:]
                 for (name, value) in values {

@@ -15,11 +15,13 @@ struct EngineBench: ParsableCommand {
     @Option(help: "Block size for the hit-read figure.") var blockSize = "4MiB"
     @Option(help: "Concurrent readers for the hit-read figure.") var queueDepth = 8
     @Option(help: "Seconds of hit reads.") var seconds = 3.0
+    @Option(help: "Data to insert for the insert figure, into a cache half its size (eviction, hot re-appends).") var fillSize = "2GiB"
     @Flag(help: "Print one JSON line.") var json = false
 
     func run() throws {
-        guard let readBytes = ByteSize.parse(readSize), let bs = ByteSize.parse(blockSize), bs >= 4096, queueDepth >= 1 else {
-            throw fail("--read-size and --block-size must be sizes; --queue-depth at least 1", code: 2)
+        guard let readBytes = ByteSize.parse(readSize), let fillBytes = ByteSize.parse(fillSize), let bs = ByteSize.parse(blockSize), bs >= 4096,
+              queueDepth >= 1 else {
+            throw fail("--read-size, --fill-size and --block-size must be sizes; --queue-depth at least 1", code: 2)
         }
         var logger = Logger(label: "shoal.bench")
         logger.logLevel = .warning
@@ -27,15 +29,23 @@ struct EngineBench: ParsableCommand {
             try FileSystem.createDirectories(dir)
             let (dram, clean, unclean) = try recovery(logger: logger)
             let rate = try hitReads(bytes: readBytes, blockSize: bs, logger: logger)
+            let ins = try inserts(bytes: fillBytes, blockSize: bs, logger: logger)
             if json {
                 print("{\"blocks\":\(blocks),\"indexBytesPerBlock\":\(formatFixed(dram, decimals: 2)),\"recoverCleanSeconds\":\(formatFixed(clean, decimals: 3)),"
                       + "\"recoverUncleanSeconds\":\(formatFixed(unclean, decimals: 3)),\"hitReadBytesPerSecond\":\(formatFixed(rate, decimals: 0)),"
+                      + "\"insertBytesPerSecond\":\(formatFixed(ins.rate, decimals: 0)),\"insertP50Micros\":\(formatFixed(ins.p50, decimals: 1)),"
+                      + "\"insertP99Micros\":\(formatFixed(ins.p99, decimals: 1)),\"boundaryInsertP50Micros\":\(formatFixed(ins.boundaryP50, decimals: 1)),"
+                      + "\"boundaryInsertP99Micros\":\(formatFixed(ins.boundaryP99, decimals: 1)),"
+                      + "\"boundaryInserts\":\(ins.boundaries),\"inserts\":\(ins.count),\"insertsDropped\":\(ins.dropped),"
                       + "\"queueDepth\":\(queueDepth),\"blockSize\":\(bs)}")
             } else {
                 print("index DRAM per cached block: \(formatFixed(dram, decimals: 2)) bytes (\(blocks) blocks)")
                 print("recovery of \(blocks) blocks after a clean stop (snapshot): \(formatFixed(clean, decimals: 3)) s")
                 print("recovery of \(blocks) blocks after an unclean stop (footers; as after kill -9): \(formatFixed(unclean, decimals: 3)) s")
                 print("hit reads, \(ByteSize.format(bs)) blocks, \(queueDepth) readers: \(ByteSize.formatRate(bytes: UInt64(rate), seconds: 1))")
+                print("inserts, \(ByteSize.format(bs)) blocks, \(ins.count) into a cache half their size: \(ByteSize.formatRate(bytes: UInt64(ins.rate), seconds: 1)) "
+                      + "(time inside insert), p50 \(formatFixed(ins.p50, decimals: 1)) µs, p99 \(formatFixed(ins.p99, decimals: 1)) µs; "
+                      + "\(ins.boundaries) crossing a region boundary: p50 \(formatFixed(ins.boundaryP50, decimals: 1)) µs, p99 \(formatFixed(ins.boundaryP99, decimals: 1)) µs; \(ins.dropped) dropped")
             }
         } catch let e as ShoalError {
             throw fail(e.message)
@@ -48,10 +58,11 @@ struct EngineBench: ParsableCommand {
         try? FileSystem.createDirectories(path)
         FileSystem.remove(path + "/shoal-cache.dat")
         FileSystem.remove(path + "/shoal-index.snap")
-        // Room for the blocks plus the footer reserves and one spare region.
+        // Room for the blocks (whole regions, less their footer reserves), the superblock area and
+        // the clean region the cleaner keeps ready ahead of the writer.
         let regionSize: UInt64 = 256 << 20
         let perRegion = (regionSize - UInt64(CacheFormatInfo.footerReserve(regionSize: regionSize))) / 8192
-        let capacity = (UInt64(blocks) / perRegion + 2) * regionSize
+        let capacity = CacheFormatInfo.dataStart + ((UInt64(blocks) + perRegion - 1) / perRegion + 1) * regionSize
         let config = CacheDiskConfig(path: path, capacity: capacity, regionSize: regionSize)
         let pool = try BufferPool(bufferSize: 8192, count: 1)
         let slot = pool.acquire()!
@@ -68,7 +79,9 @@ struct EngineBench: ParsableCommand {
             }
             let s = cache.diskStats[0]
             dram = Double(s.indexBytes) / Double(max(s.blocks, 1))
-            guard s.blocks == blocks else { throw ShoalError(.internal, "only \(s.blocks) of \(blocks) blocks are indexed") }
+            guard s.blocks == blocks else {
+                throw ShoalError(.internal, "only \(s.blocks) of \(blocks) blocks are indexed (\(s.evictions) evicted, \(s.insertsDropped) inserts dropped)")
+            }
             cache.close()
         }
         var start = monotonicNanos()
@@ -134,6 +147,65 @@ struct EngineBench: ParsableCommand {
         FileSystem.remove(path + "/shoal-cache.dat")
         guard bad == 0 else { throw ShoalError(.internal, "\(bad) hit reads missed") }
         return Double(total) / elapsed
+    }
+}
+
+extension EngineBench {
+    struct InsertFigures {
+        var rate = 0.0
+        var p50 = 0.0
+        var p99 = 0.0
+        var boundaryP50 = 0.0
+        var boundaryP99 = 0.0
+        var boundaries = 0
+        var count = 0
+        var dropped = 0
+    }
+
+    /// Inserts `bytes` of `blockSize` blocks, one thread, into a cache half that size in regions
+    /// of four blocks, reading every fourth block back once so eviction has hot blocks to
+    /// re-append. Times each insert call alone; an insert that moved the log to another region
+    /// (the disk's region switch count changed) is a boundary insert.
+    func inserts(bytes: UInt64, blockSize: UInt64, logger: Logger) throws -> InsertFigures {
+        let path = dir + "/inserts"
+        try? FileSystem.createDirectories(path)
+        FileSystem.remove(path + "/shoal-index.snap")
+        let count = Int(bytes / blockSize)
+        let regionSize = max(16 << 20, blockSize * 4)
+        let config = CacheDiskConfig(path: path, capacity: CacheFormatInfo.dataStart + max(bytes / 2 / regionSize, 4) * regionSize, regionSize: regionSize)
+        let cache = try BlockCache(disks: [config], expectedBlockSize: blockSize, logger: logger)
+        let pool = try BufferPool(bufferSize: Int(blockSize) + BlockCache.dataOffset, count: 2)
+        let slot = pool.acquire()!
+        let reader = pool.acquire()!
+        let object = ObjectRef(store: "default", bucket: "bench", key: "inserts")
+        SampleData.fill(UnsafeMutableRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: Int(blockSize)), seed: 7)
+        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: Int(blockSize)))
+        var all: [Double] = []
+        var boundary: [Double] = []
+        var total: UInt64 = 0
+        var dropped = 0
+        for i in 0..<count {
+            let key = BlockKey(object: object, etag: "e", objectSize: UInt64(count) * blockSize, blockSize: UInt32(blockSize), index: UInt64(i))
+            let switches = cache.diskStats[0].regionSwitches
+            let start = monotonicNanos()
+            try cache.insert(key: key, id: key.id, slot: slot, length: Int(blockSize), crc: crc)
+            let nanos = monotonicNanos() - start
+            total += nanos
+            all.append(Double(nanos) / 1e3)
+            if cache.diskStats[0].regionSwitches != switches { boundary.append(Double(nanos) / 1e3) }
+            if !cache.contains(key.id) { dropped += 1 }
+            if i % 4 == 0 { _ = cache.read(key: key, id: key.id, into: reader) }
+        }
+        cache.close()
+        FileSystem.remove(path + "/shoal-cache.dat")
+        FileSystem.remove(path + "/shoal-index.snap")
+        func pct(_ xs: [Double], _ q: Double) -> Double {
+            guard !xs.isEmpty else { return 0 }
+            let s = xs.sorted()
+            return s[min(s.count - 1, Int(Double(s.count) * q))]
+        }
+        return InsertFigures(rate: Double(UInt64(count) * blockSize) / (Double(total) / 1e9), p50: pct(all, 0.5), p99: pct(all, 0.99),
+                             boundaryP50: pct(boundary, 0.5), boundaryP99: pct(boundary, 0.99), boundaries: boundary.count, count: count, dropped: dropped)
     }
 }
 

@@ -104,12 +104,42 @@ import ShoalTestSupport
         #expect(cache.blockCount == 0)
     }
 
+    /// The read in steps, as an io_uring shard would run it: plan, its reads submitted by the
+    /// caller, then complete on the buffer. Whole and ranged, and a flipped byte is caught.
+    @Test func aPlanReadByTheCallerCompletesAsARead() throws {
+        let dir = makeTemporaryDirectory("plan")
+        let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
+        let slot = try #require(pool.acquire())
+        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: 16 << 20, regionSize: 4 << 20)], logger: testLogger)
+        try put(cache, slot, 3)
+        func readInSteps(range: Range<Int>?) throws -> CacheRead {
+            let plan = try #require(cache.plan(id: key(3).id, range: range, capacity: slot.capacity))
+            let file = cache.file(for: plan)
+            var complete = try slot.read(file: file, at: plan.first.fileOffset, count: plan.first.count, bufferOffset: plan.first.bufferOffset) == plan.first.count
+            if let second = plan.second {
+                complete = try complete && slot.read(file: file, at: second.fileOffset, count: second.count, bufferOffset: second.bufferOffset) == second.count
+            }
+            return cache.complete(plan, key: key(3), id: key(3).id, buffer: slot.base, readComplete: complete)
+        }
+        let expected = SampleData.bytes(seed: 4, count: 1 << 20)
+        guard case .hit(let n, _) = try readInSteps(range: nil) else { Issue.record("whole read missed"); return }
+        #expect(n == 1 << 20 && memcmp(slot.base + BlockCache.dataOffset, expected, n) == 0)
+        memset(slot.base + BlockCache.dataOffset, 0, 1 << 20)
+        guard case .hit = try readInSteps(range: 70_000..<70_100) else { Issue.record("ranged read missed"); return }
+        #expect(Array(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset + 70_000, count: 100)) == Array(expected[70_000..<70_100]))
+        try flipByte(path: cache.filePaths[0], at: CacheFormat.dataStart + 4096 + 70_050)
+        guard case .corrupt = try readInSteps(range: 70_000..<70_100) else { Issue.record("bad chunk served"); return }
+        #expect(cache.plan(id: key(3).id, capacity: slot.capacity) == nil, "a bad block leaves the index")
+    }
+
     @Test func neverGrowsPastItsCapacityAndEvictsOldestFirst() throws {
         let dir = makeTemporaryDirectory("cap")
         let pool = try BufferPool(bufferSize: (1 << 20) + 4096, count: 1)
         let slot = try #require(pool.acquire())
         let capacity: UInt64 = 16 << 20
-        let cache = try BlockCache(disks: [CacheDiskConfig(path: dir, capacity: capacity, regionSize: 4 << 20)], logger: testLogger)
+        var config = CacheDiskConfig(path: dir, capacity: capacity, regionSize: 4 << 20)
+        config.cleanRegionWaitSeconds = 30  // every insert lands, however loaded the machine
+        let cache = try BlockCache(disks: [config], logger: testLogger)
         for i in 0..<60 {
             try put(cache, slot, UInt64(i))
             #expect(cache.bytesCached <= capacity)

@@ -18,6 +18,9 @@ struct Engine {
         pool = try BufferPool(bufferSize: (64 << 10) + 4096, count: 1)
         slot = pool.acquire()!
         config = CacheDiskConfig(path: dir, capacity: capacity, regionSize: regionSize)
+        // These tests check what eviction keeps, so every insert must land even on a loaded
+        // machine; dropping inserts when the cleaner is behind has its own test.
+        config.cleanRegionWaitSeconds = 30
     }
 
     func open() throws -> BlockCache { try BlockCache(disks: [config], expectedBlockSize: 64 << 10, logger: testLogger) }
@@ -39,6 +42,8 @@ struct Engine {
     /// True if block i is served with exactly its bytes; false if it is a miss; records an issue
     /// if wrong bytes would have been served.
     func check(_ cache: BlockCache, _ i: UInt64) -> Bool {
+        // What the cache holds once its background work (sealing, eviction, moves) is done.
+        cache.waitForBackgroundWork()
         switch cache.read(key: key(i), id: key(i).id, into: slot) {
         case .hit(let n, _):
             let expected = SampleData.bytes(seed: i + 1, count: length(i))
@@ -205,6 +210,183 @@ struct Engine {
         _ = e.check(cache, 1)
         #expect(cache.diskStats[0].failure?.contains("took") == true)
         #expect(!e.check(cache, 1))
+    }
+}
+
+/// Sealing and eviction run on each disk's cleaner thread, never on an insert.
+@Suite struct CleanerTests {
+    @Test func theCleanerSealsFullRegionsAndKeepsOneReady() throws {
+        let e = try Engine("cleaner-ready")
+        let cache = try e.open()
+        let disk = cache.cacheDisks[0]
+        cache.waitForBackgroundWork()
+        #expect(disk.cleaner.readyRegions.map(\.region) == [1], "a clean region is ready before the first one fills")
+        let first = disk.writer.active
+        var i: UInt64 = 0
+        while disk.writer.active.region == first.region {
+            try e.put(cache, i)
+            i += 1
+        }
+        cache.waitForBackgroundWork()
+        // The full region got its footer in the background, listing every block written to it.
+        let footer = RegionFooter.read(first.region, generation: first.generation, state: disk.state, slot: disk.cleaner.slot)
+        #expect(footer?.count == Int(i) - 1)
+        #expect(disk.cleaner.readyRegions.map(\.region) == [2])
+        #expect(cache.diskStats[0].regionSwitches == 1)
+    }
+
+    /// With the cleaner paused, inserts past the clean room are dropped and counted: the
+    /// inserting thread never evicts. Resumed, the cleaner evicts and inserts land again.
+    @Test func insertsNeverEvictOnTheirOwnThread() throws {
+        var e = try Engine("cleaner-paused")
+        e.config.cleanRegionWaitSeconds = 0
+        let cache = try e.open()
+        let disk = cache.cacheDisks[0]
+        // Fill every region once, so further inserts need eviction.
+        var i: UInt64 = 0
+        while disk.writer.active.region != disk.regionCount - 1 {
+            cache.waitForBackgroundWork()
+            try e.put(cache, i)
+            i += 1
+        }
+        cache.waitForBackgroundWork()
+        disk.cleaner.setPaused(true)
+        let before = cache.diskStats[0]
+        var landed = 0
+        var dropped = 0
+        for j in 0..<100 {
+            let k = e.key(5000 + UInt64(j))
+            let data = UnsafeMutableRawBufferPointer(start: e.slot.base + BlockCache.dataOffset, count: e.length(5000 + UInt64(j)))
+            if try cache.insert(key: k, id: k.id, slot: e.slot, length: data.count, crc: CRC32C.checksum(UnsafeRawBufferPointer(data))) {
+                landed += 1
+            } else {
+                dropped += 1
+            }
+        }
+        let paused = cache.diskStats[0]
+        #expect(paused.evictions == before.evictions, "an insert evicted blocks itself")
+        #expect(paused.reinserted == before.reinserted)
+        #expect(dropped > 0 && paused.insertsDropped == before.insertsDropped + UInt64(dropped))
+        #expect(landed < 100)
+        disk.cleaner.setPaused(false)
+        cache.waitForBackgroundWork()
+        #expect(cache.diskStats[0].evictions > before.evictions, "the cleaner evicted the oldest region once resumed")
+        try e.put(cache, 9999)
+        #expect(e.check(cache, 9999))
+    }
+}
+
+extension CleanerTests {
+    /// Readers race the writer and the cleaner (regions reused, hot blocks moved under them): a
+    /// read may miss, but every hit is byte-exact.
+    @Test func readsRacingTheCleanerNeverServeAWrongByte() throws {
+        let e = try Engine("race")
+        let cache = try e.open()
+        let pool = try BufferPool(bufferSize: (64 << 10) + 4096, count: 3)
+        let state = ConditionLock()
+        nonisolated(unsafe) var writing = true
+        nonisolated(unsafe) var started = 0
+        nonisolated(unsafe) var finished = 0
+        nonisolated(unsafe) var hits = 0
+        nonisolated(unsafe) var wrong = 0
+        for reader in 0..<3 {
+            try OSThread.spawn(name: "race-reader") {
+                let slot = pool.acquire()!
+                var n = 0
+                var bad = 0
+                var i = UInt64(reader + 1)
+                state.withLock { started += 1; state.broadcast() }
+                while state.withLock({ writing }) {
+                    i = i &* 6364136223846793005 &+ 1442695040888963407
+                    let b = (i >> 33) % 150
+                    if case .hit(let len, _) = cache.read(key: e.key(b), id: e.key(b).id, into: slot) {
+                        n += 1
+                        let expected = SampleData.bytes(seed: b + 1, count: e.length(b))
+                        if len != expected.count || memcmp(slot.base + BlockCache.dataOffset, expected, len) != 0 { bad += 1 }
+                    }
+                }
+                pool.release(slot)
+                state.withLock { hits += n; wrong += bad; finished += 1; state.broadcast() }
+            }
+        }
+        state.withLock { while started < 3 { state.wait() } }
+        for i in 0..<600 { try e.put(cache, UInt64(i % 150)) }
+        state.withLock {
+            writing = false
+            while finished < 3 { state.wait() }
+        }
+        #expect(wrong == 0, "\(wrong) hits served wrong bytes")
+        #expect(hits > 0)
+        #expect(cache.diskStats[0].evictions > 0 && cache.diskStats[0].corrupt == 0)
+    }
+
+    /// A region made ready with kept blocks in it is the one state the snapshot has no field for:
+    /// after a clean restart its blocks are walked back, the writer goes on through it, and its
+    /// footer then lists them, so a crash restart finds them too.
+    @Test func aReadyRegionWithKeptBlocksSurvivesCleanAndCrashRestarts() throws {
+        let e = try Engine("ready-restart")
+        do {
+            let cache = try e.open()
+            let disk = cache.cacheDisks[0]
+            for i in 0..<3 { try e.put(cache, UInt64(i)) }
+            for i in 0..<3 { #expect(e.check(cache, UInt64(i))) }  // read since written: kept
+            var i: UInt64 = 3
+            while !(disk.cleaner.readyRegions.first.map { $0.region == 0 && !$0.entries.isEmpty } ?? false) {
+                try e.put(cache, i)
+                i += 1
+                cache.waitForBackgroundWork()
+            }
+            cache.close()
+        }
+        do {
+            let cache = try e.open()
+            #expect(cache.diskStats[0].recoveredFrom == "snapshot")
+            let ready = cache.cacheDisks[0].cleaner.readyRegions
+            #expect(ready.map(\.region) == [0] && ready.first?.entries.count == 3, "the kept blocks walked back")
+            for h in 0..<3 { #expect(e.check(cache, UInt64(h)), "kept block \(h) lost in a clean restart") }
+            for j in 0..<20 { try e.put(cache, 2000 + UInt64(j)) }
+            cache.waitForBackgroundWork()
+            // No close(): as after kill -9.
+        }
+        let cache = try e.open()
+        #expect(cache.diskStats[0].recoveredFrom == "regions")
+        for h in 0..<3 { #expect(e.check(cache, UInt64(h)), "kept block \(h) lost in a crash restart") }
+        for j in 0..<20 { #expect(e.check(cache, 2000 + UInt64(j))) }
+    }
+
+    /// A crash while a ready region holds kept blocks: that region has the newest generation and
+    /// becomes the active one; the region that was being written is walked, and writing on
+    /// clobbers neither.
+    @Test func aCrashWithKeptBlocksInTheReadyRegionLosesNothing() throws {
+        let e = try Engine("ready-crash")
+        var written: [UInt64] = []
+        do {
+            let cache = try e.open()
+            let disk = cache.cacheDisks[0]
+            for i in 0..<3 { try e.put(cache, UInt64(i)) }
+            for i in 0..<3 { #expect(e.check(cache, UInt64(i))) }
+            var i: UInt64 = 3
+            while !(disk.cleaner.readyRegions.first.map { $0.region == 0 && !$0.entries.isEmpty } ?? false) {
+                try e.put(cache, i)
+                i += 1
+                cache.waitForBackgroundWork()
+            }
+            // The blocks of the region being written at the crash.
+            let active = disk.writer.active
+            written = (3..<i).filter { b in
+                guard let entry = disk.state.lock.withLock({ disk.state.index.lookup(e.key(b).id) }) else { return false }
+                return disk.layout.region(ofPage: entry.page) == active.region
+            }
+            #expect(!written.isEmpty)
+        }
+        let cache = try e.open()
+        #expect(cache.diskStats[0].recoveredFrom == "regions")
+        #expect(cache.cacheDisks[0].writer.active.region == 0, "the ready region, newest, is written next")
+        for h in 0..<3 { #expect(e.check(cache, UInt64(h)), "kept block \(h) lost") }
+        for w in written { #expect(e.check(cache, w), "block \(w) of the region written at the crash lost") }
+        for j in 0..<10 { try e.put(cache, 3000 + UInt64(j)) }
+        for h in 0..<3 { #expect(e.check(cache, UInt64(h))) }
+        for j in 0..<10 { #expect(e.check(cache, 3000 + UInt64(j))) }
     }
 }
 
