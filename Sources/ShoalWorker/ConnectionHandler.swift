@@ -24,9 +24,12 @@ struct ConnectionHandler {
         service.metrics.connections.increment()
         defer { service.metrics.connections.decrement() }
         if let tls {
-            // A client without TLS opens with a Shoal frame: tell it, in a frame it can read.
-            if let first = try? socket.peek(count: 4, deadline: monotonicNanos() + frameTimeoutNanos),
-               first == FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes.prefix(4).map({ $0 }) {
+            // A client without TLS opens with a Shoal frame: tell it, in a frame it can read. Its
+            // first byte decides ('S' of the magic; a TLS record starts with 0x16): peeking for more
+            // polled every millisecond while a client held the rest back, and a few hundred
+            // connections that sent one byte each kept the worker's cores busy.
+            if let first = try? socket.peek(count: 1, deadline: monotonicNanos() + frameTimeoutNanos),
+               first[0] == FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes[0] {
                 let message = Array("this worker requires TLS: give the client the cluster's CA file (tlsCAFile, --tls-ca or SHOAL_TLS_CA_FILE)".utf8)
                 let h = FrameHeader(type: .error, status: .unauthenticated, requestID: 0, payloadLength: UInt32(message.count))
                 service.metrics.error(.unauthenticated)

@@ -215,6 +215,26 @@ func fileStore() -> StoreConfig {
         }
     }
 
+    /// A TLS worker told plain clients apart by peeking at 4 bytes, polling every millisecond
+    /// until they came: connections that sent one byte and waited (no secret, no certificate
+    /// needed) kept its cores busy. One byte decides now, and such a client is told at once.
+    @Test func aTLSWorkerDecidesOnAPlainClientsFirstByte() throws {
+        let certs = try TestCertificates()
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("tls-peek"), store: fileStore())
+        config.tls = TLSFiles(certFile: certs.certFile, keyFile: certs.keyFile)
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let socket = try TCPSocket.connect(Endpoint(host: "127.0.0.1", port: worker.port), timeoutMillis: 2000)
+        defer { socket.close() }
+        try socket.send(Array(FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes.prefix(1)))
+        let deadline = monotonicNanos() + 30_000_000_000
+        let head = try socket.receive(count: FrameHeader.size, deadline: deadline)
+        let header = try head.withUnsafeBytes { try FrameHeader.decode($0.baseAddress!, maxPayload: 4096).get() }
+        let message = String(decoding: try socket.receive(count: Int(header.payloadLength), deadline: deadline), as: UTF8.self)
+        #expect(header.type == FrameType.error.rawValue && message.contains("this worker requires TLS"))
+    }
+
     @Test func framesWithoutTagsNeedTheWorkersBenchmarkSwitch() throws {
         let h = try Harness("untagged")
         let data = SampleData.bytes(seed: 23, count: 2 << 20)
