@@ -20,7 +20,9 @@ struct ConnectionHandler {
     /// a few lines per interval, the next one saying how many were left out.
     let protocolErrorLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
 
-    func serve(_ socket: TCPSocket) {
+    /// `established` is called once the client has proved it holds the secret: from then on the
+    /// connection keeps its place when the worker is full (see TCPServer).
+    func serve(_ socket: TCPSocket, established: @Sendable () -> Void = {}) {
         service.metrics.connections.increment()
         defer { service.metrics.connections.decrement() }
         if let tls {
@@ -90,6 +92,8 @@ struct ConnectionHandler {
             }
             switch action {
             case .send(let h, let body):
+                // Before AUTH_OK leaves: a client that has it may open its next connection at once.
+                if h.type == FrameType.authOK.rawValue { established() }
                 guard connection.send(h, body, deadline: monotonicNanos() + frameTimeoutNanos) else { return }
             case .fail(let h, let body):
                 service.metrics.error(StatusCode(rawValue: h.status) ?? .badRequest)

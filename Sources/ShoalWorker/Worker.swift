@@ -80,8 +80,11 @@ public final class Worker: @unchecked Sendable {
             return farewell
         }
         do {
-            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections, refusal: refusal) { socket in
-                handler.serve(socket)
+            // A connection still in its handshake gives its place up to a new one when the worker
+            // is full, so connections that never authenticate cannot keep clients out.
+            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections, refusal: refusal,
+                                       displaced: { metrics.connectionsDisplaced.increment() }) { socket, established in
+                handler.serve(socket, established: established)
             }
             try server.start()
             self.server = server

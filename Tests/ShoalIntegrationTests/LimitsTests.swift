@@ -35,6 +35,39 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         }
         #expect(worker.metrics.value("shoal_connections_refused_total") == 1)
     }
+
+    /// Connections that never send a byte (no secret needed) once took every place for 10 s
+    /// each, again and again: every client was told the worker was full. A connection still in
+    /// its handshake now gives its place up to a new one; authenticated ones keep theirs.
+    @Test func connectionsThatNeverAuthenticateCannotKeepClientsOut() throws {
+        var config = fileStoreWorkerConfig("squat")
+        config.maxConnections = 4
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: worker.port)
+        let silent = try (0..<4).map { _ in try TCPSocket.connect(endpoint, timeoutMillis: 2000) }
+        defer { silent.forEach { $0.close() } }
+        // Both clients are served, each in the place of a silent connection.
+        let first = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        let second = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        defer { first.close(); second.close() }
+        #expect { _ = try first.stat(ObjectRef(store: "default", bucket: "b", key: "none")) } throws: {
+            ($0 as? ShoalError)?.code == .notFound
+        }
+        #expect(worker.metrics.value("shoal_connections_displaced_total") == 2)
+        #expect(worker.metrics.value("shoal_connections_refused_total") == 0)
+        // The oldest silent connection was the one closed.
+        #expect(throws: (any Error).self) { _ = try silent[0].receive(count: 1, deadline: monotonicNanos() + 10_000_000_000) }
+        // Two authenticated and two silent: a third client takes a silent one's place, a fourth
+        // too, and a fifth finds every place authenticated.
+        let third = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        let fourth = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        defer { third.close(); fourth.close() }
+        #expect { _ = try WorkerConnection(endpoint: endpoint, secret: config.secret) } throws: {
+            ($0 as? ShoalError)?.message.contains("worker is full: 4 connections (maxConnections)") ?? false
+        }
+    }
 }
 
 /// `shoal cat` as a user runs it (the built binary), against an in-process worker.
