@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 import ShoalClient
 import ShoalCore
@@ -34,6 +37,34 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
             #expect(error.message.contains("\(endpoint)"))
         }
         #expect(worker.metrics.value("shoal_connections_refused_total") == 1)
+    }
+
+    /// The handshake's 10 s were counted per frame: a client that sent HELLO's header, its
+    /// payload 6 s later and AUTH 6 s after that was authenticated after 12 s, and one that
+    /// dripped every piece kept an unauthenticated connection for a minute. The deadline holds
+    /// for the whole handshake now.
+    @Test func theHandshakeHasOneDeadline() throws {
+        let config = fileStoreWorkerConfig("slow-handshake")
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let socket = try TCPSocket.connect(Endpoint(host: "127.0.0.1", port: worker.port), timeoutMillis: 2000)
+        defer { socket.close() }
+        let nonce = [UInt8](repeating: 7, count: MutualAuth.nonceSize)
+        let hello = HelloMessage(nonce: nonce, clientName: "slow").encoded
+        let deadline = monotonicNanos() + 30_000_000_000
+        try socket.send(FrameHeader(type: .hello, requestID: 0, payloadLength: UInt32(hello.count)).bytes)
+        usleep(6_000_000)
+        try socket.send(hello)
+        let head = try socket.receive(count: FrameHeader.size, deadline: deadline)
+        let header = try head.withUnsafeBytes { try FrameHeader.decode($0.baseAddress!, maxPayload: 4096).get() }
+        let challenge = try #require(ChallengeMessage(decoding: try socket.receive(count: Int(header.payloadLength), deadline: deadline)))
+        usleep(6_000_000)
+        let proof = MutualAuth.clientProof(secret: config.secret, hello: hello, challenge: challenge.signedPart)
+        _ = try? socket.send(FrameHeader(type: .auth, requestID: 0, payloadLength: UInt32(proof.count)).bytes + proof)
+        // The worker closed the connection at 10 s: no AUTH_OK (or nothing at all) comes back.
+        let reply = try? socket.receive(count: FrameHeader.size, deadline: deadline)
+        #expect(reply.map { $0[5] } != FrameType.authOK.rawValue, "a handshake of 12 s was accepted")
     }
 
     /// Connections that never send a byte (no secret needed) once took every place for 10 s
