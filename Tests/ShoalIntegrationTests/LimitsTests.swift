@@ -39,6 +39,32 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         #expect(worker.metrics.value("shoal_connections_refused_total") == 1)
     }
 
+    /// A client that asked for blocks and stopped reading its replies (a stopped process, or one
+    /// that means harm) once held every other reader of the block whose reply the worker was
+    /// sending it: they waited for that fill to end, which came only after the send (up to 60 s),
+    /// and their clients gave up first. Waiting readers now copy the filler's bytes at once.
+    @Test func aReaderThatStopsReadingDoesNotHoldOthersOfTheSameBlock() throws {
+        let h = try Harness("stalled-reader")
+        let blocks = 32
+        let data = SampleData.bytes(seed: 26, count: blocks << 20)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        let stalled = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8))
+        defer { stalled.close() }
+        for i in 0..<blocks { _ = try stalled.sendRead(ReadRequest(block: file.block(UInt64(i)), offset: 0, length: 1 << 20)) }
+        // Wait (bounded) until the socket buffers are full and the worker is stuck sending one
+        // reply while its fill is open: fills stop and one stays in flight.
+        var last = -1.0
+        for _ in 0..<60 {
+            usleep(500_000)
+            let fills = h.metric("shoal_fills_total")
+            if fills == last && h.worker.service.fills.inFlight == 1 { break }
+            last = fills
+        }
+        #expect(h.worker.service.fills.inFlight == 1, "the stalled connection's send should hold one fill")
+        #expect(try h.client.read(file, offset: 0, length: data.count) == data)
+    }
+
     /// The handshake's 10 s were counted per frame: a client that sent HELLO's header, its
     /// payload 6 s later and AUTH 6 s after that was authenticated after 12 s, and one that
     /// dripped every piece kept an unauthenticated connection for a minute. The deadline holds
