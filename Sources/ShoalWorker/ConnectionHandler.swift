@@ -39,13 +39,13 @@ struct ConnectionHandler {
                 let message = Array("this worker requires TLS: give the client the cluster's CA file (tlsCAFile, --tls-ca or SHOAL_TLS_CA_FILE)".utf8)
                 let h = FrameHeader(type: .error, status: .unauthenticated, requestID: 0, payloadLength: UInt32(message.count))
                 service.metrics.error(.unauthenticated)
-                logger.info("closing a connection without TLS to a TLS worker")
+                logClosing("closing a connection without TLS to a TLS worker")
                 _ = try? socket.send(h.bytes + message, deadline: monotonicNanos() + 1_000_000_000)
                 return
             }
             do { try socket.startTLS(tls, host: nil, deadline: handshakeDeadline) } catch {
                 service.metrics.error(.unauthenticated)
-                logger.info("closing a connection whose TLS handshake failed", metadata: ["error": "\(error)"])
+                logClosing("closing a connection whose TLS handshake failed", ["error": "\(error)"])
                 return
             }
             tlsReport.first(kernelSend: socket.kernelTLSSend, logger)
@@ -103,18 +103,24 @@ struct ConnectionHandler {
                 guard connection.send(h, body, deadline: monotonicNanos() + frameTimeoutNanos) else { return }
             case .fail(let h, let body):
                 service.metrics.error(StatusCode(rawValue: h.status) ?? .badRequest)
-                let (log, suppressed) = protocolErrorLog.admit()
-                if log {
-                    var metadata: Logger.Metadata = ["error": "\(String(decoding: body, as: UTF8.self))"]
-                    if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
-                    logger.info("closing a connection after a protocol error", metadata: metadata)
-                }
+                logClosing("closing a connection after a protocol error", ["error": "\(String(decoding: body, as: UTF8.self))"])
                 _ = connection.send(h, body, deadline: monotonicNanos() + 1_000_000_000)
                 return
             case .serve(let id, let request):
                 guard handle(request, id: id, connection: &connection) else { return }
             }
         }
+    }
+
+    /// Logs why a connection before (or outside) authentication is closed: a few lines per
+    /// interval, the next one saying how many were left out. Such clients choose how often this
+    /// happens, plain clients and failed TLS handshakes included.
+    private func logClosing(_ message: Logger.Message, _ metadata: Logger.Metadata = [:]) {
+        let (log, suppressed) = protocolErrorLog.admit()
+        guard log else { return }
+        var metadata = metadata
+        if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
+        logger.info(message, metadata: metadata)
     }
 
     /// Serves one request; false if the connection broke while answering.
