@@ -102,7 +102,8 @@ public final class Worker: @unchecked Sendable {
         guard let endpoint = config.admin else { return }
         admin = try await AdminServer(endpoint: endpoint, limits: config.adminLimits, secret: config.secret,
                                       hosts: [currentHostName()].compactMap { $0 },
-                                      refused: { [metrics] in metrics.adminConnectionsRefused.increment() }) { [self] method, uri in route(method: method, uri) }
+                                      refused: { [metrics] in metrics.adminConnectionsRefused.increment() },
+                                      displaced: { [metrics] in metrics.adminConnectionsDisplaced.increment() }) { [self] method, uri in route(method: method, uri) }
         logger.info("admin listening", metadata: ["admin": "\(endpoint.host):\(adminPort ?? 0)"])
     }
 

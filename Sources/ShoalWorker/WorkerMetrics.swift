@@ -30,6 +30,8 @@ public final class WorkerMetrics: @unchecked Sendable {
     let connectionsDisplaced: Metrics.Counter
     /// Admin connections closed at once because `adminMaxConnections` were open.
     let adminConnectionsRefused: Metrics.Counter
+    /// Admin connections closed before their request arrived, to make room for a new one.
+    let adminConnectionsDisplaced: Metrics.Counter
     private let errors: [StatusCode: Metrics.Counter]
 
     public init() {
@@ -49,6 +51,7 @@ public final class WorkerMetrics: @unchecked Sendable {
         connectionsRefused = Metrics.Counter(label: "shoal_connections_refused_total", factory: factory)
         connectionsDisplaced = Metrics.Counter(label: "shoal_connections_displaced_total", factory: factory)
         adminConnectionsRefused = Metrics.Counter(label: "shoal_admin_connections_refused_total", factory: factory)
+        adminConnectionsDisplaced = Metrics.Counter(label: "shoal_admin_connections_displaced_total", factory: factory)
         var errors: [StatusCode: Metrics.Counter] = [:]
         for code in StatusCode.allCases where code != .ok {
             errors[code] = Metrics.Counter(label: "shoal_errors_total", dimensions: [("kind", code.label)], factory: factory)
