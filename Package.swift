@@ -72,6 +72,7 @@ let package = Package(
         .testTarget(name: "ShoalObjectStoreTests", dependencies: ["ShoalObjectStore", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalIntegrationTests",
-            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalTransport", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
+            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalTransport", "ShoalSys", "ShoalCore", "ShoalTestSupport",
+                           .product(name: "Logging", package: "swift-log")]),
     ]
 )

@@ -78,6 +78,12 @@ public struct ObjectVersion: Hashable, Sendable {
         self.size = size
         self.etag = etag
     }
+
+    /// True when `text` holds a control character (below 0x20, or DEL): such an etag cannot be
+    /// sent in an HTTP header without changing the request around it.
+    public static func hasControlCharacters(_ text: String) -> Bool {
+        text.utf8.contains { $0 < 0x20 || $0 == 0x7F }
+    }
 }
 
 /// The full identity of a cached block: which object, which version (etag and size), which slice.

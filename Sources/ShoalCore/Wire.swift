@@ -316,6 +316,11 @@ public struct ReadRequest: Sendable, Equatable {
         guard !block.etag.isEmpty else {
             throw ShoalError(.badRequest, "READ of \(block.object) names no version (empty etag): STAT the object first")
         }
+        // The etag becomes an If-Match (or If-Unmodified-Since) header of the worker's request to
+        // its store: a CR or LF in it would add headers, or a whole request, of the client's making.
+        guard !ObjectVersion.hasControlCharacters(block.etag) else {
+            throw ShoalError(.badRequest, "READ of \(block.object) names a version with control characters; an etag is one line of printable text: STAT the object first")
+        }
         let bs = UInt64(block.blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize, bs % 4096 == 0 else {
             throw ShoalError(.badRequest, "block size \(bs) is outside 64 KiB-16 MiB or not a multiple of 4 KiB")

@@ -145,6 +145,10 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         if let ifMatch, ifMatch.isEmpty {
             throw ShoalError(.badRequest, "a versioned read of \(what) names an empty version")
         }
+        // It goes into a request header: a line break there would add headers of its own.
+        if let ifMatch, ObjectVersion.hasControlCharacters(ifMatch) {
+            throw ShoalError(.badRequest, "a versioned read of \(what) names a version with control characters")
+        }
         var req = request("GET", bucket: bucket, key: key)
         req.headers.append("Range: bytes=\(offset)-\(offset + UInt64(length) - 1)")
         let lastModified = ifMatch.flatMap(LastModifiedVersion.lastModified(of:))

@@ -177,6 +177,8 @@ public struct FileInfo: Sendable {
     public var isRegular: Bool
     /// The permission bits (e.g. 0o600).
     public var permissions: UInt32
+    /// The owner's user ID.
+    public var owner: UInt32
 }
 
 extension FileSystem {
@@ -187,8 +189,11 @@ extension FileSystem {
         let mtime = UInt64(st.st_mtim.tv_sec) * 1_000_000_000 + UInt64(st.st_mtim.tv_nsec)
         let kind = st.st_mode & S_IFMT
         return FileInfo(size: UInt64(st.st_size), modifiedNanos: mtime, isDirectory: kind == S_IFDIR, isRegular: kind == S_IFREG,
-                        permissions: UInt32(st.st_mode) & 0o7777)
+                        permissions: UInt32(st.st_mode) & 0o7777, owner: UInt32(st.st_uid))
     }
+
+    /// The user ID this process acts as (whose files it may trust).
+    public static var effectiveUserID: UInt32 { UInt32(geteuid()) }
 }
 
 /// Writes to standard output or error without buffering; false if the reader went away (EPIPE).

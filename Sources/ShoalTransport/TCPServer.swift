@@ -1,17 +1,35 @@
 import ShoalSys
 
 /// Accepts TCP connections and runs each on its own OS thread with `handler`. `stop()` closes the
-/// listener and shuts every live connection down, then waits for their threads to finish. A
-/// connection over `maxConnections` is answered with `refusal`'s bytes (one thread sends them,
-/// so a flood costs no thread per connection) and closed.
+/// listener and shuts every live connection down, then waits for their threads to finish.
+///
+/// A connection counts as established once its handler calls `established` (the worker: after
+/// the client proved it holds the secret). When `maxConnections` are open, a new connection
+/// takes the place of the oldest one not yet established, which is shut down (`displaced` is
+/// called): anyone who can connect could otherwise hold every place with connections that
+/// never authenticate, and no client would be served. Only when all are established is the new
+/// one answered with `refusal`'s bytes (one thread sends them, so a flood costs no thread per
+/// connection) and closed.
 public final class TCPServer: @unchecked Sendable {
     public let port: UInt16
     private let listener: TCPSocket
-    private let handler: @Sendable (TCPSocket) -> Void
+    private let handler: @Sendable (TCPSocket, _ established: @Sendable () -> Void) -> Void
     private let refusal: @Sendable () -> [UInt8]
+    private let displaced: @Sendable () -> Void
     private let maxConnections: Int
     private let lock = ConditionLock()
-    private var live: [ObjectIdentifier: TCPSocket] = [:]
+    private struct Entry {
+        let socket: TCPSocket
+        /// Accept order: the oldest connection still in its handshake is displaced first.
+        let order: UInt64
+        var established = false
+        /// Shut down to make room; its thread is on its way out and it holds no place.
+        var displaced = false
+    }
+    private var live: [ObjectIdentifier: Entry] = [:]
+    /// Live connections that hold a place (not displaced).
+    private var placesTaken = 0
+    private var accepted: UInt64 = 0
     /// Refused connections waiting for their farewell; beyond `maxRefusing`, closed at once.
     private var refusing: [(TCPSocket, [UInt8])] = []
     private let maxRefusing = 64
@@ -20,12 +38,16 @@ public final class TCPServer: @unchecked Sendable {
     private var refuserDone = false
 
     /// `refusal` is called once per connection refused for being over `maxConnections` (count
-    /// and log it there) and returns what to send before closing it.
+    /// and log it there) and returns what to send before closing it; `displaced` once per
+    /// connection shut down, before it was established, to make room for a new one. `handler`
+    /// serves a connection and calls the closure it is given once the peer is trusted.
     public init(endpoint: Endpoint, maxConnections: Int = 1024, refusal: @escaping @Sendable () -> [UInt8] = { [] },
-                handler: @escaping @Sendable (TCPSocket) -> Void) throws(SysError) {
+                displaced: @escaping @Sendable () -> Void = {},
+                handler: @escaping @Sendable (TCPSocket, _ established: @Sendable () -> Void) -> Void) throws(SysError) {
         (listener, port) = try TCPSocket.listen(endpoint)
         self.handler = handler
         self.refusal = refusal
+        self.displaced = displaced
         self.maxConnections = maxConnections
     }
 
@@ -49,12 +71,24 @@ public final class TCPServer: @unchecked Sendable {
         defer { lock.withLock { acceptorDone = true }; lock.broadcast() }
         while true {
             guard let socket = try? listener.accept() else { return }
-            enum Admission { case admitted, full, stopping }
+            enum Admission { case admitted(displacing: TCPSocket?), full, stopping }
+            let id = ObjectIdentifier(socket)
             let admission: Admission = lock.withLock {
                 if stopping { return .stopping }
-                guard live.count < maxConnections else { return .full }
-                live[ObjectIdentifier(socket)] = socket
-                return .admitted
+                var victim: TCPSocket?
+                if placesTaken >= maxConnections {
+                    // Displaced connections are on their way out; a flood faster than that waits.
+                    guard live.count - placesTaken < maxRefusing,
+                          let oldest = live.filter({ !$0.value.established && !$0.value.displaced }).min(by: { $0.value.order < $1.value.order })
+                    else { return .full }
+                    live[oldest.key]?.displaced = true
+                    placesTaken -= 1
+                    victim = oldest.value.socket
+                }
+                accepted += 1
+                live[id] = Entry(socket: socket, order: accepted)
+                placesTaken += 1
+                return .admitted(displacing: victim)
             }
             switch admission {
             case .stopping:
@@ -63,21 +97,32 @@ public final class TCPServer: @unchecked Sendable {
             case .full:
                 refuse(socket)
                 continue
-            case .admitted:
-                break
+            case .admitted(let victim):
+                if let victim {
+                    // Wakes its thread, which closes it and gives its entry up.
+                    victim.shutdown()
+                    displaced()
+                }
             }
+            let established: @Sendable () -> Void = { [self] in lock.withLock { live[id]?.established = true } }
             do {
                 try OSThread.spawn(name: "shoal-conn") { [self] in
-                    handler(socket)
+                    handler(socket, established)
                     socket.close()
-                    lock.withLock { live[ObjectIdentifier(socket)] = nil }
-                    lock.broadcast()
+                    remove(id)
                 }
             } catch {
                 socket.close()
-                lock.withLock { live[ObjectIdentifier(socket)] = nil }
+                remove(id)
             }
         }
+    }
+
+    private func remove(_ id: ObjectIdentifier) {
+        lock.withLock {
+            if let entry = live.removeValue(forKey: id), !entry.displaced { placesTaken -= 1 }
+        }
+        lock.broadcast()
     }
 
     private func refuse(_ socket: TCPSocket) {
@@ -115,7 +160,7 @@ public final class TCPServer: @unchecked Sendable {
     public func stop(timeoutNanos: UInt64 = 10_000_000_000) {
         let sockets: [TCPSocket] = lock.withLock {
             stopping = true
-            return Array(live.values)
+            return live.values.map(\.socket)
         }
         lock.broadcast()
         listener.shutdown()

@@ -14,7 +14,8 @@ public struct AdminResponse: Sendable {
 /// Bounds on the admin port, so clients that connect and send little cannot take the worker's
 /// file descriptors (the data plane needs them too).
 public struct AdminLimits: Sendable, Equatable {
-    /// Admin connections open at once; more are closed as soon as they are accepted.
+    /// Admin connections open at once. One more takes the place of the oldest connection whose
+    /// request has not arrived (closed); when every one has its request, it is closed at once.
     public var maxConnections = 64
     /// The whole request must arrive, and its answer leave, within this time of the connect.
     public var requestTimeoutSeconds: Double = 10
@@ -30,8 +31,10 @@ public final class AdminServer: Sendable {
     private let channel: any Channel
     public let port: Int
 
-    /// `refused` is called for each connection closed for being over `limits.maxConnections`.
+    /// `refused` is called for each connection closed for being over `limits.maxConnections`,
+    /// `displaced` for each one closed before its request arrived, to make room for a new one.
     public init(endpoint: Endpoint, limits: AdminLimits, secret: [UInt8], hosts: [String], refused: @escaping @Sendable () -> Void = {},
+                displaced: @escaping @Sendable () -> Void = {},
                 route: @escaping @Sendable (String, String) -> AdminResponse) async throws {
         let open = ConnectionCount(limit: limits.maxConnections)
         let accessBox = AccessBox()
@@ -39,18 +42,27 @@ public final class AdminServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 guard let access = accessBox.value else { return channel.close() }
-                guard open.acquire() else {
+                // Connections that send nothing (no credentials needed) must not keep /healthz
+                // and /metrics from everyone: the oldest one still waiting for its request goes.
+                switch open.acquire(channel) {
+                case .full:
                     refused()
                     return channel.close()
+                case .admitted(let victim):
+                    if let victim {
+                        victim.close(promise: nil)
+                        displaced()
+                    }
                 }
-                channel.closeFuture.whenComplete { _ in open.release() }
+                channel.closeFuture.whenComplete { _ in open.release(channel) }
                 let idle = TimeAmount.nanoseconds(Int64(limits.idleTimeoutSeconds * 1e9))
                 let requestTimeout = TimeAmount.nanoseconds(Int64(limits.requestTimeoutSeconds * 1e9))
                 return channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
                     try pipeline.addHandler(IdleStateHandler(readTimeout: idle))
                     try pipeline.configureHTTPServerPipeline()
-                    try pipeline.addHandler(AdminHandler(access: access, route: route, requestTimeout: requestTimeout))
+                    try pipeline.addHandler(AdminHandler(access: access, route: route, requestTimeout: requestTimeout,
+                                                         requestArrived: { open.answering(channel) }))
                 }
             }
         channel = try await bootstrap.bind(host: endpoint.host, port: Int(endpoint.port)).get()
@@ -74,23 +86,45 @@ private final class AccessBox: @unchecked Sendable {
     }
 }
 
-/// Admin connections open now, against their limit.
+/// Admin connections open now, against their limit, in the order they came.
 private final class ConnectionCount: @unchecked Sendable {
+    private struct Entry {
+        let channel: any Channel
+        let order: UInt64
+        /// Its request has arrived: it is being answered and will close.
+        var answering = false
+    }
+
+    enum Admission {
+        /// Taken; close `displacing` (the oldest connection still without its request), if any.
+        case admitted(displacing: (any Channel)?)
+        case full
+    }
+
     private let lock = ConditionLock()
-    private var open = 0
+    private var open: [ObjectIdentifier: Entry] = [:]
+    private var next: UInt64 = 0
     let limit: Int
 
     init(limit: Int) { self.limit = limit }
 
-    func acquire() -> Bool {
+    func acquire(_ channel: any Channel) -> Admission {
         lock.withLock {
-            guard open < limit else { return false }
-            open += 1
-            return true
+            var victim: (any Channel)?
+            if open.count >= limit {
+                guard let oldest = open.filter({ !$0.value.answering }).min(by: { $0.value.order < $1.value.order }) else { return .full }
+                open[oldest.key] = nil  // its place is this one's now; its close releases nothing
+                victim = oldest.value.channel
+            }
+            next += 1
+            open[ObjectIdentifier(channel)] = Entry(channel: channel, order: next)
+            return .admitted(displacing: victim)
         }
     }
 
-    func release() { lock.withLock { open -= 1 } }
+    func answering(_ channel: any Channel) { lock.withLock { open[ObjectIdentifier(channel)]?.answering = true } }
+
+    func release(_ channel: any Channel) { lock.withLock { _ = open.removeValue(forKey: ObjectIdentifier(channel)) } }
 }
 
 private final class AdminHandler: ChannelInboundHandler {
@@ -99,13 +133,16 @@ private final class AdminHandler: ChannelInboundHandler {
     let access: AdminAccess
     let route: @Sendable (String, String) -> AdminResponse
     let requestTimeout: TimeAmount
+    let requestArrived: () -> Void
     private var deadline: Scheduled<Void>?
     private var answered = false
 
-    init(access: AdminAccess, route: @escaping @Sendable (String, String) -> AdminResponse, requestTimeout: TimeAmount) {
+    init(access: AdminAccess, route: @escaping @Sendable (String, String) -> AdminResponse, requestTimeout: TimeAmount,
+         requestArrived: @escaping () -> Void) {
         self.access = access
         self.route = route
         self.requestTimeout = requestTimeout
+        self.requestArrived = requestArrived
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -129,6 +166,7 @@ private final class AdminHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data), !answered else { return }
         answered = true
+        requestArrived()
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
         let decision = access.check(method: head.method.rawValue, path: path, host: head.headers.first(name: "host"),
                                     origin: head.headers.first(name: "origin"), authorization: head.headers.first(name: "authorization"),

@@ -115,9 +115,11 @@ final class BlockService: @unchecked Sendable {
             throw ShoalError(.badRequest, "block size \(request.block.blockSize) is larger than this worker's buffers (\(pool.bufferSize - BlockCache.dataOffset))")
         }
         guard let slot = pool.acquire() else { throw ShoalError(.timeout, "worker is overloaded: no I/O buffer came free in time") }
+        let id = request.block.id
+        var fill: PendingFill?
         do throws(ShoalError) {
-            let id = request.block.id
-            let (length, crc, fill) = try blockInSlot(request, id: id, store: s, slot: slot)
+            let (length, crc, pending) = try blockInSlot(request, id: id, store: s, slot: slot)
+            fill = pending
             let offset = Int(request.offset)
             let count = Int(request.length)
             // Never send a byte that was not read for this block.
@@ -130,6 +132,8 @@ final class BlockService: @unchecked Sendable {
                 : CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset + offset, count: count))
             return ServedBlock(slot: slot, dataOffset: BlockCache.dataOffset + offset, length: count, crc: rangeCRC, fill: fill)
         } catch {
+            // Readers copying this fill's bytes are done before the buffer goes back.
+            if let fill { fills.finish(fill.id, error: error) }
             pool.release(slot)
             throw error
         }
@@ -186,15 +190,20 @@ final class BlockService: @unchecked Sendable {
                 }
             }
             if attempt == 0 { metrics.misses.increment() }
-            switch fills.join(id) {
+            let data = slot.base + BlockCache.dataOffset
+            switch fills.join(id, copy: { bytes, length, _ in data.copyMemory(from: bytes, byteCount: length) }) {
             case .leader:
                 do {
                     let (length, crc) = try fetch(request, store: store, slot: slot)
+                    // Readers waiting on this fill copy the bytes now, not after this reply is sent.
+                    fills.publish(id, data, length: length, crc: crc)
                     return (length, crc, PendingFill(key: request.block, id: id, length: length, crc: crc))
                 } catch {
                     fills.finish(id, error: error)
                     throw error
                 }
+            case .copied(let length, let crc):
+                return (length, crc, nil)
             case .followed(let error):
                 if let error { throw error }
                 // The leader cached it: read it from the cache on the next pass.

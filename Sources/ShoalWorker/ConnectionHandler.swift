@@ -14,29 +14,38 @@ struct ConnectionHandler {
     let logger: Logger
     /// Says once, at the first TLS connection, whether kernel TLS took effect.
     let tlsReport: TLSReport
-    /// A client must finish its handshake, and send each frame's payload, within this time.
+    /// A client must finish its whole handshake (TLS, if any, and the Shoal one) within this time
+    /// of connecting, and send each later frame's payload within it.
     let frameTimeoutNanos: UInt64 = 10_000_000_000
     /// Unauthenticated clients choose how many protocol errors happen (a fuzzer made thousands):
     /// a few lines per interval, the next one saying how many were left out.
     let protocolErrorLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
 
-    func serve(_ socket: TCPSocket) {
+    /// `established` is called once the client has proved it holds the secret: from then on the
+    /// connection keeps its place when the worker is full (see TCPServer).
+    func serve(_ socket: TCPSocket, established: @Sendable () -> Void = {}) {
         service.metrics.connections.increment()
         defer { service.metrics.connections.decrement() }
+        // One deadline for the whole handshake: per frame, a client that sent each piece just in
+        // time kept an unauthenticated connection open for a minute.
+        let handshakeDeadline = monotonicNanos() + frameTimeoutNanos
         if let tls {
-            // A client without TLS opens with a Shoal frame: tell it, in a frame it can read.
-            if let first = try? socket.peek(count: 4, deadline: monotonicNanos() + frameTimeoutNanos),
-               first == FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes.prefix(4).map({ $0 }) {
+            // A client without TLS opens with a Shoal frame: tell it, in a frame it can read. Its
+            // first byte decides ('S' of the magic; a TLS record starts with 0x16): peeking for more
+            // polled every millisecond while a client held the rest back, and a few hundred
+            // connections that sent one byte each kept the worker's cores busy.
+            if let first = try? socket.peek(count: 1, deadline: handshakeDeadline),
+               first[0] == FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes[0] {
                 let message = Array("this worker requires TLS: give the client the cluster's CA file (tlsCAFile, --tls-ca or SHOAL_TLS_CA_FILE)".utf8)
                 let h = FrameHeader(type: .error, status: .unauthenticated, requestID: 0, payloadLength: UInt32(message.count))
                 service.metrics.error(.unauthenticated)
-                logger.info("closing a connection without TLS to a TLS worker")
+                logClosing("closing a connection without TLS to a TLS worker")
                 _ = try? socket.send(h.bytes + message, deadline: monotonicNanos() + 1_000_000_000)
                 return
             }
-            do { try socket.startTLS(tls, host: nil, deadline: monotonicNanos() + frameTimeoutNanos) } catch {
+            do { try socket.startTLS(tls, host: nil, deadline: handshakeDeadline) } catch {
                 service.metrics.error(.unauthenticated)
-                logger.info("closing a connection whose TLS handshake failed", metadata: ["error": "\(error)"])
+                logClosing("closing a connection whose TLS handshake failed", ["error": "\(error)"])
                 return
             }
             tlsReport.first(kernelSend: socket.kernelTLSSend, logger)
@@ -46,7 +55,8 @@ struct ConnectionHandler {
         var headerBytes = [UInt8](repeating: 0, count: FrameHeader.size)
         while state.state != .closed {
             // Idle authenticated clients may wait as long as they like; others get a deadline.
-            let headerDeadline: UInt64? = state.state == .ready ? nil : monotonicNanos() + frameTimeoutNanos
+            let ready = state.state == .ready
+            let headerDeadline: UInt64? = ready ? nil : handshakeDeadline
             do {
                 try headerBytes.withUnsafeMutableBytes { try socket.receive(into: $0.baseAddress!, count: FrameHeader.size, deadline: headerDeadline) }
             } catch {
@@ -59,7 +69,8 @@ struct ConnectionHandler {
             case .failure(let e):
                 action = state.received(headerError: e)
             case .success(var header):
-                guard var payload = try? socket.receive(count: Int(header.payloadLength), deadline: monotonicNanos() + frameTimeoutNanos) else { return }
+                let payloadDeadline = ready ? monotonicNanos() + frameTimeoutNanos : handshakeDeadline
+                guard var payload = try? socket.receive(count: Int(header.payloadLength), deadline: payloadDeadline) else { return }
                 if let auth = connection.authenticator {
                     guard auth.open(frame: headerBytes + payload) else {
                         action = state.receivedForgedFrame(header)
@@ -87,21 +98,29 @@ struct ConnectionHandler {
             }
             switch action {
             case .send(let h, let body):
+                // Before AUTH_OK leaves: a client that has it may open its next connection at once.
+                if h.type == FrameType.authOK.rawValue { established() }
                 guard connection.send(h, body, deadline: monotonicNanos() + frameTimeoutNanos) else { return }
             case .fail(let h, let body):
                 service.metrics.error(StatusCode(rawValue: h.status) ?? .badRequest)
-                let (log, suppressed) = protocolErrorLog.admit()
-                if log {
-                    var metadata: Logger.Metadata = ["error": "\(String(decoding: body, as: UTF8.self))"]
-                    if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
-                    logger.info("closing a connection after a protocol error", metadata: metadata)
-                }
+                logClosing("closing a connection after a protocol error", ["error": "\(String(decoding: body, as: UTF8.self))"])
                 _ = connection.send(h, body, deadline: monotonicNanos() + 1_000_000_000)
                 return
             case .serve(let id, let request):
                 guard handle(request, id: id, connection: &connection) else { return }
             }
         }
+    }
+
+    /// Logs why a connection before (or outside) authentication is closed: a few lines per
+    /// interval, the next one saying how many were left out. Such clients choose how often this
+    /// happens, plain clients and failed TLS handshakes included.
+    private func logClosing(_ message: Logger.Message, _ metadata: Logger.Metadata = [:]) {
+        let (log, suppressed) = protocolErrorLog.admit()
+        guard log else { return }
+        var metadata = metadata
+        if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
+        logger.info(message, metadata: metadata)
     }
 
     /// Serves one request; false if the connection broke while answering.

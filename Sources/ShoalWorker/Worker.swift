@@ -80,8 +80,11 @@ public final class Worker: @unchecked Sendable {
             return farewell
         }
         do {
-            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections, refusal: refusal) { socket in
-                handler.serve(socket)
+            // A connection still in its handshake gives its place up to a new one when the worker
+            // is full, so connections that never authenticate cannot keep clients out.
+            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections, refusal: refusal,
+                                       displaced: { metrics.connectionsDisplaced.increment() }) { socket, established in
+                handler.serve(socket, established: established)
             }
             try server.start()
             self.server = server
@@ -99,7 +102,8 @@ public final class Worker: @unchecked Sendable {
         guard let endpoint = config.admin else { return }
         admin = try await AdminServer(endpoint: endpoint, limits: config.adminLimits, secret: config.secret,
                                       hosts: [currentHostName()].compactMap { $0 },
-                                      refused: { [metrics] in metrics.adminConnectionsRefused.increment() }) { [self] method, uri in route(method: method, uri) }
+                                      refused: { [metrics] in metrics.adminConnectionsRefused.increment() },
+                                      displaced: { [metrics] in metrics.adminConnectionsDisplaced.increment() }) { [self] method, uri in route(method: method, uri) }
         logger.info("admin listening", metadata: ["admin": "\(endpoint.host):\(adminPort ?? 0)"])
     }
 

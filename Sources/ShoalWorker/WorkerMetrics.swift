@@ -26,8 +26,12 @@ public final class WorkerMetrics: @unchecked Sendable {
     let staleVersionsServed: Metrics.Counter
     /// Connections closed at once because `maxConnections` were open.
     let connectionsRefused: Metrics.Counter
+    /// Connections still in their handshake shut down to make room (`maxConnections` open).
+    let connectionsDisplaced: Metrics.Counter
     /// Admin connections closed at once because `adminMaxConnections` were open.
     let adminConnectionsRefused: Metrics.Counter
+    /// Admin connections closed before their request arrived, to make room for a new one.
+    let adminConnectionsDisplaced: Metrics.Counter
     private let errors: [StatusCode: Metrics.Counter]
 
     public init() {
@@ -45,7 +49,9 @@ public final class WorkerMetrics: @unchecked Sendable {
         connections = Metrics.Meter(label: "shoal_connections", factory: factory)
         staleVersionsServed = Metrics.Counter(label: "shoal_stale_versions_served_total", factory: factory)
         connectionsRefused = Metrics.Counter(label: "shoal_connections_refused_total", factory: factory)
+        connectionsDisplaced = Metrics.Counter(label: "shoal_connections_displaced_total", factory: factory)
         adminConnectionsRefused = Metrics.Counter(label: "shoal_admin_connections_refused_total", factory: factory)
+        adminConnectionsDisplaced = Metrics.Counter(label: "shoal_admin_connections_displaced_total", factory: factory)
         var errors: [StatusCode: Metrics.Counter] = [:]
         for code in StatusCode.allCases where code != .ok {
             errors[code] = Metrics.Counter(label: "shoal_errors_total", dimensions: [("kind", code.label)], factory: factory)

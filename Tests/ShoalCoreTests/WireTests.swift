@@ -55,6 +55,12 @@ import Testing
         #expect(throws: ShoalError.self) { try req((2 << 20) + 10, 2, 5, 6).validate() }  // beyond the short last block
         #expect(throws: ShoalError.self) { try req(1 << 20, 0, 0, 0).validate() }  // empty
         #expect(throws: ShoalError.self) { try req(1 << 20, 0, 0, 1, bs: 1000).validate() }  // odd block size
+        // An etag goes into a header of the worker's request to its store: no line breaks.
+        for etag in ["\"e\"\r\nX-Injected: 1", "\"e\"\n", "e\u{0}", "e\u{7F}"] {
+            #expect(throws: ShoalError.self, "\(Array(etag.utf8))") { try req(1 << 20, 0, 0, 1, etag: etag).validate() }
+        }
+        try req(1 << 20, 0, 0, 1, etag: "W/\"e-1\"").validate()
+        try req(1 << 20, 0, 0, 1, etag: "shoal-lm:Sun, 22 Nov 2026 03:09:00 GMT").validate()
     }
 }
 

@@ -88,7 +88,7 @@ struct AdminFixture {
         let file = try client.open(ObjectRef(store: "default", bucket: "b", key: "train/x"))
         #expect(try client.read(file, offset: 0, length: a.data.count) == a.data)
 
-        // Every one of them is closed by the worker (over the limit at once, the rest at their
+        // Every one of them is closed by the worker (displaced by a newer one, the rest at their
         // timeout), not left open until this test's own deadline.
         var closedByWorker = 0
         let deadline = monotonicNanos() + 60_000_000_000
@@ -101,9 +101,32 @@ struct AdminFixture {
             s.close()
         }
         #expect(closedByWorker == stuck.count)
-        #expect(a.worker.metrics.value("shoal_admin_connections_refused_total") > 0, "over adminMaxConnections (64), closed at once")
+        #expect(a.worker.metrics.value("shoal_admin_connections_displaced_total") > 0, "over adminMaxConnections (64), the oldest went")
         // The slots came back: the admin port answers again.
         #expect(try a.request("GET", "/healthz").0 == 200)
+        await a.worker.stop()
+    }
+
+    /// adminMaxConnections connections that never send a request (no credentials needed) once
+    /// kept /healthz and /metrics from everyone, renewed every few seconds: a liveness probe
+    /// could fail and the worker be restarted with a cold cache. The oldest such connection now
+    /// gives its place to a new one; connections being answered keep theirs.
+    @Test func silentAdminConnectionsCannotKeepTheHealthCheckOut() async throws {
+        var limits = AdminLimits()
+        limits.maxConnections = 2
+        // Long enough that the silent connections would hold their places for the whole test.
+        limits.idleTimeoutSeconds = 120
+        limits.requestTimeoutSeconds = 120
+        let a = try await AdminFixture("admin-squat", limits: limits)
+        let admin = Endpoint(host: "127.0.0.1", port: UInt16(a.port))
+        let silent = try (0..<2).map { _ in try TCPSocket.connect(admin, timeoutMillis: 5_000) }
+        defer { silent.forEach { $0.close() } }
+        #expect(try a.request("GET", "/healthz").0 == 200)
+        #expect(try a.request("GET", "/metrics").0 == 200)
+        // One or both silent connections gave their places up (the second request may find the
+        // first one's place free again).
+        #expect(a.worker.metrics.value("shoal_admin_connections_displaced_total") >= 1)
+        #expect(a.worker.metrics.value("shoal_admin_connections_refused_total") == 0)
         await a.worker.stop()
     }
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 import ShoalCore
 import ShoalSys
@@ -93,6 +96,28 @@ import ShoalTestSupport
         #expect(performing: { try WorkerConfig.parse(yaml: "secretFile: \(base)/secret") }, throws: names)
         try FileSystem.setPermissions(base + "/secret", 0o600)
         #expect(try WorkerConfig.parse(yaml: "secretFile: \(base)/secret").secret.count == 64)
+    }
+
+    /// A worker run as root (as docs/CONFIG.md suggests, for locked memory) from a folder others
+    /// can write to took a `.shoal/secret` another user had put there, mode 600 and all: that
+    /// user then knew the cluster secret. A secret owned by anyone else is refused.
+    @Test func aSecretOwnedByAnotherUserIsRefused() throws {
+        let base = makeTemporaryDirectory("planted") + "/.shoal"
+        _ = try WorkerConfig.embeddedDefault(base: base)
+        var planted = base + "/secret"
+        if FileSystem.effectiveUserID == 0 {
+            #expect(chown(planted, 65534, 65534) == 0)
+        } else {
+            planted = "/"  // owned by root; a user other than root cannot give a file away
+        }
+        let names: (Error) -> Bool = {
+            guard let m = ($0 as? ShoalError)?.message else { return false }
+            return m.contains(planted) && m.contains("not by the user running the worker")
+        }
+        #expect(performing: { try WorkerConfig.parse(yaml: "secretFile: \(planted)") }, throws: names)
+        if planted != "/" {
+            #expect(performing: { try WorkerConfig.embeddedDefault(base: base) }, throws: names)
+        }
     }
 
     @Test func aBlockSizeErrorNamesTheConfigFile() throws {

@@ -66,6 +66,24 @@ import ShoalTransport
         #expect(try h.readAll("data/fz") == SampleData.bytes(seed: 23, count: 1000))
     }
 
+    /// A READ's etag becomes the If-Match header of the worker's GET: with a line break in it, a
+    /// client added headers of its own to the worker's signed request (the store answered 403).
+    /// It is refused before any request leaves.
+    @Test func anEtagCannotAddHeadersToTheWorkersStoreRequest() throws {
+        let h = try Harness("etag-crlf")
+        try h.put("o", SampleData.bytes(seed: 25, count: 1000))
+        let honest = try h.client.open(h.ref("o"))
+        var forged = honest.block(0)
+        forged.etag += "\r\nX-Injected: 1"
+        let fills = h.metric("shoal_fills_total")
+        #expect { try read(h, forged, length: 10) } throws: {
+            let e = $0 as? ShoalError
+            return e?.code == .badRequest && e!.message.contains("control characters")
+        }
+        #expect(h.metric("shoal_fills_total") == fills, "no request went to the store")
+        #expect(try read(h, honest.block(0), length: 1000) == SampleData.bytes(seed: 25, count: 1000))
+    }
+
     /// With the store unreachable, a cached object is still read, at the last version the worker
     /// knew, flagged stale and counted; an answer of "not found" is never served stale, and with
     /// the switch off an outage is an error.

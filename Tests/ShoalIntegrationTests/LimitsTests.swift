@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 import ShoalClient
 import ShoalCore
@@ -34,6 +37,93 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
             #expect(error.message.contains("\(endpoint)"))
         }
         #expect(worker.metrics.value("shoal_connections_refused_total") == 1)
+    }
+
+    /// A client that asked for blocks and stopped reading its replies (a stopped process, or one
+    /// that means harm) once held every other reader of the block whose reply the worker was
+    /// sending it: they waited for that fill to end, which came only after the send (up to 60 s),
+    /// and their clients gave up first. Waiting readers now copy the filler's bytes at once.
+    @Test func aReaderThatStopsReadingDoesNotHoldOthersOfTheSameBlock() throws {
+        let h = try Harness("stalled-reader")
+        let blocks = 32
+        let data = SampleData.bytes(seed: 26, count: blocks << 20)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        let stalled = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8))
+        defer { stalled.close() }
+        for i in 0..<blocks { _ = try stalled.sendRead(ReadRequest(block: file.block(UInt64(i)), offset: 0, length: 1 << 20)) }
+        // Wait (bounded) until the socket buffers are full and the worker is stuck sending one
+        // reply while its fill is open: fills stop and one stays in flight.
+        var last = -1.0
+        for _ in 0..<60 {
+            usleep(500_000)
+            let fills = h.metric("shoal_fills_total")
+            if fills == last && h.worker.service.fills.inFlight == 1 { break }
+            last = fills
+        }
+        #expect(h.worker.service.fills.inFlight == 1, "the stalled connection's send should hold one fill")
+        #expect(try h.client.read(file, offset: 0, length: data.count) == data)
+    }
+
+    /// The handshake's 10 s were counted per frame: a client that sent HELLO's header, its
+    /// payload 6 s later and AUTH 6 s after that was authenticated after 12 s, and one that
+    /// dripped every piece kept an unauthenticated connection for a minute. The deadline holds
+    /// for the whole handshake now.
+    @Test func theHandshakeHasOneDeadline() throws {
+        let config = fileStoreWorkerConfig("slow-handshake")
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let socket = try TCPSocket.connect(Endpoint(host: "127.0.0.1", port: worker.port), timeoutMillis: 2000)
+        defer { socket.close() }
+        let nonce = [UInt8](repeating: 7, count: MutualAuth.nonceSize)
+        let hello = HelloMessage(nonce: nonce, clientName: "slow").encoded
+        let deadline = monotonicNanos() + 30_000_000_000
+        try socket.send(FrameHeader(type: .hello, requestID: 0, payloadLength: UInt32(hello.count)).bytes)
+        usleep(6_000_000)
+        try socket.send(hello)
+        let head = try socket.receive(count: FrameHeader.size, deadline: deadline)
+        let header = try head.withUnsafeBytes { try FrameHeader.decode($0.baseAddress!, maxPayload: 4096).get() }
+        let challenge = try #require(ChallengeMessage(decoding: try socket.receive(count: Int(header.payloadLength), deadline: deadline)))
+        usleep(6_000_000)
+        let proof = MutualAuth.clientProof(secret: config.secret, hello: hello, challenge: challenge.signedPart)
+        _ = try? socket.send(FrameHeader(type: .auth, requestID: 0, payloadLength: UInt32(proof.count)).bytes + proof)
+        // The worker closed the connection at 10 s: no AUTH_OK (or nothing at all) comes back.
+        let reply = try? socket.receive(count: FrameHeader.size, deadline: deadline)
+        #expect(reply.map { $0[5] } != FrameType.authOK.rawValue, "a handshake of 12 s was accepted")
+    }
+
+    /// Connections that never send a byte (no secret needed) once took every place for 10 s
+    /// each, again and again: every client was told the worker was full. A connection still in
+    /// its handshake now gives its place up to a new one; authenticated ones keep theirs.
+    @Test func connectionsThatNeverAuthenticateCannotKeepClientsOut() throws {
+        var config = fileStoreWorkerConfig("squat")
+        config.maxConnections = 4
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: worker.port)
+        let silent = try (0..<4).map { _ in try TCPSocket.connect(endpoint, timeoutMillis: 2000) }
+        defer { silent.forEach { $0.close() } }
+        // Both clients are served, each in the place of a silent connection.
+        let first = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        let second = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        defer { first.close(); second.close() }
+        #expect { _ = try first.stat(ObjectRef(store: "default", bucket: "b", key: "none")) } throws: {
+            ($0 as? ShoalError)?.code == .notFound
+        }
+        #expect(worker.metrics.value("shoal_connections_displaced_total") == 2)
+        #expect(worker.metrics.value("shoal_connections_refused_total") == 0)
+        // The oldest silent connection was the one closed.
+        #expect(throws: (any Error).self) { _ = try silent[0].receive(count: 1, deadline: monotonicNanos() + 10_000_000_000) }
+        // Two authenticated and two silent: a third client takes a silent one's place, a fourth
+        // too, and a fifth finds every place authenticated.
+        let third = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        let fourth = try WorkerConnection(endpoint: endpoint, secret: config.secret)
+        defer { third.close(); fourth.close() }
+        #expect { _ = try WorkerConnection(endpoint: endpoint, secret: config.secret) } throws: {
+            ($0 as? ShoalError)?.message.contains("worker is full: 4 connections (maxConnections)") ?? false
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 import ShoalClient
 import ShoalCore
@@ -215,6 +216,53 @@ func fileStore() -> StoreConfig {
         }
     }
 
+    /// A TLS worker told plain clients apart by peeking at 4 bytes, polling every millisecond
+    /// until they came: connections that sent one byte and waited (no secret, no certificate
+    /// needed) kept its cores busy. One byte decides now, and such a client is told at once.
+    @Test func aTLSWorkerDecidesOnAPlainClientsFirstByte() throws {
+        let certs = try TestCertificates()
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("tls-peek"), store: fileStore())
+        config.tls = TLSFiles(certFile: certs.certFile, keyFile: certs.keyFile)
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let socket = try TCPSocket.connect(Endpoint(host: "127.0.0.1", port: worker.port), timeoutMillis: 2000)
+        defer { socket.close() }
+        try socket.send(Array(FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes.prefix(1)))
+        let deadline = monotonicNanos() + 30_000_000_000
+        let head = try socket.receive(count: FrameHeader.size, deadline: deadline)
+        let header = try head.withUnsafeBytes { try FrameHeader.decode($0.baseAddress!, maxPayload: 4096).get() }
+        let message = String(decoding: try socket.receive(count: Int(header.payloadLength), deadline: deadline), as: UTF8.self)
+        #expect(header.type == FrameType.error.rawValue && message.contains("this worker requires TLS"))
+    }
+
+    /// Protocol errors were logged a few lines per 10 s, but a TLS worker logged a line for every
+    /// plain client and every failed TLS handshake: anyone who could connect chose how fast the
+    /// log grew. They share the same limit now.
+    @Test func aTLSWorkersRefusalsAreLoggedAtALimitedRate() throws {
+        let certs = try TestCertificates()
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("tls-log"), store: fileStore())
+        config.tls = TLSFiles(certFile: certs.certFile, keyFile: certs.keyFile)
+        let lines = CapturedLog()
+        var logger = Logger(label: "shoal.worker", factory: { _ in CapturingLogHandler(lines) })
+        logger.logLevel = .info
+        let worker = try Worker(config: config, logger: logger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: worker.port)
+        let tlsRecordStart: [UInt8] = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]  // a record that is no ClientHello
+        for i in 0..<40 {
+            let socket = try TCPSocket.connect(endpoint, timeoutMillis: 2000)
+            try socket.send(i % 2 == 0 ? FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes : tlsRecordStart)
+            _ = try? socket.receive(count: 1, deadline: monotonicNanos() + 10_000_000_000)  // until the worker closes it
+            socket.close()
+        }
+        let closing = lines.messages.filter { $0.hasPrefix("closing a connection") }
+        // 5 lines per 10 s (a slow machine may straddle two intervals: 5, then 5 and one more).
+        #expect(closing.count <= 11, "\(closing.count) lines for 40 refused connections")
+        #expect(!closing.isEmpty)
+    }
+
     @Test func framesWithoutTagsNeedTheWorkersBenchmarkSwitch() throws {
         let h = try Harness("untagged")
         let data = SampleData.bytes(seed: 23, count: 2 << 20)
@@ -259,5 +307,30 @@ func fileStore() -> StoreConfig {
         #expect { try worker.start() } throws: { error in
             (error as? ShoalError)?.message.contains("random source") ?? false
         }
+    }
+}
+
+/// Log lines a worker wrote, for tests that count them.
+final class CapturedLog: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var lines: [String] = []
+    var messages: [String] { lock.withLock { lines } }
+    func append(_ line: String) { lock.withLock { lines.append(line) } }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let log: CapturedLog
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+
+    init(_ log: CapturedLog) { self.log = log }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        log.append(event.message.description)
     }
 }

@@ -88,6 +88,21 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
         #expect { try get(store, "bkt", "k", offset: 0, length: 2, ifMatch: "") } throws: { ($0 as? ShoalError)?.code == .badRequest }
     }
 
+    /// A version comes from a client; with a line break in it, it once added headers (or a
+    /// second request) to the signed GET the worker sent its store.
+    @Test func aVersionCannotAddHeadersToTheRequest() throws {
+        let server = try CannedHTTPServer()
+        let store = S3Store(name: "plain", credentials: S3Credentials(endpoint: server.url, accessKey: "a", secretKey: "b"))
+        server.respond("206 Partial Content", headers: ["ETag: \"e\"", "Content-Range: bytes 0-1/5"], body: [1, 2])
+        for version in ["\"e\"\r\nX-Injected: 1", "shoal-lm:Sun, 22 Nov 2026 03:09:00 GMT\r\nX-Injected: 1"] {
+            #expect { try get(store, "bkt", "k", offset: 0, length: 2, ifMatch: version) } throws: {
+                let e = $0 as? ShoalError
+                return e?.code == .badRequest && e!.message.contains("control characters")
+            }
+        }
+        #expect(!server.requests.contains { $0.contains("X-Injected") })
+    }
+
     /// 400 and 405 are the store refusing the request, not an internal error of Shoal's.
     @Test func refusedRequestsAreBadRequests() throws {
         let server = try CannedHTTPServer()
