@@ -197,11 +197,20 @@ public struct WorkerConfig: Sendable {
         return config
     }
 
+    /// The shortest secret a worker accepts.
+    public static let minimumSecretBytes = 16
+
     /// Checks the whole config; the error names the key.
     public func validate() throws(ShoalError) {
         try validateBlockSize()
         guard !secret.isEmpty else {
             throw ShoalError(.badRequest, "key 'secret': a shared secret is required (set 'secret' or 'secretFile'); clients prove they hold it")
+        }
+        // Anyone who sends a HELLO gets a proof made with the secret, so a short one can be
+        // guessed offline; 16 bytes of randomness (32 hex digits make 16) cannot.
+        guard secret.count >= WorkerConfig.minimumSecretBytes else {
+            throw ShoalError(.badRequest, "key 'secret'/'secretFile': the secret is \(secret.count) bytes; use at least \(WorkerConfig.minimumSecretBytes) random ones "
+                             + "(e.g. head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'), since anyone who reaches the port can test guesses offline")
         }
         guard adminLimits.requestTimeoutSeconds > 0, adminLimits.idleTimeoutSeconds > 0 else {
             throw ShoalError(.badRequest, "key 'adminRequestTimeout'/'adminIdleTimeout': must be more than 0 (e.g. 10s, 5s)")
@@ -283,6 +292,14 @@ public struct WorkerConfig: Sendable {
     public static func embeddedDefault(base: String = ".shoal") throws(ShoalError) -> WorkerConfig {
         var cfg = WorkerConfig()
         let secretPath = base + "/secret"
+        // Whoever owns or can write the base folder controls the secret, the cache and the store
+        // folder: another user who made ./.shoal first must not get them.
+        if let info = FileSystem.info(base) {
+            guard info.owner == FileSystem.effectiveUserID, info.permissions & 0o022 == 0 else {
+                throw ShoalError(.badRequest, "\(base) belongs to user \(info.owner) or can be written by others (mode \(String(info.permissions, radix: 8))); "
+                                 + "the embedded default keeps the secret and the cache there: remove it, or run from a folder of your own")
+            }
+        }
         do {
             try FileSystem.createDirectories(base, permissions: 0o700)
             try FileSystem.createDirectories(base + "/cache", permissions: 0o700)

@@ -13,7 +13,7 @@ import ShoalTestSupport
         let c = try WorkerConfig.parse(yaml: """
             listen: 0.0.0.0:7000
             admin: 127.0.0.1:7001
-            secret: abc
+            secret: abcdefghijklmnop-secret
             blockSize: 8MiB
             buffers: 32
             metadataTTL: 5s
@@ -64,7 +64,9 @@ import ShoalTestSupport
         expectError("tls: {certFile: w.pem}", mentions: "'tls.keyFile' is required")
         expectError("tls: {certFile: w.pem, keyFile: w.key, caFile: ca.pem}", mentions: "unknown key 'tls.caFile'")
         expectError("[1, 2]", mentions: "mapping")
-        expectError("secret: x\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b, stallTimeout: 9s}]",
+        expectError("secret: x\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b}]",
+                    mentions: "at least 16 random")
+        expectError("secret: 0123456789abcdef0123\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b, stallTimeout: 9s}]",
                     mentions: "shorter than a client's request timeout")
         expectError("a: [", mentions: "YAML")
     }
@@ -95,6 +97,14 @@ import ShoalTestSupport
         #expect(performing: { try WorkerConfig.embeddedDefault(base: base) }, throws: names)
         #expect(performing: { try WorkerConfig.parse(yaml: "secretFile: \(base)/secret") }, throws: names)
         try FileSystem.setPermissions(base + "/secret", 0o600)
+
+        // A base folder others can write: whoever can, could have planted the secret or the cache.
+        try FileSystem.setPermissions(base, 0o777)
+        #expect(performing: { try WorkerConfig.embeddedDefault(base: base) }, throws: {
+            ($0 as? ShoalError)?.message.contains("can be written by others") ?? false
+        })
+        try FileSystem.setPermissions(base, 0o700)
+        _ = try WorkerConfig.embeddedDefault(base: base)
         #expect(try WorkerConfig.parse(yaml: "secretFile: \(base)/secret").secret.count == 64)
     }
 

@@ -74,7 +74,7 @@ final class WorkerProcess {
     @Test func killDashNineDuringFillsNeverServesAWrongByte() throws {
         let fx = try ObjectStoreFixture.get()
         let bucket = try fx.makeBucket("crash")
-        let secret = "crash-secret"
+        let secret = "crash-secret-0123456789"
         let worker = try WorkerProcess(directory: makeTemporaryDirectory("crash"), fx: fx, secret: secret)
         let a = SampleData.bytes(seed: 51, count: 24 << 20)
         let b = SampleData.bytes(seed: 52, count: 96 << 20)

@@ -180,7 +180,7 @@ func fileStore() -> StoreConfig {
         let certs = try TestCertificates()
         let fx = try ObjectStoreFixture.get()
         let bucket = try fx.makeBucket("tls")
-        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("tls-cache"), store: fx.storeConfig(), secret: "tls-secret")
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("tls-cache"), store: fx.storeConfig(), secret: "tls-secret-0123456789")
         config.tls = TLSFiles(certFile: certs.certFile, keyFile: certs.keyFile)
         let worker = try Worker(config: config, logger: testLogger)
         try worker.start()
@@ -190,7 +190,7 @@ func fileStore() -> StoreConfig {
         try fx.store().put(bucket: bucket, key: "o", bytes: data)
         let ref = ObjectRef(store: "default", bucket: bucket, key: "o")
 
-        var tlsConfig = ClientConfig(workers: [endpoint], secret: Array("tls-secret".utf8))
+        var tlsConfig = ClientConfig(workers: [endpoint], secret: Array("tls-secret-0123456789".utf8))
         tlsConfig.tlsCAFile = certs.caFile
         let client = try ShoalClient(config: tlsConfig)
         let file = try client.open(ref)
@@ -198,7 +198,7 @@ func fileStore() -> StoreConfig {
         #expect(try client.read(file, offset: 0, length: data.count) == data, "warm, from the cache")
         #expect(try client.read(file, offset: 1 << 20, length: 100) == Array(data[(1 << 20)..<((1 << 20) + 100)]))
 
-        let plain = try ShoalClient(config: ClientConfig(workers: [endpoint], secret: Array("tls-secret".utf8)))
+        let plain = try ShoalClient(config: ClientConfig(workers: [endpoint], secret: Array("tls-secret-0123456789".utf8)))
         #expect { _ = try plain.open(ref) } throws: { error in
             (error as? ShoalError)?.message.contains("this worker requires TLS") ?? false
         }

@@ -135,7 +135,7 @@ public func freePortBelowEphemeralRange() throws -> UInt16 {
 }
 
 /// A worker config for tests: data plane on a free port, small buffers and regions.
-public func testWorkerConfig(cacheDirectory: String, store: StoreConfig, secret: String = "test-secret",
+public func testWorkerConfig(cacheDirectory: String, store: StoreConfig, secret: String = "test-secret-0123456789",
                              capacity: UInt64 = 256 << 20, blockSize: UInt64 = 1 << 20) -> WorkerConfig {
     var c = WorkerConfig()
     c.listen = Endpoint(host: "127.0.0.1", port: 0)
