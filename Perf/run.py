@@ -269,7 +269,7 @@ secretFile: {self.env['SHOAL_SECRET_FILE']}
 buffers: 32
 caches:
   - path: {cache}
-    capacity: {max(2 * parse_size(self.args.size), 1 << 30)}
+    capacity: {max(2 * parse_size(self.args.size), 1 << 30) + 3 * (256 << 20)}
 stores:
   - name: default
     type: s3
@@ -364,6 +364,8 @@ def measure(run, args):
         run.start_worker(cache)
         bw, client_cpu, worker_cpu = run.shoal_read()
         s.add("cold", bw)
+        # A warm figure means something only if the cold read left every block cached.
+        s.add("cold.blocksCached", run.worker_status()["blocks"] / (parse_size(args.size) // BLOCK))
         s.add("cold.clientCpuPerGB", client_cpu)
         s.add("cold.workerCpuPerGB", worker_cpu)
         bw, client_cpu, worker_cpu = run.shoal_read()
@@ -482,6 +484,7 @@ def report(args, f, engine, replay, limits):
              row(f"limit: direct ranged GETs from SeaweedFS ({c} in flight)", "direct_get"),
              row("shoal: cold sequential", "cold"),
              row("shoal: warm sequential", "warm"),
+             row("… share of the dataset's blocks cached by the cold read", "cold.blocksCached", lambda x: f"{x:.2f}"),
              row(f"shoal: warm random 4 MiB reads, {c} clients", "random.4194304.bytesPerSecond"),
              row(f"peer: nginx directio, random 4 MiB files, {c} connections (wrk)", "nginx_direct.bytesPerSecond"),
              row(f"peer: nginx page cache, random 4 MiB files, {c} connections (wrk)", "nginx_cache.bytesPerSecond"),
