@@ -4,18 +4,6 @@ import Glibc
 import Testing
 @testable import ShoalCore
 
-/// A small seeded generator, so a failing run can be repeated with its seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Both sides of the handshake, then requests, driven with frames that a relay or a fuzzer
 /// mutates (flipped bits, truncation, padding, other types, lengths that lie). Whatever arrives:
 /// nothing traps, a refusal always closes, a side becomes ready only on the genuine bytes of the
@@ -27,7 +15,7 @@ struct SplitMix64: RandomNumberGenerator {
     let secret = Array("fuzz-secret".utf8)
 
     /// A frame as bytes on the wire, maybe mutated; true if it was.
-    func wire(_ header: FrameHeader, _ payload: [UInt8], _ rng: inout SplitMix64, mutate: Bool) -> ([UInt8], Bool) {
+    func wire(_ header: FrameHeader, _ payload: [UInt8], _ rng: inout SplitMix, mutate: Bool) -> ([UInt8], Bool) {
         var bytes = header.bytes + payload
         guard mutate else { return (bytes, false) }
         switch Int.random(in: 0..<6, using: &rng) {
@@ -65,7 +53,7 @@ struct SplitMix64: RandomNumberGenerator {
     @Test func mutatedHandshakesAndRequestsNeverGetPastTheProofs() {
         let iterations = Int(HandshakeFuzzTests.environment("SHOAL_FUZZ_ITERATIONS") ?? 3_000)
         let seed = HandshakeFuzzTests.environment("SHOAL_FUZZ_SEED") ?? 0x5EED_5EED
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix(seed: seed)
         var readies = 0
         for iteration in 0..<iterations {
             var client = ClientHandshake(secret: secret, nonce: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) },
