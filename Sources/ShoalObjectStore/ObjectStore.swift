@@ -33,6 +33,38 @@ public enum LastModifiedVersion {
     public static func lastModified(of etag: String) -> String? {
         etag.hasPrefix(prefix) ? String(etag.dropFirst(prefix.count)) : nil
     }
+
+    /// A listing's `LastModified` (ISO 8601, `2026-11-22T03:09:00.000Z`) in the form HEAD sends
+    /// (`Sun, 22 Nov 2026 03:09:00 GMT`), so a version made from a listing is the one a HEAD of
+    /// the same object makes. nil if it does not parse.
+    public static func httpDate(iso8601 text: String) -> String? {
+        let digits = Array(text.utf8)
+        func number(_ from: Int, _ count: Int) -> Int? {
+            guard from + count <= digits.count else { return nil }
+            var n = 0
+            for c in digits[from..<(from + count)] {
+                guard c >= 48, c <= 57 else { return nil }
+                n = n * 10 + Int(c - 48)
+            }
+            return n
+        }
+        guard digits.count >= 19, digits[4] == UInt8(ascii: "-"), digits[7] == UInt8(ascii: "-"), digits[10] == UInt8(ascii: "T"),
+              digits[13] == UInt8(ascii: ":"), digits[16] == UInt8(ascii: ":"), digits.last == UInt8(ascii: "Z"),
+              let y = number(0, 4), let m = number(5, 2), let d = number(8, 2), let hh = number(11, 2), let mm = number(14, 2),
+              let ss = number(17, 2), (1...12).contains(m), (1...31).contains(d), hh < 24, mm < 60, ss < 61
+        else { return nil }
+        // Days since 1970-01-01 (a Thursday), by the civil-calendar formula.
+        let yy = m <= 2 ? y - 1 : y
+        let era = (yy >= 0 ? yy : yy - 399) / 400
+        let yoe = yy - era * 400
+        let doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1
+        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+        let weekdays = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        let weekday = weekdays[((days + 4) % 7 + 7) % 7]
+        return "\(weekday), \(two(d)) \(months[m - 1]) \(y) \(two(hh)):\(two(mm)):\(two(ss)) GMT"
+    }
 }
 
 /// A page of a listing; `continuation` is nil on the last page.

@@ -212,7 +212,12 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
             let item = String(rest[start.upperBound..<end.lowerBound])
             if let key = S3Store.xmlValue(item, "Key") {
                 let size = UInt64(S3Store.xmlValue(item, "Size") ?? "0") ?? 0
-                entries.append(ObjectEntry(key: key, version: ObjectVersion(size: size, etag: S3Store.xmlValue(item, "ETag") ?? "")))
+                var etag = S3Store.xmlValue(item, "ETag") ?? ""
+                // No ETag: the same made-up version a HEAD gives, so a listing can be used as it is.
+                if etag.isEmpty, let modified = S3Store.xmlValue(item, "LastModified").flatMap(LastModifiedVersion.httpDate(iso8601:)) {
+                    etag = LastModifiedVersion.etag(lastModified: modified)
+                }
+                entries.append(ObjectEntry(key: key, version: ObjectVersion(size: size, etag: etag)))
             }
             rest = rest[end.upperBound...]
         }

@@ -86,6 +86,24 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
             return e?.code == .preconditionFailed && e!.message.contains("neither an ETag nor a Last-Modified")
         }
         #expect { try get(store, "bkt", "k", offset: 0, length: 2, ifMatch: "") } throws: { ($0 as? ShoalError)?.code == .badRequest }
+
+        // A listing without ETags gives the version a HEAD of the same object gives.
+        server.respond("200 OK", headers: [], body: Array("""
+            <ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>k</Key><Size>5</Size>\
+            <LastModified>2026-11-22T03:09:00.000Z</LastModified></Contents></ListBucketResult>
+            """.utf8))
+        #expect(try store.list(bucket: "bkt", prefix: "", continuation: nil).entries == [ObjectEntry(key: "k", version: v)])
+    }
+
+    /// ISO 8601 listing dates in HEAD's form, weekday included.
+    @Test func listingDatesInHeadsForm() {
+        #expect(LastModifiedVersion.httpDate(iso8601: "2026-11-22T03:09:00.000Z") == "Sun, 22 Nov 2026 03:09:00 GMT")
+        #expect(LastModifiedVersion.httpDate(iso8601: "2000-02-29T23:59:59Z") == "Tue, 29 Feb 2000 23:59:59 GMT")
+        #expect(LastModifiedVersion.httpDate(iso8601: "1970-01-01T00:00:00.000Z") == "Thu, 01 Jan 1970 00:00:00 GMT")
+        #expect(LastModifiedVersion.httpDate(iso8601: "2024-01-01T07:05:03.123Z") == "Mon, 01 Jan 2024 07:05:03 GMT")
+        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22 03:09:00Z", "2026-11-22T03:09:00.000"] {
+            #expect(LastModifiedVersion.httpDate(iso8601: bad) == nil, "\(bad)")
+        }
     }
 
     /// A version comes from a client; with a line break in it, it once added headers (or a
