@@ -63,6 +63,11 @@ struct ClientOptions: ParsableArguments {
         }
         let secret: [UInt8]
         do { secret = try WorkerConfig.readSecret(path) } catch { throw fail(error.message, code: 2) }
+        // A client may share its secret file with a group (training jobs); one anybody can read
+        // hands the cluster to every user of this host.
+        if let info = FileSystem.info(path), info.permissions & 0o004 != 0 {
+            note("shoal: warning: secret file \(path) can be read by every user of this host; run chmod 600 (or 640 for a group) on it")
+        }
         guard connections >= 1 && connections <= 64 else { throw fail("--connections must be 1-64", code: 2) }
         var config = ClientConfig(workers: endpoints, secret: secret)
         config.connectionsPerWorker = connections

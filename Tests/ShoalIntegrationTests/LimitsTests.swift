@@ -155,6 +155,12 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         #expect(cat("--range", "0-1KiB").1.utf8.count == 1025, "START-END is inclusive, as HTTP")
         let past = cat("--range", "5000-")
         #expect(past.0 != 0 && past.1.contains("2000 bytes"), "\(past)")
+        #expect(!suffix.1.contains("warning"))
+
+        // A secret file every user can read still works, with a warning that says so.
+        try FileSystem.setPermissions(secretFile, 0o644)
+        let open = cat("--range", "0+10")
+        #expect(open.0 == 0 && open.1.contains("can be read by every user of this host") && open.1.hasSuffix("0123456789"), "\(open)")
     }
 }
 
