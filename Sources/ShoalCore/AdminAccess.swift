@@ -50,7 +50,7 @@ public struct AdminAccess: Sendable {
         let own = localAddress.map { hosts.union([$0.lowercased()]) } ?? hosts
         let example = "http://127.0.0.1:\(port)"
         if let host {
-            let name = AdminAccess.hostPart(Substring(host.trimmingSpaces))
+            let name = AdminAccess.hostPart(Substring(host.trimmingSpaces()))
             guard own.contains(name) else {
                 return .refuse(status: 421, message: "Host '\(host)' is not this worker's admin address (use \(example), a loopback name or this host's name); "
                                + "other names are refused so a web page cannot reach the admin port through a name it controls")
@@ -58,7 +58,7 @@ public struct AdminAccess: Sendable {
         }
         guard method != "GET" && method != "HEAD" else { return .allow }
         if let origin {
-            let trimmed = origin.trimmingSpaces
+            let trimmed = origin.trimmingSpaces()
             var ok = false
             if trimmed.hasPrefix("http://") {
                 let authority = trimmed.dropFirst("http://".count)
@@ -72,19 +72,10 @@ public struct AdminAccess: Sendable {
         }
         let bearer = "Bearer "
         guard let authorization, authorization.hasPrefix(bearer),
-              constantTimeEqual(Array(authorization.dropFirst(bearer.count).trimmingSpaces.lowercased().utf8), token) else {
+              constantTimeEqual(Array(authorization.dropFirst(bearer.count).trimmingSpaces().lowercased().utf8), token) else {
             return .refuse(status: 401, message: "\(method) \(path) needs the admin token: send 'Authorization: Bearer <hex HMAC-SHA256(cluster secret, \"\(AdminAccess.tokenLabel)\")>'; "
                            + "shoal pin/unpin send it from the secret file (--secret-file or SHOAL_SECRET_FILE)")
         }
         return .allow
-    }
-}
-
-extension StringProtocol {
-    fileprivate var trimmingSpaces: String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return String(s)
     }
 }

@@ -81,8 +81,9 @@ public func formatFixed(_ value: Double, decimals: Int) -> String {
     return negative ? "-" + text : text
 }
 
-extension String {
-    func trimmingSpaces() -> String {
+extension StringProtocol {
+    /// The text without leading and trailing spaces, tabs and line ends.
+    public func trimmingSpaces() -> String {
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\t" || f == "\n" || f == "\r" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\t" || l == "\n" || l == "\r" { s = s.dropLast() }

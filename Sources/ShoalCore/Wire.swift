@@ -33,6 +33,8 @@ public enum FrameType: UInt8, Sendable {
 public struct FrameHeader: Sendable, Equatable {
     public static let size = 16
     public static let magic: UInt32 = 0x4C4F_4853  // "SHOL" on the wire
+    /// The first byte of every frame on the wire (of the little-endian magic).
+    public static let firstByte = UInt8(truncatingIfNeeded: magic)
     /// The protocol version this build speaks (docs/PROTOCOL.md).
     public static let version: UInt8 = 2
 
@@ -208,14 +210,14 @@ public enum FrameTag {
         case workerToClient = 2
     }
 
-    /// The 12-byte GCM nonce of frame `sequence` in `direction`: direction u32 | sequence u64.
-    /// Unique per key because each key signs one direction and the sequence never repeats.
-    public static func nonce(_ direction: Direction, sequence: UInt64) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(12)
-        out.appendLE(direction.rawValue)
-        out.appendLE(sequence)
-        return out
+    public static let nonceSize = 12
+
+    /// Writes the 12-byte GCM nonce of frame `sequence` in `direction` (direction u32 | sequence
+    /// u64) to `p`. Unique per key because each key signs one direction and the sequence never
+    /// repeats.
+    public static func writeNonce(_ direction: Direction, sequence: UInt64, into p: UnsafeMutableRawPointer) {
+        p.storeBytes(of: direction.rawValue.littleEndian, toByteOffset: 0, as: UInt32.self)
+        p.storeBytes(of: sequence.littleEndian, toByteOffset: 4, as: UInt64.self)
     }
 }
 

@@ -32,8 +32,8 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     private let stallTimeoutSeconds: Int
 
     public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000,
-                connectTimeoutMillis: Int = HTTPRequest(method: "GET", url: "").connectTimeoutMillis,
-                stallTimeoutSeconds: Int = HTTPRequest(method: "GET", url: "").stallTimeoutSeconds) {
+                connectTimeoutMillis: Int = HTTPRequest.defaultConnectTimeoutMillis,
+                stallTimeoutSeconds: Int = HTTPRequest.defaultStallTimeoutSeconds) {
         self.connectTimeoutMillis = max(1, connectTimeoutMillis)
         self.stallTimeoutSeconds = max(1, stallTimeoutSeconds)
         self.listPageSize = max(1, min(listPageSize, 1000))
@@ -195,7 +195,7 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     /// The total of `bytes START-END/TOTAL`; nil if absent or `*`.
     static func contentRangeTotal(_ header: String) -> UInt64? {
         guard let slash = header.lastIndex(of: "/") else { return nil }
-        return UInt64(header[header.index(after: slash)...].trimmingSpaces)
+        return UInt64(header[header.index(after: slash)...].trimmingSpaces())
     }
 
     public func list(bucket: String, prefix: String, continuation: String?) throws(ShoalError) -> ObjectListing {
@@ -264,15 +264,6 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return String(xml[open.upperBound..<close.lowerBound])
             .replacingAll("&quot;", with: "\"").replacingAll("&apos;", with: "'")
             .replacingAll("&lt;", with: "<").replacingAll("&gt;", with: ">").replacingAll("&amp;", with: "&")
-    }
-}
-
-extension Substring {
-    var trimmingSpaces: Substring {
-        var s = self
-        while s.first == " " { s = s.dropFirst() }
-        while s.last == " " || s.last == "\r" { s = s.dropLast() }
-        return s
     }
 }
 

@@ -60,10 +60,12 @@ public struct HTTPRequest: Sendable {
     public var body: [UInt8]?
     /// Both limits are well under a Shoal client's request timeout (10 s), so a worker stuck on
     /// its store answers with an error naming the store before the client gives up on the worker.
-    public var connectTimeoutMillis = 2_000
+    public static let defaultConnectTimeoutMillis = 2_000
     /// A transfer slower than 1 KiB/s for this long is aborted (a stall, not a total: big bodies
     /// may take as long as they keep moving).
-    public var stallTimeoutSeconds = 5
+    public static let defaultStallTimeoutSeconds = 5
+    public var connectTimeoutMillis = HTTPRequest.defaultConnectTimeoutMillis
+    public var stallTimeoutSeconds = HTTPRequest.defaultStallTimeoutSeconds
 
     public init(method: String, url: String) {
         self.method = method

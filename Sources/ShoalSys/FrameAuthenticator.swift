@@ -72,8 +72,11 @@ public final class FrameAuthenticator: @unchecked Sendable {
     /// The tag of one frame over `pieces` (its header and payload without the tag).
     private static func tag(_ ctx: OpaquePointer, _ direction: FrameTag.Direction, _ sequence: UInt64,
                             _ pieces: [UnsafeRawBufferPointer], into tag: UnsafeMutableRawPointer) -> Bool {
-        let nonce = FrameTag.nonce(direction, sequence: sequence)
-        guard EVP_EncryptInit_ex(ctx, nil, nil, nil, nonce) == 1 else { return false }
+        let started = withUnsafeTemporaryAllocation(byteCount: FrameTag.nonceSize, alignment: 8) { nonce in
+            FrameTag.writeNonce(direction, sequence: sequence, into: nonce.baseAddress!)
+            return EVP_EncryptInit_ex(ctx, nil, nil, nil, nonce.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
+        }
+        guard started else { return false }
         var outLength: Int32 = 0
         for piece in pieces where piece.count > 0 {
             // Additional data may be given in several calls; it is hashed, never copied.
@@ -113,18 +116,26 @@ public final class FrameAuthenticator: @unchecked Sendable {
     public func open(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeRawBufferPointer) -> Bool {
         defer { receiveSequence += 1 }
         guard tag.count == FrameTag.size else { return false }
-        var expected = [UInt8](repeating: 0, count: FrameTag.size)
-        let ok = expected.withUnsafeMutableBytes { FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, pieces, into: $0.baseAddress!) }
-        guard ok else { return false }
-        return expected.withUnsafeBytes { CRYPTO_memcmp($0.baseAddress!, tag.baseAddress!, FrameTag.size) == 0 }
+        return withUnsafeTemporaryAllocation(byteCount: FrameTag.size, alignment: 8) { expected in
+            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, pieces, into: expected.baseAddress!)
+                && CRYPTO_memcmp(expected.baseAddress!, tag.baseAddress!, FrameTag.size) == 0
+        }
+    }
+
+    /// Checks a frame received as its header and its payload, the tag in the payload's last
+    /// bytes (without joining them into one array).
+    public func open(header: [UInt8], payload: [UInt8]) -> Bool {
+        guard header.count >= FrameHeader.size, payload.count >= FrameTag.size else { receiveSequence += 1; return false }
+        return header.withUnsafeBytes { h in
+            payload.withUnsafeBytes { p in
+                open([UnsafeRawBufferPointer(rebasing: h.prefix(FrameHeader.size)), UnsafeRawBufferPointer(rebasing: p.dropLast(FrameTag.size))],
+                     tag: UnsafeRawBufferPointer(rebasing: p.suffix(FrameTag.size)))
+            }
+        }
     }
 
     /// Checks a frame held in one array: header and payload, the tag in its last bytes.
     public func open(frame bytes: [UInt8]) -> Bool {
-        guard bytes.count >= FrameHeader.size + FrameTag.size else { receiveSequence += 1; return false }
-        return bytes.withUnsafeBytes { b in
-            open([UnsafeRawBufferPointer(rebasing: b[..<(b.count - FrameTag.size)])],
-                 tag: UnsafeRawBufferPointer(rebasing: b[(b.count - FrameTag.size)...]))
-        }
+        open(header: Array(bytes.prefix(FrameHeader.size)), payload: Array(bytes.dropFirst(FrameHeader.size)))
     }
 }

@@ -329,26 +329,18 @@ public final class TCPSocket: @unchecked Sendable {
         }
     }
 
-    /// Waits until `count` bytes have arrived and copies them without consuming them (the
-    /// worker looks at a connection's first bytes to tell a plain Shoal client from a TLS one).
-    public func peek(count: Int, deadline: UInt64?) throws(SysError) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
+    /// Waits for the first byte to arrive and returns it without consuming it (the worker looks
+    /// at a connection's first byte to tell a plain Shoal client from a TLS one).
+    public func peekByte(deadline: UInt64?) throws(SysError) -> UInt8 {
+        var byte: UInt8 = 0
         while true {
-            let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, count, Int32(MSG_PEEK | MSG_DONTWAIT)) }
-            if n >= count { return out }
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n == 1 { return byte }
             if n == 0 { throw SysError("connection closed by peer", errno: ECONNRESET) }
-            if n < 0 {
-                let e = currentErrno()
-                if e == EINTR { continue }
-                if e != EAGAIN { throw SysError("recv", errno: e) }
-            }
-            // Fewer bytes than asked for are there: wait for more (at most a millisecond per pass).
-            if n > 0 {
-                if let deadline, monotonicNanos() >= deadline { throw SysError("socket wait", errno: ETIMEDOUT) }
-                usleep(1000)
-            } else {
-                try waitFor(POLLIN, deadline: deadline)
-            }
+            let e = currentErrno()
+            if e == EINTR { continue }
+            if e != EAGAIN { throw SysError("recv", errno: e) }
+            try waitFor(POLLIN, deadline: deadline)
         }
     }
 

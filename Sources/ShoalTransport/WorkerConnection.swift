@@ -113,8 +113,16 @@ public final class WorkerConnection: @unchecked Sendable {
         let raw = try io(endpoint) { try socket.receive(count: FrameHeader.size, deadline: deadline) }
         let header = try decodeHeader(raw, endpoint, maxPayload: maxPayload)
         let payload = try io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
+        return try opened(header, raw: raw, payload: payload, socket, endpoint, authenticator: authenticator,
+                          allowUntaggedRefusal: allowUntaggedRefusal)
+    }
+
+    /// A small frame received whole, its tag (with `authenticator`) checked and removed. A frame
+    /// that fails its tag closes the connection and is thrown as `tampered`.
+    static func opened(_ header: FrameHeader, raw: [UInt8], payload: [UInt8], _ socket: TCPSocket, _ endpoint: Endpoint,
+                       authenticator: FrameAuthenticator?, allowUntaggedRefusal: Bool = false) throws(ShoalError) -> (FrameHeader, [UInt8]) {
         guard let authenticator else { return (header, payload) }
-        guard authenticator.open(frame: raw + payload) else {
+        guard authenticator.open(header: raw, payload: payload) else {
             if allowUntaggedRefusal && header.type == FrameType.error.rawValue && header.status != 0 { return (header, payload) }
             socket.close()
             throw tampered(endpoint)
@@ -143,13 +151,13 @@ public final class WorkerConnection: @unchecked Sendable {
 
     /// Runs `body`, marking the connection broken when it throws a tag failure; an ERROR frame
     /// (the worker closing the connection) is thrown as the worker's message.
-    private func received(_ body: @autoclosure () throws(ShoalError) -> (FrameHeader, [UInt8])) throws(ShoalError) -> (FrameHeader, [UInt8]) {
+    private func received(_ wanted: String, _ body: @autoclosure () throws(ShoalError) -> (FrameHeader, [UInt8])) throws(ShoalError) -> (FrameHeader, [UInt8]) {
         do throws(ShoalError) {
             let (h, payload) = try body()
             if h.type == FrameType.error.rawValue {
                 isBroken = true
                 socket.close()
-                throw WorkerConnection.unexpected(h, payload, endpoint, "a reply")
+                throw WorkerConnection.unexpected(h, payload, endpoint, wanted)
             }
             return (h, payload)
         } catch {
@@ -169,7 +177,7 @@ public final class WorkerConnection: @unchecked Sendable {
         let payload = StatRequest(object: object, revalidate: revalidate).encoded
         let id = takeID()
         try sendFrame(type: .stat, id: id, payload, deadline: deadline)
-        let (h, body) = try received(WorkerConnection.receiveFrame(socket, endpoint, authenticator: authenticator, maxPayload: 64 * 1024,
+        let (h, body) = try received("a reply", WorkerConnection.receiveFrame(socket, endpoint, authenticator: authenticator, maxPayload: 64 * 1024,
                                                                    deadline: deadline))
         guard h.requestID == id else { throw ShoalError(.badRequest, "worker \(endpoint) answered request \(h.requestID), expected \(id)") }
         guard h.type == FrameType.statReply.rawValue, h.status == 0, let reply = StatReply(decoding: body) else {
@@ -203,22 +211,9 @@ public final class WorkerConnection: @unchecked Sendable {
         guard header.payloadLength <= UInt32(WireLimits.maxMessage) * 4 + UInt32(tagSize) else {
             throw ShoalError(.connectionFailed, "worker \(endpoint) sent a \(header.payloadLength)-byte frame of type \(header.type) where a READ reply was expected")
         }
-        var payload = try WorkerConnection.io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
-        var h = header
-        if let authenticator {
-            guard authenticator.open(frame: Array(raw.prefix(FrameHeader.size)) + payload) else {
-                isBroken = true
-                socket.close()
-                throw WorkerConnection.tampered(endpoint)
-            }
-            payload.removeLast(FrameTag.size)
-            h.payloadLength -= UInt32(FrameTag.size)
-        }
-        if h.type == FrameType.error.rawValue {
-            isBroken = true
-            socket.close()
-            throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
-        }
+        let bytes = try WorkerConnection.io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
+        let (h, payload) = try received("READ_REPLY", WorkerConnection.opened(header, raw: raw, payload: bytes, socket, endpoint,
+                                                                              authenticator: authenticator))
         guard h.requestID == id else {
             throw ShoalError(.badRequest, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
         }

@@ -105,12 +105,6 @@ final class BlockService: @unchecked Sendable {
     func read(_ request: ReadRequest) throws(ShoalError) -> ServedBlock {
         try request.validate()
         let s = try store(request.block.object.store)
-        // The worker's own knowledge of a version beats the client's: a size that disagrees with
-        // it is refused before anything is read.
-        if let known = metadata.lastKnown(request.block.object), known.etag == request.block.etag,
-           known.size != request.block.objectSize {
-            throw ShoalError(.badRequest, "READ names \(request.block.object) at version \(known.etag) as \(request.block.objectSize) bytes, but it has \(known.size): STAT it again")
-        }
         guard UInt64(request.block.blockSize) + UInt64(BlockCache.dataOffset) <= UInt64(pool.bufferSize) else {
             throw ShoalError(.badRequest, "block size \(request.block.blockSize) is larger than this worker's buffers (\(pool.bufferSize - BlockCache.dataOffset))")
         }
@@ -219,6 +213,12 @@ final class BlockService: @unchecked Sendable {
     /// decides the object's size: a block is filled only if it agrees with the key's.
     private func fetch(_ request: ReadRequest, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32) {
         let key = request.block
+        // The worker's own knowledge of a version beats the client's: a size that disagrees with
+        // it is refused before the store is asked. (A hit needs no such check: the size is part
+        // of the key, and was the store's when the block was filled.)
+        if let known = metadata.lastKnown(key.object), known.etag == key.etag, known.size != key.objectSize {
+            throw ShoalError(.badRequest, "READ names \(key.object) at version \(known.etag) as \(key.objectSize) bytes, but it has \(known.size): STAT it again")
+        }
         let length = key.expectedLength
         metrics.fills.increment()
         metrics.fillsInFlight.increment()

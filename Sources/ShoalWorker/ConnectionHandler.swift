@@ -34,8 +34,7 @@ struct ConnectionHandler {
             // first byte decides ('S' of the magic; a TLS record starts with 0x16): peeking for more
             // polled every millisecond while a client held the rest back, and a few hundred
             // connections that sent one byte each kept the worker's cores busy.
-            if let first = try? socket.peek(count: 1, deadline: handshakeDeadline),
-               first[0] == FrameHeader(type: .hello, requestID: 0, payloadLength: 0).bytes[0] {
+            if let first = try? socket.peekByte(deadline: handshakeDeadline), first == FrameHeader.firstByte {
                 let message = Array("this worker requires TLS: give the client the cluster's CA file (tlsCAFile, --tls-ca or SHOAL_TLS_CA_FILE)".utf8)
                 let h = FrameHeader(type: .error, status: .unauthenticated, requestID: 0, payloadLength: UInt32(message.count))
                 service.metrics.error(.unauthenticated)
@@ -72,7 +71,7 @@ struct ConnectionHandler {
                 let payloadDeadline = ready ? monotonicNanos() + frameTimeoutNanos : handshakeDeadline
                 guard var payload = try? socket.receive(count: Int(header.payloadLength), deadline: payloadDeadline) else { return }
                 if let auth = connection.authenticator {
-                    guard auth.open(frame: headerBytes + payload) else {
+                    guard auth.open(header: headerBytes, payload: payload) else {
                         action = state.receivedForgedFrame(header)
                         break
                     }
@@ -116,11 +115,7 @@ struct ConnectionHandler {
     /// interval, the next one saying how many were left out. Such clients choose how often this
     /// happens, plain clients and failed TLS handshakes included.
     private func logClosing(_ message: Logger.Message, _ metadata: Logger.Metadata = [:]) {
-        let (log, suppressed) = protocolErrorLog.admit()
-        guard log else { return }
-        var metadata = metadata
-        if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
-        logger.info(message, metadata: metadata)
+        protocolErrorLog.log(logger, .info, message, metadata)
     }
 
     /// Serves one request; false if the connection broke while answering.

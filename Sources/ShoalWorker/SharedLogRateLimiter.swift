@@ -1,3 +1,4 @@
+import Logging
 import ShoalCore
 import ShoalSys
 
@@ -8,9 +9,13 @@ final class SharedLogRateLimiter: @unchecked Sendable {
 
     init(limit: Int, intervalNanos: UInt64) { limiter = LogRateLimiter(limit: limit, intervalNanos: intervalNanos) }
 
-    /// Whether to write the line now, and how many lines were suppressed before it.
-    func admit() -> (log: Bool, suppressedBefore: Int) {
+    /// Writes the line if the limit lets it through, saying how many were left out before it.
+    func log(_ logger: Logger, _ level: Logger.Level, _ message: Logger.Message, _ metadata: Logger.Metadata = [:]) {
         let now = monotonicNanos()
-        return lock.withLock { limiter.admit(now: now) }
+        let (write, suppressed) = lock.withLock { limiter.admit(now: now) }
+        guard write else { return }
+        var metadata = metadata
+        if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
+        logger.log(level: level, message, metadata: metadata)
     }
 }

@@ -71,12 +71,7 @@ public final class Worker: @unchecked Sendable {
         let farewell = FrameHeader(type: .error, status: .shuttingDown, requestID: 0, payloadLength: UInt32(message.count)).bytes + message
         let refusal: @Sendable () -> [UInt8] = {
             metrics.connectionsRefused.increment()
-            let (log, suppressed) = refusedLog.admit()
-            if log {
-                var metadata: Logger.Metadata = ["maxConnections": "\(max)"]
-                if suppressed > 0 { metadata["suppressed"] = "\(suppressed) more since the last such line" }
-                logger.warning("refused a connection: the worker is full", metadata: metadata)
-            }
+            refusedLog.log(logger, .warning, "refused a connection: the worker is full", ["maxConnections": "\(max)"])
             return farewell
         }
         do {

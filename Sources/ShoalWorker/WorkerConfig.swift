@@ -275,11 +275,12 @@ public struct WorkerConfig: Sendable {
     public static func readPrivateSecret(_ path: String) throws(ShoalError) -> [UInt8] {
         // Its owner can read it and replace it, whatever its mode: a worker run as root from a
         // shared folder would otherwise take a secret another user planted there (./.shoal/secret).
-        if let info = FileSystem.info(path), info.owner != FileSystem.effectiveUserID {
+        let info = FileSystem.info(path)
+        if let info, info.owner != FileSystem.effectiveUserID {
             throw ShoalError(.badRequest, "secret file \(path) is owned by user \(info.owner), not by the user running the worker (\(FileSystem.effectiveUserID)): "
                              + "its owner knows the cluster secret; create it as the worker's user (or chown it) and keep it chmod 600")
         }
-        if let info = FileSystem.info(path), info.permissions & 0o044 != 0 {
+        if let info, info.permissions & 0o044 != 0 {
             throw ShoalError(.badRequest, "secret file \(path) can be read by group or others (mode \(String(info.permissions, radix: 8))); "
                              + "the cluster secret must be private: run chmod 600 \(path)")
         }
