@@ -197,6 +197,9 @@ final class BlockService: @unchecked Sendable {
                     throw error
                 }
             case .copied(let length, let crc):
+                // Served from the worker's memory, as a reader that waited for the fill and then
+                // read the cache was: a hit (after its miss), not a store GET.
+                metrics.hits.increment()
                 return (length, crc, nil)
             case .followed(let error):
                 if let error { throw error }

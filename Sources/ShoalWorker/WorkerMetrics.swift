@@ -8,7 +8,8 @@ import ShoalSys
 /// its own Prometheus registry, so several workers in one process (tests) do not mix counts.
 public final class WorkerMetrics: @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
-    /// Block reads served from the cache.
+    /// Block reads served without a store GET of their own: from the cache, or from the bytes of
+    /// another reader's fill they waited on.
     let hits: Metrics.Counter
     /// Block reads that did not find their block in the cache: each reader counts, also one
     /// that then waits on another reader's fill (so this is not the number of store GETs).
