@@ -1,3 +1,4 @@
+import ShoalCore
 import ShoalSys
 
 /// Accepts TCP connections and runs each on its own OS thread with `handler`. `stop()` closes the
@@ -16,20 +17,11 @@ public final class TCPServer: @unchecked Sendable {
     private let handler: @Sendable (TCPSocket, _ established: @Sendable () -> Void) -> Void
     private let refusal: @Sendable () -> [UInt8]
     private let displaced: @Sendable () -> Void
-    private let maxConnections: Int
     private let lock = ConditionLock()
-    private struct Entry {
-        let socket: TCPSocket
-        /// Accept order: the oldest connection still in its handshake is displaced first.
-        let order: UInt64
-        var established = false
-        /// Shut down to make room; its thread is on its way out and it holds no place.
-        var displaced = false
-    }
-    private var live: [ObjectIdentifier: Entry] = [:]
-    /// Live connections that hold a place (not displaced).
-    private var placesTaken = 0
-    private var accepted: UInt64 = 0
+    /// Every live connection, displaced ones included until their thread is out.
+    private var live: [ObjectIdentifier: TCPSocket] = [:]
+    /// The places, against `maxConnections`; a displaced connection holds none.
+    private var places: ConnectionPlaces<ObjectIdentifier>
     /// Refused connections waiting for their farewell; beyond `maxRefusing`, closed at once.
     private var refusing: [(TCPSocket, [UInt8])] = []
     private let maxRefusing = 64
@@ -48,7 +40,7 @@ public final class TCPServer: @unchecked Sendable {
         self.handler = handler
         self.refusal = refusal
         self.displaced = displaced
-        self.maxConnections = maxConnections
+        places = ConnectionPlaces(limit: maxConnections)
     }
 
     public func start() throws(SysError) {
@@ -75,20 +67,11 @@ public final class TCPServer: @unchecked Sendable {
             let id = ObjectIdentifier(socket)
             let admission: Admission = lock.withLock {
                 if stopping { return .stopping }
-                var victim: TCPSocket?
-                if placesTaken >= maxConnections {
-                    // Displaced connections are on their way out; a flood faster than that waits.
-                    guard live.count - placesTaken < maxRefusing,
-                          let oldest = live.filter({ !$0.value.established && !$0.value.displaced }).min(by: { $0.value.order < $1.value.order })
-                    else { return .full }
-                    live[oldest.key]?.displaced = true
-                    placesTaken -= 1
-                    victim = oldest.value.socket
-                }
-                accepted += 1
-                live[id] = Entry(socket: socket, order: accepted)
-                placesTaken += 1
-                return .admitted(displacing: victim)
+                // Displaced connections are on their way out; a flood faster than that waits.
+                if places.isFull && live.count - places.count >= maxRefusing { return .full }
+                guard case .admitted(let victim) = places.admit(id) else { return .full }
+                live[id] = socket
+                return .admitted(displacing: victim.flatMap { live[$0] })
             }
             switch admission {
             case .stopping:
@@ -104,7 +87,7 @@ public final class TCPServer: @unchecked Sendable {
                     displaced()
                 }
             }
-            let established: @Sendable () -> Void = { [self] in lock.withLock { live[id]?.established = true } }
+            let established: @Sendable () -> Void = { [self] in lock.withLock { places.trust(id) } }
             do {
                 try OSThread.spawn(name: "shoal-conn") { [self] in
                     handler(socket, established)
@@ -120,7 +103,8 @@ public final class TCPServer: @unchecked Sendable {
 
     private func remove(_ id: ObjectIdentifier) {
         lock.withLock {
-            if let entry = live.removeValue(forKey: id), !entry.displaced { placesTaken -= 1 }
+            live[id] = nil
+            places.release(id)
         }
         lock.broadcast()
     }
@@ -160,7 +144,7 @@ public final class TCPServer: @unchecked Sendable {
     public func stop(timeoutNanos: UInt64 = 10_000_000_000) {
         let sockets: [TCPSocket] = lock.withLock {
             stopping = true
-            return live.values.map(\.socket)
+            return Array(live.values)
         }
         lock.broadcast()
         listener.shutdown()

@@ -86,15 +86,9 @@ private final class AccessBox: @unchecked Sendable {
     }
 }
 
-/// Admin connections open now, against their limit, in the order they came.
+/// Admin connections open now, against their limit (`ConnectionPlaces`: a connection is trusted
+/// once its request has arrived; before that, a newer one may take its place).
 private final class ConnectionCount: @unchecked Sendable {
-    private struct Entry {
-        let channel: any Channel
-        let order: UInt64
-        /// Its request has arrived: it is being answered and will close.
-        var answering = false
-    }
-
     enum Admission {
         /// Taken; close `displacing` (the oldest connection still without its request), if any.
         case admitted(displacing: (any Channel)?)
@@ -102,29 +96,32 @@ private final class ConnectionCount: @unchecked Sendable {
     }
 
     private let lock = ConditionLock()
-    private var open: [ObjectIdentifier: Entry] = [:]
-    private var next: UInt64 = 0
-    let limit: Int
+    private var places: ConnectionPlaces<ObjectIdentifier>
+    private var channels: [ObjectIdentifier: any Channel] = [:]
 
-    init(limit: Int) { self.limit = limit }
+    init(limit: Int) { places = ConnectionPlaces(limit: limit) }
 
     func acquire(_ channel: any Channel) -> Admission {
         lock.withLock {
-            var victim: (any Channel)?
-            if open.count >= limit {
-                guard let oldest = open.filter({ !$0.value.answering }).min(by: { $0.value.order < $1.value.order }) else { return .full }
-                open[oldest.key] = nil  // its place is this one's now; its close releases nothing
-                victim = oldest.value.channel
-            }
-            next += 1
-            open[ObjectIdentifier(channel)] = Entry(channel: channel, order: next)
-            return .admitted(displacing: victim)
+            let id = ObjectIdentifier(channel)
+            guard case .admitted(let victim) = places.admit(id) else { return .full }
+            channels[id] = channel
+            // Its place is this one's now; its close releases nothing.
+            return .admitted(displacing: victim.flatMap { channels.removeValue(forKey: $0) })
         }
     }
 
-    func answering(_ channel: any Channel) { lock.withLock { open[ObjectIdentifier(channel)]?.answering = true } }
+    func answering(_ channel: any Channel) { lock.withLock { places.trust(ObjectIdentifier(channel)) } }
 
-    func release(_ channel: any Channel) { lock.withLock { _ = open.removeValue(forKey: ObjectIdentifier(channel)) } }
+    func release(_ channel: any Channel) {
+        lock.withLock {
+            let id = ObjectIdentifier(channel)
+            // A displaced channel's identifier may already name a newer one: only the holder releases.
+            guard let held = channels[id], held === channel else { return }
+            channels[id] = nil
+            places.release(id)
+        }
+    }
 }
 
 private final class AdminHandler: ChannelInboundHandler {
