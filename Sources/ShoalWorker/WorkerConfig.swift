@@ -124,7 +124,8 @@ public struct WorkerConfig: Sendable {
         func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : baseDirectory + "/" + p }
 
         if let v = try r.endpoint("listen") { config.listen = v }
-        if map["admin"] != nil { config.admin = try r.string("admin") == "off" ? nil : try r.endpoint("admin") }
+        // YAML reads an unquoted `off` as false: both turn the admin port off.
+        if let v = map["admin"] { config.admin = v as? Bool == false || (v as? String) == "off" ? nil : try r.endpoint("admin") }
         if let v = try r.int("adminMaxConnections", min: 1, max: 65536) { config.adminLimits.maxConnections = v }
         if let v = try r.duration("adminRequestTimeout") { config.adminLimits.requestTimeoutSeconds = v }
         if let v = try r.duration("adminIdleTimeout") { config.adminLimits.idleTimeoutSeconds = v }

@@ -130,6 +130,14 @@ import ShoalTestSupport
         }
     }
 
+    /// `admin: off` as the README writes it, quoted or not (YAML reads a bare `off` as false).
+    @Test func adminOffWithOrWithoutQuotes() throws {
+        for text in ["admin: off", "admin: \"off\"", "admin: false"] {
+            #expect(try WorkerConfig.parse(yaml: text).admin == nil, "\(text)")
+        }
+        #expect(try WorkerConfig.parse(yaml: "admin: 127.0.0.1:9000").admin == Endpoint(host: "127.0.0.1", port: 9000))
+    }
+
     @Test func aBlockSizeErrorNamesTheConfigFile() throws {
         let file = makeTemporaryDirectory("bs") + "/worker.yaml"
         try FileSystem.writeFile(file, Array("blockSize: 20MiB\nsecret: x\n".utf8))
