@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <sys/eventfd.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/random.h>
@@ -154,3 +155,9 @@ void shoal_ssl_ctx_enable_ktls(SSL_CTX *ctx) { SSL_CTX_set_options(ctx, SSL_OP_E
 int shoal_ssl_ktls_send(SSL *ssl) { return (int)BIO_get_ktls_send(SSL_get_wbio(ssl)); }
 int shoal_ssl_ktls_recv(SSL *ssl) { return (int)BIO_get_ktls_recv(SSL_get_rbio(ssl)); }
 int shoal_ssl_set_server_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
+
+int shoal_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
+
+int shoal_sock_cloexec(void) { return SOCK_CLOEXEC; }
+
+int shoal_msg_nosignal(void) { return MSG_NOSIGNAL; }

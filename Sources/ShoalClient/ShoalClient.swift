@@ -6,10 +6,10 @@ import ShoalTransport
 public struct ClientConfig: Sendable {
     public var workers: [Endpoint]
     public var secret: [UInt8]
-    /// Connections per worker; a large read uses them all, each with `pipelineDepth` READs in
-    /// flight. A worker serves each connection's requests in order, so this is the read concurrency.
+    /// Connections per worker; a large read uses them all, each with up to `pipelineDepth` READs
+    /// in flight (and no more than the worker allows). Replies come back in any order.
     public var connectionsPerWorker = 8
-    public var pipelineDepth = 2
+    public var pipelineDepth = 4
     public var timeoutMillis: Int32 = 10_000
     public var clientName = "shoal-client"
     /// Benchmarks only: count READ_NODATA replies from a worker running with `answerWithoutData`
@@ -166,43 +166,40 @@ public final class ShoalClient: @unchecked Sendable {
 
     /// Spreads `pieces` over up to `connectionsPerWorker` connections. Each connection keeps up
     /// to `pipelineDepth` READs in flight and gets the next piece as soon as one is answered
-    /// (whichever connection `poll` finds ready first), so one slow fill does not stall the rest.
-    /// Every reply is received straight into its place in the caller's buffer.
+    /// (whichever connection `poll` finds ready first, whichever of its READs the reply names), so
+    /// one slow fill does not stall the rest. Every reply lands straight in its place in the
+    /// caller's buffer.
     private func fetch(_ pieces: [BlockPiece], from worker: Int, file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
         let lanes = min(config.connectionsPerWorker, pieces.count)
         var connections: [WorkerConnection] = []
         defer { connections.forEach { giveBack($0, worker) } }
         for _ in 0..<lanes { connections.append(try connection(worker)) }
         var next = 0
-        var inFlight = Array(repeating: [(UInt32, BlockPiece)](), count: lanes)
         var firstError: ShoalError?
 
         func send(_ lane: Int) throws(ShoalError) {
             let p = pieces[next]
             next += 1
             let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length)
-            inFlight[lane].append((try connections[lane].sendRead(request), p))
+            _ = try connections[lane].sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
         }
         do throws(ShoalError) {
-            for _ in 0..<config.pipelineDepth {
-                for lane in 0..<lanes where next < pieces.count { try send(lane) }
+            for lane in 0..<lanes {
+                let depth = max(1, min(config.pipelineDepth, connections[lane].maxInFlight))
+                for _ in 0..<depth where next < pieces.count { try send(lane) }
             }
             var remaining = pieces.count
             while remaining > 0 {
-                let busy = (0..<lanes).filter { !inFlight[$0].isEmpty }
-                // One connection waiting: receive on it directly (its own deadline applies).
-                let ready = busy.count == 1 ? [0] : try readable(busy.map { connections[$0].socket }, worker)
+                let busy = (0..<lanes).filter { connections[$0].inFlight > 0 }
+                // One connection waiting, or replies already received: no poll needed.
+                let staged = busy.filter { connections[$0].hasBufferedReply }
+                let ready = busy.count == 1 ? [0] : !staged.isEmpty ? staged.map { busy.firstIndex(of: $0)! }
+                    : try readable(busy.map { connections[$0].socket }, worker)
                 for index in ready {
                     let lane = busy[index]
-                    let (id, p) = inFlight[lane].removeFirst()
-                    do throws(ShoalError) {
-                        try connections[lane].receiveRead(id: id, into: base + Int(p.offsetInRange), length: Int(p.length))
-                    } catch {
-                        // A status reply (or a bad checksum, read in full) leaves the connection in
-                        // step; a broken, silent or tampered-with connection does not.
-                        if error.code == .connectionFailed || error.code == .timeout || error.code == .tampered { throw error }
-                        firstError = firstError ?? error
-                    }
+                    let (_, result) = try connections[lane].receiveNext()
+                    // A status reply (or a bad checksum, read in full) leaves the connection in step.
+                    if case .failure(let error) = result { firstError = firstError ?? error }
                     remaining -= 1
                     if next < pieces.count { try send(lane) }
                 }

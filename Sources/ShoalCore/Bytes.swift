@@ -68,3 +68,33 @@ public struct ByteReader {
         return string(Int(n))
     }
 }
+
+/// Reads little-endian fields in place from bytes that arrived (a frame in a receive buffer):
+/// bounds-checked like `ByteReader`, without copying the bytes into arrays first.
+public struct RawReader {
+    private let bytes: UnsafeRawBufferPointer
+    public private(set) var position = 0
+
+    public init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    public var isAtEnd: Bool { position == bytes.count }
+    public var remaining: Int { bytes.count - position }
+
+    public mutating func integer<T: FixedWidthInteger>(_: T.Type) -> T? {
+        let n = MemoryLayout<T>.size
+        guard remaining >= n, let base = bytes.baseAddress else { return nil }
+        defer { position += n }
+        return T(littleEndian: base.loadUnaligned(fromByteOffset: position, as: T.self))
+    }
+
+    public mutating func u16() -> UInt16? { integer(UInt16.self) }
+    public mutating func u32() -> UInt32? { integer(UInt32.self) }
+    public mutating func u64() -> UInt64? { integer(UInt64.self) }
+
+    /// A UTF-8 string with a 2-byte length prefix of at most `max` bytes; nil if short or invalid.
+    public mutating func string16(max: Int) -> String? {
+        guard let n = u16(), Int(n) <= max, remaining >= Int(n) else { return nil }
+        defer { position += Int(n) }
+        return String(validating: UnsafeRawBufferPointer(rebasing: bytes[position..<position + Int(n)]), as: UTF8.self)
+    }
+}

@@ -2,9 +2,10 @@
 public enum ClientHandshakeAction: Sendable, Equatable {
     /// Send this frame, then wait for the next.
     case send(FrameHeader, [UInt8])
-    /// The worker accepted: the cluster's block size. Frames from here on carry tags under
-    /// `ClientHandshake.sessionKeys` (unless the channel is TLS).
-    case ready(blockSize: UInt32)
+    /// The worker accepted: the cluster's block size and how many requests the connection may
+    /// keep in flight. Frames from here on carry tags under `ClientHandshake.sessionKeys`
+    /// (unless the channel is TLS).
+    case ready(AuthOKMessage)
     /// Stop and close the connection with this error.
     case fail(ShoalError)
 }
@@ -71,12 +72,11 @@ public struct ClientHandshake: Sendable {
             let proof = MutualAuth.clientProof(secret: secret, hello: hello, challenge: challenge.signedPart)
             return .send(FrameHeader(type: .auth, requestID: 0, payloadLength: UInt32(proof.count)), proof)
         case .awaitingAuthOK:
-            var r = ByteReader(payload)
-            guard header.type == FrameType.authOK.rawValue, let blockSize = r.u32(), r.isAtEnd else {
+            guard header.type == FrameType.authOK.rawValue, let ok = AuthOKMessage(decoding: payload) else {
                 return fail(.badRequest, "worker \(worker) sent frame type \(header.type) where AUTH_OK was expected")
             }
             state = .ready
-            return .ready(blockSize: blockSize)
+            return .ready(ok)
         case .start, .ready, .failed:
             return fail(.badRequest, "worker \(worker) sent frame type \(header.type) outside the handshake")
         }

@@ -166,6 +166,19 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
         self.init(object: ObjectRef(store: store, bucket: bucket, key: key), etag: etag, objectSize: size, blockSize: bs, index: idx)
     }
 
+    /// Decodes a key as a client sent it, with the wire's limits on every name (docs/PROTOCOL.md);
+    /// nil if malformed or over a limit.
+    public init?(decoding raw: UnsafeRawBufferPointer) {
+        var r = RawReader(raw)
+        guard let store = r.string16(max: WireLimits.maxStoreName), !store.isEmpty,
+              let bucket = r.string16(max: WireLimits.maxBucket), !bucket.isEmpty,
+              let key = r.string16(max: WireLimits.maxKey), !key.isEmpty,
+              let etag = r.string16(max: WireLimits.maxEtag),
+              let size = r.u64(), let bs = r.u32(), let idx = r.u64(), r.isAtEnd
+        else { return nil }
+        self.init(object: ObjectRef(store: store, bucket: bucket, key: key), etag: etag, objectSize: size, blockSize: bs, index: idx)
+    }
+
     /// The block's ID: `encoded`, hashed without a heap allocation.
     public var id: BlockID {
         withUnsafeTemporaryAllocation(byteCount: encodedCount, alignment: 8) { buffer in

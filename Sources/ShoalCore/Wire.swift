@@ -6,8 +6,11 @@ public enum WireLimits {
     public static let maxEtag = 256
     public static let maxClientName = 64
     public static let maxMessage = 1024
-    /// The largest request payload a worker accepts (a READ with maximal names is ~1.6 KiB).
+    /// The largest request payload a worker accepts (a READ with maximal names is ~1.7 KiB).
     public static let maxRequestPayload: UInt32 = 8 * 1024
+    /// The most requests a worker lets one connection keep in flight (it may announce fewer in
+    /// AUTH_OK); a client that sends more is not read until replies go out.
+    public static let maxInFlight: UInt16 = 64
     /// The largest response payload a client accepts: a whole maximal block plus its CRC.
     public static let maxResponsePayload: UInt32 = UInt32(BlockLayout.maxBlockSize) + 4
 }
@@ -25,6 +28,9 @@ public enum FrameType: UInt8, Sendable {
     /// Answer to READ from a worker running with `answerWithoutData` (a benchmark switch): the
     /// CRC32C and length of the data it would have sent, without the data.
     case readNoData = 9
+    /// Reserved for batched reads of many small ranges of one object version (docs/PROTOCOL.md);
+    /// a worker of this release answers it with `bad_request` and keeps the connection.
+    case readv = 10
     case error = 15
 }
 
@@ -35,8 +41,10 @@ public struct FrameHeader: Sendable, Equatable {
     public static let magic: UInt32 = 0x4C4F_4853  // "SHOL" on the wire
     /// The first byte of every frame on the wire (of the little-endian magic).
     public static let firstByte = UInt8(truncatingIfNeeded: magic)
-    /// The protocol version this build speaks (docs/PROTOCOL.md).
-    public static let version: UInt8 = 2
+    /// The protocol version this build speaks (docs/PROTOCOL.md). Version 3: replies matched by
+    /// request id and allowed out of order; READ carries flags, a view epoch and an optional RDMA
+    /// buffer descriptor; AUTH_OK announces the connection's in-flight limit.
+    public static let version: UInt8 = 3
 
     /// The version written on the wire: ours, except in the refusal sent to a peer of another
     /// version, which is written in the peer's version so that it can read why.
@@ -276,40 +284,118 @@ public struct StatReply: Sendable, Equatable {
     }
 }
 
+/// Where a client registered memory for a READ's data (RDMA, docs/PROTOCOL.md): the worker
+/// writes the reply's bytes there instead of sending them on the TCP connection.
+public struct RDMADescriptor: Sendable, Equatable {
+    public var address: UInt64
+    public var rkey: UInt32
+    public var length: UInt32
+
+    public init(address: UInt64, rkey: UInt32, length: UInt32) {
+        self.address = address
+        self.rkey = rkey
+        self.length = length
+    }
+}
+
 /// READ: a byte range of one block of one object version. The version (etag and size) is the
 /// client's belief; the worker fills a block only after the store confirms both.
+///
+/// On the wire: flags u16 | view epoch u64 | offset u32 | length u32 | key length u16 | the
+/// block key in its canonical encoding (`BlockKey.encoded`, the bytes hashed into the block id
+/// and stored with the block) | an RDMA descriptor when flag bit 1 is set.
 public struct ReadRequest: Sendable, Equatable {
+    /// Flag bit 0: fill the block into the cache and answer without data (warm-up).
+    public static let fillOnlyFlag: UInt16 = 1
+    /// Flag bit 1: an RDMA descriptor follows the key.
+    public static let rdmaFlag: UInt16 = 2
+    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag
+
     public var block: BlockKey
     public var offset: UInt32
     public var length: UInt32
+    public var flags: UInt16
+    /// The cluster view the client routed this request by (0: none).
+    public var epoch: UInt64
+    public var rdma: RDMADescriptor?
+    /// The block's id, hashed from the key bytes once, where the request was made or decoded.
+    public let id: BlockID
 
-    public init(block: BlockKey, offset: UInt32, length: UInt32) {
+    public init(block: BlockKey, offset: UInt32, length: UInt32, flags: UInt16 = 0, epoch: UInt64 = 0, rdma: RDMADescriptor? = nil) {
         self.block = block
         self.offset = offset
         self.length = length
+        self.flags = rdma == nil ? flags & ~ReadRequest.rdmaFlag : flags | ReadRequest.rdmaFlag
+        self.epoch = epoch
+        self.rdma = rdma
+        self.id = block.id
     }
 
     public var objectSize: UInt64 { block.objectSize }
+    public var isFillOnly: Bool { flags & ReadRequest.fillOnlyFlag != 0 }
+
+    /// The encoding's length.
+    public var encodedCount: Int { 20 + block.encodedCount + (rdma == nil ? 0 : 16) }
+
+    /// Writes the payload into `out` (at least `encodedCount` bytes); returns the count.
+    @discardableResult
+    public func encode(into out: UnsafeMutableRawBufferPointer) -> Int {
+        let p = out.baseAddress!
+        p.storeBytes(of: flags.littleEndian, toByteOffset: 0, as: UInt16.self)
+        p.storeBytes(of: epoch.littleEndian, toByteOffset: 2, as: UInt64.self)
+        p.storeBytes(of: offset.littleEndian, toByteOffset: 10, as: UInt32.self)
+        p.storeBytes(of: length.littleEndian, toByteOffset: 14, as: UInt32.self)
+        let n = block.encode(into: UnsafeMutableRawBufferPointer(rebasing: out[20...]))
+        p.storeBytes(of: UInt16(n).littleEndian, toByteOffset: 18, as: UInt16.self)
+        var at = 20 + n
+        if let rdma {
+            p.storeBytes(of: rdma.address.littleEndian, toByteOffset: at, as: UInt64.self)
+            p.storeBytes(of: rdma.rkey.littleEndian, toByteOffset: at + 8, as: UInt32.self)
+            p.storeBytes(of: rdma.length.littleEndian, toByteOffset: at + 12, as: UInt32.self)
+            at += 16
+        }
+        return at
+    }
 
     public var encoded: [UInt8] {
-        var out: [UInt8] = []
-        out.appendObject(block.object)
-        out.appendString16(block.etag)
-        out.appendLE(block.objectSize)
-        out.appendLE(block.blockSize)
-        out.appendLE(block.index)
-        out.appendLE(offset)
-        out.appendLE(length)
-        return out
+        [UInt8](unsafeUninitializedCapacity: encodedCount) { buffer, count in
+            count = encode(into: UnsafeMutableRawBufferPointer(buffer))
+        }
     }
 
     public init?(decoding bytes: [UInt8]) {
-        var r = ByteReader(bytes)
-        guard let object = r.object(), let etag = r.string16(max: WireLimits.maxEtag), let size = r.u64(),
-              let bs = r.u32(), let index = r.u64(), let offset = r.u32(), let length = r.u32(), r.isAtEnd
-        else { return nil }
-        self.init(block: BlockKey(object: object, etag: etag, objectSize: size, blockSize: bs, index: index),
-                  offset: offset, length: length)
+        guard let r = bytes.withUnsafeBytes({ ReadRequest(decoding: $0) }) else { return nil }
+        self = r
+    }
+
+    /// Decodes a READ payload in place; the block id is hashed from the key bytes as they arrived.
+    public init?(decoding raw: UnsafeRawBufferPointer) {
+        guard raw.count >= 20, let p = raw.baseAddress else { return nil }
+        let flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
+        guard flags & ~ReadRequest.knownFlags == 0 else { return nil }
+        let keyCount = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 18, as: UInt16.self)))
+        let rdmaCount = flags & ReadRequest.rdmaFlag != 0 ? 16 : 0
+        guard raw.count == 20 + keyCount + rdmaCount else { return nil }
+        let keyBytes = UnsafeRawBufferPointer(rebasing: raw[20..<20 + keyCount])
+        guard let key = BlockKey(decoding: keyBytes) else { return nil }
+        self.block = key
+        self.flags = flags
+        self.epoch = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt64.self))
+        self.offset = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 10, as: UInt32.self))
+        self.length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt32.self))
+        if rdmaCount > 0 {
+            let at = 20 + keyCount
+            rdma = RDMADescriptor(address: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: at, as: UInt64.self)),
+                                  rkey: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 8, as: UInt32.self)),
+                                  length: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: at + 12, as: UInt32.self)))
+        } else {
+            rdma = nil
+        }
+        self.id = BlockID(hashing: keyBytes)
+    }
+
+    public static func == (a: ReadRequest, b: ReadRequest) -> Bool {
+        a.block == b.block && a.offset == b.offset && a.length == b.length && a.flags == b.flags && a.epoch == b.epoch && a.rdma == b.rdma
     }
 
     /// Checks the request against the block layout; the error names what is wrong.
@@ -323,6 +409,9 @@ public struct ReadRequest: Sendable, Equatable {
         guard !ObjectVersion.hasControlCharacters(block.etag) else {
             throw ShoalError(.badRequest, "READ of \(block.object) names a version with control characters; an etag is one line of printable text: STAT the object first")
         }
+        guard block.etag.utf8.count <= WireLimits.maxEtag else {
+            throw ShoalError(.badRequest, "READ of \(block.object) names an etag of \(block.etag.utf8.count) bytes; the limit is \(WireLimits.maxEtag)")
+        }
         let bs = UInt64(block.blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize, bs % 4096 == 0 else {
             throw ShoalError(.badRequest, "block size \(bs) is outside 64 KiB-16 MiB or not a multiple of 4 KiB")
@@ -331,9 +420,49 @@ public struct ReadRequest: Sendable, Equatable {
         guard blockLength > 0 else {
             throw ShoalError(.badRequest, "block \(block.index) is past the end of \(block.object) (\(objectSize) bytes)")
         }
-        guard UInt64(offset) + UInt64(length) <= UInt64(blockLength), length > 0 else {
+        guard UInt64(offset) + UInt64(length) <= UInt64(blockLength), length > 0 || isFillOnly else {
             throw ShoalError(.badRequest, "range \(offset)+\(length) is outside block \(block.index) (\(blockLength) bytes)")
         }
+    }
+}
+
+/// The start of a READ_REPLY's payload: the CRC32C of the data that follows it.
+public enum ReadReplyHead {
+    /// Header and CRC.
+    public static let size = FrameHeader.size + 4
+
+    /// Writes a READ_REPLY's header and CRC for `dataCount` bytes of data (and `tagSize` bytes of tag).
+    public static func encode(requestID: UInt32, crc: UInt32, dataCount: Int, tagSize: Int, into p: UnsafeMutableRawPointer) {
+        FrameHeader(type: .readReply, requestID: requestID, payloadLength: UInt32(4 + dataCount + tagSize)).encode(into: p)
+        p.storeBytes(of: crc.littleEndian, toByteOffset: FrameHeader.size, as: UInt32.self)
+    }
+
+    public static func crc(_ p: UnsafeRawPointer) -> UInt32 {
+        UInt32(littleEndian: p.loadUnaligned(fromByteOffset: FrameHeader.size, as: UInt32.self))
+    }
+}
+
+/// AUTH_OK: the cluster's block size and how many requests this connection may keep in flight.
+public struct AuthOKMessage: Sendable, Equatable {
+    public var blockSize: UInt32
+    public var maxInFlight: UInt16
+
+    public init(blockSize: UInt32, maxInFlight: UInt16) {
+        self.blockSize = blockSize
+        self.maxInFlight = maxInFlight
+    }
+
+    public var encoded: [UInt8] {
+        var out: [UInt8] = []
+        out.appendLE(blockSize)
+        out.appendLE(maxInFlight)
+        return out
+    }
+
+    public init?(decoding bytes: [UInt8]) {
+        var r = ByteReader(bytes)
+        guard let bs = r.u32(), let n = r.u16(), r.isAtEnd, n > 0 else { return nil }
+        self.init(blockSize: bs, maxInFlight: n)
     }
 }
 

@@ -139,3 +139,13 @@ public final class FrameAuthenticator: @unchecked Sendable {
         open(header: Array(bytes.prefix(FrameHeader.size)), payload: Array(bytes.dropFirst(FrameHeader.size)))
     }
 }
+
+extension FrameAuthenticator: FrameSealer {
+    public func sealFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeMutableRawPointer) -> Bool {
+        (try? seal(pieces, tag: tag)) != nil
+    }
+
+    public func openFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeRawBufferPointer) -> Bool {
+        open(pieces, tag: tag)
+    }
+}

@@ -71,9 +71,8 @@ public final class TCPSocket: @unchecked Sendable {
     /// dialled, `host`, to check the peer's certificate against) as the client. Afterwards every
     /// send and receive goes through TLS.
     public func startTLS(_ context: TLSContext, host: String?, deadline: UInt64?) throws(CryptoError) {
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0, fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0 else {
-            throw CryptoError("cannot make the socket non-blocking for TLS: \(String(cString: strerror(currentErrno())))")
+        do { try Sockets.setBlocking(fd, false) } catch {
+            throw CryptoError("cannot make the socket non-blocking for TLS: \(error)")
         }
         let session = try TLSSession(context: context, fd: fd, host: context.isServer ? nil : host)
         while true {
@@ -147,8 +146,7 @@ public final class TCPSocket: @unchecked Sendable {
             let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             if fd < 0 { lastError = SysError("socket", errno: currentErrno()); continue }
             let s = TCPSocket(fd: fd)
-            var one: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            do { try Sockets.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") } catch { lastError = error; continue }
             let bound = addr.withUnsafeBytes { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count)) }
             if bound != 0 { lastError = SysError("bind \(endpoint)", errno: currentErrno()); continue }
             if Glibc.listen(fd, backlog) != 0 { lastError = SysError("listen \(endpoint)", errno: currentErrno()); continue }
@@ -172,7 +170,7 @@ public final class TCPSocket: @unchecked Sendable {
             let fd = shoal_accept_cloexec(self.fd)
             if fd >= 0 {
                 let s = TCPSocket(fd: fd)
-                s.setNoDelay()
+                try s.setNoDelay()
                 return s
             }
             let e = currentErrno()
@@ -203,8 +201,7 @@ public final class TCPSocket: @unchecked Sendable {
             if fd < 0 { lastError = SysError("socket", errno: currentErrno()); continue }
             let s = TCPSocket(fd: fd)
             if let local, let (_, bytes) = try resolve(local, passive: true).first(where: { $0.0 == family }) {
-                var one: Int32 = 1
-                _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+                do { try Sockets.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") } catch { lastError = error; continue }
                 let bound = bytes.withUnsafeBytes { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(bytes.count)) }
                 if bound != 0 { lastError = SysError("bind \(local)", errno: currentErrno()); continue }
             }
@@ -226,9 +223,13 @@ public final class TCPSocket: @unchecked Sendable {
                                      + "start the worker or check its address", errno: ECONNREFUSED)
                 continue
             }
-            let flags = fcntl(fd, F_GETFL)
-            _ = fcntl(fd, F_SETFL, flags & ~Int32(O_NONBLOCK))
-            s.setNoDelay()
+            do {
+                try Sockets.setBlocking(fd, true)
+                try s.setNoDelay()
+            } catch {
+                lastError = error
+                continue
+            }
             return s
         }
         throw lastError
@@ -247,15 +248,12 @@ public final class TCPSocket: @unchecked Sendable {
         return mine == peer
     }
 
-    public func setNoDelay() {
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-    }
+    public func setNoDelay() throws(SysError) { try Sockets.setNoDelay(fd) }
 
-    public func setBufferSizes(_ bytes: Int32) {
-        var v = bytes
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, socklen_t(MemoryLayout<Int32>.size))
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, socklen_t(MemoryLayout<Int32>.size))
+    /// Asks for larger socket buffers; the kernel caps them at its own limits (not an error).
+    public func setBufferSizes(_ bytes: Int32) throws(SysError) {
+        try Sockets.setOption(fd, SOL_SOCKET, SO_SNDBUF, bytes, "SO_SNDBUF")
+        try Sockets.setOption(fd, SOL_SOCKET, SO_RCVBUF, bytes, "SO_RCVBUF")
     }
 
     /// Waits until the socket is ready for `events`, or the deadline passes (none: no limit).
@@ -322,6 +320,32 @@ public final class TCPSocket: @unchecked Sendable {
             let n = recv(fd, buffer + done, count - done, Int32(MSG_DONTWAIT))
             if n > 0 { done += n; continue }
             if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
+            let e = currentErrno()
+            if e == EINTR { continue }
+            if e == EAGAIN { try waitFor(POLLIN, deadline: deadline); continue }
+            throw SysError("recv", errno: e)
+        }
+    }
+
+    /// Receives what has arrived, up to `max` bytes (waiting only when nothing has): at least one
+    /// byte, or a throw.
+    public func receiveSome(into buffer: UnsafeMutableRawPointer, max: Int, deadline: UInt64? = nil) throws(SysError) -> Int {
+        if let tls {
+            while true {
+                var n = 0
+                switch tls.read(buffer, max, read: &n) {
+                case .done: return n
+                case .wantRead: try waitFor(POLLIN, deadline: deadline)
+                case .wantWrite: try waitFor(POLLOUT, deadline: deadline)
+                case .closed: throw SysError("connection closed by peer", errno: ECONNRESET)
+                case .failed(let reason): throw SysError("TLS receive: \(reason)", errno: EPROTO)
+                }
+            }
+        }
+        while true {
+            let n = recv(fd, buffer, max, Int32(MSG_DONTWAIT))
+            if n > 0 { return n }
+            if n == 0 { throw SysError("connection closed by peer", errno: ECONNRESET) }
             let e = currentErrno()
             if e == EINTR { continue }
             if e == EAGAIN { try waitFor(POLLIN, deadline: deadline); continue }
@@ -432,4 +456,42 @@ extension TCPSocket {
         }
         return fds.indices.filter { fds[$0].revents != 0 || buffered.contains($0) }
     }
+}
+
+/// Calls on raw socket descriptors for the io shards (which own their sockets' fds), each result
+/// checked.
+public enum Sockets {
+    /// Sets an integer socket option; `name` says which in the error.
+    public static func setOption(_ fd: Int32, _ level: Int32, _ option: Int32, _ value: Int32, _ name: String) throws(SysError) {
+        var v = value
+        guard setsockopt(fd, level, option, &v, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            throw SysError("setsockopt \(name)", errno: currentErrno())
+        }
+    }
+
+    public static func setNoDelay(_ fd: Int32) throws(SysError) {
+        try setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")
+    }
+
+    /// Makes `fd` blocking (or not).
+    public static func setBlocking(_ fd: Int32, _ blocking: Bool) throws(SysError) {
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0 else { throw SysError("fcntl F_GETFL", errno: currentErrno()) }
+        let wanted = blocking ? flags & ~Int32(O_NONBLOCK) : flags | Int32(O_NONBLOCK)
+        guard wanted == flags || fcntl(fd, F_SETFL, wanted) == 0 else { throw SysError("fcntl F_SETFL", errno: currentErrno()) }
+    }
+
+    /// Sends what fits now without waiting (a refusal's few bytes); returns the bytes sent.
+    @discardableResult
+    public static func sendNow(_ fd: Int32, _ bytes: [UInt8]) -> Int {
+        bytes.withUnsafeBytes { max(0, Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))) }
+    }
+
+    /// Ends both directions: an operation waiting on the socket completes.
+    public static func shutdown(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Ends the sending side after the last bytes (a farewell), so they are read before the close.
+    public static func shutdownWrite(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 }

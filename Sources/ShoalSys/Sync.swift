@@ -82,3 +82,6 @@ public enum OSThread {
         }
     }
 }
+
+/// Cores online (at least 1).
+public func processorCount() -> Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }

@@ -5,13 +5,20 @@ import ShoalCore
 import ShoalSys
 
 /// The client side of one TCP connection to a worker: the mutual handshake (the worker proves
-/// it holds the secret before this side proves anything), then STAT and pipelined READs. Every
-/// frame after the handshake carries a tag under the session key (or the channel is TLS), so a
-/// relay can neither change a reply nor add a request. Blocking I/O with deadlines; no threads.
+/// it holds the secret before this side proves anything), then STAT and pipelined READs whose
+/// replies may come back in any order, matched by request id. Every frame after the handshake
+/// carries a tag under the session key (or the channel is TLS), so a relay can neither change a
+/// reply nor add a request. Blocking I/O with deadlines; no threads.
+///
+/// Receiving: one large receive drains what has arrived into a staging buffer, and small
+/// replies are copied from it to their callers (copying 4 KiB costs less than a syscall); a
+/// large reply's data goes straight from the socket into its caller's buffer.
 public final class WorkerConnection: @unchecked Sendable {
     public let endpoint: Endpoint
     public let socket: TCPSocket
     public let blockSize: UInt32
+    /// Requests the worker lets this connection keep in flight.
+    public let maxInFlight: Int
     private var nextRequestID: UInt32 = 1
     public let timeoutNanos: UInt64
     /// Benchmarks only: take READ_NODATA replies (a worker with `answerWithoutData`) as answered,
@@ -23,6 +30,16 @@ public final class WorkerConnection: @unchecked Sendable {
     /// The worker closed this connection with an ERROR frame, or a reply failed its tag: the
     /// connection must not be used again.
     public private(set) var isBroken = false
+    /// READs sent and not yet answered: where each one's bytes go.
+    private var pending: [(id: UInt32, buffer: UnsafeMutableRawPointer, length: Int)] = []
+    private let staging: UnsafeMutableRawPointer
+    /// A READ_REPLY's head and tag as they arrive.
+    private let replyHead = UnsafeMutableRawPointer.allocate(byteCount: ReadReplyHead.size + FrameTag.size, alignment: 16)
+    private static let stagingSize = 256 * 1024
+    private var stagedStart = 0
+    private var stagedEnd = 0
+    /// Reusable bytes of one outgoing frame.
+    private var outgoing: [UInt8] = []
 
     /// Connects (through TLS when `tls` is given) and runs the mutual handshake with `secret`.
     /// `untaggedFrames` asks a worker running with the benchmark switch `allowUntaggedFrames` for
@@ -41,7 +58,9 @@ public final class WorkerConnection: @unchecked Sendable {
         } catch {
             throw ShoalError(.connectionFailed, "cannot connect to worker \(endpoint): \(error)")
         }
-        socket.setBufferSizes(8 << 20)
+        do { try socket.setBufferSizes(8 << 20) } catch {
+            throw ShoalError(.connectionFailed, "cannot set up the connection to worker \(endpoint): \(error)")
+        }
         let deadline = monotonicNanos() + timeoutNanos
         if let tls {
             do { try socket.startTLS(tls, host: endpoint.host, deadline: deadline) } catch {
@@ -52,7 +71,7 @@ public final class WorkerConnection: @unchecked Sendable {
                                         untaggedFrames: untaggedFrames)
         var action = handshake.start()
         var authenticator: FrameAuthenticator?
-        var blockSize: UInt32 = 0
+        var ok = AuthOKMessage(blockSize: 0, maxInFlight: 1)
         while true {
             switch action {
             case .send(let h, let body):
@@ -62,8 +81,8 @@ public final class WorkerConnection: @unchecked Sendable {
                         throw ShoalError(.internal, "cannot set up frame tags for worker \(endpoint): \(error)")
                     }
                 }
-            case .ready(let size):
-                blockSize = size
+            case .ready(let message):
+                ok = message
             case .fail(let error):
                 throw error
             }
@@ -75,7 +94,14 @@ public final class WorkerConnection: @unchecked Sendable {
         }
         self.socket = socket
         self.authenticator = authenticator
-        self.blockSize = blockSize
+        self.blockSize = ok.blockSize
+        self.maxInFlight = Int(ok.maxInFlight)
+        staging = .allocate(byteCount: WorkerConnection.stagingSize, alignment: 64)
+    }
+
+    deinit {
+        staging.deallocate()
+        replyHead.deallocate()
     }
 
     public func close() { socket.close() }
@@ -89,20 +115,6 @@ public final class WorkerConnection: @unchecked Sendable {
         } catch {
             throw ShoalError(.connectionFailed, "connection to worker \(endpoint) failed: \(error)")
         }
-    }
-
-    static func decodeHeader(_ raw: [UInt8], _ endpoint: Endpoint, maxPayload: UInt32) throws(ShoalError) -> FrameHeader {
-        switch raw.withUnsafeBytes({ FrameHeader.decode($0.baseAddress!, maxPayload: maxPayload) }) {
-        case .success(let h): return h
-        case .failure(.unsupportedVersion(let v)):
-            throw ShoalError(.unsupportedVersion, "worker \(endpoint) speaks protocol version \(v); this client speaks version \(FrameHeader.version): run the same Shoal release on both")
-        case .failure(let e):
-            throw ShoalError(.badRequest, "worker \(endpoint) sent a bad frame: \(e)")
-        }
-    }
-
-    static func tampered(_ endpoint: Endpoint) -> ShoalError {
-        ShoalError(.tampered, "reply from worker \(endpoint) failed authentication (tampered or corrupted in transit); its bytes were discarded and the connection closed")
     }
 
     /// Receives one small frame whole; with `authenticator`, checks and removes its tag. Only in
@@ -132,13 +144,32 @@ public final class WorkerConnection: @unchecked Sendable {
         return (h, Array(payload.dropLast(FrameTag.size)))
     }
 
-    /// Sends one frame, tagged when the session has frame tags.
-    private func sendFrame(type: FrameType, id: UInt32, _ payload: [UInt8], deadline: UInt64) throws(ShoalError) {
-        var bytes = FrameHeader(type: type, requestID: id, payloadLength: UInt32(payload.count + tagSize)).bytes + payload
-        if let authenticator {
-            do { bytes += try authenticator.seal(bytes) } catch { throw ShoalError(.internal, "cannot tag a frame for worker \(endpoint): \(error)") }
+    /// Sends one frame, tagged when the session has frame tags: header, payload and tag built in
+    /// one reused buffer and sent with one call.
+    private func sendFrame(type: FrameType, id: UInt32, count: Int, deadline: UInt64,
+                           _ write: (UnsafeMutableRawBufferPointer) -> Void) throws(ShoalError) {
+        let total = FrameHeader.size + count + tagSize
+        if outgoing.count < total { outgoing = [UInt8](repeating: 0, count: max(total, 2048)) }
+        let sealed = outgoing.withUnsafeMutableBytes { b -> Bool in
+            FrameHeader(type: type, requestID: id, payloadLength: UInt32(count + tagSize)).encode(into: b.baseAddress!)
+            write(UnsafeMutableRawBufferPointer(rebasing: b[FrameHeader.size..<FrameHeader.size + count]))
+            guard let authenticator else { return true }
+            return (try? authenticator.seal([UnsafeRawBufferPointer(rebasing: b[..<(FrameHeader.size + count)])],
+                                            tag: b.baseAddress! + FrameHeader.size + count)) != nil
         }
-        try WorkerConnection.io(endpoint) { try socket.send(bytes, deadline: deadline) }
+        guard sealed else { throw ShoalError(.internal, "cannot tag a frame for worker \(endpoint)") }
+        let result = outgoing.withUnsafeBytes { b in
+            Result { () throws(SysError) in try socket.send([UnsafeRawBufferPointer(rebasing: b[..<total])], deadline: deadline) }
+        }
+        if case .failure(let error) = result {
+            isBroken = true
+            throw WorkerConnection.failure(error, endpoint)
+        }
+    }
+
+    static func failure(_ error: SysError, _ endpoint: Endpoint) -> ShoalError {
+        if error.errno == ETIMEDOUT { return ShoalError(.timeout, "worker \(endpoint) did not answer in time") }
+        return ShoalError(.connectionFailed, "connection to worker \(endpoint) failed: \(error)")
     }
 
     static func unexpected(_ h: FrameHeader, _ payload: [UInt8], _ endpoint: Endpoint, _ wanted: String) -> ShoalError {
@@ -149,102 +180,200 @@ public final class WorkerConnection: @unchecked Sendable {
         return ShoalError(.badRequest, "worker \(endpoint) sent frame type \(h.type) where \(wanted) was expected")
     }
 
-    /// Runs `body`, marking the connection broken when it throws a tag failure; an ERROR frame
-    /// (the worker closing the connection) is thrown as the worker's message.
-    private func received(_ wanted: String, _ body: @autoclosure () throws(ShoalError) -> (FrameHeader, [UInt8])) throws(ShoalError) -> (FrameHeader, [UInt8]) {
-        do throws(ShoalError) {
-            let (h, payload) = try body()
-            if h.type == FrameType.error.rawValue {
-                isBroken = true
-                socket.close()
-                throw WorkerConnection.unexpected(h, payload, endpoint, wanted)
-            }
-            return (h, payload)
-        } catch {
-            if error.code == .tampered || error.code == .connectionFailed { isBroken = true }
-            throw error
-        }
-    }
-
     private func takeID() -> UInt32 {
-        defer { nextRequestID &+= 1 }
+        defer { nextRequestID = nextRequestID &+ 1 == 0 ? 1 : nextRequestID &+ 1 }
         return nextRequestID
     }
 
-    /// STAT: the object's current size and etag as the worker sees it.
+    /// READs sent and not yet answered.
+    public var inFlight: Int { pending.count }
+
+    /// True when a reply may be read without waiting (bytes already staged, or TLS holding some):
+    /// `poll` on the socket cannot see them.
+    public var hasBufferedReply: Bool { stagedEnd > stagedStart || socket.hasBufferedData }
+
+    /// STAT: the object's current size and etag as the worker sees it. Only on a connection with
+    /// no READs in flight.
     public func stat(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> StatReply {
         let deadline = monotonicNanos() + timeoutNanos
         let payload = StatRequest(object: object, revalidate: revalidate).encoded
         let id = takeID()
-        try sendFrame(type: .stat, id: id, payload, deadline: deadline)
-        let (h, body) = try received("a reply", WorkerConnection.receiveFrame(socket, endpoint, authenticator: authenticator, maxPayload: 64 * 1024,
-                                                                   deadline: deadline))
-        guard h.requestID == id else { throw ShoalError(.badRequest, "worker \(endpoint) answered request \(h.requestID), expected \(id)") }
+        try sendFrame(type: .stat, id: id, count: payload.count, deadline: deadline) { b in
+            payload.withUnsafeBytes { b.copyMemory(from: $0) }
+        }
+        let h: FrameHeader
+        let body: [UInt8]
+        do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline) } catch {
+            isBroken = true
+            throw error
+        }
+        if h.type == FrameType.error.rawValue { isBroken = true }
+        guard h.requestID == id else {
+            isBroken = true
+            throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
+        }
         guard h.type == FrameType.statReply.rawValue, h.status == 0, let reply = StatReply(decoding: body) else {
             throw WorkerConnection.unexpected(h, body, endpoint, "STAT_REPLY")
         }
         return reply
     }
 
-    /// Sends a READ without waiting (pipelining); returns its request id.
-    public func sendRead(_ request: ReadRequest) throws(ShoalError) -> UInt32 {
-        let payload = request.encoded
+    /// Sends a READ without waiting for its reply, which lands in `buffer` (`length` bytes) when
+    /// `receiveNext` takes it; returns its request id. At most `maxInFlight` at once.
+    public func sendRead(_ request: ReadRequest, into buffer: UnsafeMutableRawPointer, length: Int) throws(ShoalError) -> UInt32 {
+        guard pending.count < maxInFlight else {
+            throw ShoalError(.badRequest, "\(maxInFlight) READs already in flight on this connection to worker \(endpoint)")
+        }
         let id = takeID()
-        try sendFrame(type: .read, id: id, payload, deadline: monotonicNanos() + timeoutNanos)
+        try sendFrame(type: .read, id: id, count: request.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in
+            request.encode(into: b)
+        }
+        pending.append((id, buffer, length))
         return id
     }
 
-    /// Receives the answer to READ `id` straight into `buffer` (exactly `length` bytes) and checks
-    /// its tag and its CRC32C. On an error status the worker's message is thrown; the connection
-    /// stays usable. A reply that fails its tag is never returned: the buffer's range is zeroed,
-    /// the connection closed, and a `tampered` error thrown.
-    public func receiveRead(id: UInt32, into buffer: UnsafeMutableRawPointer, length: Int) throws(ShoalError) {
+    /// Takes the next reply, whichever READ it answers, and returns that READ's id with its
+    /// outcome: its bytes are in its buffer, checked against the reply's CRC32C (and tag), or the
+    /// worker's error for it (the connection stays usable). Errors that end the connection are
+    /// thrown; a reply that fails its tag is never delivered (the buffer's range is zeroed).
+    public func receiveNext() throws(ShoalError) -> (UInt32, Result<Void, ShoalError>) {
+        guard !pending.isEmpty else { throw ShoalError(.internal, "no READ in flight on this connection to worker \(endpoint)") }
         let deadline = monotonicNanos() + timeoutNanos * 3
-        var raw = [UInt8](repeating: 0, count: FrameHeader.size + 4)
-        try WorkerConnection.io(endpoint) {
-            try raw.withUnsafeMutableBytes { try socket.receive(into: $0.baseAddress!, count: FrameHeader.size, deadline: deadline) }
-        }
-        let header = try WorkerConnection.decodeHeader(raw, endpoint, maxPayload: WireLimits.maxResponsePayload + UInt32(tagSize))
-        let isData = header.status == 0 && header.type == FrameType.readReply.rawValue
-        guard !isData else { return try receiveData(header, raw, id: id, into: buffer, length: length, deadline: deadline) }
-        // Anything else is small: take it whole, check its tag, then look at it.
-        guard header.payloadLength <= UInt32(WireLimits.maxMessage) * 4 + UInt32(tagSize) else {
-            throw ShoalError(.connectionFailed, "worker \(endpoint) sent a \(header.payloadLength)-byte frame of type \(header.type) where a READ reply was expected")
-        }
-        let bytes = try WorkerConnection.io(endpoint) { try socket.receive(count: Int(header.payloadLength), deadline: deadline) }
-        let (h, payload) = try received("READ_REPLY", WorkerConnection.opened(header, raw: raw, payload: bytes, socket, endpoint,
-                                                                              authenticator: authenticator))
-        guard h.requestID == id else {
-            throw ShoalError(.badRequest, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
-        }
-        if h.status == 0 && h.type == FrameType.readNoData.rawValue && payload.count == 8 {
-            guard acceptsNoData else {
-                throw ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")
+        do throws(ShoalError) {
+            try stage(FrameHeader.size, deadline: deadline)
+            let header = try WorkerConnection.decodeHeader(staging + stagedStart, endpoint,
+                                                           maxPayload: WireLimits.maxResponsePayload + UInt32(tagSize))
+            guard let index = pending.firstIndex(where: { $0.id == header.requestID }) else {
+                throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(header.requestID), which is not in flight")
             }
-            let n = payload.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
-            guard Int(n) == length else { throw ShoalError(.badRequest, "worker \(endpoint) answered for \(n) bytes where \(length) were asked") }
-            return
+            let target = pending[index]
+            if header.status == 0 && header.type == FrameType.readReply.rawValue {
+                try receiveData(header, into: target.buffer, length: target.length, deadline: deadline)
+                pending.remove(at: index)
+                return (target.id, .success(()))
+            }
+            let (h, payload) = try receiveSmall(deadline: deadline)
+            pending.remove(at: index)
+            if h.type == FrameType.error.rawValue {
+                isBroken = true
+                throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
+            }
+            if h.status == 0 && h.type == FrameType.readNoData.rawValue && payload.count == 8 {
+                guard acceptsNoData else {
+                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")))
+                }
+                let n = payload.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
+                guard Int(n) == target.length else {
+                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(n) bytes where \(target.length) were asked")))
+                }
+                return (target.id, .success(()))
+            }
+            return (target.id, .failure(WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")))
+        } catch {
+            if error.code == .tampered || error.code == .connectionFailed || error.code == .timeout || error.code == .unsupportedVersion {
+                isBroken = true
+            }
+            throw error
         }
-        throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
+    }
+
+    /// Waits for the reply to READ `id` (other replies that come first land in their own
+    /// buffers); throws that READ's error.
+    public func receiveRead(id: UInt32) throws(ShoalError) {
+        var firstError: ShoalError?
+        while pending.contains(where: { $0.id == id }) {
+            let (got, result) = try receiveNext()
+            if case .failure(let e) = result {
+                if got == id { throw e }
+                firstError = firstError ?? e
+            }
+        }
+        if let firstError { throw firstError }
+    }
+
+    static func decodeHeader(_ p: UnsafeRawPointer, _ endpoint: Endpoint, maxPayload: UInt32) throws(ShoalError) -> FrameHeader {
+        switch FrameHeader.decode(p, maxPayload: maxPayload) {
+        case .success(let h): return h
+        case .failure(.unsupportedVersion(let v)):
+            throw ShoalError(.unsupportedVersion, "worker \(endpoint) speaks protocol version \(v); this client speaks version \(FrameHeader.version): run the same Shoal release on both")
+        case .failure(let e):
+            throw ShoalError(.connectionFailed, "worker \(endpoint) sent a bad frame: \(e)")
+        }
+    }
+
+    static func decodeHeader(_ raw: [UInt8], _ endpoint: Endpoint, maxPayload: UInt32) throws(ShoalError) -> FrameHeader {
+        let r = raw.withUnsafeBytes { p in Result { () throws(ShoalError) in try decodeHeader(p.baseAddress!, endpoint, maxPayload: maxPayload) } }
+        return try r.get()
+    }
+
+    static func tampered(_ endpoint: Endpoint) -> ShoalError {
+        ShoalError(.tampered, "reply from worker \(endpoint) failed authentication (tampered or corrupted in transit); its bytes were discarded and the connection closed")
+    }
+
+    /// Makes at least `count` bytes staged (a frame head), receiving what has arrived.
+    private func stage(_ count: Int, deadline: UInt64) throws(ShoalError) {
+        guard stagedEnd - stagedStart < count else { return }
+        if stagedStart > 0 {
+            let n = stagedEnd - stagedStart
+            if n > 0 { staging.copyMemory(from: staging + stagedStart, byteCount: n) }
+            stagedStart = 0
+            stagedEnd = n
+        }
+        while stagedEnd < count {
+            do {
+                stagedEnd += try socket.receiveSome(into: staging + stagedEnd, max: WorkerConnection.stagingSize - stagedEnd, deadline: deadline)
+            } catch {
+                throw WorkerConnection.failure(error, endpoint)
+            }
+        }
+    }
+
+    /// Copies `count` bytes of the stream to `p`: staged ones first, the rest straight from the socket.
+    private func take(into p: UnsafeMutableRawPointer, count: Int, deadline: UInt64) throws(ShoalError) {
+        let staged = min(count, stagedEnd - stagedStart)
+        if staged > 0 {
+            p.copyMemory(from: staging + stagedStart, byteCount: staged)
+            stagedStart += staged
+        }
+        guard count > staged else { return }
+        do { try socket.receive(into: p + staged, count: count - staged, deadline: deadline) } catch {
+            throw WorkerConnection.failure(error, endpoint)
+        }
+    }
+
+    private func takeBytes(_ count: Int, deadline: UInt64) throws(ShoalError) -> [UInt8] {
+        guard count > 0 else { return [] }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 8)
+        defer { p.deallocate() }
+        try take(into: p, count: count, deadline: deadline)
+        return Array(UnsafeRawBufferPointer(start: p, count: count))
+    }
+
+    /// Receives one small frame whole (STAT_REPLY, an error reply, READ_NODATA, ERROR) and checks
+    /// and removes its tag.
+    private func receiveSmall(deadline: UInt64) throws(ShoalError) -> (FrameHeader, [UInt8]) {
+        try stage(FrameHeader.size, deadline: deadline)
+        let header = try WorkerConnection.decodeHeader(staging + stagedStart, endpoint, maxPayload: 64 * 1024)
+        let raw = try takeBytes(FrameHeader.size, deadline: deadline)
+        let payload = try takeBytes(Int(header.payloadLength), deadline: deadline)
+        return try WorkerConnection.opened(header, raw: raw, payload: payload, socket, endpoint, authenticator: authenticator)
     }
 
     /// A READ_REPLY: CRC, data straight into the caller's buffer, then (with tags) the tag, which
     /// is checked over the header, the CRC and the data before the data counts as received.
-    private func receiveData(_ header: FrameHeader, _ raw: [UInt8], id: UInt32, into buffer: UnsafeMutableRawPointer, length: Int,
-                             deadline: UInt64) throws(ShoalError) {
+    private func receiveData(_ header: FrameHeader, into buffer: UnsafeMutableRawPointer, length: Int, deadline: UInt64) throws(ShoalError) {
         guard Int(header.payloadLength) == length + 4 + tagSize else {
             throw ShoalError(.connectionFailed, "worker \(endpoint) sent \(Int(header.payloadLength) - 4 - tagSize) bytes where \(length) were asked")
         }
-        var raw = raw
-        var tag = [UInt8](repeating: 0, count: FrameTag.size)
+        let head = replyHead
+        let tag = replyHead + ReadReplyHead.size
+        try take(into: head, count: ReadReplyHead.size, deadline: deadline)
+        if length > 0 { try take(into: buffer, count: length, deadline: deadline) }
+        if tagSize > 0 { try take(into: tag, count: FrameTag.size, deadline: deadline) }
         let data = UnsafeRawBufferPointer(start: buffer, count: length)
-        try WorkerConnection.io(endpoint) {
-            try raw.withUnsafeMutableBytes { try socket.receive(into: $0.baseAddress! + FrameHeader.size, count: 4, deadline: deadline) }
-            if length > 0 { try socket.receive(into: buffer, count: length, deadline: deadline) }
-            if tagSize > 0 { try tag.withUnsafeMutableBytes { try socket.receive(into: $0.baseAddress!, count: FrameTag.size, deadline: deadline) } }
-        }
         if let authenticator {
-            let ok = raw.withUnsafeBytes { r in tag.withUnsafeBytes { t in authenticator.open([r, data], tag: t) } }
+            let ok = authenticator.open([UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data],
+                                        tag: UnsafeRawBufferPointer(start: tag, count: FrameTag.size))
             guard ok else {
                 memset(buffer, 0, length)
                 isBroken = true
@@ -252,10 +381,7 @@ public final class WorkerConnection: @unchecked Sendable {
                 throw WorkerConnection.tampered(endpoint)
             }
         }
-        guard header.requestID == id else {
-            throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(header.requestID), expected \(id)")
-        }
-        let crc = raw.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: FrameHeader.size, as: UInt32.self)) }
+        let crc = ReadReplyHead.crc(head)
         let actual = CRC32C.checksum(data)
         guard actual == crc else {
             throw ShoalError(.checksumMismatch, "data from worker \(endpoint) failed its CRC32C check (sent \(crc), got \(actual))")

@@ -4,10 +4,9 @@ import ShoalObjectStore
 import ShoalStore
 import ShoalSys
 
-/// A block ready to send: where its bytes are in a borrowed buffer, and their CRC32C. A block
-/// just fetched from the store carries the fill to finish once the reply is on its way.
-struct ServedBlock {
-    var slot: IOSlot
+/// A block's bytes in a leased buffer, ready to send: the requested range's place and CRC32C.
+/// A block just fetched from the store carries the fill to finish once the reply is on its way.
+struct FilledRange: Sendable {
     var dataOffset: Int
     var length: Int
     var crc: UInt32
@@ -15,8 +14,8 @@ struct ServedBlock {
 }
 
 /// A fetched block not yet written to the cache (the reader is answered first); its filler
-/// holds the block's single-flight slot until `BlockService.complete`.
-struct PendingFill {
+/// holds the block's single-flight slot until `BlockService.finishFill`.
+struct PendingFill: Sendable {
     var key: BlockKey
     var id: BlockID
     var length: Int
@@ -69,6 +68,14 @@ final class BlockService: @unchecked Sendable {
         return s
     }
 
+    /// STAT from the metadata cache alone: nil when the store must be asked (a fill thread's job).
+    func cachedStat(_ request: StatRequest) throws(ShoalError) -> StatReply? {
+        try request.object.validate()
+        _ = try store(request.object.store)
+        guard !request.revalidate, let v = metadata.get(request.object) else { return nil }
+        return StatReply(version: v, blockSize: blockSize)
+    }
+
     /// STAT: the object's current version, from the metadata cache or the store. When the store
     /// cannot be reached (not when it answers), the last version known is served, flagged stale.
     func stat(_ request: StatRequest) throws(ShoalError) -> StatReply {
@@ -100,19 +107,47 @@ final class BlockService: @unchecked Sendable {
         }
     }
 
-    /// READ: returns the requested range in a borrowed buffer (the caller sends it and releases
-    /// the buffer). Hit → disk read + checks; miss or bad block → one fill from the store.
-    func read(_ request: ReadRequest) throws(ShoalError) -> ServedBlock {
+    /// Checks a READ before anything is done for it: its fields, its store, and that its block
+    /// fits this worker's buffers.
+    func check(_ request: ReadRequest) throws(ShoalError) {
         try request.validate()
-        let s = try store(request.block.object.store)
+        _ = try store(request.block.object.store)
         guard UInt64(request.block.blockSize) + UInt64(BlockCache.dataOffset) <= UInt64(pool.bufferSize) else {
             throw ShoalError(.badRequest, "block size \(request.block.blockSize) is larger than this worker's buffers (\(pool.bufferSize - BlockCache.dataOffset))")
         }
-        guard let slot = pool.acquire() else { throw ShoalError(.timeout, "worker is overloaded: no I/O buffer came free in time") }
-        let id = request.block.id
+    }
+
+    /// The CRC32C of the requested range of a block whose whole-block CRC is `crc`, in `data`.
+    static func rangeCRC(_ request: ReadRequest, blockLength: Int, blockCRC: UInt32, data: UnsafeRawPointer) -> UInt32 {
+        let offset = Int(request.offset)
+        let count = Int(request.length)
+        return (offset == 0 && count == blockLength) ? blockCRC
+            : CRC32C.checksum(UnsafeRawBufferPointer(start: data + offset, count: count))
+    }
+
+    /// Counts a READ served from the cache (on an io shard).
+    func recordHit(_ request: ReadRequest) {
+        metrics.hits.increment()
+        metrics.bytesServed.increment(by: Int64(request.length))
+        datasets.record(request.block.object, hit: true, served: Int(request.length), filled: 0, objectBlocks: objectBlocks(request))
+    }
+
+    private func objectBlocks(_ request: ReadRequest) -> Int {
+        Int(BlockLayout(blockSize: UInt64(request.block.blockSize)).blockCount(objectSize: request.objectSize))
+    }
+
+    /// READ, blocking (a fill thread): puts the block in `slot` at `BlockCache.dataOffset` from
+    /// the cache or, on a miss or a bad block, by one fill from the store, and returns where the
+    /// requested range lies and its CRC. A returned fill is finished with `finishFill` once the
+    /// reply has been sent; on a throw nothing is left to finish.
+    /// `knownMiss`: the shard already looked in the cache (and found nothing good).
+    func readBlocking(_ request: ReadRequest, slot: IOSlot, knownMiss: Bool = false) throws(ShoalError) -> FilledRange {
+        try check(request)
+        let s = try store(request.block.object.store)
+        let id = request.id
         var fill: PendingFill?
         do throws(ShoalError) {
-            let (length, crc, pending) = try blockInSlot(request, id: id, store: s, slot: slot)
+            let (length, crc, pending) = try blockInSlot(request, id: id, store: s, slot: slot, lookFirst: !knownMiss)
             fill = pending
             let offset = Int(request.offset)
             let count = Int(request.length)
@@ -120,53 +155,55 @@ final class BlockService: @unchecked Sendable {
             guard length == request.block.expectedLength, offset + count <= length else {
                 throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.block.expectedLength) were expected; not served")
             }
-            let objectBlocks = Int(BlockLayout(blockSize: UInt64(request.block.blockSize)).blockCount(objectSize: request.objectSize))
-            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks)
-            let rangeCRC = (offset == 0 && count == length) ? crc
-                : CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset + offset, count: count))
-            return ServedBlock(slot: slot, dataOffset: BlockCache.dataOffset + offset, length: count, crc: rangeCRC, fill: fill)
+            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
+            metrics.bytesServed.increment(by: Int64(count))
+            let data = slot.base + BlockCache.dataOffset
+            return FilledRange(dataOffset: BlockCache.dataOffset + offset, length: count,
+                               crc: BlockService.rangeCRC(request, blockLength: length, blockCRC: crc, data: data), fill: fill)
         } catch {
             // Readers copying this fill's bytes are done before the buffer goes back.
             if let fill { fills.finish(fill.id, error: error) }
-            pool.release(slot)
             throw error
         }
     }
 
-    /// Called once the reply has been sent (or failed): writes a fetched block to the cache,
-    /// lets readers waiting on the same fill go on, and gives the buffer back.
-    func complete(_ block: ServedBlock) {
-        if let fill = block.fill, let memory {
-            memory.insert(fill.key, id: fill.id, from: block.slot.base + BlockCache.dataOffset, length: fill.length, crc: fill.crc)
+    /// Called once the reply has been sent (or failed), on a fill thread: writes a fetched block
+    /// to the cache and lets readers waiting on the same fill go on. The caller then gives the
+    /// buffer back.
+    func finishFill(_ fill: PendingFill, slot: IOSlot) {
+        if let memory {
+            memory.insert(fill.key, id: fill.id, from: slot.base + BlockCache.dataOffset, length: fill.length, crc: fill.crc)
             fills.finish(fill.id, error: nil)
-        } else if let fill = block.fill {
-            do {
-                var fraction = 1.0
-                if thrashGuard {
-                    // The room that always holds blocks: a larger subset would cycle through the cache.
-                    let cacheBlocks = Int(cache.dataCapacity / (UInt64(blockSize) + UInt64(BlockCache.dataOffset)))
-                    fraction = AdmissionPolicy.subsetFraction(datasetBlocks: datasets.datasetBlocks(of: fill.key.object), cacheBlocks: cacheBlocks)
-                }
-                if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {
-                    try cache.insert(key: fill.key, id: fill.id, slot: block.slot, length: fill.length, crc: fill.crc)
-                }
-            } catch {
-                // The reader has its bytes; a block that cannot be cached is only a later miss.
-                metrics.error(error.code)
-                logger.warning("could not cache a filled block", metadata: ["block": "\(fill.key)", "error": "\(error)"])
-            }
-            // Followers read the block from the cache; if it is not there (not admitted, or the
-            // write failed) they fetch it themselves.
-            fills.finish(fill.id, error: nil)
+            return
         }
-        pool.release(block.slot)
+        do {
+            var fraction = 1.0
+            if thrashGuard {
+                // The room that always holds blocks: a larger subset would cycle through the cache.
+                let cacheBlocks = Int(cache.dataCapacity / (UInt64(blockSize) + UInt64(BlockCache.dataOffset)))
+                fraction = AdmissionPolicy.subsetFraction(datasetBlocks: datasets.datasetBlocks(of: fill.key.object), cacheBlocks: cacheBlocks)
+            }
+            if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {
+                try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc)
+            }
+        } catch {
+            // The reader has its bytes; a block that cannot be cached is only a later miss.
+            metrics.error(error.code)
+            logger.warning("could not cache a filled block", metadata: ["block": "\(fill.key)", "error": "\(error)"])
+        }
+        // Followers read the block from the cache; if it is not there (not admitted, or the
+        // write failed) they fetch it themselves.
+        fills.finish(fill.id, error: nil)
     }
 
     /// Puts the whole block in `slot` at `BlockCache.dataOffset`: from the cache, or by filling it.
-    private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
+    private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot,
+                             lookFirst: Bool = true) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
         let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
         for attempt in 0..<3 {
-            if let memory {
+            if attempt == 0 && !lookFirst {
+                // Already looked: straight to the fill.
+            } else if let memory {
                 if let (length, crc) = memory.read(request.block, id: id, range: range, into: slot.base + BlockCache.dataOffset) {
                     metrics.hits.increment()
                     return (length, crc, nil)

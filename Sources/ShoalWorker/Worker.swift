@@ -12,7 +12,8 @@ public final class Worker: @unchecked Sendable {
     public let metrics = WorkerMetrics()
     public let cache: BlockCache
     let service: BlockService
-    private var server: TCPServer?
+    let pool: BufferPool
+    private var plane: DataPlane?
     private var admin: AdminServer?
     private let logger: Logger
 
@@ -22,12 +23,15 @@ public final class Worker: @unchecked Sendable {
         self.config = config
         self.logger = logger
         cache = try BlockCache(disks: config.caches, expectedBlockSize: config.blockSize, logger: logger)
+        let bufferSize = Int(config.blockSize) + BlockCache.dataOffset
+        let tierSlots = Int(config.memoryTier / UInt64(bufferSize))
         let pool: BufferPool
         do {
-            pool = try BufferPool(bufferSize: Int(config.blockSize) + BlockCache.dataOffset, count: config.buffers)
+            pool = try BufferPool(bufferSize: bufferSize, count: config.buffers, tierSlots: tierSlots)
         } catch {
             throw ShoalError(.internal, "cannot allocate \(config.buffers) I/O buffers of \(ByteSize.format(config.blockSize)): \(error)")
         }
+        self.pool = pool
         var stores: [String: any ObjectStore] = [:]
         for s in config.stores { stores[s.name] = s.makeStore() }
         let admission = AdmissionPolicy(config: config.admission, capacity: cache.capacity,
@@ -46,7 +50,7 @@ public final class Worker: @unchecked Sendable {
     }
 
     /// The data-plane port (the configured one, or the one picked for port 0).
-    public var port: UInt16 { server?.port ?? config.listen.port }
+    public var port: UInt16 { plane?.port ?? config.listen.port }
     public var adminPort: Int? { admin?.port }
 
     /// Starts the TCP listener (with TLS, if configured). Refuses to start when the system's
@@ -61,28 +65,18 @@ public final class Worker: @unchecked Sendable {
                 throw ShoalError(.badRequest, "key 'tls': \(error.message)")
             }
         }
-        let handler = ConnectionHandler(service: service, secret: config.secret, tls: tls, allowsUntaggedFrames: config.allowUntaggedFrames,
-                                        logger: logger, tlsReport: TLSReport())
-        let (metrics, logger, max) = (metrics, logger, config.maxConnections)
-        let refusedLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
-        // A client over the limit is told why (an ERROR frame it reads in place of the handshake's
-        // CHALLENGE), not left with a bare reset.
-        let message = Array("worker is full: \(max) connections (maxConnections); retry later, or raise maxConnections in the worker's config".utf8)
-        let farewell = FrameHeader(type: .error, status: .shuttingDown, requestID: 0, payloadLength: UInt32(message.count)).bytes + message
-        let refusal: @Sendable () -> [UInt8] = {
-            metrics.connectionsRefused.increment()
-            refusedLog.log(logger, .warning, "refused a connection: the worker is full", ["maxConnections": "\(max)"])
-            return farewell
-        }
+        var planeConfig = DataPlaneConfig(secret: config.secret)
+        planeConfig.tls = tls
+        planeConfig.allowsUntaggedFrames = config.allowUntaggedFrames
+        planeConfig.shards = config.shards > 0 ? config.shards : max(1, processorCount())
+        planeConfig.fillThreads = config.fillThreads
+        planeConfig.maxConnections = config.maxConnections
+        planeConfig.maxInFlight = UInt16(config.maxInFlight)
+        planeConfig.leasesPerConnection = config.buffersPerConnection
         do {
-            // A connection still in its handshake gives its place up to a new one when the worker
-            // is full, so connections that never authenticate cannot keep clients out.
-            let server = try TCPServer(endpoint: config.listen, maxConnections: config.maxConnections, refusal: refusal,
-                                       displaced: { metrics.connectionsDisplaced.increment() }) { socket, established in
-                handler.serve(socket, established: established)
-            }
-            try server.start()
-            self.server = server
+            let plane = try DataPlane(service: service, pool: pool, config: planeConfig, endpoint: config.listen, logger: logger)
+            try plane.start()
+            self.plane = plane
         } catch {
             throw ShoalError(.badRequest, "cannot listen on \(config.listen): \(error)")
         }
@@ -225,7 +219,7 @@ public final class Worker: @unchecked Sendable {
         let admission = "{\"admitted\":\(a.admitted),\"refusedFirstMiss\":\(a.refusedFirstMiss),\"refusedWriteBudget\":\(a.refusedBudget),\"refusedThrashGuard\":\(a.refusedSubset),"
             + "\"writeBudgetUsed\":\(formatFixed(a.budgetUsed, decimals: 4))}"
         return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
-            + "\"capacity\":\(cache.capacity),\"connections\":\(server?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
+            + "\"capacity\":\(cache.capacity),\"connections\":\(plane?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
             + "\"serveFromMemory\":\(config.serveFromMemory),\"answerWithoutData\":\(config.answerWithoutData),"
             + "\"admission\":\(admission),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
     }
@@ -240,8 +234,8 @@ public final class Worker: @unchecked Sendable {
 
     /// Stops the data plane and closes the cache (writing its snapshot), synchronously.
     public func stopDataPlane() {
-        server?.stop()
-        server = nil
+        plane?.stop()
+        plane = nil
         cache.close()
     }
 }

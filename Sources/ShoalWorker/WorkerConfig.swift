@@ -65,6 +65,16 @@ public struct WorkerConfig: Sendable {
     /// While a store is unreachable, answer STAT with the last version known (flagged stale).
     public var serveStaleOnOutage = true
     public var maxConnections = 1024
+    /// io shards: threads with one io_uring each that serve the connections (0: one per core).
+    public var shards = 0
+    /// Threads that fill misses from the store and write filled blocks to the cache.
+    public var fillThreads = 16
+    /// Requests one connection may keep in flight (1-64).
+    public var maxInFlight = 32
+    /// I/O buffers one connection may hold at once; its other requests wait their turn.
+    public var buffersPerConnection = 4
+    /// DRAM tier: bytes of hot blocks kept in memory and served without a disk read (0: off).
+    public var memoryTier: UInt64 = 0
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -86,7 +96,8 @@ public struct WorkerConfig: Sendable {
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL", "serveStaleOnOutage",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
-                                           "adminIdleTimeout", "allowUntaggedFrames", "tls"]
+                                           "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
+                                           "maxInFlight", "buffersPerConnection", "memoryTier"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
@@ -144,6 +155,11 @@ public struct WorkerConfig: Sendable {
         if let v = try r.duration("metadataTTL") { config.metadataTTL = v }
         if let v = try r.bool("serveStaleOnOutage") { config.serveStaleOnOutage = v }
         if let v = try r.int("maxConnections", min: 1, max: 1_000_000) { config.maxConnections = v }
+        if let v = try r.int("shards", min: 0, max: 256) { config.shards = v }
+        if let v = try r.int("fillThreads", min: 1, max: 1024) { config.fillThreads = v }
+        if let v = try r.int("maxInFlight", min: 1, max: Int(WireLimits.maxInFlight)) { config.maxInFlight = v }
+        if let v = try r.int("buffersPerConnection", min: 1, max: 65536) { config.buffersPerConnection = v }
+        if let v = try r.size("memoryTier") { config.memoryTier = v }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }

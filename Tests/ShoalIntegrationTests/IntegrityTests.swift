@@ -13,12 +13,11 @@ import ShoalTransport
     func read(_ h: Harness, _ block: BlockKey, offset: UInt32 = 0, length: UInt32) throws -> [UInt8] {
         let c = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8))
         defer { c.close() }
-        var out = [UInt8](repeating: 0, count: Int(length))
-        let id = try c.sendRead(ReadRequest(block: block, offset: offset, length: length))
-        try out.withUnsafeMutableBytes { p in
-            try Result { () throws(ShoalError) in try c.receiveRead(id: id, into: p.baseAddress!, length: Int(length)) }.get()
-        }
-        return out
+        let out = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(length), alignment: 16)
+        defer { out.deallocate() }
+        let id = try c.sendRead(ReadRequest(block: block, offset: offset, length: length), into: out.baseAddress!, length: Int(length))
+        try c.receiveRead(id: id)
+        return Array(out)
     }
 
     /// A READ that lies about the object's size (8 MiB + 4 KiB for a 10 MiB object, block 8) once

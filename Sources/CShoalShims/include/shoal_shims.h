@@ -20,6 +20,15 @@ int shoal_o_direct(void);
 
 // GNU extensions Glibc's Swift module does not expose (they need _GNU_SOURCE).
 int shoal_accept_cloexec(int fd);
+
+/// eventfd(0, EFD_CLOEXEC): <sys/eventfd.h> is not in Swift's Glibc module.
+int shoal_eventfd(void);
+
+/// SOCK_CLOEXEC for io_uring's accept (the CURing module's socket names clash with Glibc's).
+int shoal_sock_cloexec(void);
+
+/// MSG_NOSIGNAL, for the same reason.
+int shoal_msg_nosignal(void);
 long shoal_getrandom(void *buffer, size_t length);
 void shoal_set_thread_name(const char *name);
 

@@ -1,0 +1,151 @@
+import Logging
+import ShoalCore
+import ShoalStore
+import ShoalSys
+
+/// How the data plane serves (from `WorkerConfig`).
+struct DataPlaneConfig: Sendable {
+    var secret: [UInt8]
+    var tls: TLSContext?
+    var allowsUntaggedFrames = false
+    var shards = 1
+    var fillThreads = 8
+    var maxConnections = 1024
+    /// Requests one connection may keep in flight (announced in AUTH_OK).
+    var maxInFlight: UInt16 = 32
+    /// I/O buffers one connection may hold at once; its other requests wait their turn.
+    var leasesPerConnection = 4
+    /// A connection must finish its whole handshake (TLS included) within this time.
+    var handshakeTimeoutNanos: UInt64 = 10_000_000_000
+    /// A reply that makes no progress this long while other requests wait for a buffer closes
+    /// its connection (a client that stopped reading would otherwise keep its buffers).
+    var sendStallNanos: UInt64 = 5_000_000_000
+    /// A reply that makes no progress this long closes its connection in any case.
+    var sendTimeoutNanos: UInt64 = 60_000_000_000
+}
+
+/// The worker's data plane: the listening socket, the io shards that serve it (one thread and
+/// one io_uring each), the fill threads, and what they share: the buffer pool and the places
+/// for connections against `maxConnections`.
+final class DataPlane: @unchecked Sendable {
+    let service: BlockService
+    let pool: BufferPool
+    let park: LeasePark
+    let fillPool: FillPool
+    let config: DataPlaneConfig
+    let logger: Logger
+    let listener: TCPSocket
+    let port: UInt16
+    private(set) var shards: [Shard] = []
+    /// Says once, at the first TLS connection, how TLS runs.
+    let tlsReported = OnceFlag()
+    /// Unauthenticated clients choose how many protocol errors happen (a fuzzer made thousands):
+    /// a few lines per interval, the next one saying how many were left out.
+    let protocolErrorLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
+    let refusedLog = SharedLogRateLimiter(limit: 5, intervalNanos: 10_000_000_000)
+
+    private let lock = ConditionLock()
+    private var places: ConnectionPlaces<UInt64>
+    /// The socket of every connection holding a place, so one can be displaced from any shard.
+    private var sockets: [UInt64: Int32] = [:]
+    private var nextConnection: UInt64 = 1
+    /// Requests waiting for a buffer, over all shards.
+    private var leaseWaiters = 0
+
+    init(service: BlockService, pool: BufferPool, config: DataPlaneConfig, endpoint: Endpoint, logger: Logger) throws(SysError) {
+        self.service = service
+        self.pool = pool
+        self.park = LeasePark(count: pool.count)
+        self.fillPool = FillPool(threads: config.fillThreads)
+        self.config = config
+        self.logger = logger
+        (listener, port) = try TCPSocket.listen(endpoint)
+        places = ConnectionPlaces(limit: config.maxConnections)
+    }
+
+    /// Starts the fill threads and the shards; returns once every shard has its ring (or throws
+    /// the first one's failure).
+    func start() throws(SysError) {
+        try fillPool.start()
+        for i in 0..<max(1, config.shards) {
+            let shard = try Shard(index: i, plane: self)
+            shards.append(shard)
+        }
+        var failure: SysError?
+        for shard in shards {
+            do { try shard.start() } catch {
+                failure = error
+                break
+            }
+        }
+        if let failure {
+            stop()
+            throw failure
+        }
+    }
+
+    /// Stops accepting, closes every connection, lets the shards finish what they started and
+    /// the fill threads finish their queue (cache writes included).
+    func stop() {
+        listener.shutdown()
+        for shard in shards { shard.requestStop() }
+        for shard in shards { shard.waitUntilStopped(timeoutNanos: 10_000_000_000) }
+        fillPool.stop()
+        listener.close()
+    }
+
+    var connectionCount: Int { lock.withLock { sockets.count } }
+
+    enum Admission { case admitted(UInt64), full }
+
+    /// Gives a new connection a place: when the worker is full, the oldest connection still in
+    /// its handshake is shut down to make room (its shard sees the end and closes it).
+    func admit(fd: Int32) -> Admission {
+        lock.withLock {
+            let id = nextConnection
+            nextConnection += 1
+            guard case .admitted(let victim) = places.admit(id) else { return .full }
+            sockets[id] = fd
+            if let victim, let victimFD = sockets.removeValue(forKey: victim) {
+                // Under the lock: the victim's shard closes its fd only after removing it here.
+                Sockets.shutdown(victimFD)
+                service.metrics.connectionsDisplaced.increment()
+            }
+            return .admitted(id)
+        }
+    }
+
+    func trust(_ id: UInt64) { lock.withLock { places.trust(id) } }
+
+    /// The connection's place is given up; call before its fd is closed.
+    func release(_ id: UInt64) {
+        lock.withLock {
+            places.release(id)
+            sockets[id] = nil
+        }
+    }
+
+    func noteWaiting(_ delta: Int) { lock.withLock { leaseWaiters += delta } }
+    var requestsWaitingForBuffers: Int { lock.withLock { leaseWaiters } }
+
+    /// Gives a lease back to the pool and wakes the shards that have requests waiting for one.
+    func giveLease(_ lease: consuming Lease) {
+        pool.give(lease)
+        if lock.withLock({ leaseWaiters > 0 }) {
+            for shard in shards where shard.hasWaiters { shard.post(.leaseFreed) }
+        }
+    }
+
+    /// Gives back parked lease `i`.
+    func giveParked(_ i: Int) {
+        if let lease = park.unpark(i) { giveLease(lease) }
+    }
+}
+
+/// A flag set once: the first caller of `firstTime` gets true.
+final class OnceFlag: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var done = false
+
+    func firstTime() -> Bool { lock.withLock { defer { done = true }; return !done } }
+}

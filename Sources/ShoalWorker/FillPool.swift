@@ -1,0 +1,95 @@
+import ShoalCore
+import ShoalSys
+
+/// Threads for the work that blocks, so that no io shard ever waits: fills from the object
+/// store, STATs that go to the store, and writing filled blocks to the cache. Each job posts its
+/// result back to the shard that asked (`Shard.post`). Jobs run in arrival order; the queue is
+/// bounded by the shards' own limits (requests in flight per connection, leases).
+final class FillPool: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var jobs: [@Sendable () -> Void] = []
+    private var head = 0
+    private var stopping = false
+    private var running = 0
+    let threads: Int
+
+    init(threads: Int) {
+        self.threads = max(1, threads)
+    }
+
+    func start() throws(SysError) {
+        for i in 0..<threads {
+            try OSThread.spawn(name: "shoal-fill-\(i)") { [self] in run() }
+            lock.withLock { running += 1 }
+        }
+    }
+
+    func submit(_ job: @escaping @Sendable () -> Void) {
+        lock.withLock { jobs.append(job) }
+        lock.signal()
+    }
+
+    /// Jobs waiting for a thread.
+    var queued: Int { lock.withLock { jobs.count - head } }
+
+    private func run() {
+        while true {
+            lock.lock()
+            while head == jobs.count && !stopping { _ = lock.wait() }
+            if head == jobs.count {
+                running -= 1
+                lock.unlock()
+                lock.broadcast()
+                return
+            }
+            let job = jobs[head]
+            head += 1
+            if head > 1024 && head * 2 > jobs.count {
+                jobs.removeFirst(head)
+                head = 0
+            }
+            lock.unlock()
+            job()
+        }
+    }
+
+    /// Finishes the queued jobs, then stops the threads (waits up to `timeoutNanos`).
+    func stop(timeoutNanos: UInt64 = 30_000_000_000) {
+        lock.withLock { stopping = true }
+        lock.broadcast()
+        let deadline = monotonicNanos() + timeoutNanos
+        lock.lock()
+        while running > 0 && monotonicNanos() < deadline { _ = lock.wait(untilNanos: deadline) }
+        lock.unlock()
+    }
+}
+
+/// Leases parked by their buffer number while a request is in flight: an io shard's operation,
+/// a fill job and its completion name the buffer by number (`user_data` and messages carry no
+/// objects), and the lease itself waits here until its holder takes it back out to give it to
+/// the pool. Each number has one holder at a time, the lease's own uniqueness, so no lock.
+final class LeasePark: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<Lease?>
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        slots = .allocate(capacity: count)
+        for i in 0..<count { (slots + i).initialize(to: nil) }
+    }
+
+    deinit {
+        (slots).deinitialize(count: count)
+        slots.deallocate()
+    }
+
+    /// Parks a lease; returns its number.
+    func park(_ lease: consuming Lease) -> Int {
+        let i = lease.index
+        slots[i] = consume lease
+        return i
+    }
+
+    /// Takes parked lease `i` back out (once per park; nil if it is not parked).
+    func unpark(_ i: Int) -> Lease? { slots[i].take() }
+}

@@ -1,0 +1,1061 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import ShoalCore
+import ShoalStore
+import ShoalSys
+
+/// What other threads tell a shard (through its mailbox and eventfd).
+enum ShardMessage: Sendable {
+    /// A fill job finished READ op `op` (generation `generation`); the lease is parked again.
+    case filled(op: Int, generation: UInt32, Result<FilledRange, ShoalError>)
+    /// A STAT that went to the store finished.
+    case stat(connection: Int, generation: UInt32, requestID: UInt32, Result<StatReply, ShoalError>)
+    /// A lease came free somewhere: requests waiting for one may go on.
+    case leaseFreed
+    case stop
+}
+
+/// One io shard: a thread with one io_uring that accepts connections, receives their requests,
+/// reads the cache straight into leased registered buffers and sends replies from them, in
+/// whatever order they complete. Nothing here blocks: misses, STATs that go to the store and
+/// cache writes go to the fill threads and come back as messages. `user_data` names each
+/// operation as (kind, table index, generation), so nothing is allocated per operation and a
+/// completion for a connection or operation that is gone is recognised and dropped.
+final class Shard: @unchecked Sendable {
+    let index: Int
+    unowned let plane: DataPlane
+    private var ring: ShardRing!
+    private let wake: EventFD
+    private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    private let mailLock = ConditionLock()
+    private var mail: [ShardMessage] = []
+    private var mailScratch: [ShardMessage] = []
+    private var waitersFlag = false
+    private let started = ConditionLock()
+    private var startResult: Result<Void, SysError>?
+    private var finished = false
+
+    private var connections: [ShardConnection?] = []
+    private var freeConnections: [Int] = []
+    private var generations: [UInt32] = []
+    private var ops: [ReadOp?] = []
+    private var freeOps: [Int] = []
+    private var opGenerations: [UInt32] = []
+    /// Requests waiting for a buffer, oldest first.
+    private var waiting: [WaitingRead] = []
+    private var waitingHead = 0
+    /// Fill and STAT jobs sent out and not yet answered.
+    private var jobsOut = 0
+    private var stopping = false
+    private var acceptArmed = false
+    private var actions: [ServerAction] = []
+    /// Plaintext out of TLS records, for the state machine.
+    private let plaintext = UnsafeMutableRawPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private var lastSweep: UInt64 = 0
+
+    private var service: BlockService { plane.service }
+    private var logger: Logger { plane.logger }
+
+    enum Kind: UInt64 {
+        case accept = 1, receive, send, diskFirst, diskSecond, wake, cancel
+    }
+
+    static func userData(_ kind: Kind, _ index: Int, _ generation: UInt32) -> UInt64 {
+        kind.rawValue << 56 | UInt64(index & 0xFF_FFFF) << 32 | UInt64(generation)
+    }
+
+    init(index: Int, plane: DataPlane) throws(SysError) {
+        self.index = index
+        self.plane = plane
+        wake = try EventFD()
+        actions.reserveCapacity(16)
+    }
+
+    deinit {
+        wakeBuffer.deallocate()
+        plaintext.deallocate()
+    }
+
+    // MARK: thread
+
+    func start() throws(SysError) {
+        try OSThread.spawn(name: "shoal-shard-\(index)") { [self] in run() }
+        started.lock()
+        while startResult == nil { _ = started.wait() }
+        let r = startResult!
+        started.unlock()
+        try r.get()
+    }
+
+    private func run() {
+        do throws(SysError) {
+            // The ring is made on this thread: with SINGLE_ISSUER only it may submit.
+            ring = try ShardRing(entries: 1024)
+            try plane.pool.register(with: ring)
+            try ring.setUpProvidedBuffers(count: 256, size: 16 * 1024)
+            try ring.acceptMultishot(fd: plane.listener.fd, userData: Shard.userData(.accept, 0, 0))
+            acceptArmed = true
+            try ring.read(fd: wake.fd, into: wakeBuffer, count: 8, userData: Shard.userData(.wake, 0, 0))
+        } catch {
+            started.withLock { startResult = .failure(error) }
+            started.broadcast()
+            return
+        }
+        started.withLock { startResult = .success(()) }
+        started.broadcast()
+        loop()
+        ring = nil
+        started.withLock { finished = true }
+        started.broadcast()
+    }
+
+    private func loop() {
+        while true {
+            do { try ring.submitAndWait(timeoutNanos: 500_000_000) } catch {
+                logger.error("io shard stopped: its ring failed", metadata: ["shard": "\(index)", "error": "\(error)"])
+                return
+            }
+            ring.drain { ud, res, flags in completion(ud, res, flags) }
+            takeMail()
+            let now = monotonicNanos()
+            if now - lastSweep > 250_000_000 {
+                lastSweep = now
+                sweep(now)
+            }
+            if stopping && connections.allSatisfy({ $0 == nil }) && ops.allSatisfy({ $0 == nil }) && jobsOut == 0 { return }
+        }
+    }
+
+    func requestStop() { post(.stop) }
+
+    func waitUntilStopped(timeoutNanos: UInt64) {
+        let deadline = monotonicNanos() + timeoutNanos
+        started.lock()
+        while !finished && startResult != nil && monotonicNanos() < deadline {
+            if case .failure = startResult { break }
+            _ = started.wait(untilNanos: deadline)
+        }
+        started.unlock()
+    }
+
+    /// Posts a message from any thread.
+    func post(_ message: ShardMessage) {
+        mailLock.withLock { mail.append(message) }
+        wake.signal()
+    }
+
+    var hasWaiters: Bool { mailLock.withLock { waitersFlag } }
+
+    private func setWaiters(_ on: Bool) { mailLock.withLock { waitersFlag = on } }
+
+    // MARK: completions
+
+    private func completion(_ ud: UInt64, _ res: Int32, _ flags: UInt32) {
+        guard let kind = Kind(rawValue: ud >> 56) else { return }
+        let index = Int((ud >> 32) & 0xFF_FFFF)
+        let generation = UInt32(truncatingIfNeeded: ud)
+        switch kind {
+        case .accept:
+            if res >= 0 { accepted(res) }
+            if !ShardRing.hasMore(flags) {
+                acceptArmed = false
+                if !stopping, res != -EINVAL, res != -EBADF { armAccept() }
+            }
+        case .receive:
+            received(index, generation, res, flags)
+        case .send:
+            sent(index, generation, res)
+        case .diskFirst, .diskSecond:
+            diskRead(index, generation, res)
+        case .wake:
+            do { try ring.read(fd: wake.fd, into: wakeBuffer, count: 8, userData: Shard.userData(.wake, 0, 0)) } catch {
+                logger.error("io shard cannot re-arm its wake-up", metadata: ["error": "\(error)"])
+            }
+        case .cancel:
+            break
+        }
+    }
+
+    private func armAccept() {
+        do {
+            try ring.acceptMultishot(fd: plane.listener.fd, userData: Shard.userData(.accept, 0, 0))
+            acceptArmed = true
+        } catch {
+            logger.error("io shard cannot accept", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func takeMail() {
+        mailLock.withLock { swap(&mail, &mailScratch) }
+        defer { mailScratch.removeAll(keepingCapacity: true) }
+        for m in mailScratch {
+            switch m {
+            case .filled(let op, let generation, let result):
+                jobsOut -= 1
+                filled(op, generation, result)
+            case .stat(let c, let generation, let id, let result):
+                jobsOut -= 1
+                guard let conn = connection(c, generation), conn.isOpen else { continue }
+                switch result {
+                case .success(let reply): enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: id)
+                case .failure(let e):
+                    service.metrics.error(e.code)
+                    enqueueSmall(conn, conn.machine.errorReply(.statReply, id: id, e), requestID: id)
+                }
+                flush(conn)
+            case .leaseFreed:
+                serveWaiting()
+            case .stop:
+                stopping = true
+                for c in connections.compactMap({ $0 }) { kill(c) }
+                serveWaiting()
+            }
+        }
+    }
+
+    // MARK: connections
+
+    private func connection(_ slot: Int, _ generation: UInt32) -> ShardConnection? {
+        guard slot < connections.count, let c = connections[slot], c.generation == generation else { return nil }
+        return c
+    }
+
+    private func accepted(_ fd: Int32) {
+        guard !stopping else {
+            Sockets.close(fd)
+            return
+        }
+        switch plane.admit(fd: fd) {
+        case .full:
+            refuse(fd)
+        case .admitted(let id):
+            do { try Sockets.setNoDelay(fd) } catch {
+                plane.release(id)
+                Sockets.close(fd)
+                logger.warning("closing a new connection", metadata: ["error": "\(error)"])
+                return
+            }
+            var tls: TLSEngine?
+            if let context = plane.config.tls {
+                do { tls = try TLSEngine(context: context) } catch {
+                    plane.release(id)
+                    Sockets.close(fd)
+                    logger.error("cannot start TLS for a connection", metadata: ["error": "\(error)"])
+                    return
+                }
+                if plane.tlsReported.firstTime() {
+                    logger.notice("TLS connection: the io shards run TLS in user space (OpenSSL, memory buffers), copying each reply once into its records")
+                }
+            }
+            let conn = newConnection(fd: fd, place: id, tls: tls)
+            service.metrics.connections.increment()
+            armReceive(conn)
+        }
+    }
+
+    /// A connection over `maxConnections` when every place is trusted: told why in an ERROR
+    /// frame it reads in place of the handshake's CHALLENGE, then closed. It holds no place; a
+    /// flood beyond `maxRefusing` at once is closed without a word.
+    private func refuse(_ fd: Int32) {
+        let max = plane.config.maxConnections
+        service.metrics.connectionsRefused.increment()
+        plane.refusedLog.log(logger, .warning, "refused a connection: the worker is full", ["maxConnections": "\(max)"])
+        guard refusing < Shard.maxRefusing else {
+            Sockets.close(fd)
+            return
+        }
+        let message = Array("worker is full: \(max) connections (maxConnections); retry later, or raise maxConnections in the worker's config".utf8)
+        let farewell = FrameHeader(type: .error, status: .shuttingDown, requestID: 0, payloadLength: UInt32(message.count)).bytes + message
+        let conn = newConnection(fd: fd, place: 0, tls: nil)
+        conn.refused = true
+        refusing += 1
+        conn.queue.append(OutFrame(copying: farewell, requestID: nil))
+        closeAfterFlush(conn)
+    }
+
+    private static let maxRefusing = 64
+    private var refusing = 0
+
+    private func newConnection(fd: Int32, place: UInt64, tls: TLSEngine?) -> ShardConnection {
+        let slot: Int
+        if let s = freeConnections.popLast() {
+            slot = s
+        } else {
+            slot = connections.count
+            connections.append(nil)
+            generations.append(0)
+        }
+        generations[slot] &+= 1
+        let config = plane.config
+        var machineConfig = ServerConnection.Config(secret: config.secret, blockSize: service.blockSize) { keys in
+            try? FrameAuthenticator(keys: keys, role: .worker)
+        }
+        machineConfig.allowsUntaggedFrames = config.allowsUntaggedFrames
+        machineConfig.channelAuthenticated = tls != nil
+        machineConfig.maxInFlight = config.maxInFlight
+        let conn = ShardConnection(fd: fd, slot: slot, generation: generations[slot], place: place,
+                                   machine: ServerConnection(machineConfig), tls: tls,
+                                   deadline: monotonicNanos() + config.handshakeTimeoutNanos)
+        connections[slot] = conn
+        return conn
+    }
+
+    private func armReceive(_ conn: ShardConnection) {
+        guard !conn.receiving, conn.state == .open || conn.state == .draining else { return }
+        do {
+            try ring.receive(fd: conn.fd, userData: Shard.userData(.receive, conn.slot, conn.generation))
+            conn.receiving = true
+        } catch {
+            logger.error("cannot receive on a connection", metadata: ["error": "\(error)"])
+            kill(conn)
+        }
+    }
+
+    private func received(_ slot: Int, _ generation: UInt32, _ res: Int32, _ flags: UInt32) {
+        let buffer = ShardRing.providedBufferID(flags)
+        defer { if let buffer { ring.recycle(buffer) } }
+        guard let conn = connection(slot, generation) else { return }
+        conn.receiving = false
+        if res == -ENOBUFS {
+            // Every receive buffer is in use this instant: try again on the next pass.
+            conn.receiveLater = true
+            return
+        }
+        guard res > 0, let buffer else {
+            kill(conn)
+            finalizeIfDone(conn)
+            return
+        }
+        let bytes = UnsafeRawBufferPointer(start: ring.providedBuffer(buffer), count: Int(res))
+        switch conn.state {
+        case .draining:
+            armReceive(conn)  // discard until the client closes
+            return
+        case .flushing:
+            return
+        case .dead:
+            finalizeIfDone(conn)
+            return
+        case .open:
+            break
+        }
+        if let tls = conn.tls {
+            if !conn.sawFirstByte, bytes.first == FrameHeader.firstByte {
+                // A client without TLS opens with a Shoal frame: tell it, in a frame it can read.
+                let message = Array("this worker requires TLS: give the client the cluster's CA file (tlsCAFile, --tls-ca or SHOAL_TLS_CA_FILE)".utf8)
+                service.metrics.error(.unauthenticated)
+                logClosing("closing a connection without TLS to a TLS worker", [:])
+                conn.queue.append(OutFrame(copying: FrameHeader(type: .error, status: .unauthenticated, requestID: 0,
+                                                                payloadLength: UInt32(message.count)).bytes + message, requestID: nil))
+                closeAfterFlush(conn)
+                return
+            }
+            conn.sawFirstByte = true
+            receiveTLS(conn, tls, bytes)
+        } else {
+            conn.machine.receive(bytes, nonce: nonce, into: &actions)
+            perform(conn)
+        }
+        if conn.state == .open && conn.machine.wantsInput { armReceive(conn) }
+        flush(conn)
+    }
+
+    private func receiveTLS(_ conn: ShardConnection, _ tls: TLSEngine, _ bytes: UnsafeRawBufferPointer) {
+        switch tls.feed(bytes) {
+        case .failed(let reason):
+            service.metrics.error(.unauthenticated)
+            logClosing("closing a connection whose TLS failed", ["error": "\(reason)"])
+            queueTLSOutput(conn, tls)
+            closeAfterFlush(conn)
+            return
+        case .closed:
+            kill(conn)
+            return
+        case .handshaking:
+            queueTLSOutput(conn, tls)
+            return
+        case .established:
+            break
+        }
+        while conn.state == .open {
+            guard let n = tls.readPlaintext(into: plaintext, count: 64 * 1024) else {
+                kill(conn)
+                return
+            }
+            if n == 0 { break }
+            conn.machine.receive(UnsafeRawBufferPointer(start: plaintext, count: n), nonce: nonce, into: &actions)
+            perform(conn)
+        }
+        queueTLSOutput(conn, tls)
+    }
+
+    private func nonce() -> [UInt8]? {
+        do { return try secureRandomBytes(MutualAuth.nonceSize) } catch {
+            logger.error("refusing a connection: the worker cannot authenticate clients without a random source", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Carries out the state machine's actions.
+    private func perform(_ conn: ShardConnection) {
+        var i = 0
+        while i < actions.count {
+            let action = actions[i]
+            i += 1
+            switch action {
+            case .send(let bytes):
+                enqueueSmall(conn, bytes, requestID: nil)
+            case .established:
+                plane.trust(conn.place)
+                conn.deadline = nil
+            case .close(let bytes, let status, let reason):
+                service.metrics.error(status)
+                logClosing("closing a connection after a protocol error", ["error": "\(reason)"])
+                enqueueSmall(conn, bytes, requestID: nil)
+                closeAfterFlush(conn)
+            case .serve(let id, let request):
+                serve(conn, id, request)
+            }
+        }
+        actions.removeAll(keepingCapacity: true)
+    }
+
+    private func logClosing(_ message: Logger.Message, _ metadata: Logger.Metadata) {
+        plane.protocolErrorLog.log(logger, .info, message, metadata)
+    }
+
+    // MARK: requests
+
+    private func serve(_ conn: ShardConnection, _ id: UInt32, _ request: WorkerRequest) {
+        switch request {
+        case .stat(let req):
+            do throws(ShoalError) {
+                if let reply = try service.cachedStat(req) {
+                    enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: id)
+                    return
+                }
+            } catch {
+                replyError(conn, .statReply, id, error)
+                return
+            }
+            jobsOut += 1
+            let (service, slot, generation) = (self.service, conn.slot, conn.generation)
+            plane.fillPool.submit { [self] in
+                let result = Result { () throws(ShoalError) -> StatReply in try service.stat(req) }
+                post(.stat(connection: slot, generation: generation, requestID: id, result))
+            }
+        case .read(let req):
+            do { try service.check(req) } catch {
+                replyError(conn, .readReply, id, error)
+                return
+            }
+            startRead(WaitingRead(connection: conn.slot, generation: conn.generation, requestID: id, request: req))
+        }
+    }
+
+    private func replyError(_ conn: ShardConnection, _ type: FrameType, _ id: UInt32, _ error: ShoalError) {
+        service.metrics.error(error.code)
+        enqueueSmall(conn, conn.machine.errorReply(type, id: id, error), requestID: id)
+    }
+
+    /// Starts a READ with a lease, or queues it until one comes free (the connection's share
+    /// used up, or none free).
+    private func startRead(_ w: WaitingRead) {
+        guard let conn = connection(w.connection, w.generation), conn.isOpen else { return }
+        guard conn.leases < plane.config.leasesPerConnection, let lease = plane.pool.take() else {
+            if waitingHead == waiting.count { setWaiters(true) }
+            waiting.append(w)
+            plane.noteWaiting(1)
+            return
+        }
+        conn.leases += 1
+        let li = plane.park.park(lease)
+        let op = newOp(ReadOp(connection: w.connection, connectionGeneration: w.generation, requestID: w.requestID, request: w.request, lease: li))
+        let bufferSize = plane.pool.bufferSize
+        let range = Int(w.request.offset)..<Int(w.request.offset) + Int(w.request.length)
+        if service.memory == nil, let plan = service.cache.plan(id: w.request.id, range: range.isEmpty ? nil : range, capacity: bufferSize) {
+            let base = plane.pool.bufferBase(li)
+            let file = service.cache.file(for: plan)
+            ops[op]!.plan = plan
+            do {
+                try ring.readFixed(file: file, buffer: base + plan.first.bufferOffset, count: plan.first.count, offset: plan.first.fileOffset,
+                                   bufferIndex: li, userData: Shard.userData(.diskFirst, op, opGenerations[op]))
+                ops[op]!.pending = 1
+            } catch {
+                logger.warning("cannot submit a cache read", metadata: ["error": "\(error)"])
+                toFill(op)
+                return
+            }
+            if let second = plan.second {
+                do {
+                    try ring.readFixed(file: file, buffer: base + second.bufferOffset, count: second.count, offset: second.fileOffset,
+                                       bufferIndex: li, userData: Shard.userData(.diskSecond, op, opGenerations[op]))
+                    ops[op]!.pending = 2
+                } catch {
+                    // The first read completes into a request that then goes to a fill thread.
+                    logger.warning("cannot submit a cache read", metadata: ["error": "\(error)"])
+                    ops[op]!.submitFailed = true
+                }
+            }
+            return
+        }
+        toFill(op)
+    }
+
+    private func diskRead(_ op: Int, _ generation: UInt32, _ res: Int32) {
+        guard op < ops.count, opGenerations[op] == generation, ops[op] != nil else { return }
+        ops[op]!.pending -= 1
+        if res < 0 { ops[op]!.error = res }
+        ops[op]!.bytes += Int(max(res, 0))
+        if let plan = ops[op]!.plan {
+            guard ops[op]!.pending == 0 else { return }
+            let r = ops[op]!
+            if r.submitFailed {
+                toFill(op)
+                return
+            }
+            // Both reads must come back whole.
+            let wanted = plan.second.map { plan.first.count + $0.count } ?? plan.first.count
+            if r.error < 0 {
+                service.cache.readFailed(plan, reason: "read failed: \(String(cString: strerror(-r.error)))")
+                toFill(op)
+                return
+            }
+            let base = plane.pool.bufferBase(r.lease)
+            switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == wanted) {
+            case .hit(let length, let crc):
+                service.recordHit(r.request)
+                let data = base + BlockCache.dataOffset
+                let rangeCRC = BlockService.rangeCRC(r.request, blockLength: length, blockCRC: crc, data: data)
+                reply(op, FilledRange(dataOffset: BlockCache.dataOffset + Int(r.request.offset), length: Int(r.request.length),
+                                      crc: rangeCRC, fill: nil), blockCRC: crc, blockLength: length)
+            case .corrupt(let reason):
+                service.metrics.corruptBlocks.increment()
+                logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(r.request.block)", "reason": "\(reason)"])
+                toFill(op)
+            case .miss:
+                toFill(op)
+            }
+        }
+    }
+
+    /// Sends READ op `op` to a fill thread: a miss, a bad block, or a failed disk read.
+    private func toFill(_ op: Int) {
+        let r = ops[op]!
+        jobsOut += 1
+        let (plane, generation) = (self.plane, opGenerations[op])
+        plane.fillPool.submit { [self] in
+            guard let lease = plane.park.unpark(r.lease) else { return }
+            let result = plane.pool.withSlot(lease) { slot in
+                Result { () throws(ShoalError) -> FilledRange in try plane.service.readBlocking(r.request, slot: slot, knownMiss: true) }
+            }
+            _ = plane.park.park(lease)
+            post(.filled(op: op, generation: generation, result))
+        }
+    }
+
+    private func filled(_ op: Int, _ generation: UInt32, _ result: Result<FilledRange, ShoalError>) {
+        guard op < ops.count, opGenerations[op] == generation, let r = ops[op] else { return }
+        switch result {
+        case .success(let range):
+            reply(op, range, blockCRC: nil, blockLength: nil)
+        case .failure(let error):
+            freeOp(op)
+            releaseLease(r.lease, connection: r.connection, generation: r.connectionGeneration)
+            if let conn = connection(r.connection, r.connectionGeneration), conn.isOpen {
+                replyError(conn, .readReply, r.requestID, error)
+                flush(conn)
+            }
+        }
+    }
+
+    /// Queues the reply of READ op `op` from its lease (data sent from where it lies).
+    private func reply(_ op: Int, _ range: FilledRange, blockCRC: UInt32?, blockLength: Int?) {
+        let r = ops[op]!
+        freeOp(op)
+        let after: AfterSend = range.fill.map { .finishFill(lease: r.lease, $0) } ?? .giveLease(r.lease)
+        guard let conn = connection(r.connection, r.connectionGeneration), conn.isOpen else {
+            afterSend(after, connection: r.connection, generation: r.connectionGeneration)
+            return
+        }
+        let base = plane.pool.bufferBase(r.lease)
+        if service.answerWithoutData || r.request.isFillOnly {
+            var body: [UInt8] = []
+            body.appendLE(range.crc)
+            body.appendLE(UInt32(range.length))
+            enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: r.requestID, body: body), requestID: r.requestID)
+            afterSend(after, connection: r.connection, generation: r.connectionGeneration)
+        } else {
+            enqueueData(conn, id: r.requestID, crc: range.crc, data: UnsafeRawBufferPointer(start: base + range.dataOffset, count: range.length),
+                        after: after)
+        }
+        flush(conn)
+    }
+
+    private func releaseLease(_ li: Int, connection slot: Int, generation: UInt32) {
+        if let conn = connection(slot, generation) { conn.leases -= 1 }
+        plane.giveParked(li)
+        serveWaiting()
+    }
+
+    /// What is done once a reply's bytes are sent (or the connection is gone).
+    private func afterSend(_ after: AfterSend, connection slot: Int, generation: UInt32) {
+        switch after {
+        case .nothing:
+            break
+        case .giveLease(let li):
+            releaseLease(li, connection: slot, generation: generation)
+        case .finishFill(let li, let fill):
+            // The block goes to the cache on a fill thread; the lease comes back after.
+            if let conn = connection(slot, generation) { conn.leases -= 1 }
+            let plane = self.plane
+            plane.fillPool.submit {
+                guard let lease = plane.park.unpark(li) else { return }
+                plane.pool.withSlot(lease) { slot in plane.service.finishFill(fill, slot: slot) }
+                plane.giveLease(lease)
+            }
+        }
+    }
+
+    private func serveWaiting() {
+        while waitingHead < waiting.count, plane.pool.available > 0 {
+            let w = waiting[waitingHead]
+            if let conn = connection(w.connection, w.generation), conn.isOpen, conn.leases >= plane.config.leasesPerConnection {
+                // This connection's share is in use: it waits, and the ones behind it go first.
+                var k = waitingHead + 1
+                while k < waiting.count, let c = connection(waiting[k].connection, waiting[k].generation), c.isOpen,
+                      c.leases >= plane.config.leasesPerConnection {
+                    k += 1
+                }
+                guard k < waiting.count else { break }
+                waiting.swapAt(waitingHead, k)
+                continue
+            }
+            waitingHead += 1
+            plane.noteWaiting(-1)
+            startRead(w)
+        }
+        if waitingHead == waiting.count {
+            waiting.removeAll(keepingCapacity: true)
+            waitingHead = 0
+            setWaiters(false)
+        } else if waitingHead > 256 {
+            waiting.removeFirst(waitingHead)
+            waitingHead = 0
+        }
+    }
+
+    private func newOp(_ op: ReadOp) -> Int {
+        let i: Int
+        if let f = freeOps.popLast() {
+            i = f
+        } else {
+            i = ops.count
+            ops.append(nil)
+            opGenerations.append(0)
+        }
+        opGenerations[i] &+= 1
+        ops[i] = op
+        return i
+    }
+
+    private func freeOp(_ i: Int) {
+        ops[i] = nil
+        freeOps.append(i)
+    }
+
+    // MARK: sending
+
+    private func enqueueSmall(_ conn: ShardConnection, _ bytes: [UInt8], requestID: UInt32?) {
+        guard !bytes.isEmpty else {
+            // A tag could not be made: nothing more can be said on this connection.
+            if let requestID { conn.machine.finished(requestID, into: &actions) }
+            actions.removeAll(keepingCapacity: true)
+            kill(conn)
+            return
+        }
+        if let tls = conn.tls {
+            guard bytes.withUnsafeBytes({ tls.write([$0]) }) else {
+                kill(conn)
+                return
+            }
+            queueTLSOutput(conn, tls)
+            if let requestID { conn.queue.append(OutFrame(marker: requestID)) }
+            return
+        }
+        conn.queue.append(OutFrame(copying: bytes, requestID: requestID))
+    }
+
+    private func enqueueData(_ conn: ShardConnection, id: UInt32, crc: UInt32, data: UnsafeRawBufferPointer, after: AfterSend) {
+        guard let head = conn.takeHead() else {
+            // Cannot happen: heads outnumber the requests a connection may have in flight.
+            afterSend(after, connection: conn.slot, generation: conn.generation)
+            kill(conn)
+            return
+        }
+        let headPointer = conn.head(head)
+        let tagPointer = headPointer + ShardConnection.tagOffset
+        guard conn.machine.sealReadReply(id: id, crc: crc, data: data, head: headPointer, tag: tagPointer) else {
+            conn.freeHead(head)
+            afterSend(after, connection: conn.slot, generation: conn.generation)
+            kill(conn)
+            return
+        }
+        let tagCount = conn.machine.tagSize
+        if let tls = conn.tls {
+            // TLS copies the data into its records: the lease can go back at once.
+            let ok = tls.write([UnsafeRawBufferPointer(start: headPointer, count: ReadReplyHead.size), data])
+            conn.freeHead(head)
+            afterSend(after, connection: conn.slot, generation: conn.generation)
+            guard ok else {
+                kill(conn)
+                return
+            }
+            queueTLSOutput(conn, tls)
+            conn.queue.append(OutFrame(marker: id))
+            return
+        }
+        conn.queue.append(OutFrame(head: head, data: data, tagCount: tagCount, requestID: id, after: after))
+    }
+
+    private func queueTLSOutput(_ conn: ShardConnection, _ tls: TLSEngine) {
+        let n = tls.pendingOutput
+        guard n > 0 else { return }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 16)
+        let got = tls.takeOutput(into: p, max: n)
+        conn.queue.append(OutFrame(owned: p, count: got))
+    }
+
+    /// Starts a send of what is queued, if none is in flight: one SENDMSG gathers several
+    /// replies (headers, data from the leases, tags).
+    private func flush(_ conn: ShardConnection) {
+        guard !conn.sending, conn.state != .dead else { return }
+        while true {
+            if conn.inSend.isEmpty {
+                let n = min(conn.queue.count, ShardConnection.framesPerSend)
+                conn.inSend.append(contentsOf: conn.queue.prefix(n))
+                conn.queue.removeFirst(n)
+            }
+            guard !conn.inSend.isEmpty else {
+                if conn.state == .flushing { startDraining(conn) }
+                return
+            }
+            if conn.buildMessage() > 0 { break }
+            // Only markers (replies that went out inside TLS records already sent): done now.
+            let frames = conn.inSend
+            conn.inSend.removeAll(keepingCapacity: true)
+            conn.sentInFirst = 0
+            for f in frames { done(conn, f) }
+            perform(conn)
+            if conn.state == .dead { return }
+        }
+        do {
+            try ring.sendMessage(fd: conn.fd, conn.message, userData: Shard.userData(.send, conn.slot, conn.generation))
+            conn.sending = true
+            if conn.sendStarted == 0 { conn.sendStarted = monotonicNanos() }
+        } catch {
+            logger.error("cannot send on a connection", metadata: ["error": "\(error)"])
+            kill(conn)
+        }
+    }
+
+    private func sent(_ slot: Int, _ generation: UInt32, _ res: Int32) {
+        guard let conn = connection(slot, generation) else { return }
+        conn.sending = false
+        guard res > 0 else {
+            kill(conn)
+            finalizeIfDone(conn)
+            return
+        }
+        conn.sendStarted = monotonicNanos()
+        var left = Int(res)
+        while !conn.inSend.isEmpty {
+            let remaining = conn.inSend[0].total - conn.sentInFirst
+            guard left >= remaining else {
+                conn.sentInFirst += left
+                break
+            }
+            left -= remaining
+            conn.sentInFirst = 0
+            let f = conn.inSend.removeFirst()
+            done(conn, f)
+        }
+        if conn.inSend.isEmpty && conn.queue.isEmpty { conn.sendStarted = 0 }
+        if conn.state == .dead {
+            finalizeIfDone(conn)
+            return
+        }
+        perform(conn)
+        if conn.state == .open && conn.machine.wantsInput { armReceive(conn) }
+        flush(conn)
+    }
+
+    /// A frame is on its way: free what it held, and let its request's place go.
+    private func done(_ conn: ShardConnection, _ f: OutFrame) {
+        if let owned = f.owned { owned.deallocate() }
+        if f.head >= 0 { conn.freeHead(f.head) }
+        afterSend(f.after, connection: conn.slot, generation: conn.generation)
+        if let id = f.requestID, conn.state != .dead { conn.machine.finished(id, nonce: nonce, into: &actions) }
+    }
+
+    // MARK: closing
+
+    /// Closes after what is queued is sent (an ERROR saying why): then the sending side is shut,
+    /// and what the client still sends is read and dropped until it closes (or a second passes),
+    /// so the kernel does not reset the connection before the client reads the ERROR.
+    private func closeAfterFlush(_ conn: ShardConnection) {
+        guard conn.state == .open else { return }
+        conn.state = .flushing
+        conn.deadline = monotonicNanos() + 2_000_000_000
+        flush(conn)
+    }
+
+    private func startDraining(_ conn: ShardConnection) {
+        conn.state = .draining
+        Sockets.shutdownWrite(conn.fd)
+        conn.deadline = monotonicNanos() + 1_000_000_000
+        armReceive(conn)
+    }
+
+    /// Ends a connection now: operations on its socket complete (and are dropped), then it is
+    /// closed and its slot freed.
+    private func kill(_ conn: ShardConnection) {
+        guard conn.state != .dead else { return }
+        conn.state = .dead
+        if !conn.refused { plane.release(conn.place) }
+        Sockets.shutdown(conn.fd)
+        // Replies not sent: their buffers go back now.
+        for f in conn.inSend + conn.queue {
+            if let owned = f.owned { owned.deallocate() }
+            afterSend(f.after, connection: conn.slot, generation: conn.generation)
+        }
+        conn.inSend.removeAll()
+        conn.queue.removeAll()
+        finalizeIfDone(conn)
+    }
+
+    private func finalizeIfDone(_ conn: ShardConnection) {
+        guard conn.state == .dead, !conn.receiving, !conn.sending, connections[conn.slot] === conn else { return }
+        Sockets.close(conn.fd)
+        connections[conn.slot] = nil
+        freeConnections.append(conn.slot)
+        if conn.refused { refusing -= 1 } else { service.metrics.connections.decrement() }
+    }
+
+    /// Deadlines: handshakes, farewells, and replies that stopped moving.
+    private func sweep(_ now: UInt64) {
+        let waitersExist = plane.requestsWaitingForBuffers > 0
+        for case let conn? in connections {
+            if conn.receiveLater {
+                conn.receiveLater = false
+                if conn.state == .open && conn.machine.wantsInput || conn.state == .draining { armReceive(conn) }
+            }
+            if let d = conn.deadline, now > d {
+                switch conn.state {
+                case .open:
+                    service.metrics.error(.timeout)
+                    logClosing("closing a connection that did not finish its handshake in time", [:])
+                    let action = conn.machine.close(.timeout, "the handshake did not finish within \(plane.config.handshakeTimeoutNanos / 1_000_000_000) s")
+                    if case .close(let bytes, _, _) = action, conn.tls == nil {
+                        conn.queue.append(OutFrame(copying: bytes, requestID: nil))
+                        closeAfterFlush(conn)
+                    } else {
+                        kill(conn)
+                    }
+                case .flushing, .draining:
+                    kill(conn)
+                case .dead:
+                    break
+                }
+                continue
+            }
+            if conn.sending, conn.sendStarted > 0 {
+                let stalled = now - conn.sendStarted
+                if stalled > plane.config.sendTimeoutNanos || (waitersExist && conn.leases > 0 && stalled > plane.config.sendStallNanos) {
+                    service.metrics.error(.timeout)
+                    logger.warning("closing a connection whose client stopped reading its replies", metadata: [
+                        "stalledSeconds": "\(stalled / 1_000_000_000)", "buffersHeld": "\(conn.leases)",
+                    ])
+                    kill(conn)
+                }
+            }
+        }
+    }
+}
+
+/// A READ waiting for a buffer.
+struct WaitingRead {
+    var connection: Int
+    var generation: UInt32
+    var requestID: UInt32
+    var request: ReadRequest
+}
+
+/// A READ in progress on a shard: its lease (parked by number) and its cache read.
+struct ReadOp {
+    var connection: Int
+    var connectionGeneration: UInt32
+    var requestID: UInt32
+    var request: ReadRequest
+    var lease: Int
+    var plan: ReadPlan?
+    var pending = 0
+    var bytes = 0
+    var error: Int32 = 0
+    /// The second read could not be submitted: after the first, the request goes to a fill thread.
+    var submitFailed = false
+
+    init(connection: Int, connectionGeneration: UInt32, requestID: UInt32, request: ReadRequest, lease: Int) {
+        self.connection = connection
+        self.connectionGeneration = connectionGeneration
+        self.requestID = requestID
+        self.request = request
+        self.lease = lease
+    }
+}
+
+/// What a sent reply leaves to do.
+enum AfterSend {
+    case nothing
+    case giveLease(Int)
+    case finishFill(lease: Int, PendingFill)
+}
+
+/// One frame queued on a connection: a small frame (or TLS records) in owned memory, or a
+/// READ_REPLY (head and tag in the connection's head slots, data from a lease).
+struct OutFrame {
+    var owned: UnsafeMutableRawPointer?
+    var ownedCount = 0
+    var head = -1
+    var data = UnsafeRawBufferPointer(start: nil, count: 0)
+    var tagCount = 0
+    var requestID: UInt32?
+    var after = AfterSend.nothing
+    /// A request whose reply went out inside TLS records queued before it.
+    var isMarker = false
+
+    init(copying bytes: [UInt8], requestID: UInt32?) {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 8)
+        bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        owned = p
+        ownedCount = bytes.count
+        self.requestID = requestID
+    }
+
+    init(owned: UnsafeMutableRawPointer, count: Int) {
+        self.owned = owned
+        ownedCount = count
+    }
+
+    init(head: Int, data: UnsafeRawBufferPointer, tagCount: Int, requestID: UInt32, after: AfterSend) {
+        self.head = head
+        self.data = data
+        self.tagCount = tagCount
+        self.requestID = requestID
+        self.after = after
+    }
+
+    init(marker requestID: UInt32) {
+        self.requestID = requestID
+        isMarker = true
+    }
+
+    var total: Int { owned != nil ? ownedCount : (head >= 0 ? ReadReplyHead.size + data.count + tagCount : 0) }
+}
+
+/// One connection on a shard: its socket, state machine, send queue and the memory its sends
+/// point into (message header, iovecs, reply heads), allocated once when it opens.
+final class ShardConnection {
+    enum State { case open, flushing, draining, dead }
+
+    let fd: Int32
+    let slot: Int
+    let generation: UInt32
+    /// Its place against `maxConnections`.
+    let place: UInt64
+    var machine: ServerConnection
+    let tls: TLSEngine?
+    var state = State.open
+    /// Handshake (or farewell) deadline; nil once established.
+    var deadline: UInt64?
+    var receiving = false
+    var receiveLater = false
+    var sawFirstByte = false
+    /// Refused for being over `maxConnections`: it holds no place and only says why.
+    var refused = false
+    var sending = false
+    var sendStarted: UInt64 = 0
+    var queue: [OutFrame] = []
+    var inSend: [OutFrame] = []
+    var sentInFirst = 0
+    var leases = 0
+
+    static let framesPerSend = 16
+    static let headSlots = Int(WireLimits.maxInFlight)
+    static let headStride = 48
+    static let tagOffset = 24
+    let message: UnsafeMutablePointer<msghdr>
+    private let iovecs: UnsafeMutablePointer<iovec>
+    private let heads: UnsafeMutableRawPointer
+    private var freeHeads: [Int]
+
+    init(fd: Int32, slot: Int, generation: UInt32, place: UInt64, machine: ServerConnection, tls: TLSEngine?, deadline: UInt64) {
+        self.fd = fd
+        self.slot = slot
+        self.generation = generation
+        self.place = place
+        self.machine = machine
+        self.tls = tls
+        self.deadline = deadline
+        message = .allocate(capacity: 1)
+        message.initialize(to: msghdr())
+        iovecs = .allocate(capacity: ShardConnection.framesPerSend * 3)
+        heads = .allocate(byteCount: ShardConnection.headSlots * ShardConnection.headStride, alignment: 16)
+        freeHeads = Array((0..<ShardConnection.headSlots).reversed())
+    }
+
+    deinit {
+        message.deallocate()
+        iovecs.deallocate()
+        heads.deallocate()
+    }
+
+    var isOpen: Bool { state == .open }
+
+    func takeHead() -> Int? { freeHeads.popLast() }
+    func freeHead(_ i: Int) { freeHeads.append(i) }
+    func head(_ i: Int) -> UnsafeMutableRawPointer { heads + i * ShardConnection.headStride }
+
+    /// Fills the message header with iovecs for the frames in `inSend`, past the bytes of the
+    /// first already sent; returns the iovec count.
+    func buildMessage() -> Int {
+        var n = 0
+        var skip = sentInFirst
+        func add(_ p: UnsafeRawPointer?, _ count: Int) {
+            guard count > 0, let p else { return }
+            if skip >= count {
+                skip -= count
+                return
+            }
+            iovecs[n] = iovec(iov_base: UnsafeMutableRawPointer(mutating: p + skip), iov_len: count - skip)
+            skip = 0
+            n += 1
+        }
+        for f in inSend {
+            if let owned = f.owned {
+                add(owned, f.ownedCount)
+            } else if f.head >= 0 {
+                let h = head(f.head)
+                add(h, ReadReplyHead.size)
+                add(f.data.baseAddress, f.data.count)
+                add(h + ShardConnection.tagOffset, f.tagCount)
+            }
+        }
+        message.pointee = msghdr()
+        message.pointee.msg_iov = iovecs
+        message.pointee.msg_iovlen = n
+        return n
+    }
+}
