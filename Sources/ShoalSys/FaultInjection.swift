@@ -30,6 +30,13 @@ public enum FaultInjection {
         throw SysError("the system random source (getrandom) failed (injected fault)", errno: fault.errno)
     }
 
+    /// Whether a fault is set for `path`: an io shard then hands the read to a blocking thread,
+    /// where the fault applies as it does to every other read.
+    public static func affects(_ path: String) -> Bool {
+        guard active else { return false }
+        return lock.withLock { faults[path] != nil }
+    }
+
     /// Applies the fault for `path`, if any; throws the injected error.
     @inline(__always)
     static func check(_ path: String, _ what: String) throws(SysError) {

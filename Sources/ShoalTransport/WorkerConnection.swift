@@ -207,7 +207,11 @@ public final class WorkerConnection: @unchecked Sendable {
             isBroken = true
             throw error
         }
-        if h.type == FrameType.error.rawValue { isBroken = true }
+        if h.type == FrameType.error.rawValue {
+            // The worker closed the connection, saying why.
+            isBroken = true
+            throw WorkerConnection.unexpected(h, body, endpoint, "STAT_REPLY")
+        }
         guard h.requestID == id else {
             isBroken = true
             throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
@@ -243,6 +247,12 @@ public final class WorkerConnection: @unchecked Sendable {
             try stage(FrameHeader.size, deadline: deadline)
             let header = try WorkerConnection.decodeHeader(staging + stagedStart, endpoint,
                                                            maxPayload: WireLimits.maxResponsePayload + UInt32(tagSize))
+            if header.type == FrameType.error.rawValue {
+                // The worker closed the connection, saying why.
+                let (h, payload) = try receiveSmall(deadline: deadline)
+                isBroken = true
+                throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
+            }
             guard let index = pending.firstIndex(where: { $0.id == header.requestID }) else {
                 throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(header.requestID), which is not in flight")
             }

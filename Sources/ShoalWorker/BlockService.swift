@@ -140,14 +140,13 @@ final class BlockService: @unchecked Sendable {
     /// the cache or, on a miss or a bad block, by one fill from the store, and returns where the
     /// requested range lies and its CRC. A returned fill is finished with `finishFill` once the
     /// reply has been sent; on a throw nothing is left to finish.
-    /// `knownMiss`: the shard already looked in the cache (and found nothing good).
-    func readBlocking(_ request: ReadRequest, slot: IOSlot, knownMiss: Bool = false) throws(ShoalError) -> FilledRange {
+    func readBlocking(_ request: ReadRequest, slot: IOSlot) throws(ShoalError) -> FilledRange {
         try check(request)
         let s = try store(request.block.object.store)
         let id = request.id
         var fill: PendingFill?
         do throws(ShoalError) {
-            let (length, crc, pending) = try blockInSlot(request, id: id, store: s, slot: slot, lookFirst: !knownMiss)
+            let (length, crc, pending) = try blockInSlot(request, id: id, store: s, slot: slot)
             fill = pending
             let offset = Int(request.offset)
             let count = Int(request.length)
@@ -197,13 +196,10 @@ final class BlockService: @unchecked Sendable {
     }
 
     /// Puts the whole block in `slot` at `BlockCache.dataOffset`: from the cache, or by filling it.
-    private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot,
-                             lookFirst: Bool = true) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
+    private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
         let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
         for attempt in 0..<3 {
-            if attempt == 0 && !lookFirst {
-                // Already looked: straight to the fill.
-            } else if let memory {
+            if let memory {
                 if let (length, crc) = memory.read(request.block, id: id, range: range, into: slot.base + BlockCache.dataOffset) {
                     metrics.hits.increment()
                     return (length, crc, nil)

@@ -32,6 +32,8 @@ final class DataPlane: @unchecked Sendable {
     let pool: BufferPool
     let park: LeasePark
     let fillPool: FillPool
+    /// The DRAM tier's bookkeeping over the pool's tier slots (nil: no tier).
+    let tier: MemoryTier?
     let config: DataPlaneConfig
     let logger: Logger
     let listener: TCPSocket
@@ -57,6 +59,7 @@ final class DataPlane: @unchecked Sendable {
         self.pool = pool
         self.park = LeasePark(count: pool.count)
         self.fillPool = FillPool(threads: config.fillThreads)
+        self.tier = pool.tierSlots > 0 ? MemoryTier(slots: pool.tierSlots) : nil
         self.config = config
         self.logger = logger
         (listener, port) = try TCPSocket.listen(endpoint)
@@ -125,8 +128,19 @@ final class DataPlane: @unchecked Sendable {
         }
     }
 
-    func noteWaiting(_ delta: Int) { lock.withLock { leaseWaiters += delta } }
-    var requestsWaitingForBuffers: Int { lock.withLock { leaseWaiters } }
+    /// Requests waiting for a buffer (`starved`: waiting because every buffer is taken, not
+    /// because their own connection holds its share).
+    func noteWaiting(_ delta: Int, starved: Bool) {
+        lock.withLock {
+            leaseWaiters += delta
+            if starved { starvedWaiters += delta }
+        }
+    }
+
+    private var starvedWaiters = 0
+    /// Whether requests wait while every buffer is taken: then a connection whose replies stopped
+    /// moving gives its buffers up.
+    var starved: Bool { lock.withLock { starvedWaiters > 0 } }
 
     /// Gives a lease back to the pool and wakes the shards that have requests waiting for one.
     func giveLease(_ lease: consuming Lease) {

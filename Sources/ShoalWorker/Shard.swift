@@ -464,10 +464,14 @@ final class Shard: @unchecked Sendable {
     /// used up, or none free).
     private func startRead(_ w: WaitingRead) {
         guard let conn = connection(w.connection, w.generation), conn.isOpen else { return }
-        guard conn.leases < plane.config.leasesPerConnection, let lease = plane.pool.take() else {
+        if !w.bypassTier, let tier = plane.tier, service.memory == nil, !w.request.isFillOnly, fromTier(conn, w, tier) { return }
+        let underShare = conn.leases < plane.config.leasesPerConnection
+        guard underShare, let lease = plane.pool.take() else {
             if waitingHead == waiting.count { setWaiters(true) }
-            waiting.append(w)
-            plane.noteWaiting(1)
+            var queued = w
+            queued.starved = underShare
+            waiting.append(queued)
+            plane.noteWaiting(1, starved: underShare)
             return
         }
         conn.leases += 1
@@ -478,6 +482,10 @@ final class Shard: @unchecked Sendable {
         if service.memory == nil, let plan = service.cache.plan(id: w.request.id, range: range.isEmpty ? nil : range, capacity: bufferSize) {
             let base = plane.pool.bufferBase(li)
             let file = service.cache.file(for: plan)
+            if FaultInjection.affects(file.path) {
+                toFill(op)
+                return
+            }
             ops[op]!.plan = plan
             do {
                 try ring.readFixed(file: file, buffer: base + plan.first.bufferOffset, count: plan.first.count, offset: plan.first.fileOffset,
@@ -504,6 +512,100 @@ final class Shard: @unchecked Sendable {
         toFill(op)
     }
 
+    /// The DRAM tier: serves a hit with no disk read, or loads a hot block into a tier slot with
+    /// one whole-block read and serves this request from it. False: go on the usual way.
+    private func fromTier(_ conn: ShardConnection, _ w: WaitingRead, _ tier: MemoryTier) -> Bool {
+        let request = w.request
+        let key = request.block.encoded
+        let hit = key.withUnsafeBytes { tier.lookup(request.id, key: $0) }
+        if let hit {
+            replyFromTier(conn, w, hit)
+            return true
+        }
+        guard tier.recordAccess(request.id), let slot = tier.beginLoad(request.id, key: key) else { return false }
+        guard let plan = service.cache.plan(id: request.id, range: nil, capacity: plane.pool.bufferSize) else {
+            tier.abortLoad(slot: slot)
+            return false
+        }
+        let file = service.cache.file(for: plan)
+        let (base, fixedIndex) = plane.pool.tierSlot(slot)
+        guard plan.second == nil, !FaultInjection.affects(file.path) else {
+            tier.abortLoad(slot: slot)
+            return false
+        }
+        var op = ReadOp(connection: w.connection, connectionGeneration: w.generation, requestID: w.requestID, request: request, lease: -1)
+        op.tierSlot = slot
+        op.plan = plan
+        let i = newOp(op)
+        do {
+            try ring.readFixed(file: file, buffer: base + plan.first.bufferOffset, count: plan.first.count, offset: plan.first.fileOffset,
+                               bufferIndex: fixedIndex, userData: Shard.userData(.diskFirst, i, opGenerations[i]))
+            ops[i]!.pending = 1
+        } catch {
+            freeOp(i)
+            tier.abortLoad(slot: slot)
+            return false
+        }
+        return true
+    }
+
+    private func replyFromTier(_ conn: ShardConnection, _ w: WaitingRead, _ hit: TierHit) {
+        let request = w.request
+        let data = plane.pool.tierSlot(hit.slot).base + BlockCache.dataOffset
+        guard hit.length == request.block.expectedLength, Int(request.offset) + Int(request.length) <= hit.length else {
+            plane.tier?.unpin(hit.slot)
+            replyError(conn, .readReply, w.requestID, ShoalError(.internal, "block \(request.block) in memory holds \(hit.length) bytes; not served"))
+            return
+        }
+        service.recordHit(request)
+        let crc = BlockService.rangeCRC(request, blockLength: hit.length, blockCRC: hit.crc, data: data)
+        if service.answerWithoutData {
+            var body: [UInt8] = []
+            body.appendLE(crc)
+            body.appendLE(request.length)
+            enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: w.requestID, body: body), requestID: w.requestID)
+            plane.tier?.unpin(hit.slot)
+        } else {
+            enqueueData(conn, id: w.requestID, crc: crc, data: UnsafeRawBufferPointer(start: data + Int(request.offset), count: Int(request.length)),
+                        after: .unpinTier(hit.slot))
+        }
+        flush(conn)
+    }
+
+    /// A tier load finished: the block becomes visible and this request is served from it, or
+    /// (a bad or vanished record) the slot is given up and the request goes the usual way.
+    private func tierLoaded(_ op: Int, _ r: ReadOp, _ plan: ReadPlan) {
+        guard let tier = plane.tier else { return }
+        freeOp(op)
+        let (base, _) = plane.pool.tierSlot(r.tierSlot)
+        let retry = WaitingRead(connection: r.connection, generation: r.connectionGeneration, requestID: r.requestID, request: r.request,
+                                bypassTier: true)
+        guard r.error >= 0 else {
+            tier.abortLoad(slot: r.tierSlot)
+            service.cache.readFailed(plan, reason: "read failed: \(String(cString: strerror(-r.error)))")
+            startRead(retry)
+            return
+        }
+        switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.first.count) {
+        case .hit(let length, let crc):
+            tier.finishLoad(slot: r.tierSlot, length: length, crc: crc)
+            let hit = r.request.block.encoded.withUnsafeBytes { tier.lookup(r.request.id, key: $0) }
+            guard let conn = connection(r.connection, r.connectionGeneration), conn.isOpen else {
+                if let hit { tier.unpin(hit.slot) }
+                return
+            }
+            if let hit { replyFromTier(conn, retry, hit) } else { startRead(retry) }
+        case .corrupt(let reason):
+            tier.abortLoad(slot: r.tierSlot)
+            service.metrics.corruptBlocks.increment()
+            logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(r.request.block)", "reason": "\(reason)"])
+            startRead(retry)
+        case .miss:
+            tier.abortLoad(slot: r.tierSlot)
+            startRead(retry)
+        }
+    }
+
     private func diskRead(_ op: Int, _ generation: UInt32, _ res: Int32) {
         guard op < ops.count, opGenerations[op] == generation, ops[op] != nil else { return }
         ops[op]!.pending -= 1
@@ -512,6 +614,10 @@ final class Shard: @unchecked Sendable {
         if let plan = ops[op]!.plan {
             guard ops[op]!.pending == 0 else { return }
             let r = ops[op]!
+            if r.tierSlot >= 0 {
+                tierLoaded(op, r, plan)
+                return
+            }
             if r.submitFailed {
                 toFill(op)
                 return
@@ -542,6 +648,8 @@ final class Shard: @unchecked Sendable {
     }
 
     /// Sends READ op `op` to a fill thread: a miss, a bad block, or a failed disk read.
+    /// The fill thread looks in the cache once more first: the block may have been written
+    /// there since the shard looked (its filler finished), and then it is not fetched twice.
     private func toFill(_ op: Int) {
         let r = ops[op]!
         jobsOut += 1
@@ -549,7 +657,7 @@ final class Shard: @unchecked Sendable {
         plane.fillPool.submit { [self] in
             guard let lease = plane.park.unpark(r.lease) else { return }
             let result = plane.pool.withSlot(lease) { slot in
-                Result { () throws(ShoalError) -> FilledRange in try plane.service.readBlocking(r.request, slot: slot, knownMiss: true) }
+                Result { () throws(ShoalError) -> FilledRange in try plane.service.readBlocking(r.request, slot: slot) }
             }
             _ = plane.park.park(lease)
             post(.filled(op: op, generation: generation, result))
@@ -607,6 +715,8 @@ final class Shard: @unchecked Sendable {
             break
         case .giveLease(let li):
             releaseLease(li, connection: slot, generation: generation)
+        case .unpinTier(let slot):
+            plane.tier?.unpin(slot)
         case .finishFill(let li, let fill):
             // The block goes to the cache on a fill thread; the lease comes back after.
             if let conn = connection(slot, generation) { conn.leases -= 1 }
@@ -634,8 +744,10 @@ final class Shard: @unchecked Sendable {
                 continue
             }
             waitingHead += 1
-            plane.noteWaiting(-1)
-            startRead(w)
+            plane.noteWaiting(-1, starved: w.starved)
+            var next = w
+            next.starved = false
+            startRead(next)
         }
         if waitingHead == waiting.count {
             waiting.removeAll(keepingCapacity: true)
@@ -846,7 +958,8 @@ final class Shard: @unchecked Sendable {
 
     /// Deadlines: handshakes, farewells, and replies that stopped moving.
     private func sweep(_ now: UInt64) {
-        let waitersExist = plane.requestsWaitingForBuffers > 0
+        // Others wait because every buffer is taken, not only their connection's share.
+        let waitersExist = plane.starved
         for case let conn? in connections {
             if conn.receiveLater {
                 conn.receiveLater = false
@@ -891,6 +1004,10 @@ struct WaitingRead {
     var generation: UInt32
     var requestID: UInt32
     var request: ReadRequest
+    /// Skip the DRAM tier (its load of this block just failed).
+    var bypassTier = false
+    /// Queued because every buffer was taken (not for its connection's share).
+    var starved = false
 }
 
 /// A READ in progress on a shard: its lease (parked by number) and its cache read.
@@ -900,6 +1017,8 @@ struct ReadOp {
     var requestID: UInt32
     var request: ReadRequest
     var lease: Int
+    /// The DRAM tier slot this op loads (-1: none; then `lease` holds the bytes).
+    var tierSlot = -1
     var plan: ReadPlan?
     var pending = 0
     var bytes = 0
@@ -921,6 +1040,7 @@ enum AfterSend {
     case nothing
     case giveLease(Int)
     case finishFill(lease: Int, PendingFill)
+    case unpinTier(Int)
 }
 
 /// One frame queued on a connection: a small frame (or TLS records) in owned memory, or a

@@ -73,6 +73,7 @@ public final class Worker: @unchecked Sendable {
         planeConfig.maxConnections = config.maxConnections
         planeConfig.maxInFlight = UInt16(config.maxInFlight)
         planeConfig.leasesPerConnection = config.buffersPerConnection
+        planeConfig.sendStallNanos = UInt64(max(0.1, config.replyStallTimeout) * 1e9)
         do {
             let plane = try DataPlane(service: service, pool: pool, config: planeConfig, endpoint: config.listen, logger: logger)
             try plane.start()
@@ -101,6 +102,7 @@ public final class Worker: @unchecked Sendable {
         metrics.cachedBytes.record(Int64(cache.bytesCached))
         metrics.record(disks: cache.diskStats)
         metrics.record(admission: service.admission.snapshot)
+        if let tier = plane?.tier { metrics.record(tier: tier.stats) }
         metrics.record(datasets: datasetRows().map { ($0.name, $0.reads, $0.cached) })
     }
 
@@ -221,7 +223,18 @@ public final class Worker: @unchecked Sendable {
         return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
             + "\"capacity\":\(cache.capacity),\"connections\":\(plane?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
             + "\"serveFromMemory\":\(config.serveFromMemory),\"answerWithoutData\":\(config.answerWithoutData),"
-            + "\"admission\":\(admission),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
+            + "\"admission\":\(admission),\"memoryTier\":\(tierJSON()),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
+    }
+
+    /// The DRAM tier's counters (nil: no tier).
+    var tierStats: MemoryTierStats? { plane?.tier?.stats }
+
+    /// Threads the data plane runs: its shards and fill threads.
+    var dataPlaneThreads: Int { (plane?.shards.count ?? 0) + (plane?.fillPool.threads ?? 0) }
+
+    func tierJSON() -> String {
+        guard let t = plane?.tier?.stats else { return "null" }
+        return "{\"slots\":\(pool.tierSlots),\"resident\":\(t.resident),\"hits\":\(t.hits),\"misses\":\(t.misses),\"loads\":\(t.loads),\"evictions\":\(t.evictions)}"
     }
 
     /// Stops accepting, lets requests in progress finish, and flushes the cache files.

@@ -74,7 +74,10 @@ public struct WorkerConfig: Sendable {
     /// I/O buffers one connection may hold at once; its other requests wait their turn.
     public var buffersPerConnection = 4
     /// DRAM tier: bytes of hot blocks kept in memory and served without a disk read (0: off).
-    public var memoryTier: UInt64 = 0
+    public var memoryTier: UInt64 = 512 << 20
+    /// A reply that makes no progress this long, while other requests wait for a buffer, closes
+    /// its connection (a client that stopped reading its replies).
+    public var replyStallTimeout: Double = 5
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -97,7 +100,7 @@ public struct WorkerConfig: Sendable {
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
-                                           "maxInFlight", "buffersPerConnection", "memoryTier"]
+                                           "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
@@ -160,6 +163,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.int("maxInFlight", min: 1, max: Int(WireLimits.maxInFlight)) { config.maxInFlight = v }
         if let v = try r.int("buffersPerConnection", min: 1, max: 65536) { config.buffersPerConnection = v }
         if let v = try r.size("memoryTier") { config.memoryTier = v }
+        if let v = try r.duration("replyStallTimeout") { config.replyStallTimeout = v }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }

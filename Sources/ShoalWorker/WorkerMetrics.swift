@@ -105,6 +105,23 @@ public final class WorkerMetrics: @unchecked Sendable {
         }
     }
 
+    private var tierGauges: [Metrics.Gauge] = []
+
+    /// The DRAM tier's counters (refreshed on every scrape).
+    func record(tier t: MemoryTierStats) {
+        diskLock.withLock {
+            if tierGauges.isEmpty {
+                tierGauges = ["shoal_memory_tier_hits", "shoal_memory_tier_misses", "shoal_memory_tier_loads", "shoal_memory_tier_evictions",
+                              "shoal_memory_tier_resident_blocks"].map { Metrics.Gauge(label: $0, factory: factory) }
+            }
+            tierGauges[0].record(Double(t.hits))
+            tierGauges[1].record(Double(t.misses))
+            tierGauges[2].record(Double(t.loads))
+            tierGauges[3].record(Double(t.evictions))
+            tierGauges[4].record(Double(t.resident))
+        }
+    }
+
     /// Publishes each disk's state as gauges labelled with its path (refreshed on every scrape).
     func record(disks: [CacheDiskStats]) {
         diskLock.withLock {

@@ -60,10 +60,12 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         for _ in 0..<60 {
             usleep(500_000)
             let fills = h.metric("shoal_fills_total")
-            if fills == last && h.worker.service.fills.inFlight == 1 { break }
+            if fills == last && h.worker.service.fills.inFlight >= 1 { break }
             last = fills
         }
-        #expect(h.worker.service.fills.inFlight == 1, "the stalled connection's send should hold one fill")
+        // Its replies wait behind the stuck one, each holding its fill (at most its share of buffers).
+        let held = h.worker.service.fills.inFlight
+        #expect(held >= 1 && held <= h.worker.config.buffersPerConnection, "the stalled connection's sends should hold its fills (\(held))")
         #expect(try h.client.read(file, offset: 0, length: data.count) == data)
     }
 

@@ -143,6 +143,8 @@ public func testWorkerConfig(cacheDirectory: String, store: StoreConfig, secret:
     c.secret = Array(secret.utf8)
     c.blockSize = blockSize
     c.buffers = 8
+    // No DRAM tier unless a test asks: tests that damage the disk expect reads to reach it.
+    c.memoryTier = 0
     c.metadataTTL = 0
     c.caches = [CacheDiskConfig(path: cacheDirectory, capacity: capacity, regionSize: 8 << 20)]
     c.stores = [store]

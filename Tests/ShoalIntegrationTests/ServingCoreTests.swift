@@ -1,0 +1,159 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+@testable import ShoalClient
+@testable import ShoalCore
+@testable import ShoalStore
+@testable import ShoalSys
+@testable import ShoalTransport
+@testable import ShoalWorker
+
+/// The io shards' serving core: the DRAM tier, replies out of order, buffers shared fairly, and
+/// what many connections cost.
+@Suite(.serialized) struct ServingCoreTests {
+    /// Threads of this process (worker and test client share it).
+    static func threadCount() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? 0 }
+
+    /// Resident memory of this process, bytes.
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+              let pages = text.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    @Test func hotBlocksAreServedFromMemoryWithoutADiskRead() throws {
+        let h = try Harness("memory-tier") { $0.memoryTier = 8 * ((1 << 20) + 4096) }
+        let data = SampleData.bytes(seed: 41, count: 4 << 20)
+        try h.put("o", data)
+        // Cold, then warm from disk (the second access makes the blocks hot), then loaded into
+        // the tier and served from it.
+        for _ in 0..<4 { #expect(try h.readAll("o") == data) }
+        let before = try #require(h.worker.tierStats)
+        #expect(before.resident == 4 && before.hits >= 4, "\(before)")
+        // Damage every cached byte on disk: hot blocks are still served, from memory.
+        for path in h.worker.cache.filePaths {
+            let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+            let fd = open(path, O_WRONLY)
+            let junk = [UInt8](repeating: 0xA5, count: 1 << 20)
+            var at = Int(CacheFormatInfo.dataStart)
+            while at < size { _ = junk.withUnsafeBytes { pwrite(fd, $0.baseAddress!, min(junk.count, size - at), off_t(at)) }; at += junk.count }
+            close(fd)
+        }
+        let corruptBefore = h.metric("shoal_corrupt_blocks_total")
+        #expect(try h.readAll("o") == data)
+        let after = try #require(h.worker.tierStats)
+        #expect(after.hits >= before.hits + 4 && h.metric("shoal_corrupt_blocks_total") == corruptBefore, "no disk read for hot blocks")
+        // A 4 KiB range from the middle of a hot block, its CRC computed over just that range.
+        let f = try h.client.open(h.ref("o"))
+        #expect(try h.client.read(f, offset: (1 << 20) + 12345, length: 4096) == Array(data[((1 << 20) + 12345)..<((1 << 20) + 12345 + 4096)]))
+        #expect(h.worker.statusJSON().contains("\"memoryTier\":{\"slots\":8,\"resident\":4"))
+    }
+
+    @Test func manyReadsInFlightOnOneConnectionComeBackWhole() throws {
+        let h = try Harness("pipelined")
+        let data = SampleData.bytes(seed: 42, count: 6 << 20)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        let c = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8))
+        defer { c.close() }
+        #expect(c.maxInFlight == h.worker.config.maxInFlight)
+        // Small and large ranges of cold and warm blocks at once: replies come in whatever order
+        // they complete, each into its own buffer.
+        var ranges: [(UInt64, Int)] = []
+        for i in 0..<24 {
+            let offset = UInt64(i) * 250_000 + 17
+            ranges.append((offset, i % 3 == 0 ? 300_000 : 4096))
+        }
+        let buffers = ranges.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0.1, alignment: 16) }
+        defer { buffers.forEach { $0.deallocate() } }
+        var order: [UInt32] = []
+        var ids: [UInt32] = []
+        for (i, (offset, length)) in ranges.enumerated() {
+            let layout = BlockLayout(blockSize: UInt64(file.blockSize))
+            let piece = try #require(layout.pieces(offset: offset, length: UInt64(length)).first)
+            // Only ranges inside one block, so one READ each.
+            let request = ReadRequest(block: file.block(piece.index), offset: piece.offsetInBlock, length: piece.length)
+            ids.append(try c.sendRead(request, into: buffers[i].baseAddress!, length: Int(piece.length)))
+        }
+        while c.inFlight > 0 {
+            let (id, result) = try c.receiveNext()
+            try result.get()
+            order.append(id)
+        }
+        #expect(Set(order) == Set(ids))
+        for (i, (offset, _)) in ranges.enumerated() {
+            let layout = BlockLayout(blockSize: UInt64(file.blockSize))
+            let piece = layout.pieces(offset: offset, length: UInt64(ranges[i].1)).first!
+            #expect(Array(buffers[i].prefix(Int(piece.length))) == Array(data[Int(offset)..<Int(offset) + Int(piece.length)]), "range \(i)")
+        }
+    }
+
+    /// 40 connections that pipelined 4 MiB READs and never read a reply once took every I/O
+    /// buffer, and every other client failed ("no I/O buffer came free"). Each connection now
+    /// holds at most its share, requests beyond wait their turn, and a connection whose replies
+    /// stop moving while others wait for buffers is closed.
+    @Test func clientsThatStopReadingCannotStarveTheOthers() throws {
+        let h = try Harness("starve") {
+            $0.buffers = 8
+            $0.buffersPerConnection = 2
+            $0.replyStallTimeout = 1
+        }
+        let blocks = 32
+        let data = SampleData.bytes(seed: 43, count: blocks << 20)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        _ = try h.client.read(file, offset: 0, length: data.count)  // cached: the attack is on the serving path
+        let sink = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { sink.deallocate() }
+        var attackers: [WorkerConnection] = []
+        defer { attackers.forEach { $0.close() } }
+        for _ in 0..<12 {
+            let a = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8))
+            for i in 0..<a.maxInFlight { _ = try a.sendRead(ReadRequest(block: file.block(UInt64(i % blocks)), offset: 0, length: 1 << 20), into: sink, length: 1 << 20) }
+            attackers.append(a)
+        }
+        usleep(300_000)
+        let started = monotonicNanos()
+        let honest = try ShoalClient(config: ClientConfig(workers: [h.endpoint], secret: Array(h.secret.utf8)))
+        let got = try honest.read(try honest.open(h.ref("o")), offset: 0, length: 8 << 20)
+        let seconds = Double(monotonicNanos() - started) / 1e9
+        #expect(got == Array(data.prefix(8 << 20)))
+        #expect(seconds < 8, "an honest client waited \(seconds) s")
+        #expect(h.metric("shoal_errors_total{kind=\"timeout\"}") >= 1, "stalled connections should have been closed")
+    }
+
+    /// 1000 connections held open, each authenticated, a fifth of them with a read in flight:
+    /// the worker's threads do not grow with them (a thread each, before) and its memory stays
+    /// bounded. Perf/run.py measures the same for a worker process alone.
+    @Test func aThousandConnectionsKeepThreadsAndMemoryBounded() throws {
+        let h = try Harness("thousand") { $0.maxConnections = 1100 }
+        let data = SampleData.bytes(seed: 44, count: 1 << 20)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        let threadsBefore = ServingCoreTests.threadCount()
+        let rssBefore = ServingCoreTests.residentBytes()
+        var connections: [WorkerConnection] = []
+        defer { connections.forEach { $0.close() } }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
+        defer { buffer.deallocate() }
+        for i in 0..<1000 {
+            let c = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8))
+            if i % 5 == 0 { _ = try c.sendRead(ReadRequest(block: file.block(0), offset: UInt32(i), length: 4096), into: buffer, length: 4096) }
+            connections.append(c)
+        }
+        let threads = ServingCoreTests.threadCount() - threadsBefore
+        let rss = ServingCoreTests.residentBytes() - rssBefore
+        print("1000 connections: threads +\(threads), resident memory +\(rss >> 20) MiB (worker and client in one process)")
+        // Other suites start and stop workers meanwhile: a thread per connection would be +1000.
+        #expect(threads < 100, "threads grew by \(threads) with 1000 connections")
+        #expect(rss < 300 << 20, "resident memory grew by \(rss >> 20) MiB")
+        #expect(h.worker.statusJSON().contains("\"connections\":1001") || h.worker.statusJSON().contains("\"connections\":1000"))
+        for (i, c) in connections.enumerated() where i % 5 == 0 {
+            let (_, result) = try c.receiveNext()
+            try result.get()
+            #expect(Array(UnsafeRawBufferPointer(start: buffer, count: 4096)) == Array(data[i..<i + 4096]), "connection \(i)")
+        }
+    }
+}
