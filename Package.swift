@@ -55,7 +55,7 @@ let package = Package(
         .executableTarget(
             name: "shoal",
             dependencies: [
-                "ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalCore", "ShoalSys",
+                "ShoalWorker", "ShoalClient", "ShoalTransport", "ShoalObjectStore", "ShoalStore", "ShoalCore", "ShoalSys",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

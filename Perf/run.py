@@ -259,7 +259,8 @@ end
 
     # -- shoal --
 
-    def start_worker(self, cache, extra=()):
+    def start_worker(self, cache, extra=(), tier=0):
+        """A worker on `cache`; `tier` bytes of DRAM tier (0: every warm read goes to the disk)."""
         os.makedirs(cache, exist_ok=True)
         config = os.path.join(self.work, "worker.yaml")
         with open(config, "w") as f:
@@ -267,6 +268,7 @@ end
 admin: 127.0.0.1:{PORTS['worker'] + 1}
 secretFile: {self.env['SHOAL_SECRET_FILE']}
 buffers: 32
+memoryTier: {tier}
 caches:
   - path: {cache}
     capacity: {max(2 * parse_size(self.args.size), 1 << 30) + 3 * (256 << 20)}
@@ -320,6 +322,70 @@ stores:
         r, _, _ = self.client(["bench", "random", "s3://perf/ds", "--read-size", str(size), "--concurrency", str(concurrency),
                                "--seconds", "1.5" if self.args.quick else "2", *extra])
         return {"opsPerSecond": r["opsPerSecond"], "bytesPerSecond": r["bytesPerSecond"], "p50Micros": r["p50Micros"], "p99Micros": r["p99Micros"]}
+
+    # -- per-request costs --
+
+    EVENTS = "raw_syscalls:sys_enter,context-switches"
+
+    @staticmethod
+    def perf_counts(text):
+        """{event: count} from `perf stat -x,` output."""
+        counts = {}
+        for line in text.splitlines():
+            parts = line.split(",")
+            if len(parts) > 2 and parts[0].strip().isdigit():
+                counts[parts[2]] = int(parts[0])
+        return counts
+
+    def counted(self, server_pid, cmd, env=None):
+        """Runs `cmd` under `perf stat` while another `perf stat` counts `server_pid`: the command's
+        stdout, its counts, the server's counts (syscalls and context switches, all threads)."""
+        attached = subprocess.Popen(["perf", "stat", "-x,", "-e", self.EVENTS, "-p", str(server_pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        out_file = os.path.join(self.work, "perf-client.txt")
+        out = sh(["perf", "stat", "-x,", "-e", self.EVENTS, "-o", out_file, "--", *cmd], env=env)
+        attached.send_signal(signal.SIGINT)
+        server = self.perf_counts(attached.stderr.read())
+        attached.wait()
+        return out, self.perf_counts(open(out_file).read()), server
+
+    def shoal_costs(self, concurrency):
+        """Syscalls and context switches per 4 KiB read on each side (perf stat)."""
+        cmd = [self.shoal, "bench", "random", "s3://perf/ds", "--read-size", "4096", "--concurrency", str(concurrency), "--seconds", "2", "--json"]
+        out, client, worker = self.counted(self.worker.pid, cmd, env=self.env)
+        ops = json.loads(out)["ops"]
+        return {"workerSyscalls": worker.get("raw_syscalls:sys_enter", 0) / ops, "workerSwitches": worker.get("context-switches", 0) / ops,
+                "clientSyscalls": client.get("raw_syscalls:sys_enter", 0) / ops, "clientSwitches": client.get("context-switches", 0) / ops}
+
+    def redis_costs(self, concurrency):
+        pid = int(open(os.path.join(self.work, "redis", "redis.pid")).read())
+        n = 40000
+        cmd = ["redis-benchmark", "-p", str(PORTS["redis"]), "--dbnum", "0", "-t", "get", "-r", str(self.redis_keys(4096)),
+               "-n", str(n), "-d", "4096", "-c", str(concurrency), "--csv"]
+        _, client, server = self.counted(pid, cmd)
+        return {"workerSyscalls": server.get("raw_syscalls:sys_enter", 0) / n, "workerSwitches": server.get("context-switches", 0) / n,
+                "clientSyscalls": client.get("raw_syscalls:sys_enter", 0) / n, "clientSwitches": client.get("context-switches", 0) / n}
+
+    def hold(self, connections, active):
+        """The worker's resident memory and threads with `connections` open, `active` of them reading."""
+        def status():
+            fields = dict(line.split(":", 1) for line in open(f"/proc/{self.worker.pid}/status"))
+            return int(fields["VmRSS"].split()[0]) * 1024, int(fields["Threads"])
+        rss0, threads0 = status()
+        p = subprocess.Popen([self.shoal, "bench", "hold", "s3://perf/ds", "--connections", str(connections), "--active", str(active),
+                              "--seconds", "3", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+        peak = (rss0, threads0)
+        while p.poll() is None:
+            try:
+                if self.worker_status()["connections"] >= connections:
+                    peak = max(peak, status())
+            except Exception:
+                pass
+            time.sleep(0.2)
+        if p.returncode != 0:
+            raise SystemExit(f"perf: shoal bench hold failed: {p.stderr.read().strip()}")
+        return {"rssBeforeMiB": rss0 / 2**20, "rssMiB": peak[0] / 2**20, "threadsBefore": threads0, "threads": peak[1]}
 
 
 def summary(values):
@@ -377,6 +443,9 @@ def measure(run, args):
             for c in args.concurrency:
                 s.add_all(f"random.{size}.{c}", run.shoal_random(size, c))
         s.add_all("random.4194304", run.shoal_random(BLOCK, args.connections))
+        s.add_all("costs.shoal", run.shoal_costs(args.connections))
+        s.add_all("costs.redis", run.redis_costs(args.connections))
+        s.add_all("hold", run.hold(1000, 100))
         blocks = run.worker_status()["blocks"]
         run.stop_worker()
         s.add("restart.clean", run.start_worker(cache))
@@ -386,8 +455,20 @@ def measure(run, args):
         s.add("restart.blocksKeptUnclean", run.worker_status()["blocks"] / max(blocks, 1))
         run.stop_worker()
 
+        # The DRAM tier, sized to hold the dataset: the second read makes blocks hot, the third
+        # loads them, and the figures are read from memory.
+        tier = parse_size(args.size) * 9 // 8 + (64 << 20)
+        run.start_worker(cache, tier=tier)
+        for _ in range(3):
+            run.shoal_read()
+        s.add("tier.warm", run.shoal_read()[0])
+        for c in args.concurrency:
+            s.add_all(f"tier.random.4096.{c}", run.shoal_random(4096, c))
+        s.add("tier.resident", run.worker_status()["memoryTier"]["resident"] / (parse_size(args.size) // BLOCK))
+        run.stop_worker()
+
         # Isolating switches: the same reads without the disk, then without sending the data.
-        run.start_worker(cache, ["--serve-from-memory"])
+        run.start_worker(cache, ["--serve-from-memory"], tier=tier)
         run.shoal_read()
         s.add("memory.warm", run.shoal_read()[0])
         s.add_all("memory.random.4096", run.shoal_random(4096, args.connections))
@@ -456,11 +537,18 @@ def report(args, f, engine, replay, limits):
     med = {k: v["median"] for k, v in f.items()}
     c = args.connections
     ratios = [
-        ("warm sequential / min(fio, iperf3)", med["warm"] / min(med["fio"], med["iperf3"]), 0.9),
-        (f"warm 4 KiB reads / redis GET, {c} clients", med[f"random.4096.{c}.opsPerSecond"] / med[f"redis.4096.{c}.opsPerSecond"], 1.0),
-        (f"warm 4 MiB reads / nginx directio, {c} clients", med["random.4194304.bytesPerSecond"] / med["nginx_direct.bytesPerSecond"], 1.0),
-        ("cold / direct GETs", med["cold"] / med["direct_get"], 0.9),
+        ("warm sequential (disk) / min(fio, iperf3)", med["warm"] / min(med["fio"], med["iperf3"]), 0.9),
+        (f"warm 4 MiB reads (disk) / nginx directio, {c} clients", med["random.4194304.bytesPerSecond"] / med["nginx_direct.bytesPerSecond"], 1.0),
+        ("warm sequential (DRAM tier) / nginx page cache", med["tier.warm"] / med["nginx_cache.bytesPerSecond"], 1.0),
+        ("warm sequential served from memory / iperf3", med["memory.warm"] / med["iperf3"], 0.9),
     ]
+    for cc in args.concurrency:
+        ratios.append((f"warm 4 KiB reads (disk) / redis GET, {cc} clients",
+                       med[f"random.4096.{cc}.opsPerSecond"] / med[f"redis.4096.{cc}.opsPerSecond"], 0.8))
+    for cc in args.concurrency:
+        ratios.append((f"warm 4 KiB reads (DRAM tier) / redis GET, {cc} clients",
+                       med[f"tier.random.4096.{cc}.opsPerSecond"] / med[f"redis.4096.{cc}.opsPerSecond"], 1.0))
+    ratios.append(("cold / direct GETs", med["cold"] / med["direct_get"], 0.9))
     # (name, value, goal, "max" when lower is better)
     ratios = [(n, v, g, "min") for n, v, g in ratios]
     ratios.append(("CPU per GB, warm: (worker + client) / (iperf3 sender + receiver)", med["warm.cpuPerGB"] / med["iperf3.cpuPerGB"], 1.0, "max"))
@@ -488,6 +576,8 @@ def report(args, f, engine, replay, limits):
              row(f"shoal: warm random 4 MiB reads, {c} clients", "random.4194304.bytesPerSecond"),
              row(f"peer: nginx directio, random 4 MiB files, {c} connections (wrk)", "nginx_direct.bytesPerSecond"),
              row(f"peer: nginx page cache, random 4 MiB files, {c} connections (wrk)", "nginx_cache.bytesPerSecond"),
+             row("shoal: warm sequential from the DRAM tier", "tier.warm"),
+             row("… share of the dataset's blocks in the DRAM tier", "tier.resident", lambda x: f"{x:.2f}"),
              row("split: shoal warm sequential, serve from memory (no disk)", "memory.warm"),
              row("split: shoal warm sequential, answer without data (no transfer)", "nodata.warm")]
     if engine:
@@ -500,9 +590,20 @@ def report(args, f, engine, replay, limits):
             lines.append(f"| {size // 1024} KiB | {cc} | {med[sk + '.opsPerSecond']:,.0f} ({f[sk + '.opsPerSecond']['min']:,.0f}–{f[sk + '.opsPerSecond']['max']:,.0f}) "
                          f"| {med[sk + '.p50Micros']:.0f} | {med[sk + '.p99Micros']:.0f} | {med[rk + '.opsPerSecond']:,.0f} | {med[rk + '.p50Micros']:.0f} "
                          f"| {med[rk + '.p99Micros']:.0f} | {med[sk + '.opsPerSecond'] / med[rk + '.opsPerSecond']:.2f} |")
+    for cc in args.concurrency:
+        key = f"tier.random.4096.{cc}"
+        lines.append(f"| 4 KiB, DRAM tier | {cc} | {med[key + '.opsPerSecond']:,.0f} | {med[key + '.p50Micros']:.0f} | {med[key + '.p99Micros']:.0f} "
+                     f"| {med[f'redis.4096.{cc}.opsPerSecond']:,.0f} | | | {med[key + '.opsPerSecond'] / med[f'redis.4096.{cc}.opsPerSecond']:.2f} |")
     for name, key in [("serve from memory", "memory.random.4096"), ("answer without data", "nodata.random.4096")]:
         lines.append(f"| 4 KiB, {name} | {c} | {med[key + '.opsPerSecond']:,.0f} | {med[key + '.p50Micros']:.0f} | {med[key + '.p99Micros']:.0f} | | | | "
                      f"{med[key + '.opsPerSecond'] / med[f'redis.4096.{c}.opsPerSecond']:.2f} |")
+    lines += ["", f"## Per 4 KiB read, {c} clients (perf stat: syscalls and context switches, all threads)", "",
+              "| | server syscalls | server switches | client syscalls | client switches |", "|---|---|---|---|---|"]
+    for name, key in [("shoal (worker from disk, `shoal bench random`)", "costs.shoal"), ("redis-server, redis-benchmark", "costs.redis")]:
+        lines.append(f"| {name} | {med[key + '.workerSyscalls']:.2f} | {med[key + '.workerSwitches']:.2f} | "
+                     f"{med[key + '.clientSyscalls']:.2f} | {med[key + '.clientSwitches']:.2f} |")
+    lines += ["", f"Worker with 1000 connections open, 100 of them reading: resident memory {med['hold.rssMiB']:.0f} MiB "
+              f"(before: {med['hold.rssBeforeMiB']:.0f} MiB), threads {med['hold.threads']:.0f} (before: {med['hold.threadsBefore']:.0f}).", ""]
     lines += ["", "## CPU seconds per GB", "", "| process | median | min–max |", "|---|---|---|",
               row(f"iperf3 sender + receiver, {c} streams", "iperf3.cpuPerGB", lambda x: f"{x:.2f}"),
               row("shoal worker + client, warm", "warm.cpuPerGB", lambda x: f"{x:.2f}"),

@@ -316,6 +316,19 @@ public final class TCPSocket: @unchecked Sendable {
     public func receive(into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64? = nil) throws(SysError) {
         if let tls { return try tlsReceive(tls, into: buffer, count: count, deadline: deadline) }
         var done = 0
+        if blockingReceives {
+            // The whole count in one call when it arrives in time (MSG_WAITALL).
+            while done < count {
+                let n = recv(fd, buffer + done, count - done, Int32(MSG_WAITALL))
+                if n > 0 { done += n; continue }
+                if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
+                let e = currentErrno()
+                if e == EINTR { continue }
+                if e == EAGAIN, deadline.map({ monotonicNanos() < $0 }) ?? true { continue }
+                throw SysError("recv", errno: e == EAGAIN ? ETIMEDOUT : e)
+            }
+            return
+        }
         while done < count {
             let n = recv(fd, buffer + done, count - done, Int32(MSG_DONTWAIT))
             if n > 0 { done += n; continue }
@@ -343,14 +356,37 @@ public final class TCPSocket: @unchecked Sendable {
             }
         }
         while true {
-            let n = recv(fd, buffer, max, Int32(MSG_DONTWAIT))
+            // With a receive timeout set, one blocking recv waits (one syscall, not recv + poll + recv).
+            let n = recv(fd, buffer, max, blockingReceives ? 0 : Int32(MSG_DONTWAIT))
             if n > 0 { return n }
             if n == 0 { throw SysError("connection closed by peer", errno: ECONNRESET) }
             let e = currentErrno()
             if e == EINTR { continue }
-            if e == EAGAIN { try waitFor(POLLIN, deadline: deadline); continue }
+            if e == EAGAIN {
+                if blockingReceives {
+                    if let deadline, monotonicNanos() >= deadline { throw SysError("recv", errno: ETIMEDOUT) }
+                    continue
+                }
+                try waitFor(POLLIN, deadline: deadline)
+                continue
+            }
             throw SysError("recv", errno: e)
         }
+    }
+
+    /// True once `setReceiveTimeout` made receives block in the kernel (plain TCP only).
+    private var blockingReceives = false
+
+    /// Makes receives on this (blocking, plain TCP) socket wait in the kernel for up to `nanos` per
+    /// call (SO_RCVTIMEO), so that a receive that has to wait is one syscall; deadlines still
+    /// hold across calls.
+    public func setReceiveTimeout(nanos: UInt64) throws(SysError) {
+        guard tls == nil else { return }
+        var tv = timeval(tv_sec: Int(nanos / 1_000_000_000), tv_usec: Int(nanos % 1_000_000_000 / 1000))
+        guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
+            throw SysError("setsockopt SO_RCVTIMEO", errno: currentErrno())
+        }
+        blockingReceives = true
     }
 
     /// Waits for the first byte to arrive and returns it without consuming it (the worker looks

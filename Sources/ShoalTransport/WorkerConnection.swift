@@ -92,6 +92,9 @@ public final class WorkerConnection: @unchecked Sendable {
                                                               maxPayload: 64 * 1024, deadline: deadline, allowUntaggedRefusal: true)
             action = handshake.received(h, payload: body)
         }
+        do { try socket.setReceiveTimeout(nanos: timeoutNanos) } catch {
+            throw ShoalError(.connectionFailed, "cannot set up the connection to worker \(endpoint): \(error)")
+        }
         self.socket = socket
         self.authenticator = authenticator
         self.blockSize = ok.blockSize

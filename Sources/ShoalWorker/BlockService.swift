@@ -36,9 +36,11 @@ final class BlockService: @unchecked Sendable {
     let admission: AdmissionPolicy
     /// Cache only a stable subset of a dataset larger than the cache (shuffled epochs).
     let thrashGuard: Bool
-    /// Benchmark switches: blocks held in DRAM instead of on disk (`serveFromMemory`), and
-    /// READs answered without their data (`answerWithoutData`, see ConnectionHandler).
-    let memory: MemoryBlocks?
+    /// The DRAM tier's bookkeeping over the pool's tier slots (nil: no tier).
+    let tier: MemoryTier?
+    /// Benchmark switches: filled blocks go to the DRAM tier instead of the cache disks
+    /// (`serveFromMemory`), and READs are answered without their data (`answerWithoutData`).
+    let serveFromMemory: Bool
     let answerWithoutData: Bool
     /// While the store is unreachable, STAT answers with the last version known (flagged stale).
     let serveStaleOnOutage: Bool
@@ -48,7 +50,8 @@ final class BlockService: @unchecked Sendable {
          blockSize: UInt32, admission: AdmissionPolicy, thrashGuard: Bool = false, serveFromMemory: Bool = false,
          answerWithoutData: Bool = false, serveStaleOnOutage: Bool = true, logger: Logger) {
         self.serveStaleOnOutage = serveStaleOnOutage
-        self.memory = serveFromMemory ? MemoryBlocks(capacity: cache.capacity) : nil
+        self.serveFromMemory = serveFromMemory
+        self.tier = pool.tierSlots > 0 ? MemoryTier(slots: pool.tierSlots, admitAfter: serveFromMemory ? 1 : 2) : nil
         self.answerWithoutData = answerWithoutData
         self.admission = admission
         self.thrashGuard = thrashGuard
@@ -170,8 +173,12 @@ final class BlockService: @unchecked Sendable {
     /// to the cache and lets readers waiting on the same fill go on. The caller then gives the
     /// buffer back.
     func finishFill(_ fill: PendingFill, slot: IOSlot) {
-        if let memory {
-            memory.insert(fill.key, id: fill.id, from: slot.base + BlockCache.dataOffset, length: fill.length, crc: fill.crc)
+        if serveFromMemory {
+            // Into a tier slot, never to the disks (the switch takes the disk out of a figure).
+            if let tier, let i = tier.beginLoad(fill.id, key: fill.key.encoded) {
+                pool.tierSlot(i).base.advanced(by: BlockCache.dataOffset).copyMemory(from: slot.base + BlockCache.dataOffset, byteCount: fill.length)
+                tier.finishLoad(slot: i, length: fill.length, crc: fill.crc)
+            }
             fills.finish(fill.id, error: nil)
             return
         }
@@ -199,10 +206,13 @@ final class BlockService: @unchecked Sendable {
     private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
         let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
         for attempt in 0..<3 {
-            if let memory {
-                if let (length, crc) = memory.read(request.block, id: id, range: range, into: slot.base + BlockCache.dataOffset) {
+            if serveFromMemory {
+                // A reader that followed a fill into the tier copies the block from there.
+                if let tier, let hit = request.block.encoded.withUnsafeBytes({ tier.lookup(id, key: $0) }) {
+                    defer { tier.unpin(hit.slot) }
+                    slot.base.advanced(by: BlockCache.dataOffset).copyMemory(from: pool.tierSlot(hit.slot).base + BlockCache.dataOffset, byteCount: hit.length)
                     metrics.hits.increment()
-                    return (length, crc, nil)
+                    return (hit.length, hit.crc, nil)
                 }
             } else {
                 switch cache.read(key: request.block, id: id, into: slot, range: range) {

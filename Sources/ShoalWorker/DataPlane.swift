@@ -59,7 +59,7 @@ final class DataPlane: @unchecked Sendable {
         self.pool = pool
         self.park = LeasePark(count: pool.count)
         self.fillPool = FillPool(threads: config.fillThreads)
-        self.tier = pool.tierSlots > 0 ? MemoryTier(slots: pool.tierSlots) : nil
+        self.tier = service.tier
         self.config = config
         self.logger = logger
         (listener, port) = try TCPSocket.listen(endpoint)

@@ -464,7 +464,7 @@ final class Shard: @unchecked Sendable {
     /// used up, or none free).
     private func startRead(_ w: WaitingRead) {
         guard let conn = connection(w.connection, w.generation), conn.isOpen else { return }
-        if !w.bypassTier, let tier = plane.tier, service.memory == nil, !w.request.isFillOnly, fromTier(conn, w, tier) { return }
+        if !w.bypassTier, let tier = plane.tier, !w.request.isFillOnly, fromTier(conn, w, tier) { return }
         let underShare = conn.leases < plane.config.leasesPerConnection
         guard underShare, let lease = plane.pool.take() else {
             if waitingHead == waiting.count { setWaiters(true) }
@@ -479,7 +479,7 @@ final class Shard: @unchecked Sendable {
         let op = newOp(ReadOp(connection: w.connection, connectionGeneration: w.generation, requestID: w.requestID, request: w.request, lease: li))
         let bufferSize = plane.pool.bufferSize
         let range = Int(w.request.offset)..<Int(w.request.offset) + Int(w.request.length)
-        if service.memory == nil, let plan = service.cache.plan(id: w.request.id, range: range.isEmpty ? nil : range, capacity: bufferSize) {
+        if !service.serveFromMemory, let plan = service.cache.plan(id: w.request.id, range: range.isEmpty ? nil : range, capacity: bufferSize) {
             let base = plane.pool.bufferBase(li)
             let file = service.cache.file(for: plan)
             if FaultInjection.affects(file.path) {
@@ -522,7 +522,8 @@ final class Shard: @unchecked Sendable {
             replyFromTier(conn, w, hit)
             return true
         }
-        guard tier.recordAccess(request.id), let slot = tier.beginLoad(request.id, key: key) else { return false }
+        // With serveFromMemory, blocks enter the tier from their fill, never from the disks.
+        guard !service.serveFromMemory, tier.recordAccess(request.id), let slot = tier.beginLoad(request.id, key: key) else { return false }
         guard let plan = service.cache.plan(id: request.id, range: nil, capacity: plane.pool.bufferSize) else {
             tier.abortLoad(slot: slot)
             return false

@@ -25,6 +25,9 @@ public final class Worker: @unchecked Sendable {
         cache = try BlockCache(disks: config.caches, expectedBlockSize: config.blockSize, logger: logger)
         let bufferSize = Int(config.blockSize) + BlockCache.dataOffset
         let tierSlots = Int(config.memoryTier / UInt64(bufferSize))
+        if config.serveFromMemory && tierSlots == 0 {
+            throw ShoalError(.badRequest, "key 'serveFromMemory': blocks are held in the DRAM tier, so 'memoryTier' must hold at least one block (\(ByteSize.format(UInt64(bufferSize))))")
+        }
         let pool: BufferPool
         do {
             pool = try BufferPool(bufferSize: bufferSize, count: config.buffers, tierSlots: tierSlots)

@@ -29,7 +29,7 @@ struct WorkerCommand: AsyncParsableCommand {
     var caches: [String] = []
     @Option(help: "Region size of new caches, e.g. 256MiB.") var regionSize: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
-    @Flag(help: "Benchmark switch: keep blocks in DRAM, never touching the cache disks.") var serveFromMemory = false
+    @Flag(help: "Benchmark switch: keep filled blocks in the DRAM tier (memoryTier), never touching the cache disks.") var serveFromMemory = false
     @Flag(help: "Benchmark switch: answer READs without their data (clients must opt in).") var answerWithoutData = false
     @Flag(help: "Benchmark switch: serve clients that ask for frames without tags (to measure what the tags cost).") var allowUntaggedFrames = false
 

@@ -293,11 +293,12 @@ final class Harness {
 
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("memory"), store: fx.storeConfig())
         config.serveFromMemory = true
+        config.memoryTier = 4 * ((1 << 20) + 4096)
         let (memoryWorker, client) = try startWorker(config)
         for _ in 0..<2 { #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data) }
         #expect(try client.read(client.open(ref), offset: 1_000_003, length: 4096) == Array(data[1_000_003..<1_004_099]))
         #expect(memoryWorker.cache.blockCount == 0 && memoryWorker.cache.diskStats[0].bytesWritten == 0)
-        #expect(memoryWorker.service.memory?.count == 3)
+        #expect(memoryWorker.tierStats?.resident == 3)
         #expect(memoryWorker.metrics.value("shoal_hits_total") == 4)
         memoryWorker.stopDataPlane()
 
