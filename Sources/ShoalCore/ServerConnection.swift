@@ -1,10 +1,10 @@
 /// Tags and checks the frames of one session (docs/PROTOCOL.md, "Frame tags"). The system
 /// layer's `FrameAuthenticator` is the real one; the state machine sees only this.
 public protocol FrameSealer: AnyObject {
-    /// Writes the tag of the next frame sent, over `pieces`, to `tag` (`FrameTag.size` bytes).
-    func sealFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeMutableRawPointer) -> Bool
-    /// Checks the next frame received against `tag`.
-    func openFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeRawBufferPointer) -> Bool
+    /// Writes the tag of the next frame sent, over `a` then `b`, to `tag` (`FrameTag.size` bytes).
+    func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool
+    /// Checks the next frame received (`a` then `b`) against `tag`.
+    func openFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool
 }
 
 /// A request the worker acts on once the connection is authenticated.
@@ -149,7 +149,7 @@ public struct ServerConnection {
             at += end
             if let sealer {
                 guard payload.count >= FrameTag.size,
-                      sealer.openFrame([headerBytes, UnsafeRawBufferPointer(rebasing: payload.dropLast(FrameTag.size))],
+                      sealer.openFrame(headerBytes, UnsafeRawBufferPointer(rebasing: payload.dropLast(FrameTag.size)),
                                        tag: UnsafeRawBufferPointer(rebasing: payload.suffix(FrameTag.size)))
                 else {
                     actions.append(fail(header.requestID, .unauthenticated,
@@ -281,7 +281,7 @@ public struct ServerConnection {
             let at = bytes.count
             bytes += [UInt8](repeating: 0, count: FrameTag.size)
             let sealed = bytes.withUnsafeMutableBytes { b in
-                sealer.sealFrame([UnsafeRawBufferPointer(rebasing: b[..<at])], tag: b.baseAddress! + at)
+                sealer.sealFrame(UnsafeRawBufferPointer(rebasing: b[..<at]), UnsafeRawBufferPointer(start: nil, count: 0), tag: b.baseAddress! + at)
             }
             guard sealed else { return [] }
         }
@@ -299,7 +299,7 @@ public struct ServerConnection {
                                        tag: UnsafeMutableRawPointer) -> Bool {
         ReadReplyHead.encode(requestID: id, crc: crc, dataCount: data.count, tagSize: tagSize, into: head)
         guard let sealer else { return true }
-        return sealer.sealFrame([UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data], tag: tag)
+        return sealer.sealFrame(UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data, tag: tag)
     }
 
     /// The driver must close the connection for a reason of its own (its random source failed,
@@ -318,7 +318,7 @@ public struct ServerConnection {
             bytes = header.bytes + body + [UInt8](repeating: 0, count: FrameTag.size)
             let at = bytes.count - FrameTag.size
             let sealed = bytes.withUnsafeMutableBytes { b in
-                sealer.sealFrame([UnsafeRawBufferPointer(rebasing: b[..<at])], tag: b.baseAddress! + at)
+                sealer.sealFrame(UnsafeRawBufferPointer(rebasing: b[..<at]), UnsafeRawBufferPointer(start: nil, count: 0), tag: b.baseAddress! + at)
             }
             if !sealed { bytes = [] }
         }

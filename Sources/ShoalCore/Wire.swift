@@ -320,6 +320,9 @@ public struct ReadRequest: Sendable, Equatable {
     public var rdma: RDMADescriptor?
     /// The block's id, hashed from the key bytes once, where the request was made or decoded.
     public let id: BlockID
+    /// The block key's canonical encoding, as it arrived (compared with the record's on disk
+    /// and with the DRAM tier's, without encoding the key again).
+    public let keyBytes: [UInt8]
 
     public init(block: BlockKey, offset: UInt32, length: UInt32, flags: UInt16 = 0, epoch: UInt64 = 0, rdma: RDMADescriptor? = nil) {
         self.block = block
@@ -328,7 +331,8 @@ public struct ReadRequest: Sendable, Equatable {
         self.flags = rdma == nil ? flags & ~ReadRequest.rdmaFlag : flags | ReadRequest.rdmaFlag
         self.epoch = epoch
         self.rdma = rdma
-        self.id = block.id
+        self.keyBytes = block.encoded
+        self.id = BlockID(hashing: keyBytes)
     }
 
     public var objectSize: UInt64 { block.objectSize }
@@ -391,6 +395,7 @@ public struct ReadRequest: Sendable, Equatable {
         } else {
             rdma = nil
         }
+        self.keyBytes = Array(keyBytes)
         self.id = BlockID(hashing: keyBytes)
     }
 

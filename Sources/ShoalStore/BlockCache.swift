@@ -67,8 +67,10 @@ public final class BlockCache: @unchecked Sendable {
 
     /// Checks what `plan`'s reads put in `buffer` (false `readComplete`: they came back short)
     /// and counts the outcome, as `read` does.
-    public func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool) -> CacheRead {
-        disks[plan.disk].complete(plan, key: key, id: id, buffer: buffer, readComplete: readComplete)
+    /// `encodedKey` is `key.encoded` when the caller has it already (a READ as it arrived).
+    public func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool,
+                         encodedKey: [UInt8]? = nil) -> CacheRead {
+        disks[plan.disk].complete(plan, key: key, id: id, buffer: buffer, readComplete: readComplete, encodedKey: encodedKey)
     }
 
     /// A plan's read failed or stalled: its disk is taken out of service.

@@ -299,9 +299,10 @@ final class CacheDisk: @unchecked Sendable {
 
     /// Checks what `plan` read into `buffer` and counts the outcome: a hit (pinning the block if a
     /// rule covers it now), a miss, or a bad record, which leaves the index.
-    func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool) -> CacheRead {
+    func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool,
+                  encodedKey: [UInt8]? = nil) -> CacheRead {
         let generationNow = state.generation(ofRegion: layout.region(ofPage: plan.page))
-        switch plan.complete(buffer, readComplete: readComplete, key: key, generationNow: generationNow) {
+        switch plan.complete(buffer, readComplete: readComplete, key: key, encodedKey: encodedKey, generationNow: generationNow) {
         case .hit(let length, let crc, let header):
             let pinned = !pins.isEmpty && pins.covers(key)
             state.lock.withLock {

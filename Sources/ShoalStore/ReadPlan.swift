@@ -75,16 +75,17 @@ public struct ReadPlan: Sendable, Equatable {
     /// after the read), the header decodes and carries that generation and the full key, its
     /// length is the one the key implies, and the data (or the chunks read) match their CRC32C.
     /// `readComplete` is false when the reads came back short.
-    func complete(_ buffer: UnsafeRawPointer, readComplete: Bool, key: BlockKey, generationNow: UInt64) -> ReadOutcome {
+    func complete(_ buffer: UnsafeRawPointer, readComplete: Bool, key: BlockKey, encodedKey: [UInt8]? = nil, generationNow: UInt64) -> ReadOutcome {
+        let encoded = encodedKey ?? key.encoded
         // The region was reused while the read was in flight: the bytes may be another record's.
         guard generationNow == generation else { return .miss }
         if let knownHeader {
-            guard readComplete, knownHeader.key == key.encoded else { return .miss }
+            guard readComplete, knownHeader.key == encoded else { return .miss }
             return verifyChunks(buffer, header: knownHeader, key: key, remember: nil)
         }
         guard readComplete, let header = CacheFormat.readHeader(buffer) else { return .corrupt(reason: "record header unreadable") }
         // Another generation's record, or the index's 40-bit tag matched another block: a miss.
-        guard header.generation == generation, header.key == key.encoded else { return .miss }
+        guard header.generation == generation, header.key == encoded else { return .miss }
         let length = Int(header.dataLength)
         guard length <= dataBytes, header.chunkShift == chunkShift else {
             return .corrupt(reason: "record length \(header.dataLength) does not match its index entry")

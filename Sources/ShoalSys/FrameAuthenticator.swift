@@ -69,33 +69,62 @@ public final class FrameAuthenticator: @unchecked Sendable {
         return ctx
     }
 
-    /// The tag of one frame over `pieces` (its header and payload without the tag).
+    /// The tag of one frame over `pieces` (its header and payload without the tag), in order.
     private static func tag(_ ctx: OpaquePointer, _ direction: FrameTag.Direction, _ sequence: UInt64,
-                            _ pieces: [UnsafeRawBufferPointer], into tag: UnsafeMutableRawPointer) -> Bool {
+                            _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ more: [UnsafeRawBufferPointer] = [],
+                            into tag: UnsafeMutableRawPointer) -> Bool {
         let started = withUnsafeTemporaryAllocation(byteCount: FrameTag.nonceSize, alignment: 8) { nonce in
             FrameTag.writeNonce(direction, sequence: sequence, into: nonce.baseAddress!)
             return EVP_EncryptInit_ex(ctx, nil, nil, nil, nonce.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
         }
-        guard started else { return false }
+        guard started, add(ctx, a), add(ctx, b) else { return false }
+        for piece in more { guard add(ctx, piece) else { return false } }
         var outLength: Int32 = 0
-        for piece in pieces where piece.count > 0 {
-            // Additional data may be given in several calls; it is hashed, never copied.
-            var offset = 0
-            while offset < piece.count {
-                let n = min(piece.count - offset, Int(Int32.max))
-                let p = piece.baseAddress!.advanced(by: offset).assumingMemoryBound(to: UInt8.self)
-                guard EVP_EncryptUpdate(ctx, nil, &outLength, p, Int32(n)) == 1 else { return false }
-                offset += n
-            }
-        }
         var none: UInt8 = 0
         guard EVP_EncryptFinal_ex(ctx, &none, &outLength) == 1 else { return false }
         return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, Int32(FrameTag.size), tag) == 1
     }
 
+    /// Adds one piece as additional data: hashed, never copied.
+    private static func add(_ ctx: OpaquePointer, _ piece: UnsafeRawBufferPointer) -> Bool {
+        var outLength: Int32 = 0
+        var offset = 0
+        while offset < piece.count {
+            let n = min(piece.count - offset, Int(Int32.max))
+            let p = piece.baseAddress!.advanced(by: offset).assumingMemoryBound(to: UInt8.self)
+            guard EVP_EncryptUpdate(ctx, nil, &outLength, p, Int32(n)) == 1 else { return false }
+            offset += n
+        }
+        return true
+    }
+
+    private static func split(_ pieces: [UnsafeRawBufferPointer]) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer, [UnsafeRawBufferPointer]) {
+        let empty = UnsafeRawBufferPointer(start: nil, count: 0)
+        return (pieces.first ?? empty, pieces.count > 1 ? pieces[1] : empty, pieces.count > 2 ? Array(pieces[2...]) : [])
+    }
+
+    /// Tags the next frame this side sends over two pieces (header, then the rest), without
+    /// gathering them in an array.
+    public func seal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
+        guard FrameAuthenticator.tag(sendContext, sendDirection, sendSequence, a, b, into: tag) else { return false }
+        sendSequence += 1
+        return true
+    }
+
+    /// Checks the next frame received (two pieces) against its tag.
+    public func open(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool {
+        defer { receiveSequence += 1 }
+        guard tag.count == FrameTag.size else { return false }
+        return withUnsafeTemporaryAllocation(byteCount: FrameTag.size, alignment: 8) { expected in
+            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, a, b, into: expected.baseAddress!)
+                && CRYPTO_memcmp(expected.baseAddress!, tag.baseAddress!, FrameTag.size) == 0
+        }
+    }
+
     /// Tags the next frame this side sends; writes `FrameTag.size` bytes to `tag`.
     public func seal(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeMutableRawPointer) throws(CryptoError) {
-        guard FrameAuthenticator.tag(sendContext, sendDirection, sendSequence, pieces, into: tag) else {
+        let (a, b, more) = FrameAuthenticator.split(pieces)
+        guard FrameAuthenticator.tag(sendContext, sendDirection, sendSequence, a, b, more, into: tag) else {
             throw CryptoError("cannot tag a frame: \(openSSLErrors())")
         }
         sendSequence += 1
@@ -116,8 +145,9 @@ public final class FrameAuthenticator: @unchecked Sendable {
     public func open(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeRawBufferPointer) -> Bool {
         defer { receiveSequence += 1 }
         guard tag.count == FrameTag.size else { return false }
+        let (a, b, more) = FrameAuthenticator.split(pieces)
         return withUnsafeTemporaryAllocation(byteCount: FrameTag.size, alignment: 8) { expected in
-            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, pieces, into: expected.baseAddress!)
+            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, a, b, more, into: expected.baseAddress!)
                 && CRYPTO_memcmp(expected.baseAddress!, tag.baseAddress!, FrameTag.size) == 0
         }
     }
@@ -141,11 +171,11 @@ public final class FrameAuthenticator: @unchecked Sendable {
 }
 
 extension FrameAuthenticator: FrameSealer {
-    public func sealFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeMutableRawPointer) -> Bool {
-        (try? seal(pieces, tag: tag)) != nil
+    public func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
+        seal(a, b, tag: tag)
     }
 
-    public func openFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeRawBufferPointer) -> Bool {
-        open(pieces, tag: tag)
+    public func openFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool {
+        open(a, b, tag: tag)
     }
 }

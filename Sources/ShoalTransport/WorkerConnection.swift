@@ -157,8 +157,8 @@ public final class WorkerConnection: @unchecked Sendable {
             FrameHeader(type: type, requestID: id, payloadLength: UInt32(count + tagSize)).encode(into: b.baseAddress!)
             write(UnsafeMutableRawBufferPointer(rebasing: b[FrameHeader.size..<FrameHeader.size + count]))
             guard let authenticator else { return true }
-            return (try? authenticator.seal([UnsafeRawBufferPointer(rebasing: b[..<(FrameHeader.size + count)])],
-                                            tag: b.baseAddress! + FrameHeader.size + count)) != nil
+            return authenticator.seal(UnsafeRawBufferPointer(rebasing: b[..<(FrameHeader.size + count)]), UnsafeRawBufferPointer(start: nil, count: 0),
+                                      tag: b.baseAddress! + FrameHeader.size + count)
         }
         guard sealed else { throw ShoalError(.internal, "cannot tag a frame for worker \(endpoint)") }
         let result = outgoing.withUnsafeBytes { b in
@@ -385,7 +385,7 @@ public final class WorkerConnection: @unchecked Sendable {
         if tagSize > 0 { try take(into: tag, count: FrameTag.size, deadline: deadline) }
         let data = UnsafeRawBufferPointer(start: buffer, count: length)
         if let authenticator {
-            let ok = authenticator.open([UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data],
+            let ok = authenticator.open(UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data,
                                         tag: UnsafeRawBufferPointer(start: tag, count: FrameTag.size))
             guard ok else {
                 memset(buffer, 0, length)

@@ -128,14 +128,14 @@ final class BlockService: @unchecked Sendable {
             : CRC32C.checksum(UnsafeRawBufferPointer(start: data + offset, count: count))
     }
 
-    /// Counts a READ served from the cache (on an io shard).
+    /// Counts a READ served from the cache (on an io shard); the shard reports its dataset
+    /// counts in batches (`datasets.record`).
     func recordHit(_ request: ReadRequest) {
         metrics.hits.increment()
         metrics.bytesServed.increment(by: Int64(request.length))
-        datasets.record(request.block.object, hit: true, served: Int(request.length), filled: 0, objectBlocks: objectBlocks(request))
     }
 
-    private func objectBlocks(_ request: ReadRequest) -> Int {
+    func objectBlocks(_ request: ReadRequest) -> Int {
         Int(BlockLayout(blockSize: UInt64(request.block.blockSize)).blockCount(objectSize: request.objectSize))
     }
 

@@ -97,6 +97,13 @@ final class DataPlane: @unchecked Sendable {
         listener.close()
     }
 
+    /// Has every shard report the hits it counted so far (waits up to a quarter second).
+    func flushStats() {
+        let countdown = Countdown(shards.count)
+        for shard in shards { shard.post(.flushStats(countdown)) }
+        countdown.wait(timeoutNanos: 250_000_000)
+    }
+
     var connectionCount: Int { lock.withLock { sockets.count } }
 
     enum Admission { case admitted(UInt64), full }

@@ -24,6 +24,11 @@ final class DatasetStats: @unchecked Sendable {
     init(limit: Int = 256) { self.limit = limit }
 
     func record(_ object: ObjectRef, hit: Bool, served: Int, filled: Int, objectBlocks: Int = 0) {
+        record(object, hits: hit ? 1 : 0, misses: hit ? 0 : 1, served: served, filled: filled, objectBlocks: objectBlocks)
+    }
+
+    /// Several reads of one object at once (an io shard counts its hits and reports them in batches).
+    func record(_ object: ObjectRef, hits: Int, misses: Int, served: Int, filled: Int, objectBlocks: Int = 0) {
         var name = object.dataset
         lock.withLock {
             if counts[name] == nil && counts.count >= limit { name = "other" }
@@ -32,7 +37,8 @@ final class DatasetStats: @unchecked Sendable {
                 blocks[name, default: 0] += objectBlocks
             }
             var c = counts[name] ?? Counts()
-            if hit { c.hits += 1 } else { c.misses += 1 }
+            c.hits += UInt64(hits)
+            c.misses += UInt64(misses)
             c.bytesServed += UInt64(served)
             c.bytesFilled += UInt64(filled)
             counts[name] = c

@@ -14,7 +14,29 @@ enum ShardMessage: Sendable {
     case stat(connection: Int, generation: UInt32, requestID: UInt32, Result<StatReply, ShoalError>)
     /// A lease came free somewhere: requests waiting for one may go on.
     case leaseFreed
+    /// Report the hits counted so far now (the admin port is asked for dataset figures).
+    case flushStats(Countdown)
     case stop
+}
+
+/// Counts down to zero as shards answer; the asker waits for it (bounded).
+final class Countdown: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var left: Int
+
+    init(_ n: Int) { left = n }
+
+    func done() {
+        lock.withLock { left -= 1 }
+        lock.broadcast()
+    }
+
+    func wait(timeoutNanos: UInt64) {
+        let deadline = monotonicNanos() + timeoutNanos
+        lock.lock()
+        while left > 0 && monotonicNanos() < deadline { _ = lock.wait(untilNanos: deadline) }
+        lock.unlock()
+    }
 }
 
 /// One io shard: a thread with one io_uring that accepts connections, receives their requests,
@@ -54,6 +76,8 @@ final class Shard: @unchecked Sendable {
     /// Plaintext out of TLS records, for the state machine.
     private let plaintext = UnsafeMutableRawPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private var lastSweep: UInt64 = 0
+    /// Hits per object since the last sweep, reported to the dataset counts in one go.
+    private var hitTally: [ObjectRef: (hits: Int, bytes: Int, blocks: Int)] = [:]
 
     private var service: BlockService { plane.service }
     private var logger: Logger { plane.logger }
@@ -207,6 +231,9 @@ final class Shard: @unchecked Sendable {
                 flush(conn)
             case .leaseFreed:
                 serveWaiting()
+            case .flushStats(let countdown):
+                flushHits()
+                countdown.done()
             case .stop:
                 stopping = true
                 for c in connections.compactMap({ $0 }) { kill(c) }
@@ -516,7 +543,7 @@ final class Shard: @unchecked Sendable {
     /// one whole-block read and serves this request from it. False: go on the usual way.
     private func fromTier(_ conn: ShardConnection, _ w: WaitingRead, _ tier: MemoryTier) -> Bool {
         let request = w.request
-        let key = request.block.encoded
+        let key = request.keyBytes
         let hit = key.withUnsafeBytes { tier.lookup(request.id, key: $0) }
         if let hit {
             replyFromTier(conn, w, hit)
@@ -558,7 +585,7 @@ final class Shard: @unchecked Sendable {
             replyError(conn, .readReply, w.requestID, ShoalError(.internal, "block \(request.block) in memory holds \(hit.length) bytes; not served"))
             return
         }
-        service.recordHit(request)
+        recordHit(request)
         let crc = BlockService.rangeCRC(request, blockLength: hit.length, blockCRC: hit.crc, data: data)
         if service.answerWithoutData {
             var body: [UInt8] = []
@@ -587,10 +614,11 @@ final class Shard: @unchecked Sendable {
             startRead(retry)
             return
         }
-        switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.first.count) {
+        switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.first.count,
+                                      encodedKey: r.request.keyBytes) {
         case .hit(let length, let crc):
             tier.finishLoad(slot: r.tierSlot, length: length, crc: crc)
-            let hit = r.request.block.encoded.withUnsafeBytes { tier.lookup(r.request.id, key: $0) }
+            let hit = r.request.keyBytes.withUnsafeBytes { tier.lookup(r.request.id, key: $0) }
             guard let conn = connection(r.connection, r.connectionGeneration), conn.isOpen else {
                 if let hit { tier.unpin(hit.slot) }
                 return
@@ -631,9 +659,10 @@ final class Shard: @unchecked Sendable {
                 return
             }
             let base = plane.pool.bufferBase(r.lease)
-            switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == wanted) {
+            switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == wanted,
+                                          encodedKey: r.request.keyBytes) {
             case .hit(let length, let crc):
-                service.recordHit(r.request)
+                recordHit(r.request)
                 let data = base + BlockCache.dataOffset
                 let rangeCRC = BlockService.rangeCRC(r.request, blockLength: length, blockCRC: crc, data: data)
                 reply(op, FilledRange(dataOffset: BlockCache.dataOffset + Int(r.request.offset), length: Int(r.request.length),
@@ -957,8 +986,26 @@ final class Shard: @unchecked Sendable {
         if conn.refused { refusing -= 1 } else { service.metrics.connections.decrement() }
     }
 
+    private func recordHit(_ request: ReadRequest) {
+        service.recordHit(request)
+        let object = request.block.object
+        if let t = hitTally[object] {
+            hitTally[object] = (t.hits + 1, t.bytes + Int(request.length), t.blocks)
+        } else {
+            hitTally[object] = (1, Int(request.length), service.objectBlocks(request))
+        }
+    }
+
+    private func flushHits() {
+        for (object, t) in hitTally {
+            service.datasets.record(object, hits: t.hits, misses: 0, served: t.bytes, filled: 0, objectBlocks: t.blocks)
+        }
+        hitTally.removeAll(keepingCapacity: true)
+    }
+
     /// Deadlines: handshakes, farewells, and replies that stopped moving.
     private func sweep(_ now: UInt64) {
+        flushHits()
         // Others wait because every buffer is taken, not only their connection's share.
         let waitersExist = plane.starved
         for case let conn? in connections {

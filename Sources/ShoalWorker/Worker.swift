@@ -194,6 +194,7 @@ public final class Worker: @unchecked Sendable {
     /// Reads since start (by name) joined with what is cached (by tag); datasets cached but not
     /// read since start are named by their tag.
     func datasetRows() -> [DatasetRow] {
+        plane?.flushStats()
         var cached = cache.datasetBlocks
         var rows: [DatasetRow] = []
         for (name, reads) in service.datasets.snapshot {

@@ -21,16 +21,16 @@ final class TestSealer: FrameSealer {
         return Array(hmacSHA256(key: key, message: message).prefix(FrameTag.size))
     }
 
-    func sealFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeMutableRawPointer) -> Bool {
-        let t = TestSealer.tag(sendKey, sent, pieces)
+    func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
+        let t = TestSealer.tag(sendKey, sent, [a, b])
         sent += 1
         t.withUnsafeBytes { tag.copyMemory(from: $0.baseAddress!, byteCount: FrameTag.size) }
         return true
     }
 
-    func openFrame(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeRawBufferPointer) -> Bool {
+    func openFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool {
         defer { received += 1 }
-        return TestSealer.tag(receiveKey, received, pieces) == Array(tag)
+        return TestSealer.tag(receiveKey, received, [a, b]) == Array(tag)
     }
 
     /// A whole tagged frame as the client sends it.
@@ -83,7 +83,7 @@ final class TestSealer: FrameSealer {
         let (oh, op) = split(ok)
         let tagged = op.withUnsafeBytes { p in
             ok.withUnsafeBytes { o in
-                sealer.openFrame([UnsafeRawBufferPointer(rebasing: o.prefix(FrameHeader.size)), UnsafeRawBufferPointer(rebasing: p.dropLast(FrameTag.size))],
+                sealer.openFrame(UnsafeRawBufferPointer(rebasing: o.prefix(FrameHeader.size)), UnsafeRawBufferPointer(rebasing: p.dropLast(FrameTag.size)),
                                  tag: UnsafeRawBufferPointer(rebasing: p.suffix(FrameTag.size)))
             }
         }
