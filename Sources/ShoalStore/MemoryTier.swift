@@ -26,6 +26,8 @@ public struct MemoryTierStats: Sendable, Equatable {
     public var loads: UInt64 = 0
     /// Resident blocks CLOCK pushed out to make room (not `remove`s).
     public var evictions: UInt64 = 0
+    /// Loads refused because the block was not more frequent than the one it would push out.
+    public var refused: UInt64 = 0
     /// Slots visible to lookup.
     public var resident: Int = 0
     /// Slots with at least one pin (resident ones, and removed ones waiting for their last unpin).
@@ -137,6 +139,12 @@ public final class MemoryTier: @unchecked Sendable {
         return row * sketchWidth + Int(truncatingIfNeeded: h >> sketchShift)
     }
 
+    /// The sketch's estimate of `id`'s accesses (not counting one).
+    private func estimate(_ id: BlockID) -> UInt8 {
+        min(min(sketch[sketchIndex(id, row: 0)], sketch[sketchIndex(id, row: 1)]),
+            min(sketch[sketchIndex(id, row: 2)], sketch[sketchIndex(id, row: 3)]))
+    }
+
     /// Counts an access to `id`; true once its estimated count has reached `admitAfter` (the
     /// block is worth loading into the tier). Always false with 0 slots.
     public func recordAccess(_ id: BlockID) -> Bool {
@@ -208,7 +216,13 @@ public final class MemoryTier: @unchecked Sendable {
     /// referenced through two turns of the CLOCK hand). Free slots go first; otherwise the CLOCK
     /// hand evicts the first resident, unpinned slot with its reference bit clear, clearing the
     /// bits it passes.
-    public func beginLoad(_ id: BlockID, key: [UInt8]) -> Int? {
+    ///
+    /// Once the tier is full, a block takes a resident one's place only if it is more frequent
+    /// than that one (TinyLFU's rule), unless that one is no longer hot at all: a scan of more
+    /// blocks than the tier holds, each read as often as the next, then leaves the resident set
+    /// in place instead of cycling every block through it. `compareFrequency: false` skips the
+    /// rule (blocks put in as they are filled, `serveFromMemory`).
+    public func beginLoad(_ id: BlockID, key: [UInt8], compareFrequency: Bool = true) -> Int? {
         guard slots > 0 else { return nil }
         return lock.withLock {
             guard index[id] == nil else { return nil }
@@ -217,6 +231,13 @@ public final class MemoryTier: @unchecked Sendable {
                 slot = free
             } else {
                 guard let victim = clockVictim() else { return nil }
+                if compareFrequency {
+                    let resident = estimate(ids[victim])
+                    guard resident < admitAfter || estimate(id) > resident else {
+                        counters.refused += 1
+                        return nil
+                    }
+                }
                 index.removeValue(forKey: ids[victim])
                 residentSlots -= 1
                 counters.evictions += 1

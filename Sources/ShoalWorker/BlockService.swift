@@ -175,7 +175,7 @@ final class BlockService: @unchecked Sendable {
     func finishFill(_ fill: PendingFill, slot: IOSlot) {
         if serveFromMemory {
             // Into a tier slot, never to the disks (the switch takes the disk out of a figure).
-            if let tier, let i = tier.beginLoad(fill.id, key: fill.key.encoded) {
+            if let tier, let i = tier.beginLoad(fill.id, key: fill.key.encoded, compareFrequency: false) {
                 pool.tierSlot(i).base.advanced(by: BlockCache.dataOffset).copyMemory(from: slot.base + BlockCache.dataOffset, byteCount: fill.length)
                 tier.finishLoad(slot: i, length: fill.length, crc: fill.crc)
             }

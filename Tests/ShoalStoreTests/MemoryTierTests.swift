@@ -21,6 +21,28 @@ import ShoalSys
         return slot
     }
 
+    /// A full tier of hot blocks and a scan of as many more, each read as often: the scan's blocks
+    /// are refused (TinyLFU), so the resident set stays and keeps hitting; a block read more
+    /// often than a resident one does take its place.
+    @Test func aScanLargerThanTheTierDoesNotCycleThroughIt() throws {
+        let tier = MemoryTier(slots: 8)
+        for n in 0..<8 {
+            _ = tier.recordAccess(id(n))
+            #expect(tier.recordAccess(id(n)))
+            try load(tier, n)
+        }
+        for n in 8..<16 {
+            _ = tier.recordAccess(id(n))
+            #expect(tier.recordAccess(id(n)))
+            #expect(tier.beginLoad(id(n), key: key(n)) == nil, "block \(n), no more frequent than the resident ones, took a slot")
+        }
+        #expect((0..<8).allSatisfy { lookup(tier, $0).map { tier.unpin($0.slot); return true } ?? false })
+        #expect(tier.stats.refused == 8 && tier.stats.evictions == 0)
+        for _ in 0..<3 { _ = tier.recordAccess(id(99)) }
+        #expect(tier.beginLoad(id(99), key: key(99)) != nil, "a block read more often than a resident one is admitted")
+        #expect(tier.stats.evictions == 1)
+    }
+
     @Test func admitsFromTheSecondAccess() {
         let tier = MemoryTier(slots: 64)
         for n in 0..<50 { #expect(!tier.recordAccess(id(n)), "block \(n) admitted on its first access") }
