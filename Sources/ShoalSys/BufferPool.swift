@@ -63,8 +63,9 @@ public final class IOSlot: @unchecked Sendable {
 /// has them), cut into `count` I/O buffers handed out as leases, and `tierSlots` more for the
 /// DRAM tier. Registration is a separate step per consumer: each io shard's ring registers the
 /// whole region once (`register(with:)`, fixed-buffer index = buffer number), and later each
-/// RDMA protection domain will register the same region. Blocking users (fill threads, tools)
-/// borrow a buffer together with a small private ring (`slot(for:)`, `acquire`).
+/// RDMA protection domain will register the same region. Blocking consumers (fill threads)
+/// register it with a ring of their own (`consumerRing`); tools and tests that borrow a buffer
+/// now and then get it with a small ring of its own (`acquire`).
 public final class BufferPool: @unchecked Sendable {
     public let bufferSize: Int
     /// I/O buffers handed out as leases.
@@ -75,8 +76,9 @@ public final class BufferPool: @unchecked Sendable {
     private let regionSize: Int
     private var free: [Int]
     private let lock = ConditionLock()
-    /// One small ring per buffer, with that buffer registered, for blocking I/O.
-    private let privateRings: [IORing]
+    /// Small rings with one buffer registered each, made on first use by `acquire` (tools and
+    /// tests that borrow a buffer now and then; the serving path registers the region instead).
+    private var privateRings: [IORing?]
 
     public static let alignment = 2 * 1024 * 1024
 
@@ -91,24 +93,12 @@ public final class BufferPool: @unchecked Sendable {
         // Advice only: a host without transparent huge pages keeps 4 KiB pages and works the same.
         _ = madvise(region, total, MADV_HUGEPAGE)
         memset(region, 0, total)  // fault the pages in now, not on the first request
-        var rings: [IORing] = []
-        do {
-            for i in 0..<count {
-                let ring = try IORing(entries: 4)
-                try ring.registerBuffers([UnsafeMutableRawBufferPointer(start: region + i * size, count: size)])
-                rings.append(ring)
-            }
-        } catch {
-            rings.removeAll()
-            Glibc.free(region)
-            throw error
-        }
         self.bufferSize = size
         self.count = count
         self.tierSlots = tierSlots
         self.region = region
         self.regionSize = total
-        self.privateRings = rings
+        self.privateRings = Array(repeating: nil, count: count)
         self.free = Array((0..<count).reversed())
     }
 
@@ -121,6 +111,14 @@ public final class BufferPool: @unchecked Sendable {
 
     /// Registers the whole region with `ring` as fixed buffers (one step per consumer).
     public func register(with ring: ShardRing) throws(SysError) { try ring.registerBuffers(buffers) }
+
+    /// A ring for one blocking consumer (a fill thread) with the whole region registered: buffer
+    /// `i` is its fixed buffer `i`.
+    public func consumerRing(entries: UInt32 = 8) throws(SysError) -> IORing {
+        let ring = try IORing(entries: entries)
+        try ring.registerBuffers(buffers)
+        return ring
+    }
 
     /// The memory of buffer `i` (I/O or tier).
     public func bufferBase(_ i: Int) -> UnsafeMutableRawPointer { region + i * bufferSize }
@@ -144,10 +142,10 @@ public final class BufferPool: @unchecked Sendable {
         lock.signal()
     }
 
-    /// Runs `body` with the leased buffer and its private ring, for blocking I/O by the lease's
-    /// holder (a fill thread); the slot must not outlive the call.
-    public func withSlot<T, E: Error>(_ lease: borrowing Lease, _ body: (IOSlot) throws(E) -> T) throws(E) -> T {
-        try body(IOSlot(index: lease.index, base: lease.base, capacity: lease.capacity, ring: privateRings[lease.index], fixedIndex: 0))
+    /// Runs `body` with the leased buffer on `ring` (the caller's `consumerRing`), for blocking
+    /// I/O by the lease's holder (a fill thread); the slot must not outlive the call.
+    public func withSlot<T, E: Error>(_ lease: borrowing Lease, ring: IORing, _ body: (IOSlot) throws(E) -> T) throws(E) -> T {
+        try body(IOSlot(index: lease.index, base: lease.base, capacity: lease.capacity, ring: ring, fixedIndex: Int32(lease.index)))
     }
 
     /// Borrows a buffer with its private ring, waiting for one if all are in use; nil if none
@@ -160,7 +158,20 @@ public final class BufferPool: @unchecked Sendable {
             if !lock.wait(untilNanos: deadline) && free.isEmpty { return nil }
         }
         let i = free.removeLast()
-        return IOSlot(index: i, base: region + i * bufferSize, capacity: bufferSize, ring: privateRings[i], fixedIndex: 0)
+        let ring: IORing
+        if let r = privateRings[i] {
+            ring = r
+        } else {
+            do {
+                ring = try IORing(entries: 4)
+                try ring.registerBuffers([UnsafeMutableRawBufferPointer(start: region + i * bufferSize, count: bufferSize)])
+            } catch {
+                free.append(i)
+                return nil
+            }
+            privateRings[i] = ring
+        }
+        return IOSlot(index: i, base: region + i * bufferSize, capacity: bufferSize, ring: ring, fixedIndex: 0)
     }
 
     /// Gives back a buffer borrowed with `acquire`.

@@ -58,7 +58,7 @@ final class DataPlane: @unchecked Sendable {
         self.service = service
         self.pool = pool
         self.park = LeasePark(count: pool.count)
-        self.fillPool = FillPool(threads: config.fillThreads)
+        self.fillPool = FillPool(threads: config.fillThreads) { () throws(SysError) -> IORing in try pool.consumerRing() }
         self.tier = service.tier
         self.config = config
         self.logger = logger

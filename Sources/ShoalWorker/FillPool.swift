@@ -4,27 +4,33 @@ import ShoalSys
 /// Threads for the work that blocks, so that no io shard ever waits: fills from the object
 /// store, STATs that go to the store, and writing filled blocks to the cache. Each job posts its
 /// result back to the shard that asked (`Shard.post`). Jobs run in arrival order; the queue is
-/// bounded by the shards' own limits (requests in flight per connection, leases).
+/// bounded by the shards' own limits (requests in flight per connection, leases). Each thread
+/// has a ring of its own with the whole buffer region registered (`BufferPool.consumerRing`),
+/// which its jobs read and write leased buffers with.
 final class FillPool: @unchecked Sendable {
     private let lock = ConditionLock()
-    private var jobs: [@Sendable () -> Void] = []
+    private var jobs: [@Sendable (IORing) -> Void] = []
     private var head = 0
     private var stopping = false
     private var running = 0
     let threads: Int
 
-    init(threads: Int) {
+    private let makeRing: () throws(SysError) -> IORing
+
+    init(threads: Int, makeRing: @escaping () throws(SysError) -> IORing) {
         self.threads = max(1, threads)
+        self.makeRing = makeRing
     }
 
     func start() throws(SysError) {
         for i in 0..<threads {
-            try OSThread.spawn(name: "shoal-fill-\(i)") { [self] in run() }
+            let ring = try makeRing()
+            try OSThread.spawn(name: "shoal-fill-\(i)") { [self] in run(ring) }
             lock.withLock { running += 1 }
         }
     }
 
-    func submit(_ job: @escaping @Sendable () -> Void) {
+    func submit(_ job: @escaping @Sendable (IORing) -> Void) {
         lock.withLock { jobs.append(job) }
         lock.signal()
     }
@@ -32,7 +38,7 @@ final class FillPool: @unchecked Sendable {
     /// Jobs waiting for a thread.
     var queued: Int { lock.withLock { jobs.count - head } }
 
-    private func run() {
+    private func run(_ ring: IORing) {
         while true {
             lock.lock()
             while head == jobs.count && !stopping { _ = lock.wait() }
@@ -49,7 +55,7 @@ final class FillPool: @unchecked Sendable {
                 head = 0
             }
             lock.unlock()
-            job()
+            job(ring)
         }
     }
 

@@ -469,7 +469,7 @@ final class Shard: @unchecked Sendable {
             }
             jobsOut += 1
             let (service, slot, generation) = (self.service, conn.slot, conn.generation)
-            plane.fillPool.submit { [self] in
+            plane.fillPool.submit { [self] _ in
                 let result = Result { () throws(ShoalError) -> StatReply in try service.stat(req) }
                 post(.stat(connection: slot, generation: generation, requestID: id, result))
             }
@@ -684,9 +684,9 @@ final class Shard: @unchecked Sendable {
         let r = ops[op]!
         jobsOut += 1
         let (plane, generation) = (self.plane, opGenerations[op])
-        plane.fillPool.submit { [self] in
+        plane.fillPool.submit { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
-            let result = plane.pool.withSlot(lease) { slot in
+            let result = plane.pool.withSlot(lease, ring: ring) { slot in
                 Result { () throws(ShoalError) -> FilledRange in try plane.service.readBlocking(r.request, slot: slot) }
             }
             _ = plane.park.park(lease)
@@ -751,9 +751,9 @@ final class Shard: @unchecked Sendable {
             // The block goes to the cache on a fill thread; the lease comes back after.
             if let conn = connection(slot, generation) { conn.leases -= 1 }
             let plane = self.plane
-            plane.fillPool.submit {
+            plane.fillPool.submit { ring in
                 guard let lease = plane.park.unpark(li) else { return }
-                plane.pool.withSlot(lease) { slot in plane.service.finishFill(fill, slot: slot) }
+                plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
                 plane.giveLease(lease)
             }
         }
