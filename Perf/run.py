@@ -430,6 +430,11 @@ def measure(run, args):
         run.start_worker(cache)
         bw, client_cpu, worker_cpu = run.shoal_read()
         s.add("cold", bw)
+        # Filled blocks are written to the cache after their replies: wait for the last ones.
+        for _ in range(100):
+            if run.worker_status()["fillsInFlight"] == 0:
+                break
+            time.sleep(0.05)
         # A warm figure means something only if the cold read left every block cached.
         s.add("cold.blocksCached", run.worker_status()["blocks"] / (parse_size(args.size) // BLOCK))
         s.add("cold.clientCpuPerGB", client_cpu)

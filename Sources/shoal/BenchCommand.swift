@@ -107,7 +107,7 @@ struct BenchCommand: ParsableCommand {
                                 let chunk = Int(file.blockSize) * 16
                                 if buffer == nil || buffer!.count != chunk {
                                     buffer?.deallocate()
-                                    buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+                                    buffer = LargeBuffer.allocate(chunk)
                                 }
                                 var pos: UInt64 = 0
                                 while pos < file.size { pos += UInt64(try c.read(file, at: pos, into: buffer!)) }
