@@ -141,9 +141,15 @@ public final class ShardRing {
 
     /// Sends the message `msg` (a `msghdr`) describes; it and its iovecs must stay put until
     /// the completion.
-    public func sendMessage(fd: Int32, _ msg: UnsafeMutableRawPointer, userData: UInt64) throws(SysError) {
+    /// `zeroCopy`: SENDMSG_ZC, whose result completion carries `hasMore`, and a second one
+    /// (`isNotification`) says when the kernel no longer reads the buffers.
+    public func sendMessage(fd: Int32, _ msg: UnsafeMutableRawPointer, userData: UInt64, zeroCopy: Bool = false) throws(SysError) {
         let s = try sqe()
-        io_uring_prep_sendmsg(s, fd, msg.assumingMemoryBound(to: msghdr.self), UInt32(shoal_msg_nosignal()))
+        if zeroCopy {
+            io_uring_prep_sendmsg_zc(s, fd, msg.assumingMemoryBound(to: msghdr.self), UInt32(shoal_msg_nosignal()))
+        } else {
+            io_uring_prep_sendmsg(s, fd, msg.assumingMemoryBound(to: msghdr.self), UInt32(shoal_msg_nosignal()))
+        }
         io_uring_sqe_set_data64(s, userData)
     }
 
@@ -198,6 +204,7 @@ public final class ShardRing {
 
     /// Completion flags.
     public static func hasMore(_ flags: UInt32) -> Bool { flags & UInt32(IORING_CQE_F_MORE) != 0 }
+    public static func isNotification(_ flags: UInt32) -> Bool { flags & UInt32(IORING_CQE_F_NOTIF) != 0 }
     public static func providedBufferID(_ flags: UInt32) -> UInt16? {
         flags & UInt32(IORING_CQE_F_BUFFER) != 0 ? UInt16(flags >> UInt32(IORING_CQE_BUFFER_SHIFT)) : nil
     }

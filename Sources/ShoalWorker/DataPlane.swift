@@ -20,6 +20,9 @@ struct DataPlaneConfig: Sendable {
     /// A reply that makes no progress this long while other requests wait for a buffer closes
     /// its connection (a client that stopped reading would otherwise keep its buffers).
     var sendStallNanos: UInt64 = 5_000_000_000
+    /// Send replies with data by SENDMSG_ZC (the NIC reads the leased buffers; on loopback the
+    /// kernel copies anyway).
+    var sendZeroCopy = false
     /// A reply that makes no progress this long closes its connection in any case.
     var sendTimeoutNanos: UInt64 = 60_000_000_000
 }

@@ -190,7 +190,11 @@ final class Shard: @unchecked Sendable {
         case .receive:
             received(index, generation, res, flags)
         case .send:
-            sent(index, generation, res)
+            if ShardRing.isNotification(flags) {
+                notified(index, generation)
+            } else {
+                sent(index, generation, res, zeroCopy: ShardRing.hasMore(flags))
+            }
         case .diskFirst, .diskSecond:
             diskRead(index, generation, res)
         case .wake:
@@ -893,8 +897,10 @@ final class Shard: @unchecked Sendable {
             perform(conn)
             if conn.state == .dead { return }
         }
+        // Zero copy only pays for replies that carry data; small frames are copied anyway.
+        let zeroCopy = plane.config.sendZeroCopy && conn.inSend.contains { $0.head >= 0 && $0.data.count >= 65536 }
         do {
-            try ring.sendMessage(fd: conn.fd, conn.message, userData: Shard.userData(.send, conn.slot, conn.generation))
+            try ring.sendMessage(fd: conn.fd, conn.message, userData: Shard.userData(.send, conn.slot, conn.generation), zeroCopy: zeroCopy)
             conn.sending = true
             if conn.sendStarted == 0 { conn.sendStarted = monotonicNanos() }
         } catch {
@@ -903,9 +909,30 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    private func sent(_ slot: Int, _ generation: UInt32, _ res: Int32) {
+    /// A zero-copy send's notification: the kernel is done with the buffers of the frames it sent.
+    private func notified(_ slot: Int, _ generation: UInt32) {
+        guard let conn = connection(slot, generation) else { return }
+        conn.notifications -= 1
+        let frames = conn.awaitingNotification.removeFirst()
+        for f in frames { done(conn, f) }
+        if conn.state == .dead {
+            finalizeIfDone(conn)
+            return
+        }
+        perform(conn)
+        if conn.state == .open && conn.machine.wantsInput { armReceive(conn) }
+        flush(conn)
+    }
+
+    private func sent(_ slot: Int, _ generation: UInt32, _ res: Int32, zeroCopy: Bool = false) {
         guard let conn = connection(slot, generation) else { return }
         conn.sending = false
+        // A zero-copy send is followed by its notification (even when it failed): the frames it
+        // finishes wait for it before their buffers go back.
+        if zeroCopy {
+            conn.notifications += 1
+            conn.awaitingNotification.append([])
+        }
         guard res > 0 else {
             kill(conn)
             finalizeIfDone(conn)
@@ -922,7 +949,11 @@ final class Shard: @unchecked Sendable {
             left -= remaining
             conn.sentInFirst = 0
             let f = conn.inSend.removeFirst()
-            done(conn, f)
+            if zeroCopy {
+                conn.awaitingNotification[conn.awaitingNotification.count - 1].append(f)
+            } else {
+                done(conn, f)
+            }
         }
         if conn.inSend.isEmpty && conn.queue.isEmpty { conn.sendStarted = 0 }
         if conn.state == .dead {
@@ -979,7 +1010,7 @@ final class Shard: @unchecked Sendable {
     }
 
     private func finalizeIfDone(_ conn: ShardConnection) {
-        guard conn.state == .dead, !conn.receiving, !conn.sending, connections[conn.slot] === conn else { return }
+        guard conn.state == .dead, !conn.receiving, !conn.sending, conn.notifications == 0, connections[conn.slot] === conn else { return }
         Sockets.close(conn.fd)
         connections[conn.slot] = nil
         freeConnections.append(conn.slot)
@@ -1159,6 +1190,9 @@ final class ShardConnection {
     var inSend: [OutFrame] = []
     var sentInFirst = 0
     var leases = 0
+    /// Zero-copy sends whose notification has not come: their frames' buffers are still read.
+    var notifications = 0
+    var awaitingNotification: [[OutFrame]] = []
 
     static let framesPerSend = 16
     static let headSlots = Int(WireLimits.maxInFlight)

@@ -77,6 +77,7 @@ public final class Worker: @unchecked Sendable {
         planeConfig.maxInFlight = UInt16(config.maxInFlight)
         planeConfig.leasesPerConnection = config.buffersPerConnection
         planeConfig.sendStallNanos = UInt64(max(0.1, config.replyStallTimeout) * 1e9)
+        planeConfig.sendZeroCopy = config.sendZeroCopy
         do {
             let plane = try DataPlane(service: service, pool: pool, config: planeConfig, endpoint: config.listen, logger: logger)
             try plane.start()

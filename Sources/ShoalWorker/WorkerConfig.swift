@@ -78,6 +78,9 @@ public struct WorkerConfig: Sendable {
     /// A reply that makes no progress this long, while other requests wait for a buffer, closes
     /// its connection (a client that stopped reading its replies).
     public var replyStallTimeout: Double = 5
+    /// Send replies with data by io_uring's SENDMSG_ZC: the NIC reads the leased buffers instead
+    /// of a copy (on loopback the kernel copies anyway; Perf/ measures both).
+    public var sendZeroCopy = false
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -100,7 +103,7 @@ public struct WorkerConfig: Sendable {
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
-                                           "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout"]
+                                           "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
@@ -164,6 +167,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.int("buffersPerConnection", min: 1, max: 65536) { config.buffersPerConnection = v }
         if let v = try r.size("memoryTier") { config.memoryTier = v }
         if let v = try r.duration("replyStallTimeout") { config.replyStallTimeout = v }
+        if let v = try r.bool("sendZeroCopy") { config.sendZeroCopy = v }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }

@@ -51,8 +51,8 @@ import Testing
         #expect(h.worker.statusJSON().contains("\"memoryTier\":{\"slots\":8,\"resident\":4"))
     }
 
-    @Test func manyReadsInFlightOnOneConnectionComeBackWhole() throws {
-        let h = try Harness("pipelined")
+    @Test(arguments: [false, true]) func manyReadsInFlightOnOneConnectionComeBackWhole(zeroCopy: Bool) throws {
+        let h = try Harness("pipelined-\(zeroCopy)") { $0.sendZeroCopy = zeroCopy }
         let data = SampleData.bytes(seed: 42, count: 6 << 20)
         try h.put("o", data)
         let file = try h.client.open(h.ref("o"))
