@@ -259,7 +259,7 @@ end
 
     # -- shoal --
 
-    def start_worker(self, cache, extra=(), tier=0):
+    def start_worker(self, cache, extra=(), tier=0, zero_copy=False):
         """A worker on `cache`; `tier` bytes of DRAM tier (0: every warm read goes to the disk)."""
         os.makedirs(cache, exist_ok=True)
         config = os.path.join(self.work, "worker.yaml")
@@ -269,6 +269,7 @@ admin: 127.0.0.1:{PORTS['worker'] + 1}
 secretFile: {self.env['SHOAL_SECRET_FILE']}
 buffers: 32
 memoryTier: {tier}
+sendZeroCopy: {"true" if zero_copy else "false"}
 caches:
   - path: {cache}
     capacity: {max(2 * parse_size(self.args.size), 1 << 30) + 3 * (256 << 20)}
@@ -471,6 +472,12 @@ def measure(run, args):
             s.add_all(f"tier.random.4096.{c}", run.shoal_random(4096, c))
         s.add("tier.resident", run.worker_status()["memoryTier"]["resident"] / (parse_size(args.size) // BLOCK))
         run.stop_worker()
+        # The same with replies sent by SENDMSG_ZC (does zero copy pay here?).
+        run.start_worker(cache, tier=tier, zero_copy=True)
+        for _ in range(3):
+            run.shoal_read()
+        s.add("tier.warmZeroCopy", run.shoal_read()[0])
+        run.stop_worker()
 
         # Isolating switches: the same reads without the disk, then without sending the data.
         run.start_worker(cache, ["--serve-from-memory"], tier=tier)
@@ -583,6 +590,7 @@ def report(args, f, engine, replay, limits):
              row(f"peer: nginx page cache, random 4 MiB files, {c} connections (wrk)", "nginx_cache.bytesPerSecond"),
              row("shoal: warm sequential from the DRAM tier", "tier.warm"),
              row("… share of the dataset's blocks in the DRAM tier", "tier.resident", lambda x: f"{x:.2f}"),
+             row("… the same, replies sent by SENDMSG_ZC (sendZeroCopy)", "tier.warmZeroCopy"),
              row("split: shoal warm sequential, serve from memory (no disk)", "memory.warm"),
              row("split: shoal warm sequential, answer without data (no transfer)", "nodata.warm")]
     if engine:
