@@ -139,14 +139,22 @@ public final class TCPSocket: @unchecked Sendable {
     }
 
     /// Listens on `endpoint` (port 0 picks a free one); returns the socket and the bound port.
-    public static func listen(_ endpoint: Endpoint, backlog: Int32 = 1024) throws(SysError) -> (TCPSocket, UInt16) {
+    /// `reusePort`: SO_REUSEPORT, so that several sockets (one per io shard) listen on the same
+    /// port and the kernel spreads new connections over them.
+    public static func listen(_ endpoint: Endpoint, backlog: Int32 = 1024, reusePort: Bool = false) throws(SysError) -> (TCPSocket, UInt16) {
         let addresses = try resolve(endpoint, passive: true)
         var lastError = SysError("listen \(endpoint): no address", errno: EADDRNOTAVAIL)
         for (family, addr) in addresses {
             let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             if fd < 0 { lastError = SysError("socket", errno: currentErrno()); continue }
             let s = TCPSocket(fd: fd)
-            do { try Sockets.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR") } catch { lastError = error; continue }
+            do {
+                try Sockets.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
+                if reusePort { try Sockets.setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
+            } catch {
+                lastError = error
+                continue
+            }
             let bound = addr.withUnsafeBytes { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count)) }
             if bound != 0 { lastError = SysError("bind \(endpoint)", errno: currentErrno()); continue }
             if Glibc.listen(fd, backlog) != 0 { lastError = SysError("listen \(endpoint)", errno: currentErrno()); continue }

@@ -39,7 +39,10 @@ final class DataPlane: @unchecked Sendable {
     let tier: MemoryTier?
     let config: DataPlaneConfig
     let logger: Logger
-    let listener: TCPSocket
+    /// One listening socket per shard on the same port (SO_REUSEPORT): the kernel spreads new
+    /// connections over the shards. (Every shard accepting on one socket left one shard with
+    /// nearly all of them.)
+    let listeners: [TCPSocket]
     let port: UInt16
     private(set) var shards: [Shard] = []
     /// Says once, at the first TLS connection, how TLS runs.
@@ -65,7 +68,16 @@ final class DataPlane: @unchecked Sendable {
         self.tier = service.tier
         self.config = config
         self.logger = logger
-        (listener, port) = try TCPSocket.listen(endpoint)
+        // A plain bind first: with SO_REUSEPORT alone, a second worker started on a port in use
+        // would share it silently instead of failing with "address in use".
+        let (probe, port) = try TCPSocket.listen(endpoint)
+        probe.close()
+        var listeners: [TCPSocket] = []
+        for _ in 0..<max(1, config.shards) {
+            listeners.append(try TCPSocket.listen(Endpoint(host: endpoint.host, port: port), reusePort: true).0)
+        }
+        self.listeners = listeners
+        self.port = port
         places = ConnectionPlaces(limit: config.maxConnections)
     }
 
@@ -93,11 +105,11 @@ final class DataPlane: @unchecked Sendable {
     /// Stops accepting, closes every connection, lets the shards finish what they started and
     /// the fill threads finish their queue (cache writes included).
     func stop() {
-        listener.shutdown()
+        listeners.forEach { $0.shutdown() }
         for shard in shards { shard.requestStop() }
         for shard in shards { shard.waitUntilStopped(timeoutNanos: 10_000_000_000) }
         fillPool.stop()
-        listener.close()
+        listeners.forEach { $0.close() }
     }
 
     /// Has every shard report the hits it counted so far (waits up to a quarter second).

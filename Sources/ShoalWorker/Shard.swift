@@ -119,7 +119,7 @@ final class Shard: @unchecked Sendable {
             ring = try ShardRing(entries: 1024)
             try plane.pool.register(with: ring)
             try ring.setUpProvidedBuffers(count: 256, size: 16 * 1024)
-            try ring.acceptMultishot(fd: plane.listener.fd, userData: Shard.userData(.accept, 0, 0))
+            try ring.acceptMultishot(fd: plane.listeners[index].fd, userData: Shard.userData(.accept, 0, 0))
             acceptArmed = true
             try ring.read(fd: wake.fd, into: wakeBuffer, count: 8, userData: Shard.userData(.wake, 0, 0))
         } catch {
@@ -208,7 +208,7 @@ final class Shard: @unchecked Sendable {
 
     private func armAccept() {
         do {
-            try ring.acceptMultishot(fd: plane.listener.fd, userData: Shard.userData(.accept, 0, 0))
+            try ring.acceptMultishot(fd: plane.listeners[index].fd, userData: Shard.userData(.accept, 0, 0))
             acceptArmed = true
         } catch {
             logger.error("io shard cannot accept", metadata: ["error": "\(error)"])

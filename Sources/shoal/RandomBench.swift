@@ -2,16 +2,18 @@ import ArgumentParser
 import ShoalClient
 import ShoalCore
 import ShoalSys
+import ShoalTransport
 
 extension BenchCommand {
-    /// Random reads of one size from every object under a prefix, by `concurrency` threads each
-    /// with one read in flight (as redis-benchmark's or wrk's connections): ops/s and latency.
+    /// Random reads of one size from every object under a prefix, `concurrency` of them in flight
+    /// on as many connections from one thread (as redis-benchmark's client keeps its
+    /// connections): ops/s and latency. A read that would cross a block reads to the block's end.
     struct Random: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Random reads of one size through the cache by N threads; prints ops/s and latency percentiles.")
+            abstract: "Random reads of one size through the cache, N in flight on N connections; prints ops/s and latency percentiles.")
         @Argument(help: "s3://bucket/prefix") var url: String
         @Option(help: "Size of each read, e.g. 4KiB; reads are aligned to it.") var readSize = "4KiB"
-        @Option(help: "Threads, each with one read in flight.") var concurrency = 8
+        @Option(help: "Reads in flight, one per connection.") var concurrency = 8
         @Option(help: "How long to read.") var seconds = 3.0
         @OptionGroup var reads: ReadBenchOptions
 
@@ -36,36 +38,70 @@ extension BenchCommand {
                 throw fail(e.message)
             }
             guard !files.isEmpty else { throw fail("no object under \(url) holds \(readSize)") }
-            let results = RandomResults()
+            // One thread keeps `concurrency` reads in flight, one per connection, and polls them,
+            // as redis-benchmark's client does: no thread per read, one receive per reply.
+            let blockLayouts = files.map { BlockLayout(blockSize: UInt64($0.blockSize)) }
+            var lanes: [[Endpoint: WorkerConnection]] = Array(repeating: [:], count: concurrency)
+            var current: [(WorkerConnection, UInt64)?] = Array(repeating: nil, count: concurrency)
+            let buffers = (0..<concurrency).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: Int(size), alignment: 4096) }
+            defer { buffers.forEach { $0.deallocate() } }
+            var rng = SplitMix(seed: 0x9E37_79B9_7F4A_7C15)
+            var tls: TLSContext?
+            if let ca = config.tlsCAFile {
+                do { tls = try TLSContext.client(caFile: ca) } catch { throw fail(error.message) }
+            }
+            var latencies: [UInt64] = []
+            latencies.reserveCapacity(1 << 20)
+            func issue(_ lane: Int) throws(ShoalError) {
+                let i = Int(rng.next() % UInt64(files.count))
+                let f = files[i]
+                let offset = (rng.next() % (f.size / size)) * size
+                // A read of `size` bytes may cross a block: each piece is its own READ on the lane.
+                guard let piece = blockLayouts[i].pieces(offset: offset, length: size).first else { return }
+                let block = f.block(piece.index)
+                guard let owner = c.owners(of: block).first else { throw ShoalError(.internal, "no worker owns \(block)") }
+                let connection: WorkerConnection
+                if let existing = lanes[lane][owner] {
+                    connection = existing
+                } else {
+                    connection = try WorkerConnection(endpoint: owner, secret: config.secret, clientName: "bench-random",
+                                                      timeoutMillis: config.timeoutMillis, tls: tls, untaggedFrames: config.untaggedFrames)
+                    connection.acceptsNoData = config.acceptsNoData
+                    lanes[lane][owner] = connection
+                }
+                _ = try connection.sendRead(ReadRequest(block: block, offset: piece.offsetInBlock, length: piece.length),
+                                            into: buffers[lane].baseAddress!, length: Int(piece.length))
+                current[lane] = (connection, monotonicNanos())
+            }
             let deadline = monotonicNanos() + UInt64(seconds * 1e9)
             let start = monotonicNanos()
-            for t in 0..<concurrency {
-                try OSThread.spawn(name: "bench-random") {
-                    var rng = SplitMix(seed: UInt64(t) &* 0x9E37_79B9_7F4A_7C15 &+ 1)
-                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(size), alignment: 4096)
-                    defer { buffer.deallocate() }
-                    var latencies: [UInt64] = []
-                    latencies.reserveCapacity(1 << 16)
-                    var failure: String?
-                    while monotonicNanos() < deadline {
-                        let f = files[Int(rng.next() % UInt64(files.count))]
-                        let offset = (rng.next() % (f.size / size)) * size
-                        let t0 = monotonicNanos()
-                        do throws(ShoalError) {
-                            _ = try c.read(f, at: offset, into: buffer)
+            do throws(ShoalError) {
+                for lane in 0..<concurrency { try issue(lane) }
+                while monotonicNanos() < deadline {
+                    let busy = (0..<concurrency).filter { current[$0] != nil }
+                    let buffered = busy.filter { current[$0]!.0.hasBufferedReply }
+                    var ready = buffered
+                    if ready.isEmpty {
+                        do {
+                            ready = try TCPSocket.readable(busy.map { current[$0]!.0.socket }, timeoutMillis: 1000).map { busy[$0] }
                         } catch {
-                            failure = error.message
-                            break
+                            throw ShoalError(.connectionFailed, "poll failed: \(error)")
                         }
-                        latencies.append(monotonicNanos() - t0)
                     }
-                    results.add(latencies, failure: failure)
+                    for lane in ready {
+                        let (connection, sentAt) = current[lane]!
+                        let (_, result) = try connection.receiveNext()
+                        try result.get()
+                        latencies.append(monotonicNanos() - sentAt)
+                        try issue(lane)
+                    }
                 }
+            } catch {
+                throw fail(error.message)
             }
-            results.wait(for: concurrency)
             let elapsed = Double(monotonicNanos() - start) / 1e9
-            if let failure = results.failure { throw fail(failure) }
-            var all = results.latencies
+            lanes.forEach { $0.values.forEach { $0.close() } }
+            var all = latencies
             all.sort()
             guard !all.isEmpty else { throw fail("no read finished in \(seconds) s") }
             func pct(_ q: Double) -> Double { Double(all[min(all.count - 1, Int(Double(all.count) * q))]) / 1000 }
@@ -76,33 +112,10 @@ extension BenchCommand {
                       + "\"bytesPerSecond\":\(formatFixed(ops * Double(size), decimals: 0)),\"p50Micros\":\(formatFixed(pct(0.5), decimals: 1)),"
                       + "\"p99Micros\":\(formatFixed(pct(0.99), decimals: 1)),\"p999Micros\":\(formatFixed(pct(0.999), decimals: 1))}")
             } else {
-                print("random \(ByteSize.format(size)) reads, \(concurrency) threads: \(formatFixed(ops, decimals: 0)) ops/s "
+                print("random \(ByteSize.format(size)) reads, \(concurrency) in flight: \(formatFixed(ops, decimals: 0)) ops/s "
                       + "(\(ByteSize.formatRate(bytes: UInt64(ops * Double(size)), seconds: 1))), p50 \(formatFixed(pct(0.5), decimals: 1)) µs, "
                       + "p99 \(formatFixed(pct(0.99), decimals: 1)) µs, p99.9 \(formatFixed(pct(0.999), decimals: 1)) µs")
             }
         }
-    }
-}
-
-/// Latencies gathered from the bench threads.
-final class RandomResults: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private(set) var latencies: [UInt64] = []
-    private(set) var failure: String?
-    private var finished = 0
-
-    func add(_ l: [UInt64], failure: String?) {
-        lock.withLock {
-            latencies += l
-            self.failure = self.failure ?? failure
-            finished += 1
-        }
-        lock.broadcast()
-    }
-
-    func wait(for n: Int) {
-        lock.lock()
-        while finished < n { lock.wait() }
-        lock.unlock()
     }
 }
