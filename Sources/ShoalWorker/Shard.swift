@@ -59,12 +59,8 @@ final class Shard: @unchecked Sendable {
     private var startResult: Result<Void, SysError>?
     private var finished = false
 
-    private var connections: [ShardConnection?] = []
-    private var freeConnections: [Int] = []
-    private var generations: [UInt32] = []
-    private var ops: [ReadOp?] = []
-    private var freeOps: [Int] = []
-    private var opGenerations: [UInt32] = []
+    private var connections = SlotTable<ShardConnection>()
+    private var ops = SlotTable<ReadOp>()
     /// Requests waiting for a buffer, oldest first.
     private var waiting: [WaitingRead] = []
     private var waitingHead = 0
@@ -148,7 +144,7 @@ final class Shard: @unchecked Sendable {
                 lastSweep = now
                 sweep(now)
             }
-            if stopping && connections.allSatisfy({ $0 == nil }) && ops.allSatisfy({ $0 == nil }) && jobsOut == 0 { return }
+            if stopping && connections.isEmpty && ops.isEmpty && jobsOut == 0 { return }
         }
     }
 
@@ -240,7 +236,7 @@ final class Shard: @unchecked Sendable {
                 countdown.done()
             case .stop:
                 stopping = true
-                for c in connections.compactMap({ $0 }) { kill(c) }
+                for c in connections.all { kill(c) }
                 serveWaiting()
             }
         }
@@ -249,8 +245,7 @@ final class Shard: @unchecked Sendable {
     // MARK: connections
 
     private func connection(_ slot: Int, _ generation: UInt32) -> ShardConnection? {
-        guard slot < connections.count, let c = connections[slot], c.generation == generation else { return nil }
-        return c
+        connections.value(slot, generation)
     }
 
     private func accepted(_ fd: Int32) {
@@ -310,15 +305,6 @@ final class Shard: @unchecked Sendable {
     private var refusing = 0
 
     private func newConnection(fd: Int32, place: UInt64, tls: TLSEngine?) -> ShardConnection {
-        let slot: Int
-        if let s = freeConnections.popLast() {
-            slot = s
-        } else {
-            slot = connections.count
-            connections.append(nil)
-            generations.append(0)
-        }
-        generations[slot] &+= 1
         let config = plane.config
         var machineConfig = ServerConnection.Config(secret: config.secret, blockSize: service.blockSize) { keys in
             try? FrameAuthenticator(keys: keys, role: .worker)
@@ -326,11 +312,11 @@ final class Shard: @unchecked Sendable {
         machineConfig.allowsUntaggedFrames = config.allowsUntaggedFrames
         machineConfig.channelAuthenticated = tls != nil
         machineConfig.maxInFlight = config.maxInFlight
-        let conn = ShardConnection(fd: fd, slot: slot, generation: generations[slot], place: place,
-                                   machine: ServerConnection(machineConfig), tls: tls,
-                                   deadline: monotonicNanos() + config.handshakeTimeoutNanos)
-        connections[slot] = conn
-        return conn
+        let slot = connections.insert { slot, generation in
+            ShardConnection(fd: fd, slot: slot, generation: generation, place: place, machine: ServerConnection(machineConfig), tls: tls,
+                            deadline: monotonicNanos() + config.handshakeTimeoutNanos)
+        }
+        return connections[slot]!
     }
 
     private func armReceive(_ conn: ShardConnection) {
@@ -520,7 +506,7 @@ final class Shard: @unchecked Sendable {
             ops[op]!.plan = plan
             do {
                 try ring.readFixed(file: file, buffer: base + plan.first.bufferOffset, count: plan.first.count, offset: plan.first.fileOffset,
-                                   bufferIndex: li, userData: Shard.userData(.diskFirst, op, opGenerations[op]))
+                                   bufferIndex: li, userData: Shard.userData(.diskFirst, op, ops.generation(op)))
                 ops[op]!.pending = 1
             } catch {
                 logger.warning("cannot submit a cache read", metadata: ["error": "\(error)"])
@@ -530,7 +516,7 @@ final class Shard: @unchecked Sendable {
             if let second = plan.second {
                 do {
                     try ring.readFixed(file: file, buffer: base + second.bufferOffset, count: second.count, offset: second.fileOffset,
-                                       bufferIndex: li, userData: Shard.userData(.diskSecond, op, opGenerations[op]))
+                                       bufferIndex: li, userData: Shard.userData(.diskSecond, op, ops.generation(op)))
                     ops[op]!.pending = 2
                 } catch {
                     // The first read completes into a request that then goes to a fill thread.
@@ -571,7 +557,7 @@ final class Shard: @unchecked Sendable {
         let i = newOp(op)
         do {
             try ring.readFixed(file: file, buffer: base + plan.first.bufferOffset, count: plan.first.count, offset: plan.first.fileOffset,
-                               bufferIndex: fixedIndex, userData: Shard.userData(.diskFirst, i, opGenerations[i]))
+                               bufferIndex: fixedIndex, userData: Shard.userData(.diskFirst, i, ops.generation(i)))
             ops[i]!.pending = 1
         } catch {
             freeOp(i)
@@ -640,7 +626,7 @@ final class Shard: @unchecked Sendable {
     }
 
     private func diskRead(_ op: Int, _ generation: UInt32, _ res: Int32) {
-        guard op < ops.count, opGenerations[op] == generation, ops[op] != nil else { return }
+        guard ops.value(op, generation) != nil else { return }
         ops[op]!.pending -= 1
         if res < 0 { ops[op]!.error = res }
         ops[op]!.bytes += Int(max(res, 0))
@@ -687,7 +673,7 @@ final class Shard: @unchecked Sendable {
     private func toFill(_ op: Int) {
         let r = ops[op]!
         jobsOut += 1
-        let (plane, generation) = (self.plane, opGenerations[op])
+        let (plane, generation) = (self.plane, ops.generation(op))
         plane.fillPool.submit { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
             let result = plane.pool.withSlot(lease, ring: ring) { slot in
@@ -699,7 +685,7 @@ final class Shard: @unchecked Sendable {
     }
 
     private func filled(_ op: Int, _ generation: UInt32, _ result: Result<FilledRange, ShoalError>) {
-        guard op < ops.count, opGenerations[op] == generation, let r = ops[op] else { return }
+        guard let r = ops.value(op, generation) else { return }
         switch result {
         case .success(let range):
             reply(op, range, blockCRC: nil, blockLength: nil)
@@ -793,24 +779,9 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    private func newOp(_ op: ReadOp) -> Int {
-        let i: Int
-        if let f = freeOps.popLast() {
-            i = f
-        } else {
-            i = ops.count
-            ops.append(nil)
-            opGenerations.append(0)
-        }
-        opGenerations[i] &+= 1
-        ops[i] = op
-        return i
-    }
+    private func newOp(_ op: ReadOp) -> Int { ops.insert { _, _ in op } }
 
-    private func freeOp(_ i: Int) {
-        ops[i] = nil
-        freeOps.append(i)
-    }
+    private func freeOp(_ i: Int) { ops.remove(i) }
 
     // MARK: sending
 
@@ -1012,8 +983,7 @@ final class Shard: @unchecked Sendable {
     private func finalizeIfDone(_ conn: ShardConnection) {
         guard conn.state == .dead, !conn.receiving, !conn.sending, conn.notifications == 0, connections[conn.slot] === conn else { return }
         Sockets.close(conn.fd)
-        connections[conn.slot] = nil
-        freeConnections.append(conn.slot)
+        connections.remove(conn.slot)
         if conn.refused { refusing -= 1 } else { service.metrics.connections.decrement() }
     }
 
@@ -1039,7 +1009,7 @@ final class Shard: @unchecked Sendable {
         flushHits()
         // Others wait because every buffer is taken, not only their connection's share.
         let waitersExist = plane.starved
-        for case let conn? in connections {
+        for conn in connections.all {
             if conn.receiveLater {
                 conn.receiveLater = false
                 if conn.state == .open && conn.machine.wantsInput || conn.state == .draining { armReceive(conn) }

@@ -71,32 +71,6 @@ final class Relay: @unchecked Sendable {
     }
 }
 
-/// A throwaway CA and a worker certificate for 127.0.0.1, made with the `openssl` command.
-struct TestCertificates {
-    let directory: String
-    var caFile: String { directory + "/ca.pem" }
-    var otherCAFile: String { directory + "/other-ca.pem" }
-    var certFile: String { directory + "/worker.pem" }
-    var keyFile: String { directory + "/worker.key" }
-
-    init() throws {
-        directory = makeTemporaryDirectory("tls")
-        let script = """
-            set -e
-            cd '\(directory)'
-            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=shoal-test-ca \
-                -keyout ca.key -out ca.pem
-            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=another-ca \
-                -keyout other-ca.key -out other-ca.pem
-            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=shoal-worker -keyout worker.key -out worker.csr
-            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf
-            openssl x509 -req -in worker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out worker.pem
-            """
-        let (status, output) = runProcess("/bin/bash", ["-c", script])
-        guard status == 0 else { throw FixtureError(message: "openssl could not make test certificates (install the openssl package): \(output)") }
-    }
-}
-
 /// A `file` store over a fresh folder, for tests that never read.
 func fileStore() -> StoreConfig {
     var s = StoreConfig(name: "default", kind: .file)

@@ -4,36 +4,6 @@ import ShoalCore
 import ShoalSys
 import ShoalTestSupport
 
-/// A throwaway CA, a second unrelated CA, and a worker certificate for 127.0.0.1 signed by the
-/// first, made with the `openssl` command (as SecureChannelTests does).
-struct ThrowawayCertificates: Sendable {
-    let directory: String
-    var caFile: String { directory + "/ca.pem" }
-    var otherCAFile: String { directory + "/other-ca.pem" }
-    var certFile: String { directory + "/worker.pem" }
-    var keyFile: String { directory + "/worker.key" }
-
-    init() throws {
-        directory = makeTemporaryDirectory("tls-engine")
-        let script = """
-            set -e
-            cd '\(directory)'
-            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=shoal-test-ca \
-                -keyout ca.key -out ca.pem
-            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=another-ca \
-                -keyout other-ca.key -out other-ca.pem
-            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=shoal-worker -keyout worker.key -out worker.csr
-            printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf
-            openssl x509 -req -in worker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out worker.pem
-            """
-        let (status, output) = runProcess("/bin/bash", ["-c", script])
-        guard status == 0 else { throw FixtureError(message: "openssl could not make test certificates (install the openssl package): \(output)") }
-    }
-
-    /// Made once for the whole suite.
-    static let shared = Result { try ThrowawayCertificates() }
-}
-
 /// Moves all of `from`'s pending ciphertext into `to`, `chunk` bytes at a time (so records
 /// arrive split). Returns the bytes moved and how many pieces they went in.
 @discardableResult
@@ -67,11 +37,11 @@ private func failure(_ p: TLSEngine.Progress) -> String? {
 }
 
 @Suite struct TLSEngineTests {
-    let certificates: ThrowawayCertificates
+    let certificates: TestCertificates
     let serverContext: TLSContext
 
     init() throws {
-        certificates = try ThrowawayCertificates.shared.get()
+        certificates = try TestCertificates.shared.get()
         serverContext = try TLSContext.server(certificateFile: certificates.certFile, keyFile: certificates.keyFile)
     }
 

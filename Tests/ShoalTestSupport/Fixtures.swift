@@ -170,3 +170,33 @@ public func flipByte(path: String, at offset: UInt64) throws {
     try h.write(&b, count: 1, at: offset)
     try h.sync()
 }
+
+/// A throwaway CA, a second unrelated CA, and a worker certificate for 127.0.0.1 (and
+/// localhost) signed by the first, made with the `openssl` command.
+public struct TestCertificates: Sendable {
+    public let directory: String
+    public var caFile: String { directory + "/ca.pem" }
+    public var otherCAFile: String { directory + "/other-ca.pem" }
+    public var certFile: String { directory + "/worker.pem" }
+    public var keyFile: String { directory + "/worker.key" }
+
+    public init() throws {
+        directory = makeTemporaryDirectory("tls")
+        let script = """
+            set -e
+            cd '\(directory)'
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=shoal-test-ca \
+                -keyout ca.key -out ca.pem
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=another-ca \
+                -keyout other-ca.key -out other-ca.pem
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=shoal-worker -keyout worker.key -out worker.csr
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf
+            openssl x509 -req -in worker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out worker.pem
+            """
+        let (status, output) = runProcess("/bin/bash", ["-c", script])
+        guard status == 0 else { throw FixtureError(message: "openssl could not make test certificates (install the openssl package): \(output)") }
+    }
+
+    /// Made once for a whole suite.
+    public static let shared = Result { try TestCertificates() }
+}
