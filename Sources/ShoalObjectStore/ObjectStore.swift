@@ -86,6 +86,9 @@ public protocol ObjectStore: Sendable {
     /// a caller never takes anyone else's word for where the object ends.
     func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
              into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> StoreRead
+    /// The same read as up to `parts` ranged GETs at once (a store without that does one).
+    func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
+             into buffer: UnsafeMutableRawPointer, parts: Int) throws(ShoalError) -> StoreRead
     /// One page of keys under `prefix`.
     func list(bucket: String, prefix: String, continuation: String?) throws(ShoalError) -> ObjectListing
     func put(bucket: String, key: String, bytes: [UInt8]) throws(ShoalError)
@@ -108,5 +111,12 @@ extension ObjectStore {
 
     func describe(_ bucket: String, _ key: String) -> String {
         ObjectRef(store: name, bucket: bucket, key: key).description
+    }
+}
+
+extension ObjectStore {
+    public func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
+                    into buffer: UnsafeMutableRawPointer, parts: Int) throws(ShoalError) -> StoreRead {
+        try get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: buffer)
     }
 }

@@ -84,10 +84,36 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
             do throws(CurlError) {
                 return try easy.perform(req, sink: sink)
             } catch {
-                if error.isTimeout { throw ShoalError(.timeout, "store '\(name)' timed out on \(what): \(error.message)") }
-                throw ShoalError(.storeUnavailable, "store '\(name)' at \(credentials.endpoint) is unreachable on \(what): \(error.message)")
+                throw transportFailure(error, what: what)
             }
         }
+    }
+
+    private func transportFailure(_ error: CurlError, what: String) -> ShoalError {
+        if error.isTimeout { return ShoalError(.timeout, "store '\(name)' timed out on \(what): \(error.message)") }
+        return ShoalError(.storeUnavailable, "store '\(name)' at \(credentials.endpoint) is unreachable on \(what): \(error.message)")
+    }
+
+    /// `count` pooled handles at once (at most `maxConcurrency`), counted against the limit.
+    private func withHandles<T>(_ count: Int, _ body: ([CurlEasy]) throws(ShoalError) -> T) throws(ShoalError) -> T {
+        let k = min(count, maxConcurrency)
+        lock.lock()
+        while inFlight + k > maxConcurrency { lock.wait() }
+        inFlight += k
+        var handles: [CurlEasy] = []
+        while handles.count < k, let h = idle.popLast() { handles.append(h) }
+        lock.unlock()
+        defer {
+            lock.lock()
+            inFlight -= k
+            idle.append(contentsOf: handles)
+            lock.unlock()
+            lock.broadcast()
+        }
+        while handles.count < k {
+            do { handles.append(try CurlEasy()) } catch { throw ShoalError(.internal, "cannot create a curl handle: \(error)") }
+        }
+        return try body(handles)
     }
 
     private func failure(_ response: HTTPResponse, body: String, what: String) -> ShoalError {
@@ -142,6 +168,59 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
                     into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> StoreRead {
         let what = describe(bucket, key)
         guard length > 0 else { return StoreRead(count: 0, objectSize: 0) }
+        let req = try rangedRequest(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, what: what)
+        let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer, count: length))
+        let response = try perform(req, sink: sink, what: what)
+        return try checked(response, sink: sink, offset: offset, length: length, ifMatch: ifMatch, what: what)
+    }
+
+    /// The same range as `parts` ranged GETs at once on one libcurl multi handle, each into its
+    /// place in `buffer`: one block filled by several connections, for when few blocks are
+    /// missing and one GET's speed would bound the fill. Every part is checked as a whole GET is
+    /// (version, Content-Range total, byte count), and all must name the same object size.
+    public func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
+                    into buffer: UnsafeMutableRawPointer, parts: Int) throws(ShoalError) -> StoreRead {
+        let what = describe(bucket, key)
+        let n = max(1, min(parts, maxConcurrency, length / (256 * 1024)))
+        guard n > 1 else { return try get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: buffer) }
+        // Parts on 4 KiB boundaries, the last one takes the rest.
+        let step = (length / n + 4095) & ~4095
+        var ranges: [(Int, Int)] = []
+        var at = 0
+        while at < length {
+            ranges.append((at, min(step, length - at)))
+            at += step
+        }
+        var requests: [HTTPRequest] = []
+        for (start, count) in ranges {
+            requests.append(try rangedRequest(bucket: bucket, key: key, offset: offset + UInt64(start), length: count, ifMatch: ifMatch, what: what))
+        }
+        let sinks = ranges.map { HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer + $0.0, count: $0.1)) }
+        let responses = try withHandles(ranges.count) { (handles) throws(ShoalError) -> [Result<HTTPResponse, CurlError>] in
+            CurlEasy.performAll((0..<ranges.count).map { (handles[$0], requests[$0], sinks[$0]) })
+        }
+        var total = 0
+        var objectSize: UInt64?
+        for (i, result) in responses.enumerated() {
+            let response: HTTPResponse
+            switch result {
+            case .success(let r): response = r
+            case .failure(let error): throw transportFailure(error, what: what)
+            }
+            let part = try checked(response, sink: sinks[i], offset: offset + UInt64(ranges[i].0), length: ranges[i].1, ifMatch: ifMatch, what: what)
+            if let objectSize, objectSize != part.objectSize {
+                throw ShoalError(.preconditionFailed, "\(what) changed while being read (its size went from \(objectSize) to \(part.objectSize) bytes)")
+            }
+            // Each part holds what the object has at its range (checked above), so the parts
+            // together hold the range's bytes.
+            objectSize = part.objectSize
+            total += part.count
+        }
+        return StoreRead(count: total, objectSize: objectSize ?? 0)
+    }
+
+    /// A ranged GET of `length` bytes at `offset`, conditional on the version when one is named.
+    private func rangedRequest(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?, what: String) throws(ShoalError) -> HTTPRequest {
         if let ifMatch, ifMatch.isEmpty {
             throw ShoalError(.badRequest, "a versioned read of \(what) names an empty version")
         }
@@ -157,8 +236,13 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         } else if let ifMatch {
             req.headers.append("If-Match: \(ifMatch)")
         }
-        let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer, count: length))
-        let response = try perform(req, sink: sink, what: what)
+        return req
+    }
+
+    /// Checks a ranged GET's answer: its status, its version, that the range was honoured, that
+    /// no more bytes came than asked for, and that the count fits the object's size.
+    private func checked(_ response: HTTPResponse, sink: HTTPBodySink, offset: UInt64, length: Int, ifMatch: String?,
+                         what: String) throws(ShoalError) -> StoreRead {
         guard response.status == 206 || response.status == 200 else {
             throw failure(response, body: sink.text, what: what)
         }

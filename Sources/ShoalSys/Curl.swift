@@ -89,7 +89,7 @@ public struct CurlError: Error, Sendable, CustomStringConvertible {
 
 /// A libcurl easy handle: one connection cache, reused across requests (keep-alive).
 public final class CurlEasy: @unchecked Sendable {
-    private let handle: UnsafeMutableRawPointer
+    let handle: UnsafeMutableRawPointer
     private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
 
     /// SHOAL_CURL_VERBOSE=1 makes curl print each request and response head to stderr.
@@ -107,7 +107,7 @@ public final class CurlEasy: @unchecked Sendable {
         errorBuffer.deallocate()
     }
 
-    private final class Context {
+    final class Context {
         let sink: HTTPBodySink
         let handle: UnsafeMutableRawPointer
         var headers: [String: String] = [:]
@@ -118,22 +118,76 @@ public final class CurlEasy: @unchecked Sendable {
         }
     }
 
-    public func perform(_ request: HTTPRequest, sink: HTTPBodySink) throws(CurlError) -> HTTPResponse {
-        curl_easy_reset(handle)
-        errorBuffer[0] = 0
-        let context = Context(sink: sink, handle: handle)
-        let contextPointer = Unmanaged.passUnretained(context).toOpaque()
+    /// What one transfer keeps alive until it ends: its callbacks' context, its header list, the
+    /// C strings and the body handed to curl.
+    final class Transfer {
+        let context: Context
         var headerList: UnsafeMutablePointer<curl_slist>?
-        defer { if let headerList { curl_slist_free_all(headerList) } }
-
-        // Strings handed to curl must outlive the transfer: keep C copies until it returns.
         var cStrings: [UnsafeMutablePointer<CChar>] = []
-        defer { cStrings.forEach { free($0) } }
+        var bodyCopy: UnsafeMutableRawPointer?
+
+        init(context: Context) { self.context = context }
+
+        deinit {
+            if let headerList { curl_slist_free_all(headerList) }
+            cStrings.forEach { free($0) }
+            bodyCopy.map { free($0) }
+        }
+
         func keep(_ s: String) -> UnsafeMutablePointer<CChar> {
             let p = strdup(s)!
             cStrings.append(p)
             return p
         }
+    }
+
+    public func perform(_ request: HTTPRequest, sink: HTTPBodySink) throws(CurlError) -> HTTPResponse {
+        let transfer = prepare(request, sink: sink)
+        return try finish(transfer, curl_easy_perform(handle))
+    }
+
+    /// Transfers at once on one multi handle (each easy handle with its request and sink), in
+    /// this thread; each one's response or error, in order.
+    public static func performAll(_ transfers: [(CurlEasy, HTTPRequest, HTTPBodySink)]) -> [Result<HTTPResponse, CurlError>] {
+        guard let multi = curl_multi_init() else {
+            return transfers.map { _ in .failure(CurlError(code: -1, message: "curl_multi_init failed")) }
+        }
+        defer { curl_multi_cleanup(multi) }
+        let prepared = transfers.map { $0.0.prepare($0.1, sink: $0.2) }
+        var codes: [CURLcode?] = Array(repeating: nil, count: transfers.count)
+        for (easy, _, _) in transfers { curl_multi_add_handle(multi, easy.handle) }
+        var running: Int32 = 1
+        while running > 0 {
+            guard curl_multi_perform(multi, &running) == CURLM_OK else { break }
+            var left: Int32 = 0
+            while let message = curl_multi_info_read(multi, &left) {
+                guard message.pointee.msg == CURLMSG_DONE,
+                      let i = transfers.firstIndex(where: { $0.0.handle == message.pointee.easy_handle }) else { continue }
+                codes[i] = message.pointee.data.result
+            }
+            if running > 0 {
+                var ready: Int32 = 0
+                guard curl_multi_poll(multi, nil, 0, 1000, &ready) == CURLM_OK else { break }
+            }
+        }
+        var results: [Result<HTTPResponse, CurlError>] = []
+        for (i, (easy, _, _)) in transfers.enumerated() {
+            curl_multi_remove_handle(multi, easy.handle)
+            let code = codes[i] ?? CURLE_RECV_ERROR
+            results.append(Result { () throws(CurlError) -> HTTPResponse in try easy.finish(prepared[i], code) })
+        }
+        return results
+    }
+
+    /// Sets the handle up for `request` (not yet run).
+    func prepare(_ request: HTTPRequest, sink: HTTPBodySink) -> Transfer {
+        curl_easy_reset(handle)
+        errorBuffer[0] = 0
+        let context = Context(sink: sink, handle: handle)
+        let transfer = Transfer(context: context)
+        let contextPointer = Unmanaged.passUnretained(context).toOpaque()
+        // Strings handed to curl must outlive the transfer: `transfer` keeps C copies.
+        let keep = transfer.keep
 
         _ = shoal_curl_setopt_ptr(handle, CURLOPT_URL, keep(request.url))
         _ = shoal_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
@@ -157,16 +211,15 @@ public final class CurlEasy: @unchecked Sendable {
             _ = shoal_curl_setopt_ptr(handle, CURLOPT_USERNAME, keep(c.user))
             _ = shoal_curl_setopt_ptr(handle, CURLOPT_PASSWORD, keep(c.password))
         }
-        var bodyCopy: UnsafeMutableRawPointer?
-        defer { bodyCopy.map { free($0) } }
         if let body = request.body {
-            bodyCopy = malloc(max(body.count, 1))
-            body.withUnsafeBytes { if $0.count > 0 { bodyCopy!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+            let copy = malloc(max(body.count, 1))!
+            body.withUnsafeBytes { if $0.count > 0 { copy.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
+            transfer.bodyCopy = copy
             _ = shoal_curl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
-            _ = shoal_curl_setopt_ptr(handle, CURLOPT_POSTFIELDS, bodyCopy)
+            _ = shoal_curl_setopt_ptr(handle, CURLOPT_POSTFIELDS, copy)
         }
-        for h in request.headers { headerList = curl_slist_append(headerList, h) }
-        if let headerList { _ = shoal_curl_setopt_ptr(handle, CURLOPT_HTTPHEADER, headerList) }
+        for h in request.headers { transfer.headerList = curl_slist_append(transfer.headerList, h) }
+        if let headerList = transfer.headerList { _ = shoal_curl_setopt_ptr(handle, CURLOPT_HTTPHEADER, headerList) }
 
         _ = shoal_curl_setopt_callback(handle, CURLOPT_WRITEFUNCTION, { data, size, count, ctx in
             let context = Unmanaged<Context>.fromOpaque(ctx!).takeUnretainedValue()
@@ -199,8 +252,12 @@ public final class CurlEasy: @unchecked Sendable {
             return n
         })
         _ = shoal_curl_setopt_ptr(handle, CURLOPT_HEADERDATA, contextPointer)
+        return transfer
+    }
 
-        let rc = curl_easy_perform(handle)
+    /// The response of a transfer that ended with `rc`.
+    func finish(_ transfer: Transfer, _ rc: CURLcode) throws(CurlError) -> HTTPResponse {
+        let sink = transfer.context.sink
         if rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && sink.overflowed) {
             let detail = String(cString: errorBuffer)
             let base = String(cString: curl_easy_strerror(rc))
@@ -208,6 +265,6 @@ public final class CurlEasy: @unchecked Sendable {
         }
         var status: Int = 0
         _ = shoal_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
-        return HTTPResponse(status: status, headers: context.headers)
+        return HTTPResponse(status: status, headers: transfer.context.headers)
     }
 }

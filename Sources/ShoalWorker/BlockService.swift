@@ -44,6 +44,8 @@ final class BlockService: @unchecked Sendable {
     let answerWithoutData: Bool
     /// While the store is unreachable, STAT answers with the last version known (flagged stale).
     let serveStaleOnOutage: Bool
+    /// GETs one block is split into when few blocks are missing (1: never split).
+    var fillParts = 4
     let logger: Logger
 
     init(stores: [String: any ObjectStore], cache: BlockCache, pool: BufferPool, metadataTTL: Double, metrics: WorkerMetrics,
@@ -271,8 +273,11 @@ final class BlockService: @unchecked Sendable {
         defer { metrics.fillsInFlight.decrement() }
         let got: StoreRead
         do {
+            // Few blocks missing (this one fill, or one beside it): its GET alone would bound the
+            // read, so the block comes in parts on several connections at once.
+            let parts = length >= 1 << 20 && fills.inFlight <= 2 ? fillParts : 1
             got = try store.get(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset,
-                                length: length, ifMatch: key.etag, into: slot.base + BlockCache.dataOffset)
+                                length: length, ifMatch: key.etag, into: slot.base + BlockCache.dataOffset, parts: parts)
         } catch {
             if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
             throw error

@@ -43,6 +43,7 @@ public final class Worker: @unchecked Sendable {
                                blockSize: UInt32(config.blockSize), admission: admission, thrashGuard: config.thrashGuard,
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
                                serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
+        service.fillParts = config.fillParts
         if config.serveFromMemory || config.answerWithoutData || config.allowUntaggedFrames {
             logger.warning("benchmark switches on: not for service", metadata: [
                 "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",

@@ -81,6 +81,8 @@ public struct WorkerConfig: Sendable {
     /// Send replies with data by io_uring's SENDMSG_ZC: the NIC reads the leased buffers instead
     /// of a copy (on loopback the kernel copies anyway; Perf/ measures both).
     public var sendZeroCopy = false
+    /// Ranged GETs at once for one block when few blocks are missing (1: one GET per block).
+    public var fillParts = 4
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -103,7 +105,7 @@ public struct WorkerConfig: Sendable {
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
-                                           "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy"]
+                                           "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
@@ -168,6 +170,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.size("memoryTier") { config.memoryTier = v }
         if let v = try r.duration("replyStallTimeout") { config.replyStallTimeout = v }
         if let v = try r.bool("sendZeroCopy") { config.sendZeroCopy = v }
+        if let v = try r.int("fillParts", min: 1, max: 16) { config.fillParts = v }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 import ShoalCore
 @testable import ShoalObjectStore
@@ -28,6 +31,32 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
         #expect(buffer == Array(data[5000..<6000]))
         #expect {
             try get(store, bucket, "dir/a b+c.bin", offset: 0, length: 10, ifMatch: "\"stale\"")
+        } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
+    }
+
+    /// One block in parts on a libcurl multi handle: the same bytes and object size as one GET,
+    /// the last (short) block too, and a stale version still refused.
+    @Test func aBlockInPartsIsTheSameAsOneGet() throws {
+        let fx = try ObjectStoreFixture.get()
+        let store = fx.store()
+        let bucket = try fx.makeBucket("parts")
+        let data = SampleData.bytes(seed: 3, count: (5 << 20) + 12345)
+        try store.put(bucket: bucket, key: "o", bytes: data)
+        let v = try store.head(bucket: bucket, key: "o")
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        for (offset, length) in [(0, 4 << 20), (4 << 20, (1 << 20) + 12345)] {
+            memset(buffer, 0, 4 << 20)
+            let got = try store.get(bucket: bucket, key: "o", offset: UInt64(offset), length: length, ifMatch: v.etag, into: buffer, parts: 4)
+            #expect(got == StoreRead(count: length, objectSize: UInt64(data.count)))
+            #expect(Array(UnsafeRawBufferPointer(start: buffer, count: length)) == Array(data[offset..<offset + length]), "block at \(offset)")
+        }
+        #expect {
+            try store.get(bucket: bucket, key: "o", offset: 0, length: 4 << 20, ifMatch: "\"stale\"", into: buffer, parts: 4)
+        } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
+        // A size that is not the object's: the parts past its end are refused, not padded.
+        #expect {
+            try store.get(bucket: bucket, key: "o", offset: 4 << 20, length: 4 << 20, ifMatch: v.etag, into: buffer, parts: 4)
         } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
     }
 
