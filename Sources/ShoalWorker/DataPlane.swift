@@ -68,12 +68,19 @@ final class DataPlane: @unchecked Sendable {
         self.tier = service.tier
         self.config = config
         self.logger = logger
-        // A plain bind first: with SO_REUSEPORT alone, a second worker started on a port in use
-        // would share it silently instead of failing with "address in use".
-        let (probe, port) = try TCPSocket.listen(endpoint)
-        probe.close()
         var listeners: [TCPSocket] = []
-        for _ in 0..<max(1, config.shards) {
+        var port = endpoint.port
+        if port == 0 {
+            // A port the kernel picks is free: the first listener takes it.
+            let (first, picked) = try TCPSocket.listen(endpoint, reusePort: true)
+            listeners.append(first)
+            port = picked
+        } else {
+            // A plain bind first: with SO_REUSEPORT alone, a second worker started on a port in
+            // use would share it silently instead of failing with "address in use".
+            try TCPSocket.listen(endpoint).0.close()
+        }
+        while listeners.count < max(1, config.shards) {
             listeners.append(try TCPSocket.listen(Endpoint(host: endpoint.host, port: port), reusePort: true).0)
         }
         self.listeners = listeners

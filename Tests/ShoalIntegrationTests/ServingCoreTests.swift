@@ -9,6 +9,7 @@ import Testing
 @testable import ShoalSys
 @testable import ShoalTransport
 @testable import ShoalWorker
+import ShoalTestSupport
 
 /// The io shards' serving core: the DRAM tier, replies out of order, buffers shared fairly, and
 /// what many connections cost.
@@ -122,6 +123,22 @@ import Testing
         #expect(got == Array(data.prefix(8 << 20)))
         #expect(seconds < 8, "an honest client waited \(seconds) s")
         #expect(h.metric("shoal_errors_total{kind=\"timeout\"}") >= 1, "stalled connections should have been closed")
+    }
+
+    /// Each shard listens on the port with a socket of its own (SO_REUSEPORT); a second worker
+    /// started on that port must still fail, not share it.
+    @Test func aSecondWorkerOnThePortIsRefused() throws {
+        let h = try Harness("port-taken")
+        var config = h.worker.config
+        config.listen = Endpoint(host: "127.0.0.1", port: h.worker.port)
+        config.caches = [CacheDiskConfig(path: makeTemporaryDirectory("port-taken-2"), capacity: 64 << 20, regionSize: 8 << 20)]
+        let second = try Worker(config: config, logger: testLogger)
+        defer { second.stopDataPlane() }
+        #expect(throws: ShoalError.self) { try second.start() }
+        // The first still serves.
+        let data = SampleData.bytes(seed: 45, count: 4096)
+        try h.put("o", data)
+        #expect(try h.readAll("o") == data)
     }
 
     /// 1000 connections held open, each authenticated, a fifth of them with a read in flight:
