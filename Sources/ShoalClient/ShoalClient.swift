@@ -50,6 +50,14 @@ public struct ShoalFile: Sendable, Equatable {
     public func block(_ index: UInt64) -> BlockKey {
         BlockKey(object: object, version: version, blockSize: blockSize, index: index)
     }
+
+    /// The READ of `length` bytes at `offset`, cut at the end of its block (and of the object);
+    /// nil past the end.
+    public func readRequest(at offset: UInt64, length: UInt64) -> ReadRequest? {
+        guard offset < size, let piece = BlockLayout(blockSize: UInt64(blockSize)).pieces(offset: offset, length: min(length, size - offset)).first
+        else { return nil }
+        return ReadRequest(block: block(piece.index), offset: piece.offsetInBlock, length: piece.length)
+    }
 }
 
 /// The client core: synchronous and thread-free (blocking sockets and poll), so it is safe in a

@@ -308,19 +308,16 @@ public struct ServerConnection {
 
     private mutating func fail(_ id: UInt32, _ code: StatusCode, _ message: String, version: UInt8 = FrameHeader.version) -> ServerAction {
         let body = Array(message.utf8.prefix(WireLimits.maxMessage))
-        var header = FrameHeader(type: .error, status: code, requestID: id, payloadLength: UInt32(body.count))
-        header.version = version
-        // An ERROR closing an established session is tagged, so the client can tell it from a
-        // relay's; one before the session (or in another version) cannot be.
-        var bytes = header.bytes + body
-        if state == .ready, version == FrameHeader.version, let sealer {
-            header.payloadLength += UInt32(FrameTag.size)
-            bytes = header.bytes + body + [UInt8](repeating: 0, count: FrameTag.size)
-            let at = bytes.count - FrameTag.size
-            let sealed = bytes.withUnsafeMutableBytes { b in
-                sealer.sealFrame(UnsafeRawBufferPointer(rebasing: b[..<at]), UnsafeRawBufferPointer(start: nil, count: 0), tag: b.baseAddress! + at)
-            }
-            if !sealed { bytes = [] }
+        // An ERROR closing an established session is tagged (`encodeFrame` tags once the session
+        // has tags), so the client can tell it from a relay's; one before the session, or in
+        // another version, cannot be.
+        let bytes: [UInt8]
+        if version == FrameHeader.version {
+            bytes = encodeFrame(.error, status: code, id: id, body: body)
+        } else {
+            var header = FrameHeader(type: .error, status: code, requestID: id, payloadLength: UInt32(body.count))
+            header.version = version
+            bytes = header.bytes + body
         }
         state = .closed
         inbox = []

@@ -30,6 +30,9 @@ public struct ReadPlan: Sendable, Equatable {
     public let first: PlannedRead
     public let second: PlannedRead?
 
+    /// Bytes both reads bring when they come back whole.
+    public var count: Int { first.count + (second?.count ?? 0) }
+
     var dataBytes: Int { Int(pages) * CacheFormat.pageSize - CacheFormat.headerSize }
     var chunkShift: Int { CacheFormat.chunkShift(dataPages: dataBytes / CacheFormat.pageSize) }
     /// Whether only some chunks are read (and checked).

@@ -168,13 +168,6 @@ public final class ShardRing {
         io_uring_sqe_set_data64(s, userData)
     }
 
-    /// Cancels the operation named `target`; this request's own completion carries `userData`.
-    public func cancel(_ target: UInt64, userData: UInt64) throws(SysError) {
-        let s = try sqe()
-        io_uring_prep_cancel64(s, target, 0)
-        io_uring_sqe_set_data64(s, userData)
-    }
-
     /// Submits what is queued and waits for at least one completion or `timeoutNanos`: one
     /// `io_uring_enter`.
     public func submitAndWait(timeoutNanos: UInt64) throws(SysError) {

@@ -322,47 +322,55 @@ public final class TCPSocket: @unchecked Sendable {
     /// (`errno` 0 with "closed" for an orderly close before any byte of this read). Tries the
     /// receive first and waits only when nothing has arrived: one syscall when data is there.
     public func receive(into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64? = nil) throws(SysError) {
-        if let tls { return try tlsReceive(tls, into: buffer, count: count, deadline: deadline) }
-        var done = 0
-        if blockingReceives {
-            // The whole count in one call when it arrives in time (MSG_WAITALL).
-            while done < count {
-                let n = recv(fd, buffer + done, count - done, Int32(MSG_WAITALL))
-                if n > 0 { done += n; continue }
-                if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
-                let e = currentErrno()
-                if e == EINTR { continue }
-                if e == EAGAIN, deadline.map({ monotonicNanos() < $0 }) ?? true { continue }
-                throw SysError("recv", errno: e == EAGAIN ? ETIMEDOUT : e)
-            }
+        if let tls {
+            var done = 0
+            while done < count { done += try tlsReadSome(tls, into: buffer + done, max: count - done, deadline: deadline, midFrame: done > 0) }
             return
         }
+        // With a receive timeout set, the whole count in one blocking call when it arrives in
+        // time (MSG_WAITALL); otherwise try first and poll only when nothing has arrived.
+        let flags = blockingReceives ? Int32(MSG_WAITALL) : Int32(MSG_DONTWAIT)
+        var done = 0
         while done < count {
-            let n = recv(fd, buffer + done, count - done, Int32(MSG_DONTWAIT))
+            let n = recv(fd, buffer + done, count - done, flags)
             if n > 0 { done += n; continue }
             if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
             let e = currentErrno()
             if e == EINTR { continue }
-            if e == EAGAIN { try waitFor(POLLIN, deadline: deadline); continue }
-            throw SysError("recv", errno: e)
+            guard e == EAGAIN else { throw SysError("recv", errno: e) }
+            try awaitData(deadline: deadline)
+        }
+    }
+
+    /// After a receive found nothing: with a receive timeout the kernel has waited already (past
+    /// the deadline it is a timeout); without, poll until data comes or the deadline passes.
+    private func awaitData(deadline: UInt64?) throws(SysError) {
+        if blockingReceives {
+            if let deadline, monotonicNanos() >= deadline { throw SysError("recv", errno: ETIMEDOUT) }
+        } else {
+            try waitFor(POLLIN, deadline: deadline)
+        }
+    }
+
+    /// One TLS read of up to `max` bytes (at least one), waiting as OpenSSL asks.
+    private func tlsReadSome(_ tls: TLSSession, into buffer: UnsafeMutableRawPointer, max: Int, deadline: UInt64?,
+                             midFrame: Bool) throws(SysError) -> Int {
+        while true {
+            var n = 0
+            switch tls.read(buffer, max, read: &n) {
+            case .done: return n
+            case .wantRead: try waitFor(POLLIN, deadline: deadline)
+            case .wantWrite: try waitFor(POLLOUT, deadline: deadline)
+            case .closed: throw SysError(midFrame ? "connection closed mid-frame" : "connection closed by peer", errno: ECONNRESET)
+            case .failed(let reason): throw SysError("TLS receive: \(reason)", errno: EPROTO)
+            }
         }
     }
 
     /// Receives what has arrived, up to `max` bytes (waiting only when nothing has): at least one
     /// byte, or a throw.
     public func receiveSome(into buffer: UnsafeMutableRawPointer, max: Int, deadline: UInt64? = nil) throws(SysError) -> Int {
-        if let tls {
-            while true {
-                var n = 0
-                switch tls.read(buffer, max, read: &n) {
-                case .done: return n
-                case .wantRead: try waitFor(POLLIN, deadline: deadline)
-                case .wantWrite: try waitFor(POLLOUT, deadline: deadline)
-                case .closed: throw SysError("connection closed by peer", errno: ECONNRESET)
-                case .failed(let reason): throw SysError("TLS receive: \(reason)", errno: EPROTO)
-                }
-            }
-        }
+        if let tls { return try tlsReadSome(tls, into: buffer, max: max, deadline: deadline, midFrame: false) }
         while true {
             // With a receive timeout set, one blocking recv waits (one syscall, not recv + poll + recv).
             let n = recv(fd, buffer, max, blockingReceives ? 0 : Int32(MSG_DONTWAIT))
@@ -370,15 +378,8 @@ public final class TCPSocket: @unchecked Sendable {
             if n == 0 { throw SysError("connection closed by peer", errno: ECONNRESET) }
             let e = currentErrno()
             if e == EINTR { continue }
-            if e == EAGAIN {
-                if blockingReceives {
-                    if let deadline, monotonicNanos() >= deadline { throw SysError("recv", errno: ETIMEDOUT) }
-                    continue
-                }
-                try waitFor(POLLIN, deadline: deadline)
-                continue
-            }
-            throw SysError("recv", errno: e)
+            guard e == EAGAIN else { throw SysError("recv", errno: e) }
+            try awaitData(deadline: deadline)
         }
     }
 
@@ -448,20 +449,6 @@ public final class TCPSocket: @unchecked Sendable {
             case .wantWrite: try waitFor(POLLOUT, deadline: deadline)
             case .closed: throw SysError("TLS send: connection closed by peer", errno: ECONNRESET)
             case .failed(let reason): throw SysError("TLS send: \(reason)", errno: EPROTO)
-            }
-        }
-    }
-
-    private func tlsReceive(_ tls: TLSSession, into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64?) throws(SysError) {
-        var done = 0
-        while done < count {
-            var n = 0
-            switch tls.read(buffer + done, count - done, read: &n) {
-            case .done: done += n
-            case .wantRead: try waitFor(POLLIN, deadline: deadline)
-            case .wantWrite: try waitFor(POLLOUT, deadline: deadline)
-            case .closed: throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET)
-            case .failed(let reason): throw SysError("TLS receive: \(reason)", errno: EPROTO)
             }
         }
     }

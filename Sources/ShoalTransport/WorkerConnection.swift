@@ -111,8 +111,7 @@ public final class WorkerConnection: @unchecked Sendable {
 
     static func io<T>(_ endpoint: Endpoint, _ body: () throws -> T) throws(ShoalError) -> T {
         do { return try body() } catch let e as SysError {
-            if e.errno == ETIMEDOUT { throw ShoalError(.timeout, "worker \(endpoint) did not answer in time") }
-            throw ShoalError(.connectionFailed, "connection to worker \(endpoint) failed: \(e)")
+            throw failure(e, endpoint)
         } catch let e as ShoalError {
             throw e
         } catch {

@@ -130,6 +130,12 @@ final class BlockService: @unchecked Sendable {
             : CRC32C.checksum(UnsafeRawBufferPointer(start: data + offset, count: count))
     }
 
+    /// A cached block failed its checks and was dropped (it is filled again).
+    func droppedBadBlock(_ key: BlockKey, _ reason: String) {
+        metrics.corruptBlocks.increment()
+        logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(key)", "reason": "\(reason)"])
+    }
+
     /// Counts a READ served from the cache (on an io shard); the shard reports its dataset
     /// counts in batches (`datasets.record`).
     func recordHit(_ request: ReadRequest) {
@@ -145,8 +151,8 @@ final class BlockService: @unchecked Sendable {
     /// the cache or, on a miss or a bad block, by one fill from the store, and returns where the
     /// requested range lies and its CRC. A returned fill is finished with `finishFill` once the
     /// reply has been sent; on a throw nothing is left to finish.
+    /// The shard has checked the request (`check`) before handing it over.
     func readBlocking(_ request: ReadRequest, slot: IOSlot) throws(ShoalError) -> FilledRange {
-        try check(request)
         let s = try store(request.block.object.store)
         let id = request.id
         var fill: PendingFill?
@@ -222,8 +228,7 @@ final class BlockService: @unchecked Sendable {
                     metrics.hits.increment()
                     return (length, crc, nil)
                 case .corrupt(let reason):
-                    metrics.corruptBlocks.increment()
-                    logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(request.block)", "reason": "\(reason)"])
+                    droppedBadBlock(request.block, reason)
                 case .miss:
                     break
                 }

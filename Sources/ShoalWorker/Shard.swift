@@ -67,19 +67,18 @@ final class Shard: @unchecked Sendable {
     /// Fill and STAT jobs sent out and not yet answered.
     private var jobsOut = 0
     private var stopping = false
-    private var acceptArmed = false
     private var actions: [ServerAction] = []
     /// Plaintext out of TLS records, for the state machine.
     private let plaintext = UnsafeMutableRawPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private var lastSweep: UInt64 = 0
     /// Hits per object since the last sweep, reported to the dataset counts in one go.
-    private var hitTally: [ObjectRef: (hits: Int, bytes: Int, blocks: Int)] = [:]
+    private var hitTally: [ObjectRef: HitTally] = [:]
 
     private var service: BlockService { plane.service }
     private var logger: Logger { plane.logger }
 
     enum Kind: UInt64 {
-        case accept = 1, receive, send, diskFirst, diskSecond, wake, cancel
+        case accept = 1, receive, send, diskFirst, diskSecond, wake
     }
 
     static func userData(_ kind: Kind, _ index: Int, _ generation: UInt32) -> UInt64 {
@@ -116,7 +115,6 @@ final class Shard: @unchecked Sendable {
             try plane.pool.register(with: ring)
             try ring.setUpProvidedBuffers(count: 256, size: 16 * 1024)
             try ring.acceptMultishot(fd: plane.listeners[index].fd, userData: Shard.userData(.accept, 0, 0))
-            acceptArmed = true
             try ring.read(fd: wake.fd, into: wakeBuffer, count: 8, userData: Shard.userData(.wake, 0, 0))
         } catch {
             started.withLock { startResult = .failure(error) }
@@ -180,7 +178,6 @@ final class Shard: @unchecked Sendable {
         case .accept:
             if res >= 0 { accepted(res) }
             if !ShardRing.hasMore(flags) {
-                acceptArmed = false
                 if !stopping, res != -EINVAL, res != -EBADF { armAccept() }
             }
         case .receive:
@@ -197,15 +194,12 @@ final class Shard: @unchecked Sendable {
             do { try ring.read(fd: wake.fd, into: wakeBuffer, count: 8, userData: Shard.userData(.wake, 0, 0)) } catch {
                 logger.error("io shard cannot re-arm its wake-up", metadata: ["error": "\(error)"])
             }
-        case .cancel:
-            break
         }
     }
 
     private func armAccept() {
         do {
             try ring.acceptMultishot(fd: plane.listeners[index].fd, userData: Shard.userData(.accept, 0, 0))
-            acceptArmed = true
         } catch {
             logger.error("io shard cannot accept", metadata: ["error": "\(error)"])
         }
@@ -224,9 +218,7 @@ final class Shard: @unchecked Sendable {
                 guard let conn = connection(c, generation), conn.isOpen else { continue }
                 switch result {
                 case .success(let reply): enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: id)
-                case .failure(let e):
-                    service.metrics.error(e.code)
-                    enqueueSmall(conn, conn.machine.errorReply(.statReply, id: id, e), requestID: id)
+                case .failure(let e): replyError(conn, .statReply, id, e)
                 }
                 flush(conn)
             case .leaseFreed:
@@ -503,30 +495,31 @@ final class Shard: @unchecked Sendable {
                 toFill(op)
                 return
             }
-            ops[op]!.plan = plan
-            do {
-                try ring.readFixed(file: file, buffer: base + plan.first.bufferOffset, count: plan.first.count, offset: plan.first.fileOffset,
-                                   bufferIndex: li, userData: Shard.userData(.diskFirst, op, ops.generation(op)))
-                ops[op]!.pending = 1
-            } catch {
-                logger.warning("cannot submit a cache read", metadata: ["error": "\(error)"])
-                toFill(op)
-                return
-            }
-            if let second = plan.second {
-                do {
-                    try ring.readFixed(file: file, buffer: base + second.bufferOffset, count: second.count, offset: second.fileOffset,
-                                       bufferIndex: li, userData: Shard.userData(.diskSecond, op, ops.generation(op)))
-                    ops[op]!.pending = 2
-                } catch {
-                    // The first read completes into a request that then goes to a fill thread.
-                    logger.warning("cannot submit a cache read", metadata: ["error": "\(error)"])
-                    ops[op]!.submitFailed = true
-                }
-            }
+            if !submit(plan, file: file, into: base, bufferIndex: li, op: op) { toFill(op) }
             return
         }
         toFill(op)
+    }
+
+    /// Submits the reads of `plan` for op `op` into the buffer at `base` (fixed buffer
+    /// `bufferIndex`). False when not even the first could be submitted. When only the second
+    /// fails, the first completes into an op marked `submitFailed`, which then takes the slow way.
+    private func submit(_ plan: ReadPlan, file: FileHandle, into base: UnsafeMutableRawPointer, bufferIndex: Int, op: Int) -> Bool {
+        ops[op]!.plan = plan
+        for (kind, read) in [(Kind.diskFirst, plan.first), (Kind.diskSecond, plan.second)] {
+            guard let read else { break }
+            do {
+                try ring.readFixed(file: file, buffer: base + read.bufferOffset, count: read.count, offset: read.fileOffset,
+                                   bufferIndex: bufferIndex, userData: Shard.userData(kind, op, ops.generation(op)))
+                ops[op]!.pending += 1
+            } catch {
+                logger.warning("cannot submit a cache read", metadata: ["error": "\(error)"])
+                guard ops[op]!.pending > 0 else { return false }
+                ops[op]!.submitFailed = true
+                break
+            }
+        }
+        return true
     }
 
     /// The DRAM tier: serves a hit with no disk read, or loads a hot block into a tier slot with
@@ -553,13 +546,8 @@ final class Shard: @unchecked Sendable {
         }
         var op = ReadOp(connection: w.connection, connectionGeneration: w.generation, requestID: w.requestID, request: request, lease: -1)
         op.tierSlot = slot
-        op.plan = plan
         let i = newOp(op)
-        do {
-            try ring.readFixed(file: file, buffer: base + plan.first.bufferOffset, count: plan.first.count, offset: plan.first.fileOffset,
-                               bufferIndex: fixedIndex, userData: Shard.userData(.diskFirst, i, ops.generation(i)))
-            ops[i]!.pending = 1
-        } catch {
+        guard submit(plan, file: file, into: base, bufferIndex: fixedIndex, op: i) else {
             freeOp(i)
             tier.abortLoad(slot: slot)
             return false
@@ -578,10 +566,7 @@ final class Shard: @unchecked Sendable {
         recordHit(request)
         let crc = BlockService.rangeCRC(request, blockLength: hit.length, blockCRC: hit.crc, data: data)
         if service.answerWithoutData {
-            var body: [UInt8] = []
-            body.appendLE(crc)
-            body.appendLE(request.length)
-            enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: w.requestID, body: body), requestID: w.requestID)
+            enqueueNoData(conn, id: w.requestID, crc: crc, length: Int(request.length))
             plane.tier?.unpin(hit.slot)
         } else {
             enqueueData(conn, id: w.requestID, crc: crc, data: UnsafeRawBufferPointer(start: data + Int(request.offset), count: Int(request.length)),
@@ -604,7 +589,7 @@ final class Shard: @unchecked Sendable {
             startRead(retry)
             return
         }
-        switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.first.count,
+        switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.count,
                                       encodedKey: r.request.keyBytes) {
         case .hit(let length, let crc):
             tier.finishLoad(slot: r.tierSlot, length: length, crc: crc)
@@ -616,8 +601,7 @@ final class Shard: @unchecked Sendable {
             if let hit { replyFromTier(conn, retry, hit) } else { startRead(retry) }
         case .corrupt(let reason):
             tier.abortLoad(slot: r.tierSlot)
-            service.metrics.corruptBlocks.increment()
-            logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(r.request.block)", "reason": "\(reason)"])
+            service.droppedBadBlock(r.request.block, reason)
             startRead(retry)
         case .miss:
             tier.abortLoad(slot: r.tierSlot)
@@ -641,25 +625,22 @@ final class Shard: @unchecked Sendable {
                 toFill(op)
                 return
             }
-            // Both reads must come back whole.
-            let wanted = plan.second.map { plan.first.count + $0.count } ?? plan.first.count
             if r.error < 0 {
                 service.cache.readFailed(plan, reason: "read failed: \(String(cString: strerror(-r.error)))")
                 toFill(op)
                 return
             }
             let base = plane.pool.bufferBase(r.lease)
-            switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == wanted,
+            switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.count,
                                           encodedKey: r.request.keyBytes) {
             case .hit(let length, let crc):
                 recordHit(r.request)
                 let data = base + BlockCache.dataOffset
                 let rangeCRC = BlockService.rangeCRC(r.request, blockLength: length, blockCRC: crc, data: data)
                 reply(op, FilledRange(dataOffset: BlockCache.dataOffset + Int(r.request.offset), length: Int(r.request.length),
-                                      crc: rangeCRC, fill: nil), blockCRC: crc, blockLength: length)
+                                      crc: rangeCRC, fill: nil))
             case .corrupt(let reason):
-                service.metrics.corruptBlocks.increment()
-                logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(r.request.block)", "reason": "\(reason)"])
+                service.droppedBadBlock(r.request.block, reason)
                 toFill(op)
             case .miss:
                 toFill(op)
@@ -688,7 +669,7 @@ final class Shard: @unchecked Sendable {
         guard let r = ops.value(op, generation) else { return }
         switch result {
         case .success(let range):
-            reply(op, range, blockCRC: nil, blockLength: nil)
+            reply(op, range)
         case .failure(let error):
             freeOp(op)
             releaseLease(r.lease, connection: r.connection, generation: r.connectionGeneration)
@@ -700,7 +681,7 @@ final class Shard: @unchecked Sendable {
     }
 
     /// Queues the reply of READ op `op` from its lease (data sent from where it lies).
-    private func reply(_ op: Int, _ range: FilledRange, blockCRC: UInt32?, blockLength: Int?) {
+    private func reply(_ op: Int, _ range: FilledRange) {
         let r = ops[op]!
         freeOp(op)
         let after: AfterSend = range.fill.map { .finishFill(lease: r.lease, $0) } ?? .giveLease(r.lease)
@@ -710,16 +691,21 @@ final class Shard: @unchecked Sendable {
         }
         let base = plane.pool.bufferBase(r.lease)
         if service.answerWithoutData || r.request.isFillOnly {
-            var body: [UInt8] = []
-            body.appendLE(range.crc)
-            body.appendLE(UInt32(range.length))
-            enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: r.requestID, body: body), requestID: r.requestID)
+            enqueueNoData(conn, id: r.requestID, crc: range.crc, length: range.length)
             afterSend(after, connection: r.connection, generation: r.connectionGeneration)
         } else {
             enqueueData(conn, id: r.requestID, crc: range.crc, data: UnsafeRawBufferPointer(start: base + range.dataOffset, count: range.length),
                         after: after)
         }
         flush(conn)
+    }
+
+    /// READ_NODATA: the CRC32C and length of the data a READ_REPLY would have carried.
+    private func enqueueNoData(_ conn: ShardConnection, id: UInt32, crc: UInt32, length: Int) {
+        var body: [UInt8] = []
+        body.appendLE(crc)
+        body.appendLE(UInt32(length))
+        enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: id, body: body), requestID: id)
     }
 
     private func releaseLease(_ li: Int, connection slot: Int, generation: UInt32) {
@@ -886,6 +872,12 @@ final class Shard: @unchecked Sendable {
         conn.notifications -= 1
         let frames = conn.awaitingNotification.removeFirst()
         for f in frames { done(conn, f) }
+        carryOn(conn)
+    }
+
+    /// After replies went out: the requests their places let in, more input, the next send (or,
+    /// for a dead connection, its close once nothing is in flight).
+    private func carryOn(_ conn: ShardConnection) {
         if conn.state == .dead {
             finalizeIfDone(conn)
             return
@@ -927,13 +919,7 @@ final class Shard: @unchecked Sendable {
             }
         }
         if conn.inSend.isEmpty && conn.queue.isEmpty { conn.sendStarted = 0 }
-        if conn.state == .dead {
-            finalizeIfDone(conn)
-            return
-        }
-        perform(conn)
-        if conn.state == .open && conn.machine.wantsInput { armReceive(conn) }
-        flush(conn)
+        carryOn(conn)
     }
 
     /// A frame is on its way: free what it held, and let its request's place go.
@@ -989,12 +975,7 @@ final class Shard: @unchecked Sendable {
 
     private func recordHit(_ request: ReadRequest) {
         service.recordHit(request)
-        let object = request.block.object
-        if let t = hitTally[object] {
-            hitTally[object] = (t.hits + 1, t.bytes + Int(request.length), t.blocks)
-        } else {
-            hitTally[object] = (1, Int(request.length), service.objectBlocks(request))
-        }
+        hitTally[request.block.object, default: HitTally(blocks: service.objectBlocks(request))].add(bytes: Int(request.length))
     }
 
     private func flushHits() {
@@ -1044,6 +1025,20 @@ final class Shard: @unchecked Sendable {
                 }
             }
         }
+    }
+}
+
+/// Hits of one object counted on a shard since its last report.
+struct HitTally {
+    var hits = 0
+    var bytes = 0
+    let blocks: Int
+
+    init(blocks: Int) { self.blocks = blocks }
+
+    mutating func add(bytes n: Int) {
+        hits += 1
+        bytes += n
     }
 }
 
@@ -1102,8 +1097,6 @@ struct OutFrame {
     var tagCount = 0
     var requestID: UInt32?
     var after = AfterSend.nothing
-    /// A request whose reply went out inside TLS records queued before it.
-    var isMarker = false
 
     init(copying bytes: [UInt8], requestID: UInt32?) {
         let p = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 8)
@@ -1126,9 +1119,9 @@ struct OutFrame {
         self.after = after
     }
 
+    /// A request whose reply went out inside TLS records queued before it (nothing to send).
     init(marker requestID: UInt32) {
         self.requestID = requestID
-        isMarker = true
     }
 
     var total: Int { owned != nil ? ownedCount : (head >= 0 ? ReadReplyHead.size + data.count + tagCount : 0) }

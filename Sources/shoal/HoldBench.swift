@@ -43,10 +43,8 @@ extension BenchCommand {
                 let pages = max(1, file.size / 4096)
                 func send(_ c: WorkerConnection) throws(ShoalError) {
                     let offset = (rng.next() % pages) * 4096
-                    let layout = BlockLayout(blockSize: UInt64(file.blockSize))
-                    guard let piece = layout.pieces(offset: offset, length: min(4096, file.size - offset)).first else { return }
-                    _ = try c.sendRead(ReadRequest(block: file.block(piece.index), offset: piece.offsetInBlock, length: piece.length),
-                                       into: buffer, length: Int(piece.length))
+                    guard let request = file.readRequest(at: offset, length: 4096) else { return }
+                    _ = try c.sendRead(request, into: buffer, length: Int(request.length))
                 }
                 let readers = Array(open.prefix(active))
                 for c in readers { try send(c) }

@@ -40,7 +40,6 @@ extension BenchCommand {
             guard !files.isEmpty else { throw fail("no object under \(url) holds \(readSize)") }
             // One thread keeps `concurrency` reads in flight, one per connection, and polls them,
             // as redis-benchmark's client does: no thread per read, one receive per reply.
-            let blockLayouts = files.map { BlockLayout(blockSize: UInt64($0.blockSize)) }
             var lanes: [[Endpoint: WorkerConnection]] = Array(repeating: [:], count: concurrency)
             var current: [(WorkerConnection, UInt64)?] = Array(repeating: nil, count: concurrency)
             let buffers = (0..<concurrency).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: Int(size), alignment: 4096) }
@@ -56,10 +55,9 @@ extension BenchCommand {
                 let i = Int(rng.next() % UInt64(files.count))
                 let f = files[i]
                 let offset = (rng.next() % (f.size / size)) * size
-                // A read of `size` bytes may cross a block: each piece is its own READ on the lane.
-                guard let piece = blockLayouts[i].pieces(offset: offset, length: size).first else { return }
-                let block = f.block(piece.index)
-                guard let owner = c.owners(of: block).first else { throw ShoalError(.internal, "no worker owns \(block)") }
+                // A read that would cross a block reads to the block's end.
+                guard let request = f.readRequest(at: offset, length: size) else { return }
+                guard let owner = c.owners(of: request.block).first else { throw ShoalError(.internal, "no worker owns \(request.block)") }
                 let connection: WorkerConnection
                 if let existing = lanes[lane][owner] {
                     connection = existing
@@ -69,8 +67,7 @@ extension BenchCommand {
                     connection.acceptsNoData = config.acceptsNoData
                     lanes[lane][owner] = connection
                 }
-                _ = try connection.sendRead(ReadRequest(block: block, offset: piece.offsetInBlock, length: piece.length),
-                                            into: buffers[lane].baseAddress!, length: Int(piece.length))
+                _ = try connection.sendRead(request, into: buffers[lane].baseAddress!, length: Int(request.length))
                 current[lane] = (connection, monotonicNanos())
             }
             let deadline = monotonicNanos() + UInt64(seconds * 1e9)
