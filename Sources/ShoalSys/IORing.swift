@@ -27,12 +27,7 @@ public final class IORing: @unchecked Sendable {
 
     /// Registers buffers; fixed reads and writes name them by index.
     public func registerBuffers(_ buffers: [UnsafeMutableRawBufferPointer]) throws(SysError) {
-        var iovecs = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        let rc = io_uring_register_buffers(ring, &iovecs, UInt32(iovecs.count))
-        if rc < 0 {
-            let hint = rc == -ENOMEM ? " (locked-memory limit too low: raise RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity)" : ""
-            throw SysError("io_uring_register_buffers\(hint)", errno: -rc)
-        }
+        try registerFixedBuffers(ring, buffers)
     }
 
     public enum Op {
@@ -118,4 +113,15 @@ public final class IORing: @unchecked Sendable {
         if res < 0 { throw SysError(what, errno: -res) }
         return Int(res)
     }
+}
+
+/// Registers `buffers` as `ring`'s fixed buffers (buffer `i` is index `i`), saying what to raise
+/// when the locked-memory limit is the reason it fails.
+func registerFixedBuffers(_ ring: UnsafeMutablePointer<io_uring>, _ buffers: [UnsafeMutableRawBufferPointer]) throws(SysError) {
+        var iovecs = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        let rc = io_uring_register_buffers(ring, &iovecs, UInt32(iovecs.count))
+        if rc < 0 {
+            let hint = rc == -ENOMEM ? " (locked-memory limit too low: raise RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity)" : ""
+            throw SysError("io_uring_register_buffers\(hint)", errno: -rc)
+        }
 }

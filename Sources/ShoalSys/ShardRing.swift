@@ -59,12 +59,7 @@ public final class ShardRing {
 
     /// Registers `buffers` as the ring's fixed buffers (buffer `i` is index `i`).
     public func registerBuffers(_ buffers: [UnsafeMutableRawBufferPointer]) throws(SysError) {
-        var iovecs = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        let rc = io_uring_register_buffers(ring, &iovecs, UInt32(iovecs.count))
-        if rc < 0 {
-            let hint = rc == -ENOMEM ? " (locked-memory limit too low: raise RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity)" : ""
-            throw SysError("io_uring_register_buffers\(hint)", errno: -rc)
-        }
+        try registerFixedBuffers(ring, buffers)
     }
 
     /// Sets up `count` (a power of two) provided receive buffers of `size` bytes each.

@@ -171,17 +171,18 @@ final class DataPlane: @unchecked Sendable {
     /// moving gives its buffers up.
     var starved: Bool { lock.withLock { starvedWaiters > 0 } }
 
-    /// Gives a lease back to the pool and wakes the shards that have requests waiting for one.
-    func giveLease(_ lease: consuming Lease) {
+    /// Gives a lease back to the pool and wakes the shards that have requests waiting for one;
+    /// `caller`, a shard giving it back, serves its own waiters itself and is not woken.
+    func giveLease(_ lease: consuming Lease, caller: Shard? = nil) {
         pool.give(lease)
         if lock.withLock({ leaseWaiters > 0 }) {
-            for shard in shards where shard.hasWaiters { shard.post(.leaseFreed) }
+            for shard in shards where shard !== caller && shard.hasWaiters { shard.post(.leaseFreed) }
         }
     }
 
-    /// Gives back parked lease `i`.
-    func giveParked(_ i: Int) {
-        if let lease = park.unpark(i) { giveLease(lease) }
+    /// Gives back parked lease `i` (see `giveLease`).
+    func giveParked(_ i: Int, caller: Shard? = nil) {
+        if let lease = park.unpark(i) { giveLease(lease, caller: caller) }
     }
 }
 

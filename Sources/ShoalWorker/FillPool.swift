@@ -35,9 +35,6 @@ final class FillPool: @unchecked Sendable {
         lock.signal()
     }
 
-    /// Jobs waiting for a thread.
-    var queued: Int { lock.withLock { jobs.count - head } }
-
     private func run(_ ring: IORing) {
         while true {
             lock.lock()
@@ -50,7 +47,10 @@ final class FillPool: @unchecked Sendable {
             }
             let job = jobs[head]
             head += 1
-            if head > 1024 && head * 2 > jobs.count {
+            if head == jobs.count {
+                jobs.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head > 1024 && head * 2 > jobs.count {
                 jobs.removeFirst(head)
                 head = 0
             }

@@ -710,7 +710,7 @@ final class Shard: @unchecked Sendable {
 
     private func releaseLease(_ li: Int, connection slot: Int, generation: UInt32) {
         if let conn = connection(slot, generation) { conn.leases -= 1 }
-        plane.giveParked(li)
+        plane.giveParked(li, caller: self)
         serveWaiting()
     }
 

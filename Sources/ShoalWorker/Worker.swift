@@ -32,7 +32,9 @@ public final class Worker: @unchecked Sendable {
         do {
             pool = try BufferPool(bufferSize: bufferSize, count: config.buffers, tierSlots: tierSlots)
         } catch {
-            throw ShoalError(.internal, "cannot allocate \(config.buffers) I/O buffers of \(ByteSize.format(config.blockSize)): \(error)")
+            let total = UInt64(config.buffers + tierSlots) * UInt64(bufferSize)
+            throw ShoalError(.badRequest, "keys 'buffers' and 'memoryTier': cannot allocate \(ByteSize.format(total)) (\(config.buffers) I/O buffers "
+                             + "and a DRAM tier of \(ByteSize.format(config.memoryTier))): \(error); lower them")
         }
         self.pool = pool
         var stores: [String: any ObjectStore] = [:]
