@@ -4,7 +4,7 @@
 # environment under .tools/ (ignored by git). Safe to run again: it installs only what is missing.
 #   Tools/install-deps.sh          what the build and the tests need
 #   Tools/install-deps.sh --perf   also the peers Perf/run.py measures beside Shoal (redis, nginx,
-#                                  wrk) and matplotlib for its chart
+#                                  wrk), perf for syscall counts, and matplotlib for its chart
 set -euo pipefail
 cd "$(dirname "$0")/.."
 perf=false
@@ -12,7 +12,7 @@ perf=false
 
 packages=(pkg-config liburing-dev libibverbs-dev librdmacm-dev libnuma-dev libcurl4-openssl-dev libssl-dev openssl
           ibverbs-utils fio iperf3 iproute2 python3-venv curl)
-$perf && packages+=(redis-server redis-tools nginx-light wrk)
+$perf && packages+=(redis-server redis-tools nginx-light wrk linux-perf)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
