@@ -1,10 +1,18 @@
 /// Tags and checks the frames of one session (docs/PROTOCOL.md, "Frame tags"). The system
 /// layer's `FrameAuthenticator` is the real one; the state machine sees only this.
 public protocol FrameSealer: AnyObject {
-    /// Writes the tag of the next frame sent, over `a` then `b`, to `tag` (`FrameTag.size` bytes).
-    func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool
+    /// Writes the tag of the next frame sent, over `a`, `b` then `c`, to `tag` (`FrameTag.size` bytes).
+    func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ c: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool
     /// Checks the next frame received (`a` then `b`) against `tag`.
     func openFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool
+    /// Starts the tag of the next frame sent, over `head`, for a frame whose bytes are sent as
+    /// they come (a streamed READ_REPLY). Its place in the sequence is taken now: frames sealed
+    /// while it streams come after it, and it is the only stream of the session at a time.
+    func beginStream(_ head: UnsafeRawBufferPointer) -> Bool
+    /// Adds the next bytes of the streamed frame.
+    func continueStream(_ piece: UnsafeRawBufferPointer) -> Bool
+    /// Adds the streamed frame's last bytes and writes its tag.
+    func finishStream(_ tail: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool
 }
 
 /// A request the worker acts on once the connection is authenticated.
@@ -281,7 +289,7 @@ public struct ServerConnection {
             let at = bytes.count
             bytes += [UInt8](repeating: 0, count: FrameTag.size)
             let sealed = bytes.withUnsafeMutableBytes { b in
-                sealer.sealFrame(UnsafeRawBufferPointer(rebasing: b[..<at]), UnsafeRawBufferPointer(start: nil, count: 0), tag: b.baseAddress! + at)
+                sealer.sealFrame(UnsafeRawBufferPointer(rebasing: b[..<at]), ServerConnection.none, ServerConnection.none, tag: b.baseAddress! + at)
             }
             guard sealed else { return [] }
         }
@@ -293,13 +301,39 @@ public struct ServerConnection {
         encodeFrame(type, status: error.code, id: id, body: Array(error.message.utf8.prefix(WireLimits.maxMessage)))
     }
 
-    /// Writes a READ_REPLY's head (`ReadReplyHead.size` bytes) for `data` and, when the session
-    /// has tags, its tag over head and data to `tag`; the data is sent from where it lies.
+    private static var none: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
+
+    /// Writes a READ_REPLY's header (`ReadReplyHead.size` bytes) for `data` to `head`, and its
+    /// trailer to `trailer`: the CRC and, when the session has tags, the tag over header, data
+    /// and CRC (`ReadReplyTrailer.size + tagSize` bytes). The data is sent from where it lies.
     public mutating func sealReadReply(id: UInt32, crc: UInt32, data: UnsafeRawBufferPointer, head: UnsafeMutableRawPointer,
-                                       tag: UnsafeMutableRawPointer) -> Bool {
-        ReadReplyHead.encode(requestID: id, crc: crc, dataCount: data.count, tagSize: tagSize, into: head)
+                                       trailer: UnsafeMutableRawPointer) -> Bool {
+        ReadReplyHead.encode(requestID: id, dataCount: data.count, tagSize: tagSize, into: head)
+        ReadReplyTrailer.encode(crc: crc, into: trailer)
         guard let sealer else { return true }
-        return sealer.sealFrame(UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data, tag: tag)
+        return sealer.sealFrame(UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data,
+                                UnsafeRawBufferPointer(start: trailer, count: ReadReplyTrailer.size), tag: trailer + ReadReplyTrailer.size)
+    }
+
+    /// Starts a READ_REPLY of `count` bytes whose data is sent as it arrives: writes its header
+    /// to `head`. The data follows through `continueReadStream`, then `finishReadStream`; frames
+    /// sealed meanwhile must be sent after it.
+    public mutating func beginReadStream(id: UInt32, count: Int, head: UnsafeMutableRawPointer) -> Bool {
+        ReadReplyHead.encode(requestID: id, dataCount: count, tagSize: tagSize, into: head)
+        guard let sealer else { return true }
+        return sealer.beginStream(UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size))
+    }
+
+    /// The next bytes of the streamed READ_REPLY, in order.
+    public mutating func continueReadStream(_ piece: UnsafeRawBufferPointer) -> Bool {
+        sealer?.continueStream(piece) ?? true
+    }
+
+    /// Ends the streamed READ_REPLY: writes its trailer (CRC, then the tag) to `trailer`.
+    public mutating func finishReadStream(crc: UInt32, trailer: UnsafeMutableRawPointer) -> Bool {
+        ReadReplyTrailer.encode(crc: crc, into: trailer)
+        guard let sealer else { return true }
+        return sealer.finishStream(UnsafeRawBufferPointer(start: trailer, count: ReadReplyTrailer.size), tag: trailer + ReadReplyTrailer.size)
     }
 
     /// The driver must close the connection for a reason of its own (its random source failed,

@@ -11,7 +11,7 @@ public enum WireLimits {
     /// The most requests a worker lets one connection keep in flight (it may announce fewer in
     /// AUTH_OK); a client that sends more is not read until replies go out.
     public static let maxInFlight: UInt16 = 64
-    /// The largest response payload a client accepts: a whole maximal block plus its CRC.
+    /// The largest response payload a client accepts: a whole maximal block and its CRC.
     public static let maxResponsePayload: UInt32 = UInt32(BlockLayout.maxBlockSize) + 4
 }
 
@@ -44,7 +44,7 @@ public struct FrameHeader: Sendable, Equatable {
     /// The protocol version this build speaks (docs/PROTOCOL.md). Version 3: replies matched by
     /// request id and allowed out of order; READ carries flags, a view epoch and an optional RDMA
     /// buffer descriptor; AUTH_OK announces the connection's in-flight limit.
-    public static let version: UInt8 = 3
+    public static let version: UInt8 = 4
 
     /// The version written on the wire: ours, except in the refusal sent to a peer of another
     /// version, which is written in the peer's version so that it can read why.
@@ -431,19 +431,29 @@ public struct ReadRequest: Sendable, Equatable {
     }
 }
 
-/// The start of a READ_REPLY's payload: the CRC32C of the data that follows it.
+/// A READ_REPLY is its header, the data, then a trailer: the CRC32C of the data (and, with tags,
+/// the tag over all three). The CRC comes after the data so that a worker can send the data as it
+/// arrives from the store, before the whole block is there.
 public enum ReadReplyHead {
-    /// Header and CRC.
-    public static let size = FrameHeader.size + 4
+    /// The header alone.
+    public static let size = FrameHeader.size
 
-    /// Writes a READ_REPLY's header and CRC for `dataCount` bytes of data (and `tagSize` bytes of tag).
-    public static func encode(requestID: UInt32, crc: UInt32, dataCount: Int, tagSize: Int, into p: UnsafeMutableRawPointer) {
-        FrameHeader(type: .readReply, requestID: requestID, payloadLength: UInt32(4 + dataCount + tagSize)).encode(into: p)
-        p.storeBytes(of: crc.littleEndian, toByteOffset: FrameHeader.size, as: UInt32.self)
+    /// Writes a READ_REPLY's header for `dataCount` bytes of data (and `tagSize` bytes of tag).
+    public static func encode(requestID: UInt32, dataCount: Int, tagSize: Int, into p: UnsafeMutableRawPointer) {
+        FrameHeader(type: .readReply, requestID: requestID, payloadLength: UInt32(dataCount + ReadReplyTrailer.size + tagSize)).encode(into: p)
+    }
+}
+
+/// The CRC32C after a READ_REPLY's data (the tag, when the session has tags, follows it).
+public enum ReadReplyTrailer {
+    public static let size = 4
+
+    public static func encode(crc: UInt32, into p: UnsafeMutableRawPointer) {
+        p.storeBytes(of: crc.littleEndian, toByteOffset: 0, as: UInt32.self)
     }
 
     public static func crc(_ p: UnsafeRawPointer) -> UInt32 {
-        UInt32(littleEndian: p.loadUnaligned(fromByteOffset: FrameHeader.size, as: UInt32.self))
+        UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
     }
 }
 

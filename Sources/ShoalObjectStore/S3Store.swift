@@ -30,6 +30,9 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     /// Connect limit and stall limit (seconds under 1 KiB/s) of every request.
     private let connectTimeoutMillis: Int
     private let stallTimeoutSeconds: Int
+    /// The thread that runs `startGet`'s transfers (started on the first one).
+    private var fetchLoop: CurlMultiLoop?
+    private var closed = false
 
     public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000,
                 connectTimeoutMillis: Int = HTTPRequest.defaultConnectTimeoutMillis,
@@ -219,6 +222,135 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return StoreRead(count: total, objectSize: objectSize ?? 0)
     }
 
+    /// The same range as `get(… parts:)`, on this store's fetch thread (one libcurl multi handle
+    /// for all of them), without waiting; see `ObjectStore.startGet`. A part's bytes are
+    /// reported only once its response head is checked: its status, the version it names, its
+    /// range, and the object's size.
+    public func startGet(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String, objectSize: UInt64,
+                         into buffer: UnsafeMutableRawPointer, parts: Int,
+                         progress: @escaping @Sendable (Int) -> Void, done: @escaping @Sendable (Result<StoreRead, ShoalError>) -> Void) {
+        let what = describe(bucket, key)
+        let loop: CurlMultiLoop
+        var ranges: [(start: Int, count: Int)] = []
+        var requests: [HTTPRequest] = []
+        do throws(ShoalError) {
+            guard length > 0 else { throw ShoalError(.internal, "an empty read of \(what)") }
+            loop = try startedLoop()
+            let n = max(1, min(parts, maxConcurrency, length / (256 * 1024)))
+            // Parts on 4 KiB boundaries, the last one takes the rest.
+            let step = (length / n + 4095) & ~4095
+            var at = 0
+            while at < length {
+                ranges.append((at, min(step, length - at)))
+                at += step
+            }
+            for r in ranges {
+                requests.append(try rangedRequest(bucket: bucket, key: key, offset: offset + UInt64(r.start), length: r.count, ifMatch: ifMatch, what: what))
+            }
+        } catch {
+            done(.failure(error))
+            return
+        }
+        let state = PartedRead(ranges.map(\.count))
+        for (i, r) in ranges.enumerated() {
+            let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer + r.start, count: r.count))
+            let partOffset = offset + UInt64(r.start)
+            let transfer = CurlTransfer(request: requests[i], sink: sink, progress: { [self] t in
+                guard state.error == nil else { return false }
+                if !state.headChecked[i] {
+                    do throws(ShoalError) {
+                        let size = try checkedHead(t.response, offset: partOffset, length: r.count, ifMatch: ifMatch, what: what)
+                        guard size == objectSize else {
+                            throw ShoalError(.preconditionFailed, "\(what) has \(size) bytes in the store where version \(ifMatch) has \(objectSize): it changed")
+                        }
+                        state.headChecked[i] = true
+                    } catch {
+                        state.error = error
+                        return false
+                    }
+                }
+                state.got[i] = t.sink.count
+                let prefix = state.prefix
+                if prefix > state.reported {
+                    state.reported = prefix
+                    progress(prefix)
+                }
+                return true
+            }, done: { [self] result in
+                do throws(ShoalError) {
+                    let response: HTTPResponse
+                    switch result {
+                    case .success(let got): response = got
+                    case .failure(let error): throw state.error ?? transportFailure(error, what: what)
+                    }
+                    let part = try checked(response, sink: sink, offset: partOffset, length: r.count, ifMatch: ifMatch, what: what)
+                    if let size = state.size, size != part.objectSize {
+                        throw ShoalError(.preconditionFailed, "\(what) changed while being read (its size went from \(size) to \(part.objectSize) bytes)")
+                    }
+                    state.size = part.objectSize
+                    state.total += part.count
+                } catch {
+                    if state.error == nil { state.error = error }
+                }
+                state.remaining -= 1
+                guard state.remaining == 0 else { return }
+                if let error = state.error {
+                    done(.failure(error))
+                } else {
+                    done(.success(StoreRead(count: state.total, objectSize: state.size ?? 0)))
+                }
+            })
+            loop.add(transfer)
+        }
+    }
+
+    public func close() {
+        let loop = lock.withLock { () -> CurlMultiLoop? in
+            closed = true
+            defer { fetchLoop = nil }
+            return fetchLoop
+        }
+        loop?.stop()
+    }
+
+    private func startedLoop() throws(ShoalError) -> CurlMultiLoop {
+        lock.lock()
+        defer { lock.unlock() }
+        if let fetchLoop { return fetchLoop }
+        guard !closed else { throw ShoalError(.storeUnavailable, "store '\(name)' is closed: the worker is stopping") }
+        do {
+            let loop = try CurlMultiLoop(name: "shoal-fetch", maxTransfers: maxConcurrency)
+            fetchLoop = loop
+            return loop
+        } catch {
+            throw ShoalError(.internal, "cannot start the fetch thread of store '\(name)': \(error)")
+        }
+    }
+
+    /// What a ranged GET's head says before its body is taken: the object's size in the store,
+    /// once the status is a success, the version is `ifMatch` and the range is the one asked for.
+    private func checkedHead(_ response: HTTPResponse, offset: UInt64, length: Int, ifMatch: String, what: String) throws(ShoalError) -> UInt64 {
+        guard response.status == 206 || response.status == 200 else {
+            throw ShoalError(.internal, "store '\(name)' answered \(what) with HTTP \(response.status)")
+        }
+        let answered = try version(response, what: what)
+        guard answered == ifMatch else {
+            throw ShoalError(.preconditionFailed, "\(what) changed while being read (version \(answered), expected \(ifMatch))")
+        }
+        if response.status == 206 {
+            guard let range = response.headers["content-range"], let total = S3Store.contentRangeTotal(range),
+                  S3Store.contentRangeStart(range) == offset
+            else {
+                throw ShoalError(.internal, "store '\(name)' answered a ranged GET of \(what) without the range asked for")
+            }
+            return total
+        }
+        guard offset == 0, let size = response.headers["content-length"].flatMap({ UInt64($0) }), size <= UInt64(length) else {
+            throw ShoalError(.internal, "store '\(name)' ignored the byte range for \(what)")
+        }
+        return size
+    }
+
     /// A ranged GET of `length` bytes at `offset`, conditional on the version when one is named.
     private func rangedRequest(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?, what: String) throws(ShoalError) -> HTTPRequest {
         if let ifMatch, ifMatch.isEmpty {
@@ -274,6 +406,15 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
             throw ShoalError(.preconditionFailed, "\(what) returned \(sink.count) bytes at \(offset) where \(expected) were expected for an object of \(objectSize) bytes: it changed")
         }
         return StoreRead(count: sink.count, objectSize: objectSize)
+    }
+
+    /// The start of `bytes START-END/TOTAL`.
+    static func contentRangeStart(_ header: String) -> UInt64? {
+        var text = Substring(header.trimmingSpaces())
+        guard text.hasPrefix("bytes ") else { return nil }
+        text = text.dropFirst(6)
+        guard let dash = text.firstIndex(of: "-") else { return nil }
+        return UInt64(text[..<dash])
     }
 
     /// The total of `bytes START-END/TOTAL`; nil if absent or `*`.
@@ -386,5 +527,35 @@ extension Substring {
             i = u.index(after: i)
         }
         return nil
+    }
+}
+
+/// The parts of one `startGet`, as its transfers report them (touched on the fetch thread only).
+private final class PartedRead: @unchecked Sendable {
+    let counts: [Int]
+    var got: [Int]
+    var headChecked: [Bool]
+    var reported = 0
+    var remaining: Int
+    var error: ShoalError?
+    var size: UInt64?
+    var total = 0
+
+    init(_ counts: [Int]) {
+        self.counts = counts
+        got = Array(repeating: 0, count: counts.count)
+        headChecked = Array(repeating: false, count: counts.count)
+        remaining = counts.count
+    }
+
+    /// Bytes in place from the start, through checked parts only.
+    var prefix: Int {
+        var n = 0
+        for i in counts.indices {
+            guard headChecked[i] else { break }
+            n += got[i]
+            if got[i] < counts[i] { break }
+        }
+        return n
     }
 }

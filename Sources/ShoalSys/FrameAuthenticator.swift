@@ -33,6 +33,10 @@ public final class FrameAuthenticator: @unchecked Sendable {
 
     private let sendContext: OpaquePointer
     private let receiveContext: OpaquePointer
+    /// A second context under the send key, for the one frame that may be streamed while
+    /// others are sealed (`beginStream`).
+    private let streamContext: OpaquePointer
+    private var streamSequence: UInt64?
     private let sendDirection: FrameTag.Direction
     private let receiveDirection: FrameTag.Direction
     private var sendSequence: UInt64 = 0
@@ -50,13 +54,20 @@ public final class FrameAuthenticator: @unchecked Sendable {
             EVP_CIPHER_CTX_free(s)
             throw CryptoError("cannot set up AES-256-GCM for frame tags: \(openSSLErrors())")
         }
+        guard let t = FrameAuthenticator.makeContext(key: sendKey) else {
+            EVP_CIPHER_CTX_free(s)
+            EVP_CIPHER_CTX_free(r)
+            throw CryptoError("cannot set up AES-256-GCM for frame tags: \(openSSLErrors())")
+        }
         sendContext = s
         receiveContext = r
+        streamContext = t
     }
 
     deinit {
         EVP_CIPHER_CTX_free(sendContext)
         EVP_CIPHER_CTX_free(receiveContext)
+        EVP_CIPHER_CTX_free(streamContext)
     }
 
     private static func makeContext(key: [UInt8]) -> OpaquePointer? {
@@ -69,16 +80,26 @@ public final class FrameAuthenticator: @unchecked Sendable {
         return ctx
     }
 
-    /// The tag of one frame over `pieces` (its header and payload without the tag), in order.
+    /// The tag of one frame over its pieces (its header and payload without the tag), in order.
     private static func tag(_ ctx: OpaquePointer, _ direction: FrameTag.Direction, _ sequence: UInt64,
-                            _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ more: [UnsafeRawBufferPointer] = [],
-                            into tag: UnsafeMutableRawPointer) -> Bool {
-        let started = withUnsafeTemporaryAllocation(byteCount: FrameTag.nonceSize, alignment: 8) { nonce in
+                            _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                            _ more: [UnsafeRawBufferPointer] = [], into tag: UnsafeMutableRawPointer) -> Bool {
+        guard start(ctx, direction, sequence), add(ctx, a), add(ctx, b), add(ctx, c) else { return false }
+        for piece in more { guard add(ctx, piece) else { return false } }
+        return final(ctx, into: tag)
+    }
+
+    private static var none: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: nil, count: 0) }
+
+    /// Sets the nonce of the frame with this sequence number.
+    private static func start(_ ctx: OpaquePointer, _ direction: FrameTag.Direction, _ sequence: UInt64) -> Bool {
+        withUnsafeTemporaryAllocation(byteCount: FrameTag.nonceSize, alignment: 8) { nonce in
             FrameTag.writeNonce(direction, sequence: sequence, into: nonce.baseAddress!)
             return EVP_EncryptInit_ex(ctx, nil, nil, nil, nonce.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
         }
-        guard started, add(ctx, a), add(ctx, b) else { return false }
-        for piece in more { guard add(ctx, piece) else { return false } }
+    }
+
+    private static func final(_ ctx: OpaquePointer, into tag: UnsafeMutableRawPointer) -> Bool {
         var outLength: Int32 = 0
         var none: UInt8 = 0
         guard EVP_EncryptFinal_ex(ctx, &none, &outLength) == 1 else { return false }
@@ -103,28 +124,50 @@ public final class FrameAuthenticator: @unchecked Sendable {
         return (pieces.first ?? empty, pieces.count > 1 ? pieces[1] : empty, pieces.count > 2 ? Array(pieces[2...]) : [])
     }
 
-    /// Tags the next frame this side sends over two pieces (header, then the rest), without
-    /// gathering them in an array.
-    public func seal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
-        guard FrameAuthenticator.tag(sendContext, sendDirection, sendSequence, a, b, into: tag) else { return false }
+    /// Tags the next frame this side sends over up to three pieces (header, then the rest),
+    /// without gathering them in an array.
+    public func seal(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                     tag: UnsafeMutableRawPointer) -> Bool {
+        guard FrameAuthenticator.tag(sendContext, sendDirection, sendSequence, a, b, c, into: tag) else { return false }
         sendSequence += 1
         return true
     }
 
-    /// Checks the next frame received (two pieces) against its tag.
-    public func open(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool {
+    /// Checks the next frame received (up to three pieces) against its tag.
+    public func open(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ c: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                     tag: UnsafeRawBufferPointer) -> Bool {
         defer { receiveSequence += 1 }
         guard tag.count == FrameTag.size else { return false }
         return withUnsafeTemporaryAllocation(byteCount: FrameTag.size, alignment: 8) { expected in
-            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, a, b, into: expected.baseAddress!)
+            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, a, b, c, into: expected.baseAddress!)
                 && CRYPTO_memcmp(expected.baseAddress!, tag.baseAddress!, FrameTag.size) == 0
         }
+    }
+
+    /// Starts the tag of a frame sent as its bytes come; it takes the next sequence number now.
+    public func beginStream(_ head: UnsafeRawBufferPointer) -> Bool {
+        guard streamSequence == nil, FrameAuthenticator.start(streamContext, sendDirection, sendSequence),
+              FrameAuthenticator.add(streamContext, head)
+        else { return false }
+        streamSequence = sendSequence
+        sendSequence += 1
+        return true
+    }
+
+    public func continueStream(_ piece: UnsafeRawBufferPointer) -> Bool {
+        streamSequence != nil && FrameAuthenticator.add(streamContext, piece)
+    }
+
+    public func finishStream(_ tail: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
+        guard streamSequence != nil else { return false }
+        streamSequence = nil
+        return FrameAuthenticator.add(streamContext, tail) && FrameAuthenticator.final(streamContext, into: tag)
     }
 
     /// Tags the next frame this side sends; writes `FrameTag.size` bytes to `tag`.
     public func seal(_ pieces: [UnsafeRawBufferPointer], tag: UnsafeMutableRawPointer) throws(CryptoError) {
         let (a, b, more) = FrameAuthenticator.split(pieces)
-        guard FrameAuthenticator.tag(sendContext, sendDirection, sendSequence, a, b, more, into: tag) else {
+        guard FrameAuthenticator.tag(sendContext, sendDirection, sendSequence, a, b, FrameAuthenticator.none, more, into: tag) else {
             throw CryptoError("cannot tag a frame: \(openSSLErrors())")
         }
         sendSequence += 1
@@ -147,7 +190,7 @@ public final class FrameAuthenticator: @unchecked Sendable {
         guard tag.count == FrameTag.size else { return false }
         let (a, b, more) = FrameAuthenticator.split(pieces)
         return withUnsafeTemporaryAllocation(byteCount: FrameTag.size, alignment: 8) { expected in
-            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, a, b, more, into: expected.baseAddress!)
+            FrameAuthenticator.tag(receiveContext, receiveDirection, receiveSequence, a, b, FrameAuthenticator.none, more, into: expected.baseAddress!)
                 && CRYPTO_memcmp(expected.baseAddress!, tag.baseAddress!, FrameTag.size) == 0
         }
     }
@@ -171,8 +214,9 @@ public final class FrameAuthenticator: @unchecked Sendable {
 }
 
 extension FrameAuthenticator: FrameSealer {
-    public func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
-        seal(a, b, tag: tag)
+    public func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ c: UnsafeRawBufferPointer,
+                          tag: UnsafeMutableRawPointer) -> Bool {
+        seal(a, b, c, tag: tag)
     }
 
     public func openFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool {

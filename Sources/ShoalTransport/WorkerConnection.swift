@@ -34,7 +34,7 @@ public final class WorkerConnection: @unchecked Sendable {
     private var pending: [(id: UInt32, buffer: UnsafeMutableRawPointer, length: Int)] = []
     private let staging: UnsafeMutableRawPointer
     /// A READ_REPLY's head and tag as they arrive.
-    private let replyHead = UnsafeMutableRawPointer.allocate(byteCount: ReadReplyHead.size + FrameTag.size, alignment: 16)
+    private let replyHead = UnsafeMutableRawPointer.allocate(byteCount: ReadReplyHead.size + ReadReplyTrailer.size + FrameTag.size, alignment: 16)
     private static let stagingSize = 256 * 1024
     private var stagedStart = 0
     private var stagedEnd = 0
@@ -371,20 +371,22 @@ public final class WorkerConnection: @unchecked Sendable {
         return try WorkerConnection.opened(header, raw: raw, payload: payload, socket, endpoint, authenticator: authenticator)
     }
 
-    /// A READ_REPLY: CRC, data straight into the caller's buffer, then (with tags) the tag, which
-    /// is checked over the header, the CRC and the data before the data counts as received.
+    /// A READ_REPLY: data straight into the caller's buffer, then the CRC and (with tags) the tag,
+    /// which is checked over the header, the data and the CRC before the data counts as received.
     private func receiveData(_ header: FrameHeader, into buffer: UnsafeMutableRawPointer, length: Int, deadline: UInt64) throws(ShoalError) {
-        guard Int(header.payloadLength) == length + 4 + tagSize else {
-            throw ShoalError(.connectionFailed, "worker \(endpoint) sent \(Int(header.payloadLength) - 4 - tagSize) bytes where \(length) were asked")
+        guard Int(header.payloadLength) == length + ReadReplyTrailer.size + tagSize else {
+            throw ShoalError(.connectionFailed, "worker \(endpoint) sent \(Int(header.payloadLength) - ReadReplyTrailer.size - tagSize) bytes where \(length) were asked")
         }
         let head = replyHead
-        let tag = replyHead + ReadReplyHead.size
+        let trailer = replyHead + ReadReplyHead.size
+        let tag = trailer + ReadReplyTrailer.size
         try take(into: head, count: ReadReplyHead.size, deadline: deadline)
         if length > 0 { try take(into: buffer, count: length, deadline: deadline) }
-        if tagSize > 0 { try take(into: tag, count: FrameTag.size, deadline: deadline) }
+        try take(into: trailer, count: ReadReplyTrailer.size + tagSize, deadline: deadline)
         let data = UnsafeRawBufferPointer(start: buffer, count: length)
         if let authenticator {
             let ok = authenticator.open(UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data,
+                                        UnsafeRawBufferPointer(start: trailer, count: ReadReplyTrailer.size),
                                         tag: UnsafeRawBufferPointer(start: tag, count: FrameTag.size))
             guard ok else {
                 memset(buffer, 0, length)
@@ -393,7 +395,7 @@ public final class WorkerConnection: @unchecked Sendable {
                 throw WorkerConnection.tampered(endpoint)
             }
         }
-        let crc = ReadReplyHead.crc(head)
+        let crc = ReadReplyTrailer.crc(trailer)
         let actual = CRC32C.checksum(data)
         guard actual == crc else {
             throw ShoalError(.checksumMismatch, "data from worker \(endpoint) failed its CRC32C check (sent \(crc), got \(actual))")

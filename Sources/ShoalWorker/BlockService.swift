@@ -13,6 +13,12 @@ struct FilledRange: Sendable {
     var fill: PendingFill?
 }
 
+/// What a fill thread found for a READ: the block in the buffer, or the GET to start.
+enum FillStart {
+    case ready(FilledRange)
+    case fetch(@Sendable () -> Void)
+}
+
 /// A fetched block not yet written to the cache (the reader is answered first); its filler
 /// holds the block's single-flight slot until `BlockService.finishFill`.
 struct PendingFill: Sendable {
@@ -147,33 +153,139 @@ final class BlockService: @unchecked Sendable {
         Int(BlockLayout(blockSize: UInt64(request.block.blockSize)).blockCount(objectSize: request.objectSize))
     }
 
-    /// READ, blocking (a fill thread): puts the block in `slot` at `BlockCache.dataOffset` from
-    /// the cache or, on a miss or a bad block, by one fill from the store, and returns where the
-    /// requested range lies and its CRC. A returned fill is finished with `finishFill` once the
-    /// reply has been sent; on a throw nothing is left to finish.
-    /// The shard has checked the request (`check`) before handing it over.
-    func readBlocking(_ request: ReadRequest, slot: IOSlot) throws(ShoalError) -> FilledRange {
+    /// READ, on a fill thread: looks for the block once more (the cache, or a fill of it that
+    /// another reader has under way) and puts it in `slot` at `BlockCache.dataOffset`; or, when
+    /// this reader must fetch it, returns the GET to start (once the caller has put its lease
+    /// away). The fetch then reports with `progress` (bytes of the block in place, from its
+    /// start, checked against the version) and ends with `done`, on the store's fetch thread.
+    /// A returned fill is finished with `finishFill` once the reply has been sent; on an error
+    /// nothing is left to finish. The shard has checked the request (`check`) before.
+    func startRead(_ request: ReadRequest, slot: IOSlot, progress: @escaping @Sendable (Int) -> Void,
+                   done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> FillStart {
         let s = try store(request.block.object.store)
         let id = request.id
-        var fill: PendingFill?
-        do throws(ShoalError) {
-            let (length, crc, pending) = try blockInSlot(request, id: id, store: s, slot: slot)
-            fill = pending
-            let offset = Int(request.offset)
-            let count = Int(request.length)
-            // Never send a byte that was not read for this block.
-            guard length == request.block.expectedLength, offset + count <= length else {
-                throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.block.expectedLength) were expected; not served")
+        let data = slot.base + BlockCache.dataOffset
+        let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
+        for attempt in 0..<3 {
+            if let (length, crc) = cached(request, id: id, slot: slot, range: range) {
+                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil))
             }
-            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
-            metrics.bytesServed.increment(by: Int64(count))
-            let data = slot.base + BlockCache.dataOffset
-            return FilledRange(dataOffset: BlockCache.dataOffset + offset, length: count,
-                               crc: BlockService.rangeCRC(request, blockLength: length, blockCRC: crc, data: data), fill: fill)
-        } catch {
-            // Readers copying this fill's bytes are done before the buffer goes back.
-            if let fill { fills.finish(fill.id, error: error) }
-            throw error
+            if attempt == 0 { metrics.misses.increment() }
+            switch fills.join(id, copy: { bytes, length, _ in data.copyMemory(from: bytes, byteCount: length) }) {
+            case .leader:
+                do throws(ShoalError) {
+                    return .fetch(try fetch(request, store: s, into: data, leader: true, progress: progress, done: done))
+                } catch {
+                    fills.finish(id, error: error)
+                    throw error
+                }
+            case .copied(let length, let crc):
+                // Served from the worker's memory, as a reader that waited for the fill and then
+                // read the cache was: a hit (after its miss), not a store GET.
+                metrics.hits.increment()
+                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil))
+            case .followed(let error):
+                if let error { throw error }
+                // The leader cached it: read it from the cache on the next pass.
+            }
+        }
+        // The block would not stay in the cache (it is being evicted as fast as it is filled):
+        // fetch it for this reader alone.
+        return .fetch(try fetch(request, store: s, into: data, leader: false, progress: progress, done: done))
+    }
+
+    /// The block from the cache (or, with `serveFromMemory`, the DRAM tier) into `slot`: its
+    /// length and CRC32C; nil on a miss (a bad block is dropped on the way).
+    private func cached(_ request: ReadRequest, id: BlockID, slot: IOSlot, range: Range<Int>) -> (Int, UInt32)? {
+        if serveFromMemory {
+            // A reader that followed a fill into the tier copies the block from there.
+            guard let tier, let hit = request.keyBytes.withUnsafeBytes({ tier.lookup(id, key: $0) }) else { return nil }
+            defer { tier.unpin(hit.slot) }
+            slot.base.advanced(by: BlockCache.dataOffset).copyMemory(from: pool.tierSlot(hit.slot).base + BlockCache.dataOffset, byteCount: hit.length)
+            metrics.hits.increment()
+            return (hit.length, hit.crc)
+        }
+        switch cache.read(key: request.block, id: id, into: slot, range: range) {
+        case .hit(let length, let crc):
+            metrics.hits.increment()
+            return (length, crc)
+        case .corrupt(let reason):
+            droppedBadBlock(request.block, reason)
+            return nil
+        case .miss:
+            return nil
+        }
+    }
+
+    /// The requested range of a block that is whole in the buffer at `data`, to send; never a
+    /// byte that was not read for this block.
+    private func served(_ request: ReadRequest, length: Int, crc: UInt32, data: UnsafeRawPointer, fill: PendingFill?) throws(ShoalError) -> FilledRange {
+        let offset = Int(request.offset)
+        let count = Int(request.length)
+        guard length == request.block.expectedLength, offset + count <= length else {
+            throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.block.expectedLength) were expected; not served")
+        }
+        datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
+        metrics.bytesServed.increment(by: Int64(count))
+        return FilledRange(dataOffset: BlockCache.dataOffset + offset, length: count,
+                           crc: BlockService.rangeCRC(request, blockLength: length, blockCRC: crc, data: data), fill: fill)
+    }
+
+    /// The GET of the whole block with If-Match into `data`, to start: the store's answer
+    /// decides the object's size, and a block is filled only if it agrees with the key's. When
+    /// it ends, the block is checksummed and (for the `leader` of its fill) published to the
+    /// readers waiting on it, then `done` gets the range to send.
+    private func fetch(_ request: ReadRequest, store: any ObjectStore, into data: UnsafeMutableRawPointer, leader: Bool,
+                       progress: @escaping @Sendable (Int) -> Void,
+                       done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> @Sendable () -> Void {
+        let key = request.block
+        // The worker's own knowledge of a version beats the client's: a size that disagrees with
+        // it is refused before the store is asked. (A hit needs no such check: the size is part
+        // of the key, and was the store's when the block was filled.)
+        if let known = metadata.lastKnown(key.object), known.etag == key.etag, known.size != key.objectSize {
+            throw ShoalError(.badRequest, "READ names \(key.object) at version \(known.etag) as \(key.objectSize) bytes, but it has \(known.size): STAT it again")
+        }
+        let length = key.expectedLength
+        // Few blocks missing (this one fill, or one beside it): its GET alone would bound the
+        // read, so the block comes in parts on several connections at once.
+        let parts = length >= 1 << 20 && fills.inFlight <= 2 ? fillParts : 1
+        let id = request.id
+        let address = UInt(bitPattern: data)
+        return { [self] in
+            metrics.fills.increment()
+            metrics.fillsInFlight.increment()
+            store.startGet(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset, length: length, ifMatch: key.etag,
+                           objectSize: key.objectSize, into: UnsafeMutableRawPointer(bitPattern: address)!, parts: parts,
+                           progress: progress) { [self] result in
+                metrics.fillsInFlight.decrement()
+                let data = UnsafeMutableRawPointer(bitPattern: address)!
+                var finished = false
+                let outcome = Result { () throws(ShoalError) -> FilledRange in
+                    let got: StoreRead
+                    do throws(ShoalError) { got = try result.get() } catch {
+                        if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
+                        throw error
+                    }
+                    guard got.objectSize == key.objectSize, got.count == length else {
+                        throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
+                    }
+                    metrics.bytesFilled.increment(by: Int64(length))
+                    let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data, count: length))
+                    let fill = leader ? PendingFill(key: key, id: id, length: length, crc: crc) : nil
+                    // Readers waiting on this fill copy the bytes now, not after this reply is sent.
+                    if leader { fills.publish(id, data, length: length, crc: crc) }
+                    do throws(ShoalError) {
+                        return try served(request, length: length, crc: crc, data: data, fill: fill)
+                    } catch {
+                        if leader { fills.finish(id, error: error) }
+                        finished = true
+                        throw error
+                    }
+                }
+                // A leader whose GET failed lets the readers waiting on it go, with its error.
+                if case .failure(let error) = outcome, leader, !finished { fills.finish(id, error: error) }
+                done(outcome)
+            }
         }
     }
 
@@ -208,90 +320,5 @@ final class BlockService: @unchecked Sendable {
         // Followers read the block from the cache; if it is not there (not admitted, or the
         // write failed) they fetch it themselves.
         fills.finish(fill.id, error: nil)
-    }
-
-    /// Puts the whole block in `slot` at `BlockCache.dataOffset`: from the cache, or by filling it.
-    private func blockInSlot(_ request: ReadRequest, id: BlockID, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32, PendingFill?) {
-        let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
-        for attempt in 0..<3 {
-            if serveFromMemory {
-                // A reader that followed a fill into the tier copies the block from there.
-                if let tier, let hit = request.block.encoded.withUnsafeBytes({ tier.lookup(id, key: $0) }) {
-                    defer { tier.unpin(hit.slot) }
-                    slot.base.advanced(by: BlockCache.dataOffset).copyMemory(from: pool.tierSlot(hit.slot).base + BlockCache.dataOffset, byteCount: hit.length)
-                    metrics.hits.increment()
-                    return (hit.length, hit.crc, nil)
-                }
-            } else {
-                switch cache.read(key: request.block, id: id, into: slot, range: range) {
-                case .hit(let length, let crc):
-                    metrics.hits.increment()
-                    return (length, crc, nil)
-                case .corrupt(let reason):
-                    droppedBadBlock(request.block, reason)
-                case .miss:
-                    break
-                }
-            }
-            if attempt == 0 { metrics.misses.increment() }
-            let data = slot.base + BlockCache.dataOffset
-            switch fills.join(id, copy: { bytes, length, _ in data.copyMemory(from: bytes, byteCount: length) }) {
-            case .leader:
-                do {
-                    let (length, crc) = try fetch(request, store: store, slot: slot)
-                    // Readers waiting on this fill copy the bytes now, not after this reply is sent.
-                    fills.publish(id, data, length: length, crc: crc)
-                    return (length, crc, PendingFill(key: request.block, id: id, length: length, crc: crc))
-                } catch {
-                    fills.finish(id, error: error)
-                    throw error
-                }
-            case .copied(let length, let crc):
-                // Served from the worker's memory, as a reader that waited for the fill and then
-                // read the cache was: a hit (after its miss), not a store GET.
-                metrics.hits.increment()
-                return (length, crc, nil)
-            case .followed(let error):
-                if let error { throw error }
-                // The leader cached it: read it from the cache on the next pass.
-            }
-        }
-        // The block would not stay in the cache (it is being evicted as fast as it is filled):
-        // fetch it for this reader alone.
-        let (length, crc) = try fetch(request, store: store, slot: slot)
-        return (length, crc, nil)
-    }
-
-    /// GETs the whole block with If-Match into the buffer and checksums it. The store's answer
-    /// decides the object's size: a block is filled only if it agrees with the key's.
-    private func fetch(_ request: ReadRequest, store: any ObjectStore, slot: IOSlot) throws(ShoalError) -> (Int, UInt32) {
-        let key = request.block
-        // The worker's own knowledge of a version beats the client's: a size that disagrees with
-        // it is refused before the store is asked. (A hit needs no such check: the size is part
-        // of the key, and was the store's when the block was filled.)
-        if let known = metadata.lastKnown(key.object), known.etag == key.etag, known.size != key.objectSize {
-            throw ShoalError(.badRequest, "READ names \(key.object) at version \(known.etag) as \(key.objectSize) bytes, but it has \(known.size): STAT it again")
-        }
-        let length = key.expectedLength
-        metrics.fills.increment()
-        metrics.fillsInFlight.increment()
-        defer { metrics.fillsInFlight.decrement() }
-        let got: StoreRead
-        do {
-            // Few blocks missing (this one fill, or one beside it): its GET alone would bound the
-            // read, so the block comes in parts on several connections at once.
-            let parts = length >= 1 << 20 && fills.inFlight <= 2 ? fillParts : 1
-            got = try store.get(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset,
-                                length: length, ifMatch: key.etag, into: slot.base + BlockCache.dataOffset, parts: parts)
-        } catch {
-            if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
-            throw error
-        }
-        guard got.objectSize == key.objectSize, got.count == length else {
-            throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
-        }
-        metrics.bytesFilled.increment(by: Int64(length))
-        let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: slot.base + BlockCache.dataOffset, count: length))
-        return (length, crc)
     }
 }

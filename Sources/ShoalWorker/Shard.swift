@@ -10,6 +10,9 @@ import ShoalSys
 enum ShardMessage: Sendable {
     /// A fill job finished READ op `op` (generation `generation`); the lease is parked again.
     case filled(op: Int, generation: UInt32, Result<FilledRange, ShoalError>)
+    /// A fill of READ op `op` has this many bytes of its block in the lease, from the block's
+    /// start, checked against the version: the reply may start before the block is whole.
+    case fillProgress(op: Int, generation: UInt32, Int)
     /// A STAT that went to the store finished.
     case stat(connection: Int, generation: UInt32, requestID: UInt32, Result<StatReply, ShoalError>)
     /// A lease came free somewhere: requests waiting for one may go on.
@@ -213,6 +216,8 @@ final class Shard: @unchecked Sendable {
             case .filled(let op, let generation, let result):
                 jobsOut -= 1
                 filled(op, generation, result)
+            case .fillProgress(let op, let generation, let bytes):
+                stream(op, generation, upTo: bytes)
             case .stat(let c, let generation, let id, let result):
                 jobsOut -= 1
                 guard let conn = connection(c, generation), conn.isOpen else { continue }
@@ -651,18 +656,73 @@ final class Shard: @unchecked Sendable {
     /// Sends READ op `op` to a fill thread: a miss, a bad block, or a failed disk read.
     /// The fill thread looks in the cache once more first: the block may have been written
     /// there since the shard looked (its filler finished), and then it is not fetched twice.
+    /// A GET it starts runs on the store's fetch thread, which reports its bytes as they come
+    /// (a large reply streams them) and its end, here.
     private func toFill(_ op: Int) {
         let r = ops[op]!
         jobsOut += 1
         let (plane, generation) = (self.plane, ops.generation(op))
+        // Only a reply that carries data, and enough of it, streams.
+        let streams = !r.request.isFillOnly && !service.answerWithoutData && Int(r.request.length) >= Shard.streamPiece
+        let reporter = ProgressReporter(step: Shard.streamPiece, end: Int(r.request.offset) + Int(r.request.length))
         plane.fillPool.submit { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
-            let result = plane.pool.withSlot(lease, ring: ring) { slot in
-                Result { () throws(ShoalError) -> FilledRange in try plane.service.readBlocking(r.request, slot: slot) }
+            let start = plane.pool.withSlot(lease, ring: ring) { slot in
+                Result { () throws(ShoalError) -> FillStart in
+                    try plane.service.startRead(r.request, slot: slot, progress: { [self] bytes in
+                        if streams && reporter.worthReporting(bytes) { post(.fillProgress(op: op, generation: generation, bytes)) }
+                    }, done: { [self] result in
+                        post(.filled(op: op, generation: generation, result))
+                    })
+                }
             }
+            // The lease is back in its place before a GET can end and the shard reply from it.
             _ = plane.park.park(lease)
-            post(.filled(op: op, generation: generation, result))
+            switch start {
+            case .success(.ready(let range)): post(.filled(op: op, generation: generation, .success(range)))
+            case .success(.fetch(let begin)): begin()
+            case .failure(let error): post(.filled(op: op, generation: generation, .failure(error)))
+            }
         }
+    }
+
+    /// The smallest piece of a streamed reply sent at once (and the smallest reply that streams).
+    static let streamPiece = 256 * 1024
+
+    /// A fill of READ op `op` has `bytes` of its block in place: the part of the requested range
+    /// among them goes out now, ahead of the rest. Only one reply streams on a connection at a
+    /// time (others wait for their whole block), and frames for the connection's other requests
+    /// wait until it ends.
+    private func stream(_ op: Int, _ generation: UInt32, upTo bytes: Int) {
+        guard let r = ops.value(op, generation), let conn = connection(r.connection, r.connectionGeneration), conn.isOpen else { return }
+        let start = Int(r.request.offset)
+        let end = start + Int(r.request.length)
+        let from = start + r.streamed
+        let to = min(bytes, end)
+        guard to - from >= Shard.streamPiece || (to == end && to > from && r.streamed > 0) else { return }
+        let base = plane.pool.bufferBase(r.lease) + BlockCache.dataOffset
+        let piece = UnsafeRawBufferPointer(start: base + from, count: to - from)
+        if r.streamed == 0 {
+            guard conn.streamOp == nil, let head = conn.takeHead() else { return }
+            guard conn.machine.beginReadStream(id: r.requestID, count: Int(r.request.length), head: conn.head(head)),
+                  conn.machine.continueReadStream(piece)
+            else {
+                conn.freeHead(head)
+                kill(conn)
+                return
+            }
+            conn.streamOp = op
+            push(conn, OutFrame(head: head, headCount: ReadReplyHead.size, data: piece, tailCount: 0, requestID: nil, after: .nothing), streamed: true)
+        } else {
+            guard conn.streamOp == op, conn.machine.continueReadStream(piece) else {
+                kill(conn)
+                return
+            }
+            push(conn, OutFrame(piece: piece), streamed: true)
+        }
+        ops[op]!.streamed = to - start
+        service.metrics.bytesStreamed.increment(by: Int64(to - from))
+        flush(conn)
     }
 
     private func filled(_ op: Int, _ generation: UInt32, _ result: Result<FilledRange, ShoalError>) {
@@ -672,15 +732,24 @@ final class Shard: @unchecked Sendable {
             reply(op, range)
         case .failure(let error):
             freeOp(op)
+            let conn = connection(r.connection, r.connectionGeneration)
+            if r.streamed > 0, let conn {
+                // Part of the reply is out and the rest cannot come: nothing more can be said on
+                // this connection (the client sees it close mid-reply and may try again).
+                service.metrics.error(error.code)
+                logger.warning("a fill failed after its reply started; closing the connection", metadata: ["error": "\(error)"])
+                kill(conn)
+            }
             releaseLease(r.lease, connection: r.connection, generation: r.connectionGeneration)
-            if let conn = connection(r.connection, r.connectionGeneration), conn.isOpen {
+            if let conn, conn.isOpen {
                 replyError(conn, .readReply, r.requestID, error)
                 flush(conn)
             }
         }
     }
 
-    /// Queues the reply of READ op `op` from its lease (data sent from where it lies).
+    /// Queues the reply of READ op `op` from its lease (data sent from where it lies); a reply
+    /// that streamed gets its last bytes and its trailer.
     private func reply(_ op: Int, _ range: FilledRange) {
         let r = ops[op]!
         freeOp(op)
@@ -690,7 +759,10 @@ final class Shard: @unchecked Sendable {
             return
         }
         let base = plane.pool.bufferBase(r.lease)
-        if service.answerWithoutData || r.request.isFillOnly {
+        if r.streamed > 0 {
+            endStream(conn, r, crc: range.crc, rest: UnsafeRawBufferPointer(start: base + range.dataOffset + r.streamed, count: range.length - r.streamed),
+                      after: after)
+        } else if service.answerWithoutData || r.request.isFillOnly {
             enqueueNoData(conn, id: r.requestID, crc: range.crc, length: range.length)
             afterSend(after, connection: r.connection, generation: r.connectionGeneration)
         } else {
@@ -698,6 +770,30 @@ final class Shard: @unchecked Sendable {
                         after: after)
         }
         flush(conn)
+    }
+
+    /// The end of a streamed reply: its last bytes and trailer; then the frames that waited.
+    private func endStream(_ conn: ShardConnection, _ r: ReadOp, crc: UInt32, rest: UnsafeRawBufferPointer, after: AfterSend) {
+        guard let head = conn.takeHead() else {
+            afterSend(after, connection: conn.slot, generation: conn.generation)
+            kill(conn)
+            return
+        }
+        let trailer = conn.head(head) + ShardConnection.trailerOffset
+        guard rest.isEmpty || conn.machine.continueReadStream(rest), conn.machine.finishReadStream(crc: crc, trailer: trailer) else {
+            conn.freeHead(head)
+            afterSend(after, connection: conn.slot, generation: conn.generation)
+            kill(conn)
+            return
+        }
+        if !rest.isEmpty { service.metrics.bytesStreamed.increment(by: Int64(rest.count)) }
+        service.metrics.repliesStreamed.increment()
+        push(conn, OutFrame(head: head, headCount: 0, data: rest, tailCount: ReadReplyTrailer.size + conn.machine.tagSize,
+                            requestID: r.requestID, after: after), streamed: true)
+        conn.streamOp = nil
+        let waited = conn.deferred
+        conn.deferred.removeAll()
+        for f in waited where conn.state != .dead { push(conn, f) }
     }
 
     /// READ_NODATA: the CRC32C and length of the data a READ_REPLY would have carried.
@@ -779,16 +875,7 @@ final class Shard: @unchecked Sendable {
             kill(conn)
             return
         }
-        if let tls = conn.tls {
-            guard bytes.withUnsafeBytes({ tls.write([$0]) }) else {
-                kill(conn)
-                return
-            }
-            queueTLSOutput(conn, tls)
-            if let requestID { conn.queue.append(OutFrame(marker: requestID)) }
-            return
-        }
-        conn.queue.append(OutFrame(copying: bytes, requestID: requestID))
+        push(conn, OutFrame(copying: bytes, requestID: requestID))
     }
 
     private func enqueueData(_ conn: ShardConnection, id: UInt32, crc: UInt32, data: UnsafeRawBufferPointer, after: AfterSend) {
@@ -799,28 +886,49 @@ final class Shard: @unchecked Sendable {
             return
         }
         let headPointer = conn.head(head)
-        let tagPointer = headPointer + ShardConnection.tagOffset
-        guard conn.machine.sealReadReply(id: id, crc: crc, data: data, head: headPointer, tag: tagPointer) else {
+        guard conn.machine.sealReadReply(id: id, crc: crc, data: data, head: headPointer, trailer: headPointer + ShardConnection.trailerOffset) else {
             conn.freeHead(head)
             afterSend(after, connection: conn.slot, generation: conn.generation)
             kill(conn)
             return
         }
-        let tagCount = conn.machine.tagSize
-        if let tls = conn.tls {
-            // TLS copies the data into its records: the lease can go back at once.
-            let ok = tls.write([UnsafeRawBufferPointer(start: headPointer, count: ReadReplyHead.size), data])
-            conn.freeHead(head)
-            afterSend(after, connection: conn.slot, generation: conn.generation)
-            guard ok else {
-                kill(conn)
-                return
-            }
-            queueTLSOutput(conn, tls)
-            conn.queue.append(OutFrame(marker: id))
+        push(conn, OutFrame(head: head, headCount: ReadReplyHead.size, data: data,
+                            tailCount: ReadReplyTrailer.size + conn.machine.tagSize, requestID: id, after: after))
+    }
+
+    /// Puts a frame (or a piece of one) on the connection's queue; while a READ_REPLY streams,
+    /// other frames wait behind it (`deferred`), since no frame may start inside another.
+    private func push(_ conn: ShardConnection, _ frame: OutFrame, streamed: Bool = false) {
+        if conn.streamOp != nil && !streamed {
+            conn.deferred.append(frame)
             return
         }
-        conn.queue.append(OutFrame(head: head, data: data, tagCount: tagCount, requestID: id, after: after))
+        guard let tls = conn.tls else {
+            conn.queue.append(frame)
+            return
+        }
+        // TLS copies the bytes into its records: what the frame held can go at once.
+        var ok = true
+        if let owned = frame.owned {
+            ok = tls.write([UnsafeRawBufferPointer(start: owned, count: frame.ownedCount)])
+            owned.deallocate()
+        } else {
+            var pieces: [UnsafeRawBufferPointer] = []
+            if frame.head >= 0 && frame.headCount > 0 { pieces.append(UnsafeRawBufferPointer(start: conn.head(frame.head), count: frame.headCount)) }
+            if frame.data.count > 0 { pieces.append(frame.data) }
+            if frame.head >= 0 && frame.tailCount > 0 {
+                pieces.append(UnsafeRawBufferPointer(start: conn.head(frame.head) + ShardConnection.trailerOffset, count: frame.tailCount))
+            }
+            if !pieces.isEmpty { ok = tls.write(pieces) }
+            if frame.head >= 0 { conn.freeHead(frame.head) }
+            afterSend(frame.after, connection: conn.slot, generation: conn.generation)
+        }
+        guard ok else {
+            kill(conn)
+            return
+        }
+        queueTLSOutput(conn, tls)
+        if let id = frame.requestID { conn.queue.append(OutFrame(marker: id)) }
     }
 
     private func queueTLSOutput(_ conn: ShardConnection, _ tls: TLSEngine) {
@@ -855,7 +963,7 @@ final class Shard: @unchecked Sendable {
             if conn.state == .dead { return }
         }
         // Zero copy only pays for replies that carry data; small frames are copied anyway.
-        let zeroCopy = plane.config.sendZeroCopy && conn.inSend.contains { $0.head >= 0 && $0.data.count >= 65536 }
+        let zeroCopy = plane.config.sendZeroCopy && conn.inSend.contains { $0.data.count >= 65536 }
         do {
             try ring.sendMessage(fd: conn.fd, conn.message, userData: Shard.userData(.send, conn.slot, conn.generation), zeroCopy: zeroCopy)
             conn.sending = true
@@ -937,6 +1045,11 @@ final class Shard: @unchecked Sendable {
     /// so the kernel does not reset the connection before the client reads the ERROR.
     private func closeAfterFlush(_ conn: ShardConnection) {
         guard conn.state == .open else { return }
+        guard conn.streamOp == nil else {
+            // Its ERROR cannot go out inside a streaming reply.
+            kill(conn)
+            return
+        }
         conn.state = .flushing
         conn.deadline = monotonicNanos() + 2_000_000_000
         flush(conn)
@@ -957,12 +1070,14 @@ final class Shard: @unchecked Sendable {
         if !conn.refused { plane.release(conn.place) }
         Sockets.shutdown(conn.fd)
         // Replies not sent: their buffers go back now.
-        for f in conn.inSend + conn.queue {
+        for f in conn.inSend + conn.queue + conn.deferred {
             if let owned = f.owned { owned.deallocate() }
             afterSend(f.after, connection: conn.slot, generation: conn.generation)
         }
         conn.inSend.removeAll()
         conn.queue.removeAll()
+        conn.deferred.removeAll()
+        conn.streamOp = nil
         finalizeIfDone(conn)
     }
 
@@ -1069,6 +1184,8 @@ struct ReadOp {
     var error: Int32 = 0
     /// The second read could not be submitted: after the first, the request goes to a fill thread.
     var submitFailed = false
+    /// Bytes of the requested range already sent while the block was being filled (streaming).
+    var streamed = 0
 
     init(connection: Int, connectionGeneration: UInt32, requestID: UInt32, request: ReadRequest, lease: Int) {
         self.connection = connection
@@ -1092,9 +1209,12 @@ enum AfterSend {
 struct OutFrame {
     var owned: UnsafeMutableRawPointer?
     var ownedCount = 0
+    /// The head slot holding this frame's header (its first `headCount` bytes) and trailer (its
+    /// `tailCount` bytes at `trailerOffset`); -1: none (a streamed piece of data alone).
     var head = -1
+    var headCount = 0
     var data = UnsafeRawBufferPointer(start: nil, count: 0)
-    var tagCount = 0
+    var tailCount = 0
     var requestID: UInt32?
     var after = AfterSend.nothing
 
@@ -1111,12 +1231,18 @@ struct OutFrame {
         ownedCount = count
     }
 
-    init(head: Int, data: UnsafeRawBufferPointer, tagCount: Int, requestID: UInt32, after: AfterSend) {
+    init(head: Int, headCount: Int, data: UnsafeRawBufferPointer, tailCount: Int, requestID: UInt32?, after: AfterSend) {
         self.head = head
+        self.headCount = headCount
         self.data = data
-        self.tagCount = tagCount
+        self.tailCount = tailCount
         self.requestID = requestID
         self.after = after
+    }
+
+    /// Data of a streamed READ_REPLY between its header and its trailer.
+    init(piece: UnsafeRawBufferPointer) {
+        data = piece
     }
 
     /// A request whose reply went out inside TLS records queued before it (nothing to send).
@@ -1124,7 +1250,7 @@ struct OutFrame {
         self.requestID = requestID
     }
 
-    var total: Int { owned != nil ? ownedCount : (head >= 0 ? ReadReplyHead.size + data.count + tagCount : 0) }
+    var total: Int { owned != nil ? ownedCount : (head >= 0 ? headCount + tailCount : 0) + data.count }
 }
 
 /// One connection on a shard: its socket, state machine, send queue and the memory its sends
@@ -1150,6 +1276,10 @@ final class ShardConnection {
     var sending = false
     var sendStarted: UInt64 = 0
     var queue: [OutFrame] = []
+    /// The READ op whose reply is streaming (its header is sent, its trailer not yet), and the
+    /// frames that wait for it to end.
+    var streamOp: Int?
+    var deferred: [OutFrame] = []
     var inSend: [OutFrame] = []
     var sentInFirst = 0
     var leases = 0
@@ -1158,9 +1288,10 @@ final class ShardConnection {
     var awaitingNotification: [[OutFrame]] = []
 
     static let framesPerSend = 16
-    static let headSlots = Int(WireLimits.maxInFlight)
+    /// A head slot per request in flight, and one more for a streamed reply's trailer.
+    static let headSlots = Int(WireLimits.maxInFlight) + 1
     static let headStride = 48
-    static let tagOffset = 24
+    static let trailerOffset = 24
     let message: UnsafeMutablePointer<msghdr>
     private let iovecs: UnsafeMutablePointer<iovec>
     private let heads: UnsafeMutableRawPointer
@@ -1211,16 +1342,35 @@ final class ShardConnection {
         for f in inSend {
             if let owned = f.owned {
                 add(owned, f.ownedCount)
-            } else if f.head >= 0 {
-                let h = head(f.head)
-                add(h, ReadReplyHead.size)
+            } else {
+                let h = f.head >= 0 ? head(f.head) : nil
+                add(h, f.headCount)
                 add(f.data.baseAddress, f.data.count)
-                add(h + ShardConnection.tagOffset, f.tagCount)
+                add(h.map { $0 + ShardConnection.trailerOffset }, f.tailCount)
             }
         }
         message.pointee = msghdr()
         message.pointee.msg_iov = iovecs
         message.pointee.msg_iovlen = n
         return n
+    }
+}
+
+/// Decides which byte counts of a fill are worth a message to the shard: every `step` bytes,
+/// and the count that reaches `end` (called on the fetch thread only).
+final class ProgressReporter: @unchecked Sendable {
+    private let step: Int
+    private let end: Int
+    private var last = 0
+
+    init(step: Int, end: Int) {
+        self.step = step
+        self.end = end
+    }
+
+    func worthReporting(_ bytes: Int) -> Bool {
+        guard bytes - last >= step || (bytes >= end && last < end) else { return false }
+        last = bytes
+        return true
     }
 }

@@ -257,6 +257,8 @@ public final class Worker: @unchecked Sendable {
     public func stopDataPlane() {
         plane?.stop()
         plane = nil
+        // Their fetch threads: nothing is left to fill.
+        for store in service.stores.values { store.close() }
         cache.close()
     }
 }

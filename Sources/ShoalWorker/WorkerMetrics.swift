@@ -17,6 +17,10 @@ public final class WorkerMetrics: @unchecked Sendable {
     /// Store GETs of a block: one per fill, however many readers wait on it.
     let fills: Metrics.Counter
     let bytesServed: Metrics.Counter
+    /// READ replies whose data went out while their block was still being filled, and the bytes
+    /// sent that way (before the fill ended).
+    let repliesStreamed: Metrics.Counter
+    let bytesStreamed: Metrics.Counter
     let bytesFilled: Metrics.Counter
     let fillsInFlight: Metrics.Meter
     let corruptBlocks: Metrics.Counter
@@ -43,6 +47,8 @@ public final class WorkerMetrics: @unchecked Sendable {
         fills = Metrics.Counter(label: "shoal_fills_total", factory: factory)
         bytesServed = Metrics.Counter(label: "shoal_bytes_served_total", factory: factory)
         bytesFilled = Metrics.Counter(label: "shoal_bytes_filled_total", factory: factory)
+        repliesStreamed = Metrics.Counter(label: "shoal_replies_streamed_total", factory: factory)
+        bytesStreamed = Metrics.Counter(label: "shoal_bytes_streamed_total", factory: factory)
         fillsInFlight = Metrics.Meter(label: "shoal_fills_in_flight", factory: factory)
         corruptBlocks = Metrics.Counter(label: "shoal_corrupt_blocks_total", factory: factory)
         cachedBlocks = Metrics.Gauge(label: "shoal_cached_blocks", factory: factory)

@@ -21,9 +21,33 @@ final class TestSealer: FrameSealer {
         return Array(hmacSHA256(key: key, message: message).prefix(FrameTag.size))
     }
 
-    func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
-        let t = TestSealer.tag(sendKey, sent, [a, b])
+    func sealFrame(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, _ c: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
+        let t = TestSealer.tag(sendKey, sent, [a, b, c])
         sent += 1
+        t.withUnsafeBytes { tag.copyMemory(from: $0.baseAddress!, byteCount: FrameTag.size) }
+        return true
+    }
+
+    /// A streamed frame: its pieces are gathered, its sequence number taken when it begins.
+    private var stream: (sequence: UInt64, bytes: [UInt8])?
+
+    func beginStream(_ head: UnsafeRawBufferPointer) -> Bool {
+        guard stream == nil else { return false }
+        stream = (sent, Array(head))
+        sent += 1
+        return true
+    }
+
+    func continueStream(_ piece: UnsafeRawBufferPointer) -> Bool {
+        guard stream != nil else { return false }
+        stream!.bytes += piece
+        return true
+    }
+
+    func finishStream(_ tail: UnsafeRawBufferPointer, tag: UnsafeMutableRawPointer) -> Bool {
+        guard let s = stream else { return false }
+        stream = nil
+        let t = (s.bytes + tail).withUnsafeBytes { TestSealer.tag(sendKey, s.sequence, [$0]) }
         t.withUnsafeBytes { tag.copyMemory(from: $0.baseAddress!, byteCount: FrameTag.size) }
         return true
     }

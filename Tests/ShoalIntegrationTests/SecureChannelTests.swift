@@ -57,13 +57,14 @@ final class Relay: @unchecked Sendable {
                 lock.withLock { _injected += 1 }
                 _ = try? to.send(FrameHeader(type: .stat, requestID: 999, payloadLength: UInt32(stat.count)).bytes + stat)
             }
-            // A READ reply: crc u32, data, tag [16]. Flip a data byte and make the CRC match again.
+            // A READ reply: data, crc u32, tag [16]. Flip a data byte and make the CRC match again.
             if !towardWorker && attack == .flipReadData && head[5] == FrameType.readReply.rawValue && head[6] == 0
                 && payload.count > 4 + tagSize {
                 lock.withLock { _altered += 1 }
-                payload[4] ^= 0x01
-                let crc = payload.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[4..<(payload.count - tagSize)])) }
-                withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { payload[i] = $0[i] } }
+                payload[0] ^= 0x01
+                let end = payload.count - tagSize - 4
+                let crc = payload.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
+                withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { payload[end + i] = $0[i] } }
             }
             guard (try? to.send(head + payload)) != nil else { return }
             frames += 1

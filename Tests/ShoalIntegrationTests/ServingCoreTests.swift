@@ -173,4 +173,92 @@ import ShoalTestSupport
             #expect(Array(UnsafeRawBufferPointer(start: buffer, count: 4096)) == Array(data[i..<i + 4096]), "connection \(i)")
         }
     }
+
+    /// A worker whose only store is `server` (a canned S3 endpoint), serving one 3 MiB object
+    /// (`data`) as version "v1", in 4 MiB blocks, filled by one GET each; TLS between client and worker when asked.
+    static func cannedStoreWorker(_ name: String, server: CannedHTTPServer, data: [UInt8], tls: Bool = false) throws -> (Worker, ShoalClient) {
+        var store = StoreConfig(name: "default", kind: .s3)
+        store.endpoint = server.url
+        store.accessKey = "canned"
+        store.secretKey = "canned-secret"
+        let size = data.count
+        server.respondToHead("200 OK", headers: ["ETag: \"v1\"", "Content-Length: \(size)"])
+        server.respond("206 Partial Content", headers: ["ETag: \"v1\"", "Content-Range: bytes 0-\(size - 1)/\(size)"], body: data)
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory(name), store: store, blockSize: 4 << 20)
+        // The canned store answers every GET with the whole object: one GET per block.
+        config.fillParts = 1
+        var clientConfig = ClientConfig(workers: [], secret: Array("test-secret-0123456789".utf8))
+        if tls {
+            let certs = try TestCertificates()
+            config.tls = TLSFiles(certFile: certs.certFile, keyFile: certs.keyFile)
+            clientConfig.tlsCAFile = certs.caFile
+        }
+        let worker = try Worker(config: config, logger: testLogger)
+        try worker.start()
+        clientConfig.workers = [Endpoint(host: "127.0.0.1", port: worker.port)]
+        return (worker, try ShoalClient(config: clientConfig))
+    }
+
+    /// A cold block's bytes reach the client while the store is still sending it: the reply's
+    /// CRC comes after the data, so the worker sends what has come, and the rest when it comes.
+    @Test(arguments: [false, true]) func aColdBlockStreamsToTheClientWhileTheStoreSendsIt(tls: Bool) throws {
+        let server = try CannedHTTPServer()
+        let data = SampleData.bytes(seed: 45, count: 3 << 20)
+        let (worker, client) = try ServingCoreTests.cannedStoreWorker("streams-\(tls)", server: server, data: data, tls: tls)
+        defer { worker.stopDataPlane() }
+        let file = try client.open(ObjectRef(store: "default", bucket: "b", key: "o"))
+        server.hold(after: 1 << 20)
+        let result = ReadOutcome()
+        try OSThread.spawn(name: "reader") { result.set(Result { try client.read(file, offset: 0, length: data.count) }) }
+        // Bytes go out while the store holds the rest of the block back.
+        let deadline = monotonicNanos() + 10_000_000_000
+        while worker.metrics.value("shoal_bytes_streamed_total") < Double(512 << 10) && monotonicNanos() < deadline { usleep(10_000) }
+        let early = worker.metrics.value("shoal_bytes_streamed_total")
+        #expect(early >= Double(512 << 10) && early <= Double(1 << 20), "\(early) bytes sent before the store sent more than 1 MiB")
+        #expect(result.value == nil, "the read waits for the rest")
+        server.release()
+        #expect(try result.wait().get() == data)
+        #expect(worker.metrics.value("shoal_replies_streamed_total") == 1)
+        #expect(worker.metrics.value("shoal_bytes_streamed_total") == Double(data.count))
+        // Warm, the same bytes come whole from the cache.
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+    }
+
+    /// A store that stops halfway through a block: the client gets an error, never the bytes
+    /// that came; the worker goes on serving, and a later read of the block is whole.
+    @Test func aStoreThatStopsMidBlockFailsTheReadAndNothingElse() throws {
+        let server = try CannedHTTPServer()
+        let data = SampleData.bytes(seed: 46, count: 3 << 20)
+        let (worker, client) = try ServingCoreTests.cannedStoreWorker("cut", server: server, data: data)
+        defer { worker.stopDataPlane() }
+        let file = try client.open(ObjectRef(store: "default", bucket: "b", key: "o"))
+        server.cut(after: (1 << 20) + 12345)
+        #expect(throws: ShoalError.self) { _ = try client.read(file, offset: 0, length: data.count) }
+        #expect(worker.metrics.value("shoal_bytes_streamed_total") > 0, "the reply had started")
+        #expect(worker.metrics.value("shoal_replies_streamed_total") == 0)
+        #expect(worker.metrics.value("shoal_cached_blocks") == 0)
+        server.release()
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(try client.read(file, offset: 12345, length: 4096) == Array(data[12345..<(12345 + 4096)]))
+    }
+}
+
+/// A value set once by another thread, and waited for.
+final class ReadOutcome: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var result: Result<[UInt8], any Error>?
+
+    func set(_ r: Result<[UInt8], any Error>) {
+        lock.withLock { result = r }
+        lock.broadcast()
+    }
+
+    var value: Result<[UInt8], any Error>? { lock.withLock { result } }
+
+    func wait() -> Result<[UInt8], any Error> {
+        lock.lock()
+        defer { lock.unlock() }
+        while result == nil { _ = lock.wait() }
+        return result!
+    }
 }

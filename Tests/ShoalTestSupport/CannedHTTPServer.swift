@@ -9,6 +9,13 @@ public final class CannedHTTPServer: @unchecked Sendable {
     private let lock = ConditionLock()
     private var seen: [String] = []
     private var response: (head: String, body: [UInt8]) = ("HTTP/1.1 500 Internal Server Error\r\n", [])
+    /// The answer to HEAD requests, when it differs from the GET's.
+    private var headResponse: String?
+    /// Body bytes sent before the response pauses (until `release`), or before the connection
+    /// is closed (`truncate`).
+    private var holdAfter: Int?
+    private var truncate = false
+    private var released = false
 
     public init() throws {
         let (listener, port) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: 0))
@@ -25,6 +32,37 @@ public final class CannedHTTPServer: @unchecked Sendable {
         lock.withLock { response = (head, body) }
     }
 
+    /// Answers HEAD requests with `status` and these headers (and no body) from now on.
+    public func respondToHead(_ status: String, headers: [String]) {
+        lock.withLock { headResponse = "HTTP/1.1 \(status)\r\n" + headers.map { $0 + "\r\n" }.joined() }
+    }
+
+    /// GET bodies stop after `bytes` until `release()` is called (a slow store, mid-body).
+    public func hold(after bytes: Int) {
+        lock.withLock {
+            holdAfter = bytes
+            truncate = false
+            released = false
+        }
+    }
+
+    /// GET bodies end after `bytes`, short of their length, and the connection closes.
+    public func cut(after bytes: Int) {
+        lock.withLock {
+            holdAfter = bytes
+            truncate = true
+        }
+    }
+
+    /// Lets held bodies go on, and sends later ones whole.
+    public func release() {
+        lock.withLock {
+            released = true
+            holdAfter = nil
+        }
+        lock.broadcast()
+    }
+
     /// The header blocks of the requests received so far.
     public var requests: [String] { lock.withLock { seen } }
 
@@ -37,13 +75,28 @@ public final class CannedHTTPServer: @unchecked Sendable {
                 head += byte
             }
             let request = String(decoding: head, as: UTF8.self)
-            let (h, body) = lock.withLock { () -> (String, [UInt8]) in
+            let isHead = request.hasPrefix("HEAD")
+            let (h, body, holdAfter, truncate) = lock.withLock { () -> (String, [UInt8], Int?, Bool) in
                 seen.append(request)
-                return response
+                if isHead, let headResponse { return (headResponse, [], nil, false) }
+                return (response.head, response.body, self.holdAfter, self.truncate)
             }
-            // HEAD responses carry the length but no body.
-            let out = Array((h + "Connection: close\r\n\r\n").utf8) + (request.hasPrefix("HEAD") ? [] : body)
-            try? connection.send(out, deadline: monotonicNanos() + 5_000_000_000)
+            let deadline = monotonicNanos() + 5_000_000_000
+            if isHead {
+                // HEAD responses carry the length but no body.
+                try? connection.send(Array((h + "Connection: close\r\n\r\n").utf8), deadline: deadline)
+            } else if let holdAfter, holdAfter < body.count {
+                try? connection.send(Array((h + "Connection: close\r\n\r\n").utf8) + body[..<holdAfter], deadline: deadline)
+                if !truncate {
+                    lock.lock()
+                    let until = monotonicNanos() + 20_000_000_000
+                    while !released && monotonicNanos() < until { _ = lock.wait(untilNanos: until) }
+                    lock.unlock()
+                    try? connection.send(Array(body[holdAfter...]), deadline: monotonicNanos() + 5_000_000_000)
+                }
+            } else {
+                try? connection.send(Array((h + "Connection: close\r\n\r\n").utf8) + body, deadline: deadline)
+            }
             connection.close()
         }
     }
