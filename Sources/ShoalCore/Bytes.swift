@@ -91,6 +91,30 @@ public struct RawReader {
     public mutating func u32() -> UInt32? { integer(UInt32.self) }
     public mutating func u64() -> UInt64? { integer(UInt64.self) }
 
+    /// Where a UTF-8 string with a 2-byte length prefix of at most `max` bytes lies, checked
+    /// without making the string; nil if short or invalid.
+    public mutating func utf8Field16(max: Int) -> Range<Int>? {
+        guard let n = u16(), Int(n) <= max, remaining >= Int(n) else { return nil }
+        let range = position..<position + Int(n)
+        guard RawReader.isValidUTF8(UnsafeRawBufferPointer(rebasing: bytes[range])) else { return nil }
+        position += Int(n)
+        return range
+    }
+
+    /// True when `bytes` are well-formed UTF-8 (no allocation).
+    public static func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if !bytes.contains(where: { $0 >= 0x80 }) { return true }
+        var iterator = bytes.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
+    }
+
     /// A UTF-8 string with a 2-byte length prefix of at most `max` bytes; nil if short or invalid.
     public mutating func string16(max: Int) -> String? {
         guard let n = u16(), Int(n) <= max, remaining >= Int(n) else { return nil }

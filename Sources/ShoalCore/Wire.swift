@@ -298,12 +298,58 @@ public struct RDMADescriptor: Sendable, Equatable {
     }
 }
 
+/// A block key's canonical encoding (`BlockKey.encoded`), held without a heap allocation when
+/// it fits `inlineCapacity` bytes (the usual case: short names and a hex etag), in an array when
+/// longer.
+public struct BlockKeyBytes: Sendable, Equatable {
+    public static let inlineCapacity = 160
+    private var inline: InlineArray<160, UInt8>
+    private var heap: [UInt8]?
+    public let count: Int
+
+    public init(_ raw: UnsafeRawBufferPointer) {
+        inline = InlineArray(repeating: 0)
+        count = raw.count
+        if raw.count <= BlockKeyBytes.inlineCapacity {
+            heap = nil
+            if raw.count > 0 {
+                var span = inline.mutableSpan
+                span.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: raw.baseAddress!, byteCount: raw.count) }
+            }
+        } else {
+            heap = Array(raw)
+        }
+    }
+
+    public init(_ bytes: [UInt8]) {
+        self = bytes.withUnsafeBytes { BlockKeyBytes($0) }
+    }
+
+    public func withUnsafeBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        if let heap {
+            return try heap.withUnsafeBytes { b in Result { () throws(E) -> R in try body(b) } }.get()
+        }
+        let result = inline.span.withUnsafeBytes { b in Result { () throws(E) -> R in try body(UnsafeRawBufferPointer(rebasing: b[..<count])) } }
+        return try result.get()
+    }
+
+    public var array: [UInt8] { withUnsafeBytes { Array($0) } }
+
+    public static func == (a: BlockKeyBytes, b: BlockKeyBytes) -> Bool {
+        a.count == b.count && a.withUnsafeBytes { x in b.withUnsafeBytes { y in x.elementsEqual(y) } }
+    }
+}
+
 /// READ: a byte range of one block of one object version. The version (etag and size) is the
 /// client's belief; the worker fills a block only after the store confirms both.
 ///
 /// On the wire: flags u16 | view epoch u64 | offset u32 | length u32 | key length u16 | the
 /// block key in its canonical encoding (`BlockKey.encoded`, the bytes hashed into the block id
 /// and stored with the block) | an RDMA descriptor when flag bit 1 is set.
+///
+/// A decoded READ keeps the key as its bytes and its numbers (size, block size, index): serving
+/// a cached block makes no string and no allocation; `block` decodes the names when a fill or
+/// an error message needs them.
 public struct ReadRequest: Sendable, Equatable {
     /// Flag bit 0: fill the block into the cache and answer without data (warm-up).
     public static let fillOnlyFlag: UInt16 = 1
@@ -311,7 +357,6 @@ public struct ReadRequest: Sendable, Equatable {
     public static let rdmaFlag: UInt16 = 2
     static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag
 
-    public var block: BlockKey
     public var offset: UInt32
     public var length: UInt32
     public var flags: UInt16
@@ -322,24 +367,66 @@ public struct ReadRequest: Sendable, Equatable {
     public let id: BlockID
     /// The block key's canonical encoding, as it arrived (compared with the record's on disk
     /// and with the DRAM tier's, without encoding the key again).
-    public let keyBytes: [UInt8]
+    public let keyBytes: BlockKeyBytes
+    public let objectSize: UInt64
+    public let blockSize: UInt32
+    public let index: UInt64
+    /// Byte counts of the key's names, in the encoding's order: store, bucket, key, etag.
+    private let nameCounts: (UInt16, UInt16, UInt16, UInt16)
+    /// The key as the client made it (nil on the worker, which decodes it only when needed).
+    private let made: BlockKey?
 
     public init(block: BlockKey, offset: UInt32, length: UInt32, flags: UInt16 = 0, epoch: UInt64 = 0, rdma: RDMADescriptor? = nil) {
-        self.block = block
         self.offset = offset
         self.length = length
         self.flags = rdma == nil ? flags & ~ReadRequest.rdmaFlag : flags | ReadRequest.rdmaFlag
         self.epoch = epoch
         self.rdma = rdma
-        self.keyBytes = block.encoded
-        self.id = BlockID(hashing: keyBytes)
+        let encoded = block.encoded
+        keyBytes = BlockKeyBytes(encoded)
+        id = BlockID(hashing: encoded)
+        objectSize = block.objectSize
+        blockSize = block.blockSize
+        index = block.index
+        func count(_ s: String) -> UInt16 { UInt16(truncatingIfNeeded: s.utf8.count) }
+        nameCounts = (count(block.object.store), count(block.object.bucket), count(block.object.key), count(block.etag))
+        made = block
     }
 
-    public var objectSize: UInt64 { block.objectSize }
+    /// The block key (decoded from its bytes on the worker: this allocates its names).
+    public var block: BlockKey {
+        if let made { return made }
+        return keyBytes.withUnsafeBytes { BlockKey(decoding: $0) }
+            ?? BlockKey(object: ObjectRef(store: "", bucket: "", key: ""), etag: "", objectSize: objectSize, blockSize: blockSize, index: index)
+    }
+
     public var isFillOnly: Bool { flags & ReadRequest.fillOnlyFlag != 0 }
 
+    /// The length this block has in its object version (0 if the index is past the end).
+    public var expectedLength: Int {
+        Int(BlockLayout(blockSize: UInt64(blockSize)).blockLength(index: index, objectSize: objectSize))
+    }
+
+    /// The store the block comes from (a small string, no allocation, for names up to 15 bytes).
+    public var storeName: String {
+        keyBytes.withUnsafeBytes { String(decoding: UnsafeRawBufferPointer(rebasing: $0[2..<2 + Int(nameCounts.0)]), as: UTF8.self) }
+    }
+
+    /// Calls `body` with the bytes naming the object (store, bucket and key, each with its
+    /// length): the start of the key's encoding, the same for every block of the object.
+    public func withObjectBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        let n = 6 + Int(nameCounts.0) + Int(nameCounts.1) + Int(nameCounts.2)
+        return keyBytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+    }
+
+    /// The etag's bytes.
+    private func withEtagBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        let at = 8 + Int(nameCounts.0) + Int(nameCounts.1) + Int(nameCounts.2)
+        return keyBytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[at..<at + Int(nameCounts.3)])) }
+    }
+
     /// The encoding's length.
-    public var encodedCount: Int { 20 + block.encodedCount + (rdma == nil ? 0 : 16) }
+    public var encodedCount: Int { 20 + keyBytes.count + (rdma == nil ? 0 : 16) }
 
     /// Writes the payload into `out` (at least `encodedCount` bytes); returns the count.
     @discardableResult
@@ -349,8 +436,9 @@ public struct ReadRequest: Sendable, Equatable {
         p.storeBytes(of: epoch.littleEndian, toByteOffset: 2, as: UInt64.self)
         p.storeBytes(of: offset.littleEndian, toByteOffset: 10, as: UInt32.self)
         p.storeBytes(of: length.littleEndian, toByteOffset: 14, as: UInt32.self)
-        let n = block.encode(into: UnsafeMutableRawBufferPointer(rebasing: out[20...]))
-        p.storeBytes(of: UInt16(n).littleEndian, toByteOffset: 18, as: UInt16.self)
+        let n = keyBytes.count
+        p.storeBytes(of: UInt16(truncatingIfNeeded: n).littleEndian, toByteOffset: 18, as: UInt16.self)
+        keyBytes.withUnsafeBytes { if n > 0 { (p + 20).copyMemory(from: $0.baseAddress!, byteCount: n) } }
         var at = 20 + n
         if let rdma {
             p.storeBytes(of: rdma.address.littleEndian, toByteOffset: at, as: UInt64.self)
@@ -372,7 +460,9 @@ public struct ReadRequest: Sendable, Equatable {
         self = r
     }
 
-    /// Decodes a READ payload in place; the block id is hashed from the key bytes as they arrived.
+    /// Decodes a READ payload in place, without a heap allocation for keys that fit
+    /// `BlockKeyBytes.inlineCapacity`: the names are checked (lengths, limits, UTF-8) but not
+    /// made into strings, and the block id is hashed from the key bytes as they arrived.
     public init?(decoding raw: UnsafeRawBufferPointer) {
         guard raw.count >= 20, let p = raw.baseAddress else { return nil }
         let flags = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
@@ -380,9 +470,14 @@ public struct ReadRequest: Sendable, Equatable {
         let keyCount = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 18, as: UInt16.self)))
         let rdmaCount = flags & ReadRequest.rdmaFlag != 0 ? 16 : 0
         guard raw.count == 20 + keyCount + rdmaCount else { return nil }
-        let keyBytes = UnsafeRawBufferPointer(rebasing: raw[20..<20 + keyCount])
-        guard let key = BlockKey(decoding: keyBytes) else { return nil }
-        self.block = key
+        let key = UnsafeRawBufferPointer(rebasing: raw[20..<20 + keyCount])
+        var r = RawReader(key)
+        guard let store = r.utf8Field16(max: WireLimits.maxStoreName), !store.isEmpty,
+              let bucket = r.utf8Field16(max: WireLimits.maxBucket), !bucket.isEmpty,
+              let name = r.utf8Field16(max: WireLimits.maxKey), !name.isEmpty,
+              let etag = r.utf8Field16(max: WireLimits.maxEtag),
+              let size = r.u64(), let bs = r.u32(), let idx = r.u64(), r.isAtEnd
+        else { return nil }
         self.flags = flags
         self.epoch = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt64.self))
         self.offset = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 10, as: UInt32.self))
@@ -395,38 +490,44 @@ public struct ReadRequest: Sendable, Equatable {
         } else {
             rdma = nil
         }
-        self.keyBytes = Array(keyBytes)
-        self.id = BlockID(hashing: keyBytes)
+        keyBytes = BlockKeyBytes(key)
+        id = BlockID(hashing: key)
+        objectSize = size
+        blockSize = bs
+        index = idx
+        nameCounts = (UInt16(store.count), UInt16(bucket.count), UInt16(name.count), UInt16(etag.count))
+        made = nil
     }
 
     public static func == (a: ReadRequest, b: ReadRequest) -> Bool {
-        a.block == b.block && a.offset == b.offset && a.length == b.length && a.flags == b.flags && a.epoch == b.epoch && a.rdma == b.rdma
+        a.keyBytes == b.keyBytes && a.offset == b.offset && a.length == b.length && a.flags == b.flags && a.epoch == b.epoch && a.rdma == b.rdma
     }
 
-    /// Checks the request against the block layout; the error names what is wrong.
+    /// Checks the request against the block layout; the error names what is wrong. (The names'
+    /// lengths were checked when it was decoded or made; only an error decodes them.)
     public func validate() throws(ShoalError) {
-        try block.object.validate()
-        guard !block.etag.isEmpty else {
+        if made != nil { try block.object.validate() }
+        guard nameCounts.3 > 0 else {
             throw ShoalError(.badRequest, "READ of \(block.object) names no version (empty etag): STAT the object first")
         }
         // The etag becomes an If-Match (or If-Unmodified-Since) header of the worker's request to
         // its store: a CR or LF in it would add headers, or a whole request, of the client's making.
-        guard !ObjectVersion.hasControlCharacters(block.etag) else {
+        guard !withEtagBytes({ $0.contains { $0 < 0x20 || $0 == 0x7F } }) else {
             throw ShoalError(.badRequest, "READ of \(block.object) names a version with control characters; an etag is one line of printable text: STAT the object first")
         }
-        guard block.etag.utf8.count <= WireLimits.maxEtag else {
-            throw ShoalError(.badRequest, "READ of \(block.object) names an etag of \(block.etag.utf8.count) bytes; the limit is \(WireLimits.maxEtag)")
+        guard Int(nameCounts.3) <= WireLimits.maxEtag else {
+            throw ShoalError(.badRequest, "READ of \(block.object) names an etag of \(nameCounts.3) bytes; the limit is \(WireLimits.maxEtag)")
         }
-        let bs = UInt64(block.blockSize)
+        let bs = UInt64(blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize, bs % 4096 == 0 else {
             throw ShoalError(.badRequest, "block size \(bs) is outside 64 KiB-16 MiB or not a multiple of 4 KiB")
         }
-        let blockLength = block.expectedLength
+        let blockLength = expectedLength
         guard blockLength > 0 else {
-            throw ShoalError(.badRequest, "block \(block.index) is past the end of \(block.object) (\(objectSize) bytes)")
+            throw ShoalError(.badRequest, "block \(index) is past the end of \(block.object) (\(objectSize) bytes)")
         }
         guard UInt64(offset) + UInt64(length) <= UInt64(blockLength), length > 0 || isFillOnly else {
-            throw ShoalError(.badRequest, "range \(offset)+\(length) is outside block \(block.index) (\(blockLength) bytes)")
+            throw ShoalError(.badRequest, "range \(offset)+\(length) is outside block \(index) (\(blockLength) bytes)")
         }
     }
 }

@@ -68,9 +68,16 @@ public final class BlockCache: @unchecked Sendable {
     /// Checks what `plan`'s reads put in `buffer` (false `readComplete`: they came back short)
     /// and counts the outcome, as `read` does.
     /// `encodedKey` is `key.encoded` when the caller has it already (a READ as it arrived).
-    public func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool,
-                         encodedKey: [UInt8]? = nil) -> CacheRead {
-        disks[plan.disk].complete(plan, key: key, id: id, buffer: buffer, readComplete: readComplete, encodedKey: encodedKey)
+    public func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool) -> CacheRead {
+        disks[plan.disk].complete(plan, key: key, id: id, buffer: buffer, readComplete: readComplete)
+    }
+
+    /// The same for a key given as its encoding and the length it implies (no allocation on a
+    /// hit); `key` decodes it, only where a pin rule or a bad record needs its names.
+    public func complete(_ plan: ReadPlan, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool, encodedKey: UnsafeRawBufferPointer,
+                         expectedLength: Int, key: () -> BlockKey) -> CacheRead {
+        disks[plan.disk].complete(plan, id: id, buffer: buffer, readComplete: readComplete, encodedKey: encodedKey,
+                                  expectedLength: expectedLength, key: key)
     }
 
     /// A plan's read failed or stalled: its disk is taken out of service.

@@ -299,12 +299,20 @@ final class CacheDisk: @unchecked Sendable {
 
     /// Checks what `plan` read into `buffer` and counts the outcome: a hit (pinning the block if a
     /// rule covers it now), a miss, or a bad record, which leaves the index.
-    func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool,
-                  encodedKey: [UInt8]? = nil) -> CacheRead {
+    func complete(_ plan: ReadPlan, key: BlockKey, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool) -> CacheRead {
+        key.encoded.withUnsafeBytes {
+            complete(plan, id: id, buffer: buffer, readComplete: readComplete, encodedKey: $0, expectedLength: key.expectedLength) { key }
+        }
+    }
+
+    /// The same for a key given as its encoding and the length it implies; `key` decodes it,
+    /// only where a pin rule or a bad record needs its names.
+    func complete(_ plan: ReadPlan, id: BlockID, buffer: UnsafeRawPointer, readComplete: Bool, encodedKey: UnsafeRawBufferPointer,
+                  expectedLength: Int, key: () -> BlockKey) -> CacheRead {
         let generationNow = state.generation(ofRegion: layout.region(ofPage: plan.page))
-        switch plan.complete(buffer, readComplete: readComplete, key: key, encodedKey: encodedKey, generationNow: generationNow) {
+        switch plan.complete(buffer, readComplete: readComplete, encodedKey: encodedKey, expectedLength: expectedLength, generationNow: generationNow) {
         case .hit(let length, let crc, let header):
-            let pinned = !pins.isEmpty && pins.covers(key)
+            let pinned = !pins.isEmpty && pins.covers(key())
             state.lock.withLock {
                 state.stats.hits += 1
                 if let header { state.headers.put(page: plan.page, header) }
@@ -317,7 +325,7 @@ final class CacheDisk: @unchecked Sendable {
         case .corrupt(let reason):
             state.lock.withLock {
                 state.headers.remove(page: plan.page)
-                if state.index.remove(id, ifAt: plan.page) { state.count(key.object.datasetTag, plan.pages, -1, evicted: true) }
+                if state.index.remove(id, ifAt: plan.page) { state.count(key().object.datasetTag, plan.pages, -1, evicted: true) }
                 state.stats.corrupt += 1
                 state.stats.misses += 1
             }

@@ -78,28 +78,35 @@ public struct ReadPlan: Sendable, Equatable {
     /// after the read), the header decodes and carries that generation and the full key, its
     /// length is the one the key implies, and the data (or the chunks read) match their CRC32C.
     /// `readComplete` is false when the reads came back short.
-    func complete(_ buffer: UnsafeRawPointer, readComplete: Bool, key: BlockKey, encodedKey: [UInt8]? = nil, generationNow: UInt64) -> ReadOutcome {
-        let encoded = encodedKey ?? key.encoded
+    func complete(_ buffer: UnsafeRawPointer, readComplete: Bool, key: BlockKey, generationNow: UInt64) -> ReadOutcome {
+        key.encoded.withUnsafeBytes {
+            complete(buffer, readComplete: readComplete, encodedKey: $0, expectedLength: key.expectedLength, generationNow: generationNow)
+        }
+    }
+
+    /// The same, for a key given as its encoding and the length it implies.
+    func complete(_ buffer: UnsafeRawPointer, readComplete: Bool, encodedKey encoded: UnsafeRawBufferPointer, expectedLength: Int,
+                  generationNow: UInt64) -> ReadOutcome {
         // The region was reused while the read was in flight: the bytes may be another record's.
         guard generationNow == generation else { return .miss }
         if let knownHeader {
-            guard readComplete, knownHeader.key == encoded else { return .miss }
-            return verifyChunks(buffer, header: knownHeader, key: key, remember: nil)
+            guard readComplete, knownHeader.key.elementsEqual(encoded) else { return .miss }
+            return verifyChunks(buffer, header: knownHeader, expectedLength: expectedLength, remember: nil)
         }
         guard readComplete, let header = CacheFormat.readHeader(buffer) else { return .corrupt(reason: "record header unreadable") }
         // Another generation's record, or the index's 40-bit tag matched another block: a miss.
-        guard header.generation == generation, header.key == encoded else { return .miss }
+        guard header.generation == generation, header.key.elementsEqual(encoded) else { return .miss }
         let length = Int(header.dataLength)
         guard length <= dataBytes, header.chunkShift == chunkShift else {
             return .corrupt(reason: "record length \(header.dataLength) does not match its index entry")
         }
-        guard length == key.expectedLength else {
-            return .corrupt(reason: "record length \(length) is not the \(key.expectedLength) bytes its key implies")
+        guard length == expectedLength else {
+            return .corrupt(reason: "record length \(length) is not the \(expectedLength) bytes its key implies")
         }
         if isPartial {
             let cached = CachedHeader(generation: generation, key: header.key, dataLength: length, dataCRC: header.dataCRC,
                                       chunkShift: chunkShift, chunkCRCs: header.chunkCRCs(buffer))
-            return verifyChunks(buffer, header: cached, key: key, remember: cached)
+            return verifyChunks(buffer, header: cached, expectedLength: expectedLength, remember: cached)
         }
         let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: buffer + CacheFormat.headerSize, count: length))
         guard crc == header.dataCRC else {
@@ -108,11 +115,11 @@ public struct ReadPlan: Sendable, Equatable {
         return .hit(length: length, crc: header.dataCRC, header: nil)
     }
 
-    private func verifyChunks(_ buffer: UnsafeRawPointer, header: CachedHeader, key: BlockKey, remember: CachedHeader?) -> ReadOutcome {
+    private func verifyChunks(_ buffer: UnsafeRawPointer, header: CachedHeader, expectedLength: Int, remember: CachedHeader?) -> ReadOutcome {
         let shift = header.chunkShift
         let length = header.dataLength
-        guard length == key.expectedLength, length <= dataBytes else {
-            return .corrupt(reason: "record length \(length) is not the \(key.expectedLength) bytes its key implies")
+        guard length == expectedLength, length <= dataBytes else {
+            return .corrupt(reason: "record length \(length) is not the \(expectedLength) bytes its key implies")
         }
         let data = buffer + CacheFormat.headerSize
         for i in (chunkBytes.lowerBound >> shift)..<(min(chunkBytes.upperBound, length) + (1 << shift) - 1) >> shift {

@@ -122,9 +122,9 @@ final class BlockService: @unchecked Sendable {
     /// fits this worker's buffers.
     func check(_ request: ReadRequest) throws(ShoalError) {
         try request.validate()
-        _ = try store(request.block.object.store)
-        guard UInt64(request.block.blockSize) + UInt64(BlockCache.dataOffset) <= UInt64(pool.bufferSize) else {
-            throw ShoalError(.badRequest, "block size \(request.block.blockSize) is larger than this worker's buffers (\(pool.bufferSize - BlockCache.dataOffset))")
+        _ = try store(request.storeName)
+        guard UInt64(request.blockSize) + UInt64(BlockCache.dataOffset) <= UInt64(pool.bufferSize) else {
+            throw ShoalError(.badRequest, "block size \(request.blockSize) is larger than this worker's buffers (\(pool.bufferSize - BlockCache.dataOffset))")
         }
     }
 
@@ -150,7 +150,7 @@ final class BlockService: @unchecked Sendable {
     }
 
     func objectBlocks(_ request: ReadRequest) -> Int {
-        Int(BlockLayout(blockSize: UInt64(request.block.blockSize)).blockCount(objectSize: request.objectSize))
+        Int(BlockLayout(blockSize: UInt64(request.blockSize)).blockCount(objectSize: request.objectSize))
     }
 
     /// READ, on a fill thread: looks for the block once more (the cache, or a fill of it that
@@ -162,7 +162,7 @@ final class BlockService: @unchecked Sendable {
     /// nothing is left to finish. The shard has checked the request (`check`) before.
     func startRead(_ request: ReadRequest, slot: IOSlot, progress: @escaping @Sendable (Int) -> Void,
                    done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> FillStart {
-        let s = try store(request.block.object.store)
+        let s = try store(request.storeName)
         let id = request.id
         let data = slot.base + BlockCache.dataOffset
         let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
@@ -222,8 +222,8 @@ final class BlockService: @unchecked Sendable {
     private func served(_ request: ReadRequest, length: Int, crc: UInt32, data: UnsafeRawPointer, fill: PendingFill?) throws(ShoalError) -> FilledRange {
         let offset = Int(request.offset)
         let count = Int(request.length)
-        guard length == request.block.expectedLength, offset + count <= length else {
-            throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.block.expectedLength) were expected; not served")
+        guard length == request.expectedLength, offset + count <= length else {
+            throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.expectedLength) were expected; not served")
         }
         datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
         metrics.bytesServed.increment(by: Int64(count))

@@ -75,7 +75,8 @@ final class Shard: @unchecked Sendable {
     private let plaintext = UnsafeMutableRawPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private var lastSweep: UInt64 = 0
     /// Hits per object since the last sweep, reported to the dataset counts in one go.
-    private var hitTally: [ObjectRef: HitTally] = [:]
+    /// Hits per object since the last report, by the hash of the bytes naming the object.
+    private var hitTally: [BlockID: HitTally] = [:]
 
     private var service: BlockService { plane.service }
     private var logger: Logger { plane.logger }
@@ -511,8 +512,9 @@ final class Shard: @unchecked Sendable {
     /// fails, the first completes into an op marked `submitFailed`, which then takes the slow way.
     private func submit(_ plan: ReadPlan, file: FileHandle, into base: UnsafeMutableRawPointer, bufferIndex: Int, op: Int) -> Bool {
         ops[op]!.plan = plan
-        for (kind, read) in [(Kind.diskFirst, plan.first), (Kind.diskSecond, plan.second)] {
-            guard let read else { break }
+        for step in 0..<2 {
+            let kind = step == 0 ? Kind.diskFirst : Kind.diskSecond
+            guard let read = step == 0 ? plan.first : plan.second else { break }
             do {
                 try ring.readFixed(file: file, buffer: base + read.bufferOffset, count: read.count, offset: read.fileOffset,
                                    bufferIndex: bufferIndex, userData: Shard.userData(kind, op, ops.generation(op)))
@@ -538,7 +540,7 @@ final class Shard: @unchecked Sendable {
             return true
         }
         // With serveFromMemory, blocks enter the tier from their fill, never from the disks.
-        guard !service.serveFromMemory, tier.recordAccess(request.id), let slot = tier.beginLoad(request.id, key: key) else { return false }
+        guard !service.serveFromMemory, tier.recordAccess(request.id), let slot = tier.beginLoad(request.id, key: key.array) else { return false }
         guard let plan = service.cache.plan(id: request.id, range: nil, capacity: plane.pool.bufferSize) else {
             tier.abortLoad(slot: slot)
             return false
@@ -563,7 +565,7 @@ final class Shard: @unchecked Sendable {
     private func replyFromTier(_ conn: ShardConnection, _ w: WaitingRead, _ hit: TierHit) {
         let request = w.request
         let data = plane.pool.tierSlot(hit.slot).base + BlockCache.dataOffset
-        guard hit.length == request.block.expectedLength, Int(request.offset) + Int(request.length) <= hit.length else {
+        guard hit.length == request.expectedLength, Int(request.offset) + Int(request.length) <= hit.length else {
             plane.tier?.unpin(hit.slot)
             replyError(conn, .readReply, w.requestID, ShoalError(.internal, "block \(request.block) in memory holds \(hit.length) bytes; not served"))
             return
@@ -594,8 +596,7 @@ final class Shard: @unchecked Sendable {
             startRead(retry)
             return
         }
-        switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.count,
-                                      encodedKey: r.request.keyBytes) {
+        switch complete(plan, r, buffer: base) {
         case .hit(let length, let crc):
             tier.finishLoad(slot: r.tierSlot, length: length, crc: crc)
             let hit = r.request.keyBytes.withUnsafeBytes { tier.lookup(r.request.id, key: $0) }
@@ -611,6 +612,14 @@ final class Shard: @unchecked Sendable {
         case .miss:
             tier.abortLoad(slot: r.tierSlot)
             startRead(retry)
+        }
+    }
+
+    /// Checks what op `r`'s plan read into `buffer` against its key's bytes.
+    private func complete(_ plan: ReadPlan, _ r: ReadOp, buffer: UnsafeRawPointer) -> CacheRead {
+        r.request.keyBytes.withUnsafeBytes { key in
+            service.cache.complete(plan, id: r.request.id, buffer: buffer, readComplete: r.bytes == plan.count, encodedKey: key,
+                                   expectedLength: r.request.expectedLength) { r.request.block }
         }
     }
 
@@ -636,8 +645,7 @@ final class Shard: @unchecked Sendable {
                 return
             }
             let base = plane.pool.bufferBase(r.lease)
-            switch service.cache.complete(plan, key: r.request.block, id: r.request.id, buffer: base, readComplete: r.bytes == plan.count,
-                                          encodedKey: r.request.keyBytes) {
+            switch complete(plan, r, buffer: base) {
             case .hit(let length, let crc):
                 recordHit(r.request)
                 let data = base + BlockCache.dataOffset
@@ -1090,12 +1098,17 @@ final class Shard: @unchecked Sendable {
 
     private func recordHit(_ request: ReadRequest) {
         service.recordHit(request)
-        hitTally[request.block.object, default: HitTally(blocks: service.objectBlocks(request))].add(bytes: Int(request.length))
+        let object = request.withObjectBytes { BlockID(hashing: $0) }
+        if hitTally[object] == nil {
+            // The object's names are decoded once per report, not per hit.
+            hitTally[object] = HitTally(object: request.block.object, blocks: service.objectBlocks(request))
+        }
+        hitTally[object]!.add(bytes: Int(request.length))
     }
 
     private func flushHits() {
-        for (object, t) in hitTally {
-            service.datasets.record(object, hits: t.hits, misses: 0, served: t.bytes, filled: 0, objectBlocks: t.blocks)
+        for t in hitTally.values {
+            service.datasets.record(t.object, hits: t.hits, misses: 0, served: t.bytes, filled: 0, objectBlocks: t.blocks)
         }
         hitTally.removeAll(keepingCapacity: true)
     }
@@ -1145,11 +1158,15 @@ final class Shard: @unchecked Sendable {
 
 /// Hits of one object counted on a shard since its last report.
 struct HitTally {
+    let object: ObjectRef
     var hits = 0
     var bytes = 0
     let blocks: Int
 
-    init(blocks: Int) { self.blocks = blocks }
+    init(object: ObjectRef, blocks: Int) {
+        self.object = object
+        self.blocks = blocks
+    }
 
     mutating func add(bytes n: Int) {
         hits += 1

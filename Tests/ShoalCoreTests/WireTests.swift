@@ -36,6 +36,26 @@ import Testing
         #expect(HelloMessage(decoding: HelloMessage(nonce: [1, 2], clientName: "t").encoded) == nil)  // short nonce
     }
 
+    /// A decoded READ keeps its key as bytes (inline up to `BlockKeyBytes.inlineCapacity`, in an
+    /// array beyond) and its names decode back exactly; malformed UTF-8 in any name is refused.
+    @Test(arguments: [10, 100, 1000]) func aDecodedReadKeepsItsKeyExactly(keyLength: Int) throws {
+        let name = String(repeating: "k", count: keyLength - 1) + "é"
+        let block = BlockKey(object: ObjectRef(store: "default", bucket: "bucket", key: name), etag: "\"0123456789abcdef\"",
+                             objectSize: 9 << 20, blockSize: 4 << 20, index: 2)
+        let sent = ReadRequest(block: block, offset: 7, length: 4096, epoch: 3)
+        let got = try #require(ReadRequest(decoding: sent.encoded))
+        #expect(got == sent && got.id == block.id && got.block == block)
+        #expect(got.keyBytes.array == block.encoded && got.storeName == "default" && got.expectedLength == 1 << 20)
+        #expect(got.withObjectBytes { Array($0) } == Array(block.encoded.prefix(6 + 7 + 6 + name.utf8.count)))
+        try got.validate()
+        // The last byte of the key's name, made a lone continuation byte.
+        var bad = sent.encoded
+        let at = 20 + 2 + 7 + 2 + 6 + 2 + name.utf8.count - 1
+        #expect(bad[at] == 0xA9)
+        bad[at - 1] = 0x41
+        #expect(ReadRequest(decoding: bad) == nil, "a key that is not UTF-8")
+    }
+
     @Test func truncatedOrPaddedMessagesAreRejected() {
         let read = ReadRequest(block: BlockKey(object: object, etag: "e", objectSize: 1, blockSize: 1 << 20, index: 0), offset: 0, length: 1)
         let bytes = read.encoded
