@@ -125,12 +125,22 @@ public final class ShardRing {
         io_uring_sqe_set_data64(s, userData)
     }
 
-    /// Receives into a provided buffer; the completion's flags name it (`providedBufferID`).
-    public func receive(fd: Int32, userData: UInt64) throws(SysError) {
+    /// Receives into provided buffers until cancelled, the socket ends or the buffers run out:
+    /// one completion per receive, whose flags name its buffer (`providedBufferID`) and say
+    /// whether it stays armed (`hasMore`).
+    public func receiveMultishot(fd: Int32, userData: UInt64) throws(SysError) {
         let s = try sqe()
-        io_uring_prep_recv(s, fd, nil, 0, 0)
+        io_uring_prep_recv_multishot(s, fd, nil, 0, 0)
         s.pointee.flags |= UInt8(1 << IOSQE_BUFFER_SELECT_BIT)
         s.pointee.buf_group = group
+        io_uring_sqe_set_data64(s, userData)
+    }
+
+    /// Cancels the operation whose user data is `target`; the cancel's own completion carries
+    /// `userData`, the cancelled one's ends with `ECANCELED`.
+    public func cancel(_ target: UInt64, userData: UInt64) throws(SysError) {
+        let s = try sqe()
+        io_uring_prep_cancel64(s, target, 0)
         io_uring_sqe_set_data64(s, userData)
     }
 

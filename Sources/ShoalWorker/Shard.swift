@@ -82,7 +82,7 @@ final class Shard: @unchecked Sendable {
     private var logger: Logger { plane.logger }
 
     enum Kind: UInt64 {
-        case accept = 1, receive, send, diskFirst, diskSecond, wake
+        case accept = 1, receive, send, diskFirst, diskSecond, wake, cancel
     }
 
     static func userData(_ kind: Kind, _ index: Int, _ generation: UInt32) -> UInt64 {
@@ -194,6 +194,8 @@ final class Shard: @unchecked Sendable {
             }
         case .diskFirst, .diskSecond:
             diskRead(index, generation, res)
+        case .cancel:
+            break  // the cancelled operation's own completion says the rest
         case .wake:
             do { try ring.read(fd: wake.fd, into: wakeBuffer, count: 8, userData: Shard.userData(.wake, 0, 0)) } catch {
                 logger.error("io shard cannot re-arm its wake-up", metadata: ["error": "\(error)"])
@@ -317,10 +319,12 @@ final class Shard: @unchecked Sendable {
         return connections[slot]!
     }
 
+    /// Arms the connection's multishot receive: it stays armed while the state machine wants
+    /// input, and is cancelled when it does not (`holdReceive`): back-pressure.
     private func armReceive(_ conn: ShardConnection) {
         guard !conn.receiving, conn.state == .open || conn.state == .draining else { return }
         do {
-            try ring.receive(fd: conn.fd, userData: Shard.userData(.receive, conn.slot, conn.generation))
+            try ring.receiveMultishot(fd: conn.fd, userData: Shard.userData(.receive, conn.slot, conn.generation))
             conn.receiving = true
         } catch {
             logger.error("cannot receive on a connection", metadata: ["error": "\(error)"])
@@ -328,14 +332,42 @@ final class Shard: @unchecked Sendable {
         }
     }
 
+    /// The state machine holds requests at its limit: stop the receive, so the client's bytes
+    /// wait in the kernel and its TCP window fills. What arrives before the cancel takes effect
+    /// (a few buffers at most) waits in the state machine.
+    private func holdReceive(_ conn: ShardConnection) {
+        guard conn.receiving, !conn.cancellingReceive else { return }
+        do {
+            try ring.cancel(Shard.userData(.receive, conn.slot, conn.generation), userData: Shard.userData(.cancel, conn.slot, conn.generation))
+            conn.cancellingReceive = true
+        } catch {
+            logger.error("cannot pause receiving on a connection", metadata: ["error": "\(error)"])
+            kill(conn)
+        }
+    }
+
+    /// After input: the receive stays armed while more is wanted, and is held otherwise.
+    private func receiveIfWanted(_ conn: ShardConnection) {
+        guard conn.state == .open else { return }
+        if conn.machine.wantsInput { armReceive(conn) } else { holdReceive(conn) }
+    }
+
     private func received(_ slot: Int, _ generation: UInt32, _ res: Int32, _ flags: UInt32) {
         let buffer = ShardRing.providedBufferID(flags)
         defer { if let buffer { ring.recycle(buffer) } }
         guard let conn = connection(slot, generation) else { return }
-        conn.receiving = false
+        if !ShardRing.hasMore(flags) {
+            conn.receiving = false
+            conn.cancellingReceive = false
+        }
         if res == -ENOBUFS {
             // Every receive buffer is in use this instant: try again on the next pass.
             conn.receiveLater = true
+            return
+        }
+        if res == -ECANCELED {
+            // Held for back-pressure; the requests may have drained meanwhile.
+            receiveIfWanted(conn)
             return
         }
         guard res > 0, let buffer else {
@@ -346,7 +378,7 @@ final class Shard: @unchecked Sendable {
         let bytes = UnsafeRawBufferPointer(start: ring.providedBuffer(buffer), count: Int(res))
         switch conn.state {
         case .draining:
-            armReceive(conn)  // discard until the client closes
+            armReceive(conn)  // discard until the client closes (a no-op while armed)
             return
         case .flushing:
             return
@@ -373,7 +405,7 @@ final class Shard: @unchecked Sendable {
             conn.machine.receive(bytes, nonce: nonce, into: &actions)
             perform(conn)
         }
-        if conn.state == .open && conn.machine.wantsInput { armReceive(conn) }
+        receiveIfWanted(conn)
         flush(conn)
     }
 
@@ -1285,7 +1317,10 @@ final class ShardConnection {
     var state = State.open
     /// Handshake (or farewell) deadline; nil once established.
     var deadline: UInt64?
+    /// Its multishot receive is armed (until a completion without `hasMore`).
     var receiving = false
+    /// A cancel of that receive is on its way (back-pressure).
+    var cancellingReceive = false
     var receiveLater = false
     var sawFirstByte = false
     /// Refused for being over `maxConnections`: it holds no place and only says why.

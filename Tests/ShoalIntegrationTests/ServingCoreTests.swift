@@ -174,6 +174,37 @@ import ShoalTestSupport
         }
     }
 
+    /// A client that sends far more READs than its connection may have in flight, and reads
+    /// none of the replies, is not read past its limit: the worker's receive is held, so the
+    /// client's sends stall once the kernel's buffers are full instead of piling up in the worker.
+    @Test func aClientPastItsInFlightLimitIsNotRead() throws {
+        let h = try Harness("held") { $0.allowUntaggedFrames = true }
+        let data = SampleData.bytes(seed: 47, count: 1 << 20)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        let c = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8), untaggedFrames: true)
+        defer { c.close() }
+        // 4 MiB of untagged READs of 64 KiB each, in 256 KiB sends.
+        let read = ReadRequest(block: file.block(0), offset: 0, length: 65536).encoded
+        var chunk: [UInt8] = []
+        var id: UInt32 = 1
+        while chunk.count < 256 << 10 {
+            chunk += FrameHeader(type: .read, requestID: id, payloadLength: UInt32(read.count)).bytes + read
+            id += 1
+        }
+        var sent = 0
+        let deadline = monotonicNanos() + 3_000_000_000
+        while sent < 256 << 20 && monotonicNanos() < deadline {
+            do { try c.socket.send(chunk, deadline: min(deadline, monotonicNanos() + 500_000_000)) } catch { break }
+            sent += chunk.count
+        }
+        print("a client that reads no replies sent \(sent >> 20) MiB of READs before its sends stalled")
+        // Without the hold, the worker would take all 256 MiB (and a READ's worth of work each).
+        #expect(sent < 64 << 20, "\(sent >> 20) MiB of READs were taken from a client past its limit")
+        // Other clients are served meanwhile.
+        #expect(try h.readAll("o") == data)
+    }
+
     /// A worker whose only store is `server` (a canned S3 endpoint), serving one 3 MiB object
     /// (`data`) as version "v1", in 4 MiB blocks, filled by one GET each; TLS between client and worker when asked.
     static func cannedStoreWorker(_ name: String, server: CannedHTTPServer, data: [UInt8], tls: Bool = false) throws -> (Worker, ShoalClient) {
