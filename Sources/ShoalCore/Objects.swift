@@ -169,14 +169,10 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
     /// Decodes a key as a client sent it, with the wire's limits on every name (docs/PROTOCOL.md);
     /// nil if malformed or over a limit.
     public init?(decoding raw: UnsafeRawBufferPointer) {
-        var r = RawReader(raw)
-        guard let store = r.string16(max: WireLimits.maxStoreName), !store.isEmpty,
-              let bucket = r.string16(max: WireLimits.maxBucket), !bucket.isEmpty,
-              let key = r.string16(max: WireLimits.maxKey), !key.isEmpty,
-              let etag = r.string16(max: WireLimits.maxEtag),
-              let size = r.u64(), let bs = r.u32(), let idx = r.u64(), r.isAtEnd
-        else { return nil }
-        self.init(object: ObjectRef(store: store, bucket: bucket, key: key), etag: etag, objectSize: size, blockSize: bs, index: idx)
+        guard let f = BlockKeyFields(parsing: raw) else { return nil }
+        func text(_ range: Range<Int>) -> String { String(decoding: UnsafeRawBufferPointer(rebasing: raw[range]), as: UTF8.self) }
+        self.init(object: ObjectRef(store: text(f.store), bucket: text(f.bucket), key: text(f.key)), etag: text(f.etag),
+                  objectSize: f.objectSize, blockSize: f.blockSize, index: f.index)
     }
 
     /// The block's ID: `encoded`, hashed without a heap allocation.
@@ -188,6 +184,35 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(object)#\(index)@\(etag)+\(objectSize)/\(blockSize)" }
+}
+
+/// Where the parts of a block key's canonical encoding lie, checked against the wire's limits
+/// (every name's length, UTF-8, non-empty store, bucket and key) without making strings.
+public struct BlockKeyFields: Sendable {
+    public let store: Range<Int>
+    public let bucket: Range<Int>
+    public let key: Range<Int>
+    public let etag: Range<Int>
+    public let objectSize: UInt64
+    public let blockSize: UInt32
+    public let index: UInt64
+
+    public init?(parsing raw: UnsafeRawBufferPointer) {
+        var r = RawReader(raw)
+        guard let store = r.utf8Field16(max: WireLimits.maxStoreName), !store.isEmpty,
+              let bucket = r.utf8Field16(max: WireLimits.maxBucket), !bucket.isEmpty,
+              let key = r.utf8Field16(max: WireLimits.maxKey), !key.isEmpty,
+              let etag = r.utf8Field16(max: WireLimits.maxEtag),
+              let size = r.u64(), let bs = r.u32(), let idx = r.u64(), r.isAtEnd
+        else { return nil }
+        self.store = store
+        self.bucket = bucket
+        self.key = key
+        self.etag = etag
+        objectSize = size
+        blockSize = bs
+        index = idx
+    }
 }
 
 /// A 128-bit hash of a `BlockKey`: the index key and the placement input.

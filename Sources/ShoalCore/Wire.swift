@@ -471,13 +471,7 @@ public struct ReadRequest: Sendable, Equatable {
         let rdmaCount = flags & ReadRequest.rdmaFlag != 0 ? 16 : 0
         guard raw.count == 20 + keyCount + rdmaCount else { return nil }
         let key = UnsafeRawBufferPointer(rebasing: raw[20..<20 + keyCount])
-        var r = RawReader(key)
-        guard let store = r.utf8Field16(max: WireLimits.maxStoreName), !store.isEmpty,
-              let bucket = r.utf8Field16(max: WireLimits.maxBucket), !bucket.isEmpty,
-              let name = r.utf8Field16(max: WireLimits.maxKey), !name.isEmpty,
-              let etag = r.utf8Field16(max: WireLimits.maxEtag),
-              let size = r.u64(), let bs = r.u32(), let idx = r.u64(), r.isAtEnd
-        else { return nil }
+        guard let fields = BlockKeyFields(parsing: key) else { return nil }
         self.flags = flags
         self.epoch = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt64.self))
         self.offset = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 10, as: UInt32.self))
@@ -492,10 +486,10 @@ public struct ReadRequest: Sendable, Equatable {
         }
         keyBytes = BlockKeyBytes(key)
         id = BlockID(hashing: key)
-        objectSize = size
-        blockSize = bs
-        index = idx
-        nameCounts = (UInt16(store.count), UInt16(bucket.count), UInt16(name.count), UInt16(etag.count))
+        objectSize = fields.objectSize
+        blockSize = fields.blockSize
+        index = fields.index
+        nameCounts = (UInt16(fields.store.count), UInt16(fields.bucket.count), UInt16(fields.key.count), UInt16(fields.etag.count))
         made = nil
     }
 
