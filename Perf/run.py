@@ -529,9 +529,12 @@ def measure_engine(run, args):
         first = first or e
         hit.append(e["hitReadBytesPerSecond"])
     out = sh([run.shoal, "bench", "replay", "--dir", edir, "--dataset-blocks", str(1024 if args.quick else 4096), "--epochs", "5", "--json"])
+    print("perf: placement (balance, slots moved, build and lookup time)...", flush=True)
+    placement = sh([run.shoal, "bench", "placement", "--members", "10,100" if args.quick else "10,100,1000", "--json"])
     return {"engine_hit": summary(hit), "fio_jobs": summary(fio_hit)}, {
         "blocks": blocks, "indexBytesPerBlock": first["indexBytesPerBlock"], "recoverCleanSeconds": first["recoverCleanSeconds"],
-        "recoverUncleanSeconds": first["recoverUncleanSeconds"]}, [json.loads(line) for line in out.splitlines() if line.strip()]
+        "recoverUncleanSeconds": first["recoverUncleanSeconds"],
+        "placement": [json.loads(line) for line in placement.splitlines() if line.strip()]}, [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def machine():
@@ -569,6 +572,9 @@ def report(args, f, engine, replay, limits):
     ratios.append(("CPU per GB, warm: (worker + client) / (iperf3 sender + receiver)", med["warm.cpuPerGB"] / med["iperf3.cpuPerGB"], 1.0, "max"))
     if engine:
         ratios.append((f"engine hit reads / fio ({c} jobs)", med["engine_hit"] / med["fio_jobs"], 0.9, "min"))
+        for pc in engine["placement"]:
+            if pc["members"] == 100:
+                ratios.append((f"placement max/mean slots, 100 members, {pc['weights']} weights", pc["balanceMaxOverMean"], 1.05, "max"))
     ratios.append(("warm sequential, tagged frames / untagged", med["channel.tagged.warm"] / med["channel.plain.warm"], 0.9, "min"))
 
     def gb(x):
@@ -647,6 +653,15 @@ def report(args, f, engine, replay, limits):
         for r in replay:
             lines.append(f"| {r['trace']} | {r['engineMissRatio']:.3f} | {r['guardedMissRatio']:.3f} | {r['lruMissRatio']:.3f} | "
                          f"{r['engineBlocksWritten']} | {r['guardedBlocksWritten']} | {r['lruBlocksWritten']} |")
+        lines += ["", "## Placement (2^20 slots, weighted rendezvous; `shoal bench placement`)", "",
+                  "Balance: the most slots any member owns against its weight's share. Moved: the share of slots whose owner "
+                  "changes when one member joins (or leaves), against that member's weight share (the least that must move).", "",
+                  "| members | weights | max/mean | moved on join / ideal | moved on leave / ideal | table build (s) | lookup (ns) |",
+                  "|---|---|---|---|---|---|---|"]
+        for pc in engine["placement"]:
+            lines.append(f"| {pc['members']} | {pc['weights']} | {pc['balanceMaxOverMean']:.3f} | "
+                         f"{pc['movedOnJoin']:.5f} / {pc['idealJoin']:.5f} | {pc['movedOnLeave']:.5f} / {pc['idealLeave']:.5f} | "
+                         f"{pc['buildSeconds']:.2f} | {pc['lookupNanos']:.1f} |")
     lines += ["", "## Ratios against the goals", "", "| ratio | value | goal | |", "|---|---|---|---|"]
     for name, v, g, kind in ratios:
         met = v >= g if kind == "min" else v <= g

@@ -65,7 +65,10 @@ public struct ShoalFile: Sendable, Equatable {
 /// large ranges as parallel, pipelined block requests straight into the caller's buffer.
 public final class ShoalClient: @unchecked Sendable {
     public let config: ClientConfig
-    private let placement: Placement
+    /// Block → owner, over the workers given (each a member, its address its id).
+    private let slots: Placement
+    /// The workers in the order of the view's members (`slots` names them by that index).
+    private let workers: [Endpoint]
     private let lock = ConditionLock()
     private var idle: [[WorkerConnection]]
     private let tls: TLSContext?
@@ -79,8 +82,11 @@ public final class ShoalClient: @unchecked Sendable {
         } else {
             tls = nil
         }
-        placement = Placement(members: config.workers.map { PlacementMember(id: $0.description) })
-        idle = Array(repeating: [], count: config.workers.count)
+        let view = try MembershipView(epoch: 0, members: config.workers.map { Member(id: $0.description, address: $0.description) })
+        slots = Placement(view: view)
+        let byAddress = Dictionary(config.workers.map { ($0.description, $0) }, uniquingKeysWith: { a, _ in a })
+        workers = view.members.map { byAddress[$0.address]! }
+        idle = Array(repeating: [], count: workers.count)
     }
 
     deinit { idle.joined().forEach { $0.close() } }
@@ -89,7 +95,7 @@ public final class ShoalClient: @unchecked Sendable {
 
     private func connection(_ worker: Int) throws(ShoalError) -> WorkerConnection {
         if let c = lock.withLock({ idle[worker].popLast() }) { return c }
-        let c = try WorkerConnection(endpoint: config.workers[worker], secret: config.secret, clientName: config.clientName,
+        let c = try WorkerConnection(endpoint: workers[worker], secret: config.secret, clientName: config.clientName,
                                      timeoutMillis: config.timeoutMillis, tls: tls, untaggedFrames: config.untaggedFrames)
         c.acceptsNoData = config.acceptsNoData
         return c
@@ -104,12 +110,13 @@ public final class ShoalClient: @unchecked Sendable {
     }
 
     private func metadataOwner(_ object: ObjectRef) -> Int {
-        placement.owners(of: BlockID(hashing: Array(object.description.utf8)), count: 1).first ?? 0
+        slots.owners(of: BlockID(hashing: Array(object.description.utf8))).owner ?? 0
     }
 
     /// The owner of a block, then its fallback.
     public func owners(of block: BlockKey) -> [Endpoint] {
-        placement.owners(of: block.id).map { config.workers[$0] }
+        let (owner, fallback) = slots.owners(of: block.id)
+        return [owner, fallback].compactMap { $0 }.map { workers[$0] }
     }
 
     // MARK: API
@@ -134,10 +141,10 @@ public final class ShoalClient: @unchecked Sendable {
         giveBack(c, worker)
         let bs = UInt64(reply.blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize else {
-            throw ShoalError(.badRequest, "worker \(config.workers[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
+            throw ShoalError(.badRequest, "worker \(workers[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
         }
         guard !reply.version.etag.isEmpty else {
-            throw ShoalError(.internal, "worker \(config.workers[worker]) gave \(object) no version")
+            throw ShoalError(.internal, "worker \(workers[worker]) gave \(object) no version")
         }
         return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale)
     }
@@ -153,9 +160,9 @@ public final class ShoalClient: @unchecked Sendable {
         let length = min(UInt64(buffer.count), file.size - offset)
         let layout = BlockLayout(blockSize: UInt64(file.blockSize))
         let pieces = layout.pieces(offset: offset, length: length)
-        var byWorker = Array(repeating: [BlockPiece](), count: config.workers.count)
+        var byWorker = Array(repeating: [BlockPiece](), count: workers.count)
         for p in pieces {
-            byWorker[placement.owners(of: file.block(p.index).id, count: 1).first ?? 0].append(p)
+            byWorker[slots.owners(of: file.block(p.index).id).owner ?? 0].append(p)
         }
         for (worker, list) in byWorker.enumerated() where !list.isEmpty {
             try fetch(list, from: worker, file: file, into: base)
@@ -225,7 +232,7 @@ public final class ShoalClient: @unchecked Sendable {
         do { ready = try TCPSocket.readable(sockets, timeoutMillis: Int32(min(Int64(config.timeoutMillis) * 3, Int64(Int32.max)))) } catch {
             throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
         }
-        guard !ready.isEmpty else { throw ShoalError(.timeout, "worker \(config.workers[worker]) sent nothing in time") }
+        guard !ready.isEmpty else { throw ShoalError(.timeout, "worker \(workers[worker]) sent nothing in time") }
         return ready
     }
 }

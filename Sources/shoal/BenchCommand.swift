@@ -8,7 +8,7 @@ import ShoalWorker
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Put a sample dataset in a store and measure reads (Perf/ drives these).",
-        subcommands: [Populate.self, Read.self, Random.self, Get.self, Hold.self, EngineBench.self, ReplayBench.self])
+        subcommands: [Populate.self, Read.self, Random.self, Get.self, Hold.self, EngineBench.self, ReplayBench.self, PlacementBench.self])
 
     /// Direct access to an S3 store, for populating and for the direct-GET baseline.
     struct StoreOptions: ParsableArguments {

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import ShoalCore
 
@@ -175,35 +176,73 @@ import Testing
 }
 
 @Suite struct PlacementTests {
-    @Test func spreadsEvenlyAndMovesOnlyTheLeaversSlots() {
-        let members = (0..<10).map { PlacementMember(id: "w\($0)") }
-        let p = Placement(members: members)
-        var counts = [Int](repeating: 0, count: 10)
-        let slots = 20_000
-        var before: [Int] = []
-        for s in 0..<slots {
-            let owner = p.ranked(slot: UInt64(s), count: 1)[0]
-            counts[owner] += 1
-            before.append(owner)
-        }
-        let mean = Double(slots) / 10
-        #expect(Double(counts.max()!) / mean < 1.15)
-        // Drain w3 (weight 0): only its slots move, each to the old rank-2 owner.
-        var drained = members
-        drained[3].weight = 0
-        let q = Placement(members: drained)
-        for s in 0..<slots {
-            let now = q.ranked(slot: UInt64(s), count: 1)[0]
-            if before[s] != 3 { #expect(now == before[s]) } else {
-                #expect(now == p.ranked(slot: UInt64(s), count: 2)[1])
-            }
-        }
+    static func view(_ n: Int, weight: (Int) -> Double = { _ in 1 }, epoch: UInt64 = 1) throws -> MembershipView {
+        try MembershipView(epoch: epoch, members: (0..<n).map { Member(id: "w\($0)", address: "10.0.0.\($0):7070", weight: weight($0)) })
     }
 
-    @Test func weightsShiftLoad() {
-        let p = Placement(members: [PlacementMember(id: "a", weight: 1), PlacementMember(id: "b", weight: 3)])
-        var b = 0
-        for s in 0..<10_000 where p.ranked(slot: UInt64(s), count: 1)[0] == 1 { b += 1 }
-        #expect(b > 7_000 && b < 8_000)
+    @Test func spreadsEvenlyAndMovesOnlyTheLeaversSlots() throws {
+        let before = Placement(view: try PlacementTests.view(10))
+        let mean = Double(Placement.slotCount) / 10
+        #expect(Double(before.slotCounts.max()!) / mean < 1.02, "\(before.slotCounts)")
+        // Drain w3 (weight 0): only its slots move, each to its old rank-2 member.
+        let w3 = try #require(before.view.index(of: "w3"))
+        let after = Placement(view: try PlacementTests.view(10, weight: { $0 == 3 ? 0 : 1 }, epoch: 2))
+        #expect(after.slotCounts[w3] == 0)
+        var moved = 0
+        for s in 0..<Placement.slotCount {
+            if before.owner(slot: s) == w3 {
+                #expect(after.owner(slot: s) == before.fallback(slot: s))
+                moved += 1
+            } else if after.owner(slot: s) != before.owner(slot: s) {
+                Issue.record("slot \(s) moved from a member that stayed")
+                return
+            }
+        }
+        #expect(moved == before.slotCounts[w3])
+    }
+
+    @Test func aJoinerTakesItsShareFromEveryone() throws {
+        let before = Placement(view: try PlacementTests.view(10))
+        let after = Placement(view: try PlacementTests.view(11, epoch: 2))
+        let joiner = try #require(after.view.index(of: "w10"))
+        var moved = 0
+        for s in 0..<Placement.slotCount where after.owner(slot: s) != before.owner(slot: s).map({ i in after.view.index(of: before.view.members[i].id)! }) {
+            #expect(after.owner(slot: s) == joiner, "a slot moved between members that stayed")
+            moved += 1
+        }
+        let share = Double(moved) / Double(Placement.slotCount)
+        #expect(abs(share - 1.0 / 11) < 0.05 / 11, "moved \(share), ideal \(1.0 / 11)")
+    }
+
+    @Test func weightsShiftLoadAndStatesDecideWhoOwns() throws {
+        let t = Placement(view: try MembershipView(epoch: 1, members: [Member(id: "a", address: "a:1", weight: 1),
+                                                                       Member(id: "b", address: "b:1", weight: 3)]))
+        #expect(abs(t.share(of: 1) - 0.75) < 0.01, "\(t.share(of: 1))")
+        let states = Placement(view: try MembershipView(epoch: 2, members: [Member(id: "a", address: "a:1", state: .joining),
+                                                                            Member(id: "b", address: "b:1", state: .draining),
+                                                                            Member(id: "c", address: "c:1")]))
+        #expect(states.slotCounts == [0, 0, Placement.slotCount])
+        #expect(states.owner(slot: 5) == 2 && states.fallback(slot: 5) == nil)
+        let empty = Placement(view: try MembershipView(epoch: 3, members: []))
+        #expect(empty.owner(slot: 0) == nil)
+    }
+
+    @Test func theScoresLogarithmMatchesLibm() {
+        var bits: UInt64 = 12345
+        for _ in 0..<100_000 {
+            bits = bits &* 6364136223846793005 &+ 1442695040888963407
+            let u = (Double(bits >> 11) + 0.5) / 9_007_199_254_740_992
+            let want = Foundation.log(u)
+            #expect(abs(Placement.logUnit(bits) - want) <= 1e-10 * abs(want) + 1e-15)
+        }
+        #expect(abs(Placement.logUnit(UInt64.max) - Foundation.log((Double(UInt64.max >> 11) + 0.5) / 9_007_199_254_740_992)) < 1e-15)
+        #expect(abs(Placement.logUnit(0) - Foundation.log(0.5 / 9_007_199_254_740_992)) < 1e-9)
+    }
+
+    @Test func aViewRefusesDuplicateIdsAndBadWeights() {
+        #expect(throws: ShoalError.self) { try MembershipView(epoch: 1, members: [Member(id: "a", address: "x:1"), Member(id: "a", address: "y:1")]) }
+        #expect(throws: ShoalError.self) { try MembershipView(epoch: 1, members: [Member(id: "a", address: "x:1", weight: -1)]) }
+        #expect(throws: ShoalError.self) { try MembershipView(epoch: 1, members: [Member(id: "a", address: "x:1", weight: .nan)]) }
+        #expect(throws: ShoalError.self) { try MembershipView(epoch: 1, members: [Member(id: "", address: "x:1")]) }
     }
 }

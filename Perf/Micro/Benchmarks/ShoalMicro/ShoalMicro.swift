@@ -27,10 +27,11 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations { blackHole(key.id) }
     }
 
-    let placement = Placement(members: (0..<64).map { PlacementMember(id: "10.0.\($0 / 16).\($0 % 16):7070") })
+    let members = (0..<64).map { Member(id: "w\($0)", address: "10.0.\($0 / 16).\($0 % 16):7070") }
+    let table = Placement(view: try! MembershipView(epoch: 1, members: members))
     let ids = (0..<4096).map { BlockKey(object: object, etag: "e", objectSize: 1 << 40, blockSize: 4 << 20, index: UInt64($0)).id }
-    Benchmark("placement: owners of a block among 64 workers") { benchmark in
-        for i in benchmark.scaledIterations { blackHole(placement.owners(of: ids[i % ids.count])) }
+    Benchmark("placement: owner and fallback of a block among 64 workers (slot table)") { benchmark in
+        for i in benchmark.scaledIterations { blackHole(table.owners(of: ids[i % ids.count])) }
     }
 
     let many = (0..<1_000_000).map { BlockID(high: UInt64($0) &* 0x9E37_79B9_7F4A_7C15, low: UInt64($0)) }
