@@ -164,9 +164,7 @@ public final class ShoalClient: @unchecked Sendable {
         for p in pieces {
             byWorker[slots.owners(of: file.block(p.index).id).owner ?? 0].append(p)
         }
-        for (worker, list) in byWorker.enumerated() where !list.isEmpty {
-            try fetch(list, from: worker, file: file, into: base)
-        }
+        try fetch(byWorker, file: file, into: base)
         return Int(length)
     }
 
@@ -179,60 +177,68 @@ public final class ShoalClient: @unchecked Sendable {
         return Array(out.prefix(try result.get()))
     }
 
-    /// Spreads `pieces` over up to `connectionsPerWorker` connections. Each connection keeps up
-    /// to `pipelineDepth` READs in flight and gets the next piece as soon as one is answered
-    /// (whichever connection `poll` finds ready first, whichever of its READs the reply names), so
-    /// one slow fill does not stall the rest. Every reply lands straight in its place in the
-    /// caller's buffer.
-    private func fetch(_ pieces: [BlockPiece], from worker: Int, file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
-        let lanes = min(config.connectionsPerWorker, pieces.count)
-        var connections: [WorkerConnection] = []
-        defer { connections.forEach { giveBack($0, worker) } }
-        for _ in 0..<lanes { connections.append(try connection(worker)) }
-        var next = 0
+    /// Reads every worker's pieces at once: each worker's over up to `connectionsPerWorker`
+    /// connections, all of them in one poll set. Each connection keeps up to `pipelineDepth`
+    /// READs in flight and gets the next piece of its worker as soon as one is answered
+    /// (whichever connection `poll` finds ready first, whichever of its READs the reply names),
+    /// so neither a slow fill nor a slow worker stalls the rest. Every reply lands straight in
+    /// its place in the caller's buffer.
+    private func fetch(_ byWorker: [[BlockPiece]], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+        var lanes: [(worker: Int, connection: WorkerConnection)] = []
+        defer { lanes.forEach { giveBack($0.connection, $0.worker) } }
+        for (worker, pieces) in byWorker.enumerated() where !pieces.isEmpty {
+            for _ in 0..<min(config.connectionsPerWorker, pieces.count) { lanes.append((worker, try connection(worker))) }
+        }
+        var next = Array(repeating: 0, count: byWorker.count)
         var firstError: ShoalError?
 
-        func send(_ lane: Int) throws(ShoalError) {
-            let p = pieces[next]
-            next += 1
+        /// Sends the next piece of the lane's worker; false when that worker has none left.
+        func send(_ lane: Int) throws(ShoalError) -> Bool {
+            let worker = lanes[lane].worker
+            guard next[worker] < byWorker[worker].count else { return false }
+            let p = byWorker[worker][next[worker]]
+            next[worker] += 1
             let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length)
-            _ = try connections[lane].sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
+            _ = try lanes[lane].connection.sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
+            return true
         }
         do throws(ShoalError) {
-            for lane in 0..<lanes {
-                let depth = max(1, min(config.pipelineDepth, connections[lane].maxInFlight))
-                for _ in 0..<depth where next < pieces.count { try send(lane) }
+            for lane in lanes.indices {
+                let depth = max(1, min(config.pipelineDepth, lanes[lane].connection.maxInFlight))
+                for _ in 0..<depth { guard try send(lane) else { break } }
             }
-            var remaining = pieces.count
+            var remaining = byWorker.reduce(0) { $0 + $1.count }
             while remaining > 0 {
-                let busy = (0..<lanes).filter { connections[$0].inFlight > 0 }
+                let busy = lanes.indices.filter { lanes[$0].connection.inFlight > 0 }
                 // One connection waiting, or replies already received: no poll needed.
-                let staged = busy.filter { connections[$0].hasBufferedReply }
-                let ready = busy.count == 1 ? [0] : !staged.isEmpty ? staged.map { busy.firstIndex(of: $0)! }
-                    : try readable(busy.map { connections[$0].socket }, worker)
-                for index in ready {
-                    let lane = busy[index]
-                    let (_, result) = try connections[lane].receiveNext()
+                let staged = busy.filter { lanes[$0].connection.hasBufferedReply }
+                let ready = busy.count == 1 ? busy : !staged.isEmpty ? staged
+                    : try readable(busy.map { lanes[$0].connection.socket }, busy.map { lanes[$0].worker }).map { busy[$0] }
+                for lane in ready {
+                    let (_, result) = try lanes[lane].connection.receiveNext()
                     // A status reply (or a bad checksum, read in full) leaves the connection in step.
                     if case .failure(let error) = result { firstError = firstError ?? error }
                     remaining -= 1
-                    if next < pieces.count { try send(lane) }
+                    _ = try send(lane)
                 }
             }
         } catch {
-            connections.forEach { $0.close() }
-            connections.removeAll()
+            lanes.forEach { $0.connection.close() }
+            lanes.removeAll()
             throw error
         }
         if let firstError { throw firstError }
     }
 
-    private func readable(_ sockets: [TCPSocket], _ worker: Int) throws(ShoalError) -> [Int] {
+    private func readable(_ sockets: [TCPSocket], _ waitingOn: [Int]) throws(ShoalError) -> [Int] {
         let ready: [Int]
         do { ready = try TCPSocket.readable(sockets, timeoutMillis: Int32(min(Int64(config.timeoutMillis) * 3, Int64(Int32.max)))) } catch {
             throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
         }
-        guard !ready.isEmpty else { throw ShoalError(.timeout, "worker \(workers[worker]) sent nothing in time") }
+        guard !ready.isEmpty else {
+            let silent = Set(waitingOn).sorted().map { workers[$0].description }
+            throw ShoalError(.timeout, "\(silent.count > 1 ? "workers" : "worker") \(silent.joined(separator: ", ")) sent nothing in time")
+        }
         return ready
     }
 }

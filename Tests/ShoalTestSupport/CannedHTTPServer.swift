@@ -16,6 +16,8 @@ public final class CannedHTTPServer: @unchecked Sendable {
     private var holdAfter: Int?
     private var truncate = false
     private var released = false
+    /// Serving one object by range (`serveObject`): its bytes and etag.
+    private var object: (body: [UInt8], etag: String)?
 
     public init() throws {
         let (listener, port) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: 0))
@@ -30,6 +32,12 @@ public final class CannedHTTPServer: @unchecked Sendable {
     public func respond(_ status: String, headers: [String], body: [UInt8] = []) {
         let head = "HTTP/1.1 \(status)\r\n" + headers.map { $0 + "\r\n" }.joined() + "Content-Length: \(body.count)\r\n"
         lock.withLock { response = (head, body) }
+    }
+
+    /// Serves one object as a store does: HEAD with its length and etag, GET of `Range: bytes=a-b`
+    /// with 206 and that slice (holds and cuts apply to it), GET without a range with it all.
+    public func serveObject(_ body: [UInt8], etag: String) {
+        lock.withLock { object = (body, etag) }
     }
 
     /// Answers HEAD requests with `status` and these headers (and no body) from now on.
@@ -78,6 +86,17 @@ public final class CannedHTTPServer: @unchecked Sendable {
             let isHead = request.hasPrefix("HEAD")
             let (h, body, holdAfter, truncate) = lock.withLock { () -> (String, [UInt8], Int?, Bool) in
                 seen.append(request)
+                if let object {
+                    let common = "ETag: \(object.etag)\r\n"
+                    if isHead { return ("HTTP/1.1 200 OK\r\n" + common + "Content-Length: \(object.body.count)\r\n", [], nil, false) }
+                    if let (a, b) = CannedHTTPServer.range(request), a < object.body.count {
+                        let end = min(b, object.body.count - 1)
+                        let slice = Array(object.body[a...end])
+                        return ("HTTP/1.1 206 Partial Content\r\n" + common + "Content-Range: bytes \(a)-\(end)/\(object.body.count)\r\n"
+                                + "Content-Length: \(slice.count)\r\n", slice, self.holdAfter, self.truncate)
+                    }
+                    return ("HTTP/1.1 200 OK\r\n" + common + "Content-Length: \(object.body.count)\r\n", object.body, self.holdAfter, self.truncate)
+                }
                 if isHead, let headResponse { return (headResponse, [], nil, false) }
                 return (response.head, response.body, self.holdAfter, self.truncate)
             }
@@ -99,6 +118,17 @@ public final class CannedHTTPServer: @unchecked Sendable {
             }
             connection.close()
         }
+    }
+}
+
+extension CannedHTTPServer {
+    /// The `Range: bytes=a-b` of a request's header block.
+    static func range(_ request: String) -> (Int, Int)? {
+        for line in request.split(separator: "\r\n") where line.lowercased().hasPrefix("range: bytes=") {
+            let spec = line.dropFirst("range: bytes=".count).split(separator: "-")
+            if spec.count == 2, let a = Int(spec[0]), let b = Int(spec[1]), a <= b { return (a, b) }
+        }
+        return nil
     }
 }
 
