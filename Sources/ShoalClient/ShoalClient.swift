@@ -10,7 +10,14 @@ public struct ClientConfig: Sendable {
     /// in flight (and no more than the worker allows). Replies come back in any order.
     public var connectionsPerWorker = 8
     public var pipelineDepth = 4
+    /// How long a reply (or a handshake) may take before its worker counts as unreachable.
     public var timeoutMillis: Int32 = 10_000
+    /// How long a connect may take: short, so a dead worker costs little before its blocks go
+    /// to their fallback.
+    public var connectTimeoutMillis: Int32 = 1_000
+    /// How long a worker that failed stays marked down: its blocks go to their fallback meanwhile,
+    /// and nothing waits on it; the first read after that tries it again.
+    public var markDownSeconds: Double = 5
     public var clientName = "shoal-client"
     /// Benchmarks only: count READ_NODATA replies from a worker running with `answerWithoutData`
     /// as answered (the buffer is left untouched) instead of failing them.
@@ -71,6 +78,8 @@ public final class ShoalClient: @unchecked Sendable {
     private let workers: [Endpoint]
     private let lock = ConditionLock()
     private var idle: [[WorkerConnection]]
+    /// Workers that failed, and until when (monotonic ns) they are left alone.
+    private var downUntil: [Int: UInt64] = [:]
     private let tls: TLSContext?
 
     public init(config: ClientConfig) throws(ShoalError) {
@@ -94,11 +103,26 @@ public final class ShoalClient: @unchecked Sendable {
     // MARK: connections
 
     private func connection(_ worker: Int) throws(ShoalError) -> WorkerConnection {
-        if let c = lock.withLock({ idle[worker].popLast() }) { return c }
+        try connectionAndAge(worker).0
+    }
+
+    /// A connection to `worker`, and whether it was just made (not taken from the pool).
+    private func connectionAndAge(_ worker: Int) throws(ShoalError) -> (WorkerConnection, Bool) {
+        if let c = lock.withLock({ idle[worker].popLast() }) { return (c, false) }
         let c = try WorkerConnection(endpoint: workers[worker], secret: config.secret, clientName: config.clientName,
-                                     timeoutMillis: config.timeoutMillis, tls: tls, untaggedFrames: config.untaggedFrames)
+                                     timeoutMillis: config.timeoutMillis, connectTimeoutMillis: config.connectTimeoutMillis, tls: tls,
+                                     untaggedFrames: config.untaggedFrames)
         c.acceptsNoData = config.acceptsNoData
-        return c
+        return (c, true)
+    }
+
+    /// Closes the pooled connections to `worker` (one of them broke: the others likely did too).
+    private func dropIdle(_ worker: Int) {
+        let stale = lock.withLock { () -> [WorkerConnection] in
+            defer { idle[worker].removeAll() }
+            return idle[worker]
+        }
+        stale.forEach { $0.close() }
     }
 
     private func giveBack(_ c: WorkerConnection, _ worker: Int) {
@@ -109,8 +133,43 @@ public final class ShoalClient: @unchecked Sendable {
         }
     }
 
-    private func metadataOwner(_ object: ObjectRef) -> Int {
-        slots.owners(of: BlockID(hashing: Array(object.description.utf8))).owner ?? 0
+    /// The workers marked down now (their addresses), for status and tests.
+    public var downWorkers: [Endpoint] {
+        let now = monotonicNanos()
+        return lock.withLock { downUntil.filter { $0.value > now }.keys.sorted().map { workers[$0] } }
+    }
+
+    private func isDown(_ worker: Int) -> Bool {
+        guard let until = lock.withLock({ downUntil[worker] }) else { return false }
+        return monotonicNanos() < until
+    }
+
+    private func markDown(_ worker: Int) {
+        let until = monotonicNanos() + UInt64(max(0, config.markDownSeconds) * 1e9)
+        lock.withLock { downUntil[worker] = until }
+        dropIdle(worker)
+    }
+
+    /// A failure that says the worker cannot be reached (rather than what it answered).
+    private static func unreachable(_ error: ShoalError) -> Bool { error.code == .connectionFailed || error.code == .timeout }
+
+    /// Where a block goes: its owner, or its rank-2 fallback while the owner is down (or is
+    /// `avoiding`); nil when neither can be used.
+    private func route(_ id: BlockID, avoiding: Int? = nil) -> Int? {
+        let (owner, fallback) = slots.owners(of: id)
+        return [owner, fallback].compactMap { $0 }.first { $0 != avoiding && !isDown($0) }
+    }
+
+    private func unroutable(_ id: BlockID, _ what: String) -> ShoalError {
+        let (owner, fallback) = slots.owners(of: id)
+        let names = [owner, fallback].compactMap { $0 }.map { workers[$0].description }.joined(separator: " and ")
+        return ShoalError(.connectionFailed, "\(what): \(names.isEmpty ? "no worker owns it" : "its owner and fallback (\(names)) are unreachable")")
+    }
+
+    private func metadataOwner(_ object: ObjectRef) throws(ShoalError) -> Int {
+        let id = BlockID(hashing: Array(object.description.utf8))
+        guard let w = route(id) else { throw unroutable(id, "the version of \(object) cannot be asked") }
+        return w
     }
 
     /// The owner of a block, then its fallback.
@@ -124,21 +183,28 @@ public final class ShoalClient: @unchecked Sendable {
     /// The object's size and etag as the cluster sees it (`revalidate` bypasses the worker's TTL).
     public func stat(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> ShoalFile {
         try object.validate()
-        let worker = metadataOwner(object)
-        let c = try connection(worker)
-        let reply: StatReply
-        do {
-            reply = try c.stat(object, revalidate: revalidate)
-        } catch {
-            // A status reply leaves the connection usable; anything else may have broken it.
-            if error.code == .connectionFailed || error.code == .timeout || error.code == .badRequest || error.code == .tampered {
-                c.close()
-            } else {
-                giveBack(c, worker)
+        var worker = try metadataOwner(object)
+        var answer: Result<StatReply, ShoalError>
+        var broken = 0
+        while true {
+            do {
+                answer = try statOnce(object, revalidate: revalidate, worker: worker)
+                break
+            } catch {
+                // A connection that broke is tried once more; a worker that cannot be reached (or
+                // breaks again) is marked down, and its fallback answers for it.
+                guard ShoalClient.unreachable(error.error) else { throw error.error }
+                if error.connected && broken == 0 {
+                    broken += 1
+                    continue
+                }
+                markDown(worker)
+                guard let next = route(BlockID(hashing: Array(object.description.utf8))) else { throw error.error }
+                worker = next
+                broken = 0
             }
-            throw error
         }
-        giveBack(c, worker)
+        let reply = try answer.get()
         let bs = UInt64(reply.blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize else {
             throw ShoalError(.badRequest, "worker \(workers[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
@@ -147,6 +213,32 @@ public final class ShoalClient: @unchecked Sendable {
             throw ShoalError(.internal, "worker \(workers[worker]) gave \(object) no version")
         }
         return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale)
+    }
+
+    /// A failure to reach a worker: `connected` when a connection was made and then broke.
+    private struct Unreached: Error {
+        var error: ShoalError
+        var connected: Bool
+    }
+
+    /// One STAT on `worker`: throws when the worker could not be reached or the connection broke;
+    /// what the worker answered (a version, or an error of its own) is the result.
+    private func statOnce(_ object: ObjectRef, revalidate: Bool, worker: Int) throws(Unreached) -> Result<StatReply, ShoalError> {
+        let c: WorkerConnection
+        do { c = try connection(worker) } catch { throw Unreached(error: error, connected: false) }
+        do {
+            let reply = try c.stat(object, revalidate: revalidate)
+            giveBack(c, worker)
+            return .success(reply)
+        } catch {
+            if c.isBroken {
+                c.close()
+                throw Unreached(error: error, connected: true)
+            }
+            // A status reply leaves the connection usable.
+            if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, worker) }
+            return .failure(error)
+        }
     }
 
     /// Opens an object at its current version.
@@ -160,11 +252,7 @@ public final class ShoalClient: @unchecked Sendable {
         let length = min(UInt64(buffer.count), file.size - offset)
         let layout = BlockLayout(blockSize: UInt64(file.blockSize))
         let pieces = layout.pieces(offset: offset, length: length)
-        var byWorker = Array(repeating: [BlockPiece](), count: workers.count)
-        for p in pieces {
-            byWorker[slots.owners(of: file.block(p.index).id).owner ?? 0].append(p)
-        }
-        try fetch(byWorker, file: file, into: base)
+        try fetch(pieces, file: file, into: base)
         return Int(length)
     }
 
@@ -177,68 +265,155 @@ public final class ShoalClient: @unchecked Sendable {
         return Array(out.prefix(try result.get()))
     }
 
-    /// Reads every worker's pieces at once: each worker's over up to `connectionsPerWorker`
-    /// connections, all of them in one poll set. Each connection keeps up to `pipelineDepth`
-    /// READs in flight and gets the next piece of its worker as soon as one is answered
-    /// (whichever connection `poll` finds ready first, whichever of its READs the reply names),
-    /// so neither a slow fill nor a slow worker stalls the rest. Every reply lands straight in
-    /// its place in the caller's buffer.
-    private func fetch(_ byWorker: [[BlockPiece]], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
-        var lanes: [(worker: Int, connection: WorkerConnection)] = []
-        defer { lanes.forEach { giveBack($0.connection, $0.worker) } }
-        for (worker, pieces) in byWorker.enumerated() where !pieces.isEmpty {
-            for _ in 0..<min(config.connectionsPerWorker, pieces.count) { lanes.append((worker, try connection(worker))) }
-        }
-        var next = Array(repeating: 0, count: byWorker.count)
-        var firstError: ShoalError?
+    /// One connection of a read: its worker and the pieces in flight on it, by request id.
+    private final class Lane {
+        let worker: Int
+        let connection: WorkerConnection
+        /// Made for this read, not taken from the pool.
+        let fresh: Bool
+        var inFlight: [UInt32: BlockPiece] = [:]
+        var open = true
 
-        /// Sends the next piece of the lane's worker; false when that worker has none left.
-        func send(_ lane: Int) throws(ShoalError) -> Bool {
-            let worker = lanes[lane].worker
-            guard next[worker] < byWorker[worker].count else { return false }
-            let p = byWorker[worker][next[worker]]
-            next[worker] += 1
-            let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length)
-            _ = try lanes[lane].connection.sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
-            return true
+        init(worker: Int, connection: WorkerConnection, fresh: Bool) {
+            self.worker = worker
+            self.connection = connection
+            self.fresh = fresh
         }
-        do throws(ShoalError) {
-            for lane in lanes.indices {
-                let depth = max(1, min(config.pipelineDepth, lanes[lane].connection.maxInFlight))
-                for _ in 0..<depth { guard try send(lane) else { break } }
+    }
+
+    /// Reads every block's piece from its owner, all owners at once: each worker's pieces over
+    /// up to `connectionsPerWorker` connections, all of them in one poll set. Each connection
+    /// keeps up to `pipelineDepth` READs in flight and gets the next piece of its worker as soon
+    /// as one is answered, so neither a slow fill nor a slow worker stalls the rest. Every reply
+    /// lands straight in its place in the caller's buffer.
+    ///
+    /// A worker that cannot be reached (no connection, or no answer in time) is marked down and
+    /// its pieces, sent or not, go to their fallbacks: it costs this read one timeout, and later
+    /// reads none. A connection that breaks (the worker may have closed it: a store that failed
+    /// in the middle of a reply) is replaced and its pieces sent again, once each.
+    private func fetch(_ pieces: [BlockPiece], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+        var queues = Array(repeating: [BlockPiece](), count: workers.count)
+        var lanes: [Lane] = []
+        var resent = Set<UInt64>()
+        var firstError: ShoalError?
+        defer { for lane in lanes where lane.open { giveBack(lane.connection, lane.worker) } }
+
+        func assign(_ p: BlockPiece, avoiding: Int? = nil, cause: ShoalError? = nil) throws(ShoalError) {
+            let id = file.block(p.index).id
+            guard let w = route(id, avoiding: avoiding) else {
+                throw cause ?? unroutable(id, "block \(p.index) of \(file.object) cannot be read")
             }
-            var remaining = byWorker.reduce(0) { $0 + $1.count }
+            queues[w].append(p)
+        }
+        /// A connection broke: its pieces go again on a new one (to the same worker), once each
+        /// (a pooled connection that had gone stale does not count), and the pool is dropped.
+        func broke(_ lane: Lane, _ error: ShoalError) throws(ShoalError) {
+            lane.open = false
+            lane.connection.close()
+            dropIdle(lane.worker)
+            for p in lane.inFlight.values {
+                guard !lane.fresh || resent.insert(p.index).inserted else { throw error }
+                queues[lane.worker].insert(p, at: 0)
+            }
+            lane.inFlight.removeAll()
+        }
+        /// Marks `worker` down and hands its pieces (queued, and in flight on its connections) on.
+        func fail(_ worker: Int, _ cause: ShoalError) throws(ShoalError) {
+            markDown(worker)
+            var orphans = queues[worker]
+            queues[worker].removeAll()
+            for lane in lanes where lane.worker == worker && lane.open {
+                lane.open = false
+                lane.connection.close()
+                orphans += lane.inFlight.values
+                lane.inFlight.removeAll()
+            }
+            for p in orphans { try assign(p, avoiding: worker, cause: cause) }
+        }
+        /// Opens connections to workers with pieces waiting and none open.
+        func openLanes() throws(ShoalError) {
+            var w = 0
+            while w < workers.count {
+                defer { w += 1 }
+                guard !queues[w].isEmpty, !lanes.contains(where: { $0.worker == w && $0.open }) else { continue }
+                for _ in 0..<min(config.connectionsPerWorker, queues[w].count) {
+                    do {
+                        let (c, fresh) = try connectionAndAge(w)
+                        lanes.append(Lane(worker: w, connection: c, fresh: fresh))
+                    } catch where ShoalClient.unreachable(error) {
+                        try fail(w, error)
+                        w = -1  // its pieces went elsewhere: look at every worker again
+                        break
+                    }
+                }
+            }
+        }
+        /// Keeps the lane's pipeline full from its worker's queue.
+        func feed(_ lane: Lane) throws(ShoalError) {
+            let depth = max(1, min(config.pipelineDepth, lane.connection.maxInFlight))
+            while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
+                queues[lane.worker].removeFirst()
+                let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length)
+                do {
+                    let id = try lane.connection.sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
+                    lane.inFlight[id] = p
+                } catch where ShoalClient.unreachable(error) {
+                    queues[lane.worker].insert(p, at: 0)
+                    try broke(lane, error)
+                }
+            }
+        }
+
+        do throws(ShoalError) {
+            for p in pieces { try assign(p) }
+            var remaining = pieces.count
             while remaining > 0 {
-                let busy = lanes.indices.filter { lanes[$0].connection.inFlight > 0 }
+                try openLanes()
+                for lane in lanes where lane.open { try feed(lane) }
+                let busy = lanes.filter { $0.open && !$0.inFlight.isEmpty }
+                guard !busy.isEmpty else { continue }
                 // One connection waiting, or replies already received: no poll needed.
-                let staged = busy.filter { lanes[$0].connection.hasBufferedReply }
-                let ready = busy.count == 1 ? busy : !staged.isEmpty ? staged
-                    : try readable(busy.map { lanes[$0].connection.socket }, busy.map { lanes[$0].worker }).map { busy[$0] }
-                for lane in ready {
-                    let (_, result) = try lanes[lane].connection.receiveNext()
-                    // A status reply (or a bad checksum, read in full) leaves the connection in step.
-                    if case .failure(let error) = result { firstError = firstError ?? error }
-                    remaining -= 1
-                    _ = try send(lane)
+                let staged = busy.filter { $0.connection.hasBufferedReply }
+                var ready = busy.count == 1 ? busy : staged
+                if ready.isEmpty {
+                    let got = try readable(busy.map { $0.connection.socket })
+                    if got.isEmpty {
+                        // Nothing from any of them in time: each is unreachable.
+                        for w in Set(busy.map(\.worker)) {
+                            try fail(w, ShoalError(.timeout, "worker \(workers[w]) sent nothing in \(config.timeoutMillis) ms"))
+                        }
+                        continue
+                    }
+                    ready = got.map { busy[$0] }
+                }
+                for lane in ready where lane.open {
+                    do {
+                        let (id, result) = try lane.connection.receiveNext()
+                        lane.inFlight[id] = nil
+                        // A status reply (or a bad checksum, read in full) leaves the connection in step.
+                        if case .failure(let error) = result { firstError = firstError ?? error }
+                        remaining -= 1
+                    } catch where error.code == .timeout {
+                        try fail(lane.worker, error)
+                    } catch where error.code == .connectionFailed {
+                        try broke(lane, error)
+                    }
                 }
             }
         } catch {
-            lanes.forEach { $0.connection.close() }
-            lanes.removeAll()
+            for lane in lanes where lane.open {
+                lane.open = false
+                lane.connection.close()
+            }
             throw error
         }
         if let firstError { throw firstError }
     }
 
-    private func readable(_ sockets: [TCPSocket], _ waitingOn: [Int]) throws(ShoalError) -> [Int] {
-        let ready: [Int]
-        do { ready = try TCPSocket.readable(sockets, timeoutMillis: Int32(min(Int64(config.timeoutMillis) * 3, Int64(Int32.max)))) } catch {
+    /// The sockets with something to read, by index; empty when none had anything in time.
+    private func readable(_ sockets: [TCPSocket]) throws(ShoalError) -> [Int] {
+        do { return try TCPSocket.readable(sockets, timeoutMillis: config.timeoutMillis) } catch {
             throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
         }
-        guard !ready.isEmpty else {
-            let silent = Set(waitingOn).sorted().map { workers[$0].description }
-            throw ShoalError(.timeout, "\(silent.count > 1 ? "workers" : "worker") \(silent.joined(separator: ", ")) sent nothing in time")
-        }
-        return ready
     }
 }

@@ -45,7 +45,7 @@ public final class WorkerConnection: @unchecked Sendable {
     /// `untaggedFrames` asks a worker running with the benchmark switch `allowUntaggedFrames` for
     /// frames without tags, to measure what the tags cost; never for service.
     public init(endpoint: Endpoint, secret: [UInt8], clientName: String = "shoal-client", timeoutMillis: Int32 = 10_000,
-                tls: TLSContext? = nil, untaggedFrames: Bool = false) throws(ShoalError) {
+                connectTimeoutMillis: Int32? = nil, tls: TLSContext? = nil, untaggedFrames: Bool = false) throws(ShoalError) {
         self.endpoint = endpoint
         self.timeoutNanos = UInt64(timeoutMillis) * 1_000_000
         let nonce: [UInt8]
@@ -54,7 +54,7 @@ public final class WorkerConnection: @unchecked Sendable {
         }
         let socket: TCPSocket
         do {
-            socket = try TCPSocket.connect(endpoint, timeoutMillis: timeoutMillis)
+            socket = try TCPSocket.connect(endpoint, timeoutMillis: connectTimeoutMillis ?? timeoutMillis)
         } catch {
             throw ShoalError(.connectionFailed, "cannot connect to worker \(endpoint): \(error)")
         }

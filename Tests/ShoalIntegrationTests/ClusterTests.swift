@@ -55,4 +55,44 @@ import ShoalTestSupport
         servers[first].release()
         #expect(try outcome.wait().get() == data)
     }
+
+    /// A worker that dies (its port refuses) or is cut off (nothing comes back, nothing says so)
+    /// costs a read at most one timeout: it is marked down, its blocks, sent or not, go to their
+    /// fallback, and the read is whole. While it is down, reads do not try it at all.
+    @Test(arguments: ["dead", "cut off"]) func aReadRoutesAroundAnUnreachableWorker(how: String) throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("failover")
+        let data = SampleData.bytes(seed: 49, count: 16 << 20)
+        try fx.store().put(bucket: bucket, key: "o", bytes: data)
+        let workers = try (0..<2).map { i -> Worker in
+            let w = try Worker(config: testWorkerConfig(cacheDirectory: makeTemporaryDirectory("failover-\(i)"), store: fx.storeConfig()),
+                               logger: testLogger)
+            try w.start()
+            return w
+        }
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let relay = try TCPRelay(to: Endpoint(host: "127.0.0.1", port: workers[1].port))
+        var config = ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: workers[0].port), relay.endpoint],
+                                  secret: Array("test-secret-0123456789".utf8))
+        config.timeoutMillis = 1000
+        config.connectTimeoutMillis = 500
+        config.markDownSeconds = 60
+        let client = try ShoalClient(config: config)
+        let ref = ObjectRef(store: "default", bucket: bucket, key: "o")
+        let file = try client.open(ref)
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        let viaRelay = (0..<16).filter { client.owners(of: file.block(UInt64($0))).first == relay.endpoint }.count
+        #expect(viaRelay > 0 && viaRelay < 16, "the relayed worker owns \(viaRelay) of 16 blocks")
+        #expect(workers[1].metrics.value("shoal_bytes_served_total") == Double(viaRelay << 20))
+
+        if how == "dead" { relay.cut() } else { relay.freeze() }
+        // Warm on the other worker or not, every byte comes back.
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(client.downWorkers == [relay.endpoint])
+        #expect(try client.open(ref) == file, "a STAT goes to the fallback too")
+        let accepted = relay.accepted
+        #expect(try client.read(file, offset: 12345, length: 8 << 20) == Array(data[12345..<(12345 + (8 << 20))]))
+        #expect(relay.accepted == accepted, "a worker marked down is not tried again")
+        #expect(workers[1].metrics.value("shoal_bytes_served_total") == Double(viaRelay << 20), "nothing more reached it")
+    }
 }

@@ -8,7 +8,12 @@ public final class TCPRelay: @unchecked Sendable {
     private let lock = ConditionLock()
     private var listener: TCPSocket?
     private var open: [TCPSocket] = []
+    private var frozen = false
+    private var _accepted = 0
     public private(set) var port: UInt16 = 0
+
+    /// Connections accepted so far.
+    public var accepted: Int { lock.withLock { _accepted } }
 
     public init(to target: Endpoint) throws {
         self.target = target
@@ -28,6 +33,10 @@ public final class TCPRelay: @unchecked Sendable {
         }
     }
 
+    /// A silent cut-off (a link down): connections stay open and new ones are accepted, but no
+    /// byte goes through either way, and nothing says so.
+    public func freeze() { lock.withLock { frozen = true } }
+
     /// Listens again on the same port.
     public func restore() throws { try start(port: port) }
 
@@ -39,15 +48,21 @@ public final class TCPRelay: @unchecked Sendable {
         }
         try OSThread.spawn(name: "relay-accept") { [self] in
             while let client = try? l.accept() {
+                let held = lock.withLock { () -> Bool in
+                    _accepted += 1
+                    if frozen { open.append(client) }
+                    return frozen
+                }
+                if held { continue }
                 guard let upstream = try? TCPSocket.connect(target, timeoutMillis: 2000) else { client.close(); continue }
                 lock.withLock { open += [client, upstream] }
-                try? OSThread.spawn(name: "relay-up") { TCPRelay.pump(client, upstream) }
-                try? OSThread.spawn(name: "relay-down") { TCPRelay.pump(upstream, client) }
+                try? OSThread.spawn(name: "relay-up") { [self] in pump(client, upstream) }
+                try? OSThread.spawn(name: "relay-down") { [self] in pump(upstream, client) }
             }
         }
     }
 
-    private static func pump(_ from: TCPSocket, _ to: TCPSocket) {
+    private func pump(_ from: TCPSocket, _ to: TCPSocket) {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 16)
         defer {
             buffer.deallocate()
@@ -57,6 +72,7 @@ public final class TCPRelay: @unchecked Sendable {
             let n = recv(from.fd, buffer, 1 << 16, 0)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { return }
+            if lock.withLock({ frozen }) { continue }  // swallowed
             guard (try? to.send([UnsafeRawBufferPointer(start: buffer, count: n)], deadline: monotonicNanos() + 10_000_000_000)) != nil else { return }
         }
     }
