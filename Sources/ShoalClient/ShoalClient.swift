@@ -4,7 +4,11 @@ import ShoalTransport
 
 /// How a client finds and talks to the cluster.
 public struct ClientConfig: Sendable {
+    /// The workers, when no members file is given: each a member whose id is its address.
     public var workers: [Endpoint]
+    /// The cluster's members file (`MembersFile`), read again when it changes; it replaces
+    /// `workers`.
+    public var membersFile: String?
     public var secret: [UInt8]
     /// Connections per worker; a large read uses them all, each with up to `pipelineDepth` READs
     /// in flight (and no more than the worker allows). Replies come back in any order.
@@ -72,18 +76,43 @@ public struct ShoalFile: Sendable, Equatable {
 /// large ranges as parallel, pipelined block requests straight into the caller's buffer.
 public final class ShoalClient: @unchecked Sendable {
     public let config: ClientConfig
-    /// Block → owner, over the workers given (each a member, its address its id).
-    private let slots: Placement
-    /// The workers in the order of the view's members (`slots` names them by that index).
-    private let workers: [Endpoint]
+    /// One view of the cluster, as one call uses it: its members' addresses and ids by the
+    /// index its placement names them by.
+    final class Routing: Sendable {
+        let view: MembershipView
+        let slots: Placement
+        let endpoints: [Endpoint]
+        let ids: [String]
+
+        init(view: MembershipView) throws(ShoalError) {
+            var endpoints: [Endpoint] = []
+            for m in view.members {
+                guard let e = Endpoint(m.address) else { throw ShoalError(.badRequest, "member '\(m.id)' has address '\(m.address)', not host:port") }
+                endpoints.append(e)
+            }
+            self.view = view
+            self.endpoints = endpoints
+            ids = view.members.map(\.id)
+            slots = Placement(view: view)
+        }
+    }
+
     private let lock = ConditionLock()
-    private var idle: [[WorkerConnection]]
-    /// Workers that failed, and until when (monotonic ns) they are left alone.
-    private var downUntil: [Int: UInt64] = [:]
+    private var routing: Routing
+    /// Connections kept for later calls, by member id.
+    private var idle: [String: [WorkerConnection]] = [:]
+    /// Members that failed, by id, and until when (monotonic ns) they are left alone.
+    private var downUntil: [String: UInt64] = [:]
     private let tls: TLSContext?
+    /// The members file as last read (its modification time and size), and when it was checked.
+    private var membersStamp: (UInt64, UInt64)?
+    private var membersChecked: UInt64 = 0
+    private var _viewError: String?
 
     public init(config: ClientConfig) throws(ShoalError) {
-        guard !config.workers.isEmpty else { throw ShoalError(.badRequest, "no worker address given (e.g. 127.0.0.1:7070)") }
+        guard !config.workers.isEmpty || config.membersFile != nil else {
+            throw ShoalError(.badRequest, "no worker address given (e.g. 127.0.0.1:7070) and no members file")
+        }
         guard !config.secret.isEmpty else { throw ShoalError(.badRequest, "no cluster secret given; workers refuse clients without it") }
         self.config = config
         if let ca = config.tlsCAFile {
@@ -91,63 +120,103 @@ public final class ShoalClient: @unchecked Sendable {
         } else {
             tls = nil
         }
-        let view = try MembershipView(epoch: 0, members: config.workers.map { Member(id: $0.description, address: $0.description) })
-        slots = Placement(view: view)
-        let byAddress = Dictionary(config.workers.map { ($0.description, $0) }, uniquingKeysWith: { a, _ in a })
-        workers = view.members.map { byAddress[$0.address]! }
-        idle = Array(repeating: [], count: workers.count)
+        if let path = config.membersFile {
+            membersStamp = FileSystem.info(path).map { ($0.modifiedNanos, $0.size) }
+            routing = try Routing(view: try MembersFile.load(path))
+        } else {
+            routing = try Routing(view: try MembershipView(epoch: 0, members: config.workers.map { Member(id: $0.description, address: $0.description) }))
+        }
+        membersChecked = monotonicNanos()
     }
 
-    deinit { idle.joined().forEach { $0.close() } }
+    deinit { idle.values.joined().forEach { $0.close() } }
+
+    // MARK: the view
+
+    /// The view calls route by now (the members file read again if it changed, at most once a
+    /// second).
+    public var view: MembershipView { current().view }
+
+    /// Why the members file last read was not taken (the view before it stays); nil when it was.
+    public var viewError: String? { lock.withLock { _viewError } }
+
+    private func current() -> Routing {
+        guard let path = config.membersFile else { return lock.withLock { routing } }
+        let now = monotonicNanos()
+        let (due, last) = lock.withLock { () -> (Bool, (UInt64, UInt64)?) in
+            guard now - membersChecked >= 1_000_000_000 else { return (false, nil) }
+            membersChecked = now
+            return (true, membersStamp)
+        }
+        if due, let info = FileSystem.info(path), last.map({ $0 != (info.modifiedNanos, info.size) }) ?? true {
+            let result = Result { () throws(ShoalError) -> Routing in try Routing(view: try MembersFile.load(path)) }
+            lock.withLock {
+                membersStamp = (info.modifiedNanos, info.size)
+                switch result {
+                case .success(let next) where next.view.epoch >= routing.view.epoch:
+                    routing = next
+                    _viewError = nil
+                case .success(let next):
+                    _viewError = "members file \(path) has epoch \(next.view.epoch), older than the view in use (\(routing.view.epoch)); kept that view"
+                case .failure(let error):
+                    _viewError = error.message + "; kept the view of epoch \(routing.view.epoch)"
+                }
+            }
+        }
+        return lock.withLock { routing }
+    }
 
     // MARK: connections
 
-    private func connection(_ worker: Int) throws(ShoalError) -> WorkerConnection {
-        try connectionAndAge(worker).0
+    private func connection(_ r: Routing, _ worker: Int) throws(ShoalError) -> WorkerConnection {
+        try connectionAndAge(r, worker).0
     }
 
     /// A connection to `worker`, and whether it was just made (not taken from the pool).
-    private func connectionAndAge(_ worker: Int) throws(ShoalError) -> (WorkerConnection, Bool) {
-        if let c = lock.withLock({ idle[worker].popLast() }) { return (c, false) }
-        let c = try WorkerConnection(endpoint: workers[worker], secret: config.secret, clientName: config.clientName,
+    private func connectionAndAge(_ r: Routing, _ worker: Int) throws(ShoalError) -> (WorkerConnection, Bool) {
+        let id = r.ids[worker]
+        if let c = lock.withLock({ idle[id]?.popLast() }) {
+            if c.endpoint == r.endpoints[worker] { return (c, false) }
+            c.close()  // the member moved to another address
+        }
+        let c = try WorkerConnection(endpoint: r.endpoints[worker], secret: config.secret, clientName: config.clientName,
                                      timeoutMillis: config.timeoutMillis, connectTimeoutMillis: config.connectTimeoutMillis, tls: tls,
                                      untaggedFrames: config.untaggedFrames)
         c.acceptsNoData = config.acceptsNoData
         return (c, true)
     }
 
-    /// Closes the pooled connections to `worker` (one of them broke: the others likely did too).
-    private func dropIdle(_ worker: Int) {
-        let stale = lock.withLock { () -> [WorkerConnection] in
-            defer { idle[worker].removeAll() }
-            return idle[worker]
-        }
+    /// Closes the pooled connections to member `id` (one of them broke: the others likely did too).
+    private func dropIdle(_ id: String) {
+        let stale = lock.withLock { idle.removeValue(forKey: id) ?? [] }
         stale.forEach { $0.close() }
     }
 
-    private func giveBack(_ c: WorkerConnection, _ worker: Int) {
+    private func giveBack(_ c: WorkerConnection, _ id: String) {
         if c.isBroken { c.close(); return }
         lock.withLock {
-            if idle[worker].count < config.connectionsPerWorker { idle[worker].append(c); return }
+            if idle[id, default: []].count < config.connectionsPerWorker { idle[id, default: []].append(c); return }
             c.close()
         }
     }
 
     /// The workers marked down now (their addresses), for status and tests.
     public var downWorkers: [Endpoint] {
+        let r = current()
         let now = monotonicNanos()
-        return lock.withLock { downUntil.filter { $0.value > now }.keys.sorted().map { workers[$0] } }
+        let down = lock.withLock { Set(downUntil.filter { $0.value > now }.keys) }
+        return r.ids.indices.filter { down.contains(r.ids[$0]) }.map { r.endpoints[$0] }
     }
 
-    private func isDown(_ worker: Int) -> Bool {
-        guard let until = lock.withLock({ downUntil[worker] }) else { return false }
+    private func isDown(_ id: String) -> Bool {
+        guard let until = lock.withLock({ downUntil[id] }) else { return false }
         return monotonicNanos() < until
     }
 
-    private func markDown(_ worker: Int) {
+    private func markDown(_ id: String) {
         let until = monotonicNanos() + UInt64(max(0, config.markDownSeconds) * 1e9)
-        lock.withLock { downUntil[worker] = until }
-        dropIdle(worker)
+        lock.withLock { downUntil[id] = until }
+        dropIdle(id)
     }
 
     /// A failure that says the worker cannot be reached (rather than what it answered).
@@ -155,27 +224,28 @@ public final class ShoalClient: @unchecked Sendable {
 
     /// Where a block goes: its owner, or its rank-2 fallback while the owner is down (or is
     /// `avoiding`); nil when neither can be used.
-    private func route(_ id: BlockID, avoiding: Int? = nil) -> Int? {
-        let (owner, fallback) = slots.owners(of: id)
-        return [owner, fallback].compactMap { $0 }.first { $0 != avoiding && !isDown($0) }
+    private func route(_ r: Routing, _ id: BlockID, avoiding: Int? = nil) -> Int? {
+        let (owner, fallback) = r.slots.owners(of: id)
+        return [owner, fallback].compactMap { $0 }.first { $0 != avoiding && !isDown(r.ids[$0]) }
     }
 
-    private func unroutable(_ id: BlockID, _ what: String) -> ShoalError {
-        let (owner, fallback) = slots.owners(of: id)
-        let names = [owner, fallback].compactMap { $0 }.map { workers[$0].description }.joined(separator: " and ")
+    private func unroutable(_ r: Routing, _ id: BlockID, _ what: String) -> ShoalError {
+        let (owner, fallback) = r.slots.owners(of: id)
+        let names = [owner, fallback].compactMap { $0 }.map { r.endpoints[$0].description }.joined(separator: " and ")
         return ShoalError(.connectionFailed, "\(what): \(names.isEmpty ? "no worker owns it" : "its owner and fallback (\(names)) are unreachable")")
     }
 
-    private func metadataOwner(_ object: ObjectRef) throws(ShoalError) -> Int {
+    private func metadataOwner(_ r: Routing, _ object: ObjectRef) throws(ShoalError) -> Int {
         let id = BlockID(hashing: Array(object.description.utf8))
-        guard let w = route(id) else { throw unroutable(id, "the version of \(object) cannot be asked") }
+        guard let w = route(r, id) else { throw unroutable(r, id, "the version of \(object) cannot be asked") }
         return w
     }
 
     /// The owner of a block, then its fallback.
     public func owners(of block: BlockKey) -> [Endpoint] {
-        let (owner, fallback) = slots.owners(of: block.id)
-        return [owner, fallback].compactMap { $0 }.map { workers[$0] }
+        let r = current()
+        let (owner, fallback) = r.slots.owners(of: block.id)
+        return [owner, fallback].compactMap { $0 }.map { r.endpoints[$0] }
     }
 
     // MARK: API
@@ -183,12 +253,13 @@ public final class ShoalClient: @unchecked Sendable {
     /// The object's size and etag as the cluster sees it (`revalidate` bypasses the worker's TTL).
     public func stat(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> ShoalFile {
         try object.validate()
-        var worker = try metadataOwner(object)
+        let r = current()
+        var worker = try metadataOwner(r, object)
         var answer: Result<StatReply, ShoalError>
         var broken = 0
         while true {
             do {
-                answer = try statOnce(object, revalidate: revalidate, worker: worker)
+                answer = try statOnce(r, object, revalidate: revalidate, worker: worker)
                 break
             } catch {
                 // A connection that broke is tried once more; a worker that cannot be reached (or
@@ -198,8 +269,8 @@ public final class ShoalClient: @unchecked Sendable {
                     broken += 1
                     continue
                 }
-                markDown(worker)
-                guard let next = route(BlockID(hashing: Array(object.description.utf8))) else { throw error.error }
+                markDown(r.ids[worker])
+                guard let next = route(r, BlockID(hashing: Array(object.description.utf8))) else { throw error.error }
                 worker = next
                 broken = 0
             }
@@ -207,10 +278,10 @@ public final class ShoalClient: @unchecked Sendable {
         let reply = try answer.get()
         let bs = UInt64(reply.blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize else {
-            throw ShoalError(.badRequest, "worker \(workers[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
+            throw ShoalError(.badRequest, "worker \(r.endpoints[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
         }
         guard !reply.version.etag.isEmpty else {
-            throw ShoalError(.internal, "worker \(workers[worker]) gave \(object) no version")
+            throw ShoalError(.internal, "worker \(r.endpoints[worker]) gave \(object) no version")
         }
         return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale)
     }
@@ -223,12 +294,12 @@ public final class ShoalClient: @unchecked Sendable {
 
     /// One STAT on `worker`: throws when the worker could not be reached or the connection broke;
     /// what the worker answered (a version, or an error of its own) is the result.
-    private func statOnce(_ object: ObjectRef, revalidate: Bool, worker: Int) throws(Unreached) -> Result<StatReply, ShoalError> {
+    private func statOnce(_ r: Routing, _ object: ObjectRef, revalidate: Bool, worker: Int) throws(Unreached) -> Result<StatReply, ShoalError> {
         let c: WorkerConnection
-        do { c = try connection(worker) } catch { throw Unreached(error: error, connected: false) }
+        do { c = try connection(r, worker) } catch { throw Unreached(error: error, connected: false) }
         do {
             let reply = try c.stat(object, revalidate: revalidate)
-            giveBack(c, worker)
+            giveBack(c, r.ids[worker])
             return .success(reply)
         } catch {
             if c.isBroken {
@@ -236,7 +307,7 @@ public final class ShoalClient: @unchecked Sendable {
                 throw Unreached(error: error, connected: true)
             }
             // A status reply leaves the connection usable.
-            if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, worker) }
+            if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, r.ids[worker]) }
             return .failure(error)
         }
     }
@@ -252,7 +323,7 @@ public final class ShoalClient: @unchecked Sendable {
         let length = min(UInt64(buffer.count), file.size - offset)
         let layout = BlockLayout(blockSize: UInt64(file.blockSize))
         let pieces = layout.pieces(offset: offset, length: length)
-        try fetch(pieces, file: file, into: base)
+        try fetch(current(), pieces, file: file, into: base)
         return Int(length)
     }
 
@@ -291,17 +362,18 @@ public final class ShoalClient: @unchecked Sendable {
     /// its pieces, sent or not, go to their fallbacks: it costs this read one timeout, and later
     /// reads none. A connection that breaks (the worker may have closed it: a store that failed
     /// in the middle of a reply) is replaced and its pieces sent again, once each.
-    private func fetch(_ pieces: [BlockPiece], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+    private func fetch(_ r: Routing, _ pieces: [BlockPiece], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+        let workers = r.endpoints
         var queues = Array(repeating: [BlockPiece](), count: workers.count)
         var lanes: [Lane] = []
         var resent = Set<UInt64>()
         var firstError: ShoalError?
-        defer { for lane in lanes where lane.open { giveBack(lane.connection, lane.worker) } }
+        defer { for lane in lanes where lane.open { giveBack(lane.connection, r.ids[lane.worker]) } }
 
         func assign(_ p: BlockPiece, avoiding: Int? = nil, cause: ShoalError? = nil) throws(ShoalError) {
             let id = file.block(p.index).id
-            guard let w = route(id, avoiding: avoiding) else {
-                throw cause ?? unroutable(id, "block \(p.index) of \(file.object) cannot be read")
+            guard let w = route(r, id, avoiding: avoiding) else {
+                throw cause ?? unroutable(r, id, "block \(p.index) of \(file.object) cannot be read")
             }
             queues[w].append(p)
         }
@@ -310,7 +382,7 @@ public final class ShoalClient: @unchecked Sendable {
         func broke(_ lane: Lane, _ error: ShoalError) throws(ShoalError) {
             lane.open = false
             lane.connection.close()
-            dropIdle(lane.worker)
+            dropIdle(r.ids[lane.worker])
             for p in lane.inFlight.values {
                 guard !lane.fresh || resent.insert(p.index).inserted else { throw error }
                 queues[lane.worker].insert(p, at: 0)
@@ -319,7 +391,7 @@ public final class ShoalClient: @unchecked Sendable {
         }
         /// Marks `worker` down and hands its pieces (queued, and in flight on its connections) on.
         func fail(_ worker: Int, _ cause: ShoalError) throws(ShoalError) {
-            markDown(worker)
+            markDown(r.ids[worker])
             var orphans = queues[worker]
             queues[worker].removeAll()
             for lane in lanes where lane.worker == worker && lane.open {
@@ -338,7 +410,7 @@ public final class ShoalClient: @unchecked Sendable {
                 guard !queues[w].isEmpty, !lanes.contains(where: { $0.worker == w && $0.open }) else { continue }
                 for _ in 0..<min(config.connectionsPerWorker, queues[w].count) {
                     do {
-                        let (c, fresh) = try connectionAndAge(w)
+                        let (c, fresh) = try connectionAndAge(r, w)
                         lanes.append(Lane(worker: w, connection: c, fresh: fresh))
                     } catch where ShoalClient.unreachable(error) {
                         try fail(w, error)

@@ -10,7 +10,8 @@ struct Shoal: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shoal",
         abstract: "A distributed NVMe read cache for AI training data.",
-        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, PinCommand.self, UnpinCommand.self, BenchCommand.self, SelftestCommand.self])
+        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, PinCommand.self, UnpinCommand.self, RingCommand.self,
+                      DrainCommand.self, UndrainCommand.self, BenchCommand.self, SelftestCommand.self])
 }
 
 /// Prints `shoal: error: …` and exits non-zero: the one way commands report failure.
@@ -39,6 +40,9 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .customLong("worker"), help: "A worker's host:port (repeat for several; default: $SHOAL_WORKERS, comma-separated).")
     var workers: [String] = []
 
+    @Option(help: "The cluster's members file, read again when it changes; replaces --worker (default: $SHOAL_MEMBERS_FILE).")
+    var members: String?
+
     @Option(help: "File holding the cluster secret (default: $SHOAL_SECRET_FILE).")
     var secretFile: String?
 
@@ -50,9 +54,12 @@ struct ClientOptions: ParsableArguments {
 
     func makeClientConfig() throws -> ClientConfig {
         let env = ProcessEnvironment.get
+        let membersFile = members ?? env("SHOAL_MEMBERS_FILE").flatMap { $0.isEmpty ? nil : $0 }
         var list = workers
-        if list.isEmpty, let w = env("SHOAL_WORKERS") { list = w.split(separator: ",").map(String.init) }
-        guard !list.isEmpty else { throw fail("no worker given: pass --worker HOST:PORT or set SHOAL_WORKERS", code: 2) }
+        if list.isEmpty, membersFile == nil, let w = env("SHOAL_WORKERS") { list = w.split(separator: ",").map(String.init) }
+        guard !list.isEmpty || membersFile != nil else {
+            throw fail("no worker given: pass --worker HOST:PORT or --members FILE, or set SHOAL_WORKERS or SHOAL_MEMBERS_FILE", code: 2)
+        }
         var endpoints: [Endpoint] = []
         for w in list {
             guard let e = Endpoint(w.trimmingCharacters()) else { throw fail("worker address '\(w)' is not host:port", code: 2) }
@@ -70,6 +77,7 @@ struct ClientOptions: ParsableArguments {
         }
         guard connections >= 1 && connections <= 64 else { throw fail("--connections must be 1-64", code: 2) }
         var config = ClientConfig(workers: endpoints, secret: secret)
+        config.membersFile = membersFile
         config.connectionsPerWorker = connections
         config.clientName = "shoal-cli"
         if let ca = tlsCa ?? env("SHOAL_TLS_CA_FILE"), !ca.isEmpty { config.tlsCAFile = ca }

@@ -95,4 +95,85 @@ import ShoalTestSupport
         #expect(relay.accepted == accepted, "a worker marked down is not tried again")
         #expect(workers[1].metrics.value("shoal_bytes_served_total") == Double(viaRelay << 20), "nothing more reached it")
     }
+
+    @Test func aMembersFileParsesAndItsErrorsNameTheKey() throws {
+        let text = """
+        epoch: 7
+        members:
+          - id: w1
+            address: 127.0.0.1:7072
+            weight: 2TiB
+            state: draining
+          - id: w0
+            address: 127.0.0.1:7070
+        """
+        let view = try MembersFile.parse(text, source: "m.yaml")
+        #expect(view.epoch == 7 && view.members.map(\.id) == ["w0", "w1"])
+        #expect(view.members[0].weight == 1 && view.members[0].state == .active)
+        #expect(view.members[1].weight == Double(2 << 40) && view.members[1].state == .draining)
+        #expect(try MembersFile.parse(MembersFile.render(view), source: "rendered") == view)
+        let cases: [(String, String)] = [
+            ("members: []", "'epoch' is missing"),
+            ("epoch: -1\nmembers: []", "'epoch' is '-1'"),
+            ("epoch: 1\nmembers: [{id: a, address: nowhere}]", "members[0].address 'nowhere' is not host:port"),
+            ("epoch: 1\nmembers: [{id: a, address: 'h:1', state: gone}]", "members[0].state 'gone' is not one of"),
+            ("epoch: 1\nmembers: [{id: a, address: 'h:1', weight: lots}]", "members[0].weight 'lots'"),
+            ("epoch: 1\nmembers: [{id: a, address: 'h:1', colour: red}]", "members[0]: unknown key 'colour'"),
+            ("epoch: 1\nmembers: [{id: a, address: 'h:1'}, {id: a, address: 'h:2'}]", "member id 'a' appears twice"),
+            ("epoch: 1\nmembers: [{id: a, address: 'h:1'}]\nextra: 1", "unknown key 'extra'"),
+            ("epoch: [", "not valid YAML"),
+        ]
+        for (bad, says) in cases {
+            #expect { _ = try MembersFile.parse(bad, source: "m.yaml") } throws: { error in
+                let message = (error as? ShoalError)?.message ?? ""
+                return message.hasPrefix("members file m.yaml: ") && message.contains(says)
+            }
+        }
+    }
+
+    /// A client given a members file follows it: a member drained in the file gets no more
+    /// reads, a file that does not parse (or goes back in epoch) leaves the last good view in use
+    /// and says why.
+    @Test func aClientFollowsItsMembersFile() throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("members")
+        let data = SampleData.bytes(seed: 50, count: 16 << 20)
+        try fx.store().put(bucket: bucket, key: "o", bytes: data)
+        let workers = try (0..<2).map { i -> Worker in
+            let w = try Worker(config: testWorkerConfig(cacheDirectory: makeTemporaryDirectory("members-\(i)"), store: fx.storeConfig()),
+                               logger: testLogger)
+            try w.start()
+            return w
+        }
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let path = makeTemporaryDirectory("members-file") + "/members.yaml"
+        let members = (0..<2).map { Member(id: "w\($0)", address: "127.0.0.1:\(workers[$0].port)") }
+        try MembersFile.write(try MembershipView(epoch: 1, members: members), to: path)
+        var config = ClientConfig(workers: [], secret: Array("test-secret-0123456789".utf8))
+        config.membersFile = path
+        let client = try ShoalClient(config: config)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(workers[1].metrics.value("shoal_bytes_served_total") > 0)
+
+        var drained = members
+        drained[1].state = .draining
+        try MembersFile.write(try MembershipView(epoch: 2, members: drained), to: path)
+        usleep(1_100_000)  // the file is looked at once a second at most
+        let served = workers[1].metrics.value("shoal_bytes_served_total")
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(client.view.epoch == 2 && client.viewError == nil)
+        #expect(workers[1].metrics.value("shoal_bytes_served_total") == served, "a drained member got reads")
+
+        try FileSystem.writeFile(path, Array("epoch: 3\nmembers: [{id: w0, address: nowhere}]\n".utf8))
+        usleep(1_100_000)
+        #expect(try client.read(file, offset: 0, length: 4096) == Array(data[0..<4096]))
+        #expect(client.view.epoch == 2)
+        #expect(client.viewError?.contains("members[0].address 'nowhere' is not host:port") == true, "\(client.viewError ?? "")")
+
+        try MembersFile.write(try MembershipView(epoch: 1, members: members), to: path)
+        usleep(1_100_000)
+        #expect(client.view.epoch == 2)
+        #expect(client.viewError?.contains("epoch 1, older than the view in use (2)") == true, "\(client.viewError ?? "")")
+    }
 }

@@ -1,0 +1,88 @@
+import ShoalCore
+import ShoalSys
+import Yams
+
+/// The static members file, the embedded membership source: the cluster's workers in YAML,
+///
+///     epoch: 3
+///     members:
+///       - id: w0                      # stable; never reuse one for another worker
+///         address: 127.0.0.1:17070    # its data plane
+///         weight: 4GiB                # a size or a number (its share of the slots); default 1
+///         state: active               # joining, active or draining; default active
+///
+/// A client given the file reads it again when it changes; `shoal drain` and `shoal undrain`
+/// rewrite a member's state and raise the epoch.
+public enum MembersFile {
+    public static func parse(_ text: String, source: String) throws(ShoalError) -> MembershipView {
+        func bad(_ what: String) -> ShoalError { ShoalError(.badRequest, "members file \(source): \(what)") }
+        let loaded: Any?
+        do { loaded = try Yams.load(yaml: text) } catch { throw bad("not valid YAML: \(error)") }
+        guard let root = loaded as? [String: Any] else { throw bad("the top level must be a mapping with 'epoch' and 'members'") }
+        for key in root.keys where key != "epoch" && key != "members" { throw bad("unknown key '\(key)' (known: epoch, members)") }
+        guard let epochValue = root["epoch"] else { throw bad("key 'epoch' is missing (a number that grows with every change)") }
+        guard let epoch = (epochValue as? Int).flatMap({ $0 >= 0 ? UInt64($0) : nil }) else {
+            throw bad("key 'epoch' is '\(epochValue)', not a whole number of 0 or more")
+        }
+        guard let list = root["members"] as? [Any] else { throw bad("key 'members' must be a list of members") }
+        var members: [Member] = []
+        for (i, item) in list.enumerated() {
+            let at = "members[\(i)]"
+            guard let m = item as? [String: Any] else { throw bad("\(at) must be a mapping with id, address, weight, state") }
+            for key in m.keys where !["id", "address", "weight", "state"].contains(key) {
+                throw bad("\(at): unknown key '\(key)' (known: id, address, weight, state)")
+            }
+            guard let id = m["id"].map({ "\($0)" }), !id.isEmpty else { throw bad("\(at).id is missing") }
+            guard let address = m["address"] as? String, Endpoint(address) != nil else {
+                throw bad("\(at).address '\(m["address"].map { "\($0)" } ?? "")' is not host:port")
+            }
+            var weight = 1.0
+            if let w = m["weight"] {
+                if let n = w as? Int { weight = Double(n) } else if let d = w as? Double { weight = d } else if let s = w as? String, let bytes = ByteSize.parse(s) {
+                    weight = Double(bytes)
+                } else {
+                    throw bad("\(at).weight '\(w)' is not a number or a size (like 4TiB)")
+                }
+            }
+            var state = MemberState.active
+            if let s = m["state"] {
+                guard let text = s as? String, let parsed = MemberState(rawValue: text) else {
+                    throw bad("\(at).state '\(s)' is not one of \(MemberState.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                state = parsed
+            }
+            members.append(Member(id: id, address: address, weight: weight, state: state))
+        }
+        do { return try MembershipView(epoch: epoch, members: members) } catch { throw bad(error.message) }
+    }
+
+    /// Reads and parses `path`.
+    public static func load(_ path: String) throws(ShoalError) -> MembershipView {
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.readFile(path) } catch { throw ShoalError(.badRequest, "members file \(path) cannot be read: \(error)") }
+        return try parse(String(decoding: bytes, as: UTF8.self), source: path)
+    }
+
+    /// The file for `view`.
+    public static func render(_ view: MembershipView) -> String {
+        var out = "epoch: \(view.epoch)\nmembers:\n"
+        for m in view.members {
+            let weight = m.weight == m.weight.rounded() && abs(m.weight) < 1e18 ? "\(Int64(m.weight))" : "\(m.weight)"
+            out += "  - id: \"\(m.id)\"\n    address: \"\(m.address)\"\n    weight: \(weight)\n    state: \(m.state.rawValue)\n"
+        }
+        return out
+    }
+
+    /// Writes `view` to `path` in one step (a new file renamed over the old), so a reader never
+    /// sees half of it.
+    public static func write(_ view: MembershipView, to path: String) throws(ShoalError) {
+        let temporary = path + ".new"
+        do {
+            try FileSystem.writeFile(temporary, Array(render(view).utf8), permissions: 0o644)
+            try FileSystem.rename(temporary, path)
+        } catch {
+            FileSystem.remove(temporary)
+            throw ShoalError(.internal, "cannot write members file \(path): \(error)")
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import ArgumentParser
+import ShoalClient
+import ShoalCore
+import ShoalSys
+import ShoalTransport
+
+/// `shoal ring`: the view a client routes by, member by member.
+struct RingCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ring", abstract: "Show the cluster's members: address, state, weight, share of the slots, and whether each answers.")
+
+    @OptionGroup var client: ClientOptions
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        let config = try client.makeClientConfig()
+        let view: MembershipView
+        do { view = try ShoalClient(config: config).view } catch { throw fail(error.message) }
+        let placement = Placement(view: view)
+        var rows: [(Member, Double, String)] = []
+        for (i, m) in view.members.enumerated() {
+            rows.append((m, placement.share(of: i), RingCommand.probe(m, config)))
+        }
+        if json {
+            let members = rows.map { m, share, answer in
+                "{\"id\":\(JSONText.quote(m.id)),\"address\":\(JSONText.quote(m.address)),\"state\":\"\(m.state.rawValue)\","
+                    + "\"weight\":\(m.weight),\"share\":\(formatFixed(share, decimals: 5)),\"answers\":\(answer == "yes"),\"probe\":\(JSONText.quote(answer))}"
+            }
+            print("{\"epoch\":\(view.epoch),\"members\":[\(members.joined(separator: ","))]}")
+            return
+        }
+        print("epoch \(view.epoch), \(view.members.count) members")
+        print("id\taddress\tstate\tweight\tshare\tanswers")
+        for (m, share, answer) in rows {
+            print("\(m.id)\t\(m.address)\t\(m.state.rawValue)\t\(m.weight)\t\(formatFixed(share * 100, decimals: 2))%\t\(answer)")
+        }
+    }
+
+    /// Connects and runs the handshake: "yes", or why not.
+    static func probe(_ m: Member, _ config: ClientConfig) -> String {
+        guard let endpoint = Endpoint(m.address) else { return "no: not host:port" }
+        var tls: TLSContext?
+        if let ca = config.tlsCAFile {
+            do { tls = try TLSContext.client(caFile: ca) } catch { return "no: \(error.message)" }
+        }
+        do {
+            let c = try WorkerConnection(endpoint: endpoint, secret: config.secret, clientName: "shoal-ring", timeoutMillis: 2000,
+                                         connectTimeoutMillis: 1000, tls: tls)
+            c.close()
+            return "yes"
+        } catch {
+            return "no: \(error.message)"
+        }
+    }
+}
+
+/// Sets a member's state in the members file and raises its epoch: clients read it again.
+struct MemberStateChange {
+    static func apply(file: String?, id: String, to state: MemberState) throws {
+        guard let path = file ?? ProcessEnvironment.get("SHOAL_MEMBERS_FILE"), !path.isEmpty else {
+            throw fail("no members file: pass --members FILE or set SHOAL_MEMBERS_FILE", code: 2)
+        }
+        do {
+            let view = try MembersFile.load(path)
+            guard let i = view.index(of: id) else {
+                throw ShoalError(.badRequest, "no member '\(id)' in \(path) (members: \(view.members.map(\.id).joined(separator: ", ")))")
+            }
+            var members = view.members
+            members[i].state = state
+            try MembersFile.write(try MembershipView(epoch: view.epoch + 1, members: members), to: path)
+            print("\(id): \(state.rawValue) (epoch \(view.epoch + 1))")
+        } catch let error as ShoalError {
+            throw fail(error.message)
+        }
+    }
+}
+
+struct DrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drain", abstract: "Take a member out of placement (its blocks go to the others) in the members file.")
+    @Argument(help: "The member's id.") var id: String
+    @Option(help: "The members file (default: $SHOAL_MEMBERS_FILE).") var members: String?
+
+    func run() throws { try MemberStateChange.apply(file: members, id: id, to: .draining) }
+}
+
+struct UndrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "undrain", abstract: "Put a drained member back into placement in the members file.")
+    @Argument(help: "The member's id.") var id: String
+    @Option(help: "The members file (default: $SHOAL_MEMBERS_FILE).") var members: String?
+
+    func run() throws { try MemberStateChange.apply(file: members, id: id, to: .active) }
+}
