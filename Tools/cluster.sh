@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local Shoal cluster on this machine: SeaweedFS as the object store and N cache workers.
 #   Tools/cluster.sh start [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls]
+#                          [--memory-tier SIZE] [--shards N]
 #   Tools/cluster.sh stop  [--dir DIR]
 # Workers listen on 127.0.0.1:BASE, BASE+2, ... (admin on the odd ports). `start` writes
 # DIR/cluster.env: source it and `shoal cat s3://...` reads through the cluster. --tls makes a CA
@@ -8,7 +9,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-}"; shift || true
-dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"; tls=false
+dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"; tls=false; tier=""; shards=""
+
 while [ $# -gt 0 ]; do
     case "$1" in
         --workers) workers="$2"; shift 2 ;;
@@ -16,6 +18,8 @@ while [ $# -gt 0 ]; do
         --capacity) capacity="$2"; shift 2 ;;
         --port) base="$2"; shift 2 ;;
         --tls) tls=true; shift ;;
+        --memory-tier) tier="$2"; shift 2 ;;
+        --shards) shards="$2"; shift 2 ;;
         *) echo "cluster: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -90,6 +94,8 @@ YAML
         if $tls; then
             printf 'tls:\n  certFile: %s\n  keyFile: %s\n' "$dir/tls/worker.pem" "$dir/tls/worker.key" >> "$w/worker.yaml"
         fi
+        if [ -n "$tier" ]; then echo "memoryTier: $tier" >> "$w/worker.yaml"; fi
+        if [ -n "$shards" ]; then echo "shards: $shards" >> "$w/worker.yaml"; fi
         setsid "$shoal" worker --config "$w/worker.yaml" > "$w/worker.log" 2>&1 < /dev/null &
         echo $! > "$w/worker.pid"
         addresses+=("127.0.0.1:$port"); admins+=("127.0.0.1:$((port + 1))")
@@ -99,18 +105,24 @@ YAML
         for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
         curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || { echo "cluster: worker $i did not start; see $dir/w$i/worker.log" >&2; tail -5 "$dir/w$i/worker.log" >&2; exit 1; }
     done
+    # The members file clients route by (ids w0, w1, ...; weight: the cache capacity).
+    { echo "epoch: 1"; echo "members:"
+      for i in $(seq 0 $((workers - 1))); do
+          printf '  - id: w%s\n    address: "%s"\n    weight: %s\n    state: active\n' "$i" "${addresses[$i]}" "$capacity"
+      done; } > "$dir/members.yaml"
     { cat "$dir/objectstore/s3.env"
       echo "SHOAL_WORKERS=$(IFS=,; echo "${addresses[*]}")"
+      echo "SHOAL_MEMBERS_FILE=$dir/members.yaml"
       echo "SHOAL_ADMINS=$(IFS=,; echo "${admins[*]}")"
       echo "SHOAL_SECRET_FILE=$dir/secret"
       if $tls; then echo "SHOAL_TLS_CA_FILE=$dir/tls/ca.pem"; else echo "SHOAL_TLS_CA_FILE="; fi
       echo "SHOAL_BIN=$shoal"; } > "$dir/cluster.env"
-    echo "cluster: $workers worker(s) at ${addresses[*]}; object store $(grep ENDPOINT "$dir/cluster.env" | cut -d= -f2)"
+    echo "cluster: $workers worker(s) at ${addresses[*]} (members file $dir/members.yaml); object store $(grep ENDPOINT "$dir/cluster.env" | cut -d= -f2)"
     echo "cluster: set -a; . $dir/cluster.env; set +a   # then: shoal cat s3://bucket/key"
     ;;
 stop)
     stop_workers
     "$root/Tools/objectstore.sh" stop "$dir/objectstore"
     ;;
-*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls]" >&2; exit 2 ;;
+*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls] [--memory-tier SIZE] [--shards N]" >&2; exit 2 ;;
 esac

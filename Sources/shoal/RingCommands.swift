@@ -32,7 +32,8 @@ struct RingCommand: ParsableCommand {
         print("epoch \(view.epoch), \(view.members.count) members")
         print("id\taddress\tstate\tweight\tshare\tanswers")
         for (m, share, answer) in rows {
-            print("\(m.id)\t\(m.address)\t\(m.state.rawValue)\t\(m.weight)\t\(formatFixed(share * 100, decimals: 2))%\t\(answer)")
+            let weight = m.weight >= 1024 && m.weight == m.weight.rounded() && m.weight < 1e18 ? ByteSize.format(UInt64(m.weight)) : "\(m.weight)"
+            print("\(m.id)\t\(m.address)\t\(m.state.rawValue)\t\(weight)\t\(formatFixed(share * 100, decimals: 2))%\t\(answer)")
         }
     }
 

@@ -54,7 +54,8 @@ struct ClientOptions: ParsableArguments {
 
     func makeClientConfig() throws -> ClientConfig {
         let env = ProcessEnvironment.get
-        let membersFile = members ?? env("SHOAL_MEMBERS_FILE").flatMap { $0.isEmpty ? nil : $0 }
+        // An explicit --worker wins over the environment's members file.
+        let membersFile = members ?? (workers.isEmpty ? env("SHOAL_MEMBERS_FILE").flatMap { $0.isEmpty ? nil : $0 } : nil)
         var list = workers
         if list.isEmpty, membersFile == nil, let w = env("SHOAL_WORKERS") { list = w.split(separator: ",").map(String.init) }
         guard !list.isEmpty || membersFile != nil else {
