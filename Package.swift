@@ -41,7 +41,7 @@ let package = Package(
         .target(
             name: "ShoalWorker",
             dependencies: [
-                "ShoalSys", "ShoalCore", "ShoalStore", "ShoalObjectStore", "ShoalTransport",
+                "ShoalSys", "ShoalCore", "ShoalStore", "ShoalObjectStore", "ShoalTransport", "ShoalClient",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

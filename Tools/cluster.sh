@@ -71,6 +71,11 @@ start)
             chmod 600 "$dir/tls/worker.key"
         fi
     fi
+    # The members file clients and workers route by (ids w0, w1, ...; weight: the cache capacity).
+    { echo "epoch: 1"; echo "members:"
+      for i in $(seq 0 $((workers - 1))); do
+          printf '  - id: w%s\n    address: "127.0.0.1:%s"\n    weight: %s\n    state: active\n' "$i" "$((base + 2 * i))" "$capacity"
+      done; } > "$dir/members.yaml"
     addresses=(); admins=()
     for i in $(seq 0 $((workers - 1))); do
         w="$dir/w$i"; mkdir -p "$w/cache"
@@ -86,6 +91,8 @@ metadataTTL: 60s
 caches:
   - path: $w/cache
     capacity: $capacity
+membersFile: $dir/members.yaml
+memberID: w$i
 stores:
   - name: default
     type: s3
@@ -105,11 +112,6 @@ YAML
         for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
         curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || { echo "cluster: worker $i did not start; see $dir/w$i/worker.log" >&2; tail -5 "$dir/w$i/worker.log" >&2; exit 1; }
     done
-    # The members file clients route by (ids w0, w1, ...; weight: the cache capacity).
-    { echo "epoch: 1"; echo "members:"
-      for i in $(seq 0 $((workers - 1))); do
-          printf '  - id: w%s\n    address: "%s"\n    weight: %s\n    state: active\n' "$i" "${addresses[$i]}" "$capacity"
-      done; } > "$dir/members.yaml"
     { cat "$dir/objectstore/s3.env"
       echo "SHOAL_WORKERS=$(IFS=,; echo "${addresses[*]}")"
       echo "SHOAL_MEMBERS_FILE=$dir/members.yaml"

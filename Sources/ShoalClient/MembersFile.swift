@@ -86,3 +86,58 @@ public enum MembersFile {
         }
     }
 }
+
+/// A members file and the view last taken from it, read again when it changes (looked at once
+/// per `recheckNanos` at most, or at once when asked to). A file that does not parse, or whose
+/// epoch is older than the view in use, leaves that view in use; `error` says why.
+public final class MembersWatcher: @unchecked Sendable {
+    public let path: String
+    /// How often the file is looked at, at most (tests set 0: every time).
+    public var recheckNanos: UInt64
+    private let lock = ConditionLock()
+    private var taken: (view: MembershipView, placement: Placement)
+    private var stamp: (UInt64, UInt64)?
+    private var checked: UInt64
+    private var _error: String?
+
+    public init(path: String, recheckSeconds: Double = 1) throws(ShoalError) {
+        self.path = path
+        recheckNanos = UInt64(max(0, recheckSeconds) * 1e9)
+        stamp = FileSystem.info(path).map { ($0.modifiedNanos, $0.size) }
+        let view = try MembersFile.load(path)
+        taken = (view, Placement(view: view))
+        checked = monotonicNanos()
+    }
+
+    /// Why the file last read was not taken; nil when it was.
+    public var error: String? { lock.withLock { _error } }
+
+    /// The view in use and its placement; with `force`, the file is looked at now.
+    public func current(force: Bool = false) -> (view: MembershipView, placement: Placement) {
+        let now = monotonicNanos()
+        let (due, last) = lock.withLock { () -> (Bool, (UInt64, UInt64)?) in
+            guard force || now - checked >= recheckNanos else { return (false, nil) }
+            checked = now
+            return (true, stamp)
+        }
+        if due, let info = FileSystem.info(path), last.map({ $0 != (info.modifiedNanos, info.size) }) ?? true {
+            let result = Result { () throws(ShoalError) -> MembershipView in try MembersFile.load(path) }
+            // Built outside the lock: a large view takes a while.
+            let next = try? result.get()
+            let placement = next.map { Placement(view: $0) }
+            lock.withLock {
+                stamp = (info.modifiedNanos, info.size)
+                switch result {
+                case .success(let view) where view.epoch >= taken.view.epoch:
+                    if view != taken.view { taken = (view, placement!) }
+                    _error = nil
+                case .success(let view):
+                    _error = "members file \(path) has epoch \(view.epoch), older than the view in use (\(taken.view.epoch)); kept that view"
+                case .failure(let error):
+                    _error = error.message + "; kept the view of epoch \(taken.view.epoch)"
+                }
+            }
+        }
+        return lock.withLock { taken }
+    }
+}

@@ -19,6 +19,8 @@ public struct ClientConfig: Sendable {
     /// How long a connect may take: short, so a dead worker costs little before its blocks go
     /// to their fallback.
     public var connectTimeoutMillis: Int32 = 1_000
+    /// How often the members file is looked at for changes, at most.
+    public var membersRecheckSeconds: Double = 1
     /// How long a worker that failed stays marked down: its blocks go to their fallback meanwhile,
     /// and nothing waits on it; the first read after that tries it again.
     public var markDownSeconds: Double = 5
@@ -84,7 +86,7 @@ public final class ShoalClient: @unchecked Sendable {
         let endpoints: [Endpoint]
         let ids: [String]
 
-        init(view: MembershipView) throws(ShoalError) {
+        init(view: MembershipView, slots: Placement) throws(ShoalError) {
             var endpoints: [Endpoint] = []
             for m in view.members {
                 guard let e = Endpoint(m.address) else { throw ShoalError(.badRequest, "member '\(m.id)' has address '\(m.address)', not host:port") }
@@ -93,7 +95,7 @@ public final class ShoalClient: @unchecked Sendable {
             self.view = view
             self.endpoints = endpoints
             ids = view.members.map(\.id)
-            slots = Placement(view: view)
+            self.slots = slots
         }
     }
 
@@ -104,10 +106,8 @@ public final class ShoalClient: @unchecked Sendable {
     /// Members that failed, by id, and until when (monotonic ns) they are left alone.
     private var downUntil: [String: UInt64] = [:]
     private let tls: TLSContext?
-    /// The members file as last read (its modification time and size), and when it was checked.
-    private var membersStamp: (UInt64, UInt64)?
-    private var membersChecked: UInt64 = 0
-    private var _viewError: String?
+    /// The members file, when the client was given one.
+    let members: MembersWatcher?
 
     public init(config: ClientConfig) throws(ShoalError) {
         guard !config.workers.isEmpty || config.membersFile != nil else {
@@ -121,12 +121,15 @@ public final class ShoalClient: @unchecked Sendable {
             tls = nil
         }
         if let path = config.membersFile {
-            membersStamp = FileSystem.info(path).map { ($0.modifiedNanos, $0.size) }
-            routing = try Routing(view: try MembersFile.load(path))
+            let watcher = try MembersWatcher(path: path, recheckSeconds: config.membersRecheckSeconds)
+            members = watcher
+            let (view, slots) = watcher.current()
+            routing = try Routing(view: view, slots: slots)
         } else {
-            routing = try Routing(view: try MembershipView(epoch: 0, members: config.workers.map { Member(id: $0.description, address: $0.description) }))
+            members = nil
+            let view = try MembershipView(epoch: 0, members: config.workers.map { Member(id: $0.description, address: $0.description) })
+            routing = try Routing(view: view, slots: Placement(view: view))
         }
-        membersChecked = monotonicNanos()
     }
 
     deinit { idle.values.joined().forEach { $0.close() } }
@@ -138,32 +141,17 @@ public final class ShoalClient: @unchecked Sendable {
     public var view: MembershipView { current().view }
 
     /// Why the members file last read was not taken (the view before it stays); nil when it was.
-    public var viewError: String? { lock.withLock { _viewError } }
+    public var viewError: String? { members?.error }
 
-    private func current() -> Routing {
-        guard let path = config.membersFile else { return lock.withLock { routing } }
-        let now = monotonicNanos()
-        let (due, last) = lock.withLock { () -> (Bool, (UInt64, UInt64)?) in
-            guard now - membersChecked >= 1_000_000_000 else { return (false, nil) }
-            membersChecked = now
-            return (true, membersStamp)
-        }
-        if due, let info = FileSystem.info(path), last.map({ $0 != (info.modifiedNanos, info.size) }) ?? true {
-            let result = Result { () throws(ShoalError) -> Routing in try Routing(view: try MembersFile.load(path)) }
-            lock.withLock {
-                membersStamp = (info.modifiedNanos, info.size)
-                switch result {
-                case .success(let next) where next.view.epoch >= routing.view.epoch:
-                    routing = next
-                    _viewError = nil
-                case .success(let next):
-                    _viewError = "members file \(path) has epoch \(next.view.epoch), older than the view in use (\(routing.view.epoch)); kept that view"
-                case .failure(let error):
-                    _viewError = error.message + "; kept the view of epoch \(routing.view.epoch)"
-                }
-            }
-        }
-        return lock.withLock { routing }
+    /// The routing of the view in use; with `force`, the members file is looked at now.
+    private func current(force: Bool = false) -> Routing {
+        guard let members else { return lock.withLock { routing } }
+        let (view, slots) = members.current(force: force)
+        if let r = lock.withLock({ routing.slots === slots ? routing : nil }) { return r }
+        // Every member's address was checked when the file was parsed.
+        guard let next = try? Routing(view: view, slots: slots) else { return lock.withLock { routing } }
+        lock.withLock { routing = next }
+        return next
     }
 
     // MARK: connections
@@ -323,7 +311,14 @@ public final class ShoalClient: @unchecked Sendable {
         let length = min(UInt64(buffer.count), file.size - offset)
         let layout = BlockLayout(blockSize: UInt64(file.blockSize))
         let pieces = layout.pieces(offset: offset, length: length)
-        try fetch(current(), pieces, file: file, into: base)
+        let misrouted = try fetch(current(), pieces, file: file, into: base)
+        if !misrouted.isEmpty {
+            // Routed by an old view: read the members file now and send them where it says.
+            let r = current(force: true)
+            guard try fetch(r, misrouted, file: file, into: base).isEmpty else {
+                throw ShoalError(.notOwner, "workers refuse blocks of \(file.object) as not theirs even in view epoch \(r.view.epoch): the members file and the workers disagree")
+            }
+        }
         return Int(length)
     }
 
@@ -362,11 +357,13 @@ public final class ShoalClient: @unchecked Sendable {
     /// its pieces, sent or not, go to their fallbacks: it costs this read one timeout, and later
     /// reads none. A connection that breaks (the worker may have closed it: a store that failed
     /// in the middle of a reply) is replaced and its pieces sent again, once each.
-    private func fetch(_ r: Routing, _ pieces: [BlockPiece], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+    /// Returns the pieces their worker refused as not its own in a newer view (`not_owner`).
+    private func fetch(_ r: Routing, _ pieces: [BlockPiece], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) -> [BlockPiece] {
         let workers = r.endpoints
         var queues = Array(repeating: [BlockPiece](), count: workers.count)
         var lanes: [Lane] = []
         var resent = Set<UInt64>()
+        var misrouted: [BlockPiece] = []
         var firstError: ShoalError?
         defer { for lane in lanes where lane.open { giveBack(lane.connection, r.ids[lane.worker]) } }
 
@@ -425,7 +422,7 @@ public final class ShoalClient: @unchecked Sendable {
             let depth = max(1, min(config.pipelineDepth, lane.connection.maxInFlight))
             while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
                 queues[lane.worker].removeFirst()
-                let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length)
+                let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length, epoch: r.view.epoch)
                 do {
                     let id = try lane.connection.sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
                     lane.inFlight[id] = p
@@ -461,9 +458,11 @@ public final class ShoalClient: @unchecked Sendable {
                 for lane in ready where lane.open {
                     do {
                         let (id, result) = try lane.connection.receiveNext()
-                        lane.inFlight[id] = nil
+                        let piece = lane.inFlight.removeValue(forKey: id)
                         // A status reply (or a bad checksum, read in full) leaves the connection in step.
-                        if case .failure(let error) = result { firstError = firstError ?? error }
+                        if case .failure(let error) = result {
+                            if error.code == .notOwner, let piece { misrouted.append(piece) } else { firstError = firstError ?? error }
+                        }
                         remaining -= 1
                     } catch where error.code == .timeout {
                         try fail(lane.worker, error)
@@ -480,6 +479,7 @@ public final class ShoalClient: @unchecked Sendable {
             throw error
         }
         if let firstError { throw firstError }
+        return misrouted
     }
 
     /// The sockets with something to read, by index; empty when none had anything in time.

@@ -16,6 +16,8 @@ public enum StatusCode: UInt16, Sendable, CaseIterable {
     case timeout = 13
     case connectionFailed = 14
     case tampered = 15
+    /// The worker does not own the block in a view newer than the one the READ was routed by.
+    case notOwner = 16
 
     /// The label used in metrics and logs.
     public var label: String {
@@ -36,6 +38,7 @@ public enum StatusCode: UInt16, Sendable, CaseIterable {
         case .timeout: "timeout"
         case .connectionFailed: "connection_failed"
         case .tampered: "tampered"
+        case .notOwner: "not_owner"
         }
     }
 }

@@ -1,5 +1,6 @@
 import Logging
 import ServiceLifecycle
+import ShoalClient
 import ShoalCore
 import ShoalObjectStore
 import ShoalStore
@@ -46,6 +47,13 @@ public final class Worker: @unchecked Sendable {
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
                                serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
         service.fillParts = config.fillParts
+        if let path = config.membersFile, let id = config.memberID {
+            let watcher = try MembersWatcher(path: path)
+            guard watcher.current().view.index(of: id) != nil else {
+                throw ShoalError(.badRequest, "key 'memberID': '\(id)' is not a member in \(path) (members: \(watcher.current().view.members.map(\.id).joined(separator: ", ")))")
+            }
+            service.members = (watcher, id)
+        }
         if config.serveFromMemory || config.answerWithoutData || config.allowUntaggedFrames {
             logger.warning("benchmark switches on: not for service", metadata: [
                 "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",

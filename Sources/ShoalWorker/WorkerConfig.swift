@@ -83,6 +83,10 @@ public struct WorkerConfig: Sendable {
     public var sendZeroCopy = false
     /// Ranged GETs at once for one block when few blocks are missing (1: one GET per block).
     public var fillParts = 4
+    /// The cluster's members file and this worker's id in it: with them, a READ routed by an
+    /// older view to a block this worker neither owns nor falls back for is answered `not_owner`.
+    public var membersFile: String?
+    public var memberID: String?
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -105,7 +109,8 @@ public struct WorkerConfig: Sendable {
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
-                                           "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts"]
+                                           "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts",
+                                           "membersFile", "memberID"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
@@ -171,6 +176,8 @@ public struct WorkerConfig: Sendable {
         if let v = try r.duration("replyStallTimeout") { config.replyStallTimeout = v }
         if let v = try r.bool("sendZeroCopy") { config.sendZeroCopy = v }
         if let v = try r.int("fillParts", min: 1, max: 16) { config.fillParts = v }
+        if let v = try r.string("membersFile") { config.membersFile = resolve(v) }
+        if let v = try r.string("memberID") { config.memberID = v }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }
@@ -231,6 +238,9 @@ public struct WorkerConfig: Sendable {
     /// Checks the whole config; the error names the key.
     public func validate() throws(ShoalError) {
         try validateBlockSize()
+        guard (membersFile == nil) == (memberID == nil) else {
+            throw ShoalError(.badRequest, "keys 'membersFile' and 'memberID' go together: the file lists the cluster, the id says which member this worker is")
+        }
         guard !secret.isEmpty else {
             throw ShoalError(.badRequest, "key 'secret': a shared secret is required (set 'secret' or 'secretFile'); clients prove they hold it")
         }

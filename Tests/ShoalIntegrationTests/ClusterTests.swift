@@ -176,4 +176,49 @@ import ShoalTestSupport
         #expect(client.view.epoch == 2)
         #expect(client.viewError?.contains("epoch 1, older than the view in use (2)") == true, "\(client.viewError ?? "")")
     }
+
+    /// Workers that know the members file refuse a READ routed by an older view for a block they
+    /// neither own nor fall back for; the client reads its view again and sends it to the owner.
+    @Test func aReadRoutedByAnOldViewGoesWhereTheNewOneSays() throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("epochs")
+        let data = SampleData.bytes(seed: 51, count: 16 << 20)
+        try fx.store().put(bucket: bucket, key: "o", bytes: data)
+        let path = makeTemporaryDirectory("epochs-file") + "/members.yaml"
+        // The workers' ports are known once they run: placeholders first, then the real ones.
+        try MembersFile.write(try MembershipView(epoch: 1, members: (0..<2).map { Member(id: "w\($0)", address: "127.0.0.1:1") }), to: path)
+        let workers = try (0..<2).map { i -> Worker in
+            var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("epochs-\(i)"), store: fx.storeConfig())
+            config.membersFile = path
+            config.memberID = "w\(i)"
+            let w = try Worker(config: config, logger: testLogger)
+            w.service.members?.watcher.recheckNanos = 0
+            try w.start()
+            return w
+        }
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let members = (0..<2).map { Member(id: "w\($0)", address: "127.0.0.1:\(workers[$0].port)") }
+        try MembersFile.write(try MembershipView(epoch: 1, members: members), to: path)
+        var config = ClientConfig(workers: [], secret: Array("test-secret-0123456789".utf8))
+        config.membersFile = path
+        config.membersRecheckSeconds = 3600  // it learns of the next view only from a worker
+        let client = try ShoalClient(config: config)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        let served = workers[1].metrics.value("shoal_bytes_served_total")
+        #expect(served > 0)
+
+        var drained = members
+        drained[1].state = .draining
+        try MembersFile.write(try MembershipView(epoch: 2, members: drained), to: path)
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(client.view.epoch == 2)
+        #expect(workers[1].metrics.value("shoal_errors_total{kind=\"not_owner\"}") > 0, "the old view's reads were refused")
+        #expect(workers[1].metrics.value("shoal_bytes_served_total") == served, "w1 served nothing it no longer owns")
+        // A worker's configuration must name a member of its file.
+        var stranger = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("epochs-x"), store: fx.storeConfig())
+        stranger.membersFile = path
+        stranger.memberID = "w9"
+        #expect { _ = try Worker(config: stranger, logger: testLogger) } throws: { ($0 as? ShoalError)?.message.contains("'w9' is not a member") == true }
+    }
 }
