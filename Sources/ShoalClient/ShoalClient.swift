@@ -114,6 +114,17 @@ public final class ShoalClient: @unchecked Sendable {
             throw ShoalError(.badRequest, "no worker address given (e.g. 127.0.0.1:7070) and no members file")
         }
         guard !config.secret.isEmpty else { throw ShoalError(.badRequest, "no cluster secret given; workers refuse clients without it") }
+        guard (1...1024).contains(config.connectionsPerWorker), (1...Int(WireLimits.maxInFlight)).contains(config.pipelineDepth) else {
+            throw ShoalError(.badRequest, "connectionsPerWorker must be 1-1024 and pipelineDepth 1-\(WireLimits.maxInFlight) (got \(config.connectionsPerWorker) and \(config.pipelineDepth))")
+        }
+        guard config.timeoutMillis > 0, config.connectTimeoutMillis > 0 else {
+            throw ShoalError(.badRequest, "timeoutMillis and connectTimeoutMillis must be more than 0")
+        }
+        for (name, seconds) in [("markDownSeconds", config.markDownSeconds), ("membersRecheckSeconds", config.membersRecheckSeconds)] {
+            guard seconds.isFinite, seconds >= 0, seconds <= 86_400 else {
+                throw ShoalError(.badRequest, "\(name) is \(seconds); it must be 0-86400 seconds")
+            }
+        }
         self.config = config
         if let ca = config.tlsCAFile {
             do { tls = try TLSContext.client(caFile: ca) } catch { throw ShoalError(.badRequest, error.message) }
@@ -210,11 +221,12 @@ public final class ShoalClient: @unchecked Sendable {
     /// A failure that says the worker cannot be reached (rather than what it answered).
     private static func unreachable(_ error: ShoalError) -> Bool { error.code == .connectionFailed || error.code == .timeout }
 
-    /// Where a block goes: its owner, or its rank-2 fallback while the owner is down (or is
-    /// `avoiding`); nil when neither can be used.
-    private func route(_ r: Routing, _ id: BlockID, avoiding: Int? = nil) -> Int? {
+    /// Where a block goes: its owner, or its rank-2 fallback while the owner is down (or failed
+    /// in this call); nil when neither can be used. A call never goes back to a worker that
+    /// failed in it, whatever its mark says by then.
+    private func route(_ r: Routing, _ id: BlockID, avoiding failed: Set<Int> = []) -> Int? {
         let (owner, fallback) = r.slots.owners(of: id)
-        return [owner, fallback].compactMap { $0 }.first { $0 != avoiding && !isDown(r.ids[$0]) }
+        return [owner, fallback].compactMap { $0 }.first { !failed.contains($0) && !isDown(r.ids[$0]) }
     }
 
     private func unroutable(_ r: Routing, _ id: BlockID, _ what: String) -> ShoalError {
@@ -245,6 +257,7 @@ public final class ShoalClient: @unchecked Sendable {
         var worker = try metadataOwner(r, object)
         var answer: Result<StatReply, ShoalError>
         var broken = 0
+        var failed = Set<Int>()
         while true {
             do {
                 answer = try statOnce(r, object, revalidate: revalidate, worker: worker)
@@ -254,11 +267,14 @@ public final class ShoalClient: @unchecked Sendable {
                 // breaks again) is marked down, and its fallback answers for it.
                 guard ShoalClient.unreachable(error.error) else { throw error.error }
                 if error.connected && broken == 0 {
+                    // The pooled connections are likely stale too (a restarted worker): a new one.
+                    dropIdle(r.ids[worker])
                     broken += 1
                     continue
                 }
                 markDown(r.ids[worker])
-                guard let next = route(r, BlockID(hashing: Array(object.description.utf8))) else { throw error.error }
+                failed.insert(worker)
+                guard let next = route(r, BlockID(hashing: Array(object.description.utf8)), avoiding: failed) else { throw error.error }
                 worker = next
                 broken = 0
             }
@@ -363,13 +379,14 @@ public final class ShoalClient: @unchecked Sendable {
         var queues = Array(repeating: [BlockPiece](), count: workers.count)
         var lanes: [Lane] = []
         var resent = Set<UInt64>()
+        var failed = Set<Int>()
         var misrouted: [BlockPiece] = []
         var firstError: ShoalError?
         defer { for lane in lanes where lane.open { giveBack(lane.connection, r.ids[lane.worker]) } }
 
-        func assign(_ p: BlockPiece, avoiding: Int? = nil, cause: ShoalError? = nil) throws(ShoalError) {
+        func assign(_ p: BlockPiece, cause: ShoalError? = nil) throws(ShoalError) {
             let id = file.block(p.index).id
-            guard let w = route(r, id, avoiding: avoiding) else {
+            guard let w = route(r, id, avoiding: failed) else {
                 throw cause ?? unroutable(r, id, "block \(p.index) of \(file.object) cannot be read")
             }
             queues[w].append(p)
@@ -389,6 +406,7 @@ public final class ShoalClient: @unchecked Sendable {
         /// Marks `worker` down and hands its pieces (queued, and in flight on its connections) on.
         func fail(_ worker: Int, _ cause: ShoalError) throws(ShoalError) {
             markDown(r.ids[worker])
+            failed.insert(worker)
             var orphans = queues[worker]
             queues[worker].removeAll()
             for lane in lanes where lane.worker == worker && lane.open {
@@ -397,7 +415,7 @@ public final class ShoalClient: @unchecked Sendable {
                 orphans += lane.inFlight.values
                 lane.inFlight.removeAll()
             }
-            for p in orphans { try assign(p, avoiding: worker, cause: cause) }
+            for p in orphans { try assign(p, cause: cause) }
         }
         /// Opens connections to workers with pieces waiting and none open.
         func openLanes() throws(ShoalError) {

@@ -256,6 +256,8 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
             let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer + r.start, count: r.count))
             let partOffset = offset + UInt64(r.start)
             let transfer = CurlTransfer(request: requests[i], sink: sink, progress: { [self] t in
+                state.lock.lock()
+                defer { state.lock.unlock() }
                 guard state.error == nil else { return false }
                 if !state.headChecked[i] {
                     do throws(ShoalError) {
@@ -277,6 +279,9 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
                 }
                 return true
             }, done: { [self] result in
+                // Normally on the fetch thread; a part refused by a stopping loop ends on this one.
+                state.lock.lock()
+                defer { state.lock.unlock() }
                 do throws(ShoalError) {
                     let response: HTTPResponse
                     switch result {
@@ -530,8 +535,9 @@ extension Substring {
     }
 }
 
-/// The parts of one `startGet`, as its transfers report them (touched on the fetch thread only).
+/// The parts of one `startGet`, as its transfers report them (under `lock`).
 private final class PartedRead: @unchecked Sendable {
+    let lock = ConditionLock()
     let counts: [Int]
     var got: [Int]
     var headChecked: [Bool]

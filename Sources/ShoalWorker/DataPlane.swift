@@ -114,6 +114,9 @@ final class DataPlane: @unchecked Sendable {
     func stop() {
         listeners.forEach { $0.shutdown() }
         for shard in shards { shard.requestStop() }
+        // The stores' fetch threads end their transfers (with an error each), so no shard waits
+        // on a GET: every shard stops before the plane goes.
+        for store in service.stores.values { store.close() }
         for shard in shards { shard.waitUntilStopped(timeoutNanos: 10_000_000_000) }
         fillPool.stop()
         listeners.forEach { $0.close() }

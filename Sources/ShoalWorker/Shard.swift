@@ -366,8 +366,9 @@ final class Shard: @unchecked Sendable {
             return
         }
         if res == -ECANCELED {
-            // Held for back-pressure; the requests may have drained meanwhile.
-            receiveIfWanted(conn)
+            // Held for back-pressure; the requests may have drained meanwhile, or the connection
+            // is saying goodbye and reads what the client still sends.
+            if conn.state == .draining { armReceive(conn) } else { receiveIfWanted(conn) }
             return
         }
         guard res > 0, let buffer else {
@@ -779,6 +780,10 @@ final class Shard: @unchecked Sendable {
                 service.metrics.error(error.code)
                 logger.warning("a fill failed after its reply started; closing the connection", metadata: ["error": "\(error)"])
                 kill(conn)
+                // Its pieces may still be read by a send in flight: the lease waits for the close.
+                conn.afterClose.append(.giveLease(r.lease))
+                finalizeIfDone(conn)
+                return
             }
             releaseLease(r.lease, connection: r.connection, generation: r.connectionGeneration)
             if let conn, conn.isOpen {
@@ -794,6 +799,12 @@ final class Shard: @unchecked Sendable {
         let r = ops[op]!
         freeOp(op)
         let after: AfterSend = range.fill.map { .finishFill(lease: r.lease, $0) } ?? .giveLease(r.lease)
+        if r.streamed > 0, let conn = connection(r.connection, r.connectionGeneration), !conn.isOpen {
+            // Its pieces may still be read by a send in flight: the lease waits for the close.
+            conn.afterClose.append(after)
+            finalizeIfDone(conn)
+            return
+        }
         guard let conn = connection(r.connection, r.connectionGeneration), conn.isOpen else {
             afterSend(after, connection: r.connection, generation: r.connectionGeneration)
             return
@@ -833,7 +844,15 @@ final class Shard: @unchecked Sendable {
         conn.streamOp = nil
         let waited = conn.deferred
         conn.deferred.removeAll()
-        for f in waited where conn.state != .dead { push(conn, f) }
+        for f in waited {
+            if conn.state != .dead {
+                push(conn, f)
+            } else {
+                // The connection died on the way: what the rest held goes back.
+                if let owned = f.owned { owned.deallocate() }
+                afterSend(f.after, connection: conn.slot, generation: conn.generation)
+            }
+        }
     }
 
     /// READ_NODATA: the CRC32C and length of the data a READ_REPLY would have carried.
@@ -1001,6 +1020,7 @@ final class Shard: @unchecked Sendable {
             for f in frames { done(conn, f) }
             perform(conn)
             if conn.state == .dead { return }
+            receiveIfWanted(conn)
         }
         // Zero copy only pays for replies that carry data; small frames are copied anyway.
         let zeroCopy = plane.config.sendZeroCopy && conn.inSend.contains { $0.data.count >= 65536 }
@@ -1125,6 +1145,10 @@ final class Shard: @unchecked Sendable {
         guard conn.state == .dead, !conn.receiving, !conn.sending, conn.notifications == 0, connections[conn.slot] === conn else { return }
         Sockets.close(conn.fd)
         connections.remove(conn.slot)
+        // Nothing reads the buffers of its streamed replies any more.
+        let parked = conn.afterClose
+        conn.afterClose.removeAll()
+        for after in parked { afterSend(after, connection: conn.slot, generation: conn.generation) }
         if conn.refused { refusing -= 1 } else { service.metrics.connections.decrement() }
     }
 
@@ -1332,6 +1356,9 @@ final class ShardConnection {
     /// frames that wait for it to end.
     var streamOp: Int?
     var deferred: [OutFrame] = []
+    /// What a streamed reply's end leaves to do when the connection died first: done once it is
+    /// closed, since a send still in flight may read the reply's buffer until then.
+    var afterClose: [AfterSend] = []
     var inSend: [OutFrame] = []
     var sentInFirst = 0
     var leases = 0
@@ -1340,8 +1367,9 @@ final class ShardConnection {
     var awaitingNotification: [[OutFrame]] = []
 
     static let framesPerSend = 16
-    /// A head slot per request in flight, and one more for a streamed reply's trailer.
-    static let headSlots = Int(WireLimits.maxInFlight) + 1
+    /// Two head slots per request in flight (a streamed reply holds one for its header and
+    /// another for its trailer), and one more.
+    static let headSlots = 2 * Int(WireLimits.maxInFlight) + 1
     static let headStride = 48
     static let trailerOffset = 24
     let message: UnsafeMutablePointer<msghdr>

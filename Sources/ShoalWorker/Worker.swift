@@ -263,10 +263,8 @@ public final class Worker: @unchecked Sendable {
 
     /// Stops the data plane and closes the cache (writing its snapshot), synchronously.
     public func stopDataPlane() {
-        plane?.stop()
+        plane?.stop()  // closes the stores too
         plane = nil
-        // Their fetch threads: nothing is left to fill.
-        for store in service.stores.values { store.close() }
         cache.close()
     }
 }

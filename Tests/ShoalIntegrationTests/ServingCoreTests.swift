@@ -207,7 +207,8 @@ import ShoalTestSupport
 
     /// A worker whose only store is `server` (a canned S3 endpoint), serving one 3 MiB object
     /// (`data`) as version "v1", in 4 MiB blocks, filled by one GET each; TLS between client and worker when asked.
-    static func cannedStoreWorker(_ name: String, server: CannedHTTPServer, data: [UInt8], tls: Bool = false) throws -> (Worker, ShoalClient) {
+    static func cannedStoreWorker(_ name: String, server: CannedHTTPServer, data: [UInt8], tls: Bool = false,
+                                  zeroCopy: Bool = false) throws -> (Worker, ShoalClient) {
         var store = StoreConfig(name: "default", kind: .s3)
         store.endpoint = server.url
         store.accessKey = "canned"
@@ -218,9 +219,10 @@ import ShoalTestSupport
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory(name), store: store, blockSize: 4 << 20)
         // The canned store answers every GET with the whole object: one GET per block.
         config.fillParts = 1
+        config.sendZeroCopy = zeroCopy
         var clientConfig = ClientConfig(workers: [], secret: Array("test-secret-0123456789".utf8))
         if tls {
-            let certs = try TestCertificates()
+            let certs = try TestCertificates.shared.get()
             config.tls = TLSFiles(certFile: certs.certFile, keyFile: certs.keyFile)
             clientConfig.tlsCAFile = certs.caFile
         }
@@ -232,10 +234,12 @@ import ShoalTestSupport
 
     /// A cold block's bytes reach the client while the store is still sending it: the reply's
     /// CRC comes after the data, so the worker sends what has come, and the rest when it comes.
-    @Test(arguments: [false, true]) func aColdBlockStreamsToTheClientWhileTheStoreSendsIt(tls: Bool) throws {
+    @Test(arguments: [(false, false), (true, false), (false, true)])
+    func aColdBlockStreamsToTheClientWhileTheStoreSendsIt(tls: Bool, zeroCopy: Bool) throws {
         let server = try CannedHTTPServer()
         let data = SampleData.bytes(seed: 45, count: 3 << 20)
-        let (worker, client) = try ServingCoreTests.cannedStoreWorker("streams-\(tls)", server: server, data: data, tls: tls)
+        let (worker, client) = try ServingCoreTests.cannedStoreWorker("streams-\(tls)-\(zeroCopy)", server: server, data: data, tls: tls,
+                                                                       zeroCopy: zeroCopy)
         defer { worker.stopDataPlane() }
         let file = try client.open(ObjectRef(store: "default", bucket: "b", key: "o"))
         server.hold(after: 1 << 20)
@@ -253,6 +257,45 @@ import ShoalTestSupport
         #expect(worker.metrics.value("shoal_bytes_streamed_total") == Double(data.count))
         // Warm, the same bytes come whole from the cache.
         #expect(try client.read(file, offset: 0, length: data.count) == data)
+    }
+
+    /// Replies to other READs of a connection wait behind a streaming one and come after it,
+    /// whole and with their tags in sequence (a warm hit sent after a cold READ that streams).
+    @Test(arguments: [false, true]) func aReplyQueuedBehindAStreamComesWholeAfterIt(tls: Bool) throws {
+        let server = try CannedHTTPServer()
+        let data = SampleData.bytes(seed: 52, count: 6 << 20)
+        let (worker, client) = try ServingCoreTests.cannedStoreWorker("behind-\(tls)", server: server, data: data, tls: tls)
+        defer { worker.stopDataPlane() }
+        server.serveObject(data, etag: "\"v1\"")
+        let file = try client.open(ObjectRef(store: "default", bucket: "b", key: "o"))
+        // Block 1 (the last 2 MiB) cached; block 0 cold, its store held after 1 MiB.
+        #expect(try client.read(file, offset: 4 << 20, length: 2 << 20) == Array(data[(4 << 20)...]))
+        server.hold(after: 1 << 20)
+        var tlsContext: TLSContext?
+        if tls { tlsContext = try TLSContext.client(caFile: try TestCertificates.shared.get().caFile) }
+        let c = try WorkerConnection(endpoint: Endpoint(host: "127.0.0.1", port: worker.port), secret: Array("test-secret-0123456789".utf8),
+                                     tls: tlsContext)
+        defer { c.close() }
+        let cold = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 16)
+        let warm = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+        defer { cold.deallocate(); warm.deallocate() }
+        let before = worker.metrics.value("shoal_bytes_streamed_total")
+        let coldID = try c.sendRead(ReadRequest(block: file.block(0), offset: 0, length: 4 << 20), into: cold.baseAddress!, length: 4 << 20)
+        let deadline = monotonicNanos() + 10_000_000_000
+        while worker.metrics.value("shoal_bytes_streamed_total") < before + Double(512 << 10) && monotonicNanos() < deadline { usleep(10_000) }
+        #expect(worker.metrics.value("shoal_bytes_streamed_total") >= before + Double(512 << 10), "block 0 is streaming")
+        let warmID = try c.sendRead(ReadRequest(block: file.block(1), offset: 777, length: 4096), into: warm.baseAddress!, length: 4096)
+        usleep(200_000)  // the hit is served now, and its reply waits behind the stream
+        server.release()
+        var order: [UInt32] = []
+        for _ in 0..<2 {
+            let (id, result) = try c.receiveNext()
+            try result.get()
+            order.append(id)
+        }
+        #expect(order == [coldID, warmID], "the waiting reply came after the streamed one")
+        #expect(Array(cold) == Array(data[0..<(4 << 20)]))
+        #expect(Array(warm) == Array(data[((4 << 20) + 777)..<((4 << 20) + 777 + 4096)]))
     }
 
     /// A store that stops halfway through a block: the client gets an error, never the bytes
