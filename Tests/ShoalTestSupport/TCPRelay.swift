@@ -15,12 +15,16 @@ public final class TCPRelay: @unchecked Sendable {
     /// Connections accepted so far.
     public var accepted: Int { lock.withLock { _accepted } }
 
-    public init(to target: Endpoint) throws {
+    /// The address it listens on.
+    public let host: String
+
+    public init(to target: Endpoint, listenHost: String = "127.0.0.1") throws {
         self.target = target
+        host = listenHost
         try start(port: 0)
     }
 
-    public var endpoint: Endpoint { Endpoint(host: "127.0.0.1", port: port) }
+    public var endpoint: Endpoint { Endpoint(host: host, port: port) }
 
     /// Refuses new connections and breaks every open one.
     public func cut() {
@@ -41,7 +45,7 @@ public final class TCPRelay: @unchecked Sendable {
     public func restore() throws { try start(port: port) }
 
     private func start(port: UInt16) throws {
-        let (l, bound) = try TCPSocket.listen(Endpoint(host: "127.0.0.1", port: port))
+        let (l, bound) = try TCPSocket.listen(Endpoint(host: host, port: port))
         lock.withLock {
             listener = l
             self.port = bound

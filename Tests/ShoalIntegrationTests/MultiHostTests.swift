@@ -1,0 +1,170 @@
+import Foundation
+import Glibc
+import Testing
+import ShoalClient
+import ShoalCore
+import ShoalSys
+import ShoalTestSupport
+
+/// A host of its own: a network namespace joined to this one by a veth pair (10.77.N.1 here,
+/// 10.77.N.2 there), a relay on 10.77.N.1 to the object store (which listens on loopback only),
+/// and a worker process inside, on 10.77.N.2:7070. Needs root.
+final class NamespaceHost {
+    let index: Int
+    let name: String
+    let hostSide: String
+    let address: String
+    let storeRelay: TCPRelay
+    let directory: String
+    var pid: Int32 = 0
+
+    static func sh(_ command: String) throws {
+        let (status, output) = runProcess("/bin/bash", ["-c", command])
+        guard status == 0 else { throw FixtureError(message: "`\(command)` failed: \(output)") }
+    }
+
+    init(index: Int, fx: ObjectStoreFixture, secretFile: String, membersFile: String) throws {
+        self.index = index
+        let tag = "\(getpid() % 10000)"
+        name = "shoal\(tag)n\(index)"
+        hostSide = "sh\(tag)h\(index)"
+        let nsSide = "sh\(tag)p\(index)"
+        address = "10.77.\(index).2:7070"
+        directory = makeTemporaryDirectory("host-\(index)")
+        try NamespaceHost.sh("""
+            ip netns add \(name) && ip link add \(hostSide) type veth peer name \(nsSide) && ip link set \(nsSide) netns \(name) \
+            && ip addr add 10.77.\(index).1/24 dev \(hostSide) && ip link set \(hostSide) up \
+            && ip netns exec \(name) ip addr add 10.77.\(index).2/24 dev \(nsSide) && ip netns exec \(name) ip link set \(nsSide) up \
+            && ip netns exec \(name) ip link set lo up
+            """)
+        storeRelay = try TCPRelay(to: Endpoint(host: fx.credentials.endpoint.replacingOccurrences(of: "http://", with: "").components(separatedBy: ":")[0],
+                                               port: UInt16(fx.credentials.endpoint.components(separatedBy: ":").last!)!),
+                                  listenHost: "10.77.\(index).1")
+        try FileSystem.createDirectories(directory + "/cache")
+        try FileSystem.writeFile(directory + "/s3.env", Array("""
+            SHOAL_S3_ENDPOINT=http://\(storeRelay.endpoint)
+            SHOAL_S3_ACCESS_KEY=\(fx.credentials.accessKey)
+            SHOAL_S3_SECRET_KEY=\(fx.credentials.secretKey)
+
+            """.utf8))
+        try FileSystem.writeFile(directory + "/worker.yaml", Array("""
+            listen: \(address)
+            admin: "off"
+            secretFile: \(secretFile)
+            blockSize: 1MiB
+            buffers: 8
+            memoryTier: 0
+            metadataTTL: 0
+            membersFile: \(membersFile)
+            memberID: w\(index)
+            caches:
+              - path: \(directory)/cache
+                capacity: 256MiB
+                regionSize: 8MiB
+            stores:
+              - name: default
+                type: s3
+                credentialsFile: \(directory)/s3.env
+
+            """.utf8))
+    }
+
+    func start() throws {
+        let binary = repositoryRoot + "/.build/debug/shoal"
+        let pidFile = directory + "/worker.pid"
+        let rc = system("ip netns exec \(name) '\(binary)' worker --config '\(directory)/worker.yaml' --log-level warning >> '\(directory)/worker.log' 2>&1 & echo $! > '\(pidFile)'")
+        guard rc == 0, let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw FixtureError(message: "could not start the worker in \(name)")
+        }
+        pid = p
+        for _ in 0..<200 {
+            if (try? TCPSocket.connect(Endpoint(address)!, timeoutMillis: 200)) != nil { return }
+            usleep(50_000)
+        }
+        throw FixtureError(message: "the worker in \(name) did not listen; its log: \((try? String(contentsOfFile: directory + "/worker.log", encoding: .utf8)) ?? "")")
+    }
+
+    func kill9() {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
+
+    /// The link goes down: nothing reaches the worker, and nothing says so.
+    func cutOff() throws { try NamespaceHost.sh("ip link set \(hostSide) down") }
+    func reconnect() throws { try NamespaceHost.sh("ip link set \(hostSide) up") }
+
+    func destroy() {
+        if pid > 0 { kill9() }
+        storeRelay.cut()
+        _ = runProcess("/bin/bash", ["-c", "ip netns del \(name); ip link del \(hostSide) 2>/dev/null; true"])
+    }
+}
+
+/// Several hosts, each a network namespace with its own worker process: a client reads a dataset
+/// byte-exact while one worker is killed, one is cut off (its link down) and a new one joins.
+@Suite(.serialized) struct MultiHostTests {
+    @Test func aClientReadsExactlyThroughAKillACutOffAndAJoin() throws {
+        try #require(getuid() == 0, "the multi-host tests make network namespaces and veth pairs: run them as root (CI does)")
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("hosts")
+        let data = SampleData.bytes(seed: 53, count: 24 << 20)
+        try fx.store().put(bucket: bucket, key: "o", bytes: data)
+        let shared = makeTemporaryDirectory("hosts")
+        let secretFile = shared + "/secret"
+        try FileSystem.writeFile(secretFile, Array("hosts-secret-0123456789".utf8), permissions: 0o600)
+        let membersFile = shared + "/members.yaml"
+        func members(_ n: Int, epoch: UInt64, joining: Int? = nil) throws {
+            let list = (0..<n).map { Member(id: "w\($0)", address: "10.77.\($0).2:7070", state: $0 == joining ? .joining : .active) }
+            try MembersFile.write(try MembershipView(epoch: epoch, members: list), to: membersFile)
+        }
+        try members(3, epoch: 1)
+        var hosts: [NamespaceHost] = []
+        defer { hosts.forEach { $0.destroy() } }
+        for i in 0..<3 {
+            hosts.append(try NamespaceHost(index: i, fx: fx, secretFile: secretFile, membersFile: membersFile))
+            try hosts[i].start()
+        }
+        var config = ClientConfig(workers: [], secret: Array("hosts-secret-0123456789".utf8))
+        config.membersFile = membersFile
+        // Short, for a test; long enough for cold fills by debug-built workers on a busy machine
+        // (a worker is only taken for gone when none of those waited on sends anything in time).
+        config.timeoutMillis = 3000
+        config.connectTimeoutMillis = 500
+        config.markDownSeconds = 1
+        let client = try ShoalClient(config: config)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        var failed = 0
+        func readAll(_ when: String) {
+            do {
+                let start = monotonicNanos()
+                let got = try client.read(file, offset: 0, length: data.count)
+                print("multi-host: read of 24 MiB, \(when): \(formatFixed(Double(monotonicNanos() - start) / 1e9, decimals: 2)) s")
+                if got != data { failed += 1; Issue.record("\(when): the bytes differ") }
+            } catch {
+                failed += 1
+                Issue.record("\(when): \(error)")
+            }
+        }
+        readAll("all up")
+        hosts[0].kill9()
+        readAll("w0 killed")
+        try hosts[0].start()  // back with its cache
+        usleep(1_100_000)     // the client's mark on it runs out
+        readAll("w0 back")
+        try hosts[1].cutOff()
+        readAll("w1 cut off")
+        try hosts[1].reconnect()
+        usleep(1_100_000)  // the client's mark on it runs out
+        // A new worker joins: listed as joining (it owns nothing yet), started, then made active.
+        try members(4, epoch: 2, joining: 3)
+        hosts.append(try NamespaceHost(index: 3, fx: fx, secretFile: secretFile, membersFile: membersFile))
+        try hosts[3].start()
+        try members(4, epoch: 3)
+        usleep(1_100_000)  // clients look at the members file once a second
+        readAll("w3 joined")
+        #expect(client.view.epoch == 3 && client.view.members.count == 4)
+        #expect((0..<24).contains { client.owners(of: file.block(UInt64($0))).first == Endpoint("10.77.3.2:7070") }, "the new worker owns blocks")
+        #expect(failed == 0, "reads failed during the kill, the cut-off and the join")
+    }
+}
