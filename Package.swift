@@ -51,7 +51,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]),
-        .target(name: "ShoalClient", dependencies: ["ShoalSys", "ShoalCore", "ShoalTransport", "Yams"]),
+        .target(name: "ShoalClient", dependencies: ["ShoalSys", "ShoalCore", "ShoalTransport", "ShoalObjectStore", "Yams"]),
         .executableTarget(
             name: "shoal",
             dependencies: [

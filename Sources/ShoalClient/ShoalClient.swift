@@ -1,4 +1,5 @@
 import ShoalCore
+import ShoalObjectStore
 import ShoalSys
 import ShoalTransport
 
@@ -19,6 +20,11 @@ public struct ClientConfig: Sendable {
     /// How long a connect may take: short, so a dead worker costs little before its blocks go
     /// to their fallback.
     public var connectTimeoutMillis: Int32 = 1_000
+    /// Stores the client may read directly, by store name, when a block's owner and fallback
+    /// are both unreachable (none: such a read fails). At most `maxDirectReads` such GETs run
+    /// at once in the process, so an outage of the cache does not stampede the store.
+    public var directStores: [String: S3Credentials] = [:]
+    public var maxDirectReads = 4
     /// How often the members file is looked at for changes, at most.
     public var membersRecheckSeconds: Double = 1
     /// How long a worker that failed stays marked down: its blocks go to their fallback meanwhile,
@@ -106,6 +112,8 @@ public final class ShoalClient: @unchecked Sendable {
     /// Members that failed, by id, and until when (monotonic ns) they are left alone.
     private var downUntil: [String: UInt64] = [:]
     private let tls: TLSContext?
+    /// Stores to read from when no worker can be (`directStores`).
+    private let direct: [String: S3Store]
     /// The members file, when the client was given one.
     let members: MembersWatcher?
 
@@ -125,7 +133,9 @@ public final class ShoalClient: @unchecked Sendable {
                 throw ShoalError(.badRequest, "\(name) is \(seconds); it must be 0-86400 seconds")
             }
         }
+        guard config.maxDirectReads >= 1 else { throw ShoalError(.badRequest, "maxDirectReads must be at least 1") }
         self.config = config
+        direct = config.directStores.reduce(into: [:]) { $0[$1.key] = S3Store(name: $1.key, credentials: $1.value, maxConcurrency: config.maxDirectReads) }
         if let ca = config.tlsCAFile {
             do { tls = try TLSContext.client(caFile: ca) } catch { throw ShoalError(.badRequest, error.message) }
         } else {
@@ -274,7 +284,12 @@ public final class ShoalClient: @unchecked Sendable {
                 }
                 markDown(r.ids[worker])
                 failed.insert(worker)
-                guard let next = route(r, BlockID(hashing: Array(object.description.utf8)), avoiding: failed) else { throw error.error }
+                guard let next = route(r, BlockID(hashing: Array(object.description.utf8)), avoiding: failed) else {
+                    // No worker can say: the store itself, when the client may ask it.
+                    guard let store = direct[object.store] else { throw error.error }
+                    let version = try directly { () throws(ShoalError) in try store.head(bucket: object.bucket, key: object.key) }
+                    return ShoalFile(object: object, version: version, blockSize: UInt32(BlockLayout.defaultBlockSize))
+                }
                 worker = next
                 broken = 0
             }
@@ -387,7 +402,12 @@ public final class ShoalClient: @unchecked Sendable {
         func assign(_ p: BlockPiece, cause: ShoalError? = nil) throws(ShoalError) {
             let id = file.block(p.index).id
             guard let w = route(r, id, avoiding: failed) else {
-                throw cause ?? unroutable(r, id, "block \(p.index) of \(file.object) cannot be read")
+                let error = cause ?? unroutable(r, id, "block \(p.index) of \(file.object) cannot be read")
+                // No worker can serve it: from the store itself, when the client may read it.
+                guard let store = direct[file.object.store] else { throw error }
+                try readDirectly(store, p, file: file, into: base)
+                remaining -= 1
+                return
             }
             queues[w].append(p)
         }
@@ -451,9 +471,9 @@ public final class ShoalClient: @unchecked Sendable {
             }
         }
 
+        var remaining = pieces.count
         do throws(ShoalError) {
             for p in pieces { try assign(p) }
-            var remaining = pieces.count
             while remaining > 0 {
                 try openLanes()
                 for lane in lanes where lane.open { try feed(lane) }
@@ -500,10 +520,50 @@ public final class ShoalClient: @unchecked Sendable {
         return misrouted
     }
 
+    /// A piece straight from the store (its owner and fallback are unreachable): a ranged GET
+    /// of this version into the caller's buffer, at most `maxDirectReads` at once per process.
+    private func readDirectly(_ store: S3Store, _ p: BlockPiece, file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+        let offset = file.block(p.index).objectOffset + UInt64(p.offsetInBlock)
+        let got = try directly { () throws(ShoalError) -> StoreRead in
+            try store.get(bucket: file.object.bucket, key: file.object.key, offset: offset, length: Int(p.length),
+                          ifMatch: file.version.etag, into: base + Int(p.offsetInRange))
+        }
+        guard got.count == Int(p.length), got.objectSize == file.size else {
+            throw ShoalError(.preconditionFailed, "\(file.object) changed: the store has \(got.objectSize) bytes where version \(file.version.etag) has \(file.size)")
+        }
+    }
+
+    /// Runs `body` as one of the process's direct store requests (every client of the process
+    /// counts), waiting for a place.
+    private func directly<T>(_ body: () throws(ShoalError) -> T) throws(ShoalError) -> T {
+        DirectReads.shared.enter(limit: config.maxDirectReads)
+        defer { DirectReads.shared.leave() }
+        return try body()
+    }
+
     /// The sockets with something to read, by index; empty when none had anything in time.
     private func readable(_ sockets: [TCPSocket]) throws(ShoalError) -> [Int] {
         do { return try TCPSocket.readable(sockets, timeoutMillis: config.timeoutMillis) } catch {
             throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
         }
+    }
+}
+
+/// The direct store requests running in this process, from every client.
+final class DirectReads: @unchecked Sendable {
+    static let shared = DirectReads()
+    private let lock = ConditionLock()
+    private var running = 0
+
+    func enter(limit: Int) {
+        lock.lock()
+        while running >= limit { _ = lock.wait() }
+        running += 1
+        lock.unlock()
+    }
+
+    func leave() {
+        lock.withLock { running -= 1 }
+        lock.signal()
     }
 }

@@ -233,4 +233,37 @@ import ShoalTestSupport
         stranger.memberID = "w9"
         #expect { _ = try Worker(config: stranger, logger: testLogger) } throws: { ($0 as? ShoalError)?.message.contains("'w9' is not a member") == true }
     }
+
+    /// When a block's owner and fallback are both unreachable, a client allowed to reads the
+    /// store itself (the version it opened, If-Match); one that is not fails naming the workers.
+    @Test func withEveryWorkerGoneAClientMayReadTheStoreItself() throws {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket("direct")
+        let data = SampleData.bytes(seed: 54, count: 6 << 20)
+        try fx.store().put(bucket: bucket, key: "o", bytes: data)
+        let worker = try Worker(config: testWorkerConfig(cacheDirectory: makeTemporaryDirectory("direct"), store: fx.storeConfig()), logger: testLogger)
+        try worker.start()
+        defer { worker.stopDataPlane() }
+        let relays = try (0..<2).map { _ in try TCPRelay(to: Endpoint(host: "127.0.0.1", port: worker.port)) }
+        var config = ClientConfig(workers: relays.map(\.endpoint), secret: Array("test-secret-0123456789".utf8))
+        config.timeoutMillis = 1000
+        config.connectTimeoutMillis = 500
+        var allowed = config
+        allowed.directStores = ["default": fx.credentials]
+        let client = try ShoalClient(config: allowed)
+        let strict = try ShoalClient(config: config)
+        let ref = ObjectRef(store: "default", bucket: bucket, key: "o")
+        let file = try client.open(ref)
+        let strictFile = try strict.open(ref)
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        relays.forEach { $0.cut() }
+        #expect(try client.read(file, offset: 12345, length: 5 << 20) == Array(data[12345..<(12345 + (5 << 20))]))
+        #expect { _ = try strict.read(strictFile, offset: 0, length: data.count) } throws: { error in
+            let message = (error as? ShoalError)?.message ?? ""
+            return message.contains("unreachable") || message.contains("refused")
+        }
+        // A version that changed is not read directly either.
+        try fx.store().put(bucket: bucket, key: "o", bytes: Array(data.reversed()))
+        #expect(throws: ShoalError.self) { _ = try client.read(file, offset: 0, length: 4096) }
+    }
 }
