@@ -11,6 +11,20 @@ import ShoalTestSupport
 
 /// Several workers serving one client: placement and routing.
 @Suite(.serialized) struct ClusterTests {
+    /// `n` in-process workers on the fixture's store, and a bucket holding `data` as "o".
+    static func workersAndObject(_ name: String, _ n: Int, data: [UInt8]) throws -> (ObjectStoreFixture, String, [Worker]) {
+        let fx = try ObjectStoreFixture.get()
+        let bucket = try fx.makeBucket(name)
+        try fx.store().put(bucket: bucket, key: "o", bytes: data)
+        let workers = try (0..<n).map { i -> Worker in
+            let w = try Worker(config: testWorkerConfig(cacheDirectory: makeTemporaryDirectory("\(name)-\(i)"), store: fx.storeConfig()),
+                               logger: testLogger)
+            try w.start()
+            return w
+        }
+        return (fx, bucket, workers)
+    }
+
     /// A worker whose store is `server`.
     static func worker(_ name: String, server: CannedHTTPServer) throws -> Worker {
         var store = StoreConfig(name: "default", kind: .s3)
@@ -60,16 +74,8 @@ import ShoalTestSupport
     /// costs a read at most one timeout: it is marked down, its blocks, sent or not, go to their
     /// fallback, and the read is whole. While it is down, reads do not try it at all.
     @Test(arguments: ["dead", "cut off"]) func aReadRoutesAroundAnUnreachableWorker(how: String) throws {
-        let fx = try ObjectStoreFixture.get()
-        let bucket = try fx.makeBucket("failover")
         let data = SampleData.bytes(seed: 49, count: 16 << 20)
-        try fx.store().put(bucket: bucket, key: "o", bytes: data)
-        let workers = try (0..<2).map { i -> Worker in
-            let w = try Worker(config: testWorkerConfig(cacheDirectory: makeTemporaryDirectory("failover-\(i)"), store: fx.storeConfig()),
-                               logger: testLogger)
-            try w.start()
-            return w
-        }
+        let (fx, bucket, workers) = try ClusterTests.workersAndObject("failover", 2, data: data)
         defer { workers.forEach { $0.stopDataPlane() } }
         let relay = try TCPRelay(to: Endpoint(host: "127.0.0.1", port: workers[1].port))
         var config = ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: workers[0].port), relay.endpoint],
@@ -147,16 +153,8 @@ import ShoalTestSupport
     /// reads, a file that does not parse (or goes back in epoch) leaves the last good view in use
     /// and says why.
     @Test func aClientFollowsItsMembersFile() throws {
-        let fx = try ObjectStoreFixture.get()
-        let bucket = try fx.makeBucket("members")
         let data = SampleData.bytes(seed: 50, count: 16 << 20)
-        try fx.store().put(bucket: bucket, key: "o", bytes: data)
-        let workers = try (0..<2).map { i -> Worker in
-            let w = try Worker(config: testWorkerConfig(cacheDirectory: makeTemporaryDirectory("members-\(i)"), store: fx.storeConfig()),
-                               logger: testLogger)
-            try w.start()
-            return w
-        }
+        let (_, bucket, workers) = try ClusterTests.workersAndObject("members", 2, data: data)
         defer { workers.forEach { $0.stopDataPlane() } }
         let path = makeTemporaryDirectory("members-file") + "/members.yaml"
         let members = (0..<2).map { Member(id: "w\($0)", address: "127.0.0.1:\(workers[$0].port)") }

@@ -9,49 +9,66 @@ import ShoalTestSupport
 /// A worker run as its own process (the `shoal` binary), so it can be killed with SIGKILL.
 final class WorkerProcess {
     let config: String
-    let port: UInt16
+    let listen: Endpoint
     let log: String
+    /// What the command starts with (e.g. `ip netns exec NAME`).
+    let launcher: String
     var pid: Int32 = 0
 
-    init(directory: String, fx: ObjectStoreFixture, secret: String) throws {
+    var port: UInt16 { listen.port }
+
+    /// A worker of the config file `config`, listening on `listen`.
+    init(config: String, listen: Endpoint, log: String, launcher: String = "") {
+        self.config = config
+        self.listen = listen
+        self.log = log
+        self.launcher = launcher
+    }
+
+    convenience init(directory: String, fx: ObjectStoreFixture, secret: String) throws {
         let binary = repositoryRoot + "/.build/debug/shoal"
         guard FileSystem.exists(binary) else {
             throw FixtureError(message: "\(binary) is missing: build it first (Tools/test.sh runs swift build before swift test)")
         }
         // It is killed and restarted on this port: outside the ephemeral range, so a client
         // connecting while it is down is refused rather than reaching itself.
-        port = try freePortBelowEphemeralRange()
-        config = directory + "/worker.yaml"
-        log = directory + "/worker.log"
+        let port = try freePortBelowEphemeralRange()
+        self.init(config: directory + "/worker.yaml", listen: Endpoint(host: "127.0.0.1", port: port), log: directory + "/worker.log")
         try FileSystem.createDirectories(directory + "/cache")
-        try FileSystem.writeFile(config, Array("""
-            listen: 127.0.0.1:\(port)
-            admin: "off"
-            secret: \(secret)
-            blockSize: 1MiB
-            buffers: 8
-            metadataTTL: 0
-            caches:
-              - path: \(directory)/cache
-                capacity: 256MiB
-                regionSize: 8MiB
-            stores:
-              - name: default
-                type: s3
-                credentialsFile: \(fx.envFile)
+        try FileSystem.writeFile(config, Array(WorkerProcess.configText(listen: "127.0.0.1:\(port)", secret: "secret: \(secret)",
+                                                                        directory: directory, credentialsFile: fx.envFile).utf8))
+    }
 
-            """.utf8))
+    /// A test worker's config: 1 MiB blocks, a small cache in `directory`, no admin port.
+    static func configText(listen: String, secret: String, directory: String, credentialsFile: String, extra: String = "") -> String {
+        """
+        listen: \(listen)
+        admin: "off"
+        \(secret)
+        blockSize: 1MiB
+        buffers: 8
+        metadataTTL: 0
+        \(extra)caches:
+          - path: \(directory)/cache
+            capacity: 256MiB
+            regionSize: 8MiB
+        stores:
+          - name: default
+            type: s3
+            credentialsFile: \(credentialsFile)
+
+        """
     }
 
     func start() throws {
         let pidFile = config + ".pid"
-        let rc = system("'\(repositoryRoot)/.build/debug/shoal' worker --config '\(config)' --log-level warning >> '\(log)' 2>&1 & echo $! > '\(pidFile)'")
+        let rc = system("\(launcher) '\(repositoryRoot)/.build/debug/shoal' worker --config '\(config)' --log-level warning >> '\(log)' 2>&1 & echo $! > '\(pidFile)'")
         guard rc == 0, let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw FixtureError(message: "could not start the worker process")
         }
         pid = p
         for _ in 0..<100 {
-            if (try? TCPSocket.connect(Endpoint(host: "127.0.0.1", port: port), timeoutMillis: 200)) != nil { return }
+            if (try? TCPSocket.connect(listen, timeoutMillis: 200)) != nil { return }
             usleep(50_000)
         }
         throw FixtureError(message: "the worker process did not listen; its log: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")

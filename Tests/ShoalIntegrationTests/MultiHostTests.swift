@@ -16,7 +16,7 @@ final class NamespaceHost {
     let address: String
     let storeRelay: TCPRelay
     let directory: String
-    var pid: Int32 = 0
+    let worker: WorkerProcess
 
     static func sh(_ command: String) throws {
         let (status, output) = runProcess("/bin/bash", ["-c", command])
@@ -47,55 +47,22 @@ final class NamespaceHost {
             SHOAL_S3_SECRET_KEY=\(fx.credentials.secretKey)
 
             """.utf8))
-        try FileSystem.writeFile(directory + "/worker.yaml", Array("""
-            listen: \(address)
-            admin: "off"
-            secretFile: \(secretFile)
-            blockSize: 1MiB
-            buffers: 8
-            memoryTier: 0
-            metadataTTL: 0
-            membersFile: \(membersFile)
-            memberID: w\(index)
-            caches:
-              - path: \(directory)/cache
-                capacity: 256MiB
-                regionSize: 8MiB
-            stores:
-              - name: default
-                type: s3
-                credentialsFile: \(directory)/s3.env
-
-            """.utf8))
+        try FileSystem.writeFile(directory + "/worker.yaml", Array(WorkerProcess.configText(
+            listen: address, secret: "secretFile: \(secretFile)", directory: directory, credentialsFile: directory + "/s3.env",
+            extra: "memoryTier: 0\nmembersFile: \(membersFile)\nmemberID: w\(index)\n").utf8))
+        worker = WorkerProcess(config: directory + "/worker.yaml", listen: Endpoint(address)!, log: directory + "/worker.log",
+                               launcher: "ip netns exec \(name)")
     }
 
-    func start() throws {
-        let binary = repositoryRoot + "/.build/debug/shoal"
-        let pidFile = directory + "/worker.pid"
-        let rc = system("ip netns exec \(name) '\(binary)' worker --config '\(directory)/worker.yaml' --log-level warning >> '\(directory)/worker.log' 2>&1 & echo $! > '\(pidFile)'")
-        guard rc == 0, let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let p = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            throw FixtureError(message: "could not start the worker in \(name)")
-        }
-        pid = p
-        for _ in 0..<200 {
-            if (try? TCPSocket.connect(Endpoint(address)!, timeoutMillis: 200)) != nil { return }
-            usleep(50_000)
-        }
-        throw FixtureError(message: "the worker in \(name) did not listen; its log: \((try? String(contentsOfFile: directory + "/worker.log", encoding: .utf8)) ?? "")")
-    }
-
-    func kill9() {
-        kill(pid, SIGKILL)
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
-    }
+    func start() throws { try worker.start() }
+    func kill9() { worker.kill9() }
 
     /// The link goes down: nothing reaches the worker, and nothing says so.
     func cutOff() throws { try NamespaceHost.sh("ip link set \(hostSide) down") }
     func reconnect() throws { try NamespaceHost.sh("ip link set \(hostSide) up") }
 
     func destroy() {
-        if pid > 0 { kill9() }
+        if worker.pid > 0 { kill9() }
         storeRelay.cut()
         _ = runProcess("/bin/bash", ["-c", "ip netns del \(name); ip link del \(hostSide) 2>/dev/null; true"])
     }
