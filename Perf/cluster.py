@@ -17,6 +17,7 @@ cluster.md to --out (default .shoal/perf).
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def main():
         gets_per_block = (fills(admins) - before) / (512 // 4)
     finally:
         subprocess.run(cluster + ["stop", "--dir", work], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)  # the workers' cache files take their whole capacity
 
     ratio = figures["three"]["warm"] / figures["one"]["warm"]
     report = {"size": args.size, "runs": args.runs, "figures": figures, "threeOverOne": ratio, "storeGetsPerBlock8Clients": gets_per_block}

@@ -25,8 +25,10 @@ export SHOAL_BIN="$root/.build/release/shoal"
 [ -x "$SHOAL_BIN" ] || { echo "demo: build failed" >&2; exit 1; }
 
 rm -rf "$dir"
-"$root/Tools/cluster.sh" start --dir "$dir" --workers "$workers" --capacity 4GiB
-[ $keep -eq 1 ] || trap '"$root/Tools/cluster.sh" stop --dir "$dir"' EXIT
+# Each worker's cache file takes its whole capacity on disk: 2 GiB each (the dataset is spread
+# over them), removed with the rest at the end unless --keep.
+"$root/Tools/cluster.sh" start --dir "$dir" --workers "$workers" --capacity 2GiB
+[ $keep -eq 1 ] || trap '"$root/Tools/cluster.sh" stop --dir "$dir"; rm -rf "$dir"' EXIT
 set -a; . "$dir/cluster.env"; set +a
 
 "$SHOAL_BIN" bench populate "s3://demo/dataset" --size "$size" --object-size 64MiB
