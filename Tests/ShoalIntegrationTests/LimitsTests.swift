@@ -118,8 +118,19 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         }
         #expect(worker.metrics.value("shoal_connections_displaced_total") == 2)
         #expect(worker.metrics.value("shoal_connections_refused_total") == 0)
-        // The oldest silent connection was the one closed.
-        #expect(throws: (any Error).self) { _ = try silent[0].receive(count: 1, deadline: monotonicNanos() + 10_000_000_000) }
+        // Two silent connections were closed to make room (the oldest the worker accepted: with a
+        // shard per core, not always in the order they connected); the other two still wait.
+        let closed = silent.filter { s in
+            do {
+                _ = try s.receive(count: 1, deadline: monotonicNanos() + 1_000_000_000)
+                return false
+            } catch let error as SysError {
+                return error.errno != ETIMEDOUT
+            } catch {
+                return true
+            }
+        }
+        #expect(closed.count == 2, "\(closed.count) silent connections were closed")
         // Two authenticated and two silent: a third client takes a silent one's place, a fourth
         // too, and a fifth finds every place authenticated.
         let third = try WorkerConnection(endpoint: endpoint, secret: config.secret)
