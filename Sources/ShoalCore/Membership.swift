@@ -174,11 +174,11 @@ public final class Placement: @unchecked Sendable {
         log((Double(bits >> 11) + 0.5) / 9_007_199_254_740_992)  // 2^53
     }
 
+    /// SplitMix64's output for `x`: one step from state `x`.
+    @inline(__always)
     static func mix(_ x: UInt64) -> UInt64 {
-        var z = x &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        var g = SplitMix(seed: x)
+        return g.next()
     }
 
     static func hash64(_ bytes: [UInt8]) -> UInt64 {

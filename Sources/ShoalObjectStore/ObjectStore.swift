@@ -86,10 +86,8 @@ public protocol ObjectStore: Sendable {
     /// a caller never takes anyone else's word for where the object ends.
     func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
              into buffer: UnsafeMutableRawPointer) throws(ShoalError) -> StoreRead
-    /// The same read as up to `parts` ranged GETs at once (a store without that does one).
-    func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
-             into buffer: UnsafeMutableRawPointer, parts: Int) throws(ShoalError) -> StoreRead
-    /// The same read as `get(… parts:)`, started without waiting. `progress` is called with how
+    /// The same read, started without waiting, as up to `parts` ranged GETs at once (a store
+    /// without that does one). `progress` is called with how
     /// many bytes from the buffer's start are in place, from a response that names version
     /// `ifMatch` and an object of `objectSize` bytes (bytes of any other answer are never
     /// reported); `done` is called once with the outcome, checked as `get`'s is. Both may run on
@@ -125,17 +123,12 @@ extension ObjectStore {
 }
 
 extension ObjectStore {
-    public func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
-                    into buffer: UnsafeMutableRawPointer, parts: Int) throws(ShoalError) -> StoreRead {
-        try get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: buffer)
-    }
-
     /// A store without transfers of its own reads at once, on the caller's thread.
     public func startGet(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String, objectSize: UInt64,
                          into buffer: UnsafeMutableRawPointer, parts: Int,
                          progress: @escaping @Sendable (Int) -> Void, done: @escaping @Sendable (Result<StoreRead, ShoalError>) -> Void) {
         let result = Result { () throws(ShoalError) -> StoreRead in
-            try get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: buffer, parts: parts)
+            try get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: buffer)
         }
         if case .success(let got) = result, got.objectSize == objectSize { progress(got.count) }
         done(result)

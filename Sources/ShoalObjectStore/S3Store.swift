@@ -97,28 +97,6 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return ShoalError(.storeUnavailable, "store '\(name)' at \(credentials.endpoint) is unreachable on \(what): \(error.message)")
     }
 
-    /// `count` pooled handles at once (at most `maxConcurrency`), counted against the limit.
-    private func withHandles<T>(_ count: Int, _ body: ([CurlEasy]) throws(ShoalError) -> T) throws(ShoalError) -> T {
-        let k = min(count, maxConcurrency)
-        lock.lock()
-        while inFlight + k > maxConcurrency { lock.wait() }
-        inFlight += k
-        var handles: [CurlEasy] = []
-        while handles.count < k, let h = idle.popLast() { handles.append(h) }
-        lock.unlock()
-        defer {
-            lock.lock()
-            inFlight -= k
-            idle.append(contentsOf: handles)
-            lock.unlock()
-            lock.broadcast()
-        }
-        while handles.count < k {
-            do { handles.append(try CurlEasy()) } catch { throw ShoalError(.internal, "cannot create a curl handle: \(error)") }
-        }
-        return try body(handles)
-    }
-
     private func failure(_ response: HTTPResponse, body: String, what: String) -> ShoalError {
         let code = S3Store.xmlValue(body, "Code") ?? ""
         let message = S3Store.xmlValue(body, "Message") ?? ""
@@ -177,55 +155,12 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return try checked(response, sink: sink, offset: offset, length: length, ifMatch: ifMatch, what: what)
     }
 
-    /// The same range as `parts` ranged GETs at once on one libcurl multi handle, each into its
-    /// place in `buffer`: one block filled by several connections, for when few blocks are
-    /// missing and one GET's speed would bound the fill. Every part is checked as a whole GET is
-    /// (version, Content-Range total, byte count), and all must name the same object size.
-    public func get(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String?,
-                    into buffer: UnsafeMutableRawPointer, parts: Int) throws(ShoalError) -> StoreRead {
-        let what = describe(bucket, key)
-        let n = max(1, min(parts, maxConcurrency, length / (256 * 1024)))
-        guard n > 1 else { return try get(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, into: buffer) }
-        // Parts on 4 KiB boundaries, the last one takes the rest.
-        let step = (length / n + 4095) & ~4095
-        var ranges: [(Int, Int)] = []
-        var at = 0
-        while at < length {
-            ranges.append((at, min(step, length - at)))
-            at += step
-        }
-        var requests: [HTTPRequest] = []
-        for (start, count) in ranges {
-            requests.append(try rangedRequest(bucket: bucket, key: key, offset: offset + UInt64(start), length: count, ifMatch: ifMatch, what: what))
-        }
-        let sinks = ranges.map { HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer + $0.0, count: $0.1)) }
-        let responses = try withHandles(ranges.count) { (handles) throws(ShoalError) -> [Result<HTTPResponse, CurlError>] in
-            CurlEasy.performAll((0..<ranges.count).map { (handles[$0], requests[$0], sinks[$0]) })
-        }
-        var total = 0
-        var objectSize: UInt64?
-        for (i, result) in responses.enumerated() {
-            let response: HTTPResponse
-            switch result {
-            case .success(let r): response = r
-            case .failure(let error): throw transportFailure(error, what: what)
-            }
-            let part = try checked(response, sink: sinks[i], offset: offset + UInt64(ranges[i].0), length: ranges[i].1, ifMatch: ifMatch, what: what)
-            if let objectSize, objectSize != part.objectSize {
-                throw ShoalError(.preconditionFailed, "\(what) changed while being read (its size went from \(objectSize) to \(part.objectSize) bytes)")
-            }
-            // Each part holds what the object has at its range (checked above), so the parts
-            // together hold the range's bytes.
-            objectSize = part.objectSize
-            total += part.count
-        }
-        return StoreRead(count: total, objectSize: objectSize ?? 0)
-    }
-
-    /// The same range as `get(… parts:)`, on this store's fetch thread (one libcurl multi handle
-    /// for all of them), without waiting; see `ObjectStore.startGet`. A part's bytes are
-    /// reported only once its response head is checked: its status, the version it names, its
-    /// range, and the object's size.
+    /// A ranged GET as up to `parts` GETs at once (split on 4 KiB boundaries: one block filled
+    /// by several connections, for when few blocks are missing and one GET's speed would bound
+    /// the fill), on this store's fetch thread (one libcurl multi handle for all of them),
+    /// without waiting; see `ObjectStore.startGet`. A part's bytes are reported only once its
+    /// response head is checked: its status, the version it names, its range, and the object's
+    /// size; when it ends it is checked as a whole GET is, and all parts must name one size.
     public func startGet(bucket: String, key: String, offset: UInt64, length: Int, ifMatch: String, objectSize: UInt64,
                          into buffer: UnsafeMutableRawPointer, parts: Int,
                          progress: @escaping @Sendable (Int) -> Void, done: @escaping @Sendable (Result<StoreRead, ShoalError>) -> Void) {

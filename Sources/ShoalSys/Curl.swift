@@ -146,39 +146,6 @@ public final class CurlEasy: @unchecked Sendable {
         return try finish(transfer, curl_easy_perform(handle))
     }
 
-    /// Transfers at once on one multi handle (each easy handle with its request and sink), in
-    /// this thread; each one's response or error, in order.
-    public static func performAll(_ transfers: [(CurlEasy, HTTPRequest, HTTPBodySink)]) -> [Result<HTTPResponse, CurlError>] {
-        guard let multi = curl_multi_init() else {
-            return transfers.map { _ in .failure(CurlError(code: -1, message: "curl_multi_init failed")) }
-        }
-        defer { curl_multi_cleanup(multi) }
-        let prepared = transfers.map { $0.0.prepare($0.1, sink: $0.2) }
-        var codes: [CURLcode?] = Array(repeating: nil, count: transfers.count)
-        for (easy, _, _) in transfers { curl_multi_add_handle(multi, easy.handle) }
-        var running: Int32 = 1
-        while running > 0 {
-            guard curl_multi_perform(multi, &running) == CURLM_OK else { break }
-            var left: Int32 = 0
-            while let message = curl_multi_info_read(multi, &left) {
-                guard message.pointee.msg == CURLMSG_DONE,
-                      let i = transfers.firstIndex(where: { $0.0.handle == message.pointee.easy_handle }) else { continue }
-                codes[i] = message.pointee.data.result
-            }
-            if running > 0 {
-                var ready: Int32 = 0
-                guard curl_multi_poll(multi, nil, 0, 1000, &ready) == CURLM_OK else { break }
-            }
-        }
-        var results: [Result<HTTPResponse, CurlError>] = []
-        for (i, (easy, _, _)) in transfers.enumerated() {
-            curl_multi_remove_handle(multi, easy.handle)
-            let code = codes[i] ?? CURLE_RECV_ERROR
-            results.append(Result { () throws(CurlError) -> HTTPResponse in try easy.finish(prepared[i], code) })
-        }
-        return results
-    }
-
     /// Sets the handle up for `request` (not yet run).
     func prepare(_ request: HTTPRequest, sink: HTTPBodySink) -> Transfer {
         curl_easy_reset(handle)

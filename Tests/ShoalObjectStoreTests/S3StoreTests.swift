@@ -8,6 +8,22 @@ import ShoalSys
 import ShoalTestSupport
 
 /// A ranged GET into a new array (exactly the bytes received).
+/// `startGet` of object "o" in 4 parts, waited for.
+func getInParts(_ store: S3Store, _ bucket: String, offset: UInt64, length: Int, etag: String, size: UInt64,
+                into buffer: UnsafeMutableRawPointer) throws -> StoreRead {
+    let lock = ConditionLock()
+    nonisolated(unsafe) var outcome: Result<StoreRead, ShoalError>?
+    store.startGet(bucket: bucket, key: "o", offset: offset, length: length, ifMatch: etag, objectSize: size, into: buffer, parts: 4,
+                   progress: { _ in }, done: { result in
+                       lock.withLock { outcome = result }
+                       lock.broadcast()
+                   })
+    lock.lock()
+    defer { lock.unlock() }
+    while outcome == nil { _ = lock.wait() }
+    return try outcome!.get()
+}
+
 func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt64, length: Int, ifMatch: String? = nil) throws -> [UInt8] {
     var out = [UInt8](repeating: 0, count: length)
     let n = try out.withUnsafeMutableBytes { p in
@@ -47,16 +63,16 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
         defer { buffer.deallocate() }
         for (offset, length) in [(0, 4 << 20), (4 << 20, (1 << 20) + 12345)] {
             memset(buffer, 0, 4 << 20)
-            let got = try store.get(bucket: bucket, key: "o", offset: UInt64(offset), length: length, ifMatch: v.etag, into: buffer, parts: 4)
+            let got = try getInParts(store, bucket, offset: UInt64(offset), length: length, etag: v.etag, size: UInt64(data.count), into: buffer)
             #expect(got == StoreRead(count: length, objectSize: UInt64(data.count)))
             #expect(Array(UnsafeRawBufferPointer(start: buffer, count: length)) == Array(data[offset..<offset + length]), "block at \(offset)")
         }
         #expect {
-            try store.get(bucket: bucket, key: "o", offset: 0, length: 4 << 20, ifMatch: "\"stale\"", into: buffer, parts: 4)
+            try getInParts(store, bucket, offset: 0, length: 4 << 20, etag: "\"stale\"", size: UInt64(data.count), into: buffer)
         } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
         // A size that is not the object's: the parts past its end are refused, not padded.
         #expect {
-            try store.get(bucket: bucket, key: "o", offset: 4 << 20, length: 4 << 20, ifMatch: v.etag, into: buffer, parts: 4)
+            try getInParts(store, bucket, offset: 4 << 20, length: 4 << 20, etag: v.etag, size: UInt64(data.count), into: buffer)
         } throws: { ($0 as? ShoalError)?.code == .preconditionFailed }
     }
 
