@@ -74,7 +74,8 @@ class Run:
         os.chmod(secret, 0o600)
         self.env["SHOAL_SECRET_FILE"] = os.path.join(self.work, "secret")
         self.env["SHOAL_WORKERS"] = f"127.0.0.1:{PORTS['worker']}"
-        self.env.pop("SHOAL_MEMBERS_FILE", None)  # a sourced cluster.env's would route elsewhere
+        for name in ("SHOAL_MEMBERS_FILE", "SHOAL_ETCD"):  # a sourced cluster.env's would route elsewhere
+            self.env.pop(name, None)
         self.make_certificates()
         print(f"perf: populating {self.args.size} of 64 MiB objects...", flush=True)
         sh([self.shoal, "bench", "populate", "s3://perf/ds", "--size", self.args.size, "--object-size", "64MiB"], env=self.env)

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# A local Shoal cluster on this machine: SeaweedFS as the object store and N cache workers.
+# A local Shoal cluster on this machine: SeaweedFS as the object store, etcd for membership and
+# N cache workers.
 #   Tools/cluster.sh start [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls]
-#                          [--memory-tier SIZE] [--shards N]
+#                          [--memory-tier SIZE] [--shards N] [--membership etcd|file]
 #   Tools/cluster.sh stop  [--dir DIR]
-# Workers listen on 127.0.0.1:BASE, BASE+2, ... (admin on the odd ports). `start` writes
+# Workers listen on 127.0.0.1:BASE, BASE+2, ... (admin on the odd ports); each registers itself
+# in etcd (127.0.0.1:BASE+150, authentication on) under /shoal/default/, and clients watch that.
+# --membership file uses a members file (DIR/members.yaml) instead of etcd. `start` writes
 # DIR/cluster.env: source it and `shoal cat s3://...` reads through the cluster. --tls makes a CA
 # and a certificate per worker with openssl (DIR/tls) and runs the data plane over TLS 1.3.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-}"; shift || true
-dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"; tls=false; tier=""; shards=""
+dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"; tls=false; tier=""; shards=""; membership=etcd
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -20,9 +23,11 @@ while [ $# -gt 0 ]; do
         --tls) tls=true; shift ;;
         --memory-tier) tier="$2"; shift 2 ;;
         --shards) shards="$2"; shift 2 ;;
+        --membership) membership="$2"; shift 2 ;;
         *) echo "cluster: unknown option $1" >&2; exit 2 ;;
     esac
 done
+[ "$membership" = etcd ] || [ "$membership" = file ] || { echo "cluster: --membership is etcd or file, not $membership" >&2; exit 2; }
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 
 stop_workers() {
@@ -41,8 +46,8 @@ start)
     # Ports in the ephemeral range are handed to client sockets: a client of a stopped worker
     # there can connect to itself. Keep the workers' and the store's ports below it.
     ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    if [ $((base + 2 * workers + 110)) -ge "$ephemeral_low" ]; then
-        echo "cluster: --port $base puts ports in this host's ephemeral range (from $ephemeral_low, /proc/sys/net/ipv4/ip_local_port_range); pick a base below $((ephemeral_low - 2 * workers - 110))" >&2
+    if [ $((base + 2 * workers + 160)) -ge "$ephemeral_low" ]; then
+        echo "cluster: --port $base puts ports in this host's ephemeral range (from $ephemeral_low, /proc/sys/net/ipv4/ip_local_port_range); pick a base below $((ephemeral_low - 2 * workers - 160))" >&2
         exit 2
     fi
     if [ -z "$shoal" ]; then
@@ -51,6 +56,7 @@ start)
     fi
     stop_workers
     "$root/Tools/objectstore.sh" start "$dir/objectstore" $((base + 100)) >/dev/null
+    if [ "$membership" = etcd ]; then "$root/Tools/etcd.sh" start "$dir/etcd" $((base + 150)) >/dev/null; fi
     # The secret is created private (a worker refuses one that group or others can read).
     [ -f "$dir/secret" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret")
     chmod 600 "$dir/secret"
@@ -71,8 +77,9 @@ start)
             chmod 600 "$dir/tls/worker.key"
         fi
     fi
-    # The members file clients and workers route by (ids w0, w1, ...; weight: the cache capacity).
-    { echo "epoch: 1"; echo "members:"
+    # With --membership file, the members file clients and workers route by (ids w0, w1, ...;
+    # weight: the cache capacity). With etcd each worker registers itself the same way.
+    [ "$membership" = file ] && { echo "epoch: 1"; echo "members:"
       for i in $(seq 0 $((workers - 1))); do
           printf '  - id: w%s\n    address: "127.0.0.1:%s"\n    weight: %s\n    state: active\n' "$i" "$((base + 2 * i))" "$capacity"
       done; } > "$dir/members.yaml"
@@ -91,13 +98,17 @@ metadataTTL: 60s
 caches:
   - path: $w/cache
     capacity: $capacity
-membersFile: $dir/members.yaml
 memberID: w$i
 stores:
   - name: default
     type: s3
     credentialsFile: $dir/objectstore/s3.env
 YAML
+        if [ "$membership" = etcd ]; then
+            printf 'etcd:\n  endpoints: ["127.0.0.1:%s"]\n  prefix: /shoal/default/\n  credentialsFile: %s\n' "$((base + 150))" "$dir/etcd/etcd.env" >> "$w/worker.yaml"
+        else
+            echo "membersFile: $dir/members.yaml" >> "$w/worker.yaml"
+        fi
         if $tls; then
             printf 'tls:\n  certFile: %s\n  keyFile: %s\n' "$dir/tls/worker.pem" "$dir/tls/worker.key" >> "$w/worker.yaml"
         fi
@@ -112,19 +123,26 @@ YAML
         for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
         curl -sf "http://127.0.0.1:$port/healthz" >/dev/null || { echo "cluster: worker $i did not start; see $dir/w$i/worker.log" >&2; tail -5 "$dir/w$i/worker.log" >&2; exit 1; }
     done
-    { cat "$dir/objectstore/s3.env"
+    # It holds the store's and etcd's credentials: readable by its owner only.
+    (umask 077; { cat "$dir/objectstore/s3.env"
       echo "SHOAL_WORKERS=$(IFS=,; echo "${addresses[*]}")"
-      echo "SHOAL_MEMBERS_FILE=$dir/members.yaml"
+      if [ "$membership" = etcd ]; then
+          echo "SHOAL_ETCD=127.0.0.1:$((base + 150))"; echo "SHOAL_ETCD_CREDENTIALS_FILE=$dir/etcd/etcd.env"; echo "SHOAL_MEMBERS_FILE="
+      else
+          echo "SHOAL_ETCD="; echo "SHOAL_MEMBERS_FILE=$dir/members.yaml"
+      fi
       echo "SHOAL_ADMINS=$(IFS=,; echo "${admins[*]}")"
       echo "SHOAL_SECRET_FILE=$dir/secret"
       if $tls; then echo "SHOAL_TLS_CA_FILE=$dir/tls/ca.pem"; else echo "SHOAL_TLS_CA_FILE="; fi
-      echo "SHOAL_BIN=$shoal"; } > "$dir/cluster.env"
-    echo "cluster: $workers worker(s) at ${addresses[*]} (members file $dir/members.yaml); object store $(grep ENDPOINT "$dir/cluster.env" | cut -d= -f2)"
+      echo "SHOAL_BIN=$shoal"; } > "$dir/cluster.env")
+    if [ "$membership" = etcd ]; then view="etcd 127.0.0.1:$((base + 150))"; else view="members file $dir/members.yaml"; fi
+    echo "cluster: $workers worker(s) at ${addresses[*]} ($view); object store $(grep ENDPOINT "$dir/cluster.env" | cut -d= -f2)"
     echo "cluster: set -a; . $dir/cluster.env; set +a   # then: shoal cat s3://bucket/key"
     ;;
 stop)
     stop_workers
     "$root/Tools/objectstore.sh" stop "$dir/objectstore"
+    if [ -d "$dir/etcd" ]; then "$root/Tools/etcd.sh" stop "$dir/etcd"; fi
     ;;
-*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls] [--memory-tier SIZE] [--shards N]" >&2; exit 2 ;;
+*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls] [--memory-tier SIZE] [--shards N] [--membership etcd|file]" >&2; exit 2 ;;
 esac

@@ -11,7 +11,7 @@ perf=false
 [ "${1:-}" = "--perf" ] && perf=true
 
 packages=(pkg-config liburing-dev libibverbs-dev librdmacm-dev libnuma-dev libcurl4-openssl-dev libssl-dev openssl
-          ibverbs-utils fio iperf3 iproute2 python3-venv curl)
+          ibverbs-utils fio iperf3 iproute2 python3-venv curl etcd-server etcd-client)
 $perf && packages+=(redis-server redis-tools nginx-light wrk linux-perf)
 missing=()
 for p in "${packages[@]}"; do

@@ -149,6 +149,12 @@ CURLcode shoal_curl_setopt_callback(CURL *curl, CURLoption option, shoal_curl_da
 CURLcode shoal_curl_getinfo_long(CURL *curl, CURLINFO info, long *value) {
     return curl_easy_getinfo(curl, info, value);
 }
+CURLcode shoal_curl_setopt_xferinfo(CURL *curl, shoal_curl_xferinfo_cb callback, void *context) {
+    CURLcode rc = curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, callback);
+    if (rc == CURLE_OK) rc = curl_easy_setopt(curl, CURLOPT_XFERINFODATA, context);
+    if (rc == CURLE_OK) rc = curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    return rc;
+}
 
 int shoal_ssl_ctx_require_tls13(SSL_CTX *ctx) { return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION); }
 void shoal_ssl_ctx_enable_ktls(SSL_CTX *ctx) { SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS); }

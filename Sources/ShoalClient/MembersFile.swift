@@ -33,27 +33,32 @@ public enum MembersFile {
                 throw bad("\(at): unknown key '\(key)' (known: id, address, weight, state)")
             }
             guard let id = m["id"].map({ "\($0)" }), !id.isEmpty else { throw bad("\(at).id is missing") }
-            guard let address = m["address"] as? String, Endpoint(address) != nil else {
-                throw bad("\(at).address '\(m["address"].map { "\($0)" } ?? "")' is not host:port")
-            }
-            var weight = 1.0
-            if let w = m["weight"] {
-                if let n = w as? Int { weight = Double(n) } else if let d = w as? Double { weight = d } else if let s = w as? String, let bytes = ByteSize.parse(s) {
-                    weight = Double(bytes)
-                } else {
-                    throw bad("\(at).weight '\(w)' is not a number or a size (like 4TiB)")
-                }
-            }
-            var state = MemberState.active
-            if let s = m["state"] {
-                guard let text = s as? String, let parsed = MemberState(rawValue: text) else {
-                    throw bad("\(at).state '\(s)' is not one of \(MemberState.allCases.map(\.rawValue).joined(separator: ", "))")
-                }
-                state = parsed
-            }
-            members.append(Member(id: id, address: address, weight: weight, state: state))
+            members.append(try member(id: id, fields: m, at: at, bad: bad))
         }
         do { return try MembershipView(epoch: epoch, members: members) } catch { throw bad(error.message) }
+    }
+
+    /// A member from its fields (address, weight, state; as in the file and in etcd's values).
+    static func member(id: String, fields m: [String: Any], at: String, bad: (String) -> ShoalError) throws(ShoalError) -> Member {
+        guard let address = m["address"] as? String, Endpoint(address) != nil else {
+            throw bad("\(at).address '\(m["address"].map { "\($0)" } ?? "")' is not host:port")
+        }
+        var weight = 1.0
+        if let w = m["weight"] {
+            if let n = w as? Int { weight = Double(n) } else if let d = w as? Double { weight = d } else if let s = w as? String, let bytes = ByteSize.parse(s) {
+                weight = Double(bytes)
+            } else {
+                throw bad("\(at).weight '\(w)' is not a number or a size (like 4TiB)")
+            }
+        }
+        var state = MemberState.active
+        if let s = m["state"] {
+            guard let text = s as? String, let parsed = MemberState(rawValue: text) else {
+                throw bad("\(at).state '\(s)' is not one of \(MemberState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            state = parsed
+        }
+        return Member(id: id, address: address, weight: weight, state: state)
     }
 
     /// Reads and parses `path`.

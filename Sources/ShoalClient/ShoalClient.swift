@@ -10,6 +10,13 @@ public struct ClientConfig: Sendable {
     /// The cluster's members file (`MembersFile`), read again when it changes; it replaces
     /// `workers`.
     public var membersFile: String?
+    /// etcd's endpoints (host:port), when the cluster's members register there (`EtcdMembers`):
+    /// the client watches `etcdPrefix` and routes by what it sees. Replaces `workers`.
+    public var etcdEndpoints: [String] = []
+    public var etcdPrefix = "/shoal/default/"
+    /// etcd's user and password (its authentication should be on: the view steers every read).
+    public var etcdUser: String?
+    public var etcdPassword: String?
     public var secret: [UInt8]
     /// Connections per worker; a large read uses them all, each with up to `pipelineDepth` READs
     /// in flight (and no more than the worker allows). Replies come back in any order.
@@ -114,12 +121,12 @@ public final class ShoalClient: @unchecked Sendable {
     private let tls: TLSContext?
     /// Stores to read from when no worker can be (`directStores`).
     private let direct: [String: S3Store]
-    /// The members file, when the client was given one.
-    let members: MembersWatcher?
+    /// The members file or etcd, when the client was given one.
+    let members: (any MembershipSource)?
 
     public init(config: ClientConfig) throws(ShoalError) {
-        guard !config.workers.isEmpty || config.membersFile != nil else {
-            throw ShoalError(.badRequest, "no worker address given (e.g. 127.0.0.1:7070) and no members file")
+        guard !config.workers.isEmpty || config.membersFile != nil || !config.etcdEndpoints.isEmpty else {
+            throw ShoalError(.badRequest, "no worker address given (e.g. 127.0.0.1:7070), no members file and no etcd endpoint")
         }
         guard !config.secret.isEmpty else { throw ShoalError(.badRequest, "no cluster secret given; workers refuse clients without it") }
         guard (1...1024).contains(config.connectionsPerWorker), (1...Int(WireLimits.maxInFlight)).contains(config.pipelineDepth) else {
@@ -141,7 +148,16 @@ public final class ShoalClient: @unchecked Sendable {
         } else {
             tls = nil
         }
-        if let path = config.membersFile {
+        if !config.etcdEndpoints.isEmpty {
+            let etcd = EtcdMembers(client: try EtcdClient(endpoints: config.etcdEndpoints, user: config.etcdUser, password: config.etcdPassword), prefix: config.etcdPrefix)
+            let (view, slots) = etcd.current(force: false)
+            guard !view.members.isEmpty else {
+                etcd.close()
+                throw ShoalError(.connectionFailed, "\(etcd.name): no members" + (etcd.error.map { " (\($0))" } ?? " registered"))
+            }
+            members = etcd
+            routing = try Routing(view: view, slots: slots)
+        } else if let path = config.membersFile {
             let watcher = try MembersWatcher(path: path, recheckSeconds: config.membersRecheckSeconds)
             members = watcher
             let (view, slots) = watcher.current()
@@ -153,18 +169,21 @@ public final class ShoalClient: @unchecked Sendable {
         }
     }
 
-    deinit { idle.values.joined().forEach { $0.close() } }
+    deinit {
+        idle.values.joined().forEach { $0.close() }
+        members?.close()
+    }
 
     // MARK: the view
 
-    /// The view calls route by now (the members file read again if it changed, at most once a
+    /// The view calls route by now (its source asked again if it changed, at most once a
     /// second).
     public var view: MembershipView { current().view }
 
-    /// Why the members file last read was not taken (the view before it stays); nil when it was.
+    /// Why the view source's last answer was not taken (the view before it stays); nil when it was.
     public var viewError: String? { members?.error }
 
-    /// The routing of the view in use; with `force`, the members file is looked at now.
+    /// The routing of the view in use; with `force`, the source is asked now.
     private func current(force: Bool = false) -> Routing {
         guard let members else { return lock.withLock { routing } }
         let (view, slots) = members.current(force: force)
@@ -344,10 +363,10 @@ public final class ShoalClient: @unchecked Sendable {
         let pieces = layout.pieces(offset: offset, length: length)
         let misrouted = try fetch(current(), pieces, file: file, into: base)
         if !misrouted.isEmpty {
-            // Routed by an old view: read the members file now and send them where it says.
+            // Routed by an old view: ask the view source now and send them where it says.
             let r = current(force: true)
             guard try fetch(r, misrouted, file: file, into: base).isEmpty else {
-                throw ShoalError(.notOwner, "workers refuse blocks of \(file.object) as not theirs even in view epoch \(r.view.epoch): the members file and the workers disagree")
+                throw ShoalError(.notOwner, "workers refuse blocks of \(file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
             }
         }
         return Int(length)

@@ -8,6 +8,11 @@ internal import CShoalShims
 public final class HTTPBodySink: @unchecked Sendable {
     let fixed: UnsafeMutableRawBufferPointer?
     let limit: Int
+    let deliver: ((UnsafeRawBufferPointer) -> Bool)?
+    private let cancelLock = ConditionLock()
+    private var _cancelled = false
+    /// The transfer was stopped on purpose (by `deliver` or `cancel`), not by a fault.
+    public private(set) var stopped = false
     public private(set) var count = 0
     public private(set) var overflowed = false
     public private(set) var bytes: [UInt8] = []
@@ -22,15 +27,41 @@ public final class HTTPBodySink: @unchecked Sendable {
     public init(buffer: UnsafeMutableRawBufferPointer) {
         fixed = buffer
         limit = buffer.count
+        deliver = nil
     }
 
     /// Collects up to `limit` bytes into `bytes`.
     public init(limit: Int) {
         fixed = nil
         self.limit = limit
+        deliver = nil
+    }
+
+    /// Hands the body to `deliver` piece by piece as it arrives, for a response that goes on for
+    /// as long as it is wanted (an etcd watch). `deliver` returning false ends the transfer, and
+    /// so does `cancel` from another thread: curl looks at it about once a second even while no
+    /// byte arrives. Either way the transfer ends without an error.
+    public init(streaming deliver: @escaping (UnsafeRawBufferPointer) -> Bool) {
+        fixed = nil
+        limit = Int.max
+        self.deliver = deliver
+    }
+
+    /// Ends a streaming transfer within about a second (any thread).
+    public func cancel() { cancelLock.withLock { _cancelled = true } }
+
+    var cancelled: Bool {
+        let c = cancelLock.withLock { _cancelled }
+        if c { stopped = true }
+        return c
     }
 
     func append(_ data: UnsafeRawPointer, _ n: Int) -> Bool {
+        if let deliver {
+            count += n
+            guard !cancelled, deliver(UnsafeRawBufferPointer(start: data, count: n)) else { stopped = true; return false }
+            return true
+        }
         guard count + n <= limit else { overflowed = true; return false }
         if let fixed {
             (fixed.baseAddress! + count).copyMemory(from: data, byteCount: n)
@@ -65,7 +96,10 @@ public struct HTTPRequest: Sendable {
     /// may take as long as they keep moving).
     public static let defaultStallTimeoutSeconds = 5
     public var connectTimeoutMillis = HTTPRequest.defaultConnectTimeoutMillis
+    /// 0: no stall limit (a watch may stay quiet for as long as nothing changes).
     public var stallTimeoutSeconds = HTTPRequest.defaultStallTimeoutSeconds
+    /// A limit on the whole transfer; nil: none.
+    public var totalTimeoutMillis: Int?
 
     public init(method: String, url: String) {
         self.method = method
@@ -164,8 +198,16 @@ public final class CurlEasy: @unchecked Sendable {
         _ = shoal_curl_setopt_ptr(handle, CURLOPT_ERRORBUFFER, errorBuffer)
         _ = shoal_curl_setopt_long(handle, CURLOPT_BUFFERSIZE, 512 * 1024)
         _ = shoal_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutMillis)
-        _ = shoal_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1024)
-        _ = shoal_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, request.stallTimeoutSeconds)
+        if request.stallTimeoutSeconds > 0 {
+            _ = shoal_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1024)
+            _ = shoal_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, request.stallTimeoutSeconds)
+        }
+        if let total = request.totalTimeoutMillis { _ = shoal_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, total) }
+        if sink.deliver != nil {
+            _ = shoal_curl_setopt_xferinfo(handle, { ctx, _, _, _, _ in
+                Unmanaged<Context>.fromOpaque(ctx!).takeUnretainedValue().sink.cancelled ? 1 : 0
+            }, contextPointer)
+        }
         _ = shoal_curl_setopt_long(handle, CURLOPT_TCP_NODELAY, 1)
         if CurlEasy.verbose { _ = shoal_curl_setopt_long(handle, CURLOPT_VERBOSE, 1) }
         switch request.method {
@@ -225,7 +267,7 @@ public final class CurlEasy: @unchecked Sendable {
     /// The response of a transfer that ended with `rc`.
     func finish(_ transfer: Transfer, _ rc: CURLcode) throws(CurlError) -> HTTPResponse {
         let sink = transfer.context.sink
-        if rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && sink.overflowed) {
+        if rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && sink.overflowed) && !sink.stopped {
             let detail = String(cString: errorBuffer)
             let base = String(cString: curl_easy_strerror(rc))
             throw CurlError(code: Int32(rc.rawValue), message: detail.isEmpty ? base : "\(base): \(detail)")

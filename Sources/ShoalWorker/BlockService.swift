@@ -53,8 +53,9 @@ final class BlockService: @unchecked Sendable {
     let serveStaleOnOutage: Bool
     /// GETs one block is split into when few blocks are missing (1: never split).
     var fillParts = 4
-    /// The cluster's members file and this worker's id in it (nil: no view; every READ served).
-    var members: (watcher: MembersWatcher, id: String)?
+    /// Where the cluster's view comes from (members file or etcd) and this worker's id in it
+    /// (nil: no view; every READ served).
+    var members: (source: any MembershipSource, id: String)?
     let logger: Logger
 
     init(stores: [String: any ObjectStore], cache: BlockCache, pool: BufferPool, metadataTTL: Double, metrics: WorkerMetrics,
@@ -125,7 +126,7 @@ final class BlockService: @unchecked Sendable {
     /// fits this worker's buffers.
     func check(_ request: ReadRequest) throws(ShoalError) {
         try request.validate()
-        if request.epoch != 0, let members { try checkOwner(request, members.watcher, members.id) }
+        if request.epoch != 0, let members { try checkOwner(request, members.source, members.id) }
         _ = try store(request.storeName)
         guard UInt64(request.blockSize) + UInt64(BlockCache.dataOffset) <= UInt64(pool.bufferSize) else {
             throw ShoalError(.badRequest, "block size \(request.blockSize) is larger than this worker's buffers (\(pool.bufferSize - BlockCache.dataOffset))")
@@ -134,15 +135,16 @@ final class BlockService: @unchecked Sendable {
 
     /// The CRC32C of the requested range of a block whose whole-block CRC is `crc`, in `data`.
     /// A READ routed by an older view than this worker's must be for a block it owns or falls
-    /// back for in its view; one routed by a newer view makes it read its members file now.
-    private func checkOwner(_ request: ReadRequest, _ watcher: MembersWatcher, _ id: String) throws(ShoalError) {
-        var (view, placement) = watcher.current()
-        if request.epoch > view.epoch { (view, placement) = watcher.current(force: true) }
+    /// back for in its view; one routed by a newer view makes it read its members file now (a
+    /// watched source, etcd, is current already: a READ never makes the worker wait on it).
+    private func checkOwner(_ request: ReadRequest, _ source: any MembershipSource, _ id: String) throws(ShoalError) {
+        var (view, placement) = source.current(force: false)
+        if request.epoch > view.epoch, !source.isWatched { (view, placement) = source.current(force: true) }
         guard request.epoch < view.epoch, let me = view.index(of: id) else { return }
         let (owner, fallback) = placement.owners(of: request.id)
         guard owner != me && fallback != me else { return }
         throw ShoalError(.notOwner, "worker \(id) does not own block \(request.index) of \(request.block.object) in view epoch \(view.epoch); "
-                         + "the READ was routed by epoch \(request.epoch): read the members file again")
+                         + "the READ was routed by epoch \(request.epoch): ask \(source.name) again")
     }
 
     static func rangeCRC(_ request: ReadRequest, blockLength: Int, blockCRC: UInt32, data: UnsafeRawPointer) -> UInt32 {

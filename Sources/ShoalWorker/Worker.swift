@@ -16,6 +16,7 @@ public final class Worker: @unchecked Sendable {
     let pool: BufferPool
     private var plane: DataPlane?
     private var admin: AdminServer?
+    private var registration: EtcdRegistration?
     private let logger: Logger
 
     /// Opens the cache disks (recovering what they hold) and allocates the buffer pool.
@@ -53,6 +54,15 @@ public final class Worker: @unchecked Sendable {
                 throw ShoalError(.badRequest, "key 'memberID': '\(id)' is not a member in \(path) (members: \(watcher.current().view.members.map(\.id).joined(separator: ", ")))")
             }
             service.members = (watcher, id)
+        } else if let settings = config.etcd, let id = config.memberID {
+            let source = EtcdMembers(client: try EtcdClient(endpoints: settings.endpoints, user: settings.user, password: settings.password), prefix: settings.prefix)
+            source.onChange = { [logger] view in
+                logger.info("cluster view changed", metadata: [
+                    "epoch": "\(view.epoch)", "members": "\(view.members.map { "\($0.id)=\($0.state.rawValue)" }.joined(separator: ","))",
+                ])
+            }
+            if let error = source.error { logger.warning("etcd not reachable yet; serving every READ until it is", metadata: ["error": "\(error)"]) }
+            service.members = (source, id)
         }
         if config.serveFromMemory || config.answerWithoutData || config.allowUntaggedFrames {
             logger.warning("benchmark switches on: not for service", metadata: [
@@ -95,6 +105,14 @@ public final class Worker: @unchecked Sendable {
             self.plane = plane
         } catch {
             throw ShoalError(.badRequest, "cannot listen on \(config.listen): \(error)")
+        }
+        if let settings = config.etcd, let (source, id) = service.members, let etcd = source as? EtcdMembers {
+            let address = config.advertise?.description ?? "\(config.listen.host):\(port)"
+            let member = Member(id: id, address: address, weight: config.weight ?? Double(cache.capacity))
+            let registration = EtcdRegistration(client: etcd.client, prefix: etcd.prefix, member: member, leaseSeconds: settings.leaseSeconds, logger: logger)
+            registration.start()
+            self.registration = registration
+            etcd.startWatching()
         }
         logger.info("worker listening", metadata: [
             "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "blocks": "\(cache.blockCount)",
@@ -239,7 +257,18 @@ public final class Worker: @unchecked Sendable {
         return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
             + "\"capacity\":\(cache.capacity),\"connections\":\(plane?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
             + "\"serveFromMemory\":\(config.serveFromMemory),\"answerWithoutData\":\(config.answerWithoutData),"
-            + "\"admission\":\(admission),\"memoryTier\":\(tierJSON()),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
+            + "\"admission\":\(admission),\"memoryTier\":\(tierJSON()),\"cluster\":\(clusterJSON()),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
+    }
+
+    /// The view this worker checks READs against: its source, epoch and members, and why the
+    /// source's last answer (or the etcd registration) failed, if it did.
+    func clusterJSON() -> String {
+        guard let (source, id) = service.members else { return "null" }
+        let quote = JSONText.quote
+        let view = source.current(force: false).view
+        let members = view.members.map { "{\"id\":\(quote($0.id)),\"address\":\(quote($0.address)),\"state\":\"\($0.state.rawValue)\",\"weight\":\($0.weight)}" }
+        return "{\"source\":\(quote(source.name)),\"memberID\":\(quote(id)),\"epoch\":\(view.epoch),\"members\":[\(members.joined(separator: ","))],"
+            + "\"viewError\":\(source.error.map(quote) ?? "null"),\"registrationError\":\(registration?.error.map(quote) ?? "null")}"
     }
 
     /// The DRAM tier's counters (nil: no tier).
@@ -263,6 +292,10 @@ public final class Worker: @unchecked Sendable {
 
     /// Stops the data plane and closes the cache (writing its snapshot), synchronously.
     public func stopDataPlane() {
+        // Out of the view first: clients move this worker's blocks before its port closes.
+        registration?.stop()
+        registration = nil
+        service.members?.source.close()
         plane?.stop()  // closes the stores too
         plane = nil
         cache.close()

@@ -1,3 +1,4 @@
+import ShoalClient
 import ShoalCore
 import ShoalObjectStore
 import ShoalStore
@@ -87,6 +88,14 @@ public struct WorkerConfig: Sendable {
     /// older view to a block this worker neither owns nor falls back for is answered `not_owner`.
     public var membersFile: String?
     public var memberID: String?
+    /// etcd, when the cluster's members register there: this worker registers as `memberID`
+    /// under `prefix` with a lease it keeps alive, and watches the prefix for the view.
+    public var etcd: EtcdSettings?
+    /// The data-plane address clients dial, as registered in etcd (default: `listen`, which must
+    /// then not be a wildcard address).
+    public var advertise: Endpoint?
+    /// This worker's share of the slots, as registered in etcd (default: its cache capacity).
+    public var weight: Double?
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -105,12 +114,24 @@ public struct WorkerConfig: Sendable {
 
     public init() {}
 
+    public struct EtcdSettings: Sendable {
+        public var endpoints: [String] = []
+        public var prefix = "/shoal/default/"
+        /// A worker that stops renewing leaves the view this long after.
+        public var leaseSeconds = 10
+        /// etcd's user and password, from `credentialsFile` (SHOAL_ETCD_USER, SHOAL_ETCD_PASSWORD).
+        public var user: String?
+        public var password: String?
+        public init() {}
+    }
+
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL", "serveStaleOnOutage",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
                                            "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts",
-                                           "membersFile", "memberID"]
+                                           "membersFile", "memberID", "etcd", "advertise", "weight"]
+    static let etcdKeys: Set<String> = ["endpoints", "prefix", "leaseSeconds", "credentialsFile"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
     static let storeKeys: Set<String> = ["name", "type", "endpoint", "region", "accessKey", "secretKey", "credentialsFile",
@@ -178,6 +199,25 @@ public struct WorkerConfig: Sendable {
         if let v = try r.int("fillParts", min: 1, max: 16) { config.fillParts = v }
         if let v = try r.string("membersFile") { config.membersFile = resolve(v) }
         if let v = try r.string("memberID") { config.memberID = v }
+        if let v = try r.endpoint("advertise") { config.advertise = v }
+        if map["weight"] is String, let v = try r.size("weight") { config.weight = Double(v) } else if let v = try r.double("weight", min: 0, max: 1e18) { config.weight = v }
+        if let item = map["etcd"] {
+            let e = try r.nested(item, "etcd")
+            try e.checkKnown(etcdKeys)
+            var settings = EtcdSettings()
+            settings.endpoints = try e.list("endpoints").map { "\($0)" }
+            guard !settings.endpoints.isEmpty else { throw e.missing("endpoints") }
+            if let p = try e.string("prefix") { settings.prefix = p }
+            if let t = try e.int("leaseSeconds", min: 2, max: 3600) { settings.leaseSeconds = t }
+            if let f = try e.string("credentialsFile") {
+                let env = try WorkerConfig.readEnvFile(resolve(f), key: "etcd.credentialsFile")
+                guard let user = env["SHOAL_ETCD_USER"], let password = env["SHOAL_ETCD_PASSWORD"] else {
+                    throw ShoalError(.badRequest, "key 'etcd.credentialsFile': \(f) must set SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD")
+                }
+                (settings.user, settings.password) = (user, password)
+            }
+            config.etcd = settings
+        }
         if let v = try r.bool("admitOnSecondMiss") { config.admission.admitOnSecondMiss = v }
         if let v = try r.double("writeBudgetDWPD", min: 0.01, max: 1000) { config.admission.writeBudgetDWPD = v }
         if let v = try r.bool("thrashGuard") { config.thrashGuard = v }
@@ -238,8 +278,23 @@ public struct WorkerConfig: Sendable {
     /// Checks the whole config; the error names the key.
     public func validate() throws(ShoalError) {
         try validateBlockSize()
-        guard (membersFile == nil) == (memberID == nil) else {
-            throw ShoalError(.badRequest, "keys 'membersFile' and 'memberID' go together: the file lists the cluster, the id says which member this worker is")
+        guard membersFile == nil || etcd == nil else {
+            throw ShoalError(.badRequest, "keys 'membersFile' and 'etcd': give one source of the cluster's view, not both")
+        }
+        guard (membersFile == nil && etcd == nil) == (memberID == nil) else {
+            throw ShoalError(.badRequest, "keys 'membersFile' (or 'etcd') and 'memberID' go together: one lists the cluster, the id says which member this worker is")
+        }
+        if let id = memberID {
+            guard !id.isEmpty, id.utf8.count <= 128, !id.contains("/"), id.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) else {
+                throw ShoalError(.badRequest, "key 'memberID': '\(id)' must be 1-128 printable ASCII characters without '/' or spaces")
+            }
+        }
+        if let etcd {
+            do { _ = try EtcdClient(endpoints: etcd.endpoints) } catch { throw ShoalError(.badRequest, "key 'etcd.endpoints': \(error.message)") }
+            guard etcd.prefix.hasPrefix("/") else { throw ShoalError(.badRequest, "key 'etcd.prefix': '\(etcd.prefix)' must start with '/' (e.g. /shoal/default/)") }
+            if advertise == nil, listen.host == "0.0.0.0" || listen.host == "::" || listen.host.isEmpty {
+                throw ShoalError(.badRequest, "key 'advertise': needed with 'etcd' when 'listen' is \(listen) (a wildcard): the address clients dial, e.g. 10.0.0.5:7070")
+            }
         }
         guard !secret.isEmpty else {
             throw ShoalError(.badRequest, "key 'secret': a shared secret is required (set 'secret' or 'secretFile'); clients prove they hold it")

@@ -55,13 +55,30 @@ struct RingCommand: ParsableCommand {
     }
 }
 
-/// Sets a member's state in the members file and raises its epoch: clients read it again.
+/// Sets a member's state: in etcd (its drain key), or in the members file (raising its epoch).
+/// Clients and workers see the change with their next look at the source.
 struct MemberStateChange {
-    static func apply(file: String?, id: String, to state: MemberState) throws {
-        guard let path = file ?? ProcessEnvironment.get("SHOAL_MEMBERS_FILE"), !path.isEmpty else {
-            throw fail("no members file: pass --members FILE or set SHOAL_MEMBERS_FILE", code: 2)
-        }
+    static func apply(file: String?, etcd: String?, prefix: String?, credentials: String?, id: String, to state: MemberState) throws {
+        let env = { (name: String) -> String? in ProcessEnvironment.get(name).flatMap { $0.isEmpty ? nil : $0 } }
+        let endpoints = ClientOptions.etcdList(etcd ?? (file == nil ? env("SHOAL_ETCD") : nil))
         do {
+            if !endpoints.isEmpty {
+                let (user, password) = try ClientOptions.etcdCredentials(credentials)
+                let client = try EtcdClient(endpoints: endpoints, user: user, password: password)
+                let prefix = ClientOptions.prefix(prefix)
+                let (revision, kvs) = try client.range(prefix: prefix)
+                let view = try EtcdMembers.view(prefix: prefix, revision: revision, kvs: kvs)
+                guard view.index(of: id) != nil else {
+                    throw ShoalError(.badRequest, "no member '\(id)' registered under \(prefix) in etcd (members: \(view.members.map(\.id).joined(separator: ", ")))")
+                }
+                let key = EtcdMembers.drainKey(prefix: prefix, id: id)
+                if state == .draining { try client.put(key, []) } else { try client.delete(key) }
+                print("\(id): \(state.rawValue) (etcd \(key))")
+                return
+            }
+            guard let path = file ?? env("SHOAL_MEMBERS_FILE") else {
+                throw fail("no members file and no etcd: pass --members FILE or --etcd HOST:PORT, or set SHOAL_MEMBERS_FILE or SHOAL_ETCD", code: 2)
+            }
             let view = try MembersFile.load(path)
             guard let i = view.index(of: id) else {
                 throw ShoalError(.badRequest, "no member '\(id)' in \(path) (members: \(view.members.map(\.id).joined(separator: ", ")))")
@@ -76,20 +93,28 @@ struct MemberStateChange {
     }
 }
 
+/// Where `drain` and `undrain` make their change.
+struct MemberSourceOptions: ParsableArguments {
+    @Option(help: "The members file (default: $SHOAL_MEMBERS_FILE).") var members: String?
+    @Option(help: "etcd's host:port, comma-separated (default: $SHOAL_ETCD; wins over the members file).") var etcd: String?
+    @Option(help: "The cluster's key prefix in etcd (default: $SHOAL_ETCD_PREFIX or /shoal/default/).") var etcdPrefix: String?
+    @Option(help: "File setting SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD (default: $SHOAL_ETCD_CREDENTIALS_FILE).") var etcdCredentialsFile: String?
+}
+
 struct DrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "drain", abstract: "Take a member out of placement (its blocks go to the others) in the members file.")
+        commandName: "drain", abstract: "Take a member out of placement (its blocks go to the others), in etcd or the members file.")
     @Argument(help: "The member's id.") var id: String
-    @Option(help: "The members file (default: $SHOAL_MEMBERS_FILE).") var members: String?
+    @OptionGroup var source: MemberSourceOptions
 
-    func run() throws { try MemberStateChange.apply(file: members, id: id, to: .draining) }
+    func run() throws { try MemberStateChange.apply(file: source.members, etcd: source.etcd, prefix: source.etcdPrefix, credentials: source.etcdCredentialsFile, id: id, to: .draining) }
 }
 
 struct UndrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "undrain", abstract: "Put a drained member back into placement in the members file.")
+        commandName: "undrain", abstract: "Put a drained member back into placement, in etcd or the members file.")
     @Argument(help: "The member's id.") var id: String
-    @Option(help: "The members file (default: $SHOAL_MEMBERS_FILE).") var members: String?
+    @OptionGroup var source: MemberSourceOptions
 
-    func run() throws { try MemberStateChange.apply(file: members, id: id, to: .active) }
+    func run() throws { try MemberStateChange.apply(file: source.members, etcd: source.etcd, prefix: source.etcdPrefix, credentials: source.etcdCredentialsFile, id: id, to: .active) }
 }

@@ -43,6 +43,15 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "The cluster's members file, read again when it changes; replaces --worker (default: $SHOAL_MEMBERS_FILE).")
     var members: String?
 
+    @Option(help: "etcd's host:port, where the cluster's workers register (comma-separated for several); replaces --worker (default: $SHOAL_ETCD).")
+    var etcd: String?
+
+    @Option(help: "The cluster's key prefix in etcd (default: $SHOAL_ETCD_PREFIX or /shoal/default/).")
+    var etcdPrefix: String?
+
+    @Option(help: "File setting etcd's SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD (default: $SHOAL_ETCD_CREDENTIALS_FILE, or those two variables themselves).")
+    var etcdCredentialsFile: String?
+
     @Option(help: "File holding the cluster secret (default: $SHOAL_SECRET_FILE).")
     var secretFile: String?
 
@@ -54,12 +63,16 @@ struct ClientOptions: ParsableArguments {
 
     func makeClientConfig() throws -> ClientConfig {
         let env = ProcessEnvironment.get
-        // An explicit --worker wins over the environment's members file.
-        let membersFile = members ?? (workers.isEmpty ? env("SHOAL_MEMBERS_FILE").flatMap { $0.isEmpty ? nil : $0 } : nil)
+        // What is given on the command line wins over the environment; there, etcd over the
+        // members file over a list of workers.
+        let explicit = etcd != nil || members != nil || !workers.isEmpty
+        let given = { (name: String) -> String? in explicit ? nil : env(name).flatMap { $0.isEmpty ? nil : $0 } }
+        let etcdEndpoints = ClientOptions.etcdList(etcd ?? given("SHOAL_ETCD"))
+        let membersFile = etcdEndpoints.isEmpty ? members ?? given("SHOAL_MEMBERS_FILE") : nil
         var list = workers
-        if list.isEmpty, membersFile == nil, let w = env("SHOAL_WORKERS") { list = w.split(separator: ",").map(String.init) }
-        guard !list.isEmpty || membersFile != nil else {
-            throw fail("no worker given: pass --worker HOST:PORT or --members FILE, or set SHOAL_WORKERS or SHOAL_MEMBERS_FILE", code: 2)
+        if list.isEmpty, membersFile == nil, etcdEndpoints.isEmpty, let w = given("SHOAL_WORKERS") { list = w.split(separator: ",").map(String.init) }
+        guard !list.isEmpty || membersFile != nil || !etcdEndpoints.isEmpty else {
+            throw fail("no worker given: pass --etcd HOST:PORT, --members FILE or --worker HOST:PORT, or set SHOAL_ETCD, SHOAL_MEMBERS_FILE or SHOAL_WORKERS", code: 2)
         }
         var endpoints: [Endpoint] = []
         for w in list {
@@ -79,10 +92,41 @@ struct ClientOptions: ParsableArguments {
         guard connections >= 1 && connections <= 64 else { throw fail("--connections must be 1-64", code: 2) }
         var config = ClientConfig(workers: endpoints, secret: secret)
         config.membersFile = membersFile
+        config.etcdEndpoints = etcdEndpoints
+        config.etcdPrefix = ClientOptions.prefix(etcdPrefix)
+        (config.etcdUser, config.etcdPassword) = try ClientOptions.etcdCredentials(etcdCredentialsFile)
         config.connectionsPerWorker = connections
         config.clientName = "shoal-cli"
         if let ca = tlsCa ?? env("SHOAL_TLS_CA_FILE"), !ca.isEmpty { config.tlsCAFile = ca }
         return config
+    }
+
+    /// etcd's endpoints from a comma-separated list.
+    static func etcdList(_ text: String?) -> [String] {
+        (text ?? "").split(separator: ",").map { String($0).trimmingCharacters() }.filter { !$0.isEmpty }
+    }
+
+    /// etcd's user and password: from the file given (or $SHOAL_ETCD_CREDENTIALS_FILE), else from
+    /// $SHOAL_ETCD_USER and $SHOAL_ETCD_PASSWORD.
+    static func etcdCredentials(_ file: String?) throws -> (String?, String?) {
+        let env = ProcessEnvironment.get
+        if let path = file ?? env("SHOAL_ETCD_CREDENTIALS_FILE").flatMap({ $0.isEmpty ? nil : $0 }) {
+            do {
+                let values = try WorkerConfig.readEnvFile(path, key: "--etcd-credentials-file")
+                guard let user = values["SHOAL_ETCD_USER"], let password = values["SHOAL_ETCD_PASSWORD"] else {
+                    throw fail("etcd credentials file \(path) must set SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD", code: 2)
+                }
+                return (user, password)
+            } catch let error as ShoalError {
+                throw fail(error.message, code: 2)
+            }
+        }
+        return (env("SHOAL_ETCD_USER"), env("SHOAL_ETCD_PASSWORD"))
+    }
+
+    /// The cluster's etcd prefix: given, or $SHOAL_ETCD_PREFIX, or the default.
+    static func prefix(_ given: String?) -> String {
+        given ?? ProcessEnvironment.get("SHOAL_ETCD_PREFIX").flatMap { $0.isEmpty ? nil : $0 } ?? "/shoal/default/"
     }
 }
 

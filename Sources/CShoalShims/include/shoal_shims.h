@@ -39,6 +39,9 @@ CURLcode shoal_curl_setopt_off(CURL *curl, CURLoption option, curl_off_t value);
 typedef size_t (*shoal_curl_data_cb)(char *data, size_t size, size_t count, void *context);
 CURLcode shoal_curl_setopt_callback(CURL *curl, CURLoption option, shoal_curl_data_cb callback);
 CURLcode shoal_curl_getinfo_long(CURL *curl, CURLINFO info, long *value);
+// The progress callback (about once a second even when no byte moves): non-zero aborts.
+typedef int (*shoal_curl_xferinfo_cb)(void *context, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow);
+CURLcode shoal_curl_setopt_xferinfo(CURL *curl, shoal_curl_xferinfo_cb callback, void *context);
 
 // OpenSSL APIs that are function-like macros over SSL_CTX_ctrl/SSL_ctrl/BIO_ctrl (or use
 // SSL_OP_BIT), which Swift does not import: typed one-line wrappers.
