@@ -153,6 +153,12 @@ public final class EtcdClient: @unchecked Sendable {
         return (revision, kvs)
     }
 
+    /// Whether `key` is there.
+    public func exists(_ key: String) throws(ShoalError) -> Bool {
+        let json = try call("/v3/kv/range", "{\"key\":\"\(Base64.encode(key.utf8))\",\"count_only\":true}")
+        return (EtcdClient.number(json["count"]) ?? 0) > 0
+    }
+
     /// Sets `key`, tied to `lease` (0: none; the key then stays until deleted).
     public func put(_ key: String, _ value: [UInt8], lease: Int64 = 0) throws(ShoalError) {
         _ = try call("/v3/kv/put", "{\"key\":\"\(Base64.encode(key.utf8))\",\"value\":\"\(Base64.encode(value))\",\"lease\":\"\(lease)\"}")

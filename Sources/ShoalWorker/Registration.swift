@@ -7,7 +7,7 @@ import Glibc
 #endif
 
 /// A worker's entry in etcd: `<prefix>members/<id>` = {"address", "weight", "state"}, tied to a
-/// lease renewed every third of its time to live. While etcd cannot be reached the worker keeps
+/// lease renewed every third of its time to live (and put again if it went). While etcd cannot be reached the worker keeps
 /// serving and keeps trying; a lease that ran out meanwhile is taken again with the entry. On
 /// stop the lease is revoked, so clients move the worker's blocks at once instead of after the
 /// lease runs out.
@@ -51,10 +51,12 @@ final class EtcdRegistration: @unchecked Sendable {
     private func renew() {
         let current = lock.withLock { lease }
         do throws(ShoalError) {
-            if current != 0, try client.keepAlive(current) > 0 {
+            // Renewed, and the entry still there (a key deleted by hand leaves its lease alive).
+            if current != 0, try client.keepAlive(current) > 0, try client.exists(key) {
                 reportOK()
                 return
             }
+            if current != 0 { try? client.revoke(current) }
             let fresh = try client.grant(ttlSeconds: ttl)
             try client.put(key, value, lease: fresh)
             lock.withLock { lease = fresh }

@@ -246,3 +246,19 @@ import Testing
         #expect(throws: ShoalError.self) { try MembershipView(epoch: 1, members: [Member(id: "", address: "x:1")]) }
     }
 }
+
+@Suite struct Base64Tests {
+    /// RFC 4648's vectors, a round trip of every length up to 64, and text that is not base64.
+    @Test func vectorsRoundTripsAndRefusals() {
+        let vectors = ["": "", "f": "Zg==", "fo": "Zm8=", "foo": "Zm9v", "foob": "Zm9vYg==", "fooba": "Zm9vYmE=", "foobar": "Zm9vYmFy"]
+        for (plain, encoded) in vectors {
+            #expect(Base64.encode(plain.utf8) == encoded)
+            #expect(Base64.decode(encoded) == Array(plain.utf8))
+        }
+        for n in 0...64 {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 * 37 + 11) }
+            #expect(Base64.decode(Base64.encode(bytes)) == bytes)
+        }
+        for bad in ["Zg=", "Z===", "Zm9v!A==", "Zg==Zg==", "=Zg="] { #expect(Base64.decode(bad) == nil, "\(bad)") }
+    }
+}

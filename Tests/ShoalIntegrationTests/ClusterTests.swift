@@ -202,7 +202,7 @@ import ShoalTestSupport
             config.membersFile = path
             config.memberID = "w\(i)"
             let w = try Worker(config: config, logger: testLogger)
-            w.service.members?.watcher.recheckNanos = 0
+            (w.service.members?.source as? MembersWatcher)?.recheckNanos = 0
             try w.start()
             return w
         }

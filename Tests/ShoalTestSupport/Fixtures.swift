@@ -28,6 +28,7 @@ enum TemporaryFolders {
     static let registerCleanup: Void = {
         atexit {
             ObjectStoreFixture.stopIfStarted()
+            EtcdFixture.stopIfStarted()
             _ = system("rm -rf '\(TemporaryFolders.root)'")
         }
     }()
@@ -93,6 +94,65 @@ public final class ObjectStoreFixture: @unchecked Sendable {
         let name = "\(hint)-\(try! secureRandomBytes(4).hexString)".lowercased()
         try store().createBucket(name)
         return name
+    }
+}
+
+/// A real etcd (Debian's etcd-server) for the whole test process, started with Tools/etcd.sh
+/// (authentication on, bound to 127.0.0.1) and stopped when the process exits. Tests run at once:
+/// each takes a prefix of its own (`makePrefix`).
+public final class EtcdFixture: @unchecked Sendable {
+    public let directory: String
+    public let endpoint: String
+    public let user: String
+    public let password: String
+    public let envFile: String
+
+    nonisolated(unsafe) private static var startedDirectory: String?
+
+    public static let shared: Result<EtcdFixture, FixtureError> = {
+        do { return .success(try EtcdFixture()) } catch let e as FixtureError { return .failure(e) } catch {
+            return .failure(FixtureError(message: "\(error)"))
+        }
+    }()
+
+    static func stopIfStarted() {
+        if let dir = startedDirectory {
+            startedDirectory = nil
+            _ = runProcess("/bin/bash", [repositoryRoot + "/Tools/etcd.sh", "stop", dir])
+        }
+    }
+
+    /// The shared etcd, or a failure that says why it could not start (never a silent skip).
+    public static func get() throws -> EtcdFixture { try shared.get() }
+
+    private init() throws {
+        directory = makeTemporaryDirectory("etcd")
+        // Below the ephemeral range, apart from the object store's ports.
+        let port = 30000 + Int(getpid() % 1000) * 2
+        let (status, output) = runProcess("/bin/bash", [repositoryRoot + "/Tools/etcd.sh", "start", directory, String(port)])
+        guard status == 0 else {
+            throw FixtureError(message: "Tools/etcd.sh could not start etcd (run Tools/install-deps.sh first): \(output)")
+        }
+        EtcdFixture.startedDirectory = directory
+        envFile = directory + "/etcd.env"
+        let env = try WorkerConfig.readEnvFile(envFile, key: "test")
+        endpoint = env["SHOAL_ETCD"]!
+        user = env["SHOAL_ETCD_USER"]!
+        password = env["SHOAL_ETCD_PASSWORD"]!
+    }
+
+    /// A prefix of the cluster's keys for one test (under /shoal/, where the user may write).
+    public func makePrefix(_ hint: String) -> String { "/shoal/\(hint)-\(try! secureRandomBytes(4).hexString)/" }
+
+    /// Settings for a worker config, against `endpoint` (default: this etcd).
+    public func settings(prefix: String, endpoint: String? = nil, leaseSeconds: Int = 3) -> WorkerConfig.EtcdSettings {
+        var s = WorkerConfig.EtcdSettings()
+        s.endpoints = [endpoint ?? self.endpoint]
+        s.prefix = prefix
+        s.leaseSeconds = leaseSeconds
+        s.user = user
+        s.password = password
+        return s
     }
 }
 

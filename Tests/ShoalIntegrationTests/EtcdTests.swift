@@ -1,0 +1,220 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+@testable import ShoalClient
+@testable import ShoalCore
+@testable import ShoalSys
+@testable import ShoalWorker
+import ShoalTestSupport
+
+/// Membership through a real etcd (authentication on): workers register with a lease, clients
+/// and workers watch the prefix.
+@Suite(.serialized) struct EtcdTests {
+    static let secret = Array("test-secret-0123456789".utf8)
+
+    /// `n` in-process workers registered under `prefix` (ids w0, w1, ...), and a bucket holding
+    /// `data` as "o".
+    static func cluster(_ name: String, _ n: Int, prefix: String, data: [UInt8], etcdEndpoint: String? = nil) throws -> (String, [Worker]) {
+        let fx = try ObjectStoreFixture.get()
+        let etcd = try EtcdFixture.get()
+        let bucket = try fx.makeBucket(name)
+        try fx.store().put(bucket: bucket, key: "o", bytes: data)
+        let workers = try (0..<n).map { i -> Worker in
+            var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("\(name)-\(i)"), store: fx.storeConfig())
+            config.memberID = "w\(i)"
+            config.etcd = etcd.settings(prefix: prefix, endpoint: etcdEndpoint)
+            let w = try Worker(config: config, logger: testLogger)
+            try w.start()
+            return w
+        }
+        return (bucket, workers)
+    }
+
+    static func clientConfig(prefix: String, endpoint: String? = nil) throws -> ClientConfig {
+        let etcd = try EtcdFixture.get()
+        var config = ClientConfig(workers: [], secret: secret)
+        config.etcdEndpoints = [endpoint ?? etcd.endpoint]
+        config.etcdPrefix = prefix
+        config.etcdUser = etcd.user
+        config.etcdPassword = etcd.password
+        config.markDownSeconds = 0.5
+        return config
+    }
+
+    static func etcdClient() throws -> EtcdClient {
+        let etcd = try EtcdFixture.get()
+        return try EtcdClient(endpoints: [etcd.endpoint], user: etcd.user, password: etcd.password)
+    }
+
+    /// Waits up to `seconds` for `condition`.
+    static func eventually(_ seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = monotonicNanos() + UInt64(seconds * 1e9)
+        while monotonicNanos() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+
+    /// Workers register themselves (address, weight = cache capacity, active); a client given
+    /// only etcd learns the view and reads an object spread over all of them byte-exact, each
+    /// block filled by its owner.
+    @Test func workersRegisterAndAClientGivenEtcdReadsThroughThem() throws {
+        let prefix = try EtcdFixture.get().makePrefix("register")
+        let data = SampleData.bytes(seed: 91, count: 12 << 20)
+        let (bucket, workers) = try EtcdTests.cluster("etcd-reg", 3, prefix: prefix, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        let view = client.view
+        #expect(view.members.map(\.id) == ["w0", "w1", "w2"])
+        #expect(view.members.allSatisfy { $0.state == .active && $0.weight == Double(workers[0].cache.capacity) })
+        #expect(view.members.map(\.address) == workers.map { "127.0.0.1:\($0.port)" })
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        let blocks = workers.map { $0.cache.blockCount }
+        #expect(blocks.reduce(0, +) == 12, "each of the 12 blocks cached once across the cluster: \(blocks)")
+        #expect(blocks.allSatisfy { $0 > 0 }, "every worker owns some of 12 blocks: \(blocks)")
+        // The workers see the same members, and say so in /status.
+        let status = workers[1].statusJSON()
+        #expect(status.contains("\"memberID\":\"w1\"") && status.contains("\"viewError\":null") && status.contains("\"registrationError\":null"))
+    }
+
+    /// A worker that stops revokes its lease: it leaves every view at once, and the client's
+    /// reads go to the others. One that dies without a word leaves when its lease runs out.
+    @Test func aStoppedWorkerLeavesAtOnceAndADeadOneWhenItsLeaseRunsOut() throws {
+        let prefix = try EtcdFixture.get().makePrefix("leave")
+        let data = SampleData.bytes(seed: 92, count: 8 << 20)
+        let (bucket, workers) = try EtcdTests.cluster("etcd-leave", 2, prefix: prefix, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        #expect(client.view.members.count == 2)
+        let started = monotonicNanos()
+        workers[1].stopDataPlane()
+        #expect(EtcdTests.eventually(2) { client.view.members.map(\.id) == ["w0"] }, "the stopped worker is still in the view")
+        #expect(monotonicNanos() - started < 2_000_000_000)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(workers[0].cache.blockCount == 8)
+
+        // An entry whose lease is not renewed (a worker killed with SIGKILL) goes after its TTL.
+        let etcd = try EtcdTests.etcdClient()
+        let lease = try etcd.grant(ttlSeconds: 2)
+        try etcd.put(EtcdMembers.memberKey(prefix: prefix, id: "ghost"), Array("{\"address\":\"127.0.0.1:9\",\"weight\":1}".utf8), lease: lease)
+        #expect(EtcdTests.eventually(2) { client.view.members.map(\.id) == ["ghost", "w0"] })
+        #expect(EtcdTests.eventually(6) { client.view.members.map(\.id) == ["w0"] }, "the unrenewed entry outlived its lease")
+    }
+
+    /// A registration whose lease was lost (etcd restored, or the lease revoked by hand) is put
+    /// back with a new lease by the worker's next renewal.
+    @Test func aLostRegistrationIsPutBack() throws {
+        let prefix = try EtcdFixture.get().makePrefix("lost")
+        let (_, workers) = try EtcdTests.cluster("etcd-lost", 1, prefix: prefix, data: [1, 2, 3])
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let etcd = try EtcdTests.etcdClient()
+        let key = EtcdMembers.memberKey(prefix: prefix, id: "w0")
+        #expect(try etcd.range(prefix: key).kvs.count == 1)
+        try etcd.delete(key)
+        // Renewals every leaseSeconds/3 (1 s): the entry comes back within a couple of them.
+        #expect(EtcdTests.eventually(4) { (try? etcd.range(prefix: key).kvs.count) == 1 }, "the worker did not register again")
+    }
+
+    /// `drain` (a key beside the member's) takes a member out of placement in every view; the
+    /// client's reads go to the others; removing the key puts it back.
+    @Test func aDrainKeyMakesAMemberDraining() throws {
+        let prefix = try EtcdFixture.get().makePrefix("drain")
+        let data = SampleData.bytes(seed: 93, count: 8 << 20)
+        let (bucket, workers) = try EtcdTests.cluster("etcd-drain", 2, prefix: prefix, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        let etcd = try EtcdTests.etcdClient()
+        try etcd.put(EtcdMembers.drainKey(prefix: prefix, id: "w1"), [])
+        #expect(EtcdTests.eventually(2) { client.view.members.last?.state == .draining })
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(workers[1].cache.blockCount == 0 && workers[0].cache.blockCount == 8)
+        // The drained worker sees it too.
+        #expect(EtcdTests.eventually(2) { workers[1].statusJSON().contains("\"state\":\"draining\"") })
+        try etcd.delete(EtcdMembers.drainKey(prefix: prefix, id: "w1"))
+        #expect(EtcdTests.eventually(2) { client.view.members.last?.state == .active })
+    }
+
+    /// A value that does not parse keeps the last good view, and the client and every worker
+    /// say which key and why; once it is fixed, the error clears.
+    @Test func aBadValueKeepsTheLastViewAndSaysWhy() throws {
+        let prefix = try EtcdFixture.get().makePrefix("bad")
+        let (_, workers) = try EtcdTests.cluster("etcd-bad", 1, prefix: prefix, data: [1, 2, 3])
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        let before = client.view
+        let etcd = try EtcdTests.etcdClient()
+        let key = EtcdMembers.memberKey(prefix: prefix, id: "broken")
+        try etcd.put(key, Array("{\"address\":\"nowhere\"}".utf8))
+        #expect(EtcdTests.eventually(2) { client.viewError?.contains(key) == true })
+        #expect(client.viewError?.contains("not host:port") == true, "\(client.viewError ?? "no error")")
+        #expect(client.view == before)
+        #expect(EtcdTests.eventually(2) { workers[0].statusJSON().contains("not host:port") })
+        try etcd.delete(key)
+        #expect(EtcdTests.eventually(2) { client.viewError == nil })
+        #expect(client.view.members.map(\.id) == ["w0"])
+    }
+
+    /// etcd cut off (a relay in front of it stops): the workers keep serving, the client keeps
+    /// its last view and reads on, and both say etcd cannot be reached.
+    @Test func etcdUnreachableKeepsTheViewAndTheReads() throws {
+        let etcd = try EtcdFixture.get()
+        let relay = try TCPRelay(to: Endpoint(etcd.endpoint)!)
+        let prefix = etcd.makePrefix("cut")
+        let data = SampleData.bytes(seed: 94, count: 6 << 20)
+        let (bucket, workers) = try EtcdTests.cluster("etcd-cut", 2, prefix: prefix, data: data, etcdEndpoint: relay.endpoint.description)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix, endpoint: relay.endpoint.description))
+        #expect(client.view.members.count == 2)
+        relay.cut()
+        // A forced look (as after not_owner) fails and keeps the view.
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(client.view.members.count == 2)
+        #expect(EtcdTests.eventually(6) { workers[0].statusJSON().contains("etcd") && !workers[0].statusJSON().contains("\"registrationError\":null") },
+                "the worker does not say that etcd is unreachable")
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+    }
+
+    /// Wrong credentials, a missing prefix and an unreachable etcd each give one clear error.
+    @Test func aClientThatCannotGetAViewSaysWhy() throws {
+        let etcd = try EtcdFixture.get()
+        var config = try EtcdTests.clientConfig(prefix: etcd.makePrefix("nobody"))
+        #expect(throws: ShoalError.self) { try ShoalClient(config: config) }
+        do { _ = try ShoalClient(config: config) } catch { #expect(error.message.contains("no members registered")) }
+        config.etcdPassword = "wrong"
+        do { _ = try ShoalClient(config: config); Issue.record("a wrong password was taken") } catch {
+            #expect(error.message.contains("authentication failed") || error.message.contains("password"), "\(error.message)")
+        }
+        config.etcdEndpoints = ["127.0.0.1:1"]
+        do { _ = try ShoalClient(config: config); Issue.record("an unreachable etcd gave a view") } catch {
+            #expect(error.message.contains("etcd unreachable"), "\(error.message)")
+        }
+        // Without credentials etcd refuses (its authentication is on).
+        let anonymous = try EtcdClient(endpoints: [etcd.endpoint])
+        #expect(throws: ShoalError.self) { try anonymous.put("/shoal/x", [1]) }
+    }
+
+    /// The members under a prefix: ids from the keys, drain keys applied, the revision as the
+    /// epoch; keys of other kinds ignored; unknown fields refused.
+    @Test func theViewIsMadeFromTheKeys() throws {
+        func kv(_ key: String, _ value: String) -> EtcdClient.KeyValue { EtcdClient.KeyValue(key: key, value: Array(value.utf8), modRevision: 1) }
+        let view = try EtcdMembers.view(prefix: "/shoal/c", revision: 42, kvs: [
+            kv("/shoal/c/members/b", "{\"address\":\"10.0.0.2:7070\",\"weight\":2}"),
+            kv("/shoal/c/members/a", "{\"address\":\"10.0.0.1:7070\",\"weight\":\"1GiB\",\"state\":\"joining\"}"),
+            kv("/shoal/c/drain/b", ""),
+            kv("/shoal/c/other", "x"),
+        ])
+        #expect(view.epoch == 42)
+        #expect(view.members == [Member(id: "a", address: "10.0.0.1:7070", weight: Double(1 << 30), state: .joining),
+                                 Member(id: "b", address: "10.0.0.2:7070", weight: 2, state: .draining)])
+        #expect(throws: ShoalError.self) { try EtcdMembers.view(prefix: "/shoal/c/", revision: 1, kvs: [kv("/shoal/c/members/a", "{\"address\":\"h:1\",\"colour\":1}")]) }
+        #expect(throws: ShoalError.self) { try EtcdMembers.view(prefix: "/shoal/c/", revision: 1, kvs: [kv("/shoal/c/members/a", "[1,2]")]) }
+        #expect(EtcdClient.rangeEnd("/shoal/c/") == Array("/shoal/c0".utf8))
+    }
+}
