@@ -7,14 +7,16 @@ import ShoalSys
 import ShoalTestSupport
 
 /// A host of its own: a network namespace joined to this one by a veth pair (10.77.N.1 here,
-/// 10.77.N.2 there), a relay on 10.77.N.1 to the object store (which listens on loopback only),
-/// and a worker process inside, on 10.77.N.2:7070. Needs root.
+/// 10.77.N.2 there), relays on 10.77.N.1 to the object store and to etcd (which listen on
+/// loopback only), and a worker process inside, on 10.77.N.2:7070, registered in etcd as wN.
+/// Needs root.
 final class NamespaceHost {
     let index: Int
     let name: String
     let hostSide: String
     let address: String
     let storeRelay: TCPRelay
+    let etcdRelay: TCPRelay
     let directory: String
     let worker: WorkerProcess
 
@@ -23,7 +25,7 @@ final class NamespaceHost {
         guard status == 0 else { throw FixtureError(message: "`\(command)` failed: \(output)") }
     }
 
-    init(index: Int, fx: ObjectStoreFixture, secretFile: String, membersFile: String) throws {
+    init(index: Int, fx: ObjectStoreFixture, etcd: EtcdFixture, prefix: String, secretFile: String) throws {
         self.index = index
         let tag = "\(getpid() % 10000)"
         name = "shoal\(tag)n\(index)"
@@ -40,6 +42,7 @@ final class NamespaceHost {
         storeRelay = try TCPRelay(to: Endpoint(host: fx.credentials.endpoint.replacingOccurrences(of: "http://", with: "").components(separatedBy: ":")[0],
                                                port: UInt16(fx.credentials.endpoint.components(separatedBy: ":").last!)!),
                                   listenHost: "10.77.\(index).1")
+        etcdRelay = try TCPRelay(to: Endpoint(etcd.endpoint)!, listenHost: "10.77.\(index).1")
         try FileSystem.createDirectories(directory + "/cache")
         try FileSystem.writeFile(directory + "/s3.env", Array("""
             SHOAL_S3_ENDPOINT=http://\(storeRelay.endpoint)
@@ -49,7 +52,8 @@ final class NamespaceHost {
             """.utf8))
         try FileSystem.writeFile(directory + "/worker.yaml", Array(WorkerProcess.configText(
             listen: address, secret: "secretFile: \(secretFile)", directory: directory, credentialsFile: directory + "/s3.env",
-            extra: "memoryTier: 0\nmembersFile: \(membersFile)\nmemberID: w\(index)\n").utf8))
+            extra: "memoryTier: 0\nmemberID: w\(index)\netcd:\n  endpoints: [\"\(etcdRelay.endpoint)\"]\n  prefix: \(prefix)\n"
+                + "  leaseSeconds: 3\n  credentialsFile: \(etcd.envFile)\n").utf8))
         worker = WorkerProcess(config: directory + "/worker.yaml", listen: Endpoint(address)!, log: directory + "/worker.log",
                                launcher: "ip netns exec \(name)")
     }
@@ -64,12 +68,14 @@ final class NamespaceHost {
     func destroy() {
         if worker.pid > 0 { kill9() }
         storeRelay.cut()
+        etcdRelay.cut()
         _ = runProcess("/bin/bash", ["-c", "ip netns del \(name); ip link del \(hostSide) 2>/dev/null; true"])
     }
 }
 
-/// Several hosts, each a network namespace with its own worker process: a client reads a dataset
-/// byte-exact while one worker is killed, one is cut off (its link down) and a new one joins.
+/// Several hosts, each a network namespace with its own worker process, and etcd: a client reads
+/// a dataset byte-exact while one worker is killed, one is cut off (its link down) and a new one
+/// joins (registers itself).
 @Suite(.serialized) struct MultiHostTests {
     @Test func aClientReadsExactlyThroughAKillACutOffAndAJoin() throws {
         try #require(getuid() == 0, "the multi-host tests make network namespaces and veth pairs: run them as root (CI does)")
@@ -80,26 +86,26 @@ final class NamespaceHost {
         let shared = makeTemporaryDirectory("hosts")
         let secretFile = shared + "/secret"
         try FileSystem.writeFile(secretFile, Array("hosts-secret-0123456789".utf8), permissions: 0o600)
-        let membersFile = shared + "/members.yaml"
-        func members(_ n: Int, epoch: UInt64, joining: Int? = nil) throws {
-            let list = (0..<n).map { Member(id: "w\($0)", address: "10.77.\($0).2:7070", state: $0 == joining ? .joining : .active) }
-            try MembersFile.write(try MembershipView(epoch: epoch, members: list), to: membersFile)
-        }
-        try members(3, epoch: 1)
+        let etcd = try EtcdFixture.get()
+        let prefix = etcd.makePrefix("hosts")
         var hosts: [NamespaceHost] = []
         defer { hosts.forEach { $0.destroy() } }
         for i in 0..<3 {
-            hosts.append(try NamespaceHost(index: i, fx: fx, secretFile: secretFile, membersFile: membersFile))
+            hosts.append(try NamespaceHost(index: i, fx: fx, etcd: etcd, prefix: prefix, secretFile: secretFile))
             try hosts[i].start()
         }
         var config = ClientConfig(workers: [], secret: Array("hosts-secret-0123456789".utf8))
-        config.membersFile = membersFile
+        config.etcdEndpoints = [etcd.endpoint]
+        config.etcdPrefix = prefix
+        config.etcdUser = etcd.user
+        config.etcdPassword = etcd.password
         // Short, for a test; long enough for cold fills by debug-built workers on a busy machine
         // (a worker is only taken for gone when none of those waited on sends anything in time).
         config.timeoutMillis = 3000
         config.connectTimeoutMillis = 500
         config.markDownSeconds = 1
         let client = try ShoalClient(config: config)
+        #expect(client.view.members.map(\.address) == (0..<3).map { "10.77.\($0).2:7070" })
         let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
         var failed = 0
         func readAll(_ when: String) {
@@ -123,14 +129,14 @@ final class NamespaceHost {
         readAll("w1 cut off")
         try hosts[1].reconnect()
         usleep(1_100_000)  // the client's mark on it runs out
-        // A new worker joins: listed as joining (it owns nothing yet), started, then made active.
-        try members(4, epoch: 2, joining: 3)
-        hosts.append(try NamespaceHost(index: 3, fx: fx, secretFile: secretFile, membersFile: membersFile))
+        // A new worker joins: it registers itself once it listens, and the client's watch sees it.
+        let before = client.view.epoch
+        hosts.append(try NamespaceHost(index: 3, fx: fx, etcd: etcd, prefix: prefix, secretFile: secretFile))
         try hosts[3].start()
-        try members(4, epoch: 3)
-        usleep(1_100_000)  // clients look at the members file once a second
+        let deadline = monotonicNanos() + 5_000_000_000
+        while client.view.members.count < 4, monotonicNanos() < deadline { usleep(20_000) }
         readAll("w3 joined")
-        #expect(client.view.epoch == 3 && client.view.members.count == 4)
+        #expect(client.view.epoch > before && client.view.members.count == 4)
         #expect((0..<24).contains { client.owners(of: file.block(UInt64($0))).first == Endpoint("10.77.3.2:7070") }, "the new worker owns blocks")
         #expect(failed == 0, "reads failed during the kill, the cut-off and the join")
     }
