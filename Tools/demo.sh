@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: installs what is missing, builds Shoal, starts a local
-# object store (SeaweedFS) and a cluster of cache workers (a members file routes the blocks over
-# them), puts a sample dataset in the store, then reads it through the cache twice — cold
+# object store (SeaweedFS), etcd and a cluster of cache workers (each registers itself in etcd;
+# clients route the blocks over them by what they see there), puts a sample dataset in the store, then reads it through the cache twice — cold
 # (filled from the store) and warm (from the workers' caches) — and prints the throughput of
 # each. Everything is stopped at the end unless --keep is given.
 #   Tools/demo.sh [--size 1GiB] [--workers 3] [--keep]
