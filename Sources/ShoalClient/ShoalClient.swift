@@ -37,6 +37,10 @@ public struct ClientConfig: Sendable {
     /// How long a worker that failed stays marked down: its blocks go to their fallback meanwhile,
     /// and nothing waits on it; the first read after that tries it again.
     public var markDownSeconds: Double = 5
+    /// Hedged reads: a READ unanswered for this long is sent to the block's other owner too, and
+    /// the first good reply wins (nil: off, the default). Costs a second worker's work on the
+    /// slowest reads, so set it near the latency you want to cut, well above the usual.
+    public var hedgeAfterMillis: Int32?
     public var clientName = "shoal-client"
     /// Benchmarks only: count READ_NODATA replies from a worker running with `answerWithoutData`
     /// as answered (the buffer is left untouched) instead of failing them.
@@ -118,6 +122,10 @@ public final class ShoalClient: @unchecked Sendable {
     private var idle: [String: [WorkerConnection]] = [:]
     /// Members that failed, by id, and until when (monotonic ns) they are left alone.
     private var downUntil: [String: UInt64] = [:]
+    /// Background connects to members marked down, by id (`probeDown`), and when the next may start.
+    private var probes: [String: ConnectProbe] = [:]
+    private var nextProbe: [String: UInt64] = [:]
+    private var _hedges = (sent: 0, won: 0)
     private let tls: TLSContext?
     /// Stores to read from when no worker can be (`directStores`).
     private let direct: [String: S3Store]
@@ -139,6 +147,9 @@ public final class ShoalClient: @unchecked Sendable {
             guard seconds.isFinite, seconds >= 0, seconds <= 86_400 else {
                 throw ShoalError(.badRequest, "\(name) is \(seconds); it must be 0-86400 seconds")
             }
+        }
+        if let h = config.hedgeAfterMillis, h < 1 || h > config.timeoutMillis {
+            throw ShoalError(.badRequest, "hedgeAfterMillis is \(h); it must be 1 ms up to timeoutMillis (\(config.timeoutMillis))")
         }
         guard config.maxDirectReads >= 1 else { throw ShoalError(.badRequest, "maxDirectReads must be at least 1") }
         self.config = config
@@ -171,6 +182,7 @@ public final class ShoalClient: @unchecked Sendable {
 
     deinit {
         idle.values.joined().forEach { $0.close() }
+        probes.values.forEach { $0.close() }
         members?.close()
     }
 
@@ -228,6 +240,9 @@ public final class ShoalClient: @unchecked Sendable {
         }
     }
 
+    /// Hedged READs sent, and how many of them answered first.
+    public var hedges: (sent: Int, won: Int) { lock.withLock { _hedges } }
+
     /// The workers marked down now (their addresses), for status and tests.
     public var downWorkers: [Endpoint] {
         let r = current()
@@ -239,6 +254,57 @@ public final class ShoalClient: @unchecked Sendable {
     private func isDown(_ id: String) -> Bool {
         guard let until = lock.withLock({ downUntil[id] }) else { return false }
         return monotonicNanos() < until
+    }
+
+    /// Probes the members marked down without waiting on them: a connect started in one call is
+    /// looked at in the next. One that connects comes back at once (its mark is cleared); one
+    /// that refuses, or has not connected within `connectTimeoutMillis`, keeps its mark, renewed,
+    /// so no call waits on it again while it stays away.
+    private func probeDown(_ r: Routing) {
+        let now = monotonicNanos()
+        let interval = UInt64(min(1, max(0, config.markDownSeconds)) * 1e9)
+        let connectNanos = UInt64(config.connectTimeoutMillis) * 1_000_000
+        let start: [String] = lock.withLock {
+            guard !downUntil.isEmpty else { return [] }
+            var start: [String] = []
+            for (id, until) in downUntil {
+                if let probe = probes[id] {
+                    let state = probe.state
+                    if state == .connected {
+                        downUntil[id] = nil
+                        nextProbe[id] = nil
+                    } else if state == .failed || now - probe.startedNanos >= connectNanos {
+                        downUntil[id] = max(until, now + UInt64(max(0, config.markDownSeconds) * 1e9))
+                        nextProbe[id] = now + interval
+                    } else {
+                        continue
+                    }
+                    probe.close()
+                    probes[id] = nil
+                } else if now >= nextProbe[id, default: 0] {
+                    start.append(id)
+                }
+            }
+            return start
+        }
+        guard !start.isEmpty else { return }
+        var started: [String: ConnectProbe] = [:]
+        for id in start {
+            guard let i = r.ids.firstIndex(of: id) else { continue }
+            // A HELLO (plain TCP; with TLS the worker would want a TLS hello first, so a connect
+            // alone is the probe): a worker that answers is alive, not just its kernel.
+            var greeting: [UInt8] = []
+            if tls == nil, let nonce = try? secureRandomBytes(MutualAuth.nonceSize) {
+                var handshake = ClientHandshake(secret: config.secret, nonce: nonce, clientName: config.clientName + " (probe)",
+                                                worker: r.endpoints[i].description, untaggedFrames: config.untaggedFrames)
+                if case .send(let h, let body) = handshake.start() { greeting = h.bytes + body }
+            }
+            started[id] = ConnectProbe(r.endpoints[i], greeting: greeting)
+        }
+        lock.withLock {
+            for id in start where started[id] == nil { downUntil[id] = nil }  // left the view
+            for (id, probe) in started { probes[id]?.close(); probes[id] = probe }
+        }
     }
 
     private func markDown(_ id: String) {
@@ -283,6 +349,7 @@ public final class ShoalClient: @unchecked Sendable {
     public func stat(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> ShoalFile {
         try object.validate()
         let r = current()
+        probeDown(r)
         var worker = try metadataOwner(r, object)
         var answer: Result<StatReply, ShoalError>
         var broken = 0
@@ -361,7 +428,9 @@ public final class ShoalClient: @unchecked Sendable {
         let length = min(UInt64(buffer.count), file.size - offset)
         let layout = BlockLayout(blockSize: UInt64(file.blockSize))
         let pieces = layout.pieces(offset: offset, length: length)
-        let misrouted = try fetch(current(), pieces, file: file, into: base)
+        let routing = current()
+        probeDown(routing)
+        let misrouted = try fetch(routing, pieces, file: file, into: base)
         if !misrouted.isEmpty {
             // Routed by an old view: ask the view source now and send them where it says.
             let r = current(force: true)
@@ -388,6 +457,8 @@ public final class ShoalClient: @unchecked Sendable {
         /// Made for this read, not taken from the pool.
         let fresh: Bool
         var inFlight: [UInt32: BlockPiece] = [:]
+        /// When each READ in flight was sent (for hedging).
+        var sentAt: [UInt32: UInt64] = [:]
         var open = true
 
         init(worker: Int, connection: WorkerConnection, fresh: Bool) {
@@ -403,10 +474,13 @@ public final class ShoalClient: @unchecked Sendable {
     /// as one is answered, so neither a slow fill nor a slow worker stalls the rest. Every reply
     /// lands straight in its place in the caller's buffer.
     ///
-    /// A worker that cannot be reached (no connection, or no answer in time) is marked down and
-    /// its pieces, sent or not, go to their fallbacks: it costs this read one timeout, and later
-    /// reads none. A connection that breaks (the worker may have closed it: a store that failed
-    /// in the middle of a reply) is replaced and its pieces sent again, once each.
+    /// A worker that cannot be reached (no connection, or nothing from it for `timeoutMillis`
+    /// while it has READs in flight) is marked down and its pieces, sent or not, go to their
+    /// fallbacks: it costs this read one timeout, and later reads none. A connection that breaks
+    /// (the worker may have closed it: a store that failed in the middle of a reply) is replaced
+    /// and its pieces sent again, once each. With `hedgeAfterMillis`, a READ unanswered that long
+    /// is sent to the block's other owner too; the first good reply wins, and the other's is
+    /// pointed at scratch memory so it never lands in the caller's buffer.
     /// Returns the pieces their worker refused as not its own in a newer view (`not_owner`).
     private func fetch(_ r: Routing, _ pieces: [BlockPiece], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) -> [BlockPiece] {
         let workers = r.endpoints
@@ -416,7 +490,21 @@ public final class ShoalClient: @unchecked Sendable {
         var failed = Set<Int>()
         var misrouted: [BlockPiece] = []
         var firstError: ShoalError?
-        defer { for lane in lanes where lane.open { giveBack(lane.connection, r.ids[lane.worker]) } }
+        /// Pieces answered (by either copy, when hedged), and pieces sent twice.
+        var done = Set<UInt64>()
+        var hedged = Set<UInt64>()
+        var scratch: UnsafeMutableRawPointer?
+        /// Per worker: when it last answered, or was first waited on.
+        var progress = Array(repeating: UInt64(0), count: workers.count)
+        let timeoutNanos = UInt64(config.timeoutMillis) * 1_000_000
+        let hedgeNanos = config.hedgeAfterMillis.map { UInt64(max(1, $0)) * 1_000_000 }
+        defer {
+            // A lane still waiting on a hedge's loser is closed: its reply must find no one.
+            for lane in lanes where lane.open {
+                if lane.inFlight.isEmpty { giveBack(lane.connection, r.ids[lane.worker]) } else { lane.connection.close() }
+            }
+            scratch?.deallocate()
+        }
 
         func assign(_ p: BlockPiece, cause: ShoalError? = nil) throws(ShoalError) {
             let id = file.block(p.index).id
@@ -425,10 +513,29 @@ public final class ShoalClient: @unchecked Sendable {
                 // No worker can serve it: from the store itself, when the client may read it.
                 guard let store = direct[file.object.store] else { throw error }
                 try readDirectly(store, p, file: file, into: base)
-                remaining -= 1
+                finish(p)
                 return
             }
             queues[w].append(p)
+        }
+        /// Another copy of a hedged piece is queued or in flight (so this one may be let go).
+        func hasOtherCopy(_ p: BlockPiece, notOn lane: Lane?) -> Bool {
+            guard hedged.contains(p.index) else { return false }
+            if queues.contains(where: { $0.contains { $0.index == p.index } }) { return true }
+            return lanes.contains { $0 !== lane && $0.open && $0.inFlight.values.contains { $0.index == p.index } }
+        }
+        /// `p` is answered: a hedged copy still out is pointed at scratch memory or unqueued.
+        func finish(_ p: BlockPiece) {
+            guard done.insert(p.index).inserted else { return }
+            remaining -= 1
+            guard hedged.contains(p.index) else { return }
+            for w in queues.indices { queues[w].removeAll { $0.index == p.index } }
+            for lane in lanes where lane.open {
+                for (id, q) in lane.inFlight where q.index == p.index {
+                    if scratch == nil { scratch = .allocate(byteCount: Int(file.blockSize), alignment: 64) }
+                    lane.connection.redirect(id, to: scratch!)
+                }
+            }
         }
         /// A connection broke: its pieces go again on a new one (to the same worker), once each
         /// (a pooled connection that had gone stale does not count), and the pool is dropped.
@@ -436,11 +543,13 @@ public final class ShoalClient: @unchecked Sendable {
             lane.open = false
             lane.connection.close()
             dropIdle(r.ids[lane.worker])
-            for p in lane.inFlight.values {
+            for p in lane.inFlight.values where !done.contains(p.index) {
+                if hasOtherCopy(p, notOn: lane) { continue }
                 guard !lane.fresh || resent.insert(p.index).inserted else { throw error }
                 queues[lane.worker].insert(p, at: 0)
             }
             lane.inFlight.removeAll()
+            lane.sentAt.removeAll()
         }
         /// Marks `worker` down and hands its pieces (queued, and in flight on its connections) on.
         func fail(_ worker: Int, _ cause: ShoalError) throws(ShoalError) {
@@ -453,8 +562,9 @@ public final class ShoalClient: @unchecked Sendable {
                 lane.connection.close()
                 orphans += lane.inFlight.values
                 lane.inFlight.removeAll()
+                lane.sentAt.removeAll()
             }
-            for p in orphans { try assign(p, cause: cause) }
+            for p in orphans where !done.contains(p.index) && !hasOtherCopy(p, notOn: nil) { try assign(p, cause: cause) }
         }
         /// Opens connections to workers with pieces waiting and none open.
         func openLanes() throws(ShoalError) {
@@ -481,13 +591,35 @@ public final class ShoalClient: @unchecked Sendable {
                 queues[lane.worker].removeFirst()
                 let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length, epoch: r.view.epoch)
                 do {
+                    let now = monotonicNanos()
+                    if !lanes.contains(where: { $0.worker == lane.worker && $0.open && !$0.inFlight.isEmpty }) { progress[lane.worker] = now }
                     let id = try lane.connection.sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
                     lane.inFlight[id] = p
+                    lane.sentAt[id] = now
                 } catch where ShoalClient.unreachable(error) {
                     queues[lane.worker].insert(p, at: 0)
                     try broke(lane, error)
                 }
             }
+        }
+        /// Sends READs unanswered for `hedgeAfterMillis` to their block's other owner too; when
+        /// the next one is due (nil: none).
+        func hedge(_ now: UInt64) -> (queued: Bool, next: UInt64?) {
+            guard let hedgeNanos else { return (false, nil) }
+            var next: UInt64?
+            var queued = false
+            for lane in lanes where lane.open {
+                for (id, sent) in lane.sentAt {
+                    guard let p = lane.inFlight[id], !hedged.contains(p.index) else { continue }
+                    guard now - sent >= hedgeNanos else { next = min(next ?? .max, sent + hedgeNanos); continue }
+                    guard let other = route(r, file.block(p.index).id, avoiding: failed.union([lane.worker])), other != lane.worker else { continue }
+                    hedged.insert(p.index)
+                    queues[other].append(p)
+                    queued = true
+                    lock.withLock { _hedges.sent += 1 }
+                }
+            }
+            return (queued, next)
         }
 
         var remaining = pieces.count
@@ -498,14 +630,22 @@ public final class ShoalClient: @unchecked Sendable {
                 for lane in lanes where lane.open { try feed(lane) }
                 let busy = lanes.filter { $0.open && !$0.inFlight.isEmpty }
                 guard !busy.isEmpty else { continue }
-                // One connection waiting, or replies already received: no poll needed.
-                let staged = busy.filter { $0.connection.hasBufferedReply }
-                var ready = busy.count == 1 ? busy : staged
+                // One connection waiting (and nothing to hedge), or replies already received: no
+                // poll needed.
+                var ready = busy.count == 1 && hedgeNanos == nil ? busy : busy.filter { $0.connection.hasBufferedReply }
                 if ready.isEmpty {
-                    let got = try readable(busy.map { $0.connection.socket })
+                    var now = monotonicNanos()
+                    let busyWorkers = Set(busy.map(\.worker))
+                    var wake = busyWorkers.map { progress[$0] + timeoutNanos }.min()!
+                    let (queued, due) = hedge(now)
+                    if queued { continue }  // send the hedges before waiting
+                    if let due { wake = min(wake, due) }
+                    let waitMillis = Int32(clamping: wake > now ? (wake - now + 999_999) / 1_000_000 : 0)
+                    let got = try readable(busy.map { $0.connection.socket }, timeoutMillis: max(1, waitMillis))
                     if got.isEmpty {
-                        // Nothing from any of them in time: each is unreachable.
-                        for w in Set(busy.map(\.worker)) {
+                        // Nothing in time from a worker waited on for `timeoutMillis`: unreachable.
+                        now = monotonicNanos()
+                        for w in busyWorkers where now >= progress[w] + timeoutNanos {
                             try fail(w, ShoalError(.timeout, "worker \(workers[w]) sent nothing in \(config.timeoutMillis) ms"))
                         }
                         continue
@@ -515,12 +655,22 @@ public final class ShoalClient: @unchecked Sendable {
                 for lane in ready where lane.open {
                     do {
                         let (id, result) = try lane.connection.receiveNext()
-                        let piece = lane.inFlight.removeValue(forKey: id)
-                        // A status reply (or a bad checksum, read in full) leaves the connection in step.
-                        if case .failure(let error) = result {
-                            if error.code == .notOwner, let piece { misrouted.append(piece) } else { firstError = firstError ?? error }
+                        progress[lane.worker] = monotonicNanos()
+                        lane.sentAt.removeValue(forKey: id)
+                        guard let piece = lane.inFlight.removeValue(forKey: id), !done.contains(piece.index) else { continue }
+                        switch result {
+                        case .success:
+                            if hedged.contains(piece.index), r.slots.owners(of: file.block(piece.index).id).owner != lane.worker {
+                                lock.withLock { _hedges.won += 1 }
+                            }
+                            finish(piece)
+                        case .failure(let error):
+                            // A status reply (or a bad checksum, read in full) leaves the connection
+                            // in step; a hedged piece waits for its other copy.
+                            if hasOtherCopy(piece, notOn: lane) { continue }
+                            if error.code == .notOwner { misrouted.append(piece) } else { firstError = firstError ?? error }
+                            finish(piece)
                         }
-                        remaining -= 1
                     } catch where error.code == .timeout {
                         try fail(lane.worker, error)
                     } catch where error.code == .connectionFailed {
@@ -561,8 +711,8 @@ public final class ShoalClient: @unchecked Sendable {
     }
 
     /// The sockets with something to read, by index; empty when none had anything in time.
-    private func readable(_ sockets: [TCPSocket]) throws(ShoalError) -> [Int] {
-        do { return try TCPSocket.readable(sockets, timeoutMillis: config.timeoutMillis) } catch {
+    private func readable(_ sockets: [TCPSocket], timeoutMillis: Int32) throws(ShoalError) -> [Int] {
+        do { return try TCPSocket.readable(sockets, timeoutMillis: timeoutMillis) } catch {
             throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
         }
     }

@@ -526,3 +526,66 @@ public enum Sockets {
 
     public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 }
+
+/// A worker probed without waiting: a TCP connect is started, and once it completes `greeting`
+/// (the first frame of a handshake) is sent; the probe succeeds when the peer answers with any
+/// byte. A process that is hung, or a host cut off, leaves it pending; a closed port fails it.
+/// A client probes the workers it marked down this way in the background of its own calls.
+public final class ConnectProbe: @unchecked Sendable {
+    public enum State: Equatable, Sendable { case pending, connected, failed }
+    private var fd: Int32 = -1
+    private var known: State = .pending
+    private var connected = false
+    private let greeting: [UInt8]
+    public let startedNanos = monotonicNanos()
+
+    public init(_ endpoint: Endpoint, greeting: [UInt8] = []) {
+        self.greeting = greeting
+        guard let (family, addr) = try? TCPSocket.resolveFirst(endpoint) else { known = .failed; return }
+        fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { known = .failed; return }
+        let rc = addr.withUnsafeBytes { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(addr.count)) }
+        if rc == 0 { connectedNow() } else if currentErrno() != EINPROGRESS { known = .failed }
+    }
+
+    deinit { close() }
+
+    private func connectedNow() {
+        connected = true
+        guard !greeting.isEmpty else { known = .connected; return }
+        let sent = greeting.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+        if sent != greeting.count { known = .failed }
+    }
+
+    /// Where the probe stands now (no wait).
+    public var state: State {
+        guard known == .pending, fd >= 0 else { return known }
+        if !connected {
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            guard poll(&pfd, 1, 0) > 0 else { return .pending }
+            var soError: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len)
+            guard soError == 0 else { known = .failed; return known }
+            connectedNow()
+            if known != .pending { return known }
+        }
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, 0) > 0 else { return .pending }
+        var byte: UInt8 = 0
+        known = recv(fd, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT)) > 0 ? .connected : .failed
+        return known
+    }
+
+    public func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+}
+
+extension TCPSocket {
+    static func resolveFirst(_ endpoint: Endpoint) throws(SysError) -> (Int32, [UInt8]) {
+        guard let first = try resolve(endpoint, passive: false).first else { throw SysError("connect \(endpoint): no address", errno: EADDRNOTAVAIL) }
+        return first
+    }
+}

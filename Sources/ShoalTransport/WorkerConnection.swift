@@ -238,6 +238,12 @@ public final class WorkerConnection: @unchecked Sendable {
         return id
     }
 
+    /// Points READ `id`'s reply at `buffer` instead (a hedged read's loser: its reply must not
+    /// land in the caller's memory once the winner's bytes are there).
+    public func redirect(_ id: UInt32, to buffer: UnsafeMutableRawPointer) {
+        if let i = pending.firstIndex(where: { $0.id == id }) { pending[i].buffer = buffer }
+    }
+
     /// Takes the next reply, whichever READ it answers, and returns that READ's id with its
     /// outcome: its bytes are in its buffer, checked against the reply's CRC32C (and tag), or the
     /// worker's error for it (the connection stays usable). Errors that end the connection are

@@ -110,8 +110,76 @@ import ShoalTestSupport
         #expect(fresh.downWorkers == [relay.endpoint])
         let accepted = relay.accepted
         #expect(try client.read(file, offset: 12345, length: 8 << 20) == Array(data[12345..<(12345 + (8 << 20))]))
-        #expect(relay.accepted == accepted, "a worker marked down is not tried again")
+        // At most the background probe reached it (a frozen relay accepts it, then says nothing).
+        #expect(relay.accepted <= accepted + 1, "a worker marked down is not tried again")
         #expect(workers[1].metrics.value("shoal_bytes_served_total") == Double(viaRelay << 20), "nothing more reached it")
+        // Its probes go unanswered: it stays marked down, and reads never wait on it.
+        usleep(600_000)  // past connectTimeoutMillis: the pending probe counts as failed
+        #expect(try client.read(file, offset: 0, length: 1 << 20) == Array(data[0..<(1 << 20)]))
+        #expect(client.downWorkers == [relay.endpoint])
+        #expect(workers[1].metrics.value("shoal_bytes_served_total") == Double(viaRelay << 20))
+    }
+
+    /// A worker marked down is probed in the background of the client's next calls (a connect
+    /// and a HELLO, never waited on): once it answers, it is taken back long before its mark
+    /// would run out, and serves its blocks again.
+    @Test func aWorkerThatComesBackIsFoundByProbes() throws {
+        let data = SampleData.bytes(seed: 57, count: 8 << 20)
+        let (_, bucket, workers) = try ClusterTests.workersAndObject("probe", 2, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let relay = try TCPRelay(to: Endpoint(host: "127.0.0.1", port: workers[1].port))
+        var config = ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: workers[0].port), relay.endpoint],
+                                  secret: Array("test-secret-0123456789".utf8))
+        config.connectTimeoutMillis = 500
+        config.markDownSeconds = 600
+        let client = try ShoalClient(config: config)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        relay.cut()
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(client.downWorkers == [relay.endpoint])
+        // Refused probes keep it down.
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(client.downWorkers == [relay.endpoint])
+        try relay.restore()
+        let served = workers[1].metrics.value("shoal_bytes_served_total")
+        let deadline = monotonicNanos() + 5_000_000_000
+        while !client.downWorkers.isEmpty && monotonicNanos() < deadline {
+            _ = try client.read(file, offset: 0, length: 4096)
+            usleep(20_000)
+        }
+        #expect(client.downWorkers.isEmpty, "the worker answers again but is still marked down")
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(workers[1].metrics.value("shoal_bytes_served_total") > served, "the worker that came back serves its blocks again")
+    }
+
+    /// With hedging on, READs that their owner leaves unanswered (its store holds every GET) go
+    /// to the blocks' fallback too, and the read completes from there while the owner still
+    /// holds them; nobody is marked down, and the late replies never touch the caller's buffer.
+    @Test func hedgedReadsGoAroundASlowOwner() throws {
+        let data = SampleData.bytes(seed: 58, count: 8 << 20)
+        let servers = try (0..<2).map { _ in try CannedHTTPServer() }
+        for s in servers { s.serveObject(data, etag: "\"v1\"") }
+        let workers = try (0..<2).map { try ClusterTests.worker("hedge-\($0)", server: servers[$0]) }
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let endpoints = workers.map { Endpoint(host: "127.0.0.1", port: $0.port) }
+        var config = ClientConfig(workers: endpoints, secret: Array("test-secret-0123456789".utf8))
+        config.hedgeAfterMillis = 50
+        let client = try ShoalClient(config: config)
+        let file = try client.open(ObjectRef(store: "default", bucket: "b", key: "o"))
+        let slow = endpoints.firstIndex(of: try #require(client.owners(of: file.block(0)).first))!
+        servers[slow].hold(after: 0)
+        let outcome = ReadOutcome()
+        try OSThread.spawn(name: "reader") { outcome.set(Result { try client.read(file, offset: 0, length: data.count) }) }
+        let got = try outcome.wait().get()
+        #expect(got == data)
+        #expect(client.hedges.sent > 0 && client.hedges.won > 0, "\(client.hedges)")
+        #expect(client.downWorkers.isEmpty)
+        servers[slow].release()
+        // Off by default: a client without it sends none.
+        #expect(try ShoalClient(config: ClientConfig(workers: endpoints, secret: config.secret)).hedges.sent == 0)
+        var bad = config
+        bad.hedgeAfterMillis = 0
+        #expect(throws: ShoalError.self) { try ShoalClient(config: bad) }
     }
 
     @Test func aMembersFileParsesAndItsErrorsNameTheKey() throws {
