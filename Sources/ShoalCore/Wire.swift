@@ -355,7 +355,10 @@ public struct ReadRequest: Sendable, Equatable {
     public static let fillOnlyFlag: UInt16 = 1
     /// Flag bit 1: an RDMA descriptor follows the key.
     public static let rdmaFlag: UInt16 = 2
-    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag
+    /// Flag bit 2: answer from this worker's cache only; a miss is answered `not_found` and
+    /// nothing is filled (a block's new owner asking its previous one, worker to worker).
+    public static let cachedOnlyFlag: UInt16 = 4
+    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag | cachedOnlyFlag
 
     public var offset: UInt32
     public var length: UInt32
@@ -401,6 +404,7 @@ public struct ReadRequest: Sendable, Equatable {
     }
 
     public var isFillOnly: Bool { flags & ReadRequest.fillOnlyFlag != 0 }
+    public var isCachedOnly: Bool { flags & ReadRequest.cachedOnlyFlag != 0 }
 
     /// The length this block has in its object version (0 if the index is past the end).
     public var expectedLength: Int {
@@ -511,6 +515,9 @@ public struct ReadRequest: Sendable, Equatable {
         }
         guard Int(nameCounts.3) <= WireLimits.maxEtag else {
             throw ShoalError(.badRequest, "READ of \(block.object) names an etag of \(nameCounts.3) bytes; the limit is \(WireLimits.maxEtag)")
+        }
+        guard !(isFillOnly && isCachedOnly) else {
+            throw ShoalError(.badRequest, "READ of \(block.object) asks to fill the block and not to fill it (flags fill-only and cached-only)")
         }
         let bs = UInt64(blockSize)
         guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize, bs % 4096 == 0 else {

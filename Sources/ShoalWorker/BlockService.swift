@@ -56,6 +56,8 @@ final class BlockService: @unchecked Sendable {
     /// Where the cluster's view comes from (members file or etcd) and this worker's id in it
     /// (nil: no view; every READ served).
     var members: (source: any MembershipSource, id: String)?
+    /// Asks a block's previous owner before the store, for a while after a view change.
+    var handover: Handover?
     let logger: Logger
 
     init(stores: [String: any ObjectStore], cache: BlockCache, pool: BufferPool, metadataTTL: Double, metrics: WorkerMetrics,
@@ -188,6 +190,10 @@ final class BlockService: @unchecked Sendable {
             if let (length, crc) = cached(request, id: id, slot: slot, range: range) {
                 return .ready(try served(request, length: length, crc: crc, data: data, fill: nil))
             }
+            if request.isCachedOnly {
+                // A peer asking before its store: nothing is filled for it, and it is not a miss here.
+                throw ShoalError(.notFound, "block \(request.index) of \(request.block.object) is not cached on this worker")
+            }
             if attempt == 0 { metrics.misses.increment() }
             switch fills.join(id, copy: { bytes, length, _ in data.copyMemory(from: bytes, byteCount: length) }) {
             case .leader:
@@ -270,40 +276,51 @@ final class BlockService: @unchecked Sendable {
         let id = request.id
         let address = UInt(bitPattern: data)
         return { [self] in
+            // After a view change, the block's previous owner may hold it: no GET then.
+            if let handover, handover.fetch(key, id: request.id, length: length, into: UnsafeMutableRawPointer(bitPattern: address)!, metrics: metrics) {
+                progress(length)
+                done(complete(.success(StoreRead(count: length, objectSize: key.objectSize)), fromStore: false))
+                return
+            }
             metrics.fills.increment()
             metrics.fillsInFlight.increment()
             store.startGet(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset, length: length, ifMatch: key.etag,
                            objectSize: key.objectSize, into: UnsafeMutableRawPointer(bitPattern: address)!, parts: parts,
                            progress: progress) { [self] result in
                 metrics.fillsInFlight.decrement()
-                let data = UnsafeMutableRawPointer(bitPattern: address)!
-                var finished = false
-                let outcome = Result { () throws(ShoalError) -> FilledRange in
-                    let got: StoreRead
-                    do throws(ShoalError) { got = try result.get() } catch {
-                        if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
-                        throw error
-                    }
-                    guard got.objectSize == key.objectSize, got.count == length else {
-                        throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
-                    }
-                    metrics.bytesFilled.increment(by: Int64(length))
-                    let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data, count: length))
-                    let fill = leader ? PendingFill(key: key, id: id, length: length, crc: crc) : nil
-                    // Readers waiting on this fill copy the bytes now, not after this reply is sent.
-                    if leader { fills.publish(id, data, length: length, crc: crc) }
-                    do throws(ShoalError) {
-                        return try served(request, length: length, crc: crc, data: data, fill: fill)
-                    } catch {
-                        if leader { fills.finish(id, error: error) }
-                        finished = true
-                        throw error
-                    }
-                }
-                // A leader whose GET failed lets the readers waiting on it go, with its error.
-                if case .failure(let error) = outcome, leader, !finished { fills.finish(id, error: error) }
-                done(outcome)
+                done(complete(result, fromStore: true))
             }
+        }
+        /// The block's bytes are in place (or the GET failed): checksummed and published to the
+        /// readers waiting on this fill, then the range to send.
+        @Sendable func complete(_ result: Result<StoreRead, ShoalError>, fromStore: Bool) -> Result<FilledRange, ShoalError> {
+            let data = UnsafeMutableRawPointer(bitPattern: address)!
+            var finished = false
+            let outcome = Result { () throws(ShoalError) -> FilledRange in
+                let got: StoreRead
+                do throws(ShoalError) { got = try result.get() } catch {
+                    if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
+                    throw error
+                }
+                guard got.objectSize == key.objectSize, got.count == length else {
+                    throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
+                }
+                if fromStore { metrics.bytesFilled.increment(by: Int64(length)) }
+                let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data, count: length))
+                let fill = leader ? PendingFill(key: key, id: id, length: length, crc: crc) : nil
+                // Readers waiting on this fill copy the bytes now, not after this reply is sent.
+                if leader { fills.publish(id, data, length: length, crc: crc) }
+                do throws(ShoalError) {
+                    return try served(request, length: length, crc: crc, data: data, fill: fill)
+                } catch {
+                    if leader { fills.finish(id, error: error) }
+                    finished = true
+                    throw error
+                }
+            }
+            // A leader whose GET failed lets the readers waiting on it go, with its error.
+            if case .failure(let error) = outcome, leader, !finished { fills.finish(id, error: error) }
+            return outcome
         }
     }
 

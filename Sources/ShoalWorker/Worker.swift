@@ -64,6 +64,13 @@ public final class Worker: @unchecked Sendable {
             if let error = source.error { logger.warning("etcd not reachable yet; serving every READ until it is", metadata: ["error": "\(error)"]) }
             service.members = (source, id)
         }
+        if let (source, id) = service.members, config.handoverSeconds > 0 {
+            if config.tls == nil {
+                service.handover = Handover(source: source, myID: id, secret: config.secret, windowSeconds: config.handoverSeconds, logger: logger)
+            } else {
+                logger.notice("hand-over between workers is off with TLS on the data plane (workers hold no CA to check each other by)")
+            }
+        }
         if config.serveFromMemory || config.answerWithoutData || config.allowUntaggedFrames {
             logger.warning("benchmark switches on: not for service", metadata: [
                 "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",
@@ -296,6 +303,7 @@ public final class Worker: @unchecked Sendable {
         registration?.stop()
         registration = nil
         service.members?.source.close()
+        service.handover?.close()
         plane?.stop()  // closes the stores too
         plane = nil
         cache.close()

@@ -96,6 +96,9 @@ public struct WorkerConfig: Sendable {
     public var advertise: Endpoint?
     /// This worker's share of the slots, as registered in etcd (default: its cache capacity).
     public var weight: Double?
+    /// For this long after its view changes, a block this worker now owns and does not hold is
+    /// asked of its previous owner before the store (0: never).
+    public var handoverSeconds: Double = 600
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -130,7 +133,7 @@ public struct WorkerConfig: Sendable {
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
                                            "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts",
-                                           "membersFile", "memberID", "etcd", "advertise", "weight"]
+                                           "membersFile", "memberID", "etcd", "advertise", "weight", "handover"]
     static let etcdKeys: Set<String> = ["endpoints", "prefix", "leaseSeconds", "credentialsFile"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
@@ -200,6 +203,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.string("membersFile") { config.membersFile = resolve(v) }
         if let v = try r.string("memberID") { config.memberID = v }
         if let v = try r.endpoint("advertise") { config.advertise = v }
+        if let v = try r.duration("handover") { config.handoverSeconds = v }
         if map["weight"] is String, let v = try r.size("weight") { config.weight = Double(v) } else if let v = try r.double("weight", min: 0, max: 1e18) { config.weight = v }
         if let item = map["etcd"] {
             let e = try r.nested(item, "etcd")

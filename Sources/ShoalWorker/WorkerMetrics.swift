@@ -17,6 +17,10 @@ public final class WorkerMetrics: @unchecked Sendable {
     /// Store GETs of a block: one per fill, however many readers wait on it.
     let fills: Metrics.Counter
     let bytesServed: Metrics.Counter
+    /// Misses sent to the block's previous owner after a view change, and those it had cached
+    /// (each one a store GET saved).
+    let handoverAsked: Metrics.Counter
+    let handoverHits: Metrics.Counter
     /// READ replies whose data went out while their block was still being filled, and the bytes
     /// sent that way (before the fill ended).
     let repliesStreamed: Metrics.Counter
@@ -46,6 +50,8 @@ public final class WorkerMetrics: @unchecked Sendable {
         misses = Metrics.Counter(label: "shoal_misses_total", factory: factory)
         fills = Metrics.Counter(label: "shoal_fills_total", factory: factory)
         bytesServed = Metrics.Counter(label: "shoal_bytes_served_total", factory: factory)
+        handoverAsked = Metrics.Counter(label: "shoal_handover_asked_total", factory: factory)
+        handoverHits = Metrics.Counter(label: "shoal_handover_hits_total", factory: factory)
         bytesFilled = Metrics.Counter(label: "shoal_bytes_filled_total", factory: factory)
         repliesStreamed = Metrics.Counter(label: "shoal_replies_streamed_total", factory: factory)
         bytesStreamed = Metrics.Counter(label: "shoal_bytes_streamed_total", factory: factory)

@@ -18,19 +18,25 @@ import ShoalTestSupport
     /// `data` as "o".
     static func cluster(_ name: String, _ n: Int, prefix: String, data: [UInt8], etcdEndpoint: String? = nil) throws -> (String, [Worker]) {
         let fx = try ObjectStoreFixture.get()
-        let etcd = try EtcdFixture.get()
         let bucket = try fx.makeBucket(name)
         try fx.store().put(bucket: bucket, key: "o", bytes: data)
-        let workers = try (0..<n).map { i -> Worker in
-            var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("\(name)-\(i)"), store: fx.storeConfig())
-            config.memberID = "w\(i)"
-            config.etcd = etcd.settings(prefix: prefix, endpoint: etcdEndpoint)
-            let w = try Worker(config: config, logger: testLogger)
-            try w.start()
-            return w
-        }
+        let workers = try (0..<n).map { i in try worker(name, i, prefix: prefix, etcdEndpoint: etcdEndpoint) }
         return (bucket, workers)
     }
+
+    /// Worker `wI` registered under `prefix`, started.
+    static func worker(_ name: String, _ i: Int, prefix: String, etcdEndpoint: String? = nil, handoverSeconds: Double = 600) throws -> Worker {
+        let fx = try ObjectStoreFixture.get()
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("\(name)-\(i)"), store: fx.storeConfig())
+        config.memberID = "w\(i)"
+        config.etcd = try EtcdFixture.get().settings(prefix: prefix, endpoint: etcdEndpoint)
+        config.handoverSeconds = handoverSeconds
+        let w = try Worker(config: config, logger: testLogger)
+        try w.start()
+        return w
+    }
+
+    static func storeGETs(_ workers: [Worker]) -> Double { workers.map { $0.metrics.value("shoal_fills_total") }.reduce(0, +) }
 
     static func clientConfig(prefix: String, endpoint: String? = nil) throws -> ClientConfig {
         let etcd = try EtcdFixture.get()
@@ -138,6 +144,41 @@ import ShoalTestSupport
         #expect(EtcdTests.eventually(2) { workers[1].statusJSON().contains("\"state\":\"draining\"") })
         try etcd.delete(EtcdMembers.drainKey(prefix: prefix, id: "w1"))
         #expect(EtcdTests.eventually(2) { client.view.members.last?.state == .active })
+    }
+
+    /// A worker that joins takes the blocks it now owns from their previous owners instead of the
+    /// store (with hand-over on; off, it fills them again), and a member that is drained gives
+    /// its blocks to their new owners the same way: the cluster's store GETs stay at one per block.
+    @Test(arguments: [true, false]) func aJoinAndADrainHandBlocksOverWithoutStoreGETs(handover: Bool) throws {
+        let prefix = try EtcdFixture.get().makePrefix("handover")
+        let data = SampleData.bytes(seed: 95, count: 24 << 20)
+        var (bucket, workers) = try EtcdTests.cluster("etcd-hand", 2, prefix: prefix, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(EtcdTests.storeGETs(workers) == 24)
+
+        workers.append(try EtcdTests.worker("etcd-hand", 2, prefix: prefix, handoverSeconds: handover ? 600 : 0))
+        #expect(EtcdTests.eventually(3) { client.view.members.count == 3 })
+        let moved = (0..<24).filter { client.owners(of: file.block(UInt64($0))).first == Endpoint(host: "127.0.0.1", port: workers[2].port) }.count
+        #expect(moved > 0, "the new worker owns none of 24 blocks")
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        if handover {
+            #expect(EtcdTests.storeGETs(workers) == 24, "blocks that moved were fetched from the store again")
+            #expect(workers[2].metrics.value("shoal_handover_hits_total") == Double(moved))
+        } else {
+            #expect(EtcdTests.storeGETs(workers) == Double(24 + moved))
+            #expect(workers[2].metrics.value("shoal_handover_asked_total") == 0)
+        }
+        guard handover else { return }
+        // Drain w0: its blocks go to the others, which take them from it.
+        try EtcdTests.etcdClient().put(EtcdMembers.drainKey(prefix: prefix, id: "w0"), [])
+        #expect(EtcdTests.eventually(3) { client.view.members.first?.state == .draining })
+        #expect(EtcdTests.eventually(3) { workers[1].statusJSON().contains("\"state\":\"draining\"") && workers[2].statusJSON().contains("\"state\":\"draining\"") })
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(EtcdTests.storeGETs(workers) == 24, "the drained worker's blocks were fetched from the store again")
+        #expect(workers[1].metrics.value("shoal_handover_hits_total") + workers[2].metrics.value("shoal_handover_hits_total") > Double(moved))
     }
 
     /// A value that does not parse keeps the last good view, and the client and every worker
