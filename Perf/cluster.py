@@ -10,6 +10,11 @@
   once and loses nothing by being spread, not that three hosts are faster.
 - Store GETs per block when 8 clients read the same cold dataset at once through three workers
   (goal 1.0): every block has one owner, which fills it once.
+- Hit ratio right after a join (blocks read without a store GET, over blocks read), with the
+  hand-over to the previous owner and without it (a fourth worker joins a warm three-worker
+  cluster; a dataset of its own for each case), and the passes until it is back at 1.
+- A worker killed (SIGKILL): a warm read of the whole dataset right after, against one before;
+  the reads that failed (goal 0). The blocks it owned are filled by their fallbacks in that read.
 
 Starts its own SeaweedFS and workers (Tools/cluster.sh) and stops them. Writes cluster.json and
 cluster.md to --out (default .shoal/perf).
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +45,35 @@ def fills(admins):
             if line.startswith("shoal_fills_total "):
                 total += int(float(line.split()[1]))
     return total
+
+
+def start_worker(shoal, work, env, index, handover):
+    """Starts worker `index` beside the cluster's (a copy of w0's config), waits until the view has it."""
+    base = open(os.path.join(work, "w0", "worker.yaml")).read()
+    port = BASE_PORT + 2 * index
+    text = (base.replace(f"127.0.0.1:{BASE_PORT}\n", f"127.0.0.1:{port}\n").replace(f"127.0.0.1:{BASE_PORT + 1}\n", f"127.0.0.1:{port + 1}\n")
+            .replace(os.path.join(work, "w0"), os.path.join(work, f"w{index}")).replace("memberID: w0", f"memberID: w{index}"))
+    if not handover:
+        text += "handover: 0\n"
+    wdir = os.path.join(work, f"w{index}")
+    os.makedirs(os.path.join(wdir, "cache"), exist_ok=True)
+    with open(os.path.join(wdir, "worker.yaml"), "w") as f:
+        f.write(text)
+    proc = subprocess.Popen([shoal, "worker", "--config", os.path.join(wdir, "worker.yaml")], stdout=open(os.path.join(wdir, "worker.log"), "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    with open(os.path.join(wdir, "worker.pid"), "w") as f:
+        f.write(str(proc.pid))
+    for _ in range(200):
+        ring = json.loads(sh([shoal, "ring", "--json"], env=env))
+        if any(m["id"] == f"w{index}" for m in ring["members"]):
+            return proc, f"127.0.0.1:{port + 1}"
+        time.sleep(0.05)
+    raise SystemExit(f"cluster perf: worker w{index} did not join; see {wdir}/worker.log")
+
+
+def stop_worker(proc):
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 def main():
@@ -84,12 +119,55 @@ def main():
             if proc.wait() != 0:
                 raise SystemExit(f"cluster perf: a reader failed: {proc.stderr.read().decode().strip()}")
         gets_per_block = (fills(admins) - before) / (512 // 4)
+
+        def timed_read(url):
+            t0 = time.monotonic()
+            sh([shoal, "bench", "read", url, "--readers", "2", "--connections", "2", "--json"], env=env)
+            return time.monotonic() - t0
+
+        join = {}
+        blocks = 512 // 4
+        for label, url, index, handover in [("with hand-over", "s3://join-with/ds", 3, True), ("without", "s3://join-without/ds", 4, False)]:
+            print(f"cluster perf: a fourth worker joins ({label})...", flush=True)
+            sh([shoal, "bench", "populate", url, "--size", "512MiB"], env=env)
+            timed_read(url)  # cold: every block filled by the three
+            proc, admin = start_worker(shoal, work, env, index, handover)
+            passes = []
+            try:
+                for _ in range(3):
+                    before = fills(admins + [admin])
+                    seconds = timed_read(url)
+                    passes.append({"hitRatio": 1 - (fills(admins + [admin]) - before) / blocks, "seconds": seconds})
+            finally:
+                stop_worker(proc)
+            back = next((i + 1 for i, p in enumerate(passes) if p["hitRatio"] >= 0.999), None)
+            join[label] = {"passes": passes, "backAfterPass": back}
+            time.sleep(0.5)  # the stopped worker's lease is revoked: the view is three again
+
+        print("cluster perf: a worker killed...", flush=True)
+        sh([shoal, "bench", "populate", "s3://kill/ds", "--size", "512MiB"], env=env)
+        timed_read("s3://kill/ds")
+        before_kill = statistics.median([timed_read("s3://kill/ds") for _ in range(3)])
+        pid = int(open(os.path.join(work, "w1", "worker.pid")).read())
+        os.kill(pid, 9)
+        failed = 0
+        try:
+            after_kill = timed_read("s3://kill/ds")
+        except subprocess.CalledProcessError:
+            failed += 1
+            after_kill = float("nan")
+        kill = {"warmSecondsBefore": before_kill, "secondsRightAfter": after_kill, "readsFailed": failed}
     finally:
         subprocess.run(cluster + ["stop", "--dir", work], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)  # the workers' cache files take their whole capacity
 
     ratio = figures["three"]["warm"] / figures["one"]["warm"]
-    report = {"size": args.size, "runs": args.runs, "figures": figures, "threeOverOne": ratio, "storeGetsPerBlock8Clients": gets_per_block}
+    report = {"size": args.size, "runs": args.runs, "figures": figures, "threeOverOne": ratio, "storeGetsPerBlock8Clients": gets_per_block,
+              "join": join, "kill": kill}
+    join_lines = []
+    for label, j in join.items():
+        passes = ", ".join(f"{p['hitRatio']:.2f} ({p['seconds']:.2f} s)" for p in j["passes"])
+        join_lines.append(f"- hit ratio after a fourth worker joins, {label}: passes {passes}; back at 1 after pass {j['backAfterPass']}")
     gb = lambda x: f"{x / 1e9:.2f}"
     md = "\n".join([
         "# Cluster perf", "",
@@ -100,7 +178,10 @@ def main():
         f"| one worker, 6 connections | {gb(figures['one']['cold'])} | {gb(figures['one']['warm'])} "
         f"({gb(figures['one']['warmMin'])}–{gb(figures['one']['warmMax'])}) |", "",
         f"- warm, three workers / one: {ratio:.2f} (goal ≥ 0.95: {'met' if ratio >= 0.95 else 'not met'})",
-        f"- store GETs per block, 8 clients reading one cold dataset through three workers: {gets_per_block:.2f} (goal 1.0)", ""])
+        f"- store GETs per block, 8 clients reading one cold dataset through three workers: {gets_per_block:.2f} (goal 1.0)",
+        *join_lines,
+        f"- a worker killed: 512 MiB read in {kill['secondsRightAfter']:.2f} s right after (its blocks filled by their fallbacks), "
+        f"{kill['warmSecondsBefore']:.2f} s warm before; reads failed: {kill['readsFailed']} (goal 0)", ""])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "cluster.json"), "w") as f:
         json.dump(report, f, indent=2)
