@@ -103,7 +103,7 @@ def main():
 
         figures = {}
         for name, url, extra in [("three", "s3://three/ds", ["--connections", "2"]),
-                                 ("one", "s3://one/ds", ["--connections", "6", "--worker", workers[0]])]:
+                                 ("one", "s3://one/ds", ["--connections", "6", "--worker", workers[0], "--no-view-discovery"])]:
             print(f"cluster perf: {name} worker(s)...", flush=True)
             sh([shoal, "bench", "populate", url, "--size", args.size], env=env)
             cold = read(url, extra)

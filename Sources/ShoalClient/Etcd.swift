@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ShoalCore
 import ShoalSys
+import ShoalTransport
 import Yams
 
 /// Where a client or a worker takes the cluster's view from: the members file or etcd.
@@ -266,8 +267,10 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
     private var closed = false
     private var watching: HTTPBodySink?
     private var watcherPID: pid_t = 0
-    /// Called after every change of view (workers log it).
-    public var onChange: (@Sendable (MembershipView) -> Void)?
+    private var lastForced: UInt64 = 0
+    /// Called after every change of view, with its placement (workers log it, and note it for
+    /// hand-over).
+    public var onChange: (@Sendable (MembershipView, Placement) -> Void)?
 
     /// `prefix`: the cluster's keys (e.g. "/shoal/default/"; a "/" is added at the end if missing).
     /// The first view is read now; when etcd cannot be reached the view is empty until it can.
@@ -341,12 +344,21 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
             taken = (next, placement)
             return true
         }
-        if installed { onChange?(next) }
+        if installed { onChange?(next, placement) }
         return read.revision
     }
 
+    /// With `force`, etcd is read now (at most every 100 ms: a peer cannot make this a flood).
     public func current(force: Bool = false) -> (view: MembershipView, placement: Placement) {
-        if force { reload() }
+        if force {
+            let now = monotonicNanos()
+            let due = lock.withLock { () -> Bool in
+                guard now - lastForced >= 100_000_000 else { return false }
+                lastForced = now
+                return true
+            }
+            if due { reload() }
+        }
         startWatching()
         return lock.withLock { taken }
     }
@@ -387,5 +399,77 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
             return watching
         }
         sink?.cancel()
+    }
+}
+
+/// The view learned from the workers themselves: a client given only worker addresses asks them
+/// (MEMBERS) for the view they route by, and asks again on the calling thread at most once per
+/// `recheckNanos`, or at once when a worker answers `not_owner`: any member that answers will do.
+/// When none answers, the last view stays in use and `error` says why.
+public final class WorkerViewSource: MembershipSource, @unchecked Sendable {
+    public typealias Connect = @Sendable (Endpoint) throws(ShoalError) -> WorkerConnection
+    let connect: Connect
+    let seeds: [Endpoint]
+    let recheckNanos: UInt64
+    private let lock = ConditionLock()
+    private var taken: (view: MembershipView, placement: Placement)
+    private var checked: UInt64
+    private var _error: String?
+
+    init(seeds: [Endpoint], view: MembershipView, recheckSeconds: Double, connect: @escaping Connect) {
+        self.seeds = seeds
+        self.connect = connect
+        recheckNanos = UInt64(max(0, recheckSeconds) * 1e9)
+        taken = (view, Placement(view: view))
+        checked = monotonicNanos()
+    }
+
+    /// Asks `seeds` in turn for their view: a source following it, or nil when none answered with
+    /// a view of any member (standalone workers, or none reachable: the list is the cluster).
+    public static func learn(seeds: [Endpoint], recheckSeconds: Double, connect: @escaping Connect) -> WorkerViewSource? {
+        for seed in seeds {
+            guard let view = try? ask(seed, connect), !view.members.isEmpty else { continue }
+            return WorkerViewSource(seeds: seeds, view: view, recheckSeconds: recheckSeconds, connect: connect)
+        }
+        return nil
+    }
+
+    static func ask(_ endpoint: Endpoint, _ connect: Connect) throws(ShoalError) -> MembershipView {
+        let c = try connect(endpoint)
+        defer { c.close() }
+        return try c.members()
+    }
+
+    public var name: String { "the workers' view (from \(seeds.map(\.description).joined(separator: ", ")))" }
+    public var error: String? { lock.withLock { _error } }
+    public var isWatched: Bool { false }
+    public func close() {}
+
+    public func current(force: Bool = false) -> (view: MembershipView, placement: Placement) {
+        let now = monotonicNanos()
+        let (due, view) = lock.withLock { () -> (Bool, MembershipView) in
+            guard force || now - checked >= recheckNanos else { return (false, taken.view) }
+            checked = now
+            return (true, taken.view)
+        }
+        guard due else { return lock.withLock { taken } }
+        var why: [String] = []
+        let candidates = view.members.compactMap { Endpoint($0.address) } + seeds
+        for endpoint in candidates {
+            do {
+                let next = try WorkerViewSource.ask(endpoint, connect)
+                guard !next.members.isEmpty else { why.append("\(endpoint): it has no view"); continue }
+                let placement = next.epoch > view.epoch && next != view ? Placement(view: next) : nil
+                lock.withLock {
+                    if let placement, next.epoch > taken.view.epoch { taken = (next, placement) }
+                    _error = nil
+                }
+                return lock.withLock { taken }
+            } catch {
+                why.append("\(endpoint): \(error.message)")
+            }
+        }
+        lock.withLock { _error = "no worker gave its view (\(why.joined(separator: "; "))); kept the view of epoch \(view.epoch)" }
+        return lock.withLock { taken }
     }
 }

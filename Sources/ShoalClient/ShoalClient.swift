@@ -5,8 +5,12 @@ import ShoalTransport
 
 /// How a client finds and talks to the cluster.
 public struct ClientConfig: Sendable {
-    /// The workers, when no members file is given: each a member whose id is its address.
+    /// The workers, when no members file or etcd is given. The client asks them for the view
+    /// they route by (MEMBERS) and follows it; workers that have none (standalone), or none
+    /// answering at the start, make the list the cluster: each a member whose id is its address.
     public var workers: [Endpoint]
+    /// Ask `workers` for the cluster's view (default); false: the list is the whole cluster.
+    public var learnsView = true
     /// The cluster's members file (`MembersFile`), read again when it changes; it replaces
     /// `workers`.
     public var membersFile: String?
@@ -173,6 +177,11 @@ public final class ShoalClient: @unchecked Sendable {
             members = watcher
             let (view, slots) = watcher.current()
             routing = try Routing(view: view, slots: slots)
+        } else if config.learnsView, let learned = WorkerViewSource.learn(seeds: config.workers, recheckSeconds: config.membersRecheckSeconds,
+                                                                            connect: ShoalClient.connector(config, tls)) {
+            members = learned
+            let (view, slots) = learned.current(force: false)
+            routing = try Routing(view: view, slots: slots)
         } else {
             members = nil
             let view = try MembershipView(epoch: 0, members: config.workers.map { Member(id: $0.description, address: $0.description) })
@@ -187,6 +196,14 @@ public final class ShoalClient: @unchecked Sendable {
     }
 
     // MARK: the view
+
+    /// How a view source reaches a worker: a connection with this client's settings.
+    static func connector(_ config: ClientConfig, _ tls: TLSContext?) -> WorkerViewSource.Connect {
+        { endpoint throws(ShoalError) in
+            try WorkerConnection(endpoint: endpoint, secret: config.secret, clientName: config.clientName, timeoutMillis: config.timeoutMillis,
+                                 connectTimeoutMillis: config.connectTimeoutMillis, tls: tls, untaggedFrames: config.untaggedFrames)
+        }
+    }
 
     /// The view calls route by now (its source asked again if it changed, at most once a
     /// second).

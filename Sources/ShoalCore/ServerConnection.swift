@@ -19,6 +19,7 @@ public protocol FrameSealer: AnyObject {
 public enum WorkerRequest: Sendable, Equatable {
     case stat(StatRequest)
     case read(ReadRequest)
+    case members
 }
 
 /// What the connection's driver does next; the state machine itself does no I/O.
@@ -271,6 +272,13 @@ public struct ServerConnection {
                 }
                 inFlight.append(id)
                 actions.append(.serve(requestID: id, .read(req)))
+            case .members:
+                guard payload.isEmpty else {
+                    actions.append(fail(id, .badRequest, "malformed MEMBERS frame (it has no payload)"))
+                    return
+                }
+                inFlight.append(id)
+                actions.append(.serve(requestID: id, .members))
             case .readv:
                 // Reserved: answered, and the connection goes on.
                 actions.append(.send(encodeFrame(.readReply, status: .badRequest, id: id,

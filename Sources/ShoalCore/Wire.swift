@@ -31,6 +31,9 @@ public enum FrameType: UInt8, Sendable {
     /// Reserved for batched reads of many small ranges of one object version (docs/PROTOCOL.md);
     /// a worker of this release answers it with `bad_request` and keeps the connection.
     case readv = 10
+    /// The cluster's members as the worker sees them (a client given one worker learns the rest).
+    case members = 11
+    case membersReply = 12
     case error = 15
 }
 
@@ -250,6 +253,39 @@ public struct StatRequest: Sendable, Equatable {
         var r = ByteReader(bytes)
         guard let object = r.object(), let flags = r.u8(), r.isAtEnd else { return nil }
         self.init(object: object, revalidate: flags & 1 != 0)
+    }
+}
+
+/// MEMBERS_REPLY: the view a worker routes by, `epoch u64 | count u16 | count × (id str16 |
+/// address str16 | weight f64 as u64 bits | state u8)`; epoch 0 and no members when it has none.
+public enum MembersReply {
+    static let states: [MemberState] = [.joining, .active, .draining]
+
+    public static func encode(_ view: MembershipView) -> [UInt8] {
+        var out: [UInt8] = []
+        out.appendLE(view.epoch)
+        out.appendLE(UInt16(view.members.count))
+        for m in view.members {
+            out.appendString16(m.id)
+            out.appendString16(m.address)
+            out.appendLE(m.weight.bitPattern)
+            out.appendLE(UInt8(states.firstIndex(of: m.state)!))
+        }
+        return out
+    }
+
+    /// The view, checked as any view is; nil when the bytes are not one.
+    public static func decode(_ bytes: [UInt8]) -> MembershipView? {
+        var r = ByteReader(bytes)
+        guard let epoch = r.u64(), let count = r.u16() else { return nil }
+        var members: [Member] = []
+        for _ in 0..<count {
+            guard let id = r.string16(max: 1024), let address = r.string16(max: 1024), let bits = r.u64(), let s = r.u8(), Int(s) < states.count
+            else { return nil }
+            members.append(Member(id: id, address: address, weight: Double(bitPattern: bits), state: states[Int(s)]))
+        }
+        guard r.isAtEnd else { return nil }
+        return try? MembershipView(epoch: epoch, members: members)
     }
 }
 

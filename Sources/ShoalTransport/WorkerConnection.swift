@@ -224,6 +224,32 @@ public final class WorkerConnection: @unchecked Sendable {
         return reply
     }
 
+    /// MEMBERS: the view the worker routes by (epoch 0 and no members: it has none). Only on a
+    /// connection with no READs in flight.
+    public func members() throws(ShoalError) -> MembershipView {
+        let deadline = monotonicNanos() + timeoutNanos
+        let id = takeID()
+        try sendFrame(type: .members, id: id, count: 0, deadline: deadline) { _ in }
+        let h: FrameHeader
+        let body: [UInt8]
+        do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline, maxPayload: 16 << 20) } catch {
+            isBroken = true
+            throw error
+        }
+        if h.type == FrameType.error.rawValue {
+            isBroken = true
+            throw WorkerConnection.unexpected(h, body, endpoint, "MEMBERS_REPLY")
+        }
+        guard h.requestID == id else {
+            isBroken = true
+            throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
+        }
+        guard h.type == FrameType.membersReply.rawValue, h.status == 0, let view = MembersReply.decode(body) else {
+            throw WorkerConnection.unexpected(h, body, endpoint, "MEMBERS_REPLY")
+        }
+        return view
+    }
+
     /// Sends a READ without waiting for its reply, which lands in `buffer` (`length` bytes) when
     /// `receiveNext` takes it; returns its request id. At most `maxInFlight` at once.
     public func sendRead(_ request: ReadRequest, into buffer: UnsafeMutableRawPointer, length: Int) throws(ShoalError) -> UInt32 {
@@ -369,9 +395,9 @@ public final class WorkerConnection: @unchecked Sendable {
 
     /// Receives one small frame whole (STAT_REPLY, an error reply, READ_NODATA, ERROR) and checks
     /// and removes its tag.
-    private func receiveSmall(deadline: UInt64) throws(ShoalError) -> (FrameHeader, [UInt8]) {
+    private func receiveSmall(deadline: UInt64, maxPayload: UInt32 = 64 * 1024) throws(ShoalError) -> (FrameHeader, [UInt8]) {
         try stage(FrameHeader.size, deadline: deadline)
-        let header = try WorkerConnection.decodeHeader(staging + stagedStart, endpoint, maxPayload: 64 * 1024)
+        let header = try WorkerConnection.decodeHeader(staging + stagedStart, endpoint, maxPayload: maxPayload)
         let raw = try takeBytes(FrameHeader.size, deadline: deadline)
         let payload = try takeBytes(Int(header.payloadLength), deadline: deadline)
         return try WorkerConnection.opened(header, raw: raw, payload: payload, socket, endpoint, authenticator: authenticator)

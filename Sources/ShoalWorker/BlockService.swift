@@ -142,6 +142,7 @@ final class BlockService: @unchecked Sendable {
     private func checkOwner(_ request: ReadRequest, _ source: any MembershipSource, _ id: String) throws(ShoalError) {
         var (view, placement) = source.current(force: false)
         if request.epoch > view.epoch, !source.isWatched { (view, placement) = source.current(force: true) }
+        handover?.observe(view, placement)
         guard request.epoch < view.epoch, let me = view.index(of: id) else { return }
         let (owner, fallback) = placement.owners(of: request.id)
         guard owner != me && fallback != me else { return }
@@ -277,7 +278,7 @@ final class BlockService: @unchecked Sendable {
         let address = UInt(bitPattern: data)
         return { [self] in
             // After a view change, the block's previous owner may hold it: no GET then.
-            if let handover, handover.fetch(key, id: request.id, length: length, into: UnsafeMutableRawPointer(bitPattern: address)!, metrics: metrics) {
+            if let handover, handover.fetch(key, id: request.id, epoch: request.epoch, length: length, into: UnsafeMutableRawPointer(bitPattern: address)!, metrics: metrics) {
                 progress(length)
                 done(complete(.success(StoreRead(count: length, objectSize: key.objectSize)), fromStore: false))
                 return

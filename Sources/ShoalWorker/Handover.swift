@@ -34,9 +34,15 @@ final class Handover: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Takes the source's view if it changed (the one it replaces becomes the previous).
-    private func observe() {
+    /// Takes the source's view if it changed (the one it replaces becomes the previous). Called
+    /// on every change etcd reports and on every READ checked against the view, so that the
+    /// previous view is the one just before, not the last one a miss happened to see.
+    func observe() {
         let (view, placement) = source.current(force: false)
+        observe(view, placement)
+    }
+
+    func observe(_ view: MembershipView, _ placement: Placement) {
         lock.withLock {
             guard current !== placement else { return }
             if let current {
@@ -68,7 +74,14 @@ final class Handover: @unchecked Sendable {
 
     /// Asks the previous owner for the whole block `key` into `data` (`length` bytes, CRC32C
     /// checked on the way); whether it had it.
-    func fetch(_ key: BlockKey, id: BlockID, length: Int, into data: UnsafeMutableRawPointer, metrics: WorkerMetrics) -> Bool {
+    /// `epoch` is the view the READ was routed by: one newer than this worker's makes it ask its
+    /// source now (the READ may be the first news of a view that put the block here).
+    func fetch(_ key: BlockKey, id: BlockID, epoch: UInt64, length: Int, into data: UnsafeMutableRawPointer, metrics: WorkerMetrics) -> Bool {
+        guard windowNanos > 0 else { return false }
+        if epoch > lock.withLock({ current?.view.epoch ?? 0 }) {
+            let (view, placement) = source.current(force: true)
+            observe(view, placement)
+        }
         guard let (peer, endpoint) = previousOwner(of: id) else { return false }
         metrics.handoverAsked.increment()
         let reused = lock.withLock { idle[peer]?.popLast() }

@@ -494,6 +494,9 @@ final class Shard: @unchecked Sendable {
                 let result = Result { () throws(ShoalError) -> StatReply in try service.stat(req) }
                 post(.stat(connection: slot, generation: generation, requestID: id, result))
             }
+        case .members:
+            let view = service.members?.source.current(force: false).view ?? (try! MembershipView(epoch: 0, members: []))
+            enqueueSmall(conn, conn.machine.encodeFrame(.membersReply, id: id, body: MembersReply.encode(view)), requestID: id)
         case .read(let req):
             do { try service.check(req) } catch {
                 replyError(conn, .readReply, id, error)

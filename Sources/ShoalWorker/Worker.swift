@@ -56,7 +56,8 @@ public final class Worker: @unchecked Sendable {
             service.members = (watcher, id)
         } else if let settings = config.etcd, let id = config.memberID {
             let source = EtcdMembers(client: try EtcdClient(endpoints: settings.endpoints, user: settings.user, password: settings.password), prefix: settings.prefix)
-            source.onChange = { [logger] view in
+            source.onChange = { [logger, service] view, placement in
+                service.handover?.observe(view, placement)
                 logger.info("cluster view changed", metadata: [
                     "epoch": "\(view.epoch)", "members": "\(view.members.map { "\($0.id)=\($0.state.rawValue)" }.joined(separator: ","))",
                 ])
@@ -66,7 +67,9 @@ public final class Worker: @unchecked Sendable {
         }
         if let (source, id) = service.members, config.handoverSeconds > 0 {
             if config.tls == nil {
-                service.handover = Handover(source: source, myID: id, secret: config.secret, windowSeconds: config.handoverSeconds, logger: logger)
+                let handover = Handover(source: source, myID: id, secret: config.secret, windowSeconds: config.handoverSeconds, logger: logger)
+                handover.observe()  // with etcd, the view from before this worker registers
+                service.handover = handover
             } else {
                 logger.notice("hand-over between workers is off with TLS on the data plane (workers hold no CA to check each other by)")
             }

@@ -43,6 +43,9 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "The cluster's members file, read again when it changes; replaces --worker (default: $SHOAL_MEMBERS_FILE).")
     var members: String?
 
+    @Flag(help: "Take the --worker list as the whole cluster, instead of asking the workers for the view they route by.")
+    var noViewDiscovery = false
+
     @Option(help: "etcd's host:port, where the cluster's workers register (comma-separated for several); replaces --worker (default: $SHOAL_ETCD).")
     var etcd: String?
 
@@ -92,6 +95,7 @@ struct ClientOptions: ParsableArguments {
         guard connections >= 1 && connections <= 64 else { throw fail("--connections must be 1-64", code: 2) }
         var config = ClientConfig(workers: endpoints, secret: secret)
         config.membersFile = membersFile
+        config.learnsView = !noViewDiscovery
         config.etcdEndpoints = etcdEndpoints
         config.etcdPrefix = ClientOptions.prefix(etcdPrefix)
         (config.etcdUser, config.etcdPassword) = try ClientOptions.etcdCredentials(etcdCredentialsFile)

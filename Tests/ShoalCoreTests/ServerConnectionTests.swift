@@ -133,6 +133,15 @@ final class TestSealer: FrameSealer {
         #expect(s.requestsInFlight == 2)
     }
 
+    /// MEMBERS has no payload: served as a request; one with a payload is malformed (ERROR, close).
+    @Test func membersIsARequestWithoutPayload() throws {
+        var (s, sealer) = try #require(ready())
+        #expect(feed(&s, sealer.frame(.members, id: 5, [])) == [.serve(requestID: 5, .members)])
+        let actions = feed(&s, sealer.frame(.members, id: 6, [1]))
+        guard case .close(_, let status, let reason)? = actions.last else { Issue.record("not closed: \(actions)"); return }
+        #expect(status == .badRequest && reason.contains("MEMBERS"))
+    }
+
     @Test func aFrameSplitAcrossReceivesIsServedOnceWhole() throws {
         var (s, sealer) = try #require(ready())
         let frame = sealer.frame(.read, id: 9, read(2).encoded)

@@ -56,6 +56,28 @@ import Testing
         #expect(ReadRequest(decoding: bad) == nil, "a key that is not UTF-8")
     }
 
+    /// A view round-trips through MEMBERS_REPLY exactly; cut, padded or with an unknown state it
+    /// is refused. A READ that asks to fill and not to fill is malformed.
+    @Test func membersReplyAndReadFlags() throws {
+        let view = try MembershipView(epoch: 77, members: [Member(id: "a", address: "10.0.0.1:7070", weight: 1.5, state: .draining),
+                                                          Member(id: "b", address: "[::1]:7070", weight: Double(4 << 30), state: .joining)])
+        let bytes = MembersReply.encode(view)
+        #expect(MembersReply.decode(bytes) == view)
+        #expect(MembersReply.decode(Array(bytes.dropLast())) == nil)
+        #expect(MembersReply.decode(bytes + [0]) == nil)
+        var badState = bytes
+        badState[badState.count - 1] = 9
+        #expect(MembersReply.decode(badState) == nil)
+        let empty = try MembershipView(epoch: 0, members: [])
+        #expect(MembersReply.decode(MembersReply.encode(empty)) == empty)
+        let key = BlockKey(object: ObjectRef(store: "d", bucket: "b", key: "k"), etag: "e", objectSize: 1 << 20, blockSize: 1 << 20, index: 0)
+        let both = ReadRequest(block: key, offset: 0, length: 1, flags: ReadRequest.fillOnlyFlag | ReadRequest.cachedOnlyFlag)
+        #expect(throws: ShoalError.self) { try both.validate() }
+        let cachedOnly = try #require(ReadRequest(decoding: ReadRequest(block: key, offset: 0, length: 1, flags: ReadRequest.cachedOnlyFlag).encoded))
+        #expect(cachedOnly.isCachedOnly && !cachedOnly.isFillOnly)
+        try cachedOnly.validate()
+    }
+
     @Test func truncatedOrPaddedMessagesAreRejected() {
         let read = ReadRequest(block: BlockKey(object: object, etag: "e", objectSize: 1, blockSize: 1 << 20, index: 0), offset: 0, length: 1)
         let bytes = read.encoded

@@ -269,6 +269,7 @@ import ShoalTestSupport
             var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("epochs-\(i)"), store: fx.storeConfig())
             config.membersFile = path
             config.memberID = "w\(i)"
+            config.handoverSeconds = 0  // what w1 serves is what clients ask of it
             let w = try Worker(config: config, logger: testLogger)
             (w.service.members?.source as? MembersWatcher)?.recheckNanos = 0
             try w.start()

@@ -87,6 +87,34 @@ import ShoalTestSupport
         #expect(status.contains("\"memberID\":\"w1\"") && status.contains("\"viewError\":null") && status.contains("\"registrationError\":null"))
     }
 
+    /// A client given one worker's address learns the whole view from it (MEMBERS), reads over
+    /// every member, and follows the view as it changes; told not to, it keeps to its list.
+    @Test func aClientGivenOneWorkerLearnsTheView() throws {
+        let prefix = try EtcdFixture.get().makePrefix("learn")
+        let data = SampleData.bytes(seed: 96, count: 12 << 20)
+        var (bucket, workers) = try EtcdTests.cluster("etcd-learn", 3, prefix: prefix, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        var config = ClientConfig(workers: [Endpoint(host: "127.0.0.1", port: workers[1].port)], secret: EtcdTests.secret)
+        config.membersRecheckSeconds = 0
+        let client = try ShoalClient(config: config)
+        // The worker's own watch may be a moment behind the last registration.
+        #expect(EtcdTests.eventually(3) { client.view.members.map(\.id) == ["w0", "w1", "w2"] })
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        // Each block was filled by its owner in the learned view (all three of them).
+        let owned = workers.map { w in (0..<12).filter { client.owners(of: file.block(UInt64($0))).first == Endpoint(host: "127.0.0.1", port: w.port) }.count }
+        #expect(workers.map { $0.cache.blockCount } == owned)
+        #expect(owned.filter { $0 > 0 }.count >= 2, "\(owned)")
+        workers.append(try EtcdTests.worker("etcd-learn", 3, prefix: prefix))
+        #expect(EtcdTests.eventually(3) { client.view.members.count == 4 })
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+
+        config.learnsView = false
+        let pinned = try ShoalClient(config: config)
+        #expect(pinned.view.members.map(\.address) == ["127.0.0.1:\(workers[1].port)"])
+        #expect(try pinned.read(file, offset: 0, length: data.count) == data)
+    }
+
     /// A worker that stops revokes its lease: it leaves every view at once, and the client's
     /// reads go to the others. One that dies without a word leaves when its lease runs out.
     @Test func aStoppedWorkerLeavesAtOnceAndADeadOneWhenItsLeaseRunsOut() throws {

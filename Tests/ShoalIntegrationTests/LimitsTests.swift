@@ -109,6 +109,10 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         let endpoint = Endpoint(host: "127.0.0.1", port: worker.port)
         let silent = try (0..<4).map { _ in try TCPSocket.connect(endpoint, timeoutMillis: 2000) }
         defer { silent.forEach { $0.close() } }
+        // The worker has taken all four in (on a busy machine its shards may not have yet, and a
+        // client accepted before a silent one would be the oldest in its handshake).
+        let deadline = monotonicNanos() + 5_000_000_000
+        while !worker.statusJSON().contains("\"connections\":4,") && monotonicNanos() < deadline { usleep(10_000) }
         // Both clients are served, each in the place of a silent connection.
         let first = try WorkerConnection(endpoint: endpoint, secret: config.secret)
         let second = try WorkerConnection(endpoint: endpoint, secret: config.secret)

@@ -137,6 +137,7 @@ func fileStore() -> StoreConfig {
         let relay = try Relay(to: h.endpoint, attack: .injectRequest)
         var config = ClientConfig(workers: [relay.endpoint], secret: Array(h.secret.utf8))
         config.connectionsPerWorker = 1
+        config.learnsView = false  // one connection through the relay: the STAT's
         let client = try ShoalClient(config: config)
         let refusedBefore = h.metric("shoal_errors_total{kind=\"unauthenticated\"}")
         #expect {
