@@ -268,6 +268,7 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
     private var watching: HTTPBodySink?
     private var watcherPID: pid_t = 0
     private var lastForced: UInt64 = 0
+    private var forcing = false
     /// Called after every change of view, with its placement (workers log it, and note it for
     /// hand-over).
     public var onChange: (@Sendable (MembershipView, Placement) -> Void)?
@@ -351,13 +352,26 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
     /// With `force`, etcd is read now (at most every 100 ms: a peer cannot make this a flood).
     public func current(force: Bool = false) -> (view: MembershipView, placement: Placement) {
         if force {
+            // One forced read at a time, at most every 100 ms; a caller that comes while one is
+            // under way waits for its answer instead of taking the view from before it.
             let now = monotonicNanos()
             let due = lock.withLock { () -> Bool in
+                if forcing {
+                    while forcing, monotonicNanos() < now + 3_000_000_000 { _ = lock.wait(untilNanos: now + 3_000_000_000) }
+                    return false
+                }
                 guard now - lastForced >= 100_000_000 else { return false }
                 lastForced = now
+                forcing = true
                 return true
             }
-            if due { reload() }
+            if due {
+                reload()
+                lock.withLock {
+                    forcing = false
+                    lock.broadcast()
+                }
+            }
         }
         startWatching()
         return lock.withLock { taken }

@@ -346,7 +346,7 @@ final class BlockService: @unchecked Sendable {
                 fraction = AdmissionPolicy.subsetFraction(datasetBlocks: datasets.datasetBlocks(of: fill.key.object), cacheBlocks: cacheBlocks)
             }
             if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {
-                try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc)
+                if try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc) { handover?.journal(fill.key, fill.id) }
             }
         } catch {
             // The reader has its bytes; a block that cannot be cached is only a later miss.

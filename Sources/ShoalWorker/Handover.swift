@@ -2,7 +2,11 @@ import Logging
 import ShoalClient
 import ShoalCore
 import ShoalSys
+import ShoalStore
 import ShoalTransport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Hand-over after a view change: for `windowNanos` after the view this worker routes by
 /// changes, a block it now owns and does not hold is asked of the member that owned it in the
@@ -25,13 +29,120 @@ final class Handover: @unchecked Sendable {
     private var changedAt: UInt64 = 0
     private var idle: [String: [WorkerConnection]] = [:]
     private var downUntil: [String: UInt64] = [:]
+    /// The blocks this worker cached most recently (a ring of `journalCapacity`), newest last:
+    /// what it pushes to their new owners after a view change.
+    private var recent: [(key: BlockKey, id: BlockID)] = []
+    private var recentNext = 0
+    let journalCapacity: Int
+    /// Blocks handed on per second at most (each a fill-only READ to the new owner, which then
+    /// takes the block from here); 0: none pushed.
+    let pushRate: Double
+    let cache: BlockCache?
+    let metrics: WorkerMetrics?
+    private var pushGeneration = 0
+    private var pushing = false
+    private var closed = false
 
-    init(source: any MembershipSource, myID: String, secret: [UInt8], windowSeconds: Double, logger: Logger) {
+    init(source: any MembershipSource, myID: String, secret: [UInt8], windowSeconds: Double, logger: Logger,
+         cache: BlockCache? = nil, metrics: WorkerMetrics? = nil, pushRate: Double = 0, journalCapacity: Int = 65_536) {
         self.source = source
         self.myID = myID
         self.secret = secret
         windowNanos = UInt64(max(0, windowSeconds) * 1e9)
         self.logger = logger
+        self.cache = cache
+        self.metrics = metrics
+        self.pushRate = pushRate
+        self.journalCapacity = journalCapacity
+    }
+
+    /// Notes a block just written to this worker's cache.
+    func journal(_ key: BlockKey, _ id: BlockID) {
+        guard pushRate > 0 else { return }
+        lock.withLock {
+            if recent.count < journalCapacity {
+                recent.append((key, id))
+            } else {
+                recent[recentNext] = (key, id)
+                recentNext = (recentNext + 1) % journalCapacity
+            }
+        }
+    }
+
+    /// After a view change: the journal's blocks whose owner is now another member, newest first,
+    /// each handed on by a fill-only READ to that member (which takes it from here, as for any
+    /// miss after a change), at most `pushRate` a second, on a thread of its own. A later change
+    /// starts the pass again under the new view.
+    private func startPush() {
+        guard pushRate > 0 else { return }
+        let (generation, start) = lock.withLock { () -> (Int, Bool) in
+            pushGeneration += 1
+            defer { pushing = true }
+            return (pushGeneration, !pushing)
+        }
+        guard start else { return }
+        try? OSThread.spawn(name: "shoal-handover-push") { [self] in
+            var generation = generation
+            while true {
+                push(generation)
+                let next = lock.withLock { () -> Int? in
+                    if closed || pushGeneration == generation { pushing = false; return nil }
+                    return pushGeneration
+                }
+                guard let next else { return }
+                generation = next
+            }
+        }
+    }
+
+    private func push(_ generation: Int) {
+        let (entries, placement, previous) = lock.withLock { () -> ([(key: BlockKey, id: BlockID)], Placement?, Placement?) in
+            (Array(recent[recentNext...] + recent[..<recentNext]).reversed(), current, self.previous)
+        }
+        guard let placement, let previous, let me = placement.view.index(of: myID), let wasMe = previous.view.index(of: myID) else { return }
+        let interval = UInt64(1e9 / pushRate)
+        var connections: [Int: WorkerConnection] = [:]
+        defer { connections.values.forEach { $0.close() } }
+        var failed = Set<Int>()
+        var pushed = 0
+        for entry in entries {
+            if lock.withLock({ closed || pushGeneration != generation }) { break }
+            // Only what was this worker's and is now another's: that one asks here for it.
+            guard previous.owners(of: entry.id).owner == wasMe, let owner = placement.owners(of: entry.id).owner, owner != me,
+                  !failed.contains(owner), cache?.contains(entry.id) ?? false else { continue }
+            let started = monotonicNanos()
+            do throws(ShoalError) {
+                if connections[owner] == nil {
+                    guard let endpoint = Endpoint(placement.view.members[owner].address) else { continue }
+                    let c = try WorkerConnection(endpoint: endpoint, secret: secret, clientName: "shoal-worker \(myID) (hand-over)",
+                                                 timeoutMillis: 30_000, connectTimeoutMillis: 500)
+                    c.acceptsNoData = true
+                    connections[owner] = c
+                }
+                let c = connections[owner]!
+                var none: UInt8 = 0
+                let request = ReadRequest(block: entry.key, offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag, epoch: placement.view.epoch)
+                let id = try withUnsafeMutableBytes(of: &none) { p throws(ShoalError) in try c.sendRead(request, into: p.baseAddress!, length: 0) }
+                try c.receiveRead(id: id)
+                pushed += 1
+                metrics?.handoverPushed.increment()
+            } catch {
+                if connections[owner]?.isBroken ?? true {
+                    connections[owner]?.close()
+                    connections[owner] = nil
+                    failed.insert(owner)
+                    logger.info("cannot hand blocks over to their new owner; they will come from the store", metadata: [
+                        "member": "\(placement.view.members[owner].id)", "error": "\(error.message)",
+                    ])
+                }
+            }
+            let spent = monotonicNanos() - started
+            if spent < interval {
+                var pause = timespec(tv_sec: Int((interval - spent) / 1_000_000_000), tv_nsec: Int((interval - spent) % 1_000_000_000))
+                nanosleep(&pause, nil)
+            }
+        }
+        if pushed > 0 { logger.info("handed blocks over to their new owners", metadata: ["blocks": "\(pushed)", "epoch": "\(placement.view.epoch)"]) }
     }
 
     /// Takes the source's view if it changed (the one it replaces becomes the previous). Called
@@ -43,17 +154,21 @@ final class Handover: @unchecked Sendable {
     }
 
     func observe(_ view: MembershipView, _ placement: Placement) {
-        lock.withLock {
-            guard current !== placement else { return }
+        let changed = lock.withLock { () -> Bool in
+            // Views come in from several threads: only a newer one replaces the one in use.
+            guard current !== placement, current.map({ placement.view.epoch > $0.view.epoch }) ?? true else { return false }
             if let current {
                 previous = current
             } else if view.index(of: myID) != nil, let without = try? MembershipView(epoch: 0, members: view.members.filter { $0.id != myID }) {
                 // The first view has this worker in it: it joined, or came back, just now.
                 previous = Placement(view: without)
             }
+            let first = current == nil
             current = placement
             changedAt = monotonicNanos()
+            return !first
         }
+        if changed { startPush() }
     }
 
     /// The member that owned block `id` in the previous view, when it is not this worker, the
@@ -82,7 +197,11 @@ final class Handover: @unchecked Sendable {
             let (view, placement) = source.current(force: true)
             observe(view, placement)
         }
-        guard let (peer, endpoint) = previousOwner(of: id) else { return false }
+        guard let (peer, endpoint) = previousOwner(of: id) else {
+            logger.debug("hand-over: no previous owner to ask", metadata: ["block": "\(key)", "epoch": "\(epoch)",
+                "current": "\(lock.withLock { current?.view.epoch ?? 0 })", "previous": "\(lock.withLock { previous?.view.epoch ?? 0 })"])
+            return false
+        }
         metrics.handoverAsked.increment()
         let reused = lock.withLock { idle[peer]?.popLast() }
         let connection: WorkerConnection
@@ -103,6 +222,7 @@ final class Handover: @unchecked Sendable {
             let rid = try connection.sendRead(request, into: data, length: length)
             try connection.receiveRead(id: rid)
         } catch {
+            logger.debug("hand-over: the previous owner did not give the block", metadata: ["block": "\(key)", "member": "\(peer)", "error": "\(error.message)"])
             if connection.isBroken {
                 connection.close()
                 markDown(peer, error)
@@ -131,6 +251,7 @@ final class Handover: @unchecked Sendable {
 
     func close() {
         let all = lock.withLock { () -> [WorkerConnection] in
+            closed = true
             defer { idle.removeAll() }
             return Array(idle.values.joined())
         }

@@ -67,7 +67,8 @@ public final class Worker: @unchecked Sendable {
         }
         if let (source, id) = service.members, config.handoverSeconds > 0 {
             if config.tls == nil {
-                let handover = Handover(source: source, myID: id, secret: config.secret, windowSeconds: config.handoverSeconds, logger: logger)
+                let handover = Handover(source: source, myID: id, secret: config.secret, windowSeconds: config.handoverSeconds, logger: logger,
+                                        cache: cache, metrics: metrics, pushRate: config.handoverRate)
                 handover.observe()  // with etcd, the view from before this worker registers
                 service.handover = handover
             } else {

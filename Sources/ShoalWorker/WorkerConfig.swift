@@ -99,6 +99,9 @@ public struct WorkerConfig: Sendable {
     /// For this long after its view changes, a block this worker now owns and does not hold is
     /// asked of its previous owner before the store (0: never).
     public var handoverSeconds: Double = 600
+    /// After a view change, blocks a second this worker hands to their new owners (the ones it
+    /// cached most recently first; 0: none, they move only as they are read).
+    public var handoverRate: Double = 50
     public var caches: [CacheDiskConfig] = []
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
@@ -133,7 +136,7 @@ public struct WorkerConfig: Sendable {
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
                                            "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts",
-                                           "membersFile", "memberID", "etcd", "advertise", "weight", "handover"]
+                                           "membersFile", "memberID", "etcd", "advertise", "weight", "handover", "handoverRate"]
     static let etcdKeys: Set<String> = ["endpoints", "prefix", "leaseSeconds", "credentialsFile"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
@@ -204,6 +207,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.string("memberID") { config.memberID = v }
         if let v = try r.endpoint("advertise") { config.advertise = v }
         if let v = try r.duration("handover") { config.handoverSeconds = v }
+        if let v = try r.double("handoverRate", min: 0, max: 1_000_000) { config.handoverRate = v }
         if map["weight"] is String, let v = try r.size("weight") { config.weight = Double(v) } else if let v = try r.double("weight", min: 0, max: 1e18) { config.weight = v }
         if let item = map["etcd"] {
             let e = try r.nested(item, "etcd")

@@ -209,6 +209,32 @@ import ShoalTestSupport
         #expect(workers[1].metrics.value("shoal_handover_hits_total") + workers[2].metrics.value("shoal_handover_hits_total") > Double(moved))
     }
 
+    /// A drained worker pushes the blocks it cached to their new owners on its own (fill-only
+    /// READs, which they answer by taking each block from it), before anyone reads them: once it
+    /// is done it can leave, and a read of everything costs the store nothing.
+    @Test func aDrainedWorkerHandsItsBlocksOverBeforeItLeaves() throws {
+        let prefix = try EtcdFixture.get().makePrefix("push")
+        let data = SampleData.bytes(seed: 97, count: 24 << 20)
+        let (bucket, workers) = try EtcdTests.cluster("etcd-push", 3, prefix: prefix, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(EtcdTests.storeGETs(workers) == 24)
+        let held = workers[0].cache.blockCount
+        #expect(held > 0)
+        try EtcdTests.etcdClient().put(EtcdMembers.drainKey(prefix: prefix, id: "w0"), [])
+        #expect(EtcdTests.eventually(10) { workers[0].metrics.value("shoal_handover_pushed_total") == Double(held) },
+                "pushed \(workers[0].metrics.value("shoal_handover_pushed_total")) of \(held)")
+        let taken = workers[1].metrics.value("shoal_handover_hits_total") + workers[2].metrics.value("shoal_handover_hits_total")
+        #expect(taken == Double(held))
+        workers[0].stopDataPlane()  // it leaves
+        #expect(EtcdTests.eventually(3) { client.view.members.map(\.id) == ["w1", "w2"] })
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(EtcdTests.storeGETs(workers) == 24, "blocks of the worker that left came from the store again")
+        #expect(workers[1].cache.blockCount + workers[2].cache.blockCount == 24)
+    }
+
     /// A value that does not parse keeps the last good view, and the client and every worker
     /// say which key and why; once it is fixed, the error clears.
     @Test func aBadValueKeepsTheLastViewAndSaysWhy() throws {
