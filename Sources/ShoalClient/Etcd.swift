@@ -262,7 +262,12 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
     public let prefix: String
     private let lock = ConditionLock()
     private var taken: (view: MembershipView, placement: Placement)
-    private var _error: String?
+    private var _error: String? {
+        didSet { if let e = _error, e != oldValue { onError?(e) } }
+    }
+    /// Called (under the source's lock: do not call back into it) when a new reason appears for
+    /// not taking etcd's answer; workers log it.
+    public var onError: (@Sendable (String) -> Void)?
     private var revision: UInt64 = 0
     private var closed = false
     private var watching: HTTPBodySink?

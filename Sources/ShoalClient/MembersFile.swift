@@ -103,7 +103,12 @@ public final class MembersWatcher: @unchecked Sendable {
     private var taken: (view: MembershipView, placement: Placement)
     private var stamp: (UInt64, UInt64)?
     private var checked: UInt64
-    private var _error: String?
+    private var _error: String? {
+        didSet { if let e = _error, e != oldValue { onError?(e) } }
+    }
+    /// Called (under the watcher's lock: do not call back into it) when a new reason appears for
+    /// not taking the file; workers log it.
+    public var onError: (@Sendable (String) -> Void)?
 
     public init(path: String, recheckSeconds: Double = 1) throws(ShoalError) {
         self.path = path

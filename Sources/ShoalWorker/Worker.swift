@@ -53,6 +53,7 @@ public final class Worker: @unchecked Sendable {
             guard watcher.current().view.index(of: id) != nil else {
                 throw ShoalError(.badRequest, "key 'memberID': '\(id)' is not a member in \(path) (members: \(watcher.current().view.members.map(\.id).joined(separator: ", ")))")
             }
+            watcher.onError = { [logger] error in logger.warning("members file not taken; the last good view stays", metadata: ["error": "\(error)"]) }
             service.members = (watcher, id)
         } else if let settings = config.etcd, let id = config.memberID {
             let source = EtcdMembers(client: try EtcdClient(endpoints: settings.endpoints, user: settings.user, password: settings.password), prefix: settings.prefix)
@@ -63,6 +64,7 @@ public final class Worker: @unchecked Sendable {
                 ])
             }
             if let error = source.error { logger.warning("etcd not reachable yet; serving every READ until it is", metadata: ["error": "\(error)"]) }
+            source.onError = { [logger] error in logger.warning("etcd's answer not taken; the last good view stays", metadata: ["error": "\(error)"]) }
             service.members = (source, id)
         }
         if let (source, id) = service.members, config.handoverSeconds > 0 {
