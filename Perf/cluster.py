@@ -11,8 +11,9 @@
 - Store GETs per block when 8 clients read the same cold dataset at once through three workers
   (goal 1.0): every block has one owner, which fills it once.
 - Hit ratio right after a join (blocks read without a store GET, over blocks read), with the
-  hand-over to the previous owner and without it (a fourth worker joins a warm three-worker
-  cluster; a dataset of its own for each case), and the passes until it is back at 1.
+  hand-over to the previous owner (pulled on a miss, and pushed by the previous owners) and in a
+  second cluster with hand-over off everywhere (a fourth worker joins a warm three-worker
+  cluster), and the passes until it is back at 1.
 - A worker killed (SIGKILL): a warm read of the whole dataset right after, against one before;
   the reads that failed (goal 0). The blocks it owned are filled by their fallbacks in that read.
 
@@ -47,14 +48,12 @@ def fills(admins):
     return total
 
 
-def start_worker(shoal, work, env, index, handover):
+def start_worker(shoal, work, env, index, base_port):
     """Starts worker `index` beside the cluster's (a copy of w0's config), waits until the view has it."""
     base = open(os.path.join(work, "w0", "worker.yaml")).read()
-    port = BASE_PORT + 2 * index
-    text = (base.replace(f"127.0.0.1:{BASE_PORT}\n", f"127.0.0.1:{port}\n").replace(f"127.0.0.1:{BASE_PORT + 1}\n", f"127.0.0.1:{port + 1}\n")
+    port = base_port + 2 * index
+    text = (base.replace(f"127.0.0.1:{base_port}\n", f"127.0.0.1:{port}\n").replace(f"127.0.0.1:{base_port + 1}\n", f"127.0.0.1:{port + 1}\n")
             .replace(os.path.join(work, "w0"), os.path.join(work, f"w{index}")).replace("memberID: w0", f"memberID: w{index}"))
-    if not handover:
-        text += "handover: 0\n"
     wdir = os.path.join(work, f"w{index}")
     os.makedirs(os.path.join(wdir, "cache"), exist_ok=True)
     with open(os.path.join(wdir, "worker.yaml"), "w") as f:
@@ -69,6 +68,25 @@ def start_worker(shoal, work, env, index, handover):
             return proc, f"127.0.0.1:{port + 1}"
         time.sleep(0.05)
     raise SystemExit(f"cluster perf: worker w{index} did not join; see {wdir}/worker.log")
+
+
+def join_figure(shoal, work, env, admins, timed_read, base_port):
+    """A 512 MiB dataset read by the three, then a fourth worker joins: three passes, each with its hit ratio."""
+    url = "s3://join/ds"
+    blocks = 512 // 4
+    sh([shoal, "bench", "populate", url, "--size", "512MiB"], env=env)
+    timed_read(url)  # cold: every block filled by the three
+    # The fourth worker takes its config from w0's, hand-over settings included.
+    proc, admin = start_worker(shoal, work, env, 3, base_port)
+    passes = []
+    try:
+        for _ in range(3):
+            before = fills(admins + [admin])
+            seconds = timed_read(url)
+            passes.append({"hitRatio": 1 - (fills(admins + [admin]) - before) / blocks, "seconds": seconds})
+    finally:
+        stop_worker(proc)
+    return {"passes": passes, "backAfterPass": next((i + 1 for i, p in enumerate(passes) if p["hitRatio"] >= 0.999), None)}
 
 
 def stop_worker(proc):
@@ -120,29 +138,14 @@ def main():
                 raise SystemExit(f"cluster perf: a reader failed: {proc.stderr.read().decode().strip()}")
         gets_per_block = (fills(admins) - before) / (512 // 4)
 
-        def timed_read(url):
+        def timed_read(url, env=env):
             t0 = time.monotonic()
             sh([shoal, "bench", "read", url, "--readers", "2", "--connections", "2", "--json"], env=env)
             return time.monotonic() - t0
 
         join = {}
-        blocks = 512 // 4
-        for label, url, index, handover in [("with hand-over", "s3://join-with/ds", 3, True), ("without", "s3://join-without/ds", 4, False)]:
-            print(f"cluster perf: a fourth worker joins ({label})...", flush=True)
-            sh([shoal, "bench", "populate", url, "--size", "512MiB"], env=env)
-            timed_read(url)  # cold: every block filled by the three
-            proc, admin = start_worker(shoal, work, env, index, handover)
-            passes = []
-            try:
-                for _ in range(3):
-                    before = fills(admins + [admin])
-                    seconds = timed_read(url)
-                    passes.append({"hitRatio": 1 - (fills(admins + [admin]) - before) / blocks, "seconds": seconds})
-            finally:
-                stop_worker(proc)
-            back = next((i + 1 for i, p in enumerate(passes) if p["hitRatio"] >= 0.999), None)
-            join[label] = {"passes": passes, "backAfterPass": back}
-            time.sleep(0.5)  # the stopped worker's lease is revoked: the view is three again
+        print("cluster perf: a fourth worker joins (with hand-over)...", flush=True)
+        join["with hand-over"] = join_figure(shoal, work, env, admins, timed_read, BASE_PORT)
 
         print("cluster perf: a worker killed...", flush=True)
         sh([shoal, "bench", "populate", "s3://kill/ds", "--size", "512MiB"], env=env)
@@ -160,6 +163,23 @@ def main():
     finally:
         subprocess.run(cluster + ["stop", "--dir", work], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)  # the workers' cache files take their whole capacity
+
+    # Without hand-over: a second cluster with it off in every worker (no pull, no push).
+    print("cluster perf: a fourth worker joins (hand-over off everywhere)...", flush=True)
+    work = tempfile.mkdtemp(prefix="shoal-cluster-perf-")
+    env = dict(os.environ, SHOAL_BIN=shoal)
+    sh(cluster + ["start", "--workers", "3", "--dir", work, "--port", str(BASE_PORT), "--capacity", "2GiB",
+                  "--memory-tier", "0", "--shards", "1", "--no-handover"], env=env)
+    try:
+        for line in open(os.path.join(work, "cluster.env")):
+            k, _, v = line.strip().partition("=")
+            if k:
+                env[k] = v
+        join["without"] = join_figure(shoal, work, env, env["SHOAL_ADMINS"].split(","),
+                                      lambda url: timed_read(url, env), BASE_PORT)
+    finally:
+        subprocess.run(cluster + ["stop", "--dir", work], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
 
     ratio = figures["three"]["warm"] / figures["one"]["warm"]
     report = {"size": args.size, "runs": args.runs, "figures": figures, "threeOverOne": ratio, "storeGetsPerBlock8Clients": gets_per_block,

@@ -2,7 +2,7 @@
 # A local Shoal cluster on this machine: SeaweedFS as the object store, etcd for membership and
 # N cache workers.
 #   Tools/cluster.sh start [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls]
-#                          [--memory-tier SIZE] [--shards N] [--membership etcd|file]
+#                          [--memory-tier SIZE] [--shards N] [--membership etcd|file] [--no-handover]
 #   Tools/cluster.sh stop  [--dir DIR]
 # Workers listen on 127.0.0.1:BASE, BASE+2, ... (admin on the odd ports); each registers itself
 # in etcd (127.0.0.1:BASE+150, authentication on) under /shoal/default/, and clients watch that.
@@ -12,7 +12,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-}"; shift || true
-dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"; tls=false; tier=""; shards=""; membership=etcd
+dir="$root/.shoal/cluster"; workers=1; capacity=4GiB; base=17070; shoal="${SHOAL_BIN:-}"; tls=false; tier=""; shards=""; membership=etcd; handover=true
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -24,6 +24,7 @@ while [ $# -gt 0 ]; do
         --memory-tier) tier="$2"; shift 2 ;;
         --shards) shards="$2"; shift 2 ;;
         --membership) membership="$2"; shift 2 ;;
+        --no-handover) handover=false; shift ;;
         *) echo "cluster: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -114,6 +115,7 @@ YAML
         fi
         if [ -n "$tier" ]; then echo "memoryTier: $tier" >> "$w/worker.yaml"; fi
         if [ -n "$shards" ]; then echo "shards: $shards" >> "$w/worker.yaml"; fi
+        if ! $handover; then printf 'handover: 0\nhandoverRate: 0\n' >> "$w/worker.yaml"; fi
         setsid "$shoal" worker --config "$w/worker.yaml" > "$w/worker.log" 2>&1 < /dev/null &
         echo $! > "$w/worker.pid"
         addresses+=("127.0.0.1:$port"); admins+=("127.0.0.1:$((port + 1))")
@@ -144,5 +146,5 @@ stop)
     "$root/Tools/objectstore.sh" stop "$dir/objectstore"
     if [ -d "$dir/etcd" ]; then "$root/Tools/etcd.sh" stop "$dir/etcd"; fi
     ;;
-*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls] [--memory-tier SIZE] [--shards N] [--membership etcd|file]" >&2; exit 2 ;;
+*) echo "usage: $0 start|stop [--workers N] [--dir DIR] [--capacity SIZE] [--port BASE] [--tls] [--memory-tier SIZE] [--shards N] [--membership etcd|file] [--no-handover]" >&2; exit 2 ;;
 esac
