@@ -197,57 +197,50 @@ public final class WorkerConnection: @unchecked Sendable {
     /// STAT: the object's current size and etag as the worker sees it. Only on a connection with
     /// no READs in flight.
     public func stat(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> StatReply {
-        let deadline = monotonicNanos() + timeoutNanos
-        let payload = StatRequest(object: object, revalidate: revalidate).encoded
-        let id = takeID()
-        try sendFrame(type: .stat, id: id, count: payload.count, deadline: deadline) { b in
-            payload.withUnsafeBytes { b.copyMemory(from: $0) }
-        }
-        let h: FrameHeader
-        let body: [UInt8]
-        do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline) } catch {
-            isBroken = true
-            throw error
-        }
-        if h.type == FrameType.error.rawValue {
-            // The worker closed the connection, saying why.
-            isBroken = true
-            throw WorkerConnection.unexpected(h, body, endpoint, "STAT_REPLY")
-        }
-        guard h.requestID == id else {
-            isBroken = true
-            throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
-        }
-        guard h.type == FrameType.statReply.rawValue, h.status == 0, let reply = StatReply(decoding: body) else {
-            throw WorkerConnection.unexpected(h, body, endpoint, "STAT_REPLY")
-        }
+        let body = try exchange(.stat, StatRequest(object: object, revalidate: revalidate).encoded, expecting: .statReply, "STAT_REPLY")
+        guard let reply = StatReply(decoding: body) else { throw malformed("STAT_REPLY") }
         return reply
     }
 
     /// MEMBERS: the view the worker routes by (epoch 0 and no members: it has none). Only on a
     /// connection with no READs in flight.
     public func members() throws(ShoalError) -> MembershipView {
+        let body = try exchange(.members, [], expecting: .membersReply, "MEMBERS_REPLY", maxPayload: 16 << 20)
+        guard let view = MembersReply.decode(body) else { throw malformed("MEMBERS_REPLY") }
+        return view
+    }
+
+    /// A reply that does not decode (callers close the connection on `bad_request`).
+    private func malformed(_ name: String) -> ShoalError {
+        ShoalError(.badRequest, "worker \(endpoint) sent a malformed \(name)")
+    }
+
+    /// One small request and its reply's payload (status 0), on a connection with nothing else in
+    /// flight; a status reply is thrown as the worker's error.
+    private func exchange(_ type: FrameType, _ payload: [UInt8], expecting replyType: FrameType, _ name: String,
+                          maxPayload: UInt32 = 64 * 1024) throws(ShoalError) -> [UInt8] {
         let deadline = monotonicNanos() + timeoutNanos
         let id = takeID()
-        try sendFrame(type: .members, id: id, count: 0, deadline: deadline) { _ in }
+        try sendFrame(type: type, id: id, count: payload.count, deadline: deadline) { b in
+            payload.withUnsafeBytes { if $0.count > 0 { b.copyMemory(from: $0) } }
+        }
         let h: FrameHeader
         let body: [UInt8]
-        do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline, maxPayload: 16 << 20) } catch {
+        do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline, maxPayload: maxPayload) } catch {
             isBroken = true
             throw error
         }
         if h.type == FrameType.error.rawValue {
+            // The worker closed the connection, saying why.
             isBroken = true
-            throw WorkerConnection.unexpected(h, body, endpoint, "MEMBERS_REPLY")
+            throw WorkerConnection.unexpected(h, body, endpoint, name)
         }
         guard h.requestID == id else {
             isBroken = true
             throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
         }
-        guard h.type == FrameType.membersReply.rawValue, h.status == 0, let view = MembersReply.decode(body) else {
-            throw WorkerConnection.unexpected(h, body, endpoint, "MEMBERS_REPLY")
-        }
-        return view
+        guard h.type == replyType.rawValue, h.status == 0 else { throw WorkerConnection.unexpected(h, body, endpoint, name) }
+        return body
     }
 
     /// Sends a READ without waiting for its reply, which lands in `buffer` (`length` bytes) when
