@@ -365,7 +365,7 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
                     while forcing, monotonicNanos() < now + 3_000_000_000 { _ = lock.wait(untilNanos: now + 3_000_000_000) }
                     return false
                 }
-                guard now - lastForced >= 100_000_000 else { return false }
+                guard elapsedNanos(from: lastForced, to: now) >= 100_000_000 || lastForced == 0 else { return false }
                 lastForced = now
                 forcing = true
                 return true
@@ -467,7 +467,7 @@ public final class WorkerViewSource: MembershipSource, @unchecked Sendable {
     public func current(force: Bool = false) -> (view: MembershipView, placement: Placement) {
         let now = monotonicNanos()
         let (due, view) = lock.withLock { () -> (Bool, MembershipView) in
-            guard force || now - checked >= recheckNanos else { return (false, taken.view) }
+            guard force || elapsedNanos(from: checked, to: now) >= recheckNanos else { return (false, taken.view) }
             checked = now
             return (true, taken.view)
         }

@@ -126,7 +126,7 @@ public final class MembersWatcher: @unchecked Sendable {
     public func current(force: Bool = false) -> (view: MembershipView, placement: Placement) {
         let now = monotonicNanos()
         let (due, last) = lock.withLock { () -> (Bool, (UInt64, UInt64)?) in
-            guard force || now - checked >= recheckNanos else { return (false, nil) }
+            guard force || elapsedNanos(from: checked, to: now) >= recheckNanos else { return (false, nil) }
             checked = now
             return (true, stamp)
         }

@@ -290,7 +290,7 @@ public final class ShoalClient: @unchecked Sendable {
                     if state == .connected {
                         downUntil[id] = nil
                         nextProbe[id] = nil
-                    } else if state == .failed || now - probe.startedNanos >= connectNanos {
+                    } else if state == .failed || elapsedNanos(from: probe.startedNanos, to: now) >= connectNanos {
                         downUntil[id] = max(until, now + UInt64(max(0, config.markDownSeconds) * 1e9))
                         nextProbe[id] = now + interval
                     } else {
@@ -628,7 +628,7 @@ public final class ShoalClient: @unchecked Sendable {
             for lane in lanes where lane.open {
                 for (id, sent) in lane.sentAt {
                     guard let p = lane.inFlight[id], !hedged.contains(p.index) else { continue }
-                    guard now - sent >= hedgeNanos else { next = min(next ?? .max, sent + hedgeNanos); continue }
+                    guard elapsedNanos(from: sent, to: now) >= hedgeNanos else { next = min(next ?? .max, sent + hedgeNanos); continue }
                     guard let other = route(r, file.block(p.index).id, avoiding: failed.union([lane.worker])), other != lane.worker else { continue }
                     hedged.insert(p.index)
                     queues[other].append(p)

@@ -39,6 +39,11 @@ public func monotonicNanos() -> UInt64 {
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
+/// The nanoseconds from `start` to `now`, 0 when `start` is later (another thread may have
+/// stamped it after `now` was read): never a trap on unsigned underflow.
+@inline(__always)
+public func elapsedNanos(from start: UInt64, to now: UInt64) -> UInt64 { now > start ? now - start : 0 }
+
 /// Bytes from the kernel's random source (`getrandom`), for nonces and secrets. Throws when the
 /// source fails, never returns fewer or zeroed bytes: a predictable nonce or secret is worse than
 /// no connection.

@@ -48,7 +48,7 @@ final class Handover: @unchecked Sendable {
         self.source = source
         self.myID = myID
         self.secret = secret
-        windowNanos = UInt64(max(0, windowSeconds) * 1e9)
+        windowNanos = UInt64(min(max(0, windowSeconds), 1e9) * 1e9)
         self.logger = logger
         self.cache = cache
         self.metrics = metrics
@@ -100,7 +100,7 @@ final class Handover: @unchecked Sendable {
             (Array(recent[recentNext...] + recent[..<recentNext]).reversed(), current, self.previous)
         }
         guard let placement, let previous, let me = placement.view.index(of: myID), let wasMe = previous.view.index(of: myID) else { return }
-        let interval = UInt64(1e9 / pushRate)
+        let interval = UInt64(min(1e9 / pushRate, 3_600e9))  // at least one an hour
         var connections: [Int: WorkerConnection] = [:]
         defer { connections.values.forEach { $0.close() } }
         var failed = Set<Int>()
@@ -136,7 +136,7 @@ final class Handover: @unchecked Sendable {
                     ])
                 }
             }
-            let spent = monotonicNanos() - started
+            let spent = elapsedNanos(from: started, to: monotonicNanos())
             if spent < interval {
                 var pause = timespec(tv_sec: Int((interval - spent) / 1_000_000_000), tv_nsec: Int((interval - spent) % 1_000_000_000))
                 nanosleep(&pause, nil)
@@ -178,7 +178,7 @@ final class Handover: @unchecked Sendable {
         observe()
         let now = monotonicNanos()
         return lock.withLock { () -> (String, Endpoint)? in
-            guard let previous, now - changedAt < windowNanos, let owner = previous.owners(of: id).owner else { return nil }
+            guard let previous, elapsedNanos(from: changedAt, to: now) < windowNanos, let owner = previous.owners(of: id).owner else { return nil }
             let member = previous.view.members[owner]
             guard member.id != myID, downUntil[member.id].map({ $0 <= now }) ?? true, let endpoint = Endpoint(member.address) else { return nil }
             // Its address now, if it moved.

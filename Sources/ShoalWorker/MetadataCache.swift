@@ -50,7 +50,7 @@ final class MetadataCache: @unchecked Sendable {
     func shouldReportStale(_ ref: ObjectRef, intervalNanos: UInt64) -> Bool {
         let now = monotonicNanos()
         return lock.withLock {
-            if let last = staleReported[ref], now - last < intervalNanos { return false }
+            if let last = staleReported[ref], elapsedNanos(from: last, to: now) < intervalNanos { return false }
             if staleReported.count >= 10_000 { staleReported.removeAll(keepingCapacity: true) }
             staleReported[ref] = now
             return true
