@@ -244,6 +244,9 @@ final class Harness {
         #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data)
         #expect(worker.cache.blockCount == 0)
         #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data)
+        // A filled block is written to the cache after its reply has gone out.
+        let deadline = monotonicNanos() + 5_000_000_000
+        while worker.cache.blockCount < 3 && monotonicNanos() < deadline { usleep(10_000) }
         #expect(worker.cache.blockCount == 3)
         #expect(try client.read(client.open(ref), offset: 0, length: data.count) == data)
         #expect(worker.metrics.value("shoal_hits_total") == 3)
