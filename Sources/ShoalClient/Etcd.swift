@@ -434,6 +434,9 @@ public final class WorkerViewSource: MembershipSource, @unchecked Sendable {
     private var taken: (view: MembershipView, placement: Placement)
     private var checked: UInt64
     private var _error: String?
+    /// The worker that answered last: asked first (a dead member early in the view would
+    /// otherwise cost a connect timeout on every look).
+    private var answered: Endpoint?
 
     init(seeds: [Endpoint], view: MembershipView, recheckSeconds: Double, connect: @escaping Connect) {
         self.seeds = seeds
@@ -473,7 +476,8 @@ public final class WorkerViewSource: MembershipSource, @unchecked Sendable {
         }
         guard due else { return lock.withLock { taken } }
         var why: [String] = []
-        let candidates = view.members.compactMap { Endpoint($0.address) } + seeds
+        let last = lock.withLock { answered }
+        let candidates = (last.map { [$0] } ?? []) + view.members.compactMap { Endpoint($0.address) }.filter { $0 != last } + seeds
         for endpoint in candidates {
             do {
                 let next = try WorkerViewSource.ask(endpoint, connect)
@@ -482,6 +486,7 @@ public final class WorkerViewSource: MembershipSource, @unchecked Sendable {
                 lock.withLock {
                     if let placement, next.epoch > taken.view.epoch { taken = (next, placement) }
                     _error = nil
+                    answered = endpoint
                 }
                 return lock.withLock { taken }
             } catch {
