@@ -118,6 +118,11 @@ public final class EtcdClient: @unchecked Sendable {
             do {
                 let curl = try CurlEasy()
                 let response = try curl.perform(request, sink: sink)
+                if response.status >= 500 || response.status == 408 || response.status == 429 {
+                    // This member cannot serve now (no leader, overloaded): try the next one.
+                    why.append("\(endpoints[i]): HTTP \(response.status)")
+                    continue
+                }
                 guard response.status == 200 else {
                     // etcd answered: the request is wrong, another endpoint would say the same.
                     let why = "etcd \(endpoints[i]) answered \(path) with HTTP \(response.status): \(sink.text.prefix(300))"
@@ -396,7 +401,10 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
             while let self, !self.isClosed {
                 let from = self.reload() ?? self.lock.withLock { self.revision }
                 do {
-                    try self.client.watch(prefix: self.prefix, from: from + 1, cancel: { sink in self.lock.withLock { self.watching = sink } }) { [weak self] _ in
+                    try self.client.watch(prefix: self.prefix, from: from + 1, cancel: { sink in
+                        // A close that came before this watch began ends it at once.
+                        if self.lock.withLock({ self.watching = sink; return self.closed }) { sink.cancel() }
+                    }) { [weak self] _ in
                         self?.reload()
                     }
                 } catch {
