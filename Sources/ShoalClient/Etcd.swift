@@ -19,6 +19,12 @@ public protocol MembershipSource: AnyObject, Sendable {
     /// Changes reach the view as they happen (a watch), so asking again is never needed to
     /// serve correctly.
     var isWatched: Bool { get }
+    /// Called with each view the source takes in place of the one before, and its placement
+    /// (workers log it and note it for hand-over).
+    var onChange: (@Sendable (MembershipView, Placement) -> Void)? { get set }
+    /// Called (under the source's lock: do not call back into it) when a new reason appears for
+    /// not taking the source's answer; workers log it.
+    var onError: (@Sendable (String) -> Void)? { get set }
 }
 
 extension MembersWatcher: MembershipSource {
@@ -48,12 +54,11 @@ public final class EtcdClient: @unchecked Sendable {
         guard !endpoints.isEmpty else { throw ShoalError(.badRequest, "no etcd endpoint given (e.g. 127.0.0.1:2379)") }
         var urls: [String] = []
         for e in endpoints {
-            let bare = e.hasPrefix("http://") ? String(e.dropFirst(7)) : e
             guard !e.hasPrefix("https://") else { throw ShoalError(.badRequest, "etcd endpoint '\(e)': only plain http is supported; run etcd on a private network") }
-            guard Endpoint(bare.hasSuffix("/") ? String(bare.dropLast()) : bare) != nil else {
-                throw ShoalError(.badRequest, "etcd endpoint '\(e)' is not host:port")
-            }
-            urls.append("http://" + (bare.hasSuffix("/") ? String(bare.dropLast()) : bare))
+            var bare = Substring(e.hasPrefix("http://") ? String(e.dropFirst(7)) : e)
+            if bare.hasSuffix("/") { bare = bare.dropLast() }
+            guard Endpoint(String(bare)) != nil else { throw ShoalError(.badRequest, "etcd endpoint '\(e)' is not host:port") }
+            urls.append("http://" + bare)
         }
         self.endpoints = urls
     }
@@ -270,17 +275,14 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
     private var _error: String? {
         didSet { if let e = _error, e != oldValue { onError?(e) } }
     }
-    /// Called (under the source's lock: do not call back into it) when a new reason appears for
-    /// not taking etcd's answer; workers log it.
     public var onError: (@Sendable (String) -> Void)?
     private var revision: UInt64 = 0
     private var closed = false
     private var watching: HTTPBodySink?
-    private var watcherPID: pid_t = 0
+    /// The fork generation whose watch thread runs (-1: none yet).
+    private var watcherGeneration = -1
     private var lastForced: UInt64 = 0
     private var forcing = false
-    /// Called after every change of view, with its placement (workers log it, and note it for
-    /// hand-over).
     public var onChange: (@Sendable (MembershipView, Placement) -> Void)?
 
     /// `prefix`: the cluster's keys (e.g. "/shoal/default/"; a "/" is added at the end if missing).
@@ -383,20 +385,27 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
                 }
             }
         }
-        startWatching()
-        return lock.withLock { taken }
+        let generation = ForkGeneration.current
+        let (result, start) = lock.withLock { (taken, needsWatcher(generation)) }
+        if start { spawnWatcher() }
+        return result
     }
 
-    /// Starts the watch thread, once per process (again in a child after fork, where the
-    /// parent's thread does not exist).
+    /// Whether the watch thread is to be started now (under the lock): once per process, and
+    /// again in a child after fork, where the parent's thread does not exist.
+    private func needsWatcher(_ generation: Int) -> Bool {
+        guard !closed, watcherGeneration != generation else { return false }
+        watcherGeneration = generation
+        return true
+    }
+
+    /// Starts the watch thread if it is not running in this process.
     public func startWatching() {
-        let pid = getpid()
-        let start = lock.withLock { () -> Bool in
-            guard !closed, watcherPID != pid else { return false }
-            watcherPID = pid
-            return true
-        }
-        guard start else { return }
+        let generation = ForkGeneration.current
+        if lock.withLock({ needsWatcher(generation) }) { spawnWatcher() }
+    }
+
+    private func spawnWatcher() {
         try? OSThread.spawn(name: "shoal-etcd-watch") { [weak self] in
             while let self, !self.isClosed {
                 let from = self.reload() ?? self.lock.withLock { self.revision }
@@ -441,7 +450,11 @@ public final class WorkerViewSource: MembershipSource, @unchecked Sendable {
     private let lock = ConditionLock()
     private var taken: (view: MembershipView, placement: Placement)
     private var checked: UInt64
-    private var _error: String?
+    private var _error: String? {
+        didSet { if let e = _error, e != oldValue { onError?(e) } }
+    }
+    public var onChange: (@Sendable (MembershipView, Placement) -> Void)?
+    public var onError: (@Sendable (String) -> Void)?
     /// The worker that answered last: asked first (a dead member early in the view would
     /// otherwise cost a connect timeout on every look).
     private var answered: Endpoint?
@@ -491,11 +504,13 @@ public final class WorkerViewSource: MembershipSource, @unchecked Sendable {
                 let next = try WorkerViewSource.ask(endpoint, connect)
                 guard !next.members.isEmpty else { why.append("\(endpoint): it has no view"); continue }
                 let placement = next.epoch > view.epoch && next != view ? Placement(view: next) : nil
-                lock.withLock {
-                    if let placement, next.epoch > taken.view.epoch { taken = (next, placement) }
-                    _error = nil
-                    answered = endpoint
+                let installed = lock.withLock { () -> Bool in
+                    defer { _error = nil; answered = endpoint }
+                    guard let placement, next.epoch > taken.view.epoch else { return false }
+                    taken = (next, placement)
+                    return true
                 }
+                if installed, let placement { onChange?(next, placement) }
                 return lock.withLock { taken }
             } catch {
                 why.append("\(endpoint): \(error.message)")

@@ -106,9 +106,8 @@ public final class MembersWatcher: @unchecked Sendable {
     private var _error: String? {
         didSet { if let e = _error, e != oldValue { onError?(e) } }
     }
-    /// Called (under the watcher's lock: do not call back into it) when a new reason appears for
-    /// not taking the file; workers log it.
     public var onError: (@Sendable (String) -> Void)?
+    public var onChange: (@Sendable (MembershipView, Placement) -> Void)?
 
     public init(path: String, recheckSeconds: Double = 1) throws(ShoalError) {
         self.path = path
@@ -135,18 +134,22 @@ public final class MembersWatcher: @unchecked Sendable {
             // Built outside the lock: a large view takes a while.
             let next = try? result.get()
             let placement = next.map { Placement(view: $0) }
-            lock.withLock {
+            let installed = lock.withLock { () -> Bool in
                 stamp = (info.modifiedNanos, info.size)
                 switch result {
                 case .success(let view) where view.epoch >= taken.view.epoch:
-                    if view != taken.view { taken = (view, placement!) }
                     _error = nil
+                    guard view != taken.view else { return false }
+                    taken = (view, placement!)
+                    return true
                 case .success(let view):
                     _error = "members file \(path) has epoch \(view.epoch), older than the view in use (\(taken.view.epoch)); kept that view"
                 case .failure(let error):
                     _error = error.message + "; kept the view of epoch \(taken.view.epoch)"
                 }
+                return false
             }
+            if installed, let next, let placement { onChange?(next, placement) }
         }
         return lock.withLock { taken }
     }

@@ -51,6 +51,18 @@ public final class ConditionLock: @unchecked Sendable {
 }
 
 /// A plain OS thread (no Dispatch, no Swift tasks).
+/// Counts forks of this process (raised in the child), so that an object running a thread can
+/// tell with one load, no syscall, that it is in a child where that thread does not exist.
+public enum ForkGeneration {
+    /// Written only in a child right after fork, while it has a single thread.
+    nonisolated(unsafe) static var value = 0
+    static let registered: Void = { _ = pthread_atfork(nil, nil, { ForkGeneration.value &+= 1 }) }()
+    public static var current: Int {
+        _ = registered
+        return value
+    }
+}
+
 public enum OSThread {
     private final class Box {
         let name: String

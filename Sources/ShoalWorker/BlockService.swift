@@ -142,7 +142,6 @@ final class BlockService: @unchecked Sendable {
     private func checkOwner(_ request: ReadRequest, _ source: any MembershipSource, _ id: String) throws(ShoalError) {
         var (view, placement) = source.current(force: false)
         if request.epoch > view.epoch, !source.isWatched { (view, placement) = source.current(force: true) }
-        handover?.observe(view, placement)
         guard request.epoch < view.epoch, let me = view.index(of: id) else { return }
         let (owner, fallback) = placement.owners(of: request.id)
         guard owner != me && fallback != me else { return }

@@ -48,23 +48,29 @@ public final class Worker: @unchecked Sendable {
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
                                serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
         service.fillParts = config.fillParts
+        var source: (any MembershipSource)?
         if let path = config.membersFile, let id = config.memberID {
             let watcher = try MembersWatcher(path: path)
             guard watcher.current().view.index(of: id) != nil else {
                 throw ShoalError(.badRequest, "key 'memberID': '\(id)' is not a member in \(path) (members: \(watcher.current().view.members.map(\.id).joined(separator: ", ")))")
             }
-            watcher.onError = { [logger] error in logger.warning("members file not taken; the last good view stays", metadata: ["error": "\(error)"]) }
-            service.members = (watcher, id)
-        } else if let settings = config.etcd, let id = config.memberID {
-            let source = EtcdMembers(client: try EtcdClient(endpoints: settings.endpoints, user: settings.user, password: settings.password), prefix: settings.prefix)
+            source = watcher
+        } else if let settings = config.etcd {
+            let etcd = EtcdMembers(client: try EtcdClient(endpoints: settings.endpoints, user: settings.user, password: settings.password), prefix: settings.prefix)
+            if let error = etcd.error { logger.warning("etcd not reachable yet; serving every READ until it is", metadata: ["error": "\(error)"]) }
+            source = etcd
+        }
+        if let source, let id = config.memberID {
+            // Every view the source takes reaches hand-over here (not on each READ).
             source.onChange = { [logger, service] view, placement in
                 service.handover?.observe(view, placement)
                 logger.info("cluster view changed", metadata: [
                     "epoch": "\(view.epoch)", "members": "\(view.members.map { "\($0.id)=\($0.state.rawValue)" }.joined(separator: ","))",
                 ])
             }
-            if let error = source.error { logger.warning("etcd not reachable yet; serving every READ until it is", metadata: ["error": "\(error)"]) }
-            source.onError = { [logger] error in logger.warning("etcd's answer not taken; the last good view stays", metadata: ["error": "\(error)"]) }
+            source.onError = { [logger, name = source.name] error in
+                logger.warning("view not taken; the last good one stays", metadata: ["source": "\(name)", "error": "\(error)"])
+            }
             service.members = (source, id)
         }
         if let (source, id) = service.members, config.handoverSeconds > 0 {
