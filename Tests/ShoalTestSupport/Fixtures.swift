@@ -27,8 +27,7 @@ enum TemporaryFolders {
     static let root = repositoryRoot + "/.build/test-tmp/\(getpid())"
     static let registerCleanup: Void = {
         atexit {
-            ObjectStoreFixture.stopIfStarted()
-            EtcdFixture.stopIfStarted()
+            ScriptService.stopAll()
             _ = system("rm -rf '\(TemporaryFolders.root)'")
         }
     }()
@@ -41,6 +40,33 @@ public let testLogger: Logger = {
     return l
 }()
 
+/// A service of the whole test process started by one of the project's scripts
+/// (`Tools/NAME.sh start DIR PORT`), stopped by it at exit (before the folders are deleted).
+enum ScriptService {
+    nonisolated(unsafe) private static var started: [(script: String, directory: String)] = []
+    private static let lock = ConditionLock()
+
+    /// Starts it in a new folder; the folder, or a failure that says why (never a silent skip).
+    static func start(_ name: String, what: String, port: Int) throws -> String {
+        let directory = makeTemporaryDirectory(name)
+        let script = repositoryRoot + "/Tools/\(name).sh"
+        let (status, output) = runProcess("/bin/bash", [script, "start", directory, String(port)])
+        guard status == 0 else {
+            throw FixtureError(message: "Tools/\(name).sh could not start \(what) (run Tools/install-deps.sh first): \(output)")
+        }
+        lock.withLock { started.append((script, directory)) }
+        return directory
+    }
+
+    static func stopAll() {
+        let all = lock.withLock { () -> [(script: String, directory: String)] in
+            defer { started.removeAll() }
+            return started
+        }
+        for s in all { _ = runProcess("/bin/bash", [s.script, "stop", s.directory]) }
+    }
+}
+
 /// A real SeaweedFS S3 endpoint for the whole test process, started with Tools/objectstore.sh
 /// (authentication on, every port explicit, bound to 127.0.0.1) and stopped when the process exits.
 public final class ObjectStoreFixture: @unchecked Sendable {
@@ -48,35 +74,18 @@ public final class ObjectStoreFixture: @unchecked Sendable {
     public let credentials: S3Credentials
     public let envFile: String
 
-    nonisolated(unsafe) private static var startedDirectory: String?
-
     public static let shared: Result<ObjectStoreFixture, FixtureError> = {
         do { return .success(try ObjectStoreFixture()) } catch let e as FixtureError { return .failure(e) } catch {
             return .failure(FixtureError(message: "\(error)"))
         }
     }()
 
-    /// Stops SeaweedFS if this process started it (at exit, before the folders are deleted).
-    static func stopIfStarted() {
-        if let dir = startedDirectory {
-            startedDirectory = nil
-            _ = runProcess("/bin/bash", [repositoryRoot + "/Tools/objectstore.sh", "stop", dir])
-        }
-    }
-
     /// The shared store, or a failure that says why it could not start (never a silent skip).
     public static func get() throws -> ObjectStoreFixture { try shared.get() }
 
     private init() throws {
-        directory = makeTemporaryDirectory("objectstore")
         // Below the ephemeral range (Linux: 32768-60999), where no client socket is given the port.
-        let port = 20000 + Int(getpid() % 1000) * 10
-        let script = repositoryRoot + "/Tools/objectstore.sh"
-        let (status, output) = runProcess("/bin/bash", [script, "start", directory, String(port)])
-        guard status == 0 else {
-            throw FixtureError(message: "Tools/objectstore.sh could not start SeaweedFS (run Tools/install-deps.sh first): \(output)")
-        }
-        ObjectStoreFixture.startedDirectory = directory
+        directory = try ScriptService.start("objectstore", what: "SeaweedFS", port: 20000 + Int(getpid() % 1000) * 10)
         envFile = directory + "/s3.env"
         let env = try WorkerConfig.readEnvFile(envFile, key: "test")
         credentials = S3Credentials(endpoint: env["SHOAL_S3_ENDPOINT"]!, accessKey: env["SHOAL_S3_ACCESS_KEY"]!,
@@ -107,33 +116,18 @@ public final class EtcdFixture: @unchecked Sendable {
     public let password: String
     public let envFile: String
 
-    nonisolated(unsafe) private static var startedDirectory: String?
-
     public static let shared: Result<EtcdFixture, FixtureError> = {
         do { return .success(try EtcdFixture()) } catch let e as FixtureError { return .failure(e) } catch {
             return .failure(FixtureError(message: "\(error)"))
         }
     }()
 
-    static func stopIfStarted() {
-        if let dir = startedDirectory {
-            startedDirectory = nil
-            _ = runProcess("/bin/bash", [repositoryRoot + "/Tools/etcd.sh", "stop", dir])
-        }
-    }
-
     /// The shared etcd, or a failure that says why it could not start (never a silent skip).
     public static func get() throws -> EtcdFixture { try shared.get() }
 
     private init() throws {
-        directory = makeTemporaryDirectory("etcd")
         // Below the ephemeral range, apart from the object store's ports.
-        let port = 30000 + Int(getpid() % 1000) * 2
-        let (status, output) = runProcess("/bin/bash", [repositoryRoot + "/Tools/etcd.sh", "start", directory, String(port)])
-        guard status == 0 else {
-            throw FixtureError(message: "Tools/etcd.sh could not start etcd (run Tools/install-deps.sh first): \(output)")
-        }
-        EtcdFixture.startedDirectory = directory
+        directory = try ScriptService.start("etcd", what: "etcd", port: 30000 + Int(getpid() % 1000) * 2)
         envFile = directory + "/etcd.env"
         let env = try WorkerConfig.readEnvFile(envFile, key: "test")
         endpoint = env["SHOAL_ETCD"]!
