@@ -7,8 +7,11 @@ let package = Package(
     products: [
         .executable(name: "shoal", targets: ["shoal"]),
         .library(name: "ShoalClient", targets: ["ShoalClient"]),
+        // libshoal: the C ABI (Sources/CShoalABI/include/shoal.h) as one shared library; built by
+        // Tools/libshoal.sh with the Swift runtime linked in.
+        .library(name: "shoalc", type: .dynamic, targets: ["ShoalCABI"]),
         // For Perf/Micro's benchmarks of the parts below the client.
-        .library(name: "ShoalEngine", targets: ["ShoalCore", "ShoalSys", "ShoalStore"]),
+        .library(name: "ShoalEngine", targets: ["ShoalCore", "ShoalSys", "ShoalIO", "ShoalStore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -25,23 +28,30 @@ let package = Package(
         .systemLibrary(name: "CVerbs", pkgConfig: "libibverbs", providers: [.apt(["libibverbs-dev"])]),
         .systemLibrary(name: "CRDMACM", pkgConfig: "librdmacm", providers: [.apt(["librdmacm-dev"])]),
         .systemLibrary(name: "CNuma", providers: [.apt(["libnuma-dev"])]),
-        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // libssl and libcrypto: TLS on the data plane, AES-GCM frame tags.
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
-        // The only C: what Swift cannot call (variadic functions, macros) and CRC32C.
-        .target(name: "CShoalShims", dependencies: ["CCurl", "COpenSSL"]),
+        // The only C: what Swift cannot call (variadic functions, macros) and CRC32C. CShoalShims
+        // needs libc only; CShoalTLS wraps OpenSSL's macros; CShoalCurl loads libcurl at run time
+        // (its -dev package gives the header: libcurl4-openssl-dev), so nothing links it.
+        .target(name: "CShoalShims"),
+        .target(name: "CShoalTLS", dependencies: ["COpenSSL"]),
+        .target(name: "CShoalCurl"),
+        // libshoal's public header (no code of its own).
+        .target(name: "CShoalABI"),
 
         .target(name: "ShoalCore", dependencies: ["CShoalShims"]),
-        .target(
-            name: "ShoalSys",
-            dependencies: ["CURing", "CVerbs", "CRDMACM", "CNuma", "CCurl", "COpenSSL", "CShoalShims", "ShoalCore"]),
+        // The system layer a client needs: POSIX (sockets, poll, threads, time, files), OpenSSL
+        // for frame tags and TLS, libcurl when loaded. It links no io_uring and no verbs.
+        .target(name: "ShoalSys", dependencies: ["COpenSSL", "CShoalShims", "CShoalTLS", "CShoalCurl", "ShoalCore"]),
+        // The worker's own system layer: io_uring, the registered buffer pool, verbs, NUMA.
+        .target(name: "ShoalIO", dependencies: ["CURing", "CVerbs", "CRDMACM", "CNuma", "CShoalShims", "ShoalSys", "ShoalCore"]),
         .target(name: "ShoalObjectStore", dependencies: ["ShoalSys", "ShoalCore"]),
-        .target(name: "ShoalStore", dependencies: ["ShoalSys", "ShoalCore", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "ShoalStore", dependencies: ["ShoalIO", "ShoalSys", "ShoalCore", .product(name: "Logging", package: "swift-log")]),
         .target(name: "ShoalTransport", dependencies: ["ShoalSys", "ShoalCore"]),
         .target(
             name: "ShoalWorker",
             dependencies: [
-                "ShoalSys", "ShoalCore", "ShoalStore", "ShoalObjectStore", "ShoalTransport", "ShoalClient",
+                "ShoalIO", "ShoalSys", "ShoalCore", "ShoalStore", "ShoalObjectStore", "ShoalTransport", "ShoalClient",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -51,11 +61,12 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]),
-        .target(name: "ShoalClient", dependencies: ["ShoalSys", "ShoalCore", "ShoalTransport", "ShoalObjectStore", "Yams"]),
+        .target(name: "ShoalClient", dependencies: ["ShoalSys", "ShoalCore", "ShoalTransport", "ShoalObjectStore"]),
+        .target(name: "ShoalCABI", dependencies: ["CShoalABI", "ShoalClient", "ShoalCore"]),
         .executableTarget(
             name: "shoal",
             dependencies: [
-                "ShoalWorker", "ShoalClient", "ShoalTransport", "ShoalObjectStore", "ShoalStore", "ShoalCore", "ShoalSys",
+                "ShoalWorker", "ShoalClient", "ShoalTransport", "ShoalObjectStore", "ShoalStore", "ShoalCore", "ShoalSys", "ShoalIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -64,15 +75,15 @@ let package = Package(
 
         .target(
             name: "ShoalTestSupport",
-            dependencies: ["ShoalWorker", "ShoalObjectStore", "ShoalStore", "ShoalSys", "ShoalCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalSys", "ShoalIO", "ShoalCore", .product(name: "Logging", package: "swift-log")],
             path: "Tests/ShoalTestSupport"),
         .testTarget(name: "ShoalCoreTests", dependencies: ["ShoalCore"]),
-        .testTarget(name: "ShoalSysTests", dependencies: ["ShoalSys", "ShoalCore", "ShoalTestSupport"]),
-        .testTarget(name: "ShoalStoreTests", dependencies: ["ShoalStore", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
+        .testTarget(name: "ShoalSysTests", dependencies: ["ShoalSys", "ShoalIO", "ShoalCore", "ShoalTestSupport"]),
+        .testTarget(name: "ShoalStoreTests", dependencies: ["ShoalStore", "ShoalSys", "ShoalIO", "ShoalCore", "ShoalTestSupport"]),
         .testTarget(name: "ShoalObjectStoreTests", dependencies: ["ShoalObjectStore", "ShoalSys", "ShoalCore", "ShoalTestSupport"]),
         .testTarget(
             name: "ShoalIntegrationTests",
-            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalTransport", "ShoalSys", "ShoalCore", "ShoalTestSupport",
+            dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalTransport", "ShoalSys", "ShoalIO", "ShoalCore", "ShoalTestSupport",
                            .product(name: "Logging", package: "swift-log")]),
     ]
 )

@@ -80,10 +80,12 @@ start)
     fi
     # With --membership file, the members file clients and workers route by (ids w0, w1, ...;
     # weight: the cache capacity). With etcd each worker registers itself the same way.
-    [ "$membership" = file ] && { echo "epoch: 1"; echo "members:"
+    # Written as JSON (which is YAML too), so libshoal and the Python package can read it.
+    [ "$membership" = file ] && { echo '{"epoch": 1, "members": ['
       for i in $(seq 0 $((workers - 1))); do
-          printf '  - id: w%s\n    address: "127.0.0.1:%s"\n    weight: %s\n    state: active\n' "$i" "$((base + 2 * i))" "$capacity"
-      done; } > "$dir/members.yaml"
+          [ "$i" -gt 0 ] && echo ","
+          printf '  {"id": "w%s", "address": "127.0.0.1:%s", "weight": "%s", "state": "active"}' "$i" "$((base + 2 * i))" "$capacity"
+      done; echo; echo ']}'; } > "$dir/members.yaml"
     addresses=(); admins=()
     for i in $(seq 0 $((workers - 1))); do
         w="$dir/w$i"; mkdir -p "$w/cache"

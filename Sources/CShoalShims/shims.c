@@ -134,34 +134,6 @@ int shoal_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 long shoal_getrandom(void *buffer, size_t length) { return (long)getrandom(buffer, length, 0); }
 void shoal_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 
-CURLcode shoal_curl_setopt_long(CURL *curl, CURLoption option, long value) {
-    return curl_easy_setopt(curl, option, value);
-}
-CURLcode shoal_curl_setopt_ptr(CURL *curl, CURLoption option, const void *value) {
-    return curl_easy_setopt(curl, option, value);
-}
-CURLcode shoal_curl_setopt_off(CURL *curl, CURLoption option, curl_off_t value) {
-    return curl_easy_setopt(curl, option, value);
-}
-CURLcode shoal_curl_setopt_callback(CURL *curl, CURLoption option, shoal_curl_data_cb callback) {
-    return curl_easy_setopt(curl, option, callback);
-}
-CURLcode shoal_curl_getinfo_long(CURL *curl, CURLINFO info, long *value) {
-    return curl_easy_getinfo(curl, info, value);
-}
-CURLcode shoal_curl_setopt_xferinfo(CURL *curl, shoal_curl_xferinfo_cb callback, void *context) {
-    CURLcode rc = curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, callback);
-    if (rc == CURLE_OK) rc = curl_easy_setopt(curl, CURLOPT_XFERINFODATA, context);
-    if (rc == CURLE_OK) rc = curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-    return rc;
-}
-
-int shoal_ssl_ctx_require_tls13(SSL_CTX *ctx) { return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION); }
-void shoal_ssl_ctx_enable_ktls(SSL_CTX *ctx) { SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS); }
-int shoal_ssl_ktls_send(SSL *ssl) { return (int)BIO_get_ktls_send(SSL_get_wbio(ssl)); }
-int shoal_ssl_ktls_recv(SSL *ssl) { return (int)BIO_get_ktls_recv(SSL_get_rbio(ssl)); }
-int shoal_ssl_set_server_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
-
 int shoal_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 
 int shoal_sock_cloexec(void) { return SOCK_CLOEXEC; }

@@ -4,7 +4,6 @@ import Glibc
 import ShoalCore
 import ShoalSys
 import ShoalTransport
-import Yams
 
 /// Where a client or a worker takes the cluster's view from: the members file or etcd.
 public protocol MembershipSource: AnyObject, Sendable {
@@ -133,7 +132,7 @@ public final class EtcdClient: @unchecked Sendable {
                     let why = "etcd \(endpoints[i]) answered \(path) with HTTP \(response.status): \(sink.text.prefix(300))"
                     throw ShoalError(response.status == 401 ? .unauthenticated : .badRequest, why)
                 }
-                guard let json = (try? Yams.load(yaml: String(decoding: sink.bytes, as: UTF8.self))) as? [String: Any] else {
+                guard let json = (try? JSON.parse(sink.bytes)) as? [String: Any] else {
                     throw ShoalError(.badRequest, "etcd \(endpoints[i]) answered \(path) with something that is not a JSON object")
                 }
                 lock.withLock { preferred = i }
@@ -221,7 +220,7 @@ public final class EtcdClient: @unchecked Sendable {
                     continue
                 }
                 defer { line.removeAll(keepingCapacity: true) }
-                guard let json = (try? Yams.load(yaml: String(decoding: line, as: UTF8.self))) as? [String: Any] else {
+                guard let json = (try? JSON.parse(line)) as? [String: Any] else {
                     ended = "a watch message that is not JSON"
                     return false
                 }
@@ -316,7 +315,7 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
             let id = String(rest.dropFirst(8))
             func bad(_ what: String) -> ShoalError { ShoalError(.badRequest, "etcd value of \(kv.key): \(what)") }
             guard !id.isEmpty else { throw bad("no member id after members/") }
-            guard let fields = (try? Yams.load(yaml: String(decoding: kv.value, as: UTF8.self))) as? [String: Any] else {
+            guard let fields = (try? JSON.parse(kv.value)) as? [String: Any] else {
                 throw bad("not a JSON object with address, weight and state")
             }
             for key in fields.keys where !["address", "weight", "state"].contains(key) {

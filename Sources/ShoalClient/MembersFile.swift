@@ -1,8 +1,9 @@
 import ShoalCore
 import ShoalSys
-import Yams
 
-/// The static members file, the embedded membership source: the cluster's workers in YAML,
+/// The static members file, the embedded membership source: the cluster's workers in YAML (or
+/// JSON, which is YAML too; libshoal and the Python package read JSON only, as they carry no
+/// YAML parser; what `render` writes is JSON),
 ///
 ///     epoch: 3
 ///     members:
@@ -14,10 +15,21 @@ import Yams
 /// A client given the file reads it again when it changes; `shoal drain` and `shoal undrain`
 /// rewrite a member's state and raise the epoch.
 public enum MembersFile {
+    /// How a members file that is not JSON is read: set by programs that have a YAML parser (the
+    /// command line and the worker set Yams's, `WorkerConfig.installYAMLMembers`); nil in
+    /// libshoal, which then reads JSON only. Set once, before any client is made.
+    nonisolated(unsafe) public static var yamlLoader: (@Sendable (String) throws -> Any?)?
+
     public static func parse(_ text: String, source: String) throws(ShoalError) -> MembershipView {
         func bad(_ what: String) -> ShoalError { ShoalError(.badRequest, "members file \(source): \(what)") }
         let loaded: Any?
-        do { loaded = try Yams.load(yaml: text) } catch { throw bad("not valid YAML: \(error)") }
+        if text.utf8.first(where: { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 }) == UInt8(ascii: "{") {
+            do { loaded = try JSON.parse(text) } catch { throw bad("not valid JSON: \(error)") }
+        } else if let yaml = yamlLoader {
+            do { loaded = try yaml(text) } catch { throw bad("not valid YAML: \(error)") }
+        } else {
+            throw bad("this program reads members files written as JSON only (an object with 'epoch' and 'members', as `shoal drain` and Tools/cluster.sh write them)")
+        }
         guard let root = loaded as? [String: Any] else { throw bad("the top level must be a mapping with 'epoch' and 'members'") }
         for key in root.keys where key != "epoch" && key != "members" { throw bad("unknown key '\(key)' (known: epoch, members)") }
         guard let epochValue = root["epoch"] else { throw bad("key 'epoch' is missing (a number that grows with every change)") }
@@ -69,13 +81,13 @@ public enum MembersFile {
     }
 
     /// The file for `view`.
+    /// The file for `view`, as JSON (which YAML readers read too): every client can read it.
     public static func render(_ view: MembershipView) -> String {
-        var out = "epoch: \(view.epoch)\nmembers:\n"
-        for m in view.members {
+        let members = view.members.map { m in
             let weight = m.weight == m.weight.rounded() && abs(m.weight) < 1e18 ? "\(Int64(m.weight))" : "\(m.weight)"
-            out += "  - id: \"\(m.id)\"\n    address: \"\(m.address)\"\n    weight: \(weight)\n    state: \(m.state.rawValue)\n"
+            return "    {\"id\": \(JSONText.quote(m.id)), \"address\": \(JSONText.quote(m.address)), \"weight\": \(weight), \"state\": \"\(m.state.rawValue)\"}"
         }
-        return out
+        return "{\"epoch\": \(view.epoch), \"members\": [\n" + members.joined(separator: ",\n") + "\n]}\n"
     }
 
     /// Writes `view` to `path` in one step (a new file renamed over the old), so a reader never

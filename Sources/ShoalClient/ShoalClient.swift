@@ -130,6 +130,8 @@ public final class ShoalClient: @unchecked Sendable {
     private var probes: [String: ConnectProbe] = [:]
     private var nextProbe: [String: UInt64] = [:]
     private var _hedges = (sent: 0, won: 0)
+    /// The block size the workers cut objects into (from AUTH_OK or a STAT), once one said it.
+    private var knownBlockSize: UInt32 = 0
     private let tls: TLSContext?
     /// Stores to read from when no worker can be (`directStores`).
     private let direct: [String: S3Store]
@@ -232,7 +234,13 @@ public final class ShoalClient: @unchecked Sendable {
     /// A connection to `worker`, and whether it was just made (not taken from the pool).
     private func connectionAndAge(_ r: Routing, _ worker: Int) throws(ShoalError) -> (WorkerConnection, Bool) {
         let id = r.ids[worker]
-        if let c = lock.withLock({ idle[id]?.popLast() }) {
+        while let c = lock.withLock({ idle[id]?.popLast() }) {
+            // A parent's connection in a forked child: the socket is shared with the parent and
+            // its frame sequence too. Dropped (closing the child's copy of the descriptor only).
+            if !c.isOwnedByThisProcess {
+                c.close()
+                continue
+            }
             if c.endpoint == r.endpoints[worker] { return (c, false) }
             c.close()  // the member moved to another address
         }
@@ -434,6 +442,93 @@ public final class ShoalClient: @unchecked Sendable {
         }
     }
 
+    /// One page of the objects under `prefix` (sorted by key; `continuation` nil on the last
+    /// page), listed by a worker with its store's credentials. The versions it gives can open
+    /// objects with no STAT (`open(_:version:)`).
+    public func list(store: String = "default", bucket: String, prefix: String, continuation: String? = nil) throws(ShoalError) -> ObjectListing {
+        let request = ListRequest(store: store, bucket: bucket, prefix: prefix, continuation: continuation)
+        guard request.encoded.count <= Int(WireLimits.maxRequestPayload), !bucket.isEmpty, !store.isEmpty else {
+            throw ShoalError(.badRequest, "cannot list s3://\(store == "default" ? "" : store + "@")\(bucket)/\(prefix): the store, bucket or prefix is empty or too long")
+        }
+        let r = current()
+        probeDown(r)
+        // Any worker can list; the one owning the prefix's name is asked first, so repeated
+        // listings of one prefix go to one worker.
+        let id = BlockID(hashing: Array("list:\(store)/\(bucket)/\(prefix)".utf8))
+        var failed = Set<Int>()
+        while true {
+            guard let worker = route(r, id, avoiding: failed) ?? r.ids.indices.first(where: { !failed.contains($0) && !isDown(r.ids[$0]) }) else {
+                throw ShoalError(.connectionFailed, "cannot list s3://\(bucket)/\(prefix): no worker can be reached")
+            }
+            let c: WorkerConnection
+            do { c = try connection(r, worker) } catch {
+                guard ShoalClient.unreachable(error) else { throw error }
+                markDown(r.ids[worker])
+                failed.insert(worker)
+                continue
+            }
+            do {
+                let page = try c.list(request)
+                giveBack(c, r.ids[worker])
+                return page
+            } catch {
+                if c.isBroken {
+                    c.close()
+                    markDown(r.ids[worker])
+                    failed.insert(worker)
+                    continue
+                }
+                if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, r.ids[worker]) }
+                throw error
+            }
+        }
+    }
+
+    /// Every object under `prefix`, following the pages.
+    public func listAll(store: String = "default", bucket: String, prefix: String) throws(ShoalError) -> [ObjectEntry] {
+        var out: [ObjectEntry] = []
+        var token: String?
+        repeat {
+            let page = try list(store: store, bucket: bucket, prefix: prefix, continuation: token)
+            out += page.entries
+            token = page.continuation
+        } while token != nil
+        return out
+    }
+
+    /// Opens an object at a version the caller already knows (from a listing or a manifest):
+    /// no round trip. A read finds out if the store has moved on (`preconditionFailed`).
+    public func open(_ object: ObjectRef, version: ObjectVersion) throws(ShoalError) -> ShoalFile {
+        try object.validate()
+        guard !version.etag.isEmpty, version.etag.utf8.count <= WireLimits.maxEtag else {
+            throw ShoalError(.badRequest, "\(object): a known version needs an etag of 1-\(WireLimits.maxEtag) bytes")
+        }
+        return ShoalFile(object: object, version: version, blockSize: try clusterBlockSize())
+    }
+
+    /// The block size the cluster cuts objects into, as a worker announces it when a connection
+    /// is made (one is made if none was yet).
+    private func clusterBlockSize() throws(ShoalError) -> UInt32 {
+        if let bs = lock.withLock({ knownBlockSize == 0 ? nil : knownBlockSize }) { return bs }
+        let r = current()
+        var last: ShoalError?
+        for w in r.ids.indices where !isDown(r.ids[w]) {
+            let c: WorkerConnection
+            do { c = try connection(r, w) } catch {
+                last = error
+                continue
+            }
+            let bs = c.blockSize
+            giveBack(c, r.ids[w])
+            guard UInt64(bs) >= BlockLayout.minBlockSize, UInt64(bs) <= BlockLayout.maxBlockSize else {
+                throw ShoalError(.badRequest, "worker \(r.endpoints[w]) announced a block size of \(bs) bytes, outside 64 KiB-16 MiB")
+            }
+            lock.withLock { knownBlockSize = bs }
+            return bs
+        }
+        throw last ?? ShoalError(.connectionFailed, "no worker can be reached to learn the cluster's block size")
+    }
+
     /// Opens an object at its current version.
     public func open(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> ShoalFile {
         try stat(object, revalidate: revalidate)
@@ -441,21 +536,56 @@ public final class ShoalClient: @unchecked Sendable {
 
     /// Reads up to `buffer.count` bytes at `offset` into `buffer`; returns the count (short at the end).
     public func read(_ file: ShoalFile, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ShoalError) -> Int {
-        guard offset < file.size, buffer.count > 0, let base = buffer.baseAddress else { return 0 }
-        let length = min(UInt64(buffer.count), file.size - offset)
-        let layout = BlockLayout(blockSize: UInt64(file.blockSize))
-        let pieces = layout.pieces(offset: offset, length: length)
-        let routing = current()
-        probeDown(routing)
-        let misrouted = try fetch(routing, pieces, file: file, into: base)
-        if !misrouted.isEmpty {
-            // Routed by an old view: ask the view source now and send them where it says.
-            let r = current(force: true)
-            guard try fetch(r, misrouted, file: file, into: base).isEmpty else {
-                throw ShoalError(.notOwner, "workers refuse blocks of \(file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
+        var ranges = [ReadRange(file: file, offset: offset, buffer: buffer)]
+        try read(&ranges)
+        return try ranges[0].result.get()
+    }
+
+    /// One range of a batched read (`read(_:)`): what to read, where to, and how it went.
+    public struct ReadRange: @unchecked Sendable {
+        public let file: ShoalFile
+        public let offset: UInt64
+        public let buffer: UnsafeMutableRawBufferPointer
+        /// The bytes read (short at the object's end), or why the range failed.
+        public var result: Result<Int, ShoalError> = .success(0)
+
+        public init(file: ShoalFile, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) {
+            self.file = file
+            self.offset = offset
+            self.buffer = buffer
+        }
+    }
+
+    /// Reads many ranges of many objects at once: every block of every range goes to its owner
+    /// in one poll loop, so small objects on different workers are fetched in parallel and a
+    /// worker's share is pipelined on its connections. Each range gets its own result; this
+    /// throws only when no range could be tried (the cluster cannot be reached).
+    public func read(_ ranges: inout [ReadRange]) throws(ShoalError) {
+        var parts: [Part] = []
+        var lengths = [Int](repeating: 0, count: ranges.count)
+        for (i, range) in ranges.enumerated() {
+            let file = range.file
+            guard range.offset < file.size, range.buffer.count > 0, let base = range.buffer.baseAddress else { continue }
+            let length = min(UInt64(range.buffer.count), file.size - range.offset)
+            lengths[i] = Int(length)
+            for p in BlockLayout(blockSize: UInt64(file.blockSize)).pieces(offset: range.offset, length: length) {
+                parts.append(Part(range: i, file: file, piece: p, into: base + Int(p.offsetInRange)))
             }
         }
-        return Int(length)
+        var errors: [Int: ShoalError] = [:]
+        if !parts.isEmpty {
+            let routing = current()
+            probeDown(routing)
+            let misrouted = try fetch(routing, parts, errors: &errors)
+            if !misrouted.isEmpty {
+                // Routed by an old view: ask the view source now and send them where it says.
+                let r = current(force: true)
+                for p in try fetch(r, misrouted, errors: &errors) where errors[p.range] == nil {
+                    errors[p.range] = ShoalError(.notOwner, "workers refuse blocks of \(p.file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
+                }
+            }
+        }
+        for i in ranges.indices { ranges[i].result = errors[i].map { .failure($0) } ?? .success(lengths[i]) }
     }
 
     /// Reads a whole range into a new array (convenience for small reads and tools).
@@ -467,13 +597,31 @@ public final class ShoalClient: @unchecked Sendable {
         return Array(out.prefix(try result.get()))
     }
 
-    /// One connection of a read: its worker and the pieces in flight on it, by request id.
+    /// One piece of a read: a range of one block of a file, where its bytes go, and which range
+    /// of the batch it is of.
+    struct Part {
+        let range: Int
+        let file: ShoalFile
+        let piece: BlockPiece
+        let into: UnsafeMutableRawPointer
+        let id: BlockID
+
+        init(range: Int, file: ShoalFile, piece: BlockPiece, into: UnsafeMutableRawPointer) {
+            self.range = range
+            self.file = file
+            self.piece = piece
+            self.into = into
+            id = file.block(piece.index).id
+        }
+    }
+
+    /// One connection of a read: its worker and the parts in flight on it, by request id.
     private final class Lane {
         let worker: Int
         let connection: WorkerConnection
         /// Made for this read, not taken from the pool.
         let fresh: Bool
-        var inFlight: [UInt32: BlockPiece] = [:]
+        var inFlight: [UInt32: Int] = [:]
         /// When each READ in flight was sent (for hedging).
         var sentAt: [UInt32: UInt64] = [:]
         var open = true
@@ -498,18 +646,20 @@ public final class ShoalClient: @unchecked Sendable {
     /// and its pieces sent again, once each. With `hedgeAfterMillis`, a READ unanswered that long
     /// is sent to the block's other owner too; the first good reply wins, and the other's is
     /// pointed at scratch memory so it never lands in the caller's buffer.
-    /// Returns the pieces their worker refused as not its own in a newer view (`not_owner`).
-    private func fetch(_ r: Routing, _ pieces: [BlockPiece], file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) -> [BlockPiece] {
+    /// A worker's answer (an error of its own, a bad checksum) fails the range its piece is of,
+    /// in `errors` by range; the others go on.
+    /// Returns the parts their worker refused as not its own in a newer view (`not_owner`).
+    private func fetch(_ r: Routing, _ parts: [Part], errors: inout [Int: ShoalError]) throws(ShoalError) -> [Part] {
         let workers = r.endpoints
-        var queues = Array(repeating: [BlockPiece](), count: workers.count)
+        // Queues and sets hold part numbers.
+        var queues = Array(repeating: [Int](), count: workers.count)
         var lanes: [Lane] = []
-        var resent = Set<UInt64>()
+        var resent = Set<Int>()
         var failed = Set<Int>()
-        var misrouted: [BlockPiece] = []
-        var firstError: ShoalError?
-        /// Pieces answered (by either copy, when hedged), and pieces sent twice.
-        var done = Set<UInt64>()
-        var hedged = Set<UInt64>()
+        var misrouted: [Part] = []
+        /// Parts answered (by either copy, when hedged), and parts sent twice.
+        var done = Set<Int>()
+        var hedged = Set<Int>()
         var scratch: UnsafeMutableRawPointer?
         /// Per worker: when it last answered, or was first waited on.
         var progress = Array(repeating: UInt64(0), count: workers.count)
@@ -523,33 +673,35 @@ public final class ShoalClient: @unchecked Sendable {
             scratch?.deallocate()
         }
 
-        func assign(_ p: BlockPiece, cause: ShoalError? = nil) throws(ShoalError) {
-            let id = file.block(p.index).id
-            guard let w = route(r, id, avoiding: failed) else {
-                let error = cause ?? unroutable(r, id, "block \(p.index) of \(file.object) cannot be read")
+        func assign(_ p: Int, cause: ShoalError? = nil) throws(ShoalError) {
+            let part = parts[p]
+            guard let w = route(r, part.id, avoiding: failed) else {
+                let error = cause ?? unroutable(r, part.id, "block \(part.piece.index) of \(part.file.object) cannot be read")
                 // No worker can serve it: from the store itself, when the client may read it.
-                guard let store = direct[file.object.store] else { throw error }
-                try readDirectly(store, p, file: file, into: base)
+                guard let store = direct[part.file.object.store] else { throw error }
+                do { try readDirectly(store, part) } catch where error.code != .storeUnavailable && error.code != .timeout {
+                    errors[part.range] = errors[part.range] ?? error
+                }
                 finish(p)
                 return
             }
             queues[w].append(p)
         }
         /// Another copy of a hedged piece is queued or in flight (so this one may be let go).
-        func hasOtherCopy(_ p: BlockPiece, notOn lane: Lane?) -> Bool {
-            guard hedged.contains(p.index) else { return false }
-            if queues.contains(where: { $0.contains { $0.index == p.index } }) { return true }
-            return lanes.contains { $0 !== lane && $0.open && $0.inFlight.values.contains { $0.index == p.index } }
+        func hasOtherCopy(_ p: Int, notOn lane: Lane?) -> Bool {
+            guard hedged.contains(p) else { return false }
+            if queues.contains(where: { $0.contains(p) }) { return true }
+            return lanes.contains { $0 !== lane && $0.open && $0.inFlight.values.contains(p) }
         }
         /// `p` is answered: a hedged copy still out is pointed at scratch memory or unqueued.
-        func finish(_ p: BlockPiece) {
-            guard done.insert(p.index).inserted else { return }
+        func finish(_ p: Int) {
+            guard done.insert(p).inserted else { return }
             remaining -= 1
-            guard hedged.contains(p.index) else { return }
-            for w in queues.indices { queues[w].removeAll { $0.index == p.index } }
+            guard hedged.contains(p) else { return }
+            for w in queues.indices { queues[w].removeAll { $0 == p } }
             for lane in lanes where lane.open {
-                for (id, q) in lane.inFlight where q.index == p.index {
-                    if scratch == nil { scratch = .allocate(byteCount: Int(file.blockSize), alignment: 64) }
+                for (id, q) in lane.inFlight where q == p {
+                    if scratch == nil { scratch = .allocate(byteCount: Int(BlockLayout.maxBlockSize), alignment: 64) }
                     lane.connection.redirect(id, to: scratch!)
                 }
             }
@@ -560,9 +712,9 @@ public final class ShoalClient: @unchecked Sendable {
             lane.open = false
             lane.connection.close()
             dropIdle(r.ids[lane.worker])
-            for p in lane.inFlight.values where !done.contains(p.index) {
+            for p in lane.inFlight.values where !done.contains(p) {
                 if hasOtherCopy(p, notOn: lane) { continue }
-                guard !lane.fresh || resent.insert(p.index).inserted else { throw error }
+                guard !lane.fresh || resent.insert(p).inserted else { throw error }
                 queues[lane.worker].insert(p, at: 0)
             }
             lane.inFlight.removeAll()
@@ -581,7 +733,7 @@ public final class ShoalClient: @unchecked Sendable {
                 lane.inFlight.removeAll()
                 lane.sentAt.removeAll()
             }
-            for p in orphans where !done.contains(p.index) && !hasOtherCopy(p, notOn: nil) { try assign(p, cause: cause) }
+            for p in orphans where !done.contains(p) && !hasOtherCopy(p, notOn: nil) { try assign(p, cause: cause) }
         }
         /// Opens connections to workers with pieces waiting and none open.
         func openLanes() throws(ShoalError) {
@@ -606,11 +758,13 @@ public final class ShoalClient: @unchecked Sendable {
             let depth = max(1, min(config.pipelineDepth, lane.connection.maxInFlight))
             while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
                 queues[lane.worker].removeFirst()
-                let request = ReadRequest(block: file.block(p.index), offset: p.offsetInBlock, length: p.length, epoch: r.view.epoch)
+                let part = parts[p]
+                let request = ReadRequest(block: part.file.block(part.piece.index), offset: part.piece.offsetInBlock, length: part.piece.length,
+                                          epoch: r.view.epoch)
                 do {
                     let now = monotonicNanos()
                     if !lanes.contains(where: { $0.worker == lane.worker && $0.open && !$0.inFlight.isEmpty }) { progress[lane.worker] = now }
-                    let id = try lane.connection.sendRead(request, into: base + Int(p.offsetInRange), length: Int(p.length))
+                    let id = try lane.connection.sendRead(request, into: part.into, length: Int(part.piece.length))
                     lane.inFlight[id] = p
                     lane.sentAt[id] = now
                 } catch where ShoalClient.unreachable(error) {
@@ -627,10 +781,10 @@ public final class ShoalClient: @unchecked Sendable {
             var queued = false
             for lane in lanes where lane.open {
                 for (id, sent) in lane.sentAt {
-                    guard let p = lane.inFlight[id], !hedged.contains(p.index) else { continue }
+                    guard let p = lane.inFlight[id], !hedged.contains(p) else { continue }
                     guard elapsedNanos(from: sent, to: now) >= hedgeNanos else { next = min(next ?? .max, sent + hedgeNanos); continue }
-                    guard let other = route(r, file.block(p.index).id, avoiding: failed.union([lane.worker])), other != lane.worker else { continue }
-                    hedged.insert(p.index)
+                    guard let other = route(r, parts[p].id, avoiding: failed.union([lane.worker])), other != lane.worker else { continue }
+                    hedged.insert(p)
                     queues[other].append(p)
                     queued = true
                     lock.withLock { _hedges.sent += 1 }
@@ -639,9 +793,9 @@ public final class ShoalClient: @unchecked Sendable {
             return (queued, next)
         }
 
-        var remaining = pieces.count
+        var remaining = parts.count
         do throws(ShoalError) {
-            for p in pieces { try assign(p) }
+            for p in parts.indices { try assign(p) }
             while remaining > 0 {
                 try openLanes()
                 for lane in lanes where lane.open { try feed(lane) }
@@ -674,10 +828,10 @@ public final class ShoalClient: @unchecked Sendable {
                         let (id, result) = try lane.connection.receiveNext()
                         progress[lane.worker] = monotonicNanos()
                         lane.sentAt.removeValue(forKey: id)
-                        guard let piece = lane.inFlight.removeValue(forKey: id), !done.contains(piece.index) else { continue }
+                        guard let piece = lane.inFlight.removeValue(forKey: id), !done.contains(piece) else { continue }
                         switch result {
                         case .success:
-                            if hedged.contains(piece.index), r.slots.owners(of: file.block(piece.index).id).owner != lane.worker {
+                            if hedged.contains(piece), r.slots.owners(of: parts[piece].id).owner != lane.worker {
                                 lock.withLock { _hedges.won += 1 }
                             }
                             finish(piece)
@@ -685,7 +839,11 @@ public final class ShoalClient: @unchecked Sendable {
                             // A status reply (or a bad checksum, read in full) leaves the connection
                             // in step; a hedged piece waits for its other copy.
                             if hasOtherCopy(piece, notOn: lane) { continue }
-                            if error.code == .notOwner { misrouted.append(piece) } else { firstError = firstError ?? error }
+                            if error.code == .notOwner {
+                                misrouted.append(parts[piece])
+                            } else if errors[parts[piece].range] == nil {
+                                errors[parts[piece].range] = error
+                            }
                             finish(piece)
                         }
                     } catch where error.code == .timeout {
@@ -702,17 +860,17 @@ public final class ShoalClient: @unchecked Sendable {
             }
             throw error
         }
-        if let firstError { throw firstError }
         return misrouted
     }
 
     /// A piece straight from the store (its owner and fallback are unreachable): a ranged GET
     /// of this version into the caller's buffer, at most `maxDirectReads` at once per process.
-    private func readDirectly(_ store: S3Store, _ p: BlockPiece, file: ShoalFile, into base: UnsafeMutableRawPointer) throws(ShoalError) {
+    private func readDirectly(_ store: S3Store, _ part: Part) throws(ShoalError) {
+        let (file, p) = (part.file, part.piece)
         let offset = file.block(p.index).objectOffset + UInt64(p.offsetInBlock)
         let got = try directly { () throws(ShoalError) -> StoreRead in
             try store.get(bucket: file.object.bucket, key: file.object.key, offset: offset, length: Int(p.length),
-                          ifMatch: file.version.etag, into: base + Int(p.offsetInRange))
+                          ifMatch: file.version.etag, into: part.into)
         }
         guard got.count == Int(p.length), got.objectSize == file.size else {
             throw ShoalError(.preconditionFailed, "\(file.object) changed: the store has \(got.objectSize) bytes where version \(file.version.etag) has \(file.size)")

@@ -357,3 +357,25 @@ public struct ByteRangeSpec: Sendable, Equatable {
         }
     }
 }
+
+/// One entry of a listing.
+public struct ObjectEntry: Sendable, Equatable {
+    public var key: String
+    public var version: ObjectVersion
+
+    public init(key: String, version: ObjectVersion) {
+        self.key = key
+        self.version = version
+    }
+}
+
+/// A page of a listing; `continuation` is nil on the last page.
+public struct ObjectListing: Sendable, Equatable {
+    public var entries: [ObjectEntry]
+    public var continuation: String?
+
+    public init(entries: [ObjectEntry], continuation: String?) {
+        self.entries = entries
+        self.continuation = continuation
+    }
+}

@@ -18,6 +18,7 @@ public protocol FrameSealer: AnyObject {
 /// A request the worker acts on once the connection is authenticated.
 public enum WorkerRequest: Sendable, Equatable {
     case stat(StatRequest)
+    case list(ListRequest)
     case read(ReadRequest)
     case members
 }
@@ -272,6 +273,13 @@ public struct ServerConnection {
                 }
                 inFlight.append(id)
                 actions.append(.serve(requestID: id, .read(req)))
+            case .list:
+                guard let req = ListRequest(decoding: Array(payload)) else {
+                    actions.append(fail(id, .badRequest, "malformed LIST frame"))
+                    return
+                }
+                inFlight.append(id)
+                actions.append(.serve(requestID: id, .list(req)))
             case .members:
                 guard payload.isEmpty else {
                     actions.append(fail(id, .badRequest, "malformed MEMBERS frame (it has no payload)"))

@@ -34,6 +34,9 @@ public enum FrameType: UInt8, Sendable {
     /// The cluster's members as the worker sees them (a client given one worker learns the rest).
     case members = 11
     case membersReply = 12
+    /// One page of the keys under a prefix, as the worker's store lists them.
+    case list = 13
+    case listReply = 14
     case error = 15
 }
 
@@ -253,6 +256,76 @@ public struct StatRequest: Sendable, Equatable {
         var r = ByteReader(bytes)
         guard let object = r.object(), let flags = r.u8(), r.isAtEnd else { return nil }
         self.init(object: object, revalidate: flags & 1 != 0)
+    }
+}
+
+/// LIST: one page of the objects under `prefix` in a bucket, listed by the worker with its own
+/// credentials: `store str8 | bucket str16 | prefix str16 | continuation str16 (empty: the first
+/// page)`. The prefix may be empty (the whole bucket). Pages are the store's (S3: up to 1000 keys).
+public struct ListRequest: Sendable, Equatable {
+    public static let maxContinuation = 1024
+    /// The most entries one reply carries (a reply stays under 1.3 MiB with maximal names).
+    public static let maxEntries = 1000
+    public var store: String
+    public var bucket: String
+    public var prefix: String
+    public var continuation: String?
+
+    public init(store: String, bucket: String, prefix: String, continuation: String? = nil) {
+        self.store = store
+        self.bucket = bucket
+        self.prefix = prefix
+        self.continuation = continuation
+    }
+
+    public var encoded: [UInt8] {
+        var out: [UInt8] = []
+        out.appendString8(store)
+        out.appendString16(bucket)
+        out.appendString16(prefix)
+        out.appendString16(continuation ?? "")
+        return out
+    }
+
+    public init?(decoding bytes: [UInt8]) {
+        var r = ByteReader(bytes)
+        guard let store = r.string8(max: WireLimits.maxStoreName), !store.isEmpty,
+              let bucket = r.string16(max: WireLimits.maxBucket), !bucket.isEmpty,
+              let prefix = r.string16(max: WireLimits.maxKey),
+              let token = r.string16(max: ListRequest.maxContinuation), r.isAtEnd
+        else { return nil }
+        self.init(store: store, bucket: bucket, prefix: prefix, continuation: token.isEmpty ? nil : token)
+    }
+}
+
+/// LIST_REPLY: `count u16 | count × (key str16 | size u64 | etag str16) | continuation str16`
+/// (empty on the last page).
+public enum ListReply {
+    public static func encode(_ listing: ObjectListing) -> [UInt8] {
+        var out: [UInt8] = []
+        out.appendLE(UInt16(listing.entries.count))
+        for e in listing.entries {
+            out.appendString16(e.key)
+            out.appendLE(e.version.size)
+            out.appendString16(e.version.etag)
+        }
+        out.appendString16(listing.continuation ?? "")
+        return out
+    }
+
+    public static func decode(_ bytes: [UInt8]) -> ObjectListing? {
+        var r = ByteReader(bytes)
+        guard let count = r.u16(), count <= ListRequest.maxEntries else { return nil }
+        var entries: [ObjectEntry] = []
+        entries.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let key = r.string16(max: WireLimits.maxKey), !key.isEmpty, let size = r.u64(),
+                  let etag = r.string16(max: WireLimits.maxEtag)
+            else { return nil }
+            entries.append(ObjectEntry(key: key, version: ObjectVersion(size: size, etag: etag)))
+        }
+        guard let token = r.string16(max: ListRequest.maxContinuation), r.isAtEnd else { return nil }
+        return ObjectListing(entries: entries, continuation: token.isEmpty ? nil : token)
     }
 }
 

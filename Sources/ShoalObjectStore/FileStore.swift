@@ -70,7 +70,10 @@ public final class FileStore: ObjectStore, @unchecked Sendable {
             }
         }
         entries.sort { $0.key < $1.key }
-        return ObjectListing(entries: entries, continuation: nil)
+        // Pages of 1000, as S3 gives them; the token is the last key of the page before.
+        if let after = continuation { entries.removeAll { $0.key <= after } }
+        guard entries.count > 1000 else { return ObjectListing(entries: entries, continuation: nil) }
+        return ObjectListing(entries: Array(entries.prefix(1000)), continuation: entries[999].key)
     }
 
     public func put(bucket: String, key: String, bytes: [UInt8]) throws(ShoalError) {

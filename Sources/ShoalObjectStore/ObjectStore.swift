@@ -1,16 +1,5 @@
 import ShoalCore
 
-/// One entry of a listing.
-public struct ObjectEntry: Sendable, Equatable {
-    public var key: String
-    public var version: ObjectVersion
-
-    public init(key: String, version: ObjectVersion) {
-        self.key = key
-        self.version = version
-    }
-}
-
 /// What a ranged GET brought: the bytes written to the buffer and the object's size in the store.
 public struct StoreRead: Sendable, Equatable {
     public var count: Int
@@ -65,12 +54,6 @@ public enum LastModifiedVersion {
         let weekday = weekdays[((days + 4) % 7 + 7) % 7]
         return "\(weekday), \(two(d)) \(months[m - 1]) \(y) \(two(hh)):\(two(mm)):\(two(ss)) GMT"
     }
-}
-
-/// A page of a listing; `continuation` is nil on the last page.
-public struct ObjectListing: Sendable {
-    public var entries: [ObjectEntry]
-    public var continuation: String?
 }
 
 /// The capacity layer: where every byte Shoal caches comes from. Errors are `ShoalError`s with

@@ -426,9 +426,44 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     static func xmlValue(_ xml: String, _ tag: String) -> String? {
         guard let open = xml.range(of: "<\(tag)>"), let close = xml.range(of: "</\(tag)>", range: open.upperBound..<xml.endIndex)
         else { return nil }
-        return String(xml[open.upperBound..<close.lowerBound])
-            .replacingAll("&quot;", with: "\"").replacingAll("&apos;", with: "'")
-            .replacingAll("&lt;", with: "<").replacingAll("&gt;", with: ">").replacingAll("&amp;", with: "&")
+        return unescapeXML(String(xml[open.upperBound..<close.lowerBound]))
+    }
+
+    /// XML's five named entities and numeric references (`&#34;`, `&#x22;`: SeaweedFS writes
+    /// an ETag's quotes so), in one pass, so `&amp;quot;` stays `&quot;`.
+    static func unescapeXML(_ text: String) -> String {
+        guard text.contains("&") else { return text }
+        var out = ""
+        var rest = Substring(text)
+        while let amp = rest.firstIndex(of: "&") {
+            out += rest[..<amp]
+            guard let semi = rest[amp...].prefix(12).firstIndex(of: ";") else {
+                out += rest[amp...]
+                return out
+            }
+            let name = rest[rest.index(after: amp)..<semi]
+            var scalar: Unicode.Scalar?
+            switch name {
+            case "quot": scalar = "\""
+            case "apos": scalar = "'"
+            case "lt": scalar = "<"
+            case "gt": scalar = ">"
+            case "amp": scalar = "&"
+            default:
+                if name.hasPrefix("#x") || name.hasPrefix("#X") {
+                    scalar = UInt32(name.dropFirst(2), radix: 16).flatMap(Unicode.Scalar.init)
+                } else if name.hasPrefix("#") {
+                    scalar = UInt32(name.dropFirst()).flatMap(Unicode.Scalar.init)
+                }
+            }
+            if let scalar {
+                out.unicodeScalars.append(scalar)
+            } else {
+                out += rest[amp...semi]
+            }
+            rest = rest[rest.index(after: semi)...]
+        }
+        return out + rest
     }
 }
 

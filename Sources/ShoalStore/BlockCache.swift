@@ -1,5 +1,6 @@
 import Logging
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 /// Layout figures of the on-disk format, for tools that size caches.

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Logging
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 /// One cache folder (or raw block device) and what it may hold.

@@ -1,5 +1,6 @@
 import Logging
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 /// Where regions, pages and footers lie in a cache file (docs/FORMAT.md).

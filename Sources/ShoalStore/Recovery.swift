@@ -1,4 +1,5 @@
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 /// Region footers and record walks as recovery and the cleaner read them.

@@ -1,4 +1,5 @@
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 /// The background half of the region log, on a thread of its own: it seals the regions the

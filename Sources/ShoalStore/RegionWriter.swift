@@ -1,4 +1,5 @@
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 /// Appends records to the active region, one writer per disk (as the device prefers). When the

@@ -1,8 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CCurl
-internal import CShoalShims
+internal import CShoalCurl
 
 /// Where a response body goes: straight into a caller's buffer, or into a growing array.
 public final class HTTPBodySink: @unchecked Sendable {
@@ -128,16 +127,21 @@ public final class CurlEasy: @unchecked Sendable {
 
     /// SHOAL_CURL_VERBOSE=1 makes curl print each request and response head to stderr.
     private static let verbose = getenv("SHOAL_CURL_VERBOSE").map { String(cString: $0) == "1" } ?? false
-    private static let globalInit: Bool = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK }()
+    /// Loads libcurl on first use (it is not linked; see CShoalCurl): nil, or why it cannot be used.
+    public static let unavailable: String? = {
+        var error = [CChar](repeating: 0, count: 300)
+        guard shoal_curl_load(&error, error.count) != 0 else { return nil }
+        return String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }()
 
     public init() throws(CurlError) {
-        _ = CurlEasy.globalInit
-        guard let h = curl_easy_init() else { throw CurlError(code: -1, message: "curl_easy_init failed") }
+        if let why = CurlEasy.unavailable { throw CurlError(code: -1, message: why) }
+        guard let h = shoal_curl_easy_init() else { throw CurlError(code: -1, message: "curl_easy_init failed") }
         handle = h
     }
 
     deinit {
-        curl_easy_cleanup(handle)
+        shoal_curl_easy_cleanup(handle)
         errorBuffer.deallocate()
     }
 
@@ -163,7 +167,7 @@ public final class CurlEasy: @unchecked Sendable {
         init(context: Context) { self.context = context }
 
         deinit {
-            if let headerList { curl_slist_free_all(headerList) }
+            if let headerList { shoal_curl_slist_free_all(headerList) }
             cStrings.forEach { free($0) }
             bodyCopy.map { free($0) }
         }
@@ -177,12 +181,12 @@ public final class CurlEasy: @unchecked Sendable {
 
     public func perform(_ request: HTTPRequest, sink: HTTPBodySink) throws(CurlError) -> HTTPResponse {
         let transfer = prepare(request, sink: sink)
-        return try finish(transfer, curl_easy_perform(handle))
+        return try finish(transfer, shoal_curl_easy_perform(handle))
     }
 
     /// Sets the handle up for `request` (not yet run).
     func prepare(_ request: HTTPRequest, sink: HTTPBodySink) -> Transfer {
-        curl_easy_reset(handle)
+        shoal_curl_easy_reset(handle)
         errorBuffer[0] = 0
         let context = Context(sink: sink, handle: handle)
         let transfer = Transfer(context: context)
@@ -227,7 +231,7 @@ public final class CurlEasy: @unchecked Sendable {
             _ = shoal_curl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
             _ = shoal_curl_setopt_ptr(handle, CURLOPT_POSTFIELDS, copy)
         }
-        for h in request.headers { transfer.headerList = curl_slist_append(transfer.headerList, h) }
+        for h in request.headers { transfer.headerList = shoal_curl_slist_append(transfer.headerList, h) }
         if let headerList = transfer.headerList { _ = shoal_curl_setopt_ptr(handle, CURLOPT_HTTPHEADER, headerList) }
 
         _ = shoal_curl_setopt_callback(handle, CURLOPT_WRITEFUNCTION, { data, size, count, ctx in
@@ -269,7 +273,7 @@ public final class CurlEasy: @unchecked Sendable {
         let sink = transfer.context.sink
         if rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && sink.overflowed) && !sink.stopped {
             let detail = String(cString: errorBuffer)
-            let base = String(cString: curl_easy_strerror(rc))
+            let base = String(cString: shoal_curl_easy_strerror(rc))
             throw CurlError(code: Int32(rc.rawValue), message: detail.isEmpty ? base : "\(base): \(detail)")
         }
         var status: Int = 0

@@ -1,8 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-internal import CCurl
-internal import CShoalShims
+internal import CShoalCurl
 
 /// One HTTP transfer run by a `CurlMultiLoop`: its request, where its body goes, and what to
 /// call as bytes arrive and when it ends. The callbacks run on the loop's thread, one at a time.
@@ -49,13 +48,14 @@ public final class CurlMultiLoop: @unchecked Sendable {
     private var idle: [CurlEasy] = []
 
     public init(name: String, maxTransfers: Int) throws(SysError) {
-        guard let m = curl_multi_init() else { throw SysError("curl_multi_init", errno: ENOMEM) }
+        if let why = CurlEasy.unavailable { throw SysError(why, errno: ENOSYS) }
+        guard let m = shoal_curl_multi_init() else { throw SysError("curl_multi_init", errno: ENOMEM) }
         multi = m
         self.maxTransfers = max(1, maxTransfers)
         try OSThread.spawn(name: name) { [self] in run() }
     }
 
-    deinit { curl_multi_cleanup(multi) }
+    deinit { shoal_curl_multi_cleanup(multi) }
 
     /// Starts `transfer` when a place is free; its callbacks follow on the loop's thread.
     public func add(_ transfer: CurlTransfer) {
@@ -68,13 +68,13 @@ public final class CurlMultiLoop: @unchecked Sendable {
             transfer.done(.failure(CurlError(code: -1, message: "the worker is stopping")))
             return
         }
-        curl_multi_wakeup(multi)
+        shoal_curl_multi_wakeup(multi)
     }
 
     /// Ends every transfer (each `done` gets an error) and stops the thread; waits for it.
     public func stop() {
         lock.withLock { stopping = true }
-        curl_multi_wakeup(multi)
+        shoal_curl_multi_wakeup(multi)
         lock.lock()
         while !stopped { _ = lock.wait() }
         lock.unlock()
@@ -88,7 +88,7 @@ public final class CurlMultiLoop: @unchecked Sendable {
             }
             if stop {
                 let ending = Array(active.values) + waiting[waitingHead...]
-                for t in active.values { curl_multi_remove_handle(multi, t.easy!.handle) }
+                for t in active.values { shoal_curl_multi_remove_handle(multi, t.easy!.handle) }
                 active.removeAll()
                 waiting.removeAll()
                 for t in ending + new { t.done(.failure(CurlError(code: -1, message: "the worker is stopping"))) }
@@ -106,21 +106,21 @@ public final class CurlMultiLoop: @unchecked Sendable {
                 waitingHead = 0
             }
             var running: Int32 = 0
-            _ = curl_multi_perform(multi, &running)
+            _ = shoal_curl_multi_perform(multi, &running)
             // Bytes that came: reported before ends, so a consumer sees them in order.
             for (handle, t) in active where t.sink.count > t.reported {
                 t.reported = t.sink.count
                 if !t.progress(t) { end(handle, t, CURLE_ABORTED_BY_CALLBACK) }
             }
             var left: Int32 = 0
-            while let message = curl_multi_info_read(multi, &left) {
+            while let message = shoal_curl_multi_info_read(multi, &left) {
                 guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle,
                       let t = active[handle] else { continue }
                 end(handle, t, message.pointee.data.result)
             }
             // Until a socket is ready, curl's own next timeout, or `add` wakes it.
             var ready: Int32 = 0
-            _ = curl_multi_poll(multi, nil, 0, 1000, &ready)
+            _ = shoal_curl_multi_poll(multi, nil, 0, 1000, &ready)
         }
     }
 
@@ -136,7 +136,7 @@ public final class CurlMultiLoop: @unchecked Sendable {
         }
         t.easy = easy
         t.prepared = easy.prepare(t.request, sink: t.sink)
-        guard curl_multi_add_handle(multi, easy.handle) == CURLM_OK else {
+        guard shoal_curl_multi_add_handle(multi, easy.handle) == CURLM_OK else {
             idle.append(easy)
             t.done(.failure(CurlError(code: -1, message: "curl_multi_add_handle failed")))
             return
@@ -145,7 +145,7 @@ public final class CurlMultiLoop: @unchecked Sendable {
     }
 
     private func end(_ handle: UnsafeMutableRawPointer, _ t: CurlTransfer, _ code: CURLcode) {
-        curl_multi_remove_handle(multi, handle)
+        shoal_curl_multi_remove_handle(multi, handle)
         active[handle] = nil
         let easy = t.easy!
         let result = Result { () throws(CurlError) -> HTTPResponse in try easy.finish(t.prepared!, code) }

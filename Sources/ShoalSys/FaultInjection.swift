@@ -39,7 +39,7 @@ public enum FaultInjection {
 
     /// Applies the fault for `path`, if any; throws the injected error.
     @inline(__always)
-    static func check(_ path: String, _ what: String) throws(SysError) {
+    public static func check(_ path: String, _ what: String) throws(SysError) {
         guard active else { return }
         guard let fault = lock.withLock({ faults[path] }) else { return }
         switch fault {

@@ -18,7 +18,7 @@ public struct SysError: Error, Sendable, CustomStringConvertible {
 
 /// Reads errno at once, before anything else can clobber it.
 @inline(never)
-func currentErrno() -> Int32 { errno }
+public func currentErrno() -> Int32 { errno }
 
 /// Runs a syscall, retrying EINTR; a negative result becomes a `SysError`.
 @inline(__always)

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 internal import COpenSSL
-internal import CShoalShims
+internal import CShoalTLS
 
 /// An OpenSSL context for the TCP data plane: TLS 1.3 only, with kernel TLS asked for (it takes
 /// effect only where the kernel has its TLS module; elsewhere OpenSSL encrypts in user space).

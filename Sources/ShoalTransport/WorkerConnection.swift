@@ -96,6 +96,7 @@ public final class WorkerConnection: @unchecked Sendable {
             throw ShoalError(.connectionFailed, "cannot set up the connection to worker \(endpoint): \(error)")
         }
         self.socket = socket
+        self.process = getpid()
         self.authenticator = authenticator
         self.blockSize = ok.blockSize
         self.maxInFlight = Int(ok.maxInFlight)
@@ -108,6 +109,11 @@ public final class WorkerConnection: @unchecked Sendable {
     }
 
     public func close() { socket.close() }
+
+    /// The process that made this connection. A forked child shares its socket and its frame
+    /// sequence with the parent, so it must never use it: pools check this before lending one.
+    public let process: pid_t
+    public var isOwnedByThisProcess: Bool { process == getpid() }
 
     static func io<T>(_ endpoint: Endpoint, _ body: () throws -> T) throws(ShoalError) -> T {
         do { return try body() } catch let e as SysError {
@@ -208,6 +214,14 @@ public final class WorkerConnection: @unchecked Sendable {
         let body = try exchange(.members, [], expecting: .membersReply, "MEMBERS_REPLY", maxPayload: 16 << 20)
         guard let view = MembersReply.decode(body) else { throw malformed("MEMBERS_REPLY") }
         return view
+    }
+
+    /// LIST: one page of the keys under `prefix`, as the worker's store lists them. Only on a
+    /// connection with no READs in flight.
+    public func list(_ request: ListRequest) throws(ShoalError) -> ObjectListing {
+        let body = try exchange(.list, request.encoded, expecting: .listReply, "LIST_REPLY", maxPayload: 4 << 20)
+        guard let listing = ListReply.decode(body) else { throw malformed("LIST_REPLY") }
+        return listing
     }
 
     /// A reply that does not decode (callers close the connection on `bad_request`).

@@ -3,6 +3,7 @@ import ShoalClient
 import ShoalCore
 import ShoalObjectStore
 import ShoalStore
+import ShoalIO
 import ShoalSys
 
 /// A block's bytes in a leased buffer, ready to send: the requested range's place and CRC32C.
@@ -122,6 +123,21 @@ final class BlockService: @unchecked Sendable {
             }
             return StatReply(version: last, blockSize: blockSize, stale: true)
         }
+    }
+
+    /// LIST: one page of the store's listing. The versions it names go to the metadata cache, so
+    /// opening what was just listed costs no HEAD.
+    func list(_ request: ListRequest) throws(ShoalError) -> ObjectListing {
+        let s = try store(request.store)
+        var page = try s.list(bucket: request.bucket, prefix: request.prefix, continuation: request.continuation)
+        if page.entries.count > ListRequest.maxEntries {
+            throw ShoalError(.internal, "store '\(s.name)' gave a listing page of \(page.entries.count) keys; at most \(ListRequest.maxEntries) fit a reply")
+        }
+        page.entries.removeAll { $0.version.etag.isEmpty }
+        for e in page.entries {
+            metadata.put(ObjectRef(store: request.store, bucket: request.bucket, key: e.key), e.version)
+        }
+        return page
     }
 
     /// Checks a READ before anything is done for it: its fields, its store, and that its block

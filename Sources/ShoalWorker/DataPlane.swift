@@ -1,6 +1,7 @@
 import Logging
 import ShoalCore
 import ShoalStore
+import ShoalIO
 import ShoalSys
 
 /// How the data plane serves (from `WorkerConfig`).

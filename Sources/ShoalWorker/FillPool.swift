@@ -1,4 +1,5 @@
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 /// Threads for the work that blocks, so that no io shard ever waits: fills from the object

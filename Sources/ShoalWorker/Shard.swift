@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import ShoalCore
 import ShoalStore
+import ShoalIO
 import ShoalSys
 
 /// What other threads tell a shard (through its mailbox and eventfd).
@@ -14,7 +15,8 @@ enum ShardMessage: Sendable {
     /// start, checked against the version: the reply may start before the block is whole.
     case fillProgress(op: Int, generation: UInt32, Int)
     /// A STAT that went to the store finished.
-    case stat(connection: Int, generation: UInt32, requestID: UInt32, Result<StatReply, ShoalError>)
+    /// A STAT or LIST answered on a fill thread: the reply's type and payload, or the error.
+    case answer(connection: Int, generation: UInt32, requestID: UInt32, FrameType, Result<[UInt8], ShoalError>)
     /// A lease came free somewhere: requests waiting for one may go on.
     case leaseFreed
     /// Report the hits counted so far now (the admin port is asked for dataset figures).
@@ -221,12 +223,12 @@ final class Shard: @unchecked Sendable {
                 filled(op, generation, result)
             case .fillProgress(let op, let generation, let bytes):
                 stream(op, generation, upTo: bytes)
-            case .stat(let c, let generation, let id, let result):
+            case .answer(let c, let generation, let id, let type, let result):
                 jobsOut -= 1
                 guard let conn = connection(c, generation), conn.isOpen else { continue }
                 switch result {
-                case .success(let reply): enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: id)
-                case .failure(let e): replyError(conn, .statReply, id, e)
+                case .success(let body): enqueueSmall(conn, conn.machine.encodeFrame(type, id: id, body: body), requestID: id)
+                case .failure(let e): replyError(conn, type, id, e)
                 }
                 flush(conn)
             case .leaseFreed:
@@ -491,8 +493,16 @@ final class Shard: @unchecked Sendable {
             jobsOut += 1
             let (service, slot, generation) = (self.service, conn.slot, conn.generation)
             plane.fillPool.submit { [self] _ in
-                let result = Result { () throws(ShoalError) -> StatReply in try service.stat(req) }
-                post(.stat(connection: slot, generation: generation, requestID: id, result))
+                let result = Result { () throws(ShoalError) -> [UInt8] in try service.stat(req).encoded }
+                post(.answer(connection: slot, generation: generation, requestID: id, .statReply, result))
+            }
+        case .list(let req):
+            // The store is asked on a fill thread, never on the io shard's.
+            jobsOut += 1
+            let (service, slot, generation) = (self.service, conn.slot, conn.generation)
+            plane.fillPool.submit { [self] _ in
+                let result = Result { () throws(ShoalError) -> [UInt8] in ListReply.encode(try service.list(req)) }
+                post(.answer(connection: slot, generation: generation, requestID: id, .listReply, result))
             }
         case .members:
             let view = service.members?.source.current(force: false).view ?? (try! MembershipView(epoch: 0, members: []))

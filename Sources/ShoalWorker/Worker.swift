@@ -4,6 +4,7 @@ import ShoalClient
 import ShoalCore
 import ShoalObjectStore
 import ShoalStore
+import ShoalIO
 import ShoalSys
 import ShoalTransport
 
@@ -21,6 +22,7 @@ public final class Worker: @unchecked Sendable {
 
     /// Opens the cache disks (recovering what they hold) and allocates the buffer pool.
     public init(config: WorkerConfig, logger: Logger) throws(ShoalError) {
+        WorkerConfig.installYAMLMembers()
         try config.validate()
         self.config = config
         self.logger = logger

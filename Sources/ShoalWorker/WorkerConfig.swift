@@ -218,7 +218,7 @@ public struct WorkerConfig: Sendable {
             if let p = try e.string("prefix") { settings.prefix = p }
             if let t = try e.int("leaseSeconds", min: 2, max: 3600) { settings.leaseSeconds = t }
             if let f = try e.string("credentialsFile") {
-                let env = try WorkerConfig.readEnvFile(resolve(f), key: "etcd.credentialsFile")
+                let env = try SettingsFile.readEnvFile(resolve(f), key: "etcd.credentialsFile")
                 guard let user = env["SHOAL_ETCD_USER"], let password = env["SHOAL_ETCD_PASSWORD"] else {
                     throw ShoalError(.badRequest, "key 'etcd.credentialsFile': \(f) must set SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD")
                 }
@@ -265,7 +265,7 @@ public struct WorkerConfig: Sendable {
             store.accessKey = try s.string("accessKey") ?? ""
             store.secretKey = try s.string("secretKey") ?? ""
             if let f = try s.string("credentialsFile") {
-                let env = try WorkerConfig.readEnvFile(resolve(f), key: "stores[\(i)].credentialsFile")
+                let env = try SettingsFile.readEnvFile(resolve(f), key: "stores[\(i)].credentialsFile")
                 store.accessKey = env["SHOAL_S3_ACCESS_KEY"] ?? env["AWS_ACCESS_KEY_ID"] ?? store.accessKey
                 store.secretKey = env["SHOAL_S3_SECRET_KEY"] ?? env["AWS_SECRET_ACCESS_KEY"] ?? store.secretKey
                 if store.endpoint.isEmpty { store.endpoint = env["SHOAL_S3_ENDPOINT"] ?? "" }
@@ -357,19 +357,6 @@ public struct WorkerConfig: Sendable {
         }
     }
 
-    /// Reads a secret file, without its trailing newline; an empty file is an error.
-    public static func readSecret(_ path: String) throws(ShoalError) -> [UInt8] {
-        do {
-            var bytes = try FileSystem.readFile(path)
-            while let l = bytes.last, l == 10 || l == 13 || l == 32 { bytes.removeLast() }
-            guard !bytes.isEmpty else { throw ShoalError(.badRequest, "secret file \(path) is empty") }
-            return bytes
-        } catch let e as ShoalError {
-            throw e
-        } catch {
-            throw ShoalError(.badRequest, "cannot read secret file \(path): \(error)")
-        }
-    }
 
     /// Reads the worker's secret file, refusing one that group or others can read: whoever reads
     /// the secret can pass the handshake and the admin port's token check.
@@ -385,7 +372,7 @@ public struct WorkerConfig: Sendable {
             throw ShoalError(.badRequest, "secret file \(path) can be read by group or others (mode \(String(info.permissions, radix: 8))); "
                              + "the cluster secret must be private: run chmod 600 \(path)")
         }
-        return try readSecret(path)
+        return try SettingsFile.readSecret(path)
     }
 
     /// The embedded default under `base` (`./.shoal` for `shoal worker` without `--config`): a
@@ -419,19 +406,13 @@ public struct WorkerConfig: Sendable {
         cfg.stores = [store]
         return cfg
     }
+}
 
-    /// Reads `NAME=value` lines (the object store script's s3.env).
-    public static func readEnvFile(_ path: String, key: String) throws(ShoalError) -> [String: String] {
-        let text: String
-        do { text = String(decoding: try FileSystem.readFile(path), as: UTF8.self) } catch {
-            throw ShoalError(.badRequest, "key '\(key)': cannot read \(path): \(error)")
-        }
-        var out: [String: String] = [:]
-        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-            guard let eq = line.firstIndex(of: "=") else { continue }
-            out[String(line[..<eq])] = String(line[line.index(after: eq)...])
-        }
-        return out
+extension WorkerConfig {
+    /// Lets members files be YAML in this process (`MembersFile.yamlLoader`): the worker and the
+    /// command line carry Yams; libshoal does not.
+    public static func installYAMLMembers() {
+        MembersFile.yamlLoader = { text in try Yams.load(yaml: text) }
     }
 }
 

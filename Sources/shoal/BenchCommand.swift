@@ -18,7 +18,7 @@ struct BenchCommand: ParsableCommand {
         func makeStore() throws -> S3Store {
             var values: [String: String] = [:]
             if let storeEnv {
-                do { values = try WorkerConfig.readEnvFile(storeEnv, key: "--store-env") } catch { throw fail(error.message, code: 2) }
+                do { values = try SettingsFile.readEnvFile(storeEnv, key: "--store-env") } catch { throw fail(error.message, code: 2) }
             }
             func get(_ k: String) -> String? { values[k] ?? ProcessEnvironment.get(k) }
             guard let endpoint = get("SHOAL_S3_ENDPOINT"), let ak = get("SHOAL_S3_ACCESS_KEY"), let sk = get("SHOAL_S3_SECRET_KEY") else {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import ShoalCore
 import ShoalStore
+import ShoalIO
 import ShoalSys
 
 /// Engine-only figures: index DRAM per block, recovery time, hit read throughput, trace replays.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ShoalClient
 import ShoalCore
 import ShoalSys
 import ShoalWorker
@@ -16,7 +17,7 @@ struct AdminOptions: ParsableArguments {
         guard let path = secretFile ?? ProcessEnvironment.get("SHOAL_SECRET_FILE") else {
             throw fail("no cluster secret: pass --secret-file FILE or set SHOAL_SECRET_FILE (a worker accepts changes only with a token derived from it)", code: 2)
         }
-        do { return AdminAccess.token(secret: try WorkerConfig.readSecret(path)) } catch { throw fail(error.message, code: 2) }
+        do { return AdminAccess.token(secret: try SettingsFile.readSecret(path)) } catch { throw fail(error.message, code: 2) }
     }
 
     func endpoints() throws -> [Endpoint] {

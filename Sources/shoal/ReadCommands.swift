@@ -1,6 +1,7 @@
 import ArgumentParser
 import ShoalClient
 import ShoalCore
+import ShoalIO
 import ShoalSys
 
 struct CatCommand: ParsableCommand {
@@ -71,6 +72,40 @@ struct StatCommand: ParsableCommand {
                 print("\(ref)\n  size:   \(ByteSize.format(file.size)) (\(file.size) bytes)\n  etag:   \(file.version.etag)\n  blocks: \(blocks) × \(ByteSize.format(UInt64(file.blockSize)))")
                 if file.stale { print("  stale:  the store is unreachable; this is the last version the worker knew") }
             }
+        } catch let e as ShoalError {
+            throw fail(e.message)
+        }
+    }
+}
+
+struct LsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls", abstract: "List the objects under a prefix (listed by a worker with its store's credentials).")
+
+    @Argument(help: "s3://bucket/prefix (or s3://store@bucket/prefix)") var url: String
+    @Flag(help: "One JSON object per line: key, size, etag.") var json = false
+    @OptionGroup var client: ClientOptions
+
+    func run() throws {
+        StandardStreams.ignoreSIGPIPE()
+        let prefix: ObjectPrefix
+        do { prefix = try ObjectPrefix.parse(url) } catch { throw fail(error.message, code: 2) }
+        do {
+            let c = try ShoalClient(config: try client.makeClientConfig())
+            var token: String?
+            var count = 0
+            repeat {
+                let page = try c.list(store: prefix.store, bucket: prefix.bucket, prefix: prefix.prefix, continuation: token)
+                for e in page.entries {
+                    let line = json
+                        ? "{\"key\":\(JSONText.quote(e.key)),\"size\":\(e.version.size),\"etag\":\(JSONText.quote(e.version.etag))}"
+                        : "\(String(repeating: " ", count: max(0, 10 - ByteSize.format(e.version.size).count)) + ByteSize.format(e.version.size))  \(e.key)"
+                    print(line)
+                }
+                count += page.entries.count
+                token = page.continuation
+            } while token != nil
+            if count == 0 { throw fail("nothing under \(prefix)") }
         } catch let e as ShoalError {
             throw fail(e.message)
         }

@@ -10,8 +10,23 @@ struct Shoal: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shoal",
         abstract: "A distributed NVMe read cache for AI training data.",
-        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, PinCommand.self, UnpinCommand.self, RingCommand.self,
+        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, LsCommand.self, PinCommand.self, UnpinCommand.self, RingCommand.self,
                       DrainCommand.self, UndrainCommand.self, BenchCommand.self, SelftestCommand.self])
+
+    /// ArgumentParser's own `main`, after letting members files be YAML in this process.
+    static func main() async {
+        WorkerConfig.installYAMLMembers()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Prints `shoal: error: …` and exits non-zero: the one way commands report failure.
@@ -65,44 +80,21 @@ struct ClientOptions: ParsableArguments {
     var tlsCa: String?
 
     func makeClientConfig() throws -> ClientConfig {
-        let env = ProcessEnvironment.get
-        // What is given on the command line wins over the environment; there, etcd over the
-        // members file over a list of workers.
-        let explicit = etcd != nil || members != nil || !workers.isEmpty
-        let given = { (name: String) -> String? in explicit ? nil : env(name).flatMap { $0.isEmpty ? nil : $0 } }
-        let etcdEndpoints = ClientOptions.etcdList(etcd ?? given("SHOAL_ETCD"))
-        let membersFile = etcdEndpoints.isEmpty ? members ?? given("SHOAL_MEMBERS_FILE") : nil
-        var list = workers
-        if list.isEmpty, membersFile == nil, etcdEndpoints.isEmpty, let w = given("SHOAL_WORKERS") { list = w.split(separator: ",").map(String.init) }
-        guard !list.isEmpty || membersFile != nil || !etcdEndpoints.isEmpty else {
-            throw fail("no worker given: pass --etcd HOST:PORT, --members FILE or --worker HOST:PORT, or set SHOAL_ETCD, SHOAL_MEMBERS_FILE or SHOAL_WORKERS", code: 2)
+        var settings: [String: String] = ["client_name": "shoal-cli", "connections": String(connections)]
+        if !workers.isEmpty { settings["workers"] = workers.joined(separator: ",") }
+        settings["members_file"] = members
+        settings["etcd"] = etcd
+        settings["etcd_prefix"] = etcdPrefix
+        settings["etcd_credentials_file"] = etcdCredentialsFile
+        settings["secret_file"] = secretFile
+        settings["tls_ca_file"] = tlsCa
+        if noViewDiscovery { settings["view_discovery"] = "false" }
+        do {
+            return try ClientSettings.config(settings, warn: { note("shoal: warning: \($0)") })
+        } catch {
+            // The settings' names are the command line's options here.
+            throw fail(error.message.replacingSettingNames(), code: 2)
         }
-        var endpoints: [Endpoint] = []
-        for w in list {
-            guard let e = Endpoint(w.trimmingCharacters()) else { throw fail("worker address '\(w)' is not host:port", code: 2) }
-            endpoints.append(e)
-        }
-        guard let path = secretFile ?? env("SHOAL_SECRET_FILE") else {
-            throw fail("no cluster secret: pass --secret-file FILE or set SHOAL_SECRET_FILE", code: 2)
-        }
-        let secret: [UInt8]
-        do { secret = try WorkerConfig.readSecret(path) } catch { throw fail(error.message, code: 2) }
-        // A client may share its secret file with a group (training jobs); one anybody can read
-        // hands the cluster to every user of this host.
-        if let info = FileSystem.info(path), info.permissions & 0o004 != 0 {
-            note("shoal: warning: secret file \(path) can be read by every user of this host; run chmod 600 (or 640 for a group) on it")
-        }
-        guard connections >= 1 && connections <= 64 else { throw fail("--connections must be 1-64", code: 2) }
-        var config = ClientConfig(workers: endpoints, secret: secret)
-        config.membersFile = membersFile
-        config.learnsView = !noViewDiscovery
-        config.etcdEndpoints = etcdEndpoints
-        config.etcdPrefix = ClientOptions.prefix(etcdPrefix)
-        (config.etcdUser, config.etcdPassword) = try ClientOptions.etcdCredentials(etcdCredentialsFile)
-        config.connectionsPerWorker = connections
-        config.clientName = "shoal-cli"
-        if let ca = tlsCa ?? env("SHOAL_TLS_CA_FILE"), !ca.isEmpty { config.tlsCAFile = ca }
-        return config
     }
 
     /// etcd's endpoints from a comma-separated list.
@@ -116,7 +108,7 @@ struct ClientOptions: ParsableArguments {
         let env = ProcessEnvironment.get
         if let path = file ?? env("SHOAL_ETCD_CREDENTIALS_FILE").flatMap({ $0.isEmpty ? nil : $0 }) {
             do {
-                let values = try WorkerConfig.readEnvFile(path, key: "--etcd-credentials-file")
+                let values = try SettingsFile.readEnvFile(path, key: "--etcd-credentials-file")
                 guard let user = values["SHOAL_ETCD_USER"], let password = values["SHOAL_ETCD_PASSWORD"] else {
                     throw fail("etcd credentials file \(path) must set SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD", code: 2)
                 }
@@ -131,6 +123,19 @@ struct ClientOptions: ParsableArguments {
     /// The cluster's etcd prefix: given, or $SHOAL_ETCD_PREFIX, or the default.
     static func prefix(_ given: String?) -> String {
         given ?? ProcessEnvironment.get("SHOAL_ETCD_PREFIX").flatMap { $0.isEmpty ? nil : $0 } ?? "/shoal/default/"
+    }
+}
+
+extension String {
+    /// A settings error as the command line says it: 'etcd' is --etcd, and so on.
+    func replacingSettingNames() -> String {
+        var s = self
+        for (key, option) in [("'workers'", "--worker"), ("'members_file'", "--members"), ("'etcd_prefix'", "--etcd-prefix"),
+                              ("'etcd_credentials_file'", "--etcd-credentials-file"), ("'etcd'", "--etcd"), ("'secret_file'", "--secret-file"),
+                              ("'tls_ca_file'", "--tls-ca"), ("'connections'", "--connections")] {
+            s = s.replacing(key, with: option)
+        }
+        return s
     }
 }
 

@@ -142,6 +142,16 @@ final class TestSealer: FrameSealer {
         #expect(status == .badRequest && reason.contains("MEMBERS"))
     }
 
+    /// LIST is served as a request; a malformed one closes the connection, naming it.
+    @Test func listIsARequestAndAMalformedOneCloses() throws {
+        var (s, sealer) = try #require(ready())
+        let list = ListRequest(store: "default", bucket: "bkt", prefix: "p/")
+        #expect(feed(&s, sealer.frame(.list, id: 5, list.encoded)) == [.serve(requestID: 5, .list(list))])
+        let actions = feed(&s, sealer.frame(.list, id: 6, Array(list.encoded.dropLast())))
+        guard case .close(_, let status, let reason)? = actions.last else { Issue.record("not closed: \(actions)"); return }
+        #expect(status == .badRequest && reason.contains("LIST"))
+    }
+
     @Test func aFrameSplitAcrossReceivesIsServedOnceWhole() throws {
         var (s, sealer) = try #require(ready())
         let frame = sealer.frame(.read, id: 9, read(2).encoded)

@@ -193,6 +193,7 @@ import ShoalTestSupport
           - id: w0
             address: 127.0.0.1:7070
         """
+        WorkerConfig.installYAMLMembers()
         let view = try MembersFile.parse(text, source: "m.yaml")
         #expect(view.epoch == 7 && view.members.map(\.id) == ["w0", "w1"])
         #expect(view.members[0].weight == 1 && view.members[0].state == .active)

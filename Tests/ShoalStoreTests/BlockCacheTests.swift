@@ -2,6 +2,7 @@ import Glibc
 import Testing
 import ShoalCore
 @testable import ShoalStore
+import ShoalIO
 import ShoalSys
 import ShoalTestSupport
 

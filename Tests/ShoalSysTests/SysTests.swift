@@ -2,6 +2,7 @@ import Glibc
 import Testing
 import ShoalCore
 @testable import ShoalSys
+@testable import ShoalIO
 import ShoalTestSupport
 
 @Suite struct BufferPoolTests {

@@ -3,6 +3,7 @@ import Logging
 import ShoalCore
 import ShoalObjectStore
 import ShoalStore
+import ShoalClient
 import ShoalSys
 import ShoalWorker
 
@@ -87,7 +88,7 @@ public final class ObjectStoreFixture: @unchecked Sendable {
         // Below the ephemeral range (Linux: 32768-60999), where no client socket is given the port.
         directory = try ScriptService.start("objectstore", what: "SeaweedFS", port: 20000 + Int(getpid() % 1000) * 10)
         envFile = directory + "/s3.env"
-        let env = try WorkerConfig.readEnvFile(envFile, key: "test")
+        let env = try SettingsFile.readEnvFile(envFile, key: "test")
         credentials = S3Credentials(endpoint: env["SHOAL_S3_ENDPOINT"]!, accessKey: env["SHOAL_S3_ACCESS_KEY"]!,
                                     secretKey: env["SHOAL_S3_SECRET_KEY"]!)
     }
@@ -129,7 +130,7 @@ public final class EtcdFixture: @unchecked Sendable {
         // Below the ephemeral range, apart from the object store's ports.
         directory = try ScriptService.start("etcd", what: "etcd", port: 30000 + Int(getpid() % 1000) * 2)
         envFile = directory + "/etcd.env"
-        let env = try WorkerConfig.readEnvFile(envFile, key: "test")
+        let env = try SettingsFile.readEnvFile(envFile, key: "test")
         endpoint = env["SHOAL_ETCD"]!
         user = env["SHOAL_ETCD_USER"]!
         password = env["SHOAL_ETCD_PASSWORD"]!

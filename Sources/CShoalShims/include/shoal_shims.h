@@ -1,13 +1,12 @@
 #ifndef SHOAL_SHIMS_H
 #define SHOAL_SHIMS_H
-// C that Swift cannot call directly: curl's variadic setopt/getinfo, the O_DIRECT macro (only
-// visible under _GNU_SOURCE), OpenSSL's function-like macros, and CRC32C through the SSE4.2
-// instruction.
+// C that Swift cannot call directly: the O_DIRECT macro (only visible under _GNU_SOURCE), GNU
+// extensions, and CRC32C through the SSE4.2 instruction. It includes no library's header and
+// links nothing but libc: ShoalCore and the client's system layer build on it. curl's wrappers
+// are in CShoalCurl, OpenSSL's in CShoalTLS.
 
 #include <stddef.h>
 #include <stdint.h>
-#include <curl/curl.h>
-#include <openssl/ssl.h>
 
 /// CRC32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2. `crc` is the running
 /// value (0 to start); the result is finalised, so chaining passes the previous result.
@@ -31,29 +30,5 @@ int shoal_sock_cloexec(void);
 int shoal_msg_nosignal(void);
 long shoal_getrandom(void *buffer, size_t length);
 void shoal_set_thread_name(const char *name);
-
-// curl_easy_setopt / curl_easy_getinfo are variadic: typed wrappers, one per argument type.
-CURLcode shoal_curl_setopt_long(CURL *curl, CURLoption option, long value);
-CURLcode shoal_curl_setopt_ptr(CURL *curl, CURLoption option, const void *value);
-CURLcode shoal_curl_setopt_off(CURL *curl, CURLoption option, curl_off_t value);
-typedef size_t (*shoal_curl_data_cb)(char *data, size_t size, size_t count, void *context);
-CURLcode shoal_curl_setopt_callback(CURL *curl, CURLoption option, shoal_curl_data_cb callback);
-CURLcode shoal_curl_getinfo_long(CURL *curl, CURLINFO info, long *value);
-// The progress callback (about once a second even when no byte moves): non-zero aborts.
-typedef int (*shoal_curl_xferinfo_cb)(void *context, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow);
-CURLcode shoal_curl_setopt_xferinfo(CURL *curl, shoal_curl_xferinfo_cb callback, void *context);
-
-// OpenSSL APIs that are function-like macros over SSL_CTX_ctrl/SSL_ctrl/BIO_ctrl (or use
-// SSL_OP_BIT), which Swift does not import: typed one-line wrappers.
-/// SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION): TLS 1.3 and nothing older.
-int shoal_ssl_ctx_require_tls13(SSL_CTX *ctx);
-/// SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS): hand the record layer to the kernel where it can.
-void shoal_ssl_ctx_enable_ktls(SSL_CTX *ctx);
-/// BIO_get_ktls_send(SSL_get_wbio(ssl)): 1 when the kernel encrypts what this connection sends.
-int shoal_ssl_ktls_send(SSL *ssl);
-/// BIO_get_ktls_recv(SSL_get_rbio(ssl)): 1 when the kernel decrypts what this connection receives.
-int shoal_ssl_ktls_recv(SSL *ssl);
-/// SSL_set_tlsext_host_name(ssl, name): the server name (SNI) a client asks for.
-int shoal_ssl_set_server_name(SSL *ssl, const char *name);
 
 #endif

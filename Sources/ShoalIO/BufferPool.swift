@@ -1,17 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Large buffers outside the pool (a client's read buffer in benchmarks): 2 MiB-aligned and
-/// advised to use huge pages, so touching them first costs one fault per 2 MiB, not per 4 KiB.
-public enum LargeBuffer {
-    public static func allocate(_ bytes: Int) -> UnsafeMutableRawBufferPointer {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: BufferPool.alignment)
-        // Advice only: without transparent huge pages the buffer works the same.
-        _ = madvise(buffer.baseAddress, bytes, MADV_HUGEPAGE)
-        return buffer
-    }
-}
+import ShoalSys
 
 /// The right to use one buffer of a `BufferPool` until it is given back. It cannot be copied,
 /// and giving it back consumes it, so no code keeps using a buffer after returning it.

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ShoalSys
 internal import CURing
 
 /// An io_uring owned by one thread at a time (it is not safe to share), with buffers registered

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ShoalSys
 internal import CURing
 internal import CShoalShims
 

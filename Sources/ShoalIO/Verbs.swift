@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ShoalSys
 internal import CVerbs
 
 /// An RDMA device as libibverbs lists it.
