@@ -56,6 +56,8 @@ def test_readinto_fills_bytearray_memoryview_and_numpy_in_place(cluster, client,
         assert arr.tobytes() == data[3 << 20:4 << 20]
         with pytest.raises(TypeError):
             f.readinto(b"read-only")
+        huge = shoal.alloc_buffer(2 << 20)  # huge-page memory for large reads
+        assert f.pread_into(huge, 4 << 20) == 2 << 20 and huge[:] == data[4 << 20:6 << 20]
 
 
 def test_small_sequential_reads_use_read_ahead(cluster, client, bucket):
