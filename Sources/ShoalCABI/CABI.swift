@@ -18,6 +18,8 @@ final class CClient: @unchecked Sendable {
     let config: ClientConfig
     /// An unmanaged `ProcessClient`, or nil before first use.
     private let state = Atomic<UnsafeMutableRawPointer?>(nil)
+    /// Set by `shoal_client_free`: files still open on it then fail instead of making a client.
+    private let closed = Atomic<Bool>(false)
 
     final class ProcessClient {
         let process: pid_t
@@ -30,10 +32,13 @@ final class CClient: @unchecked Sendable {
 
     init(config: ClientConfig) { self.config = config }
 
+    deinit { release() }
+
     /// This process's client, made now if this process has none yet.
     func client() throws(ShoalError) -> ShoalClient {
         let pid = getpid()
         while true {
+            guard !closed.load(ordering: .acquiring) else { throw ShoalError(.badRequest, "the client was freed (shoal_client_free)") }
             let current = state.load(ordering: .acquiring)
             if let current {
                 let pc = Unmanaged<ProcessClient>.fromOpaque(current).takeUnretainedValue()
@@ -49,8 +54,11 @@ final class CClient: @unchecked Sendable {
         }
     }
 
-    /// Frees this process's client (a parent's, in a child, is left alone).
+    /// Frees this process's client (a parent's, in a child, is left alone). Calls running on it
+    /// in other threads at the same time are the caller's error (as with free()); files opened on
+    /// it fail from now on.
     func release() {
+        closed.store(true, ordering: .releasing)
         guard let current = state.exchange(nil, ordering: .acquiringAndReleasing) else { return }
         let pc = Unmanaged<ProcessClient>.fromOpaque(current)
         if pc.takeUnretainedValue().process == getpid() { pc.release() }
@@ -193,6 +201,7 @@ public func shoal_list(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?,
         let client = try c.client()
         var token: String?
         var count: Int64 = 0
+        var seen = Set<String>()
         repeat {
             let page = try client.list(store: prefix.store, bucket: prefix.bucket, prefix: prefix.prefix, continuation: token)
             for e in page.entries {
@@ -201,6 +210,9 @@ public func shoal_list(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?,
                 if stop != 0 { return count }
             }
             token = page.continuation
+            if let t = token, !seen.insert(t).inserted {
+                throw ShoalError(.internal, "the listing of \(url) gave the same continuation token twice; stopped")
+            }
         } while token != nil
         return count
     } catch {

@@ -446,22 +446,26 @@ public final class ShoalClient: @unchecked Sendable {
     /// page), listed by a worker with its store's credentials. The versions it gives can open
     /// objects with no STAT (`open(_:version:)`).
     public func list(store: String = "default", bucket: String, prefix: String, continuation: String? = nil) throws(ShoalError) -> ObjectListing {
-        let request = ListRequest(store: store, bucket: bucket, prefix: prefix, continuation: continuation)
-        guard request.encoded.count <= Int(WireLimits.maxRequestPayload), !bucket.isEmpty, !store.isEmpty else {
-            throw ShoalError(.badRequest, "cannot list s3://\(store == "default" ? "" : store + "@")\(bucket)/\(prefix): the store, bucket or prefix is empty or too long")
+        guard (1...WireLimits.maxStoreName).contains(store.utf8.count), (1...WireLimits.maxBucket).contains(bucket.utf8.count),
+              prefix.utf8.count <= WireLimits.maxKey, (continuation?.utf8.count ?? 0) <= ListRequest.maxContinuation
+        else {
+            throw ShoalError(.badRequest, "cannot list s3://\(store == "default" ? "" : store + "@")\(bucket)/\(prefix.prefix(64)): the store name must be 1-\(WireLimits.maxStoreName) bytes, the bucket 1-\(WireLimits.maxBucket) and the prefix at most \(WireLimits.maxKey)")
         }
+        let request = ListRequest(store: store, bucket: bucket, prefix: prefix, continuation: continuation)
         let r = current()
         probeDown(r)
         // Any worker can list; the one owning the prefix's name is asked first, so repeated
         // listings of one prefix go to one worker.
         let id = BlockID(hashing: Array("list:\(store)/\(bucket)/\(prefix)".utf8))
         var failed = Set<Int>()
+        var retried = false
         while true {
             guard let worker = route(r, id, avoiding: failed) ?? r.ids.indices.first(where: { !failed.contains($0) && !isDown(r.ids[$0]) }) else {
                 throw ShoalError(.connectionFailed, "cannot list s3://\(bucket)/\(prefix): no worker can be reached")
             }
             let c: WorkerConnection
-            do { c = try connection(r, worker) } catch {
+            let fresh: Bool
+            do { (c, fresh) = try connectionAndAge(r, worker) } catch {
                 guard ShoalClient.unreachable(error) else { throw error }
                 markDown(r.ids[worker])
                 failed.insert(worker)
@@ -474,6 +478,13 @@ public final class ShoalClient: @unchecked Sendable {
             } catch {
                 if c.isBroken {
                     c.close()
+                    // A pooled connection may have gone stale (a restarted worker): one more
+                    // try on a new one before the worker counts as down.
+                    if !fresh && !retried {
+                        retried = true
+                        dropIdle(r.ids[worker])
+                        continue
+                    }
                     markDown(r.ids[worker])
                     failed.insert(worker)
                     continue
@@ -488,10 +499,14 @@ public final class ShoalClient: @unchecked Sendable {
     public func listAll(store: String = "default", bucket: String, prefix: String) throws(ShoalError) -> [ObjectEntry] {
         var out: [ObjectEntry] = []
         var token: String?
+        var seen = Set<String>()
         repeat {
             let page = try list(store: store, bucket: bucket, prefix: prefix, continuation: token)
             out += page.entries
             token = page.continuation
+            if let t = token, !seen.insert(t).inserted {
+                throw ShoalError(.internal, "the listing of s3://\(bucket)/\(prefix) gave continuation token '\(t.prefix(64))' twice; stopped")
+            }
         } while token != nil
         return out
     }
@@ -677,9 +692,13 @@ public final class ShoalClient: @unchecked Sendable {
             let part = parts[p]
             guard let w = route(r, part.id, avoiding: failed) else {
                 let error = cause ?? unroutable(r, part.id, "block \(part.piece.index) of \(part.file.object) cannot be read")
-                // No worker can serve it: from the store itself, when the client may read it.
-                guard let store = direct[part.file.object.store] else { throw error }
-                do { try readDirectly(store, part) } catch where error.code != .storeUnavailable && error.code != .timeout {
+                // No worker can serve it: from the store itself, when the client may read it; else
+                // its range fails and the others go on.
+                if let store = direct[part.file.object.store] {
+                    do { try readDirectly(store, part) } catch where error.code != .storeUnavailable && error.code != .timeout {
+                        errors[part.range] = errors[part.range] ?? error
+                    }
+                } else {
                     errors[part.range] = errors[part.range] ?? error
                 }
                 finish(p)
@@ -714,7 +733,12 @@ public final class ShoalClient: @unchecked Sendable {
             dropIdle(r.ids[lane.worker])
             for p in lane.inFlight.values where !done.contains(p) {
                 if hasOtherCopy(p, notOn: lane) { continue }
-                guard !lane.fresh || resent.insert(p).inserted else { throw error }
+                guard !lane.fresh || resent.insert(p).inserted else {
+                    // Broke twice: its range fails; the others go on.
+                    errors[parts[p].range] = errors[parts[p].range] ?? error
+                    finish(p)
+                    continue
+                }
                 queues[lane.worker].insert(p, at: 0)
             }
             lane.inFlight.removeAll()

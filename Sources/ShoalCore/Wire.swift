@@ -263,7 +263,7 @@ public struct StatRequest: Sendable, Equatable {
 /// credentials: `store str8 | bucket str16 | prefix str16 | continuation str16 (empty: the first
 /// page)`. The prefix may be empty (the whole bucket). Pages are the store's (S3: up to 1000 keys).
 public struct ListRequest: Sendable, Equatable {
-    public static let maxContinuation = 1024
+    public static let maxContinuation = 4096
     /// The most entries one reply carries (a reply stays under 1.3 MiB with maximal names).
     public static let maxEntries = 1000
     public var store: String

@@ -186,7 +186,9 @@ extension FileSystem {
     public static func info(_ path: String) -> FileInfo? {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
-        let mtime = UInt64(st.st_mtim.tv_sec) * 1_000_000_000 + UInt64(st.st_mtim.tv_nsec)
+        // A file dated before 1970 (or far ahead) counts as time 0 rather than trapping.
+        let seconds = UInt64(clamping: st.st_mtim.tv_sec)
+        let mtime = seconds > UInt64.max / 2_000_000_000 ? 0 : seconds * 1_000_000_000 + UInt64(clamping: st.st_mtim.tv_nsec)
         let kind = st.st_mode & S_IFMT
         return FileInfo(size: UInt64(st.st_size), modifiedNanos: mtime, isDirectory: kind == S_IFDIR, isRegular: kind == S_IFREG,
                         permissions: UInt32(st.st_mode) & 0o7777, owner: UInt32(st.st_uid))

@@ -108,7 +108,13 @@ public final class WorkerConnection: @unchecked Sendable {
         replyHead.deallocate()
     }
 
-    public func close() { socket.close() }
+    /// Closes the connection. In the process that made it, the socket is shut down first, so the
+    /// worker sees the end at once even while forked children still hold copies of it; a child
+    /// only closes its copy (shutting it down would cut the parent's connection).
+    public func close() {
+        if isOwnedByThisProcess { socket.shutdown() }
+        socket.close()
+    }
 
     /// The process that made this connection. A forked child shares its socket and its frame
     /// sequence with the parent, so it must never use it: pools check this before lending one.

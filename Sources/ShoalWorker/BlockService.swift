@@ -38,6 +38,10 @@ final class BlockService: @unchecked Sendable {
     let pool: BufferPool
     let metadata: MetadataCache
     let fills = FillCoordinator()
+    /// LIST jobs running now (on fill threads), at most `maxListings`.
+    static let maxListings = 4
+    private let listings = ConditionLock()
+    private var runningListings = 0
     let datasets = DatasetStats()
     let metrics: WorkerMetrics
     let blockSize: UInt32
@@ -127,13 +131,30 @@ final class BlockService: @unchecked Sendable {
 
     /// LIST: one page of the store's listing. The versions it names go to the metadata cache, so
     /// opening what was just listed costs no HEAD.
+    /// At most `maxListings` run at once (each holds a fill thread while the store answers); one
+    /// more is refused, so listings cannot starve fills.
     func list(_ request: ListRequest) throws(ShoalError) -> ObjectListing {
+        let admitted = listings.withLock { () -> Bool in
+            guard runningListings < BlockService.maxListings else { return false }
+            runningListings += 1
+            return true
+        }
+        guard admitted else {
+            throw ShoalError(.storeUnavailable, "this worker is running \(BlockService.maxListings) listings already; try again")
+        }
+        defer { listings.withLock { runningListings -= 1 } }
         let s = try store(request.store)
         var page = try s.list(bucket: request.bucket, prefix: request.prefix, continuation: request.continuation)
         if page.entries.count > ListRequest.maxEntries {
             throw ShoalError(.internal, "store '\(s.name)' gave a listing page of \(page.entries.count) keys; at most \(ListRequest.maxEntries) fit a reply")
         }
-        page.entries.removeAll { $0.version.etag.isEmpty }
+        if let token = page.continuation, token.utf8.count > ListRequest.maxContinuation {
+            throw ShoalError(.internal, "store '\(s.name)' gave a continuation token of \(token.utf8.count) bytes; at most \(ListRequest.maxContinuation) fit a reply")
+        }
+        // Objects whose names or versions the wire cannot carry (nor a READ name) are left out.
+        page.entries.removeAll {
+            $0.version.etag.isEmpty || $0.version.etag.utf8.count > WireLimits.maxEtag || $0.key.isEmpty || $0.key.utf8.count > WireLimits.maxKey
+        }
         for e in page.entries {
             metadata.put(ObjectRef(store: request.store, bucket: request.bucket, key: e.key), e.version)
         }

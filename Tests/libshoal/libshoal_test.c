@@ -117,7 +117,15 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 4; i++) free(parts[i]);
     shoal_close(known);
     shoal_close(file);
+    /* A file left open past its client's free fails cleanly (it never makes a new client). */
+    shoal_file *orphan = shoal_open(client, url);
+    CHECK(orphan != NULL, "open before free: %s", shoal_last_error());
     shoal_client_free(client);
+    if (orphan) {
+        CHECK(shoal_pread(orphan, buffer, 10, 0) == SHOAL_E_BAD_REQUEST, "read after the client was freed: %d", shoal_last_error_code());
+        CHECK(strstr(shoal_last_error(), "freed") != NULL, "%s", shoal_last_error());
+        shoal_close(orphan);
+    }
     free(buffer);
     free(expected);
     if (failures) return 1;

@@ -5,6 +5,7 @@ import io
 import mmap
 import os
 import threading
+import weakref
 
 from . import _native
 from ._native import lib
@@ -136,9 +137,16 @@ class _ReadAheadBudget:
 read_ahead_budget = _ReadAheadBudget()
 
 
+_open_files = weakref.WeakSet()
+
+
 def _reset_after_fork():
     # A lock held by another thread at fork would never be released in the child.
     read_ahead_budget.lock = threading.Lock()
+    for f in list(_open_files):
+        f._lock = threading.Lock()
+        f._idle = threading.Condition(threading.Lock())
+        f._calls = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -212,8 +220,9 @@ class Client:
         _, key = split_url(url)
         return ObjectInfo(url, key, out.size, out.etag.decode(), out.block_size, bool(out.stale))
 
-    def list(self, prefix_url):
-        """Every object under s3://bucket/prefix, in key order, with its version."""
+    def list(self, prefix_url, limit=None):
+        """Every object under s3://bucket/prefix (the first `limit`), in key order, with its
+        version."""
         bucket, _ = split_url(prefix_url)
         found = []
         failure = []
@@ -222,7 +231,7 @@ class Client:
             try:
                 k = key.decode()
                 found.append(ObjectInfo(f"s3://{bucket}/{k}", k, size, etag.decode()))
-                return 0
+                return 1 if limit is not None and len(found) >= limit else 0
             except BaseException as e:  # never let an exception cross the C frame
                 failure.append(e)
                 return 1
@@ -256,6 +265,8 @@ class Client:
         if not handle:
             _raise_last()
         try:
+            if offset < 0:
+                raise InvalidRequest(f"a negative offset ({offset})")
             size = lib.shoal_file_size(handle)
             if length is None or offset + length > size:
                 length = max(0, size - offset)
@@ -279,6 +290,7 @@ class Client:
         is its exception)."""
         opened = []
         files = []
+        entered = []
         try:
             for target, _, _ in requests:
                 if isinstance(target, ShoalFile):
@@ -293,6 +305,8 @@ class Client:
             buffers = []
             ops = (_native.ReadOp * len(requests))()
             for i, ((_, offset, length), f) in enumerate(zip(requests, files)):
+                if offset < 0 or (length is not None and length < 0):
+                    raise InvalidRequest(f"{f.url}: a negative offset or length ({offset}, {length})")
                 if length is None:
                     length = max(0, f.size - offset)
                 length = max(0, min(length, f.size - offset)) if offset < f.size else 0
@@ -302,7 +316,8 @@ class Client:
                     b = bytearray(length)
                     address = ctypes.addressof((ctypes.c_char * length).from_buffer(b)) if length else None
                 buffers.append(b)
-                ops[i].file = f._live_handle()
+                ops[i].file = f._enter()
+                entered.append(f)
                 ops[i].offset = offset
                 ops[i].length = length
                 ops[i].buffer = address
@@ -322,6 +337,8 @@ class Client:
                     out.append(b if r == len(b) and isinstance(b, bytes) else bytes(b[:r]))
             return out
         finally:
+            for f in entered:
+                f._leave()
             for f in opened:
                 f.close()
 
@@ -344,15 +361,36 @@ class ShoalFile(io.RawIOBase):
         self.size = lib.shoal_file_size(handle)
         self.etag = (lib.shoal_file_etag(handle) or b"").decode()
         self._pos = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the position and the read-ahead window
+        self._idle = threading.Condition(threading.Lock())  # calls into libshoal running now
+        self._calls = 0
         self._ra = None  # (bytearray, start, length)
         self._ra_on = read_ahead
         self._last_end = None
+        _open_files.add(self)
 
-    def _live_handle(self):
-        if not self._handle:
-            raise ValueError("I/O operation on closed file")
-        return self._handle
+    def _enter(self):
+        """The handle, counted as in use until `_leave`: close waits for it."""
+        with self._idle:
+            if not self._handle:
+                raise ValueError("I/O operation on closed file")
+            self._calls += 1
+            return self._handle
+
+    def _leave(self):
+        with self._idle:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.notify_all()
+
+    def _pread(self, address, length, offset):
+        if offset < 0:
+            raise InvalidRequest(f"{self.url}: a negative offset ({offset})")
+        handle = self._enter()
+        try:
+            return _check(lib.shoal_pread(handle, address, length, offset))
+        finally:
+            self._leave()
 
     # io.RawIOBase
 
@@ -385,7 +423,7 @@ class ShoalFile(io.RawIOBase):
         try:
             if b.length == 0:
                 return 0
-            return _check(lib.shoal_pread(self._live_handle(), b.address, b.length, offset))
+            return self._pread(b.address, b.length, offset)
         finally:
             b.release()
 
@@ -411,6 +449,7 @@ class ShoalFile(io.RawIOBase):
             self._last_end = pos + want
             if self._ra_on and sequential and want < self.READ_AHEAD // 2 and self._ensure_window():
                 buf = self._ra[0]
+                self._ra = (buf, 0, 0)  # empty until the read has landed whole
                 n = self.pread_into(buf, pos)
                 self._ra = (buf, pos, n)
                 got = min(n, want)
@@ -437,7 +476,7 @@ class ShoalFile(io.RawIOBase):
             if want >= max(2, self.READ_AHEAD // 2):
                 # Large: straight into the result (no read-ahead window to fill).
                 out, address = _fresh_bytes(want)
-                n = _check(lib.shoal_pread(self._live_handle(), address, want, self._pos))
+                n = self._pread(address, want, self._pos)
                 self._last_end = self._pos + n
                 self._pos += n
                 return out if n == want else out[:n]
@@ -450,12 +489,17 @@ class ShoalFile(io.RawIOBase):
         return self.read(-1)
 
     def close(self):
-        if self._handle:
-            lib.shoal_close(self._handle)
-            self._handle = None
-            if self._ra is not None:
-                read_ahead_budget.give(len(self._ra[0]))
-                self._ra = None
+        """Closes the file once the reads running on it (in other threads) are done."""
+        with self._lock:
+            with self._idle:
+                handle, self._handle = self._handle, None
+                while self._calls:
+                    self._idle.wait()
+            if handle:
+                lib.shoal_close(handle)
+                if self._ra is not None:
+                    read_ahead_budget.give(len(self._ra[0]))
+                    self._ra = None
         super().close()
 
     def __del__(self):

@@ -108,7 +108,8 @@ class ShoalFileSystem(AbstractFileSystem):
                 return {"name": path, "size": s.size, "type": "file", "ETag": s.etag}
             except NotFound:
                 pass
-        if self._listing(path):
+        b, _, prefix = path.partition("/")
+        if b and self.client.list(f"s3://{b}/{prefix + '/' if prefix else ''}", limit=1):
             return {"name": path, "size": 0, "type": "directory"}
         raise FileNotFoundError(path)
 

@@ -119,6 +119,43 @@ def test_errors_are_exceptions_of_clear_types(cluster, client, bucket):
         shoal.Client(workers=cluster.env["SHOAL_WORKERS"].split(",")[0], view_discovery=False, secret_file=wrong).stat(f"s3://{bucket}/x")
 
 
+def test_bad_arguments_never_crash_the_process(cluster, client, bucket):
+    cluster.store.put(bucket, "k", b"0123456789")
+    with pytest.raises(shoal.InvalidRequest):
+        client.list("s3://" + "s" * 300 + f"@{bucket}/")  # a store name longer than the wire's field
+    with pytest.raises(shoal.InvalidRequest):
+        client.list(f"s3://{bucket}/" + "p" * 70000)
+    with pytest.raises(shoal.InvalidRequest):
+        client.read(f"s3://{bucket}/k", offset=-1)
+    with client.open(f"s3://{bucket}/k") as f:
+        with pytest.raises(shoal.InvalidRequest):
+            f.pread_into(bytearray(4), -5)
+        with pytest.raises(shoal.InvalidRequest):
+            client.read_batch([(f, -1, 4)])
+    assert [o.key for o in client.list(f"s3://{bucket}/", limit=1)] == ["k"]
+
+
+def test_closing_a_file_while_another_thread_reads_it(cluster, client, bucket):
+    data = put_random(cluster, bucket, "race", 16 << 20, 12)
+    for _ in range(5):
+        f = client.open(f"s3://{bucket}/race")
+        outcome = {}
+
+        def read():
+            try:
+                outcome["n"] = f.pread_into(bytearray(16 << 20), 0)
+            except ValueError as e:  # closed before it began
+                outcome["closed"] = e
+
+        t = threading.Thread(target=read)
+        t.start()
+        f.close()  # waits for a read in progress; later ones fail cleanly
+        t.join()
+        assert outcome.get("n") == len(data) or "closed" in outcome
+        with pytest.raises(ValueError):
+            f.pread_into(bytearray(4), 0)
+
+
 def test_reads_release_the_gil():
     # ctypes.CDLL (not PyDLL) drops the GIL around every call into libshoal.
     assert isinstance(_native.lib, ctypes.CDLL) and not isinstance(_native.lib, ctypes.PyDLL)
