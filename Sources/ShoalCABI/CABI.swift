@@ -176,18 +176,34 @@ public func shoal_client_free(_ client: OpaquePointer?) {
 public func shoal_stat_url(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?, _ out: UnsafeMutablePointer<shoal_stat>?) -> Int32 {
     guard let c = cclient(client), let url = string(url), let out else { return badArgument("shoal_stat_url: client, url and out must not be NULL") }
     do throws(ShoalError) {
-        let file = try c.client().stat(try ObjectRef.parse(url))
-        out.pointee.size = file.size
-        out.pointee.block_size = file.blockSize
-        out.pointee.stale = file.stale ? 1 : 0
-        withUnsafeMutableBytes(of: &out.pointee.etag) { raw in
-            let bytes = Array(file.version.etag.utf8.prefix(raw.count - 1))
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
+        fill(out, try c.client().stat(try ObjectRef.parse(url)))
         return 0
     } catch {
         return failed(error)
+    }
+}
+
+func fill(_ out: UnsafeMutablePointer<shoal_stat>, _ file: ShoalFile) {
+    out.pointee.size = file.size
+    out.pointee.block_size = file.blockSize
+    out.pointee.stale = file.stale ? 1 : 0
+    withUnsafeMutableBytes(of: &out.pointee.etag) { raw in
+        let bytes = Array(file.version.etag.utf8.prefix(raw.count - 1))
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+}
+
+@_cdecl("shoal_read_object")
+public func shoal_read_object(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?, _ p: UnsafeMutableRawPointer?, _ length: Int,
+                              _ out: UnsafeMutablePointer<shoal_stat>?) -> Int64 {
+    guard let c = cclient(client), let url = string(url) else { return Int64(badArgument("shoal_read_object: client and url must not be NULL")) }
+    do throws(ShoalError) {
+        let (file, n) = try c.client().readObject(try ObjectRef.parse(url), into: try buffer(p, length))
+        if let out { fill(out, file) }
+        return Int64(n)
+    } catch {
+        return Int64(failed(error))
     }
 }
 

@@ -356,7 +356,7 @@ public final class ShoalClient: @unchecked Sendable {
     }
 
     private func metadataOwner(_ r: Routing, _ object: ObjectRef) throws(ShoalError) -> Int {
-        let id = BlockID(hashing: Array(object.description.utf8))
+        let id = object.placementID
         guard let w = route(r, id) else { throw unroutable(r, id, "the version of \(object) cannot be asked") }
         return w
     }
@@ -364,7 +364,7 @@ public final class ShoalClient: @unchecked Sendable {
     /// The owner of a block, then its fallback.
     public func owners(of block: BlockKey) -> [Endpoint] {
         let r = current()
-        let (owner, fallback) = r.slots.owners(of: block.id)
+        let (owner, fallback) = r.slots.owners(of: block.placementID)
         return [owner, fallback].compactMap { $0 }.map { r.endpoints[$0] }
     }
 
@@ -395,7 +395,7 @@ public final class ShoalClient: @unchecked Sendable {
                 }
                 markDown(r.ids[worker])
                 failed.insert(worker)
-                guard let next = route(r, BlockID(hashing: Array(object.description.utf8)), avoiding: failed) else {
+                guard let next = route(r, object.placementID, avoiding: failed) else {
                     // No worker can say: the store itself, when the client may ask it.
                     guard let store = direct[object.store] else { throw error.error }
                     let version = try directly { () throws(ShoalError) in try store.head(bucket: object.bucket, key: object.key) }
@@ -544,6 +544,60 @@ public final class ShoalClient: @unchecked Sendable {
         throw last ?? ShoalError(.connectionFailed, "no worker can be reached to learn the cluster's block size")
     }
 
+    /// Reads an object from its start knowing only its name: one round trip to the worker that
+    /// holds its first block (placed with its metadata), which resolves the version and sends it
+    /// with the bytes; no STAT first. The rest, when the object is longer than its first block
+    /// and `buffer` wants more, is read as usual. Returns the file (its version) and the count.
+    /// A worker that cannot be reached is routed around by the usual way (STAT, then READ).
+    public func readObject(_ object: ObjectRef, into buffer: UnsafeMutableRawBufferPointer) throws(ShoalError) -> (ShoalFile, Int) {
+        try object.validate()
+        guard buffer.count > 0, let base = buffer.baseAddress else { return (try open(object), 0) }
+        let bs = try clusterBlockSize()
+        let r = current()
+        probeDown(r)
+        var first: (ShoalFile, Int)?
+        if let w = route(r, object.placementID) {
+            var attempt = 0
+            while first == nil && attempt < 2 {
+                attempt += 1
+                let c: WorkerConnection
+                let fresh: Bool
+                do { (c, fresh) = try connectionAndAge(r, w) } catch {
+                    guard ShoalClient.unreachable(error) else { throw error }
+                    markDown(r.ids[w])
+                    break
+                }
+                do throws(ShoalError) {
+                    let (reply, n) = try c.readResolving(object, blockSize: bs, length: min(buffer.count, Int(bs)), into: base, epoch: r.view.epoch)
+                    giveBack(c, r.ids[w])
+                    guard UInt64(reply.blockSize) >= BlockLayout.minBlockSize, UInt64(reply.blockSize) <= BlockLayout.maxBlockSize, !reply.version.etag.isEmpty else {
+                        throw ShoalError(.badRequest, "worker \(r.endpoints[w]) answered \(object) with a bad version or block size")
+                    }
+                    first = (ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale), n)
+                } catch {
+                    if c.isBroken {
+                        c.close()
+                        // A stale pooled connection: once more on a new one; else the usual way.
+                        if !fresh { dropIdle(r.ids[w]); continue }
+                        markDown(r.ids[w])
+                        break
+                    }
+                    if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, r.ids[w]) }
+                    // Routed by an old view: the usual way asks the view source again.
+                    if error.code == .notOwner { break }
+                    throw error
+                }
+            }
+        }
+        guard let (file, n) = first else {
+            let file = try stat(object)
+            return (file, try read(file, at: 0, into: buffer))
+        }
+        guard n < buffer.count, UInt64(n) < file.size else { return (file, n) }
+        let more = try read(file, at: UInt64(n), into: UnsafeMutableRawBufferPointer(rebasing: buffer[n...]))
+        return (file, n + more)
+    }
+
     /// Opens an object at its current version.
     public func open(_ object: ObjectRef, revalidate: Bool = false) throws(ShoalError) -> ShoalFile {
         try stat(object, revalidate: revalidate)
@@ -619,6 +673,7 @@ public final class ShoalClient: @unchecked Sendable {
         let file: ShoalFile
         let piece: BlockPiece
         let into: UnsafeMutableRawPointer
+        /// Where its block is placed (`BlockKey.placementID`).
         let id: BlockID
 
         init(range: Int, file: ShoalFile, piece: BlockPiece, into: UnsafeMutableRawPointer) {
@@ -626,7 +681,7 @@ public final class ShoalClient: @unchecked Sendable {
             self.file = file
             self.piece = piece
             self.into = into
-            id = file.block(piece.index).id
+            id = file.block(piece.index).placementID
         }
     }
 

@@ -89,6 +89,19 @@ public struct ObjectVersion: Hashable, Sendable {
 /// The full identity of a cached block: which object, which version (etag and size), which slice.
 /// The object's size is part of the identity so that a block's length follows from its key:
 /// a block stored under a key is refused unless its length is `expectedLength`.
+extension ObjectRef {
+    /// Where the object's metadata (its STAT) and its first block are placed: its names
+    /// (store, bucket, key, each with its u16 length, as a block key starts) hashed.
+    public var placementID: BlockID {
+        var out: [UInt8] = []
+        for name in [store, bucket, key] {
+            out.appendLE(UInt16(truncatingIfNeeded: name.utf8.count))
+            out += Array(name.utf8)
+        }
+        return BlockID(hashing: out)
+    }
+}
+
 public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
     public var object: ObjectRef
     public var etag: String
@@ -174,6 +187,11 @@ public struct BlockKey: Hashable, Sendable, CustomStringConvertible {
         self.init(object: ObjectRef(store: text(f.store), bucket: text(f.bucket), key: text(f.key)), etag: text(f.etag),
                   objectSize: f.objectSize, blockSize: f.blockSize, index: f.index)
     }
+
+    /// Where the block is placed: block 0 with its object's metadata (`ObjectRef.placementID`),
+    /// so one request to one worker can resolve a small object's version and serve its bytes;
+    /// every other block by its ID.
+    public var placementID: BlockID { index == 0 ? object.placementID : id }
 
     /// The block's ID: `encoded`, hashed without a heap allocation.
     public var id: BlockID {

@@ -467,7 +467,14 @@ public struct ReadRequest: Sendable, Equatable {
     /// Flag bit 2: answer from this worker's cache only; a miss is answered `not_found` and
     /// nothing is filled (a block's new owner asking its previous one, worker to worker).
     public static let cachedOnlyFlag: UInt16 = 4
-    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag | cachedOnlyFlag
+    /// Flag bit 3: the client knows only the object's name. The worker (the owner of the
+    /// object's first block, which is placed with its metadata) resolves the version from its
+    /// metadata cache or the store, answers it with a STAT_REPLY, then sends the READ_REPLY of
+    /// block 0 from byte 0: `length` bytes, fewer where the object ends. The key names block 0
+    /// with an empty etag and an object size equal to its block size (placeholders); no other
+    /// flag goes with it. A small object in one round trip.
+    public static let resolveFlag: UInt16 = 8
+    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag | cachedOnlyFlag | resolveFlag
 
     public var offset: UInt32
     public var length: UInt32
@@ -513,6 +520,7 @@ public struct ReadRequest: Sendable, Equatable {
     }
 
     public var isFillOnly: Bool { flags & ReadRequest.fillOnlyFlag != 0 }
+    public var resolvesVersion: Bool { flags & ReadRequest.resolveFlag != 0 }
     public var isCachedOnly: Bool { flags & ReadRequest.cachedOnlyFlag != 0 }
 
     /// The length this block has in its object version (0 if the index is past the end).
@@ -540,6 +548,9 @@ public struct ReadRequest: Sendable, Equatable {
 
     /// The encoding's length.
     public var encodedCount: Int { 20 + keyBytes.count + (rdma == nil ? 0 : 16) }
+
+    /// Where the block is placed (`BlockKey.placementID`): block 0 by its object's names.
+    public var placementID: BlockID { index == 0 ? withObjectBytes { BlockID(hashing: $0) } : id }
 
     /// Writes the payload into `out` (at least `encodedCount` bytes); returns the count.
     @discardableResult
@@ -614,6 +625,16 @@ public struct ReadRequest: Sendable, Equatable {
     /// lengths were checked when it was decoded or made; only an error decodes them.)
     public func validate() throws(ShoalError) {
         if made != nil { try block.object.validate() }
+        if resolvesVersion {
+            guard flags == ReadRequest.resolveFlag, index == 0, offset == 0, length > 0, nameCounts.3 == 0 else {
+                throw ShoalError(.badRequest, "a READ that resolves the version (flag bit 3) is of block 0 from byte 0, names no etag and has no other flag")
+            }
+            let bs = UInt64(blockSize)
+            guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize, bs % 4096 == 0, UInt64(length) <= bs else {
+                throw ShoalError(.badRequest, "block size \(bs) is outside 64 KiB-16 MiB or not a multiple of 4 KiB, or the length is more than a block")
+            }
+            return
+        }
         guard nameCounts.3 > 0 else {
             throw ShoalError(.badRequest, "READ of \(block.object) names no version (empty etag): STAT the object first")
         }

@@ -230,6 +230,46 @@ public final class WorkerConnection: @unchecked Sendable {
         return listing
     }
 
+    /// READ by name (flag bit 3): the worker resolves `object`'s version and answers it, then up
+    /// to `length` bytes (1 up to a block) from the object's start into `buffer`. Returns the
+    /// version and the bytes read (fewer than `length` where the object ends). Only on a
+    /// connection with no READs in flight.
+    public func readResolving(_ object: ObjectRef, blockSize: UInt32, length: Int, into buffer: UnsafeMutableRawPointer,
+                              epoch: UInt64) throws(ShoalError) -> (StatReply, Int) {
+        guard length > 0, length <= Int(blockSize) else {
+            throw ShoalError(.badRequest, "a read by name asks for 1 byte up to a block (\(blockSize)), not \(length)")
+        }
+        let key = BlockKey(object: object, etag: "", objectSize: UInt64(blockSize), blockSize: blockSize, index: 0)
+        let request = ReadRequest(block: key, offset: 0, length: UInt32(length), flags: ReadRequest.resolveFlag, epoch: epoch)
+        let deadline = monotonicNanos() + timeoutNanos
+        let id = takeID()
+        try sendFrame(type: .read, id: id, count: request.encodedCount, deadline: deadline) { b in request.encode(into: b) }
+        let h: FrameHeader
+        let body: [UInt8]
+        do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline) } catch {
+            isBroken = true
+            throw error
+        }
+        if h.type == FrameType.error.rawValue {
+            isBroken = true
+            throw WorkerConnection.unexpected(h, body, endpoint, "STAT_REPLY")
+        }
+        guard h.requestID == id else {
+            isBroken = true
+            throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
+        }
+        // A refusal comes as the READ_REPLY's status; the connection stays in step.
+        guard h.type == FrameType.statReply.rawValue, h.status == 0 else { throw WorkerConnection.unexpected(h, body, endpoint, "READ_REPLY") }
+        guard let reply = StatReply(decoding: body) else {
+            isBroken = true
+            throw malformed("STAT_REPLY")
+        }
+        let n = Int(min(UInt64(length), reply.version.size, UInt64(reply.blockSize)))
+        pending.append((id, buffer, n))
+        try receiveRead(id: id)
+        return (reply, n)
+    }
+
     /// A reply that does not decode (callers close the connection on `bad_request`).
     private func malformed(_ name: String) -> ShoalError {
         ShoalError(.badRequest, "worker \(endpoint) sent a malformed \(name)")

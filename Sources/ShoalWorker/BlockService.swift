@@ -180,7 +180,7 @@ final class BlockService: @unchecked Sendable {
         var (view, placement) = source.current(force: false)
         if request.epoch > view.epoch, !source.isWatched { (view, placement) = source.current(force: true) }
         guard request.epoch < view.epoch, let me = view.index(of: id) else { return }
-        let (owner, fallback) = placement.owners(of: request.id)
+        let (owner, fallback) = placement.owners(of: request.placementID)
         guard owner != me && fallback != me else { return }
         throw ShoalError(.notOwner, "worker \(id) does not own block \(request.index) of \(request.block.object) in view epoch \(view.epoch); "
                          + "the READ was routed by epoch \(request.epoch): ask \(source.name) again")

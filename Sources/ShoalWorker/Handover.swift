@@ -108,7 +108,8 @@ final class Handover: @unchecked Sendable {
         for entry in entries {
             if lock.withLock({ closed || pushGeneration != generation }) { break }
             // Only what was this worker's and is now another's: that one asks here for it.
-            guard previous.owners(of: entry.id).owner == wasMe, let owner = placement.owners(of: entry.id).owner, owner != me,
+            let placed = entry.key.placementID
+            guard previous.owners(of: placed).owner == wasMe, let owner = placement.owners(of: placed).owner, owner != me,
                   !failed.contains(owner), cache?.contains(entry.id) ?? false else { continue }
             let started = monotonicNanos()
             do throws(ShoalError) {
@@ -197,7 +198,7 @@ final class Handover: @unchecked Sendable {
             let (view, placement) = source.current(force: true)
             observe(view, placement)
         }
-        guard let (peer, endpoint) = previousOwner(of: id) else {
+        guard let (peer, endpoint) = previousOwner(of: key.placementID) else {
             logger.debug("hand-over: no previous owner to ask", metadata: ["block": "\(key)", "epoch": "\(epoch)",
                 "current": "\(lock.withLock { current?.view.epoch ?? 0 })", "previous": "\(lock.withLock { previous?.view.epoch ?? 0 })"])
             return false

@@ -17,6 +17,8 @@ enum ShardMessage: Sendable {
     /// A STAT that went to the store finished.
     /// A STAT or LIST answered on a fill thread: the reply's type and payload, or the error.
     case answer(connection: Int, generation: UInt32, requestID: UInt32, FrameType, Result<[UInt8], ShoalError>)
+    /// A READ by name whose version a fill thread resolved (or failed to).
+    case resolved(connection: Int, generation: UInt32, requestID: UInt32, ReadRequest, Result<StatReply, ShoalError>)
     /// A lease came free somewhere: requests waiting for one may go on.
     case leaseFreed
     /// Report the hits counted so far now (the admin port is asked for dataset figures).
@@ -223,6 +225,14 @@ final class Shard: @unchecked Sendable {
                 filled(op, generation, result)
             case .fillProgress(let op, let generation, let bytes):
                 stream(op, generation, upTo: bytes)
+            case .resolved(let c, let generation, let id, let request, let result):
+                jobsOut -= 1
+                guard let conn = connection(c, generation), conn.isOpen else { continue }
+                switch result {
+                case .success(let reply): resolved(conn, id, request, reply)
+                case .failure(let e): replyError(conn, .readReply, id, e)
+                }
+                flush(conn)
             case .answer(let c, let generation, let id, let type, let result):
                 jobsOut -= 1
                 guard let conn = connection(c, generation), conn.isOpen else { continue }
@@ -507,6 +517,8 @@ final class Shard: @unchecked Sendable {
         case .members:
             let view = service.members?.source.current(force: false).view ?? (try! MembershipView(epoch: 0, members: []))
             enqueueSmall(conn, conn.machine.encodeFrame(.membersReply, id: id, body: MembersReply.encode(view)), requestID: id)
+        case .read(let req) where req.resolvesVersion:
+            resolve(conn, id, req)
         case .read(let req):
             do { try service.check(req) } catch {
                 replyError(conn, .readReply, id, error)
@@ -514,6 +526,50 @@ final class Shard: @unchecked Sendable {
             }
             startRead(WaitingRead(connection: conn.slot, generation: conn.generation, requestID: id, request: req))
         }
+    }
+
+    /// A READ by name (flag bit 3): the version from the metadata cache at once, else from the
+    /// store on a fill thread.
+    private func resolve(_ conn: ShardConnection, _ id: UInt32, _ req: ReadRequest) {
+        service.metrics.readsByName.increment()
+        let stat: StatRequest
+        do throws(ShoalError) {
+            try req.validate()
+            stat = StatRequest(object: req.block.object)
+            if let reply = try service.cachedStat(stat) {
+                resolved(conn, id, req, reply)
+                return
+            }
+        } catch {
+            replyError(conn, .readReply, id, error)
+            return
+        }
+        jobsOut += 1
+        let (service, slot, generation) = (self.service, conn.slot, conn.generation)
+        plane.fillPool.submit { [self] _ in
+            let result = Result { () throws(ShoalError) -> StatReply in try service.stat(stat) }
+            post(.resolved(connection: slot, generation: generation, requestID: id, req, result))
+        }
+    }
+
+    /// Answers the version, then serves block 0 of it as any READ (cache, DRAM tier or fill).
+    private func resolved(_ conn: ShardConnection, _ id: UInt32, _ req: ReadRequest, _ reply: StatReply) {
+        enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: nil)
+        let length = min(UInt64(req.length), reply.version.size, UInt64(reply.blockSize))
+        guard length > 0 else {
+            // An empty object: its (empty) bytes and their CRC.
+            var crc = [UInt8]()
+            crc.appendLE(CRC32C.checksum([]))
+            enqueueSmall(conn, conn.machine.encodeFrame(.readReply, id: id, body: crc), requestID: id)
+            return
+        }
+        let block = BlockKey(object: req.block.object, version: reply.version, blockSize: reply.blockSize, index: 0)
+        let real = ReadRequest(block: block, offset: 0, length: UInt32(length), epoch: req.epoch)
+        do { try service.check(real) } catch {
+            replyError(conn, .readReply, id, error)
+            return
+        }
+        startRead(WaitingRead(connection: conn.slot, generation: conn.generation, requestID: id, request: real))
     }
 
     private func replyError(_ conn: ShardConnection, _ type: FrameType, _ id: UInt32, _ error: ShoalError) {

@@ -23,6 +23,8 @@ public final class WorkerMetrics: @unchecked Sendable {
     let handoverHits: Metrics.Counter
     /// Blocks this worker handed to their new owner after a view change (fill-only READs sent).
     let handoverPushed: Metrics.Counter
+    /// READs by name (flag bit 3): the version resolved here and sent with the bytes.
+    let readsByName: Metrics.Counter
     /// READ replies whose data went out while their block was still being filled, and the bytes
     /// sent that way (before the fill ended).
     let repliesStreamed: Metrics.Counter
@@ -55,6 +57,7 @@ public final class WorkerMetrics: @unchecked Sendable {
         handoverAsked = Metrics.Counter(label: "shoal_handover_asked_total", factory: factory)
         handoverHits = Metrics.Counter(label: "shoal_handover_hits_total", factory: factory)
         handoverPushed = Metrics.Counter(label: "shoal_handover_pushed_total", factory: factory)
+        readsByName = Metrics.Counter(label: "shoal_reads_by_name_total", factory: factory)
         bytesFilled = Metrics.Counter(label: "shoal_bytes_filled_total", factory: factory)
         repliesStreamed = Metrics.Counter(label: "shoal_replies_streamed_total", factory: factory)
         bytesStreamed = Metrics.Counter(label: "shoal_bytes_streamed_total", factory: factory)

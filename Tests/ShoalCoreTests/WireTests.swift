@@ -78,6 +78,36 @@ import Testing
         try cachedOnly.validate()
     }
 
+    /// A READ by name (flag bit 3): block 0 from byte 0, no etag, no other flag; and block 0 is
+    /// placed with its object's metadata while other blocks go by their ID.
+    @Test func readsByNameAndTheFirstBlocksPlacement() throws {
+        let object = ObjectRef(store: "d", bucket: "b", key: "k")
+        let byName = BlockKey(object: object, etag: "", objectSize: 1 << 20, blockSize: 1 << 20, index: 0)
+        let ok = try #require(ReadRequest(decoding: ReadRequest(block: byName, offset: 0, length: 1 << 20, flags: ReadRequest.resolveFlag).encoded))
+        #expect(ok.resolvesVersion)
+        try ok.validate()
+        let bad = [ReadRequest(block: byName, offset: 1, length: 10, flags: ReadRequest.resolveFlag),
+                   ReadRequest(block: byName, offset: 0, length: 10, flags: ReadRequest.resolveFlag | ReadRequest.fillOnlyFlag),
+                   ReadRequest(block: BlockKey(object: object, etag: "e", objectSize: 1 << 20, blockSize: 1 << 20, index: 0), offset: 0, length: 10,
+                               flags: ReadRequest.resolveFlag),
+                   ReadRequest(block: BlockKey(object: object, etag: "", objectSize: 2 << 20, blockSize: 1 << 20, index: 1), offset: 0, length: 10,
+                               flags: ReadRequest.resolveFlag)]
+        for r in bad { #expect(throws: ShoalError.self) { try r.validate() } }
+        // Without a version, a READ is refused as before.
+        #expect(throws: ShoalError.self) { try ReadRequest(block: byName, offset: 0, length: 10).validate() }
+
+        let v1 = BlockKey(object: object, etag: "e1", objectSize: 3 << 20, blockSize: 1 << 20, index: 0)
+        let v2 = BlockKey(object: object, etag: "e2", objectSize: 5 << 20, blockSize: 1 << 20, index: 0)
+        #expect(v1.placementID == object.placementID && v2.placementID == object.placementID && v1.id != v2.id)
+        let second = BlockKey(object: object, etag: "e1", objectSize: 3 << 20, blockSize: 1 << 20, index: 1)
+        #expect(second.placementID == second.id)
+        // The worker computes the same from the bytes it received.
+        let decoded = try #require(ReadRequest(decoding: ReadRequest(block: v1, offset: 0, length: 1).encoded))
+        #expect(decoded.placementID == object.placementID)
+        let decodedSecond = try #require(ReadRequest(decoding: ReadRequest(block: second, offset: 0, length: 1).encoded))
+        #expect(decodedSecond.placementID == second.id)
+    }
+
     @Test func truncatedOrPaddedMessagesAreRejected() {
         let read = ReadRequest(block: BlockKey(object: object, etag: "e", objectSize: 1, blockSize: 1 << 20, index: 0), offset: 0, length: 1)
         let bytes = read.encoded

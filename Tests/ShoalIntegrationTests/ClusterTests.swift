@@ -102,7 +102,7 @@ import ShoalTestSupport
         let placement = Placement(view: view)
         let relayIndex = try #require(view.index(of: relay.endpoint.description))
         let owned = try #require((0..<64).map { ObjectRef(store: "default", bucket: bucket, key: "m\($0)") }.first {
-            placement.owners(of: BlockID(hashing: Array($0.description.utf8))).owner == relayIndex
+            placement.owners(of: $0.placementID).owner == relayIndex
         })
         try fx.store().put(bucket: bucket, key: owned.key, bytes: Array(data[0..<1000]))
         let fresh = try ShoalClient(config: config)

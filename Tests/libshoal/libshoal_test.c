@@ -65,6 +65,15 @@ int main(int argc, char **argv) {
     CHECK(strstr(shoal_last_error(), "not found") != NULL, "missing: %s", shoal_last_error());
     CHECK(shoal_stat_url(client, "not-a-url", &st) == SHOAL_E_BAD_REQUEST, "bad URL");
 
+    /* By URL alone: the version comes with the bytes. */
+    unsigned char *whole = malloc(size + 10);
+    shoal_stat by_name;
+    int64_t got_by_name = shoal_read_object(client, url, whole, size + 10, &by_name);
+    CHECK(got_by_name == (int64_t)size && memcmp(whole, expected, size) == 0, "read_object: %lld %s", (long long)got_by_name, shoal_last_error());
+    CHECK(by_name.size == size && by_name.etag[0] != '\0', "read_object's version");
+    CHECK(shoal_read_object(client, missing, whole, 10, NULL) == SHOAL_E_NOT_FOUND, "read_object of a missing object");
+    free(whole);
+
     int listed = 0;
     int64_t n = shoal_list(client, prefix, count_entry, &listed);
     CHECK(n >= 1 && n == listed, "list gave %lld (%d counted): %s", (long long)n, listed, shoal_last_error());

@@ -254,9 +254,15 @@ class Client:
             _raise_last()
         return ShoalFile(self, url, handle, read_ahead=read_ahead)
 
+    FIRST_READ = 4 << 20
+
     def read(self, url, offset=0, length=None, version=None):
-        """Bytes of an object (all of it from `offset` by default). With `version` (an
-        ObjectInfo from `list`, or (size, etag)): one round trip, straight into the result."""
+        """Bytes of an object (all of it from `offset` by default). One round trip for an
+        object of up to a block: with `version` (an ObjectInfo from `list`, or (size, etag)),
+        or from the start knowing only the URL (the worker resolves the version and sends it
+        with the bytes)."""
+        if version is None and offset == 0 and (length is None or length >= 2):
+            return self._read_by_name(url, length)
         if version is None:
             handle = lib.shoal_open(self.handle, url.encode())
         else:
@@ -281,6 +287,18 @@ class Client:
             return out if n == length else out[:n]
         finally:
             lib.shoal_close(handle)
+
+    def _read_by_name(self, url, length):
+        want = self.FIRST_READ if length is None else min(length, self.FIRST_READ)
+        out, address = _fresh_bytes(want)
+        st = _native.StatStruct()
+        n = _check(lib.shoal_read_object(self.handle, url.encode(), address, want, ctypes.byref(st)))
+        total = st.size if length is None else min(length, st.size)
+        if n >= total:
+            return out if n == want else out[:n]
+        # Longer than the first read: the rest at the version just read.
+        rest = self.read(url, offset=n, length=total - n, version=(st.size, st.etag.decode()))
+        return out[:n] + rest
 
     def read_batch(self, requests, return_exceptions=False):
         """Reads many ranges of many objects in one call: [(file or url, offset, length)] ->

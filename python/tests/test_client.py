@@ -6,6 +6,7 @@ import random
 import signal
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -72,6 +73,35 @@ def test_small_sequential_reads_use_read_ahead(cluster, client, bucket):
         assert f._ra is not None  # sequential small reads took a read-ahead window
     assert bytes(out) == data
     assert shoal.client.read_ahead_budget.used == 0  # closed: the window went back
+
+
+def reads_by_name(cluster):
+    total = 0
+    for admin in cluster.env["SHOAL_ADMINS"].split(","):
+        for line in urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read().decode().splitlines():
+            if line.startswith("shoal_reads_by_name_total "):
+                total += int(float(line.split()[1]))
+    return total
+
+
+def test_an_object_read_by_its_url_alone_costs_one_request(cluster, client, bucket):
+    datas = {"empty": b"", "one": b"x", "small": put_random(cluster, bucket, "small", 100 << 10, 21),
+             "block": put_random(cluster, bucket, "block", 4 << 20, 22), "big": put_random(cluster, bucket, "big", (9 << 20) + 5, 23)}
+    cluster.store.put(bucket, "empty", b"")
+    cluster.store.put(bucket, "one", b"x")
+    for key, data in datas.items():
+        before = reads_by_name(cluster)
+        assert client.read(f"s3://{bucket}/{key}") == data
+        if len(data) >= 2:
+            assert reads_by_name(cluster) == before + 1  # the version came with the bytes: no STAT
+    assert client.read(f"s3://{bucket}/big", length=100) == datas["big"][:100]
+    with pytest.raises(shoal.NotFound):
+        client.read(f"s3://{bucket}/nothing")
+    # A changed object is read at its new version (the worker resolves it; its metadata cache
+    # is revalidated through STAT with revalidate, as before).
+    cluster.store.put(bucket, "small", b"new contents")
+    got = client.read(f"s3://{bucket}/small")
+    assert got in (b"new contents", datas["small"])  # within the workers' metadata TTL either is the truth they know
 
 
 def test_listing_gives_versions_that_open_with_no_round_trip(cluster, client, bucket):

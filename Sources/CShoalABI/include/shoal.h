@@ -94,6 +94,13 @@ int shoal_stat_url(shoal_client *client, const char *url, shoal_stat *out);
 typedef int (*shoal_list_fn)(void *context, const char *key, uint64_t size, const char *etag);
 int64_t shoal_list(shoal_client *client, const char *prefix_url, shoal_list_fn each, void *context);
 
+/* Reads an object from its start into `buffer` (up to `length` bytes) knowing only its URL: the
+ * worker holding its first block resolves the version and sends it with the bytes, so an object
+ * of up to one block (4 MiB by default) costs one round trip, with no stat first. Fills `out`
+ * (may be NULL) with the version read. Returns the count (short only at the object's end) or a
+ * negative error code. */
+int64_t shoal_read_object(shoal_client *client, const char *url, void *buffer, size_t length, shoal_stat *out);
+
 /* Opens an object at its current version (one round trip). NULL on error. */
 shoal_file *shoal_open(shoal_client *client, const char *url);
 /* Opens an object at a version the caller knows (from shoal_list or a manifest): no round trip.
