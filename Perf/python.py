@@ -12,17 +12,17 @@
   threads calling `readinto` into a buffer of the object's size: `shoal.alloc_buffer` (the same
   kind of memory), and a plain bytearray for comparison.
 - Small objects: 100 KiB objects per second through Python, warm, with 1 and 8 threads (each
-  read is one object opened at its listed version: one round trip), and as batches of 64
-  (`read_batch`); against redis-benchmark GET of 100 KiB values at the same concurrency (goal
+  read is one object at its listed version, or by its URL alone: one round trip either way),
+  and as batches of 64 (`read_batch`); against redis-benchmark GET of 100 KiB values at the same concurrency (goal
   >= 0.5), and against direct GETs of the same objects from SeaweedFS (`shoal bench get`, goal
   >= 5x).
 - With torch installed: a map dataset of the 100 KiB objects under a DataLoader with 1, 2 and 4
   forked worker processes: samples per second through Shoal, warm, against the same dataset
   read from SeaweedFS directly (one GET per sample, by a dataset doing ranged GETs itself).
 
-Starts its own cluster (Tools/cluster.sh, three workers with a 1 GiB DRAM tier each, release
-build) and redis, and stops
-them. Medians of --runs. Writes python.json and python.md to --out (default .shoal/perf).
+Starts its own cluster (Tools/cluster.sh, --workers workers (default three) with a 1 GiB DRAM
+tier each, release build) and redis, and stops
+them. Medians of --runs. Writes python-Nw.json and python-Nw.md to --out (default .shoal/perf).
 """
 import argparse
 import importlib.util
@@ -100,7 +100,11 @@ def python_small(client, objects, threads, batch=1, seconds=3.0):
         n = len(objects)
         while time.perf_counter() < stop:
             try:
-                if batch == 1:
+                if batch == 0:  # by URL alone: the worker resolves the version
+                    client.read(objects[k % n].url)
+                    counts[i] += 1
+                    k += 1
+                elif batch == 1:
                     o = objects[k % n]
                     client.read(o.url, version=o)
                     counts[i] += 1
@@ -192,6 +196,7 @@ def main():
     ap.add_argument("--size", default="512MiB")
     ap.add_argument("--small", type=int, default=2000, help="how many 100 KiB objects")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=3, help="workers in the cluster (1: one process against redis's one)")
     ap.add_argument("--out", default=os.path.join(ROOT, ".shoal", "perf"))
     args = ap.parse_args()
     import shoal
@@ -200,7 +205,7 @@ def main():
     sh(["swift", "build", "-c", "release", "--product", "shoal"], cwd=ROOT)
     shoal_bin = os.path.join(ROOT, ".build", "release", "shoal")
     subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
-    sh([os.path.join(ROOT, "Tools", "cluster.sh"), "start", "--workers", "3", "--dir", work, "--port", str(BASE_PORT), "--capacity", "4GiB",
+    sh([os.path.join(ROOT, "Tools", "cluster.sh"), "start", "--workers", str(args.workers), "--dir", work, "--port", str(BASE_PORT), "--capacity", "4GiB",
         "--memory-tier", "1GiB"],
        env=dict(os.environ, SHOAL_BIN=shoal_bin))
     env = dict(os.environ, **read_env(os.path.join(work, "cluster.env")))
@@ -216,6 +221,8 @@ def main():
         python_large(client, large, 2)  # cold: fills
         python_small(client, small, 8, batch=64, seconds=0.1)
         client.read_batch([(o, 0, o.size) for o in small])  # every small object warm
+        for o in small:
+            client.read(o.url)  # and its version in its metadata owner's cache (the TTL is 60 s)
         swift, py, plain = [], [], []
         for _ in range(args.runs):
             r = json.loads(sh([shoal_bin, "bench", "read", "s3://pyperf/large", "--readers", "2", "--connections", "8", "--json"], env=env))
@@ -226,9 +233,12 @@ def main():
                             "pythonBytearrayBytesPerSecond": statistics.median(plain)}
         start_redis(work, min(args.small, 2000), 102400)
         for threads in (1, 8):
-            rates = {"python": [], "batch": [], "redis": [], "direct": []}
+            rates = {"python": [], "byurl": [], "batch": [], "redis": [], "direct": []}
             for _ in range(args.runs):
                 rates["python"].append(python_small(client, small, threads))
+                for o in small:
+                    client.read(o.url)  # versions fresh in the metadata owners' caches (their TTL is 60 s)
+                rates["byurl"].append(python_small(client, small, threads, batch=0))
                 rates["batch"].append(python_small(client, small, threads, batch=64))
                 rates["redis"].append(redis_get(min(args.small, 2000), 102400, threads))
                 r = json.loads(sh([shoal_bin, "bench", "get", "s3://pyperf/small", "--block-size", "100KiB", "--concurrency", str(threads),
@@ -242,9 +252,10 @@ def main():
         subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True)
         subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "python.json"), "w") as f:
+    results["workers"] = args.workers
+    with open(os.path.join(args.out, f"python-{args.workers}w.json"), "w") as f:
         json.dump(results, f, indent=2)
-    lines = ["| figure | Shoal | limit | ratio | goal |", "|---|---|---|---|---|"]
+    lines = [f"{args.workers} worker(s)", "", "| figure | Shoal | limit | ratio | goal |", "|---|---|---|---|---|"]
     lg = results["large"]
     lines.append(f"| Python readinto into shoal.alloc_buffer, warm, 64 MiB objects (GB/s) / Swift client | {lg['pythonBytesPerSecond'] / 1e9:.2f} | "
                  f"{lg['swiftBytesPerSecond'] / 1e9:.2f} | {lg['pythonBytesPerSecond'] / lg['swiftBytesPerSecond']:.2f} | >= 0.9 |")
@@ -252,7 +263,7 @@ def main():
                  f"{lg['swiftBytesPerSecond'] / 1e9:.2f} | {lg['pythonBytearrayBytesPerSecond'] / lg['swiftBytesPerSecond']:.2f} | |")
     for threads in (1, 8):
         s = results[f"small.{threads}"]
-        for kind, label in (("python", "one read per object"), ("batch", "read_batch of 64")):
+        for kind, label in (("python", "one read per listed object"), ("byurl", "one read per URL"), ("batch", "read_batch of 64")):
             lines.append(f"| 100 KiB objects/s, {threads} thread(s), {label} / redis GET | {s[kind]:.0f} | {s['redis']:.0f} | {s[kind] / s['redis']:.2f} | >= 0.5 |")
             lines.append(f"| 100 KiB objects/s, {threads} thread(s), {label} / SeaweedFS GET | {s[kind]:.0f} | {s['direct']:.0f} | {s[kind] / s['direct']:.1f} | >= 5 |")
     if "dataloader" in results:
@@ -263,7 +274,7 @@ def main():
     else:
         lines.append("| DataLoader | not measured: torch is not installed (Tools/test.sh --torch installs it) | | | |")
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "python.md"), "w") as f:
+    with open(os.path.join(args.out, f"python-{args.workers}w.md"), "w") as f:
         f.write(text)
     print(text)
 

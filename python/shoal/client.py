@@ -86,7 +86,7 @@ def alloc_buffer(size):
 class _Buffer:
     """A writable buffer's address and length, for as long as the object is alive."""
 
-    __slots__ = ("view", "holder", "address", "length")
+    __slots__ = ("view", "holder", "address", "length", "memory")
 
     def __init__(self, buffer):
         view = memoryview(buffer)
@@ -135,6 +135,18 @@ class _ReadAheadBudget:
 
 
 read_ahead_budget = _ReadAheadBudget()
+_local = threading.local()
+
+
+def _scratch():
+    """This thread's scratch block for reads of unknown size (4 MiB, huge-page memory)."""
+    s = getattr(_local, "scratch", None)
+    if s is None:
+        memory = alloc_buffer(Client.FIRST_READ)
+        s = _Buffer(memory)
+        s.memory = memory
+        _local.scratch = s
+    return s
 
 
 _open_files = weakref.WeakSet()
@@ -242,9 +254,8 @@ class Client:
             raise failure[0]
         return found
 
-    def open(self, url, version=None, read_ahead=True):
-        """A file object on the object at its current version, or at `version` (an ObjectInfo
-        from `list`, or (size, etag)) with no round trip to the cluster."""
+    def _open_handle(self, url, version):
+        """libshoal's file handle: at the current version, or at `version` with no round trip."""
         if version is None:
             handle = lib.shoal_open(self.handle, url.encode())
         else:
@@ -252,7 +263,12 @@ class Client:
             handle = lib.shoal_open_version(self.handle, url.encode(), int(size), str(etag).encode())
         if not handle:
             _raise_last()
-        return ShoalFile(self, url, handle, read_ahead=read_ahead)
+        return handle
+
+    def open(self, url, version=None, read_ahead=True):
+        """A file object on the object at its current version, or at `version` (an ObjectInfo
+        from `list`, or (size, etag)) with no round trip to the cluster."""
+        return ShoalFile(self, url, self._open_handle(url, version), read_ahead=read_ahead)
 
     FIRST_READ = 4 << 20
 
@@ -263,13 +279,7 @@ class Client:
         with the bytes)."""
         if version is None and offset == 0 and (length is None or length >= 2):
             return self._read_by_name(url, length)
-        if version is None:
-            handle = lib.shoal_open(self.handle, url.encode())
-        else:
-            size, etag = (version.size, version.etag) if isinstance(version, ObjectInfo) else version
-            handle = lib.shoal_open_version(self.handle, url.encode(), int(size), str(etag).encode())
-        if not handle:
-            _raise_last()
+        handle = self._open_handle(url, version)
         try:
             if offset < 0:
                 raise InvalidRequest(f"a negative offset ({offset})")
@@ -290,12 +300,20 @@ class Client:
 
     def _read_by_name(self, url, length):
         want = self.FIRST_READ if length is None else min(length, self.FIRST_READ)
-        out, address = _fresh_bytes(want)
         st = _native.StatStruct()
-        n = _check(lib.shoal_read_object(self.handle, url.encode(), address, want, ctypes.byref(st)))
+        if length is None:
+            # The size is not known yet: into this thread's scratch block, then copied out (a
+            # new 4 MiB object per read would cost more than the copy of a small one).
+            scratch = _scratch()
+            n = _check(lib.shoal_read_object(self.handle, url.encode(), scratch.address, want, ctypes.byref(st)))
+            out = ctypes.string_at(scratch.address, n)
+        else:
+            out, address = _fresh_bytes(want)
+            n = _check(lib.shoal_read_object(self.handle, url.encode(), address, want, ctypes.byref(st)))
+            out = out if n == want else out[:n]
         total = st.size if length is None else min(length, st.size)
         if n >= total:
-            return out if n == want else out[:n]
+            return out
         # Longer than the first read: the rest at the version just read.
         rest = self.read(url, offset=n, length=total - n, version=(st.size, st.etag.decode()))
         return out[:n] + rest
