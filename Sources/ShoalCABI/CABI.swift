@@ -214,22 +214,11 @@ public func shoal_list(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?,
     guard let c = cclient(client), let url = string(url), let each else { return Int64(badArgument("shoal_list: client, url and callback must not be NULL")) }
     do throws(ShoalError) {
         let prefix = try ObjectPrefix.parse(url)
-        let client = try c.client()
-        var token: String?
         var count: Int64 = 0
-        var seen = Set<String>()
-        repeat {
-            let page = try client.list(store: prefix.store, bucket: prefix.bucket, prefix: prefix.prefix, continuation: token)
-            for e in page.entries {
-                count += 1
-                let stop = e.key.withCString { k in e.version.etag.withCString { t in each(context, k, e.version.size, t) } }
-                if stop != 0 { return count }
-            }
-            token = page.continuation
-            if let t = token, !seen.insert(t).inserted {
-                throw ShoalError(.internal, "the listing of \(url) gave the same continuation token twice; stopped")
-            }
-        } while token != nil
+        try c.client().forEachObject(store: prefix.store, bucket: prefix.bucket, prefix: prefix.prefix) { e throws(ShoalError) in
+            count += 1
+            return e.key.withCString { k in e.version.etag.withCString { t in each(context, k, e.version.size, t) } } == 0
+        }
         return count
     } catch {
         return Int64(failed(error))

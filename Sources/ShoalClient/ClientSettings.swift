@@ -71,18 +71,12 @@ public enum ClientSettings {
         }
         func env(_ name: String) -> String? { environment(name).flatMap { $0.isEmpty ? nil : $0 } }
         func value(_ key: String) -> String? { settings[key].flatMap { $0.isEmpty ? nil : $0 } }
-        // What is given wins over the environment; there, etcd over the members file over a list
-        // of workers.
-        let explicit = value("etcd") != nil || value("members_file") != nil || value("workers") != nil
-        func given(_ name: String) -> String? { explicit ? nil : env(name) }
-        let etcdEndpoints = list(value("etcd") ?? given("SHOAL_ETCD"))
-        let membersFile = etcdEndpoints.isEmpty ? value("members_file") ?? given("SHOAL_MEMBERS_FILE") : nil
-        let workers = membersFile == nil && etcdEndpoints.isEmpty ? list(value("workers") ?? given("SHOAL_WORKERS")) : []
-        guard !workers.isEmpty || membersFile != nil || !etcdEndpoints.isEmpty else {
+        let m = try membership(settings, environment: environment)
+        guard !m.workers.isEmpty || m.membersFile != nil || !m.etcd.isEmpty else {
             throw ShoalError(.badRequest, "no worker given: set 'etcd' (host:port), 'members_file' or 'workers' (host:port), or SHOAL_ETCD, SHOAL_MEMBERS_FILE or SHOAL_WORKERS")
         }
         var endpoints: [Endpoint] = []
-        for w in workers {
+        for w in m.workers {
             guard let e = Endpoint(w) else { throw ShoalError(.badRequest, "setting 'workers': '\(w)' is not host:port") }
             endpoints.append(e)
         }
@@ -96,18 +90,10 @@ public enum ClientSettings {
             warn("secret file \(path) can be read by every user of this host; run chmod 600 (or 640 for a group) on it")
         }
         var config = ClientConfig(workers: endpoints, secret: secret)
-        config.membersFile = membersFile
-        config.etcdEndpoints = etcdEndpoints
-        config.etcdPrefix = value("etcd_prefix") ?? env("SHOAL_ETCD_PREFIX") ?? "/shoal/default/"
-        if let file = value("etcd_credentials_file") ?? env("SHOAL_ETCD_CREDENTIALS_FILE") {
-            let values = try SettingsFile.readEnvFile(file, key: "etcd_credentials_file")
-            guard let user = values["SHOAL_ETCD_USER"], let password = values["SHOAL_ETCD_PASSWORD"] else {
-                throw ShoalError(.badRequest, "etcd credentials file \(file) must set SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD")
-            }
-            (config.etcdUser, config.etcdPassword) = (user, password)
-        } else {
-            (config.etcdUser, config.etcdPassword) = (env("SHOAL_ETCD_USER"), env("SHOAL_ETCD_PASSWORD"))
-        }
+        config.membersFile = m.membersFile
+        config.etcdEndpoints = m.etcd
+        config.etcdPrefix = m.etcdPrefix
+        (config.etcdUser, config.etcdPassword) = (m.etcdUser, m.etcdPassword)
         if let ca = value("tls_ca_file") ?? env("SHOAL_TLS_CA_FILE") { config.tlsCAFile = ca }
         if let v = value("view_discovery") {
             switch v.lowercased() {
@@ -127,6 +113,44 @@ public enum ClientSettings {
             config.clientName = name
         }
         return config
+    }
+
+    /// Where a cluster's view comes from, as the settings give it.
+    public struct Membership: Sendable {
+        /// etcd's endpoints (none: not etcd), its user and password, and the cluster's prefix.
+        public var etcd: [String]
+        public var etcdUser: String?
+        public var etcdPassword: String?
+        public var etcdPrefix: String
+        /// The members file, when not etcd.
+        public var membersFile: String?
+        /// Worker addresses, when neither.
+        public var workers: [String]
+    }
+
+    /// The membership part of `config` alone (no secret needed: `shoal drain` uses it). What is
+    /// given wins over the environment; there, etcd over the members file over a list of workers.
+    public static func membership(_ settings: [String: String],
+                                  environment: (String) -> String? = ClientSettings.processEnvironment) throws(ShoalError) -> Membership {
+        func env(_ name: String) -> String? { environment(name).flatMap { $0.isEmpty ? nil : $0 } }
+        func value(_ key: String) -> String? { settings[key].flatMap { $0.isEmpty ? nil : $0 } }
+        let explicit = value("etcd") != nil || value("members_file") != nil || value("workers") != nil
+        func given(_ name: String) -> String? { explicit ? nil : env(name) }
+        let etcd = list(value("etcd") ?? given("SHOAL_ETCD"))
+        let membersFile = etcd.isEmpty ? value("members_file") ?? given("SHOAL_MEMBERS_FILE") : nil
+        let workers = membersFile == nil && etcd.isEmpty ? list(value("workers") ?? given("SHOAL_WORKERS")) : []
+        var user = env("SHOAL_ETCD_USER")
+        var password = env("SHOAL_ETCD_PASSWORD")
+        if let file = value("etcd_credentials_file") ?? env("SHOAL_ETCD_CREDENTIALS_FILE") {
+            let values = try SettingsFile.readEnvFile(file, key: "etcd_credentials_file")
+            guard let u = values["SHOAL_ETCD_USER"], let p = values["SHOAL_ETCD_PASSWORD"] else {
+                throw ShoalError(.badRequest, "etcd credentials file \(file) must set SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD")
+            }
+            (user, password) = (u, p)
+        }
+        return Membership(etcd: etcd, etcdUser: user, etcdPassword: password,
+                          etcdPrefix: value("etcd_prefix") ?? env("SHOAL_ETCD_PREFIX") ?? "/shoal/default/",
+                          membersFile: membersFile, workers: workers)
     }
 
     /// Parses `key=value` lines, or `;`-separated pairs on one line: libshoal's configuration

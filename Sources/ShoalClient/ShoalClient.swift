@@ -97,6 +97,19 @@ public struct ShoalFile: Sendable, Equatable {
 /// The client core: synchronous and thread-free (blocking sockets and poll), so it is safe in a
 /// process that forks. Routes each block to its owner, keeps connections per worker, and reads
 /// large ranges as parallel, pipelined block requests straight into the caller's buffer.
+extension ShoalFile {
+    /// The file a worker's STAT_REPLY describes, refusing a block size outside the protocol's
+    /// bounds or a version without an etag.
+    init(_ object: ObjectRef, _ reply: StatReply, from worker: Endpoint) throws(ShoalError) {
+        let bs = UInt64(reply.blockSize)
+        guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize else {
+            throw ShoalError(.badRequest, "worker \(worker) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
+        }
+        guard !reply.version.etag.isEmpty else { throw ShoalError(.internal, "worker \(worker) gave \(object) no version") }
+        self.init(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale)
+    }
+}
+
 public final class ShoalClient: @unchecked Sendable {
     public let config: ClientConfig
     /// One view of the cluster, as one call uses it: its members' addresses and ids by the
@@ -376,23 +389,12 @@ public final class ShoalClient: @unchecked Sendable {
         let r = current()
         probeDown(r)
         var worker = try metadataOwner(r, object)
-        var answer: Result<StatReply, ShoalError>
-        var broken = 0
         var failed = Set<Int>()
         while true {
-            do {
-                answer = try statOnce(r, object, revalidate: revalidate, worker: worker)
-                break
-            } catch {
-                // A connection that broke is tried once more; a worker that cannot be reached (or
-                // breaks again) is marked down, and its fallback answers for it.
+            let answer: Result<StatReply, ShoalError>
+            do { answer = try ask(r, worker) { c throws(ShoalError) in try c.stat(object, revalidate: revalidate) } } catch {
+                // A worker that cannot be reached is marked down, and its fallback answers for it.
                 guard ShoalClient.unreachable(error.error) else { throw error.error }
-                if error.connected && broken == 0 {
-                    // The pooled connections are likely stale too (a restarted worker): a new one.
-                    dropIdle(r.ids[worker])
-                    broken += 1
-                    continue
-                }
                 markDown(r.ids[worker])
                 failed.insert(worker)
                 guard let next = route(r, object.placementID, avoiding: failed) else {
@@ -402,18 +404,10 @@ public final class ShoalClient: @unchecked Sendable {
                     return ShoalFile(object: object, version: version, blockSize: UInt32(BlockLayout.defaultBlockSize))
                 }
                 worker = next
-                broken = 0
+                continue
             }
+            return try ShoalFile(object, try answer.get(), from: r.endpoints[worker])
         }
-        let reply = try answer.get()
-        let bs = UInt64(reply.blockSize)
-        guard bs >= BlockLayout.minBlockSize, bs <= BlockLayout.maxBlockSize else {
-            throw ShoalError(.badRequest, "worker \(r.endpoints[worker]) reported a block size of \(bs) bytes, outside 64 KiB-16 MiB")
-        }
-        guard !reply.version.etag.isEmpty else {
-            throw ShoalError(.internal, "worker \(r.endpoints[worker]) gave \(object) no version")
-        }
-        return ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale)
     }
 
     /// A failure to reach a worker: `connected` when a connection was made and then broke.
@@ -422,23 +416,33 @@ public final class ShoalClient: @unchecked Sendable {
         var connected: Bool
     }
 
-    /// One STAT on `worker`: throws when the worker could not be reached or the connection broke;
-    /// what the worker answered (a version, or an error of its own) is the result.
-    private func statOnce(_ r: Routing, _ object: ObjectRef, revalidate: Bool, worker: Int) throws(Unreached) -> Result<StatReply, ShoalError> {
-        let c: WorkerConnection
-        do { c = try connection(r, worker) } catch { throw Unreached(error: error, connected: false) }
-        do {
-            let reply = try c.stat(object, revalidate: revalidate)
-            giveBack(c, r.ids[worker])
-            return .success(reply)
-        } catch {
-            if c.isBroken {
-                c.close()
-                throw Unreached(error: error, connected: true)
+    /// One small request (STAT, LIST, a READ by name) on `worker`, on a connection with nothing
+    /// in flight. Throws when the worker could not be reached or the connection broke (one that
+    /// broke in transit is tried once more on a new one: the pooled ones are likely stale, after
+    /// a worker restarted, and are dropped); what the worker answered (its reply, or an error of
+    /// its own, which leaves the connection usable) is the result.
+    private func ask<T>(_ r: Routing, _ worker: Int, _ body: (WorkerConnection) throws(ShoalError) -> T) throws(Unreached) -> Result<T, ShoalError> {
+        var broken = false
+        while true {
+            let c: WorkerConnection
+            do { c = try connection(r, worker) } catch { throw Unreached(error: error, connected: false) }
+            do {
+                let reply = try body(c)
+                giveBack(c, r.ids[worker])
+                return .success(reply)
+            } catch {
+                if c.isBroken {
+                    c.close()
+                    // Only a connection that failed to carry the exchange is retried; one the
+                    // worker closed for a reason (an ERROR frame: a bad tag) is not.
+                    guard !broken, ShoalClient.unreachable(error) else { throw Unreached(error: error, connected: true) }
+                    broken = true
+                    dropIdle(r.ids[worker])
+                    continue
+                }
+                if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, r.ids[worker]) }
+                return .failure(error)
             }
-            // A status reply leaves the connection usable.
-            if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, r.ids[worker]) }
-            return .failure(error)
         }
     }
 
@@ -458,56 +462,44 @@ public final class ShoalClient: @unchecked Sendable {
         // listings of one prefix go to one worker.
         let id = BlockID(hashing: Array("list:\(store)/\(bucket)/\(prefix)".utf8))
         var failed = Set<Int>()
-        var retried = false
         while true {
             guard let worker = route(r, id, avoiding: failed) ?? r.ids.indices.first(where: { !failed.contains($0) && !isDown(r.ids[$0]) }) else {
                 throw ShoalError(.connectionFailed, "cannot list s3://\(bucket)/\(prefix): no worker can be reached")
             }
-            let c: WorkerConnection
-            let fresh: Bool
-            do { (c, fresh) = try connectionAndAge(r, worker) } catch {
-                guard ShoalClient.unreachable(error) else { throw error }
+            let answer: Result<ObjectListing, ShoalError>
+            do { answer = try ask(r, worker) { c throws(ShoalError) in try c.list(request) } } catch {
+                guard ShoalClient.unreachable(error.error) || error.connected else { throw error.error }
                 markDown(r.ids[worker])
                 failed.insert(worker)
                 continue
             }
-            do {
-                let page = try c.list(request)
-                giveBack(c, r.ids[worker])
-                return page
-            } catch {
-                if c.isBroken {
-                    c.close()
-                    // A pooled connection may have gone stale (a restarted worker): one more
-                    // try on a new one before the worker counts as down.
-                    if !fresh && !retried {
-                        retried = true
-                        dropIdle(r.ids[worker])
-                        continue
-                    }
-                    markDown(r.ids[worker])
-                    failed.insert(worker)
-                    continue
-                }
-                if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, r.ids[worker]) }
-                throw error
-            }
+            return try answer.get()
         }
     }
 
-    /// Every object under `prefix`, following the pages.
-    public func listAll(store: String = "default", bucket: String, prefix: String) throws(ShoalError) -> [ObjectEntry] {
-        var out: [ObjectEntry] = []
+    /// Calls `each` with every object under `prefix` in key order, page after page, until it
+    /// returns false; a store that gives the same continuation token twice stops the listing.
+    public func forEachObject(store: String = "default", bucket: String, prefix: String,
+                              _ each: (ObjectEntry) throws(ShoalError) -> Bool) throws(ShoalError) {
         var token: String?
         var seen = Set<String>()
         repeat {
             let page = try list(store: store, bucket: bucket, prefix: prefix, continuation: token)
-            out += page.entries
+            for e in page.entries where !(try each(e)) { return }
             token = page.continuation
             if let t = token, !seen.insert(t).inserted {
                 throw ShoalError(.internal, "the listing of s3://\(bucket)/\(prefix) gave continuation token '\(t.prefix(64))' twice; stopped")
             }
         } while token != nil
+    }
+
+    /// Every object under `prefix`, following the pages.
+    public func listAll(store: String = "default", bucket: String, prefix: String) throws(ShoalError) -> [ObjectEntry] {
+        var out: [ObjectEntry] = []
+        try forEachObject(store: store, bucket: bucket, prefix: prefix) { e throws(ShoalError) in
+            out.append(e)
+            return true
+        }
         return out
     }
 
@@ -557,36 +549,23 @@ public final class ShoalClient: @unchecked Sendable {
         probeDown(r)
         var first: (ShoalFile, Int)?
         if let w = route(r, object.placementID) {
-            var attempt = 0
-            while first == nil && attempt < 2 {
-                attempt += 1
-                let c: WorkerConnection
-                let fresh: Bool
-                do { (c, fresh) = try connectionAndAge(r, w) } catch {
-                    guard ShoalClient.unreachable(error) else { throw error }
-                    markDown(r.ids[w])
-                    break
+            let length = min(buffer.count, Int(bs))
+            var answer: Result<(StatReply, Int), ShoalError>?
+            do {
+                answer = try ask(r, w) { c throws(ShoalError) in
+                    try c.readResolving(object, blockSize: bs, length: length, into: base, epoch: r.view.epoch)
                 }
-                do throws(ShoalError) {
-                    let (reply, n) = try c.readResolving(object, blockSize: bs, length: min(buffer.count, Int(bs)), into: base, epoch: r.view.epoch)
-                    giveBack(c, r.ids[w])
-                    guard UInt64(reply.blockSize) >= BlockLayout.minBlockSize, UInt64(reply.blockSize) <= BlockLayout.maxBlockSize, !reply.version.etag.isEmpty else {
-                        throw ShoalError(.badRequest, "worker \(r.endpoints[w]) answered \(object) with a bad version or block size")
-                    }
-                    first = (ShoalFile(object: object, version: reply.version, blockSize: reply.blockSize, stale: reply.stale), n)
-                } catch {
-                    if c.isBroken {
-                        c.close()
-                        // A stale pooled connection: once more on a new one; else the usual way.
-                        if !fresh { dropIdle(r.ids[w]); continue }
-                        markDown(r.ids[w])
-                        break
-                    }
-                    if error.code == .badRequest || error.code == .tampered { c.close() } else { giveBack(c, r.ids[w]) }
-                    // Routed by an old view: the usual way asks the view source again.
-                    if error.code == .notOwner { break }
-                    throw error
-                }
+            } catch {
+                // Unreachable: the usual way (STAT, then READ) routes around it.
+                guard ShoalClient.unreachable(error.error) || error.connected else { throw error.error }
+                markDown(r.ids[w])
+            }
+            switch answer {
+            case .success(let (reply, n))?: first = (try ShoalFile(object, reply, from: r.endpoints[w]), n)
+            // Routed by an old view: the usual way asks the view source again.
+            case .failure(let error)? where error.code == .notOwner: break
+            case .failure(let error)?: throw error
+            case nil: break
             }
         }
         guard let (file, n) = first else {
@@ -673,6 +652,8 @@ public final class ShoalClient: @unchecked Sendable {
         let file: ShoalFile
         let piece: BlockPiece
         let into: UnsafeMutableRawPointer
+        /// Its READ, made (key encoded and hashed) once; the epoch is set when it is sent.
+        let request: ReadRequest
         /// Where its block is placed (`BlockKey.placementID`).
         let id: BlockID
 
@@ -681,7 +662,8 @@ public final class ShoalClient: @unchecked Sendable {
             self.file = file
             self.piece = piece
             self.into = into
-            id = file.block(piece.index).placementID
+            request = ReadRequest(block: file.block(piece.index), offset: piece.offsetInBlock, length: piece.length)
+            id = request.placementID
         }
     }
 
@@ -838,8 +820,8 @@ public final class ShoalClient: @unchecked Sendable {
             while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
                 queues[lane.worker].removeFirst()
                 let part = parts[p]
-                let request = ReadRequest(block: part.file.block(part.piece.index), offset: part.piece.offsetInBlock, length: part.piece.length,
-                                          epoch: r.view.epoch)
+                var request = part.request
+                request.epoch = r.view.epoch
                 do {
                     let now = monotonicNanos()
                     if !lanes.contains(where: { $0.worker == lane.worker && $0.open && !$0.inFlight.isEmpty }) { progress[lane.worker] = now }

@@ -244,22 +244,8 @@ public final class WorkerConnection: @unchecked Sendable {
         let deadline = monotonicNanos() + timeoutNanos
         let id = takeID()
         try sendFrame(type: .read, id: id, count: request.encodedCount, deadline: deadline) { b in request.encode(into: b) }
-        let h: FrameHeader
-        let body: [UInt8]
-        do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline) } catch {
-            isBroken = true
-            throw error
-        }
-        if h.type == FrameType.error.rawValue {
-            isBroken = true
-            throw WorkerConnection.unexpected(h, body, endpoint, "STAT_REPLY")
-        }
-        guard h.requestID == id else {
-            isBroken = true
-            throw ShoalError(.connectionFailed, "worker \(endpoint) answered request \(h.requestID), expected \(id)")
-        }
-        // A refusal comes as the READ_REPLY's status; the connection stays in step.
-        guard h.type == FrameType.statReply.rawValue, h.status == 0 else { throw WorkerConnection.unexpected(h, body, endpoint, "READ_REPLY") }
+        // A refusal comes as the READ_REPLY's status (the connection stays in step).
+        let body = try receiveReply(id, expecting: .statReply, "STAT_REPLY", maxPayload: 64 * 1024, deadline: deadline)
         guard let reply = StatReply(decoding: body) else {
             isBroken = true
             throw malformed("STAT_REPLY")
@@ -284,6 +270,14 @@ public final class WorkerConnection: @unchecked Sendable {
         try sendFrame(type: type, id: id, count: payload.count, deadline: deadline) { b in
             payload.withUnsafeBytes { if $0.count > 0 { b.copyMemory(from: $0) } }
         }
+        return try receiveReply(id, expecting: replyType, name, maxPayload: maxPayload, deadline: deadline)
+    }
+
+    /// The payload of the reply to request `id`, of `replyType`. An ERROR frame, a reply to
+    /// another request or one that cannot be read breaks the connection; a reply with a status
+    /// (the worker's refusal) is thrown and leaves it usable.
+    private func receiveReply(_ id: UInt32, expecting replyType: FrameType, _ name: String, maxPayload: UInt32,
+                              deadline: UInt64) throws(ShoalError) -> [UInt8] {
         let h: FrameHeader
         let body: [UInt8]
         do throws(ShoalError) { (h, body) = try receiveSmall(deadline: deadline, maxPayload: maxPayload) } catch {

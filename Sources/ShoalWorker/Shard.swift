@@ -14,11 +14,10 @@ enum ShardMessage: Sendable {
     /// A fill of READ op `op` has this many bytes of its block in the lease, from the block's
     /// start, checked against the version: the reply may start before the block is whole.
     case fillProgress(op: Int, generation: UInt32, Int)
-    /// A STAT that went to the store finished.
-    /// A STAT or LIST answered on a fill thread: the reply's type and payload, or the error.
+    /// A LIST answered on a fill thread: the reply's type and payload, or the error.
     case answer(connection: Int, generation: UInt32, requestID: UInt32, FrameType, Result<[UInt8], ShoalError>)
-    /// A READ by name whose version a fill thread resolved (or failed to).
-    case resolved(connection: Int, generation: UInt32, requestID: UInt32, ReadRequest, Result<StatReply, ShoalError>)
+    /// A version a fill thread asked the store for, for a STAT or (with its READ) a READ by name.
+    case version(connection: Int, generation: UInt32, requestID: UInt32, ReadRequest?, Result<StatReply, ShoalError>)
     /// A lease came free somewhere: requests waiting for one may go on.
     case leaseFreed
     /// Report the hits counted so far now (the admin port is asked for dataset figures).
@@ -225,13 +224,10 @@ final class Shard: @unchecked Sendable {
                 filled(op, generation, result)
             case .fillProgress(let op, let generation, let bytes):
                 stream(op, generation, upTo: bytes)
-            case .resolved(let c, let generation, let id, let request, let result):
+            case .version(let c, let generation, let id, let read, let result):
                 jobsOut -= 1
                 guard let conn = connection(c, generation), conn.isOpen else { continue }
-                switch result {
-                case .success(let reply): resolved(conn, id, request, reply)
-                case .failure(let e): replyError(conn, .readReply, id, e)
-                }
+                versionResolved(conn, id, read, result)
                 flush(conn)
             case .answer(let c, let generation, let id, let type, let result):
                 jobsOut -= 1
@@ -491,21 +487,7 @@ final class Shard: @unchecked Sendable {
     private func serve(_ conn: ShardConnection, _ id: UInt32, _ request: WorkerRequest) {
         switch request {
         case .stat(let req):
-            do throws(ShoalError) {
-                if let reply = try service.cachedStat(req) {
-                    enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: id)
-                    return
-                }
-            } catch {
-                replyError(conn, .statReply, id, error)
-                return
-            }
-            jobsOut += 1
-            let (service, slot, generation) = (self.service, conn.slot, conn.generation)
-            plane.fillPool.submit { [self] _ in
-                let result = Result { () throws(ShoalError) -> [UInt8] in try service.stat(req).encoded }
-                post(.answer(connection: slot, generation: generation, requestID: id, .statReply, result))
-            }
+            resolveVersion(conn, id, req, then: nil)
         case .list(let req):
             // The store is asked on a fill thread, never on the io shard's.
             jobsOut += 1
@@ -518,7 +500,13 @@ final class Shard: @unchecked Sendable {
             let view = service.members?.source.current(force: false).view ?? (try! MembershipView(epoch: 0, members: []))
             enqueueSmall(conn, conn.machine.encodeFrame(.membersReply, id: id, body: MembersReply.encode(view)), requestID: id)
         case .read(let req) where req.resolvesVersion:
-            resolve(conn, id, req)
+            // A READ by name: its version first, as for a STAT.
+            service.metrics.readsByName.increment()
+            do { try req.validate() } catch {
+                replyError(conn, .readReply, id, error)
+                return
+            }
+            resolveVersion(conn, id, StatRequest(object: req.block.object), then: req)
         case .read(let req):
             do { try service.check(req) } catch {
                 replyError(conn, .readReply, id, error)
@@ -528,32 +516,36 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    /// A READ by name (flag bit 3): the version from the metadata cache at once, else from the
-    /// store on a fill thread.
-    private func resolve(_ conn: ShardConnection, _ id: UInt32, _ req: ReadRequest) {
-        service.metrics.readsByName.increment()
-        let stat: StatRequest
+    /// The version `stat` asks for: from the metadata cache at once, else from the store on a
+    /// fill thread. Then a STAT is answered, or `read` (a READ by name) is served at it.
+    private func resolveVersion(_ conn: ShardConnection, _ id: UInt32, _ stat: StatRequest, then read: ReadRequest?) {
         do throws(ShoalError) {
-            try req.validate()
-            stat = StatRequest(object: req.block.object)
             if let reply = try service.cachedStat(stat) {
-                resolved(conn, id, req, reply)
+                versionResolved(conn, id, read, .success(reply))
                 return
             }
         } catch {
-            replyError(conn, .readReply, id, error)
+            versionResolved(conn, id, read, .failure(error))
             return
         }
         jobsOut += 1
         let (service, slot, generation) = (self.service, conn.slot, conn.generation)
         plane.fillPool.submit { [self] _ in
             let result = Result { () throws(ShoalError) -> StatReply in try service.stat(stat) }
-            post(.resolved(connection: slot, generation: generation, requestID: id, req, result))
+            post(.version(connection: slot, generation: generation, requestID: id, read, result))
+        }
+    }
+
+    private func versionResolved(_ conn: ShardConnection, _ id: UInt32, _ read: ReadRequest?, _ result: Result<StatReply, ShoalError>) {
+        switch (result, read) {
+        case (.failure(let e), _): replyError(conn, read == nil ? .statReply : .readReply, id, e)
+        case (.success(let reply), nil): enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: id)
+        case (.success(let reply), let read?): serveByName(conn, id, read, reply)
         }
     }
 
     /// Answers the version, then serves block 0 of it as any READ (cache, DRAM tier or fill).
-    private func resolved(_ conn: ShardConnection, _ id: UInt32, _ req: ReadRequest, _ reply: StatReply) {
+    private func serveByName(_ conn: ShardConnection, _ id: UInt32, _ req: ReadRequest, _ reply: StatReply) {
         enqueueSmall(conn, conn.machine.encodeFrame(.statReply, id: id, body: reply.encoded), requestID: nil)
         let length = min(UInt64(req.length), reply.version.size, UInt64(reply.blockSize))
         guard length > 0 else {

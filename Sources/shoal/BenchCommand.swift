@@ -20,7 +20,7 @@ struct BenchCommand: ParsableCommand {
             if let storeEnv {
                 do { values = try SettingsFile.readEnvFile(storeEnv, key: "--store-env") } catch { throw fail(error.message, code: 2) }
             }
-            func get(_ k: String) -> String? { values[k] ?? ProcessEnvironment.get(k) }
+            func get(_ k: String) -> String? { values[k] ?? ClientSettings.processEnvironment(k) }
             guard let endpoint = get("SHOAL_S3_ENDPOINT"), let ak = get("SHOAL_S3_ACCESS_KEY"), let sk = get("SHOAL_S3_SECRET_KEY") else {
                 throw fail("store credentials missing: pass --store-env FILE or set SHOAL_S3_ENDPOINT, SHOAL_S3_ACCESS_KEY and SHOAL_S3_SECRET_KEY", code: 2)
             }

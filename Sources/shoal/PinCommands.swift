@@ -14,7 +14,7 @@ struct AdminOptions: ParsableArguments {
 
     /// The admin token, from the cluster secret (`Authorization: Bearer ...`).
     func token() throws -> String {
-        guard let path = secretFile ?? ProcessEnvironment.get("SHOAL_SECRET_FILE") else {
+        guard let path = secretFile ?? ClientSettings.processEnvironment("SHOAL_SECRET_FILE") else {
             throw fail("no cluster secret: pass --secret-file FILE or set SHOAL_SECRET_FILE (a worker accepts changes only with a token derived from it)", code: 2)
         }
         do { return AdminAccess.token(secret: try SettingsFile.readSecret(path)) } catch { throw fail(error.message, code: 2) }
@@ -22,7 +22,7 @@ struct AdminOptions: ParsableArguments {
 
     func endpoints() throws -> [Endpoint] {
         var list = admins
-        if list.isEmpty, let a = ProcessEnvironment.get("SHOAL_ADMINS") { list = a.split(separator: ",").map(String.init) }
+        if list.isEmpty, let a = ClientSettings.processEnvironment("SHOAL_ADMINS") { list = a.split(separator: ",").map(String.init) }
         guard !list.isEmpty else { throw fail("no admin address: pass --admin HOST:PORT or set SHOAL_ADMINS", code: 2) }
         var out: [Endpoint] = []
         for a in list {

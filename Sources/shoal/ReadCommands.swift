@@ -92,19 +92,14 @@ struct LsCommand: ParsableCommand {
         do { prefix = try ObjectPrefix.parse(url) } catch { throw fail(error.message, code: 2) }
         do {
             let c = try ShoalClient(config: try client.makeClientConfig())
-            var token: String?
             var count = 0
-            repeat {
-                let page = try c.list(store: prefix.store, bucket: prefix.bucket, prefix: prefix.prefix, continuation: token)
-                for e in page.entries {
-                    let line = json
-                        ? "{\"key\":\(JSONText.quote(e.key)),\"size\":\(e.version.size),\"etag\":\(JSONText.quote(e.version.etag))}"
-                        : "\(String(repeating: " ", count: max(0, 10 - ByteSize.format(e.version.size).count)) + ByteSize.format(e.version.size))  \(e.key)"
-                    print(line)
-                }
-                count += page.entries.count
-                token = page.continuation
-            } while token != nil
+            try c.forEachObject(store: prefix.store, bucket: prefix.bucket, prefix: prefix.prefix) { e throws(ShoalError) in
+                let size = ByteSize.format(e.version.size)
+                print(json ? "{\"key\":\(JSONText.quote(e.key)),\"size\":\(e.version.size),\"etag\":\(JSONText.quote(e.version.etag))}"
+                           : String(repeating: " ", count: max(0, 10 - size.count)) + size + "  \(e.key)")
+                count += 1
+                return true
+            }
             if count == 0 { throw fail("nothing under \(prefix)") }
         } catch let e as ShoalError {
             throw fail(e.message)

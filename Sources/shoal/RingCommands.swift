@@ -59,13 +59,16 @@ struct RingCommand: ParsableCommand {
 /// Clients and workers see the change with their next look at the source.
 struct MemberStateChange {
     static func apply(file: String?, etcd: String?, prefix: String?, credentials: String?, id: String, to state: MemberState) throws {
-        let env = { (name: String) -> String? in ProcessEnvironment.get(name).flatMap { $0.isEmpty ? nil : $0 } }
-        let endpoints = ClientOptions.etcdList(etcd ?? (file == nil ? env("SHOAL_ETCD") : nil))
         do {
-            if !endpoints.isEmpty {
-                let (user, password) = try ClientOptions.etcdCredentials(credentials)
-                let client = try EtcdClient(endpoints: endpoints, user: user, password: password)
-                let prefix = ClientOptions.prefix(prefix)
+            var settings: [String: String] = [:]
+            settings["etcd"] = etcd
+            settings["members_file"] = file
+            settings["etcd_prefix"] = prefix
+            settings["etcd_credentials_file"] = credentials
+            let m = try ClientSettings.membership(settings)
+            if !m.etcd.isEmpty {
+                let client = try EtcdClient(endpoints: m.etcd, user: m.etcdUser, password: m.etcdPassword)
+                let prefix = m.etcdPrefix
                 let (revision, kvs) = try client.range(prefix: prefix)
                 let view = try EtcdMembers.view(prefix: prefix, revision: revision, kvs: kvs)
                 guard view.index(of: id) != nil else {
@@ -76,7 +79,7 @@ struct MemberStateChange {
                 print("\(id): \(state.rawValue) (etcd \(key))")
                 return
             }
-            guard let path = file ?? env("SHOAL_MEMBERS_FILE") else {
+            guard let path = m.membersFile else {
                 throw fail("no members file and no etcd: pass --members FILE or --etcd HOST:PORT, or set SHOAL_MEMBERS_FILE or SHOAL_ETCD", code: 2)
             }
             let view = try MembersFile.load(path)

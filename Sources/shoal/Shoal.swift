@@ -96,34 +96,6 @@ struct ClientOptions: ParsableArguments {
             throw fail(error.message.replacingSettingNames(), code: 2)
         }
     }
-
-    /// etcd's endpoints from a comma-separated list.
-    static func etcdList(_ text: String?) -> [String] {
-        (text ?? "").split(separator: ",").map { String($0).trimmingCharacters() }.filter { !$0.isEmpty }
-    }
-
-    /// etcd's user and password: from the file given (or $SHOAL_ETCD_CREDENTIALS_FILE), else from
-    /// $SHOAL_ETCD_USER and $SHOAL_ETCD_PASSWORD.
-    static func etcdCredentials(_ file: String?) throws -> (String?, String?) {
-        let env = ProcessEnvironment.get
-        if let path = file ?? env("SHOAL_ETCD_CREDENTIALS_FILE").flatMap({ $0.isEmpty ? nil : $0 }) {
-            do {
-                let values = try SettingsFile.readEnvFile(path, key: "--etcd-credentials-file")
-                guard let user = values["SHOAL_ETCD_USER"], let password = values["SHOAL_ETCD_PASSWORD"] else {
-                    throw fail("etcd credentials file \(path) must set SHOAL_ETCD_USER and SHOAL_ETCD_PASSWORD", code: 2)
-                }
-                return (user, password)
-            } catch let error as ShoalError {
-                throw fail(error.message, code: 2)
-            }
-        }
-        return (env("SHOAL_ETCD_USER"), env("SHOAL_ETCD_PASSWORD"))
-    }
-
-    /// The cluster's etcd prefix: given, or $SHOAL_ETCD_PREFIX, or the default.
-    static func prefix(_ given: String?) -> String {
-        given ?? ProcessEnvironment.get("SHOAL_ETCD_PREFIX").flatMap { $0.isEmpty ? nil : $0 } ?? "/shoal/default/"
-    }
 }
 
 extension String {
@@ -147,14 +119,6 @@ extension String {
         while let f = s.first, strip(f) { s = s.dropFirst() }
         while let l = s.last, strip(l) { s = s.dropLast() }
         return String(s)
-    }
-}
-
-/// Environment variables without Foundation.
-enum ProcessEnvironment {
-    static func get(_ name: String) -> String? {
-        guard let v = getenv(name) else { return nil }
-        return String(cString: v)
     }
 }
 

@@ -62,12 +62,20 @@ _new_bytes.restype = ctypes.py_object
 _new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 
 
-def _fresh_bytes(n):
-    """A new bytes object of `n` bytes, not yet filled, and the address of its bytes: a read
-    lands there directly (no zeroing, no copy). Only for n >= 2 (CPython shares the smaller
-    ones); nobody else sees the object before it is filled."""
-    b = _new_bytes(None, n)
-    return b, ctypes.cast(ctypes.c_char_p(b), ctypes.c_void_p).value
+def _result_buffer(n):
+    """A buffer for a read of `n` bytes that becomes its result with no copy, and its address:
+    a new bytes object, not yet filled (no zeroing), that nobody else sees before it is; below
+    2 bytes (CPython shares those bytes objects) a bytearray."""
+    if n >= 2:
+        b = _new_bytes(None, n)
+        return b, ctypes.cast(ctypes.c_char_p(b), ctypes.c_void_p).value
+    b = bytearray(n)
+    return b, (ctypes.addressof((ctypes.c_char * n).from_buffer(b)) if n else None)
+
+
+def _result(buffer, n):
+    """The bytes read into a `_result_buffer` (`n` of them)."""
+    return buffer if n == len(buffer) and isinstance(buffer, bytes) else bytes(buffer[:n])
 
 
 def alloc_buffer(size):
@@ -288,13 +296,8 @@ class Client:
                 length = max(0, size - offset)
             if length == 0:
                 return b""
-            if length == 1:
-                out = bytearray(1)
-                n = _check(lib.shoal_pread(handle, ctypes.addressof((ctypes.c_char * 1).from_buffer(out)), 1, offset))
-                return bytes(out[:n])
-            out, address = _fresh_bytes(length)
-            n = _check(lib.shoal_pread(handle, address, length, offset))
-            return out if n == length else out[:n]
+            out, address = _result_buffer(length)
+            return _result(out, _check(lib.shoal_pread(handle, address, length, offset)))
         finally:
             lib.shoal_close(handle)
 
@@ -308,9 +311,9 @@ class Client:
             n = _check(lib.shoal_read_object(self.handle, url.encode(), scratch.address, want, ctypes.byref(st)))
             out = ctypes.string_at(scratch.address, n)
         else:
-            out, address = _fresh_bytes(want)
+            out, address = _result_buffer(want)
             n = _check(lib.shoal_read_object(self.handle, url.encode(), address, want, ctypes.byref(st)))
-            out = out if n == want else out[:n]
+            out = _result(out, n)
         total = st.size if length is None else min(length, st.size)
         if n >= total:
             return out
@@ -332,10 +335,8 @@ class Client:
                 if isinstance(target, ShoalFile):
                     files.append(target)
                 else:
-                    if isinstance(target, ObjectInfo):
-                        f = self.open(target.url, version=target, read_ahead=False)
-                    else:
-                        f = self.open(target, read_ahead=False)
+                    listed = isinstance(target, ObjectInfo)
+                    f = self.open(target.url if listed else target, version=target if listed else None, read_ahead=False)
                     opened.append(f)
                     files.append(f)
             buffers = []
@@ -346,11 +347,7 @@ class Client:
                 if length is None:
                     length = max(0, f.size - offset)
                 length = max(0, min(length, f.size - offset)) if offset < f.size else 0
-                if length >= 2:
-                    b, address = _fresh_bytes(length)
-                else:
-                    b = bytearray(length)
-                    address = ctypes.addressof((ctypes.c_char * length).from_buffer(b)) if length else None
+                b, address = _result_buffer(length)
                 buffers.append(b)
                 ops[i].file = f._enter()
                 entered.append(f)
@@ -370,7 +367,7 @@ class Client:
                         raise e
                     out.append(e)
                 else:
-                    out.append(b if r == len(b) and isinstance(b, bytes) else bytes(b[:r]))
+                    out.append(_result(b, r))
             return out
         finally:
             for f in entered:
@@ -511,11 +508,11 @@ class ShoalFile(io.RawIOBase):
             want = min(size, max(0, self.size - self._pos))
             if want >= max(2, self.READ_AHEAD // 2):
                 # Large: straight into the result (no read-ahead window to fill).
-                out, address = _fresh_bytes(want)
+                out, address = _result_buffer(want)
                 n = self._pread(address, want, self._pos)
                 self._last_end = self._pos + n
                 self._pos += n
-                return out if n == want else out[:n]
+                return _result(out, n)
             out = bytearray(want)
             n = self._readinto_at(out, self._pos) if out else 0
             self._pos += n
