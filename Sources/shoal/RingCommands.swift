@@ -91,7 +91,7 @@ struct MemberStateChange {
             try MembersFile.write(try MembershipView(epoch: view.epoch + 1, members: members), to: path)
             print("\(id): \(state.rawValue) (epoch \(view.epoch + 1))")
         } catch let error as ShoalError {
-            throw fail(error.message)
+            throw fail(error.message.replacingSettingNames())
         }
     }
 }

@@ -48,6 +48,16 @@ class ObjectInfo:
         return hash((self.url, self.size, self.etag))
 
 
+def _c_url(url):
+    """`url` as libshoal takes it (NUL-terminated UTF-8); anything else is InvalidRequest, never
+    a URL cut short at a NUL."""
+    if not isinstance(url, str):
+        raise InvalidRequest(f"{url!r} is not an s3:// URL string")
+    if "\0" in url:
+        raise InvalidRequest(f"{url!r} holds a NUL character")
+    return url.encode()
+
+
 def split_url(url):
     """(store-and-bucket part, key) of s3://[store@]bucket/key."""
     if not isinstance(url, str) or not url.startswith("s3://"):
@@ -194,8 +204,8 @@ class Client:
             elif isinstance(value, (list, tuple)):
                 value = ",".join(str(v) for v in value)
             text = str(value)
-            if "\n" in text:
-                raise InvalidRequest(f"setting {key!r} holds a newline")
+            if "\n" in text or "\0" in text:
+                raise InvalidRequest(f"setting {key!r} holds a newline or a NUL")
             lines.append(f"{key}={text}")
         self._settings = dict(settings)
         handle = lib.shoal_client_new(("\n".join(lines) + "\n").encode())
@@ -236,7 +246,7 @@ class Client:
     def stat(self, url):
         """The object's current version (size, etag)."""
         out = _native.StatStruct()
-        _check(lib.shoal_stat_url(self.handle, url.encode(), ctypes.byref(out)))
+        _check(lib.shoal_stat_url(self.handle, _c_url(url), ctypes.byref(out)))
         _, key = split_url(url)
         return ObjectInfo(url, key, out.size, out.etag.decode(), out.block_size, bool(out.stale))
 
@@ -257,7 +267,7 @@ class Client:
                 return 1
 
         callback = _native.LIST_FN(each)
-        _check(lib.shoal_list(self.handle, prefix_url.encode(), callback, None))
+        _check(lib.shoal_list(self.handle, _c_url(prefix_url), callback, None))
         if failure:
             raise failure[0]
         return found
@@ -265,10 +275,12 @@ class Client:
     def _open_handle(self, url, version):
         """libshoal's file handle: at the current version, or at `version` with no round trip."""
         if version is None:
-            handle = lib.shoal_open(self.handle, url.encode())
+            handle = lib.shoal_open(self.handle, _c_url(url))
         else:
             size, etag = (version.size, version.etag) if isinstance(version, ObjectInfo) else version
-            handle = lib.shoal_open_version(self.handle, url.encode(), int(size), str(etag).encode())
+            if not isinstance(size, int) or size < 0:
+                raise InvalidRequest(f"{url}: a version's size must be a whole number of 0 or more, not {size!r}")
+            handle = lib.shoal_open_version(self.handle, _c_url(url), int(size), _c_url(str(etag)))
         if not handle:
             _raise_last()
         return handle
@@ -308,11 +320,11 @@ class Client:
             # The size is not known yet: into this thread's scratch block, then copied out (a
             # new 4 MiB object per read would cost more than the copy of a small one).
             scratch = _scratch()
-            n = _check(lib.shoal_read_object(self.handle, url.encode(), scratch.address, want, ctypes.byref(st)))
+            n = _check(lib.shoal_read_object(self.handle, _c_url(url), scratch.address, want, ctypes.byref(st)))
             out = ctypes.string_at(scratch.address, n)
         else:
             out, address = _result_buffer(want)
-            n = _check(lib.shoal_read_object(self.handle, url.encode(), address, want, ctypes.byref(st)))
+            n = _check(lib.shoal_read_object(self.handle, _c_url(url), address, want, ctypes.byref(st)))
             out = _result(out, n)
         total = st.size if length is None else min(length, st.size)
         if n >= total:

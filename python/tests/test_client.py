@@ -163,6 +163,12 @@ def test_bad_arguments_never_crash_the_process(cluster, client, bucket):
         with pytest.raises(shoal.InvalidRequest):
             client.read_batch([(f, -1, 4)])
     assert [o.key for o in client.list(f"s3://{bucket}/", limit=1)] == ["k"]
+    with pytest.raises(shoal.InvalidRequest):
+        client.read(f"s3://{bucket}/k\x00anything")  # never read as s3://.../k
+    with pytest.raises(shoal.InvalidRequest):
+        client.open(12345)
+    with pytest.raises(shoal.InvalidRequest):
+        client.open(f"s3://{bucket}/k", version=(-1, '"e"'))
 
 
 def test_closing_a_file_while_another_thread_reads_it(cluster, client, bucket):
