@@ -28,28 +28,40 @@ public struct MemoryTierStats: Sendable, Equatable {
     public var evictions: UInt64 = 0
     /// Loads refused because the block was not more frequent than the one it would push out.
     public var refused: UInt64 = 0
+    /// Pages a class took from another (their blocks evicted with them).
+    public var pagesMoved: UInt64 = 0
     /// Slots visible to lookup.
     public var resident: Int = 0
+    /// Bytes of the blocks in them.
+    public var residentBytes: Int = 0
     /// Slots with at least one pin (resident ones, and removed ones waiting for their last unpin).
     public var pinned: Int = 0
 
     public init() {}
 }
 
-/// The bookkeeping of the worker's DRAM tier: which of `slots` fixed slots of its registered buffer
-/// region hold which hot blocks, so they are served with no disk read. It does no I/O and owns no
-/// memory: slots are numbered 0..<slots and the caller maps a number to its memory.
+/// The bookkeeping of the worker's DRAM tier: which slots of its registered buffer region hold
+/// which hot blocks, so they are served with no disk read. It does no I/O and owns no memory: the
+/// region is `pages` pages of `pageSize` bytes (the pool's tier buffers), and a slot is a place in
+/// one page that the caller maps to memory with `location(of:)`.
 ///
+/// - Slots sized to blocks: a page is cut into slots of one size class: the whole page, or a half,
+///   a quarter, … down to `smallestSlot` (each a multiple of it). A block goes in the smallest class
+///   that holds it, so a tier of a GiB keeps thousands of 100 KiB objects, not 255 of them in 4 MiB
+///   slots each. Free pages go to the class that needs one; once none is free, a class takes the
+///   page of another class that the page CLOCK finds cold (none of its blocks read since the hand
+///   last passed), and otherwise evicts within its own pages.
 /// - Admission: `recordAccess` counts every access in a count-min sketch (4 rows of 8-bit
 ///   counters, conservative update, halved every 10 × width accesses so old popularity fades) and
 ///   says when a block has been seen `admitAfter` times: worth loading.
-/// - Loading: `beginLoad` claims a slot (free ones first, else CLOCK over resident, unpinned
-///   slots); the caller fills it and calls `finishLoad` (now visible) or `abortLoad` (free again).
-///   A loading slot is invisible to lookup and never evicted.
+/// - Loading: `beginLoad` claims a slot (free ones first, then a free or cold page, else CLOCK over
+///   the class's resident, unpinned slots); the caller fills it and calls `finishLoad` (now
+///   visible) or `abortLoad` (free again). A loading slot is invisible to lookup and never evicted.
 /// - Serving: `lookup` hits only a resident slot whose stored key bytes equal the caller's
 ///   exactly: the block ID is a non-cryptographic hash a client can collide on purpose, and a
 ///   collision costs a miss, never a wrong block. A hit pins the slot until `unpin`; a pinned
-///   slot is never evicted nor reused, so its bytes stay put while they are being sent.
+///   slot is never evicted nor reused (nor is its page taken), so its bytes stay put while they
+///   are being sent.
 public final class MemoryTier: @unchecked Sendable {
     private enum SlotState: UInt8 {
         case free
@@ -63,13 +75,24 @@ public final class MemoryTier: @unchecked Sendable {
         case draining
     }
 
-    /// The number of slots (0: the tier is off).
-    public let slots: Int
+    /// Pages of the region (0: the tier is off).
+    public let pages: Int
+    /// Bytes of a page: the largest slot.
+    public let pageSize: Int
+    /// Slot sizes, largest first: class 0 is a whole page, each next one half the one before
+    /// (rounded down to a multiple of `smallestSlot`), the last `smallestSlot` or more.
+    public let classSizes: [Int]
+    /// Slot numbers per page: slot `s` lies in page `s / perPage`, `(s % perPage) * smallestSlot`
+    /// bytes in, whatever its class.
+    private let perPage: Int
+    private let smallestSlot: Int
+    /// The range of slot numbers (0: the tier is off).
+    public var slots: Int { pages * perPage }
 
     private let lock = ConditionLock()
     private let admitAfter: UInt8
 
-    // Per slot.
+    // Per slot number.
     private var states: [SlotState]
     private var ids: [BlockID]
     private var keys: [[UInt8]]
@@ -78,13 +101,22 @@ public final class MemoryTier: @unchecked Sendable {
     private var pins: [UInt32]
     private var referenced: [Bool]
 
+    // Per page: its class (-1: free), and the CLOCK hand over pages that finds a cold one to take.
+    private var pageClass: [Int]
+    private var freePages: [Int]
+    private var pageHand = 0
+
+    // Per class: free slots, the slots of its pages in CLOCK order, and the CLOCK hand over them.
+    private var classFree: [[Int]]
+    private var classSlots: [[Int]]
+    private var classHands: [Int]
+
     /// ID to slot, for slots loading or resident (not cancelled, not draining).
     private var index: [BlockID: Int] = [:]
-    private var freeSlots: [Int]
-    private var hand = 0
     private var counters = MemoryTierStats()
     private var pinnedSlots = 0
     private var residentSlots = 0
+    private var residentBytes = 0
 
     // The frequency sketch: 4 rows of `sketchWidth` counters, row r at r * sketchWidth.
     private var sketch: [UInt8]
@@ -95,11 +127,25 @@ public final class MemoryTier: @unchecked Sendable {
     private static let rowSeeds: (UInt64, UInt64, UInt64, UInt64) =
         (0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F, 0x1656_67B1_9E37_79F9, 0xD6E8_FEB8_6659_FD93)
 
-    /// `slots` may be 0 (tier off). `admitAfter` is clamped to 1...255 (the counters are 8 bits).
-    public init(slots: Int, admitAfter: Int = 2) {
-        precondition(slots >= 0, "negative slot count")
-        self.slots = slots
+    /// A tier of `pages` pages of `pageSize` bytes (0 pages: off), cut into slots as small as
+    /// `smallestSlot` (clamped to 1...pageSize). `admitAfter` is clamped to 1...255 (the counters
+    /// are 8 bits).
+    public init(pages: Int, pageSize: Int, smallestSlot: Int, admitAfter: Int = 2) {
+        precondition(pages >= 0 && pageSize > 0, "bad tier geometry")
+        self.pages = pages
+        self.pageSize = pageSize
+        let smallest = max(1, min(pageSize, smallestSlot))
+        var sizes = [pageSize]
+        while true {
+            let next = (sizes[sizes.count - 1] / 2) / smallest * smallest
+            guard next >= smallest, next < sizes[sizes.count - 1] else { break }
+            sizes.append(next)
+        }
+        classSizes = sizes
+        self.smallestSlot = smallest
+        perPage = pageSize / smallest
         self.admitAfter = UInt8(max(1, min(255, admitAfter)))
+        let slots = pages * perPage
         states = Array(repeating: .free, count: slots)
         ids = Array(repeating: BlockID(high: 0, low: 0), count: slots)
         keys = Array(repeating: [], count: slots)
@@ -107,12 +153,16 @@ public final class MemoryTier: @unchecked Sendable {
         crcs = Array(repeating: 0, count: slots)
         pins = Array(repeating: 0, count: slots)
         referenced = Array(repeating: false, count: slots)
-        // Popped from the end: slot 0 is handed out first.
-        freeSlots = Array((0..<slots).reversed())
-        index.reserveCapacity(slots)
-        if slots > 0 {
+        pageClass = Array(repeating: -1, count: pages)
+        // Popped from the end: page 0 is handed out first.
+        freePages = Array((0..<pages).reversed())
+        classFree = Array(repeating: [], count: sizes.count)
+        classSlots = Array(repeating: [], count: sizes.count)
+        classHands = Array(repeating: 0, count: sizes.count)
+        if pages > 0 {
+            // Sized for the blocks the tier can hold, up to 64 a page (more is memory for nothing).
             var bits = 4  // at least 16 counters a row
-            while 1 << bits < 4 * slots { bits += 1 }
+            while 1 << bits < 4 * min(slots, 64 * pages) { bits += 1 }
             sketchWidth = 1 << bits
             sketchShift = UInt64(64 - bits)
             sketch = Array(repeating: 0, count: MemoryTier.sketchRows * sketchWidth)
@@ -121,6 +171,24 @@ public final class MemoryTier: @unchecked Sendable {
             sketchShift = 0
             sketch = []
         }
+    }
+
+    /// A tier of `slots` slots of one size (the bookkeeping alone, as in tests).
+    public convenience init(slots: Int, admitAfter: Int = 2) {
+        self.init(pages: slots, pageSize: 4096, smallestSlot: 4096, admitAfter: admitAfter)
+    }
+
+    /// Where slot `slot` lies: its page and the offset in it.
+    public func location(of slot: Int) -> (page: Int, offset: Int) {
+        (slot / perPage, (slot % perPage) * smallestSlot)
+    }
+
+    /// The class of the smallest slots that hold `bytes` (nil: more than a page).
+    private func sizeClass(for bytes: Int) -> Int? {
+        guard bytes <= pageSize else { return nil }
+        var c = 0
+        while c + 1 < classSizes.count, classSizes[c + 1] >= bytes { c += 1 }
+        return c
     }
 
     // MARK: Admission
@@ -211,26 +279,27 @@ public final class MemoryTier: @unchecked Sendable {
 
     // MARK: Loading
 
-    /// Claims a slot to load `id` (whose full key is `key`) into: nil when the block is already
-    /// resident or loading, or no slot can be had (every slot loading or pinned, or all kept
-    /// referenced through two turns of the CLOCK hand). Free slots go first; otherwise the CLOCK
-    /// hand evicts the first resident, unpinned slot with its reference bit clear, clearing the
-    /// bits it passes.
+    /// Claims a slot of at least `bytes` bytes (default: a page) to load `id` (whose full key is
+    /// `key`) into: nil when the block is already resident or loading, is larger than a page, or
+    /// no slot can be had (every slot of its class loading or pinned, or all kept referenced
+    /// through two turns of the CLOCK hand). Free slots of the class go first, then a free page,
+    /// then a cold page of another class; otherwise the class's CLOCK hand evicts the first
+    /// resident, unpinned slot with its reference bit clear, clearing the bits it passes.
     ///
-    /// Once the tier is full, a block takes a resident one's place only if it is more frequent
+    /// Once the class is full, a block takes a resident one's place only if it is more frequent
     /// than that one (TinyLFU's rule), unless that one is no longer hot at all: a scan of more
     /// blocks than the tier holds, each read as often as the next, then leaves the resident set
     /// in place instead of cycling every block through it. `compareFrequency: false` skips the
     /// rule (blocks put in as they are filled, `serveFromMemory`).
-    public func beginLoad(_ id: BlockID, key: [UInt8], compareFrequency: Bool = true) -> Int? {
-        guard slots > 0 else { return nil }
+    public func beginLoad(_ id: BlockID, key: [UInt8], bytes: Int? = nil, compareFrequency: Bool = true) -> Int? {
+        guard pages > 0, let c = sizeClass(for: bytes ?? pageSize) else { return nil }
         return lock.withLock {
             guard index[id] == nil else { return nil }
             let slot: Int
-            if let free = freeSlots.popLast() {
+            if let free = freeSlot(c) {
                 slot = free
             } else {
-                guard let victim = clockVictim() else { return nil }
+                guard let victim = clockVictim(c) else { return nil }
                 if compareFrequency {
                     let resident = estimate(ids[victim])
                     guard resident < admitAfter || estimate(id) > resident else {
@@ -238,9 +307,7 @@ public final class MemoryTier: @unchecked Sendable {
                         return nil
                     }
                 }
-                index.removeValue(forKey: ids[victim])
-                residentSlots -= 1
-                counters.evictions += 1
+                evict(victim)
                 slot = victim
             }
             states[slot] = .loading
@@ -254,11 +321,83 @@ public final class MemoryTier: @unchecked Sendable {
         }
     }
 
-    /// The next resident, unpinned, unreferenced slot under the hand, within two full turns.
-    private func clockVictim() -> Int? {
-        for _ in 0..<(2 * slots) {
-            let slot = hand
-            hand = hand + 1 == slots ? 0 : hand + 1
+    /// Lock held: a free slot of class `c`, from its own pages, a free page, or a cold page of
+    /// another class.
+    private func freeSlot(_ c: Int) -> Int? {
+        if let slot = classFree[c].popLast() { return slot }
+        guard let page = freePages.popLast() ?? coldPage(notOf: c) else { return nil }
+        pageClass[page] = c
+        let count = c == 0 ? 1 : pageSize / classSizes[c]
+        let stride = classSizes[c] / smallestSlot
+        let first = page * perPage
+        let made = (0..<count).map { first + $0 * stride }
+        classSlots[c].append(contentsOf: made)
+        // Popped from the end: the page's first slot goes first.
+        classFree[c].append(contentsOf: made.reversed())
+        return classFree[c].popLast()
+    }
+
+    /// Lock held: the slot numbers of page `page` (of class `c`).
+    private func slotsOf(page: Int, class c: Int) -> StrideTo<Int> {
+        let first = page * perPage
+        let count = c == 0 ? 1 : pageSize / classSizes[c]
+        let stride = c == 0 ? 1 : classSizes[c] / smallestSlot
+        return Swift.stride(from: first, to: first + count * stride, by: stride)
+    }
+
+    /// Lock held: a page of a class other than `c` none of whose blocks were read since the page
+    /// hand last passed, emptied and taken out of its class; nil after a turn without one. Pages
+    /// with a slot loading or pinned are passed over; the others' reference bits are cleared.
+    private func coldPage(notOf c: Int) -> Int? {
+        for _ in 0..<pages {
+            let page = pageHand
+            pageHand = pageHand + 1 == pages ? 0 : pageHand + 1
+            let owner = pageClass[page]
+            guard owner >= 0, owner != c else { continue }
+            var busy = false, hot = false
+            for slot in slotsOf(page: page, class: owner) {
+                switch states[slot] {
+                case .free: continue
+                case .resident where pins[slot] == 0: if referenced[slot] { hot = true }
+                default: busy = true
+                }
+                if busy { break }
+            }
+            guard !busy else { continue }
+            guard !hot else {
+                for slot in slotsOf(page: page, class: owner) { referenced[slot] = false }
+                continue
+            }
+            for slot in slotsOf(page: page, class: owner) where states[slot] == .resident {
+                evict(slot)
+                states[slot] = .free
+                keys[slot] = []
+            }
+            classFree[owner].removeAll { $0 / perPage == page }
+            classSlots[owner].removeAll { $0 / perPage == page }
+            if classHands[owner] >= classSlots[owner].count { classHands[owner] = 0 }
+            pageClass[page] = -1
+            counters.pagesMoved += 1
+            return page
+        }
+        return nil
+    }
+
+    /// Lock held: resident, unpinned `slot` leaves the index (its slot is reused by the caller).
+    private func evict(_ slot: Int) {
+        index.removeValue(forKey: ids[slot])
+        residentSlots -= 1
+        residentBytes -= lengths[slot]
+        counters.evictions += 1
+    }
+
+    /// The next resident, unpinned, unreferenced slot of class `c` under its hand, within two
+    /// full turns.
+    private func clockVictim(_ c: Int) -> Int? {
+        let members = classSlots[c].count
+        for _ in 0..<(2 * members) {
+            let slot = classSlots[c][classHands[c]]
+            classHands[c] = classHands[c] + 1 == members ? 0 : classHands[c] + 1
             guard states[slot] == .resident, pins[slot] == 0 else { continue }
             if referenced[slot] {
                 referenced[slot] = false
@@ -279,6 +418,7 @@ public final class MemoryTier: @unchecked Sendable {
                 lengths[slot] = length
                 crcs[slot] = crc
                 residentSlots += 1
+                residentBytes += length
                 counters.loads += 1
             case .cancelled:
                 release(slot)
@@ -315,6 +455,7 @@ public final class MemoryTier: @unchecked Sendable {
                 states[slot] = .cancelled
             case .resident:
                 residentSlots -= 1
+                residentBytes -= lengths[slot]
                 if pins[slot] > 0 { states[slot] = .draining } else { release(slot) }
             default:
                 preconditionFailure("MemoryTier: index names slot \(slot) in state \(states[slot])")
@@ -327,7 +468,7 @@ public final class MemoryTier: @unchecked Sendable {
         states[slot] = .free
         keys[slot] = []
         referenced[slot] = false
-        freeSlots.append(slot)
+        classFree[pageClass[slot / perPage]].append(slot)
     }
 
     // MARK: Counters
@@ -336,6 +477,7 @@ public final class MemoryTier: @unchecked Sendable {
         lock.withLock {
             var s = counters
             s.resident = residentSlots
+            s.residentBytes = residentBytes
             s.pinned = pinnedSlots
             return s
         }

@@ -412,11 +412,18 @@ public final class WorkerConnection: @unchecked Sendable {
         }
         while stagedEnd < count {
             do {
-                stagedEnd += try socket.receiveSome(into: staging + stagedEnd, max: WorkerConnection.stagingSize - stagedEnd, deadline: deadline)
+                stagedEnd += try socket.receiveSome(into: staging + stagedEnd, max: stageLimit(count), deadline: deadline)
             } catch {
                 throw WorkerConnection.failure(error, endpoint)
             }
         }
+    }
+
+    /// How much one receive into staging may take when `count` bytes must be staged: what is
+    /// missing, or 4 KiB when that is less (a few small frames in one call), never a large
+    /// payload behind them, which `take` then receives straight into its destination.
+    private func stageLimit(_ count: Int) -> Int {
+        min(WorkerConnection.stagingSize - stagedEnd, max(count - stagedEnd, 4096))
     }
 
     /// Copies `count` bytes of the stream to `p`: staged ones first, the rest straight from the socket.

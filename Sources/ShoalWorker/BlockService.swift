@@ -48,8 +48,10 @@ final class BlockService: @unchecked Sendable {
     let admission: AdmissionPolicy
     /// Cache only a stable subset of a dataset larger than the cache (shuffled epochs).
     let thrashGuard: Bool
-    /// The DRAM tier's bookkeeping over the pool's tier slots (nil: no tier).
+    /// The DRAM tier's bookkeeping over the pool's tier buffers, its pages (nil: no tier).
     let tier: MemoryTier?
+    /// The DRAM tier's smallest slot: a 10 KiB object takes 16 KiB of memory, not a block's buffer.
+    static let smallestTierSlot = 16 << 10
     /// Benchmark switches: filled blocks go to the DRAM tier instead of the cache disks
     /// (`serveFromMemory`), and READs are answered without their data (`answerWithoutData`).
     let serveFromMemory: Bool
@@ -70,7 +72,8 @@ final class BlockService: @unchecked Sendable {
          answerWithoutData: Bool = false, serveStaleOnOutage: Bool = true, logger: Logger) {
         self.serveStaleOnOutage = serveStaleOnOutage
         self.serveFromMemory = serveFromMemory
-        self.tier = pool.tierSlots > 0 ? MemoryTier(slots: pool.tierSlots, admitAfter: serveFromMemory ? 1 : 2) : nil
+        self.tier = pool.tierSlots > 0 ? MemoryTier(pages: pool.tierSlots, pageSize: pool.bufferSize, smallestSlot: BlockService.smallestTierSlot,
+                                                           admitAfter: serveFromMemory ? 1 : 2) : nil
         self.answerWithoutData = answerWithoutData
         self.admission = admission
         self.thrashGuard = thrashGuard
@@ -262,7 +265,7 @@ final class BlockService: @unchecked Sendable {
             // A reader that followed a fill into the tier copies the block from there.
             guard let tier, let hit = request.keyBytes.withUnsafeBytes({ tier.lookup(id, key: $0) }) else { return nil }
             defer { tier.unpin(hit.slot) }
-            slot.base.advanced(by: BlockCache.dataOffset).copyMemory(from: pool.tierSlot(hit.slot).base + BlockCache.dataOffset, byteCount: hit.length)
+            slot.base.advanced(by: BlockCache.dataOffset).copyMemory(from: pool.tierSlot(hit.slot, of: tier).base + BlockCache.dataOffset, byteCount: hit.length)
             metrics.hits.increment()
             return (hit.length, hit.crc)
         }
@@ -367,8 +370,9 @@ final class BlockService: @unchecked Sendable {
     func finishFill(_ fill: PendingFill, slot: IOSlot) {
         if serveFromMemory {
             // Into a tier slot, never to the disks (the switch takes the disk out of a figure).
-            if let tier, let i = tier.beginLoad(fill.id, key: fill.key.encoded, compareFrequency: false) {
-                pool.tierSlot(i).base.advanced(by: BlockCache.dataOffset).copyMemory(from: slot.base + BlockCache.dataOffset, byteCount: fill.length)
+            if let tier, let i = tier.beginLoad(fill.id, key: fill.key.encoded, bytes: BlockCache.dataOffset + fill.length,
+                                                        compareFrequency: false) {
+                pool.tierSlot(i, of: tier).base.advanced(by: BlockCache.dataOffset).copyMemory(from: slot.base + BlockCache.dataOffset, byteCount: fill.length)
                 tier.finishLoad(slot: i, length: fill.length, crc: fill.crc)
             }
             fills.finish(fill.id, error: nil)

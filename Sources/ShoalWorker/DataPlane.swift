@@ -197,3 +197,13 @@ final class OnceFlag: @unchecked Sendable {
 
     func firstTime() -> Bool { lock.withLock { defer { done = true }; return !done } }
 }
+
+extension BufferPool {
+    /// The memory of slot `slot` of the DRAM tier `tier` (kept in the pool's tier buffers, its
+    /// pages), and the fixed-buffer index of its page.
+    func tierSlot(_ slot: Int, of tier: MemoryTier) -> (base: UnsafeMutableRawPointer, fixedIndex: Int) {
+        let (page, offset) = tier.location(of: slot)
+        let (base, fixedIndex) = tierSlot(page)
+        return (base + offset, fixedIndex)
+    }
+}

@@ -630,21 +630,17 @@ final class Shard: @unchecked Sendable {
         let key = request.keyBytes
         let hit = key.withUnsafeBytes { tier.lookup(request.id, key: $0) }
         if let hit {
-            replyFromTier(conn, w, hit)
+            replyFromTier(conn, w, hit, tier)
             return true
         }
         // With serveFromMemory, blocks enter the tier from their fill, never from the disks.
-        guard !service.serveFromMemory, tier.recordAccess(request.id), let slot = tier.beginLoad(request.id, key: key.array) else { return false }
-        guard let plan = service.cache.plan(id: request.id, range: nil, capacity: plane.pool.bufferSize) else {
-            tier.abortLoad(slot: slot)
-            return false
-        }
+        guard !service.serveFromMemory, tier.recordAccess(request.id),
+              let plan = service.cache.plan(id: request.id, range: nil, capacity: plane.pool.bufferSize), plan.second == nil else { return false }
         let file = service.cache.file(for: plan)
-        let (base, fixedIndex) = plane.pool.tierSlot(slot)
-        guard plan.second == nil, !FaultInjection.affects(file.path) else {
-            tier.abortLoad(slot: slot)
-            return false
-        }
+        // A slot as small as the record: whole-block reads land at the slot's start.
+        guard !FaultInjection.affects(file.path),
+              let slot = tier.beginLoad(request.id, key: key.array, bytes: plan.first.bufferOffset + plan.first.count) else { return false }
+        let (base, fixedIndex) = plane.pool.tierSlot(slot, of: tier)
         var op = ReadOp(connection: w.connection, connectionGeneration: w.generation, requestID: w.requestID, request: request, lease: -1)
         op.tierSlot = slot
         let i = newOp(op)
@@ -656,9 +652,9 @@ final class Shard: @unchecked Sendable {
         return true
     }
 
-    private func replyFromTier(_ conn: ShardConnection, _ w: WaitingRead, _ hit: TierHit) {
+    private func replyFromTier(_ conn: ShardConnection, _ w: WaitingRead, _ hit: TierHit, _ tier: MemoryTier) {
         let request = w.request
-        let data = plane.pool.tierSlot(hit.slot).base + BlockCache.dataOffset
+        let data = plane.pool.tierSlot(hit.slot, of: tier).base + BlockCache.dataOffset
         guard hit.length == request.expectedLength, Int(request.offset) + Int(request.length) <= hit.length else {
             plane.tier?.unpin(hit.slot)
             replyError(conn, .readReply, w.requestID, ShoalError(.internal, "block \(request.block) in memory holds \(hit.length) bytes; not served"))
@@ -681,7 +677,7 @@ final class Shard: @unchecked Sendable {
     private func tierLoaded(_ op: Int, _ r: ReadOp, _ plan: ReadPlan) {
         guard let tier = plane.tier else { return }
         freeOp(op)
-        let (base, _) = plane.pool.tierSlot(r.tierSlot)
+        let (base, _) = plane.pool.tierSlot(r.tierSlot, of: tier)
         let retry = WaitingRead(connection: r.connection, generation: r.connectionGeneration, requestID: r.requestID, request: r.request,
                                 bypassTier: true)
         guard r.error >= 0 else {
@@ -698,7 +694,7 @@ final class Shard: @unchecked Sendable {
                 if let hit { tier.unpin(hit.slot) }
                 return
             }
-            if let hit { replyFromTier(conn, retry, hit) } else { startRead(retry) }
+            if let hit { replyFromTier(conn, retry, hit, tier) } else { startRead(retry) }
         case .corrupt(let reason):
             tier.abortLoad(slot: r.tierSlot)
             service.droppedBadBlock(r.request.block, reason)

@@ -300,7 +300,7 @@ public final class Worker: @unchecked Sendable {
 
     func tierJSON() -> String {
         guard let t = plane?.tier?.stats else { return "null" }
-        return "{\"slots\":\(pool.tierSlots),\"resident\":\(t.resident),\"hits\":\(t.hits),\"misses\":\(t.misses),\"loads\":\(t.loads),\"evictions\":\(t.evictions)}"
+        return "{\"pages\":\(pool.tierSlots),\"resident\":\(t.resident),\"residentBytes\":\(t.residentBytes),\"pagesMoved\":\(t.pagesMoved),\"hits\":\(t.hits),\"misses\":\(t.misses),\"loads\":\(t.loads),\"evictions\":\(t.evictions)}"
     }
 
     /// Stops accepting, lets requests in progress finish, and flushes the cache files.

@@ -130,13 +130,16 @@ public final class WorkerMetrics: @unchecked Sendable {
         diskLock.withLock {
             if tierGauges.isEmpty {
                 tierGauges = ["shoal_memory_tier_hits", "shoal_memory_tier_misses", "shoal_memory_tier_loads", "shoal_memory_tier_evictions",
-                              "shoal_memory_tier_resident_blocks"].map { Metrics.Gauge(label: $0, factory: factory) }
+                              "shoal_memory_tier_resident_blocks", "shoal_memory_tier_resident_bytes",
+                              "shoal_memory_tier_pages_moved"].map { Metrics.Gauge(label: $0, factory: factory) }
             }
             tierGauges[0].record(Double(t.hits))
             tierGauges[1].record(Double(t.misses))
             tierGauges[2].record(Double(t.loads))
             tierGauges[3].record(Double(t.evictions))
             tierGauges[4].record(Double(t.resident))
+            tierGauges[5].record(Double(t.residentBytes))
+            tierGauges[6].record(Double(t.pagesMoved))
         }
     }
 

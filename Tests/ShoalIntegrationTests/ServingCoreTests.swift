@@ -24,6 +24,18 @@ import ShoalTestSupport
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
+    /// Overwrites every byte of the worker's cache files after their header with `byte`.
+    static func damageCachedBytes(_ h: Harness, with byte: UInt8) throws {
+        for path in h.worker.cache.filePaths {
+            let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+            let fd = open(path, O_WRONLY)
+            let junk = [UInt8](repeating: byte, count: 1 << 20)
+            var at = Int(CacheFormatInfo.dataStart)
+            while at < size { _ = junk.withUnsafeBytes { pwrite(fd, $0.baseAddress!, min(junk.count, size - at), off_t(at)) }; at += junk.count }
+            close(fd)
+        }
+    }
+
     @Test func hotBlocksAreServedFromMemoryWithoutADiskRead() throws {
         let h = try Harness("memory-tier") { $0.memoryTier = 8 * ((1 << 20) + 4096) }
         let data = SampleData.bytes(seed: 41, count: 4 << 20)
@@ -34,14 +46,7 @@ import ShoalTestSupport
         let before = try #require(h.worker.tierStats)
         #expect(before.resident == 4 && before.hits >= 4, "\(before)")
         // Damage every cached byte on disk: hot blocks are still served, from memory.
-        for path in h.worker.cache.filePaths {
-            let size = try #require(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
-            let fd = open(path, O_WRONLY)
-            let junk = [UInt8](repeating: 0xA5, count: 1 << 20)
-            var at = Int(CacheFormatInfo.dataStart)
-            while at < size { _ = junk.withUnsafeBytes { pwrite(fd, $0.baseAddress!, min(junk.count, size - at), off_t(at)) }; at += junk.count }
-            close(fd)
-        }
+        try Self.damageCachedBytes(h, with: 0xA5)
         let corruptBefore = h.metric("shoal_corrupt_blocks_total")
         #expect(try h.readAll("o") == data)
         let after = try #require(h.worker.tierStats)
@@ -49,7 +54,23 @@ import ShoalTestSupport
         // A 4 KiB range from the middle of a hot block, its CRC computed over just that range.
         let f = try h.client.open(h.ref("o"))
         #expect(try h.client.read(f, offset: (1 << 20) + 12345, length: 4096) == Array(data[((1 << 20) + 12345)..<((1 << 20) + 12345 + 4096)]))
-        #expect(h.worker.statusJSON().contains("\"memoryTier\":{\"slots\":8,\"resident\":4"))
+        #expect(h.worker.statusJSON().contains("\"memoryTier\":{\"pages\":8,\"resident\":4,\"residentBytes\":\(4 << 20)"))
+    }
+
+    /// Small objects take slots their size: 24 objects of 50 KiB, hot, all stay in a tier of two
+    /// block-sized pages (which would hold two of them at a block a slot), and are served from
+    /// memory with the disk damaged under them.
+    @Test func smallObjectsShareTierPages() throws {
+        let h = try Harness("memory-tier-small") { $0.memoryTier = 2 * ((1 << 20) + 4096) }
+        let objects = (0..<24).map { (name: "small-\($0)", data: SampleData.bytes(seed: 500 + UInt64($0), count: 50 << 10)) }
+        for o in objects { try h.put(o.name, o.data) }
+        for _ in 0..<3 { for o in objects { #expect(try h.readAll(o.name) == o.data) } }
+        let before = try #require(h.worker.tierStats)
+        #expect(before.resident == 24 && before.residentBytes == 24 * (50 << 10), "\(before)")
+        try Self.damageCachedBytes(h, with: 0x5A)
+        for o in objects { #expect(try h.readAll(o.name) == o.data) }
+        let after = try #require(h.worker.tierStats)
+        #expect(after.hits >= before.hits + 24 && after.resident == 24, "\(after)")
     }
 
     @Test(arguments: [false, true]) func manyReadsInFlightOnOneConnectionComeBackWhole(zeroCopy: Bool) throws {

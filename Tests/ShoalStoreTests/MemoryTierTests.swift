@@ -201,16 +201,27 @@ import ShoalSys
     }
 
     /// Four threads look up, pin, load, abort and remove random blocks for 0.2 s. Each loader
-    /// "writes" its block into a shadow of the slots; each reader checks that shadow when it hits
-    /// and again when it unpins, one operation later: a pinned slot reused under a reader would show.
-    @Test func concurrentUseKeepsPinsAndSlotsStraight() throws {
-        let slots = 8
+    /// "writes" its block into a shadow of the memory its slot covers; each reader checks that
+    /// shadow when it hits and again when it unpins, one operation later: a pinned slot reused
+    /// under a reader (or a page taken by another class, or slots that overlap) would show.
+    /// Mixed: blocks of three sizes, so pages move between size classes all along.
+    @Test(arguments: [false, true]) func concurrentUseKeepsPinsAndSlotsStraight(mixed: Bool) throws {
         let blocks = 48
-        let tier = MemoryTier(slots: slots)
+        let tier = mixed ? MemoryTier(pages: 4, pageSize: 64 << 10, smallestSlot: 16 << 10) : MemoryTier(slots: 8)
+        let unit = mixed ? 16 << 10 : 4096
+        let unitsPerPage = tier.pageSize / unit
+        let sizes = (0..<blocks).map { mixed ? [1000, 20 << 10, 64 << 10][$0 % 3] : 4096 }
+        // The shadow units the slot holding block n covers.
+        let units = { @Sendable (slot: Int, n: Int) -> Range<Int> in
+            let (page, offset) = tier.location(of: slot)
+            let first = page * unitsPerPage + offset / unit
+            return first..<first + (sizes[n] + unit - 1) / unit
+        }
         let keys = (0..<blocks).map(key)
         let ids = (0..<blocks).map(id)
         let shadowLock = ConditionLock()
-        nonisolated(unsafe) var shadow = Array(repeating: -1, count: slots)
+        nonisolated(unsafe) var shadow = Array(repeating: -1, count: tier.pages * unitsPerPage)
+        let holds = { @Sendable (slot: Int, n: Int) -> Bool in shadowLock.withLock { shadow[units(slot, n)].allSatisfy { $0 == n } } }
         let state = ConditionLock()
         nonisolated(unsafe) var finished = 0
         nonisolated(unsafe) var lookups: UInt64 = 0
@@ -231,7 +242,7 @@ import ShoalSys
                 var held: (hit: TierHit, block: Int)?
                 func release() {
                     guard let (hit, n) = held else { return }
-                    if shadowLock.withLock({ shadow[hit.slot] }) != n { bad += 1 }
+                    if !holds(hit.slot, n) { bad += 1 }
                     tier.unpin(hit.slot)
                     held = nil
                 }
@@ -242,12 +253,12 @@ import ShoalSys
                     if let hit {
                         myHits += 1
                         if hit.length != 1000 + n || hit.crc != UInt32(truncatingIfNeeded: n) &* 2_654_435_761 { bad += 1 }
-                        if shadowLock.withLock({ shadow[hit.slot] }) != n { bad += 1 }
+                        if !holds(hit.slot, n) { bad += 1 }
                         release()
                         held = (hit, n)
                         if next() % 32 == 0 { tier.remove(ids[n]) }
-                    } else if tier.recordAccess(ids[n]), let slot = tier.beginLoad(ids[n], key: keys[n]) {
-                        shadowLock.withLock { shadow[slot] = n }
+                    } else if tier.recordAccess(ids[n]), let slot = tier.beginLoad(ids[n], key: keys[n], bytes: sizes[n]) {
+                        shadowLock.withLock { for u in units(slot, n) { shadow[u] = n } }
                         if next() % 8 == 0 {
                             tier.abortLoad(slot: slot)
                         } else {
@@ -269,7 +280,8 @@ import ShoalSys
         let s = tier.stats
         #expect(wrong == 0, "\(wrong) hits saw the wrong block")
         #expect(s.pinned == 0)
-        #expect(s.resident <= slots)
+        #expect(s.resident <= tier.slots)
+        if mixed { #expect(s.pagesMoved > 0) }
         #expect(s.hits == hits && s.hits + s.misses == lookups)
         #expect(hits > 0 && s.evictions > 0)
         // Every resident block is found by its own key, each in its own slot.
@@ -283,5 +295,73 @@ import ShoalSys
         }
         #expect(found.count == s.resident)
         #expect(tier.stats.pinned == 0)
+    }
+
+    // MARK: Slots sized to blocks
+
+    /// Two pages of 64 KiB cut down to 16 KiB slots.
+    func smallTier() -> MemoryTier { MemoryTier(pages: 2, pageSize: 64 << 10, smallestSlot: 16 << 10) }
+
+    func load(_ tier: MemoryTier, _ n: Int, bytes: Int) -> Int? {
+        guard let slot = tier.beginLoad(id(n), key: key(n), bytes: bytes) else { return nil }
+        tier.finishLoad(slot: slot, length: bytes, crc: crc(n))
+        return slot
+    }
+
+    func hits(_ tier: MemoryTier, _ n: Int) -> Bool {
+        guard let hit = lookup(tier, n) else { return false }
+        tier.unpin(hit.slot)
+        return true
+    }
+
+    /// Eight blocks of 10 KiB fill two pages four to a page, in places that do not overlap; a
+    /// ninth has no room (each is as frequent as the ones there).
+    @Test func smallBlocksShareAPage() throws {
+        let tier = smallTier()
+        #expect(tier.classSizes == [64 << 10, 32 << 10, 16 << 10])
+        var places: [(page: Int, offset: Int)] = []
+        for n in 0..<8 {
+            let slot = try #require(load(tier, n, bytes: 10 << 10), "block \(n) found no slot")
+            places.append(tier.location(of: slot))
+        }
+        for (i, a) in places.enumerated() {
+            #expect(a.page < 2 && a.offset + (16 << 10) <= 64 << 10)
+            for b in places[(i + 1)...] { #expect(a.page != b.page || abs(a.offset - b.offset) >= 16 << 10, "\(a) overlaps \(b)") }
+        }
+        #expect(tier.stats.resident == 8 && tier.stats.residentBytes == 80 << 10)
+        #expect((0..<8).allSatisfy { hits(tier, $0) })
+        // A 20 KiB block goes in a 32 KiB slot: none is free, and no page is cold (all were just read).
+        #expect(tier.beginLoad(id(20), key: key(20), bytes: 20 << 10) == nil)
+        #expect(tier.beginLoad(id(21), key: key(21), bytes: (64 << 10) + 1) == nil, "a block larger than a page was given a slot")
+    }
+
+    /// A block of a page's size takes the page of small blocks that were not read since the hand
+    /// passed (the blocks on it are evicted with it), never one with a pinned block, and the
+    /// small blocks on the other page keep hitting.
+    @Test func aColdPageMovesToTheClassThatNeedsIt() throws {
+        let tier = smallTier()
+        for n in 0..<8 { _ = try #require(load(tier, n, bytes: 16 << 10)) }
+        // Every block just loaded is unreferenced: the hand takes the first page it reaches.
+        let pinned = try #require(lookup(tier, 4))  // on page 1
+        #expect(tier.location(of: pinned.slot).page == 1)
+        let big = try #require(load(tier, 50, bytes: 64 << 10))
+        #expect(tier.location(of: big) == (page: 0, offset: 0))
+        #expect(tier.stats.pagesMoved == 1 && tier.stats.evictions == 4)
+        #expect((0..<4).allSatisfy { !hits(tier, $0) } && (5..<8).allSatisfy { hits(tier, $0) } && hits(tier, 50))
+        // The other page holds a pinned block: it is not taken; the large class evicts its own.
+        let own = try #require(load(tier, 51, bytes: 64 << 10))
+        #expect(tier.location(of: own).page == 0 && !hits(tier, 50) && (5..<8).allSatisfy { hits(tier, $0) })
+        #expect(tier.stats.pagesMoved == 1)
+        tier.unpin(pinned.slot)
+        // Page 1 was read since the hand passed: spared (its bits cleared), block 51 evicted.
+        #expect(tier.location(of: try #require(load(tier, 52, bytes: 64 << 10))).page == 0)
+        #expect(tier.stats.pagesMoved == 1)
+        // Not read since: now it is taken, its four blocks evicted with it.
+        let evictions = tier.stats.evictions
+        #expect(tier.location(of: try #require(load(tier, 53, bytes: 64 << 10))).page == 1)
+        #expect(tier.stats.pagesMoved == 2 && tier.stats.evictions == evictions + 4 && tier.stats.resident == 2)
+        // And back: a small block takes a cold large page.
+        _ = try #require(load(tier, 60, bytes: 1000))
+        #expect(tier.stats.pagesMoved == 3)
     }
 }
