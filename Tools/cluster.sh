@@ -106,6 +106,10 @@ stores:
   - name: default
     type: s3
     credentialsFile: $dir/objectstore/s3.env
+  # The same store through credentials that may list but not read (tests of a denied read).
+  - name: listonly
+    type: s3
+    credentialsFile: $dir/objectstore/s3-listonly.env
 YAML
         if [ "$membership" = etcd ]; then
             printf 'etcd:\n  endpoints: ["127.0.0.1:%s"]\n  prefix: /shoal/default/\n  credentialsFile: %s\n' "$((base + 150))" "$dir/etcd/etcd.env" >> "$w/worker.yaml"
@@ -137,6 +141,7 @@ YAML
       fi
       echo "SHOAL_ADMINS=$(IFS=,; echo "${admins[*]}")"
       echo "SHOAL_SECRET_FILE=$dir/secret"
+      echo "SHOAL_S3_METRICS=http://127.0.0.1:$((base + 110))/metrics"
       if $tls; then echo "SHOAL_TLS_CA_FILE=$dir/tls/ca.pem"; else echo "SHOAL_TLS_CA_FILE="; fi
       echo "SHOAL_BIN=$shoal"; } > "$dir/cluster.env")
     if [ "$membership" = etcd ]; then view="etcd 127.0.0.1:$((base + 150))"; else view="members file $dir/members.yaml"; fi

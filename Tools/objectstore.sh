@@ -38,9 +38,14 @@ start)
     mkdir -p "$dir/data"
     access="shoal$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     secret="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    # A second identity that may list but not read: what a worker sees with credentials that
+    # do not cover a dataset (tests of a denied read).
+    list_access="list$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    list_secret="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     cat > "$dir/s3.json" <<JSON
 {"identities":[{"name":"shoal","credentials":[{"accessKey":"$access","secretKey":"$secret"}],
-  "actions":["Admin","Read","Write","List","Tagging"]}]}
+  "actions":["Admin","Read","Write","List","Tagging"]},
+ {"name":"listonly","credentials":[{"accessKey":"$list_access","secretKey":"$list_secret"}],"actions":["List"]}]}
 JSON
     chmod 600 "$dir/s3.json"
     # weed must not pick up the caller's AWS credentials.
@@ -51,7 +56,7 @@ JSON
         -filer.port=$((port+5)) -filer.port.grpc=$((port+6)) \
         -s3.port=$port -s3.port.grpc=$((port+7)) -s3.port.iceberg=0 -s3.port.lance=0 \
         -admin.port=$((port+8)) -admin.port.grpc=$((port+9)) -admin.ui=false \
-        -webdav=false -master.telemetry=false -s3.config="$dir/s3.json" \
+        -webdav=false -master.telemetry=false -s3.config="$dir/s3.json" -metricsPort=$((port+10)) \
         -volume.max=1000 -master.volumeSizeLimitMB=1024 \
         > "$dir/weed.log" 2>&1 < /dev/null &
     echo $! > "$dir/weed.pid"
@@ -71,6 +76,14 @@ SHOAL_S3_ACCESS_KEY=$access
 SHOAL_S3_SECRET_KEY=$secret
 SHOAL_S3_REGION=us-east-1
 ENV
+    cat > "$dir/s3-listonly.env" <<ENV
+SHOAL_S3_ENDPOINT=http://127.0.0.1:$port
+SHOAL_S3_ACCESS_KEY=$list_access
+SHOAL_S3_SECRET_KEY=$list_secret
+SHOAL_S3_REGION=us-east-1
+ENV
+    chmod 600 "$dir/s3.env" "$dir/s3-listonly.env"
+    # Its own Prometheus metrics (requests by bucket, type and status) at port + 10.
     echo "objectstore: SeaweedFS S3 at http://127.0.0.1:$port (credentials in $dir/s3.env)"
     ;;
 stop) stop ;;

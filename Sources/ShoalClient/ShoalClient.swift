@@ -621,18 +621,8 @@ public final class ShoalClient: @unchecked Sendable {
             }
         }
         var errors: [Int: ShoalError] = [:]
-        if !parts.isEmpty {
-            let routing = current()
-            probeDown(routing)
-            let misrouted = try fetch(routing, parts, errors: &errors)
-            if !misrouted.isEmpty {
-                // Routed by an old view: ask the view source now and send them where it says.
-                let r = current(force: true)
-                for p in try fetch(r, misrouted, errors: &errors) where errors[p.range] == nil {
-                    errors[p.range] = ShoalError(.notOwner, "workers refuse blocks of \(p.file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
-                }
-            }
-        }
+        var origins: [Int: BlockOrigin] = [:]
+        try fetchRouted(parts, errors: &errors, origins: &origins)
         for i in ranges.indices { ranges[i].result = errors[i].map { .failure($0) } ?? .success(lengths[i]) }
     }
 
@@ -643,6 +633,58 @@ public final class ShoalClient: @unchecked Sendable {
         guard n > 0 else { return out }
         let result = out.withUnsafeMutableBytes { p in Result { () throws(ShoalError) -> Int in try read(file, at: offset, into: p) } }
         return Array(out.prefix(try result.get()))
+    }
+
+    /// One block of an object at a version: what a warm fills or a probe asks about.
+    public struct BlockOfFile: Sendable {
+        public let file: ShoalFile
+        public let index: UInt64
+
+        public init(file: ShoalFile, index: UInt64) {
+            self.file = file
+            self.index = index
+        }
+
+        /// Bytes of the block.
+        public var length: Int { Int(BlockLayout(blockSize: UInt64(file.blockSize)).blockLength(index: index, objectSize: file.size)) }
+    }
+
+    /// Makes sure each block is cached on its owner, with no data sent back: a fill-only READ per
+    /// block, all owners at once, each one's share pipelined. Each block's result says where it
+    /// came from (`cache`: held already, or filled by another request; `store`: fetched now;
+    /// `peer`: from its previous owner), or why it failed. A worker that cannot be reached hands
+    /// its blocks to their fallbacks. Throws only when no block could be tried.
+    public func warm(_ blocks: [BlockOfFile]) throws(ShoalError) -> [Result<BlockOrigin, ShoalError>] {
+        try noData(blocks, flags: ReadRequest.fillOnlyFlag).map { r in
+            r.flatMap { o in
+                o.map { .success($0) } ?? .failure(ShoalError(.internal, "a worker answered a fill-only READ with data"))
+            }
+        }
+    }
+
+    /// Whether each block is cached on its owner (true), or not (false): the owner's index answers;
+    /// nothing is read, filled or sent.
+    public func probe(_ blocks: [BlockOfFile]) throws(ShoalError) -> [Result<Bool, ShoalError>] {
+        try noData(blocks, flags: ReadRequest.probeFlag).map { r in
+            switch r {
+            case .success: return .success(true)
+            case .failure(let e) where e.code == .notFound: return .success(false)
+            case .failure(let e): return .failure(e)
+            }
+        }
+    }
+
+    /// Where no-data parts "land" (nothing is written there: their length is 0).
+    private nonisolated(unsafe) static let nowhere = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
+
+    private func noData(_ blocks: [BlockOfFile], flags: UInt16) throws(ShoalError) -> [Result<BlockOrigin?, ShoalError>] {
+        let parts = blocks.enumerated().map { i, b in
+            Part(range: i, file: b.file, piece: BlockPiece(index: b.index, offsetInBlock: 0, length: 0, offsetInRange: 0), into: ShoalClient.nowhere, flags: flags)
+        }
+        var errors: [Int: ShoalError] = [:]
+        var origins: [Int: BlockOrigin] = [:]
+        try fetchRouted(parts, errors: &errors, origins: &origins)
+        return blocks.indices.map { i in errors[i].map { .failure($0) } ?? .success(origins[i]) }
     }
 
     /// One piece of a read: a range of one block of a file, where its bytes go, and which range
@@ -657,14 +699,17 @@ public final class ShoalClient: @unchecked Sendable {
         /// Where its block is placed (`BlockKey.placementID`).
         let id: BlockID
 
-        init(range: Int, file: ShoalFile, piece: BlockPiece, into: UnsafeMutableRawPointer) {
+        init(range: Int, file: ShoalFile, piece: BlockPiece, into: UnsafeMutableRawPointer, flags: UInt16 = 0) {
             self.range = range
             self.file = file
             self.piece = piece
             self.into = into
-            request = ReadRequest(block: file.block(piece.index), offset: piece.offsetInBlock, length: piece.length)
+            request = ReadRequest(block: file.block(piece.index), offset: piece.offsetInBlock, length: piece.length, flags: flags)
             id = request.placementID
         }
+
+        /// A fill-only or probe READ: answered without data, never read from the store here.
+        var isNoData: Bool { request.isFillOnly || request.isProbe }
     }
 
     /// One connection of a read: its worker and the parts in flight on it, by request id.
@@ -701,7 +746,24 @@ public final class ShoalClient: @unchecked Sendable {
     /// A worker's answer (an error of its own, a bad checksum) fails the range its piece is of,
     /// in `errors` by range; the others go on.
     /// Returns the parts their worker refused as not its own in a newer view (`not_owner`).
-    private func fetch(_ r: Routing, _ parts: [Part], errors: inout [Int: ShoalError]) throws(ShoalError) -> [Part] {
+    /// Fetches `parts` by the current view; those refused as routed by an old one go again by
+    /// the view source's latest. Errors and (for fill-only and probe parts) where each block came
+    /// from, by range.
+    private func fetchRouted(_ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin]) throws(ShoalError) {
+        guard !parts.isEmpty else { return }
+        let routing = current()
+        probeDown(routing)
+        let misrouted = try fetch(routing, parts, errors: &errors, origins: &origins)
+        guard !misrouted.isEmpty else { return }
+        // Routed by an old view: ask the view source now and send them where it says.
+        let r = current(force: true)
+        for p in try fetch(r, misrouted, errors: &errors, origins: &origins) where errors[p.range] == nil {
+            errors[p.range] = ShoalError(.notOwner, "workers refuse blocks of \(p.file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
+        }
+    }
+
+    /// Reads the parts (see above).
+    private func fetch(_ r: Routing, _ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin]) throws(ShoalError) -> [Part] {
         let workers = r.endpoints
         // Queues and sets hold part numbers.
         var queues = Array(repeating: [Int](), count: workers.count)
@@ -731,7 +793,7 @@ public final class ShoalClient: @unchecked Sendable {
                 let error = cause ?? unroutable(r, part.id, "block \(part.piece.index) of \(part.file.object) cannot be read")
                 // No worker can serve it: from the store itself, when the client may read it; else
                 // its range fails and the others go on.
-                if let store = direct[part.file.object.store] {
+                if let store = direct[part.file.object.store], !part.isNoData {
                     do { try readDirectly(store, part) } catch where error.code != .storeUnavailable && error.code != .timeout {
                         errors[part.range] = errors[part.range] ?? error
                     }
@@ -842,7 +904,7 @@ public final class ShoalClient: @unchecked Sendable {
             var queued = false
             for lane in lanes where lane.open {
                 for (id, sent) in lane.sentAt {
-                    guard let p = lane.inFlight[id], !hedged.contains(p) else { continue }
+                    guard let p = lane.inFlight[id], !hedged.contains(p), !parts[p].isNoData else { continue }
                     guard elapsedNanos(from: sent, to: now) >= hedgeNanos else { next = min(next ?? .max, sent + hedgeNanos); continue }
                     guard let other = route(r, parts[p].id, avoiding: failed.union([lane.worker])), other != lane.worker else { continue }
                     hedged.insert(p)
@@ -891,7 +953,8 @@ public final class ShoalClient: @unchecked Sendable {
                         lane.sentAt.removeValue(forKey: id)
                         guard let piece = lane.inFlight.removeValue(forKey: id), !done.contains(piece) else { continue }
                         switch result {
-                        case .success:
+                        case .success(let origin):
+                            if let origin { origins[parts[piece].range] = origin }
                             if hedged.contains(piece), r.slots.owners(of: parts[piece].id).owner != lane.worker {
                                 lock.withLock { _hedges.won += 1 }
                             }

@@ -310,6 +310,13 @@ public struct BlockPiece: Sendable, Equatable {
     public var offsetInBlock: UInt32
     public var length: UInt32
     public var offsetInRange: UInt64
+
+    public init(index: UInt64, offsetInBlock: UInt32, length: UInt32, offsetInRange: UInt64) {
+        self.index = index
+        self.offsetInBlock = offsetInBlock
+        self.length = length
+        self.offsetInRange = offsetInRange
+    }
 }
 
 /// A byte range written as `START-END` (inclusive end, as HTTP), `START-`, `-SUFFIX`, `START+LENGTH`,

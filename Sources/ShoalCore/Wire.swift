@@ -474,7 +474,11 @@ public struct ReadRequest: Sendable, Equatable {
     /// with an empty etag and an object size equal to its block size (placeholders); no other
     /// flag goes with it. A small object in one round trip.
     public static let resolveFlag: UInt16 = 8
-    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag | cachedOnlyFlag | resolveFlag
+    /// Flag bit 4: is the block cached here? READ_NODATA (origin `cache`) if this worker holds it,
+    /// status `not_found` if not; nothing is read, filled or counted. An empty range of a block
+    /// with a version, no other flag (`shoal warm --check`, `shoal ls --cached`).
+    public static let probeFlag: UInt16 = 16
+    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag | cachedOnlyFlag | resolveFlag | probeFlag
 
     public var offset: UInt32
     public var length: UInt32
@@ -522,6 +526,7 @@ public struct ReadRequest: Sendable, Equatable {
     public var isFillOnly: Bool { flags & ReadRequest.fillOnlyFlag != 0 }
     public var resolvesVersion: Bool { flags & ReadRequest.resolveFlag != 0 }
     public var isCachedOnly: Bool { flags & ReadRequest.cachedOnlyFlag != 0 }
+    public var isProbe: Bool { flags & ReadRequest.probeFlag != 0 }
 
     /// The length this block has in its object version (0 if the index is past the end).
     public var expectedLength: Int {
@@ -646,6 +651,9 @@ public struct ReadRequest: Sendable, Equatable {
         guard Int(nameCounts.3) <= WireLimits.maxEtag else {
             throw ShoalError(.badRequest, "READ of \(block.object) names an etag of \(nameCounts.3) bytes; the limit is \(WireLimits.maxEtag)")
         }
+        guard !isProbe || (flags == ReadRequest.probeFlag && offset == 0 && length == 0) else {
+            throw ShoalError(.badRequest, "READ of \(block.object) asks whether a block is cached (flag bit 4) with a range or another flag")
+        }
         guard !(isFillOnly && isCachedOnly) else {
             throw ShoalError(.badRequest, "READ of \(block.object) asks to fill the block and not to fill it (flags fill-only and cached-only)")
         }
@@ -657,9 +665,50 @@ public struct ReadRequest: Sendable, Equatable {
         guard blockLength > 0 else {
             throw ShoalError(.badRequest, "block \(index) is past the end of \(block.object) (\(objectSize) bytes)")
         }
-        guard UInt64(offset) + UInt64(length) <= UInt64(blockLength), length > 0 || isFillOnly else {
+        guard UInt64(offset) + UInt64(length) <= UInt64(blockLength), length > 0 || isFillOnly || isProbe else {
             throw ShoalError(.badRequest, "range \(offset)+\(length) is outside block \(index) (\(blockLength) bytes)")
         }
+    }
+}
+
+/// Where the block a READ_NODATA answers for came from: this worker's cache (or a fill another
+/// request had under way), the object store, or the block's previous owner after a view change.
+/// A warm counts what it cost the store by it.
+public enum BlockOrigin: UInt8, Sendable, Equatable {
+    case cache = 0
+    case store = 1
+    case peer = 2
+}
+
+/// READ_NODATA's payload: the CRC32C and length of the range a READ_REPLY would have carried,
+/// and where the block came from.
+public struct NoDataReply: Sendable, Equatable {
+    public var crc: UInt32
+    public var length: UInt32
+    public var origin: BlockOrigin
+
+    public static let size = 9
+
+    public init(crc: UInt32, length: UInt32, origin: BlockOrigin) {
+        self.crc = crc
+        self.length = length
+        self.origin = origin
+    }
+
+    public var encoded: [UInt8] {
+        var b: [UInt8] = []
+        b.appendLE(crc)
+        b.appendLE(length)
+        b.append(origin.rawValue)
+        return b
+    }
+
+    /// nil: not 9 bytes, or an origin this release does not know.
+    public init?(decoding p: UnsafeRawBufferPointer) {
+        guard p.count == NoDataReply.size, let origin = BlockOrigin(rawValue: p[8]) else { return nil }
+        crc = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+        length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        self.origin = origin
     }
 }
 

@@ -128,11 +128,17 @@ public enum FileSystem {
         return UInt64(st.st_dev)
     }
 
+    /// A whole file; one the kernel makes as it is read (/proc, which says size 0) too.
     public static func readFile(_ path: String) throws -> [UInt8] {
         let h = try FileHandle.open(path, .readOnly)
-        let size = Int(try h.size())
-        var out = [UInt8](repeating: 0, count: size + 1)
-        let n = try out.withUnsafeMutableBytes { try h.read(into: $0.baseAddress!, count: size, at: 0) }
+        var out = [UInt8](repeating: 0, count: max(4096, Int(try h.size()) + 1))
+        var n = 0
+        while true {
+            if n == out.count { out.append(contentsOf: repeatElement(0, count: out.count)) }
+            let got = try out.withUnsafeMutableBytes { try h.read(into: $0.baseAddress! + n, count: $0.count - n, at: UInt64(n)) }
+            if got == 0 { break }
+            n += got
+        }
         return Array(out.prefix(n))
     }
 
@@ -199,6 +205,19 @@ extension FileSystem {
 }
 
 /// Writes to standard output or error without buffering; false if the reader went away (EPIPE).
+/// This process's I/O counters.
+public enum ProcessIO {
+    /// Bytes this process has read with read-like calls, sockets included (`rchar` of
+    /// /proc/self/io); nil where the kernel does not keep it.
+    public static func bytesRead() -> UInt64? {
+        guard let bytes = try? FileSystem.readFile("/proc/self/io") else { return nil }
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("rchar:") {
+            return UInt64(line.dropFirst(6).trimmingPrefix(" "))
+        }
+        return nil
+    }
+}
+
 public enum StandardStreams {
     public static func write(fd: Int32, _ buffer: UnsafeRawPointer, count: Int) -> Bool {
         var done = 0

@@ -44,6 +44,21 @@ public func monotonicNanos() -> UInt64 {
 @inline(__always)
 public func elapsedNanos(from start: UInt64, to now: UInt64) -> UInt64 { now > start ? now - start : 0 }
 
+/// Sleeps the calling thread `nanos` nanoseconds (through signals).
+public func sleepNanos(_ nanos: UInt64) {
+    guard nanos > 0 else { return }
+    var ts = timespec(tv_sec: Int(nanos / 1_000_000_000), tv_nsec: Int(nanos % 1_000_000_000))
+    var left = timespec()
+    while nanosleep(&ts, &left) == -1 && errno == EINTR { ts = left }
+}
+
+/// Wall-clock time, seconds since 1970 (for what must outlast a restart: a pin's expiry).
+public func wallClockSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
 /// Bytes from the kernel's random source (`getrandom`), for nonces and secrets. Throws when the
 /// source fails, never returns fewer or zeroed bytes: a predictable nonce or secret is worse than
 /// no connection.

@@ -31,7 +31,8 @@ public final class WorkerConnection: @unchecked Sendable {
     /// connection must not be used again.
     public private(set) var isBroken = false
     /// READs sent and not yet answered: where each one's bytes go.
-    private var pending: [(id: UInt32, buffer: UnsafeMutableRawPointer, length: Int)] = []
+    /// A fill-only or probe READ is answered with READ_NODATA (`noData`).
+    private var pending: [(id: UInt32, buffer: UnsafeMutableRawPointer, length: Int, noData: Bool)] = []
     private let staging: UnsafeMutableRawPointer
     /// A READ_REPLY's head and tag as they arrive.
     private let replyHead = UnsafeMutableRawPointer.allocate(byteCount: ReadReplyHead.size + ReadReplyTrailer.size + FrameTag.size, alignment: 16)
@@ -251,7 +252,7 @@ public final class WorkerConnection: @unchecked Sendable {
             throw malformed("STAT_REPLY")
         }
         let n = Int(min(UInt64(length), reply.version.size, UInt64(reply.blockSize)))
-        pending.append((id, buffer, n))
+        pending.append((id, buffer, n, false))
         try receiveRead(id: id)
         return (reply, n)
     }
@@ -307,7 +308,7 @@ public final class WorkerConnection: @unchecked Sendable {
         try sendFrame(type: .read, id: id, count: request.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in
             request.encode(into: b)
         }
-        pending.append((id, buffer, length))
+        pending.append((id, buffer, length, request.isFillOnly || request.isProbe))
         return id
     }
 
@@ -319,9 +320,11 @@ public final class WorkerConnection: @unchecked Sendable {
 
     /// Takes the next reply, whichever READ it answers, and returns that READ's id with its
     /// outcome: its bytes are in its buffer, checked against the reply's CRC32C (and tag), or the
-    /// worker's error for it (the connection stays usable). Errors that end the connection are
-    /// thrown; a reply that fails its tag is never delivered (the buffer's range is zeroed).
-    public func receiveNext() throws(ShoalError) -> (UInt32, Result<Void, ShoalError>) {
+    /// worker's error for it (the connection stays usable). A fill-only or probe READ's success
+    /// says where its block came from (nil for a READ answered with data). Errors that end the
+    /// connection are thrown; a reply that fails its tag is never delivered (the buffer's range
+    /// is zeroed).
+    public func receiveNext() throws(ShoalError) -> (UInt32, Result<BlockOrigin?, ShoalError>) {
         guard !pending.isEmpty else { throw ShoalError(.internal, "no READ in flight on this connection to worker \(endpoint)") }
         let deadline = monotonicNanos() + timeoutNanos * 3
         do throws(ShoalError) {
@@ -341,7 +344,7 @@ public final class WorkerConnection: @unchecked Sendable {
             if header.status == 0 && header.type == FrameType.readReply.rawValue {
                 try receiveData(header, into: target.buffer, length: target.length, deadline: deadline)
                 pending.remove(at: index)
-                return (target.id, .success(()))
+                return (target.id, .success(nil))
             }
             let (h, payload) = try receiveSmall(deadline: deadline)
             pending.remove(at: index)
@@ -349,15 +352,14 @@ public final class WorkerConnection: @unchecked Sendable {
                 isBroken = true
                 throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
             }
-            if h.status == 0 && h.type == FrameType.readNoData.rawValue && payload.count == 8 {
-                guard acceptsNoData else {
+            if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }) {
+                guard target.noData || acceptsNoData else {
                     return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")))
                 }
-                let n = payload.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
-                guard Int(n) == target.length else {
-                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(n) bytes where \(target.length) were asked")))
+                guard Int(reply.length) == target.length else {
+                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
                 }
-                return (target.id, .success(()))
+                return (target.id, .success(reply.origin))
             }
             return (target.id, .failure(WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")))
         } catch {

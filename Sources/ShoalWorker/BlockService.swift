@@ -13,6 +13,8 @@ struct FilledRange: Sendable {
     var length: Int
     var crc: UInt32
     var fill: PendingFill?
+    /// Where the block came from (said in READ_NODATA to a warm).
+    var origin: BlockOrigin = .cache
 }
 
 /// What a fill thread found for a READ: the block in the buffer, or the GET to start.
@@ -28,6 +30,8 @@ struct PendingFill: Sendable {
     var id: BlockID
     var length: Int
     var crc: UInt32
+    /// Filled for a fill-only READ (a warm, or a hand-over push): cached past admission.
+    var warm = false
 }
 
 /// The worker's read path, one step per method: find the store, look in the cache, fill a miss
@@ -202,6 +206,17 @@ final class BlockService: @unchecked Sendable {
         logger.warning("dropped a bad cached block; refilling it", metadata: ["block": "\(key)", "reason": "\(reason)"])
     }
 
+    /// Whether this worker holds the block of `request` (a probe): in its cache, or in the DRAM
+    /// tier where filled blocks go only there (`serveFromMemory`).
+    func holds(_ request: ReadRequest) -> Bool {
+        if serveFromMemory, let tier {
+            guard let hit = request.keyBytes.withUnsafeBytes({ tier.lookup(request.id, key: $0) }) else { return false }
+            tier.unpin(hit.slot)
+            return true
+        }
+        return cache.contains(request.id)
+    }
+
     /// Counts a READ served from the cache (on an io shard); the shard reports its dataset
     /// counts in batches (`datasets.record`).
     func recordHit(_ request: ReadRequest) {
@@ -228,7 +243,7 @@ final class BlockService: @unchecked Sendable {
         let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
         for attempt in 0..<3 {
             if let (length, crc) = cached(request, id: id, slot: slot, range: range) {
-                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil))
+                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil, origin: .cache))
             }
             if request.isCachedOnly {
                 // A peer asking before its store: nothing is filled for it, and it is not a miss here.
@@ -247,7 +262,7 @@ final class BlockService: @unchecked Sendable {
                 // Served from the worker's memory, as a reader that waited for the fill and then
                 // read the cache was: a hit (after its miss), not a store GET.
                 metrics.hits.increment()
-                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil))
+                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil, origin: .cache))
             case .followed(let error):
                 if let error { throw error }
                 // The leader cached it: read it from the cache on the next pass.
@@ -283,7 +298,8 @@ final class BlockService: @unchecked Sendable {
 
     /// The requested range of a block that is whole in the buffer at `data`, to send; never a
     /// byte that was not read for this block.
-    private func served(_ request: ReadRequest, length: Int, crc: UInt32, data: UnsafeRawPointer, fill: PendingFill?) throws(ShoalError) -> FilledRange {
+    private func served(_ request: ReadRequest, length: Int, crc: UInt32, data: UnsafeRawPointer, fill: PendingFill?,
+                        origin: BlockOrigin) throws(ShoalError) -> FilledRange {
         let offset = Int(request.offset)
         let count = Int(request.length)
         guard length == request.expectedLength, offset + count <= length else {
@@ -292,7 +308,7 @@ final class BlockService: @unchecked Sendable {
         datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
         metrics.bytesServed.increment(by: Int64(count))
         return FilledRange(dataOffset: BlockCache.dataOffset + offset, length: count,
-                           crc: BlockService.rangeCRC(request, blockLength: length, blockCRC: crc, data: data), fill: fill)
+                           crc: BlockService.rangeCRC(request, blockLength: length, blockCRC: crc, data: data), fill: fill, origin: origin)
     }
 
     /// The GET of the whole block with If-Match into `data`, to start: the store's answer
@@ -311,8 +327,9 @@ final class BlockService: @unchecked Sendable {
         }
         let length = key.expectedLength
         // Few blocks missing (this one fill, or one beside it): its GET alone would bound the
-        // read, so the block comes in parts on several connections at once.
-        let parts = length >= 1 << 20 && fills.inFlight <= 2 ? fillParts : 1
+        // read, so the block comes in parts on several connections at once. Not for a warm: its
+        // many fills at once are its parallelism, and each block costs the store one GET.
+        let parts = length >= 1 << 20 && fills.inFlight <= 2 && !request.isFillOnly ? fillParts : 1
         let id = request.id
         let address = UInt(bitPattern: data)
         return { [self] in
@@ -347,11 +364,11 @@ final class BlockService: @unchecked Sendable {
                 }
                 if fromStore { metrics.bytesFilled.increment(by: Int64(length)) }
                 let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data, count: length))
-                let fill = leader ? PendingFill(key: key, id: id, length: length, crc: crc) : nil
+                let fill = leader ? PendingFill(key: key, id: id, length: length, crc: crc, warm: request.isFillOnly) : nil
                 // Readers waiting on this fill copy the bytes now, not after this reply is sent.
                 if leader { fills.publish(id, data, length: length, crc: crc) }
                 do throws(ShoalError) {
-                    return try served(request, length: length, crc: crc, data: data, fill: fill)
+                    return try served(request, length: length, crc: crc, data: data, fill: fill, origin: fromStore ? .store : .peer)
                 } catch {
                     if leader { fills.finish(id, error: error) }
                     finished = true
@@ -385,7 +402,8 @@ final class BlockService: @unchecked Sendable {
                 let cacheBlocks = Int(cache.dataCapacity / (UInt64(blockSize) + UInt64(BlockCache.dataOffset)))
                 fraction = AdmissionPolicy.subsetFraction(datasetBlocks: datasets.datasetBlocks(of: fill.key.object), cacheBlocks: cacheBlocks)
             }
-            if admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {
+            // A warm asked for this block by name: it is cached whatever the admission rules say.
+            if fill.warm || admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {
                 if try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc) { handover?.journal(fill.key, fill.id) }
             }
         } catch {

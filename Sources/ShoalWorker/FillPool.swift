@@ -4,14 +4,15 @@ import ShoalSys
 
 /// Threads for the work that blocks, so that no io shard ever waits: fills from the object
 /// store, STATs that go to the store, and writing filled blocks to the cache. Each job posts its
-/// result back to the shard that asked (`Shard.post`). Jobs run in arrival order; the queue is
-/// bounded by the shards' own limits (requests in flight per connection, leases). Each thread
+/// result back to the shard that asked (`Shard.post`). Jobs run in arrival order, foreground
+/// ones first: a background job (a warm's fill) starts only when no foreground one waits, so a
+/// warm gets what the readers leave. The queues are bounded by the shards' own limits (requests
+/// in flight per connection, leases). Each thread
 /// has a ring of its own with the whole buffer region registered (`BufferPool.consumerRing`),
 /// which its jobs read and write leased buffers with.
 final class FillPool: @unchecked Sendable {
     private let lock = ConditionLock()
-    private var jobs: [@Sendable (IORing) -> Void] = []
-    private var head = 0
+    private var queues = (foreground: JobQueue(), background: JobQueue())
     private var stopping = false
     private var running = 0
     let threads: Int
@@ -31,21 +32,24 @@ final class FillPool: @unchecked Sendable {
         }
     }
 
-    func submit(_ job: @escaping @Sendable (IORing) -> Void) {
-        lock.withLock { jobs.append(job) }
+    func submit(background: Bool = false, _ job: @escaping @Sendable (IORing) -> Void) {
+        lock.withLock {
+            if background { queues.background.append(job) } else { queues.foreground.append(job) }
+        }
         lock.signal()
     }
 
-    private func run(_ ring: IORing) {
-        while true {
-            lock.lock()
-            while head == jobs.count && !stopping { _ = lock.wait() }
-            if head == jobs.count {
-                running -= 1
-                lock.unlock()
-                lock.broadcast()
-                return
-            }
+    /// Jobs waiting, in arrival order.
+    private struct JobQueue {
+        private var jobs: [@Sendable (IORing) -> Void] = []
+        private var head = 0
+
+        var isEmpty: Bool { head == jobs.count }
+
+        mutating func append(_ job: @escaping @Sendable (IORing) -> Void) { jobs.append(job) }
+
+        mutating func take() -> (@Sendable (IORing) -> Void)? {
+            guard head < jobs.count else { return nil }
             let job = jobs[head]
             head += 1
             if head == jobs.count {
@@ -54,6 +58,20 @@ final class FillPool: @unchecked Sendable {
             } else if head > 1024 && head * 2 > jobs.count {
                 jobs.removeFirst(head)
                 head = 0
+            }
+            return job
+        }
+    }
+
+    private func run(_ ring: IORing) {
+        while true {
+            lock.lock()
+            while queues.foreground.isEmpty && queues.background.isEmpty && !stopping { _ = lock.wait() }
+            guard let job = queues.foreground.take() ?? queues.background.take() else {
+                running -= 1
+                lock.unlock()
+                lock.broadcast()
+                return
             }
             lock.unlock()
             job(ring)

@@ -512,6 +512,15 @@ final class Shard: @unchecked Sendable {
                 replyError(conn, .readReply, id, error)
                 return
             }
+            if req.isProbe {
+                // Is it cached? The index alone answers: nothing is read, filled or counted.
+                if service.holds(req) {
+                    enqueueNoData(conn, id: id, crc: 0, length: 0, origin: .cache)
+                } else {
+                    replyError(conn, .readReply, id, ShoalError(.notFound, "block \(req.index) of \(req.block.object) is not cached on this worker"))
+                }
+                return
+            }
             startRead(WaitingRead(connection: conn.slot, generation: conn.generation, requestID: id, request: req))
         }
     }
@@ -663,7 +672,7 @@ final class Shard: @unchecked Sendable {
         recordHit(request)
         let crc = BlockService.rangeCRC(request, blockLength: hit.length, blockCRC: hit.crc, data: data)
         if service.answerWithoutData {
-            enqueueNoData(conn, id: w.requestID, crc: crc, length: Int(request.length))
+            enqueueNoData(conn, id: w.requestID, crc: crc, length: Int(request.length), origin: .cache)
             plane.tier?.unpin(hit.slot)
         } else {
             enqueueData(conn, id: w.requestID, crc: crc, data: UnsafeRawBufferPointer(start: data + Int(request.offset), count: Int(request.length)),
@@ -763,7 +772,7 @@ final class Shard: @unchecked Sendable {
         // Only a reply that carries data, and enough of it, streams.
         let streams = !r.request.isFillOnly && !service.answerWithoutData && Int(r.request.length) >= Shard.streamPiece
         let reporter = ProgressReporter(step: Shard.streamPiece, end: Int(r.request.offset) + Int(r.request.length))
-        plane.fillPool.submit { [self] ring in
+        plane.fillPool.submit(background: r.request.isFillOnly) { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
             let start = plane.pool.withSlot(lease, ring: ring) { slot in
                 Result { () throws(ShoalError) -> FillStart in
@@ -855,6 +864,10 @@ final class Shard: @unchecked Sendable {
     private func reply(_ op: Int, _ range: FilledRange) {
         let r = ops[op]!
         freeOp(op)
+        if r.request.isFillOnly, let fill = range.fill {
+            answerAfterCaching(r, range, fill)
+            return
+        }
         let after: AfterSend = range.fill.map { .finishFill(lease: r.lease, $0) } ?? .giveLease(r.lease)
         if r.streamed > 0, let conn = connection(r.connection, r.connectionGeneration), !conn.isOpen {
             // Its pieces may still be read by a send in flight: the lease waits for the close.
@@ -871,13 +884,29 @@ final class Shard: @unchecked Sendable {
             endStream(conn, r, crc: range.crc, rest: UnsafeRawBufferPointer(start: base + range.dataOffset + r.streamed, count: range.length - r.streamed),
                       after: after)
         } else if service.answerWithoutData || r.request.isFillOnly {
-            enqueueNoData(conn, id: r.requestID, crc: range.crc, length: range.length)
+            enqueueNoData(conn, id: r.requestID, crc: range.crc, length: range.length, origin: range.origin)
             afterSend(after, connection: r.connection, generation: r.connectionGeneration)
         } else {
             enqueueData(conn, id: r.requestID, crc: range.crc, data: UnsafeRawBufferPointer(start: base + range.dataOffset, count: range.length),
                         after: after)
         }
         flush(conn)
+    }
+
+    /// A warm's fill: its answer means "cached", so the block is written to the cache first (on
+    /// a fill thread, behind foreground work), then READ_NODATA goes out. A warm that finds the
+    /// block cached, or a check right after, never misses it.
+    private func answerAfterCaching(_ r: ReadOp, _ range: FilledRange, _ fill: PendingFill) {
+        if let conn = connection(r.connection, r.connectionGeneration) { conn.leases -= 1 }
+        jobsOut += 1
+        let plane = self.plane
+        let body = NoDataReply(crc: range.crc, length: UInt32(range.length), origin: range.origin).encoded
+        plane.fillPool.submit(background: true) { [self] ring in
+            guard let lease = plane.park.unpark(r.lease) else { return }
+            plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
+            plane.giveLease(lease)
+            post(.answer(connection: r.connection, generation: r.connectionGeneration, requestID: r.requestID, .readNoData, .success(body)))
+        }
     }
 
     /// The end of a streamed reply: its last bytes and trailer; then the frames that waited.
@@ -912,11 +941,10 @@ final class Shard: @unchecked Sendable {
         }
     }
 
-    /// READ_NODATA: the CRC32C and length of the data a READ_REPLY would have carried.
-    private func enqueueNoData(_ conn: ShardConnection, id: UInt32, crc: UInt32, length: Int) {
-        var body: [UInt8] = []
-        body.appendLE(crc)
-        body.appendLE(UInt32(length))
+    /// READ_NODATA: the CRC32C and length of the data a READ_REPLY would have carried, and
+    /// where the block came from.
+    private func enqueueNoData(_ conn: ShardConnection, id: UInt32, crc: UInt32, length: Int, origin: BlockOrigin) {
+        let body = NoDataReply(crc: crc, length: UInt32(length), origin: origin).encoded
         enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: id, body: body), requestID: id)
     }
 

@@ -54,7 +54,7 @@ extension BenchCommand {
                     let ready = try TCPSocket.readable(readers.map(\.socket), timeoutMillis: 100)
                     for i in ready {
                         let (_, result) = try readers[i].receiveNext()
-                        try result.get()
+                        _ = try result.get()
                         ops += 1
                         try send(readers[i])
                     }

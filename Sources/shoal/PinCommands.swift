@@ -32,8 +32,9 @@ struct AdminOptions: ParsableArguments {
         return out
     }
 
-    /// Sends one request to every worker; prints each answer; fails if any worker refused.
-    func send(_ method: String, _ pathAndQuery: String) throws {
+    /// Sends one request to every worker; prints each answer (unless `quiet`: errors only);
+    /// fails if any worker refused.
+    func send(_ method: String, _ pathAndQuery: String, quiet: Bool = false) throws {
         var failed = 0
         let authorization = "Authorization: Bearer \(try token())"
         for e in try endpoints() {
@@ -46,7 +47,9 @@ struct AdminOptions: ParsableArguments {
                 let r = try easy.perform(request, sink: sink)
                 // Error answers are kept apart from the body (HTTPBodySink.text has either).
                 let body = sink.text.trimmingCharacters(in: "\n").trimmingCharacters()
-                if r.status == 200 { print("\(e): \(body)") } else {
+                if r.status == 200 {
+                    if !quiet { print("\(e): \(body)") }
+                } else {
                     note("shoal: error: worker \(e): \(body.isEmpty ? "HTTP \(r.status)" : body)")
                     failed += 1
                 }

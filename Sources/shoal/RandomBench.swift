@@ -88,7 +88,7 @@ extension BenchCommand {
                     for lane in ready {
                         let (connection, sentAt) = current[lane]!
                         let (_, result) = try connection.receiveNext()
-                        try result.get()
+                        _ = try result.get()
                         latencies.append(monotonicNanos() - sentAt)
                         try issue(lane)
                     }

@@ -134,6 +134,33 @@ import Testing
         try req(1 << 20, 0, 0, 1, etag: "W/\"e-1\"").validate()
         try req(1 << 20, 0, 0, 1, etag: "shoal-lm:Sun, 22 Nov 2026 03:09:00 GMT").validate()
     }
+
+    /// A probe asks for an empty range with no other flag; anything else is a malformed READ.
+    @Test func aProbeIsAnEmptyRangeWithNoOtherFlag() {
+        let key = BlockKey(object: ObjectRef(store: "default", bucket: "b", key: "k"), etag: "\"e\"", objectSize: 3 << 20, blockSize: 1 << 20, index: 1)
+        #expect((try? ReadRequest(block: key, offset: 0, length: 0, flags: ReadRequest.probeFlag).validate()) != nil)
+        #expect(throws: ShoalError.self) { try ReadRequest(block: key, offset: 0, length: 1, flags: ReadRequest.probeFlag).validate() }
+        #expect(throws: ShoalError.self) { try ReadRequest(block: key, offset: 4096, length: 0, flags: ReadRequest.probeFlag).validate() }
+        #expect(throws: ShoalError.self) {
+            try ReadRequest(block: key, offset: 0, length: 0, flags: ReadRequest.probeFlag | ReadRequest.fillOnlyFlag).validate()
+        }
+        // Through the codec: the flag survives, and a decoded probe is checked the same way.
+        let probe = ReadRequest(block: key, offset: 0, length: 0, flags: ReadRequest.probeFlag)
+        let decoded = ReadRequest(decoding: probe.encoded)
+        #expect(decoded == probe && decoded?.isProbe == true)
+    }
+
+    @Test func aNoDataReplySaysWhereTheBlockCameFrom() {
+        for origin in [BlockOrigin.cache, .store, .peer] {
+            let r = NoDataReply(crc: 0xDEAD_BEEF, length: 4096, origin: origin)
+            #expect(r.encoded.count == NoDataReply.size)
+            #expect(r.encoded.withUnsafeBytes { NoDataReply(decoding: $0) } == r)
+        }
+        var unknown = NoDataReply(crc: 1, length: 2, origin: .cache).encoded
+        unknown[8] = 7
+        #expect(unknown.withUnsafeBytes { NoDataReply(decoding: $0) } == nil)
+        #expect(Array(unknown.prefix(8)).withUnsafeBytes { NoDataReply(decoding: $0) } == nil, "the old 8-byte form")
+    }
 }
 
 @Suite struct HostileInputTests {

@@ -101,7 +101,7 @@ import ShoalTestSupport
         }
         while c.inFlight > 0 {
             let (id, result) = try c.receiveNext()
-            try result.get()
+            _ = try result.get()
             order.append(id)
         }
         #expect(Set(order) == Set(ids))
@@ -190,7 +190,7 @@ import ShoalTestSupport
         #expect(h.worker.statusJSON().contains("\"connections\":1001") || h.worker.statusJSON().contains("\"connections\":1000"))
         for (i, c) in connections.enumerated() where i % 5 == 0 {
             let (_, result) = try c.receiveNext()
-            try result.get()
+            _ = try result.get()
             #expect(Array(UnsafeRawBufferPointer(start: buffer, count: 4096)) == Array(data[i..<i + 4096]), "connection \(i)")
         }
     }
@@ -311,7 +311,7 @@ import ShoalTestSupport
         var order: [UInt32] = []
         for _ in 0..<2 {
             let (id, result) = try c.receiveNext()
-            try result.get()
+            _ = try result.get()
             order.append(id)
         }
         #expect(order == [coldID, warmID], "the waiting reply came after the streamed one")

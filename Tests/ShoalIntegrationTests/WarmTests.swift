@@ -1,0 +1,103 @@
+import Testing
+import ShoalClient
+import ShoalCore
+import ShoalSys
+@testable import ShoalWorker
+
+/// Warm-up on one worker: probes and fill-only READs, the Warmer over them, manifests and pacing.
+@Suite(.serialized) struct WarmTests {
+    /// A fill-only READ caches its block even where admission would refuse a first miss, says
+    /// it came from the store, and costs the store one GET; asked again, it says "cache" and costs
+    /// none. A probe answers from the index: not cached, then cached, with nothing filled.
+    @Test func fillOnlyReadsCacheEachBlockOnceAndSayWhereItCameFrom() throws {
+        let h = try Harness("warm-fill") { $0.admission.admitOnSecondMiss = true }
+        let data = SampleData.bytes(seed: 71, count: (2 << 20) + 12345)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        let blocks = (0..<3).map { ShoalClient.BlockOfFile(file: file, index: UInt64($0)) }
+        let fills = h.metric("shoal_fills_total")
+        #expect(try h.client.probe(blocks).map { try $0.get() } == [false, false, false])
+        #expect(h.metric("shoal_fills_total") == fills, "a probe filled something")
+        #expect(try h.client.warm(blocks).map { try $0.get() } == [.store, .store, .store])
+        #expect(h.metric("shoal_fills_total") == fills + 3)
+        #expect(try h.client.probe(blocks).map { try $0.get() } == [true, true, true])
+        #expect(try h.client.warm(blocks).map { try $0.get() } == [.cache, .cache, .cache])
+        #expect(h.metric("shoal_fills_total") == fills + 3)
+        // Served from the cache now: no more fills.
+        #expect(try h.readAll("o") == data)
+        #expect(h.metric("shoal_fills_total") == fills + 3)
+    }
+
+    /// The Warmer over a prefix: counts, a check before and after, a re-run that finds it all
+    /// cached, and objects that vanish or change between the listing and their fill, named.
+    @Test func aWarmReportsWhatItCachedAndWhatFailedByName() throws {
+        let h = try Harness("warm-prefix")
+        for i in 0..<6 { try h.put("ds/\(i)", SampleData.bytes(seed: 80 + UInt64(i), count: 300_000 * (i + 1))) }
+        try h.put("ds/empty", [])
+        let prefix = ObjectPrefix(bucket: h.bucket, prefix: "ds/")
+        func run(_ check: Bool) throws -> WarmSummary {
+            var options = WarmOptions()
+            options.checkOnly = check
+            options.concurrency = 2
+            var reports = 0
+            let s = try Warmer(client: h.client, options: options).run([prefix]) { _ in reports += 1 }
+            #expect(reports > 0)
+            return s
+        }
+        let before = try run(true)
+        #expect(before.progress.objectsTotal == 7 && before.progress.bytesResident == 0 && before.progress.objectsResident == 1, "only the empty object is whole")
+        let warmed = try run(false)
+        #expect(warmed.succeeded && warmed.progress.objectsNewlyCached == 6 && warmed.progress.objectsAlreadyCached == 1)
+        #expect(warmed.progress.bytesNewlyCached == UInt64((1...6).reduce(0) { $0 + 300_000 * $1 }))
+        #expect(warmed.progress.blocksFromStore == (1...6).reduce(0) { $0 + (300_000 * $1 + (1 << 20) - 1) >> 20 })
+        let after = try run(true)
+        #expect(after.progress.objectsResident == 7 && after.progress.bytesResident == after.progress.bytesTotal)
+        let again = try run(false)
+        #expect(again.succeeded && again.progress.objectsAlreadyCached == 7 && again.progress.blocksFromStore == 0)
+
+        // Listed, then deleted or changed before the warm reaches them.
+        try h.put("gone/a", SampleData.bytes(seed: 90, count: 5000))
+        try h.put("gone/b", SampleData.bytes(seed: 91, count: 5000))
+        try h.put("gone/c", SampleData.bytes(seed: 92, count: 5000))
+        let listed = try h.client.listAll(bucket: h.bucket, prefix: "gone/")
+        try h.fx.store().delete(bucket: h.bucket, key: "gone/a")
+        try h.put("gone/b", SampleData.bytes(seed: 93, count: 5000))
+        let files = try listed.map { try h.client.open(h.ref($0.key), version: $0.version) }
+        let results = try h.client.warm(files.map { ShoalClient.BlockOfFile(file: $0, index: 0) })
+        #expect(results.count == 3)
+        if case .failure(let e) = results[0] { #expect(e.code == .notFound && e.message.contains("gone/a"), "\(e)") } else { Issue.record("a deleted object was warmed") }
+        if case .failure(let e) = results[1] { #expect(e.code == .preconditionFailed && e.message.contains("gone/b"), "\(e)") } else { Issue.record("a changed object was warmed at its old version") }
+        #expect((try? results[2].get()) == .store)
+
+        // A prefix with nothing under it is named.
+        let nothing = try Warmer(client: h.client, options: WarmOptions()).run([ObjectPrefix(bucket: h.bucket, prefix: "none/")]) { _ in }
+        #expect(!nothing.succeeded && nothing.emptyPrefixes == [ObjectPrefix(bucket: h.bucket, prefix: "none/")])
+    }
+
+    @Test func aManifestReadsBackAndItsErrorsNameTheLine() throws {
+        let m = Manifest(prefixes: [ObjectPrefix(bucket: "b", prefix: "p/")],
+                         objects: [Manifest.Entry(url: "s3://b/p/x", size: 10, etag: "\"e1\""), Manifest.Entry(url: "s3://b/p/y\n", size: 0, etag: "e2")])
+        let text = m.encoded(created: "2026-01-01T00:00:00Z")
+        #expect(try Manifest.parse(Array(text.utf8), name: "m") == m)
+        func error(_ s: String) -> String {
+            do { _ = try Manifest.parse(Array(s.utf8), name: "m"); return "" } catch { return error.message }
+        }
+        #expect(error("{}") .contains("not a Shoal manifest"))
+        let header = "{\"shoalManifest\":1,\"prefixes\":[\"s3://b/p/\"]}\n"
+        #expect(error(header + "{\"url\":\"s3://b/k\",\"size\":1,\"etag\":\"e\"}\n{\"url\":\"s3://b/k\",\"size\":-1,\"etag\":\"e\"}").contains("line 3"))
+        #expect(error(header + "{\"url\":\"http://b/k\",\"size\":1,\"etag\":\"e\"}").contains("line 2"))
+        #expect(error("{\"shoalManifest\":1,\"prefixes\":[\"gs://b\"]}").contains("s3://"))
+    }
+
+    /// The bucket lets a second's worth through at once, then paces to the rate.
+    @Test func aTokenBucketPacesBytesToItsRate() {
+        let b = TokenBucket(bytesPerSecond: 1000)
+        #expect(b.take(1000, now: 0) == 0)
+        #expect(b.take(500, now: 0) == 500_000_000)
+        // Half a second on, the debt is paid: 500 more wait another half second.
+        #expect(b.take(500, now: 500_000_000) == 500_000_000)
+        // Long idle: at most a second's worth is saved up.
+        #expect(b.take(1000, now: 10_000_000_000) == 0)
+        #expect(b.take(1, now: 10_000_000_000) > 0)
+    }
+}
