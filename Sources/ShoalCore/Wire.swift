@@ -50,7 +50,7 @@ public struct FrameHeader: Sendable, Equatable {
     /// The protocol version this build speaks (docs/PROTOCOL.md). Version 3: replies matched by
     /// request id and allowed out of order; READ carries flags, a view epoch and an optional RDMA
     /// buffer descriptor; AUTH_OK announces the connection's in-flight limit.
-    public static let version: UInt8 = 4
+    public static let version: UInt8 = 5
 
     /// The version written on the wire: ours, except in the refusal sent to a peer of another
     /// version, which is written in the peer's version so that it can read why.

@@ -219,7 +219,9 @@ final class BlockService: @unchecked Sendable {
 
     /// Counts a READ served from the cache (on an io shard); the shard reports its dataset
     /// counts in batches (`datasets.record`).
+    /// A warm's fill-only READs are not reads: they count as fills, never as hits or misses.
     func recordHit(_ request: ReadRequest) {
+        guard !request.isFillOnly else { return }
         metrics.hits.increment()
         metrics.bytesServed.increment(by: Int64(request.length))
     }
@@ -249,7 +251,7 @@ final class BlockService: @unchecked Sendable {
                 // A peer asking before its store: nothing is filled for it, and it is not a miss here.
                 throw ShoalError(.notFound, "block \(request.index) of \(request.block.object) is not cached on this worker")
             }
-            if attempt == 0 { metrics.misses.increment() }
+            if attempt == 0 && !request.isFillOnly { metrics.misses.increment() }
             switch fills.join(id, copy: { bytes, length, _ in data.copyMemory(from: bytes, byteCount: length) }) {
             case .leader:
                 do throws(ShoalError) {
@@ -261,7 +263,7 @@ final class BlockService: @unchecked Sendable {
             case .copied(let length, let crc):
                 // Served from the worker's memory, as a reader that waited for the fill and then
                 // read the cache was: a hit (after its miss), not a store GET.
-                metrics.hits.increment()
+                if !request.isFillOnly { metrics.hits.increment() }
                 return .ready(try served(request, length: length, crc: crc, data: data, fill: nil, origin: .cache))
             case .followed(let error):
                 if let error { throw error }
@@ -281,12 +283,12 @@ final class BlockService: @unchecked Sendable {
             guard let tier, let hit = request.keyBytes.withUnsafeBytes({ tier.lookup(id, key: $0) }) else { return nil }
             defer { tier.unpin(hit.slot) }
             slot.base.advanced(by: BlockCache.dataOffset).copyMemory(from: pool.tierSlot(hit.slot, of: tier).base + BlockCache.dataOffset, byteCount: hit.length)
-            metrics.hits.increment()
+            if !request.isFillOnly { metrics.hits.increment() }
             return (hit.length, hit.crc)
         }
         switch cache.read(key: request.block, id: id, into: slot, range: range) {
         case .hit(let length, let crc):
-            metrics.hits.increment()
+            if !request.isFillOnly { metrics.hits.increment() }
             return (length, crc)
         case .corrupt(let reason):
             droppedBadBlock(request.block, reason)
@@ -305,8 +307,13 @@ final class BlockService: @unchecked Sendable {
         guard length == request.expectedLength, offset + count <= length else {
             throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.expectedLength) were expected; not served")
         }
-        datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
-        metrics.bytesServed.increment(by: Int64(count))
+        if request.isFillOnly {
+            // Not a read, but the dataset is named (its cached bytes show under its name).
+            datasets.record(request.block.object, hits: 0, misses: 0, served: 0, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
+        } else {
+            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
+            metrics.bytesServed.increment(by: Int64(count))
+        }
         return FilledRange(dataOffset: BlockCache.dataOffset + offset, length: count,
                            crc: BlockService.rangeCRC(request, blockLength: length, blockCRC: crc, data: data), fill: fill, origin: origin)
     }

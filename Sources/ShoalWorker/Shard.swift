@@ -1238,6 +1238,7 @@ final class Shard: @unchecked Sendable {
     }
 
     private func recordHit(_ request: ReadRequest) {
+        guard !request.isFillOnly else { return }
         service.recordHit(request)
         let object = request.withObjectBytes { BlockID(hashing: $0) }
         if hitTally[object] == nil {

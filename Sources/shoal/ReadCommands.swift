@@ -83,13 +83,19 @@ struct LsCommand: ParsableCommand {
         commandName: "ls", abstract: "List the objects under a prefix (listed by a worker with its store's credentials).")
 
     @Argument(help: "s3://bucket/prefix (or s3://store@bucket/prefix)") var url: String
-    @Flag(help: "One JSON object per line: key, size, etag.") var json = false
+    @Flag(help: "One JSON object per line: key, size, etag (and cachedPercent with --cached).") var json = false
+    @Flag(help: "With each object, the percent of its bytes cached on its blocks' owners (their indexes answer; nothing is read).")
+    var cached = false
     @OptionGroup var client: ClientOptions
 
     func run() throws {
         StandardStreams.ignoreSIGPIPE()
         let prefix: ObjectPrefix
         do { prefix = try ObjectPrefix.parse(url) } catch { throw fail(error.message, code: 2) }
+        if cached {
+            try listCached(prefix)
+            return
+        }
         do {
             let c = try ShoalClient(config: try client.makeClientConfig())
             var count = 0
@@ -104,6 +110,42 @@ struct LsCommand: ParsableCommand {
         } catch let e as ShoalError {
             throw fail(e.message)
         }
+    }
+
+    /// The listing with each object's cached percent: a warm's check over the prefix.
+    func listCached(_ prefix: ObjectPrefix) throws {
+        let config = try client.makeClientConfig()
+        let summary: WarmSummary
+        do {
+            let c = try ShoalClient(config: config)
+            var options = WarmOptions()
+            options.checkOnly = true
+            summary = try Warmer(client: c, options: options).run([prefix]) { _ in }
+        } catch {
+            throw fail(error.message)
+        }
+        if let f = summary.listingFailures.first { throw fail("cannot list \(f.prefix): \(f.error.message)") }
+        guard !summary.objects.isEmpty else { throw fail("nothing under \(prefix)") }
+        for o in summary.objects {
+            let percent = o.file.size == 0 ? 100 : 100 * Double(o.bytesResident) / Double(o.file.size)
+            let key = o.file.object.key
+            if json {
+                print("{\"key\":\(JSONText.quote(key)),\"size\":\(o.file.size),\"etag\":\(JSONText.quote(o.file.version.etag)),"
+                      + "\"bytesCached\":\(o.bytesResident),\"cachedPercent\":\(formatFixed(percent, decimals: 1))"
+                      + (o.failure.map { ",\"error\":\(JSONText.quote($0.message))" } ?? "") + "}")
+            } else {
+                let size = ByteSize.format(o.file.size)
+                let cachedText = o.failure == nil ? formatFixed(percent, decimals: 0) + "%" : "?"
+                print(String(repeating: " ", count: max(0, 10 - size.count)) + size
+                      + String(repeating: " ", count: max(0, 6 - cachedText.count)) + cachedText + "  \(key)")
+            }
+        }
+        let p = summary.progress
+        let total = p.bytesTotal == 0 ? 100 : 100 * Double(p.bytesResident) / Double(p.bytesTotal)
+        if !json {
+            print("\(p.objectsTotal) objects, \(ByteSize.format(p.bytesTotal)); cached: \(ByteSize.format(p.bytesResident)) (\(formatFixed(total, decimals: 1))%)")
+        }
+        if let f = summary.failed.first { throw fail("\(summary.failed.count) object(s) could not be checked; the first: \(f.url): \(f.failure!.message)") }
     }
 }
 

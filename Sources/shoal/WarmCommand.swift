@@ -81,6 +81,15 @@ struct WarmCommand: ParsableCommand {
             throw fail(error.message)
         }
         output.summary(summary)
+        if output.json {
+            // The JSON is for programs; what went wrong is said to people too.
+            for e in summary.emptyPrefixes { note("shoal: error: nothing under \(e)") }
+            for f in summary.listingFailures { note("shoal: error: cannot list \(f.prefix): \(f.error.message)") }
+            let failed = summary.failed
+            if let first = failed.first {
+                note("shoal: error: \(failed.count) object(s) failed; the first: \(first.url): \(first.failure!.message)")
+            }
+        }
         if let manifest, !check {
             let m = Manifest(prefixes: prefixes, objects: summary.objects.filter { $0.failure == nil }.map {
                 Manifest.Entry(url: $0.file.object.description, size: $0.file.size, etag: $0.file.version.etag)

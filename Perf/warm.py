@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Warm-up figures (`shoal warm`), on this machine, against three workers and SeaweedFS.
+
+    .tools/venv/bin/python Perf/warm.py [--runs 3] [--large 512MiB] [--small 2000] [--concurrency 16]
+
+- Large objects (64 MiB): bytes per second a cold warm caches, as a ratio to the limit, ranged
+  GETs of every 4 MiB block straight from SeaweedFS at the same concurrency (`shoal bench get`,
+  `--concurrency` GETs in flight, the warm's fill requests in flight) (goal >= 0.9).
+- Small objects (100 KiB): objects per second a cold warm caches, against direct GETs of the same
+  objects at the same concurrency (goal >= 0.9).
+- Store GETs per block when two warms of the same cold prefix run at once (goal exactly 1.0),
+  counted by SeaweedFS itself (its Prometheus metrics: GETs answered with data, for the bucket).
+- Bytes that crossed to the warming host: what the warm process read from its sockets and files
+  (the kernel's count in /proc/PID/io, reported in the warm's summary) against the bytes warmed
+  (goal: none but requests, answers and listings).
+
+Each run warms a prefix of its own (cold), and the direct GETs read another of the same shape.
+The warming process, the workers and SeaweedFS share this machine's two cores and one disk; the
+workers also write every block to their cache disks, which the direct GETs do not. Medians of
+--runs. Writes warm.json and warm.md to --out (default .shoal/perf).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from python import read_env, sh  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_PORT = 17970
+
+
+def store_gets(metrics_url, bucket):
+    with urllib.request.urlopen(metrics_url, timeout=10) as f:
+        text = f.read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("SeaweedFS_s3_request_total{") and f'bucket="{bucket}"' in line and 'type="GET"' in line \
+                and ('code="200"' in line or 'code="206"' in line):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def warm(shoal_bin, env, url, concurrency, *extra):
+    out = sh([shoal_bin, "warm", url, "--json", "--concurrency", str(concurrency), *extra], env=env)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["type"] == "summary" and not summary["failed"], summary
+    return summary
+
+
+def direct(shoal_bin, env, url, concurrency):
+    return json.loads(sh([shoal_bin, "bench", "get", url, "--block-size", "4MiB", "--concurrency", str(concurrency), "--json"], env=env))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--large", default="512MiB", help="bytes of 64 MiB objects per run")
+    ap.add_argument("--small", type=int, default=2000, help="100 KiB objects per run")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--out", default=os.path.join(ROOT, ".shoal", "perf"))
+    args = ap.parse_args()
+
+    work = os.path.join(ROOT, ".shoal", "perf-warm")
+    sh(["swift", "build", "-c", "release", "--product", "shoal"], env=dict(os.environ))
+    shoal_bin = os.path.join(ROOT, ".build", "release", "shoal")
+    subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
+    capacity = "8GiB"
+    sh([os.path.join(ROOT, "Tools", "cluster.sh"), "start", "--workers", "3", "--dir", work, "--port", str(BASE_PORT), "--capacity", capacity],
+       env=dict(os.environ, SHOAL_BIN=shoal_bin))
+    env = dict(os.environ, **read_env(os.path.join(work, "cluster.env")))
+    c = args.concurrency
+    small_bytes = args.small * 102400
+    results = {"large": [], "largeDirect": [], "small": [], "smallDirect": [], "getsPerBlock": [], "bytesHere": [], "bytesWarmed": []}
+    try:
+        for i in range(args.runs):
+            for kind, size, each in (("large", args.large, "64MiB"), ("small", str(small_bytes), "100KiB")):
+                for side in ("warm", "direct"):
+                    sh([shoal_bin, "bench", "populate", f"s3://warmperf/{kind}-{side}-{i}", "--size", size, "--object-size", each], env=env)
+            s = warm(shoal_bin, env, f"s3://warmperf/large-warm-{i}", c)
+            results["large"].append(s["bytesPerSecond"])
+            results["bytesHere"].append(s["bytesReceivedHere"])
+            results["bytesWarmed"].append(s["bytes"])
+            results["largeDirect"].append(direct(shoal_bin, env, f"s3://warmperf/large-direct-{i}", c)["bytesPerSecond"])
+            s = warm(shoal_bin, env, f"s3://warmperf/small-warm-{i}", c)
+            results["small"].append(s["objects"] / s["seconds"])
+            results["smallDirect"].append(direct(shoal_bin, env, f"s3://warmperf/small-direct-{i}", c)["bytesPerSecond"] / 102400)
+            # Two warms of one cold prefix at once.
+            bucket = f"warmtwice{i}"
+            sh([shoal_bin, "bench", "populate", f"s3://{bucket}/d", "--size", "256MiB", "--object-size", "16MiB"], env=env)
+            before = store_gets(env["SHOAL_S3_METRICS"], bucket)
+            cmd = [shoal_bin, "warm", f"s3://{bucket}/d", "--json", "--concurrency", str(c)]
+            procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+            outs = [p.communicate()[0] for p in procs]
+            assert all(p.returncode == 0 for p in procs), outs
+            results["getsPerBlock"].append((store_gets(env["SHOAL_S3_METRICS"], bucket) - before) / 64)
+    finally:
+        subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
+
+    m = {k: statistics.median(v) for k, v in results.items()}
+    m["runs"] = results
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "warm.json"), "w") as f:
+        json.dump(m, f, indent=2)
+    lines = ["| figure | Shoal | limit | ratio | goal |", "|---|---|---|---|---|",
+             f"| warm of 64 MiB objects, GB/s / direct 4 MiB GETs at concurrency {c} | {m['large'] / 1e9:.2f} | {m['largeDirect'] / 1e9:.2f} | "
+             f"{m['large'] / m['largeDirect']:.2f} | >= 0.9 |",
+             f"| warm of 100 KiB objects, objects/s / direct GETs at concurrency {c} | {m['small']:.0f} | {m['smallDirect']:.0f} | "
+             f"{m['small'] / m['smallDirect']:.2f} | >= 0.9 |",
+             f"| store GETs per block, two warms of one cold prefix at once | {m['getsPerBlock']:.3f} | 1 | | exactly 1.0 |",
+             f"| bytes read by the warming process / bytes warmed (64 MiB objects) | {m['bytesHere']:.0f} | {m['bytesWarmed']:.0f} | "
+             f"{m['bytesHere'] / m['bytesWarmed']:.5f} | requests and answers only |"]
+    text = "\n".join(lines)
+    with open(os.path.join(args.out, "warm.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
