@@ -27,6 +27,12 @@ public final class Worker: @unchecked Sendable {
         self.config = config
         self.logger = logger
         cache = try BlockCache(disks: config.caches, expectedBlockSize: config.blockSize, logger: logger)
+        // What must outlive a restart besides the cache (the pins) lives in the state folder.
+        let state = try config.resolvedStateDirectory()
+        do { try FileSystem.createDirectories(state, permissions: 0o700) } catch {
+            throw ShoalError(.badRequest, "key 'stateDirectory': cannot create \(state): \(error)")
+        }
+        try cache.pins.persist(to: state + "/pins.json")
         let bufferSize = Int(config.blockSize) + BlockCache.dataOffset
         let tierSlots = Int(config.memoryTier / UInt64(bufferSize))
         if config.serveFromMemory && tierSlots == 0 {
@@ -214,23 +220,23 @@ public final class Worker: @unchecked Sendable {
         guard taken + bytes <= room else {
             throw ShoalError(.tooLarge, "pin of \(url) (\(ByteSize.format(bytes))) refused: \(ByteSize.format(room > taken ? room - taken : 0)) left for pins on this worker (\(ByteSize.format(taken)) already pinned of \(ByteSize.format(room)))")
         }
-        let expires = ttlSeconds.map { monotonicNanos() + UInt64($0 * 1e9) }
-        cache.pins.add(PinRule(store: store, bucket: bucket, prefix: prefix, expiresAt: expires, bytes: bytes))
+        let expires = ttlSeconds.map { wallClockSeconds() + $0 }
+        try cache.pins.add(PinRule(store: store, bucket: bucket, prefix: prefix, expiresAt: expires, bytes: bytes))
         logger.info("pinned", metadata: ["prefix": "\(url)", "bytes": "\(bytes)", "ttl": "\(ttlSeconds.map { "\($0)s" } ?? "none")"])
     }
 
     public func unpin(_ url: String) throws(ShoalError) {
         let p = try ObjectPrefix.parse(url)
         let (store, bucket, prefix) = (p.store, p.bucket, p.prefix)
-        guard cache.pins.remove(store: store, bucket: bucket, prefix: prefix) else {
+        guard try cache.pins.remove(store: store, bucket: bucket, prefix: prefix) else {
             throw ShoalError(.notFound, "\(url) is not pinned on this worker")
         }
     }
 
     func pinsJSON() -> String {
-        let now = monotonicNanos()
+        let now = wallClockSeconds()
         let items = cache.pins.active.map { r in
-            let ttl = r.expiresAt.map { String(($0 > now ? $0 - now : 0) / 1_000_000_000) } ?? "null"
+            let ttl = r.expiresAt.map { String(Int(max(0, $0 - now).rounded())) } ?? "null"
             return "{\"prefix\":\(JSONText.quote(r.url)),\"bytes\":\(r.bytes),\"secondsLeft\":\(ttl)}"
         }
         return "{\"pinnable\":\(cache.pinnableBytes),\"pins\":[\(items.joined(separator: ","))]}"

@@ -103,6 +103,8 @@ public struct WorkerConfig: Sendable {
     /// cached most recently first; 0: none, they move only as they are read).
     public var handoverRate: Double = 50
     public var caches: [CacheDiskConfig] = []
+    /// Where state that must survive a restart is kept (the pins); default: the first cache folder.
+    public var stateDirectory: String?
     public var stores: [StoreConfig] = []
     /// What misses may be written to flash.
     public var admission = AdmissionPolicy.Config()
@@ -131,12 +133,23 @@ public struct WorkerConfig: Sendable {
         public init() {}
     }
 
+    /// `stateDirectory`, or the first cache when it is a folder; a cache on a raw device needs
+    /// the key.
+    public func resolvedStateDirectory() throws(ShoalError) -> String {
+        if let stateDirectory { return stateDirectory }
+        guard let first = caches.first, !FileSystem.isBlockDevice(first.path) else {
+            throw ShoalError(.badRequest, "key 'stateDirectory': the first cache is a raw device, so give a folder for the worker's state (its pins)")
+        }
+        return first.path
+    }
+
     public static let keys: Set<String> = ["listen", "admin", "secret", "secretFile", "blockSize", "buffers", "metadataTTL", "serveStaleOnOutage",
                                            "maxConnections", "caches", "stores", "admitOnSecondMiss", "writeBudgetDWPD", "thrashGuard",
                                            "serveFromMemory", "answerWithoutData", "adminMaxConnections", "adminRequestTimeout",
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
                                            "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts",
-                                           "membersFile", "memberID", "etcd", "advertise", "weight", "handover", "handoverRate"]
+                                           "membersFile", "memberID", "etcd", "advertise", "weight", "handover", "handoverRate",
+                                           "stateDirectory"]
     static let etcdKeys: Set<String> = ["endpoints", "prefix", "leaseSeconds", "credentialsFile"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
@@ -204,6 +217,7 @@ public struct WorkerConfig: Sendable {
         if let v = try r.bool("sendZeroCopy") { config.sendZeroCopy = v }
         if let v = try r.int("fillParts", min: 1, max: 16) { config.fillParts = v }
         if let v = try r.string("membersFile") { config.membersFile = resolve(v) }
+        if let v = try r.string("stateDirectory") { config.stateDirectory = resolve(v) }
         if let v = try r.string("memberID") { config.memberID = v }
         if let v = try r.endpoint("advertise") { config.advertise = v }
         if let v = try r.duration("handover") { config.handoverSeconds = v }

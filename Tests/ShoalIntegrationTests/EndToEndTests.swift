@@ -260,7 +260,7 @@ final class Harness {
         let ok = h.worker.route(method: "POST", "/pins?prefix=s3%3A%2F%2F\(h.bucket)%2Fsmall%2F&ttl=1h")
         #expect(ok.status == 200 && ok.body.contains("\"bytes\":1048576"))
         let bytes = h.worker.cache.pinnableBytes
-        h.worker.cache.pins.add(PinRule(store: "default", bucket: h.bucket, prefix: "huge/", expiresAt: nil, bytes: bytes - (1 << 20)))
+        try h.worker.cache.pins.add(PinRule(store: "default", bucket: h.bucket, prefix: "huge/", expiresAt: nil, bytes: bytes - (1 << 20)))
         let refused = h.worker.route(method: "POST", "/pins?prefix=s3://\(h.bucket)/big/")
         #expect(refused.status == 507 && refused.body.contains("refused"))
         #expect(h.worker.route(method: "DELETE", "/pins?prefix=s3://\(h.bucket)/small/").status == 200)

@@ -3,6 +3,8 @@ import ShoalClient
 import ShoalCore
 import ShoalSys
 @testable import ShoalWorker
+import ShoalStore
+import ShoalTestSupport
 
 /// Warm-up on one worker: probes and fill-only READs, the Warmer over them, manifests and pacing.
 @Suite(.serialized) struct WarmTests {
@@ -99,5 +101,42 @@ import ShoalSys
         // Long idle: at most a second's worth is saved up.
         #expect(b.take(1000, now: 10_000_000_000) == 0)
         #expect(b.take(1, now: 10_000_000_000) > 0)
+    }
+}
+
+/// Pins outlive a restart, expiring by the wall clock.
+@Suite(.serialized) struct PinPersistenceTests {
+    @Test func pinsSurviveARestartAndExpireByTheWallClock() throws {
+        let h = try Harness("pins-restart")
+        #expect(h.worker.route(method: "POST", "/pins?prefix=s3://\(h.bucket)/keep/&ttl=1h").status == 200)
+        #expect(h.worker.route(method: "POST", "/pins?prefix=s3://\(h.bucket)/forever/").status == 200)
+        // One that expired while the worker was down: written as it would be, an hour ago.
+        try h.worker.cache.pins.add(PinRule(store: "default", bucket: h.bucket, prefix: "old/", expiresAt: wallClockSeconds() - 3600, bytes: 0))
+        #expect(h.worker.cache.pins.active.count == 2)
+        try h.restart()
+        let rules = h.worker.cache.pins.active.sorted { $0.prefix < $1.prefix }
+        #expect(rules.map(\.prefix) == ["forever/", "keep/"])
+        let left = try #require(rules[1].expiresAt) - wallClockSeconds()
+        #expect(left > 3500 && left <= 3600, "the TTL restarted or was lost: \(left) s left")
+        #expect(rules[0].expiresAt == nil)
+        let json = h.worker.route("/pins").body
+        #expect(json.contains("\"prefix\":\"s3://\(h.bucket)/forever/\"") && json.contains("\"secondsLeft\":null"))
+        // Unpinned, it stays unpinned after a restart.
+        #expect(h.worker.route(method: "DELETE", "/pins?prefix=s3://\(h.bucket)/keep/").status == 200)
+        try h.restart()
+        #expect(h.worker.cache.pins.active.map(\.prefix) == ["forever/"])
+    }
+
+    @Test func aPinsFileThatDoesNotReadIsNamed() throws {
+        let dir = makeTemporaryDirectory("pins-bad")
+        try FileSystem.writeFile(dir + "/pins.json", Array("{\"pins\":[{\"store\":\"default\"}]}".utf8))
+        do {
+            try PinSet().persist(to: dir + "/pins.json")
+            Issue.record("a broken pins file was taken")
+        } catch {
+            #expect(error.message.contains(dir + "/pins.json") && error.message.contains("pin 0"))
+        }
+        try FileSystem.writeFile(dir + "/pins.json", Array("not json".utf8))
+        #expect(throws: ShoalError.self) { try PinSet().persist(to: dir + "/pins.json") }
     }
 }

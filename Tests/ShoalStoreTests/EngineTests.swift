@@ -92,7 +92,7 @@ struct Engine {
         let e = try Engine("pins")
         let cache = try e.open()
         // Pin the object "engine" (its blocks 0-4); the pressure comes from another object.
-        cache.pins.add(PinRule(store: "default", bucket: "b", prefix: "engine", expiresAt: monotonicNanos() + 600_000_000, bytes: 0))
+        try cache.pins.add(PinRule(store: "default", bucket: "b", prefix: "engine", expiresAt: wallClockSeconds() + 0.6, bytes: 0))
         for i in 0..<5 { try e.put(cache, UInt64(i)) }
         let other = ObjectRef(store: "default", bucket: "b", key: "other")
         func putOther(_ i: UInt64) throws {
