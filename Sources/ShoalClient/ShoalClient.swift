@@ -654,8 +654,9 @@ public final class ShoalClient: @unchecked Sendable {
     /// came from (`cache`: held already, or filled by another request; `store`: fetched now;
     /// `peer`: from its previous owner), or why it failed. A worker that cannot be reached hands
     /// its blocks to their fallbacks. Throws only when no block could be tried.
-    public func warm(_ blocks: [BlockOfFile]) throws(ShoalError) -> [Result<BlockOrigin, ShoalError>] {
-        try noData(blocks, flags: ReadRequest.fillOnlyFlag).map { r in
+    /// `inFlight` caps the fill requests in flight across the cluster (each worker its share).
+    public func warm(_ blocks: [BlockOfFile], inFlight: Int? = nil) throws(ShoalError) -> [Result<BlockOrigin, ShoalError>] {
+        try noData(blocks, flags: ReadRequest.fillOnlyFlag, inFlight: inFlight).map { r in
             r.flatMap { o in
                 o.map { .success($0) } ?? .failure(ShoalError(.internal, "a worker answered a fill-only READ with data"))
             }
@@ -677,13 +678,13 @@ public final class ShoalClient: @unchecked Sendable {
     /// Where no-data parts "land" (nothing is written there: their length is 0).
     private nonisolated(unsafe) static let nowhere = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
 
-    private func noData(_ blocks: [BlockOfFile], flags: UInt16) throws(ShoalError) -> [Result<BlockOrigin?, ShoalError>] {
+    private func noData(_ blocks: [BlockOfFile], flags: UInt16, inFlight: Int? = nil) throws(ShoalError) -> [Result<BlockOrigin?, ShoalError>] {
         let parts = blocks.enumerated().map { i, b in
             Part(range: i, file: b.file, piece: BlockPiece(index: b.index, offsetInBlock: 0, length: 0, offsetInRange: 0), into: ShoalClient.nowhere, flags: flags)
         }
         var errors: [Int: ShoalError] = [:]
         var origins: [Int: BlockOrigin] = [:]
-        try fetchRouted(parts, errors: &errors, origins: &origins)
+        try fetchRouted(parts, errors: &errors, origins: &origins, inFlight: inFlight)
         return blocks.indices.map { i in errors[i].map { .failure($0) } ?? .success(origins[i]) }
     }
 
@@ -749,21 +750,27 @@ public final class ShoalClient: @unchecked Sendable {
     /// Fetches `parts` by the current view; those refused as routed by an old one go again by
     /// the view source's latest. Errors and (for fill-only and probe parts) where each block came
     /// from, by range.
-    private func fetchRouted(_ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin]) throws(ShoalError) {
+    private func fetchRouted(_ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
+                             inFlight: Int? = nil) throws(ShoalError) {
         guard !parts.isEmpty else { return }
         let routing = current()
         probeDown(routing)
-        let misrouted = try fetch(routing, parts, errors: &errors, origins: &origins)
+        func share(_ r: Routing) -> Int? { inFlight.map { max(1, ($0 + r.endpoints.count - 1) / max(1, r.endpoints.count)) } }
+        let misrouted = try fetch(routing, parts, errors: &errors, origins: &origins, inFlightPerWorker: share(routing))
         guard !misrouted.isEmpty else { return }
         // Routed by an old view: ask the view source now and send them where it says.
         let r = current(force: true)
-        for p in try fetch(r, misrouted, errors: &errors, origins: &origins) where errors[p.range] == nil {
+        for p in try fetch(r, misrouted, errors: &errors, origins: &origins, inFlightPerWorker: share(r)) where errors[p.range] == nil {
             errors[p.range] = ShoalError(.notOwner, "workers refuse blocks of \(p.file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
         }
     }
 
     /// Reads the parts (see above).
-    private func fetch(_ r: Routing, _ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin]) throws(ShoalError) -> [Part] {
+    private func fetch(_ r: Routing, _ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
+                       inFlightPerWorker: Int? = nil) throws(ShoalError) -> [Part] {
+        // A cap on a worker's READs in flight (a warm's fair share): fewer lanes, shallower.
+        let lanesPerWorker = min(config.connectionsPerWorker, inFlightPerWorker ?? .max)
+        let pipelineDepth = inFlightPerWorker.map { max(1, min(config.pipelineDepth, $0 / max(1, lanesPerWorker))) } ?? config.pipelineDepth
         let workers = r.endpoints
         // Queues and sets hold part numbers.
         var queues = Array(repeating: [Int](), count: workers.count)
@@ -864,7 +871,7 @@ public final class ShoalClient: @unchecked Sendable {
             while w < workers.count {
                 defer { w += 1 }
                 guard !queues[w].isEmpty, !lanes.contains(where: { $0.worker == w && $0.open }) else { continue }
-                for _ in 0..<min(config.connectionsPerWorker, queues[w].count) {
+                for _ in 0..<min(lanesPerWorker, queues[w].count) {
                     do {
                         let (c, fresh) = try connectionAndAge(r, w)
                         lanes.append(Lane(worker: w, connection: c, fresh: fresh))
@@ -878,7 +885,7 @@ public final class ShoalClient: @unchecked Sendable {
         }
         /// Keeps the lane's pipeline full from its worker's queue.
         func feed(_ lane: Lane) throws(ShoalError) {
-            let depth = max(1, min(config.pipelineDepth, lane.connection.maxInFlight))
+            let depth = max(1, min(pipelineDepth, lane.connection.maxInFlight))
             while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
                 queues[lane.worker].removeFirst()
                 let part = parts[p]

@@ -140,7 +140,7 @@ public final class Warmer {
         // Objects of no blocks (empty ones) are done at once.
         for i in objects.indices where objects[i].blocksLeft == 0 { finish(i, &objects, &p) }
 
-        let chunk = max(64, 4 * options.concurrency)
+        let chunk = max(256, 16 * options.concurrency)
         var batch: [(object: Int, block: ShoalClient.BlockOfFile)] = []
         func flush() throws(ShoalError) {
             guard !batch.isEmpty else { return }
@@ -172,15 +172,18 @@ public final class Warmer {
             }
         }
         guard !options.checkOnly else { return }
+        // One call keeps `concurrency` fills in flight across the chunk; paced, a call per
+        // `concurrency` blocks, each after its bytes are allowed.
+        let step = options.bytesPerSecondPerStore == nil ? max(1, missing.count) : options.concurrency
         var start = 0
         while start < missing.count {
-            let group = Array(missing[start..<min(missing.count, start + options.concurrency)])
+            let group = Array(missing[start..<min(missing.count, start + step)])
             start += group.count
             pace(group.map { batch[$0].block })
             var pending = group
             var attempt = 1
             while !pending.isEmpty {
-                let results = try client.warm(pending.map { batch[$0].block })
+                let results = try client.warm(pending.map { batch[$0].block }, inFlight: options.concurrency)
                 var again: [Int] = []
                 for (k, r) in zip(pending, results) {
                     if case .failure(let e) = r, attempt < options.attempts, Warmer.mayPass(e) {

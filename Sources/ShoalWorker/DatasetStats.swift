@@ -20,6 +20,8 @@ final class DatasetStats: @unchecked Sendable {
     private let maxObjectsTracked = 1_000_000
     private var objectsTracked = 0
     private let limit: Int
+    /// The most read prefixes over time, kept across restarts (`shoal hot`).
+    private var hot = HotPrefixes()
 
     init(limit: Int = 256) { self.limit = limit }
 
@@ -30,7 +32,9 @@ final class DatasetStats: @unchecked Sendable {
     /// Several reads of one object at once (an io shard counts its hits and reports them in batches).
     func record(_ object: ObjectRef, hits: Int, misses: Int, served: Int, filled: Int, objectBlocks: Int = 0) {
         var name = object.dataset
+        let now = wallClockSeconds()
         lock.withLock {
+            hot.record(name, reads: UInt64(hits + misses), bytes: UInt64(served), now: now)
             if counts[name] == nil && counts.count >= limit { name = "other" }
             if objectsTracked < maxObjectsTracked, objectsSeen[name, default: []].insert(object).inserted {
                 objectsTracked += 1
@@ -52,4 +56,16 @@ final class DatasetStats: @unchecked Sendable {
     }
 
     var snapshot: [(String, Counts)] { lock.withLock { counts.sorted { $0.key < $1.key } } }
+
+    /// The prefixes read most since `since` (wall-clock seconds).
+    func hottest(since: Double, limit: Int) -> [HotPrefixes.Entry] { lock.withLock { hot.top(since: since, limit: limit) } }
+
+    /// The hot prefixes' summaries, to keep (`loadHot` takes them back).
+    var hotEncoded: String { lock.withLock { hot.encoded } }
+
+    func loadHot(_ bytes: [UInt8]) throws(ShoalError) {
+        var h = HotPrefixes()
+        try h.decode(bytes, now: wallClockSeconds())
+        lock.withLock { hot = h }
+    }
 }

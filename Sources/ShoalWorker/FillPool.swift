@@ -12,7 +12,8 @@ import ShoalSys
 /// which its jobs read and write leased buffers with.
 final class FillPool: @unchecked Sendable {
     private let lock = ConditionLock()
-    private var queues = (foreground: JobQueue(), background: JobQueue())
+    private var foreground = JobQueue()
+    private var background = JobQueue()
     private var stopping = false
     private var running = 0
     let threads: Int
@@ -34,7 +35,7 @@ final class FillPool: @unchecked Sendable {
 
     func submit(background: Bool = false, _ job: @escaping @Sendable (IORing) -> Void) {
         lock.withLock {
-            if background { queues.background.append(job) } else { queues.foreground.append(job) }
+            if background { self.background.append(job) } else { foreground.append(job) }
         }
         lock.signal()
     }
@@ -66,8 +67,11 @@ final class FillPool: @unchecked Sendable {
     private func run(_ ring: IORing) {
         while true {
             lock.lock()
-            while queues.foreground.isEmpty && queues.background.isEmpty && !stopping { _ = lock.wait() }
-            guard let job = queues.foreground.take() ?? queues.background.take() else {
+            while foreground.isEmpty && background.isEmpty && !stopping { _ = lock.wait() }
+            // One queue at a time (never both in one expression: each take is a modifying access).
+            var next = foreground.take()
+            if next == nil { next = background.take() }
+            guard let job = next else {
                 running -= 1
                 lock.unlock()
                 lock.broadcast()

@@ -19,6 +19,10 @@ public final class Worker: @unchecked Sendable {
     private var admin: AdminServer?
     private var registration: EtcdRegistration?
     private let logger: Logger
+    /// Where the hot prefixes are kept (saved every minute and at stop).
+    private var hotFile = ""
+    private let hotSaver = ConditionLock()
+    private var hotSaverStop = false
 
     /// Opens the cache disks (recovering what they hold) and allocates the buffer pool.
     public init(config: WorkerConfig, logger: Logger) throws(ShoalError) {
@@ -33,6 +37,7 @@ public final class Worker: @unchecked Sendable {
             throw ShoalError(.badRequest, "key 'stateDirectory': cannot create \(state): \(error)")
         }
         try cache.pins.persist(to: state + "/pins.json")
+        hotFile = state + "/hot.json"
         let bufferSize = Int(config.blockSize) + BlockCache.dataOffset
         let tierSlots = Int(config.memoryTier / UInt64(bufferSize))
         if config.serveFromMemory && tierSlots == 0 {
@@ -56,6 +61,12 @@ public final class Worker: @unchecked Sendable {
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
                                serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
         service.fillParts = config.fillParts
+        if FileSystem.exists(hotFile) {
+            // A damaged file costs the history, not the start.
+            do { try service.datasets.loadHot(try FileSystem.readFile(hotFile)) } catch {
+                logger.warning("hot prefixes not read; starting without their history", metadata: ["file": "\(hotFile)", "error": "\(error)"])
+            }
+        }
         var source: (any MembershipSource)?
         if let path = config.membersFile, let id = config.memberID {
             let watcher = try MembersWatcher(path: path)
@@ -141,6 +152,7 @@ public final class Worker: @unchecked Sendable {
             self.registration = registration
             etcd.startWatching()
         }
+        startHotSaver()
         logger.info("worker listening", metadata: [
             "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "blocks": "\(cache.blockCount)",
             "cached": "\(ByteSize.format(cache.bytesCached))", "capacity": "\(ByteSize.format(cache.capacity))",
@@ -202,8 +214,14 @@ public final class Worker: @unchecked Sendable {
             return AdminResponse(status: 200, contentType: "text/plain", body: "ok\n")
         case "/status":
             return AdminResponse(status: 200, contentType: "application/json", body: statusJSON() + "\n")
+        case "/hot":
+            do throws(ShoalError) {
+                return AdminResponse(status: 200, contentType: "application/json", body: try hotJSON(query) + "\n")
+            } catch {
+                return AdminResponse(status: 400, contentType: "text/plain", body: error.message + "\n")
+            }
         default:
-            return AdminResponse(status: 404, contentType: "text/plain", body: "no such page: \(path) (try /metrics, /healthz, /status)\n")
+            return AdminResponse(status: 404, contentType: "text/plain", body: "no such page: \(path) (try /metrics, /healthz, /status, /hot, /pins)\n")
         }
     }
 
@@ -317,8 +335,62 @@ public final class Worker: @unchecked Sendable {
         logger.info("worker stopped")
     }
 
+    /// Saves the hot prefixes every minute (and `stopDataPlane` once more).
+    private func startHotSaver() {
+        hotSaver.withLock { hotSaverStop = false }
+        do {
+            try OSThread.spawn(name: "shoal-hot") { [self] in
+                hotSaver.lock()
+                while !hotSaverStop {
+                    _ = hotSaver.wait(untilNanos: monotonicNanos() + 60_000_000_000)
+                    guard !hotSaverStop else { break }
+                    hotSaver.unlock()
+                    saveHot()
+                    hotSaver.lock()
+                }
+                hotSaver.unlock()
+            }
+        } catch {
+            logger.warning("hot prefixes are saved only at stop", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func saveHot() {
+        plane?.flushStats()
+        do {
+            try FileSystem.writeFile(hotFile + ".tmp", Array(service.datasets.hotEncoded.utf8))
+            try FileSystem.rename(hotFile + ".tmp", hotFile)
+        } catch {
+            logger.warning("could not save the hot prefixes", metadata: ["file": "\(hotFile)", "error": "\(error)"])
+        }
+    }
+
+    /// The prefixes read most since `seconds` ago, with what this worker holds of each, as JSON.
+    func hotJSON(_ query: AdminQuery) throws(ShoalError) -> String {
+        var seconds = 24.0 * 3600
+        if let s = query["since"] {
+            guard let v = DurationText.parseSeconds(s), v > 0 else { throw ShoalError(.badRequest, "since '\(s)' is not a duration (e.g. 24h)") }
+            seconds = v
+        }
+        var limit = 20
+        if let l = query["limit"] {
+            guard let v = Int(l), (1...1000).contains(v) else { throw ShoalError(.badRequest, "limit '\(l)' is not 1-1000") }
+            limit = v
+        }
+        plane?.flushStats()
+        let cached = cache.datasetBlocks
+        let items = service.datasets.hottest(since: wallClockSeconds() - seconds, limit: limit).map { e in
+            "{\"prefix\":\(JSONText.quote(e.name)),\"reads\":\(e.reads),\"bytesRead\":\(e.bytes),\"error\":\(e.error),"
+                + "\"bytesCached\":\(cached[ObjectRef.tag(ofDataset: e.name)]?.bytes ?? 0)}"
+        }
+        return "{\"sinceSeconds\":\(Int(seconds)),\"prefixes\":[\(items.joined(separator: ","))]}"
+    }
+
     /// Stops the data plane and closes the cache (writing its snapshot), synchronously.
     public func stopDataPlane() {
+        hotSaver.withLock { hotSaverStop = true }
+        hotSaver.broadcast()
+        saveHot()
         // Out of the view first: clients move this worker's blocks before its port closes.
         registration?.stop()
         registration = nil

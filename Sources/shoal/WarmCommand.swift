@@ -18,6 +18,9 @@ struct WarmCommand: ParsableCommand {
 
     @Argument(help: "s3://bucket/prefix (or s3://store@bucket/prefix); several may be given.") var urls: [String] = []
     @Option(name: .customLong("from-file"), help: "A file of URLs or prefixes, one per line (# starts a comment).") var fromFile: String?
+    @Option(help: "Also warm the N prefixes read most over --since (shoal hot), e.g. yesterday's hot tables before the morning jobs.")
+    var hot: Int?
+    @Option(help: "With --hot: the window the reads are counted over.") var since = "24h"
     @Option(help: "Fill requests in flight at once.") var concurrency = 64
     @Option(help: "Cap on the bytes per second each store sends the cluster for this warm, e.g. 500MiB (blocks already cached do not count).")
     var bandwidth: String?
@@ -40,6 +43,7 @@ struct WarmCommand: ParsableCommand {
         if ttl != nil && !pin { throw ValidationError("--ttl goes with --pin") }
         if diff && manifest == nil { throw ValidationError("--diff needs --manifest FILE (the manifest to compare the store with)") }
         if diff && (check || pin) { throw ValidationError("--diff only compares; it goes with neither --check nor --pin") }
+        if let hot, !(1...1000).contains(hot) { throw ValidationError("--hot must be 1-1000, not \(hot)") }
     }
 
     func run() throws {
@@ -52,9 +56,10 @@ struct WarmCommand: ParsableCommand {
             options.bytesPerSecondPerStore = rate
         }
         var config = try client.makeClientConfig()
-        // The warm's requests in flight, over a few connections per worker.
-        config.connectionsPerWorker = min(config.connectionsPerWorker, concurrency)
-        config.pipelineDepth = max(1, min(Int(WireLimits.maxInFlight), concurrency / config.connectionsPerWorker))
+        // The warm's requests in flight (`concurrency` across the cluster, each worker its share),
+        // over a few connections per worker.
+        config.connectionsPerWorker = min(4, concurrency)
+        config.pipelineDepth = max(1, min(Int(WireLimits.maxInFlight), concurrency))
         let c: ShoalClient
         do { c = try ShoalClient(config: config) } catch { throw fail(error.message, code: 2) }
         let output = WarmOutput(json: json || !StandardStreams.stdoutIsTerminal, interval: interval, check: check)
@@ -104,6 +109,12 @@ struct WarmCommand: ParsableCommand {
     /// The prefixes named on the command line and in --from-file.
     func targets() throws -> [ObjectPrefix] {
         var list = urls
+        if let hot {
+            let rows = try HotQuery.hottest(admins: admins, since: since, limit: hot)
+            if rows.isEmpty { note("shoal: warning: no prefix was read in the last \(since); --hot adds none") }
+            for r in rows { note("shoal: hot: \(r.prefix) (\(r.reads) reads in the last \(since))") }
+            list += rows.map(\.prefix)
+        }
         if let fromFile {
             let text: String
             do { text = String(decoding: try FileSystem.readFile(fromFile), as: UTF8.self) } catch { throw fail("--from-file \(fromFile): \(error)", code: 2) }
@@ -112,7 +123,7 @@ struct WarmCommand: ParsableCommand {
                 if !t.isEmpty && !t.hasPrefix("#") { list.append(t) }
             }
         }
-        guard !list.isEmpty else { throw fail("nothing to warm: give s3://bucket/prefix arguments or --from-file FILE", code: 2) }
+        guard !list.isEmpty else { throw fail("nothing to warm: give s3://bucket/prefix arguments, --from-file FILE or --hot N", code: 2) }
         var out: [ObjectPrefix] = []
         for url in list {
             do { out.append(try ObjectPrefix.parse(url)) } catch { throw fail(error.message, code: 2) }

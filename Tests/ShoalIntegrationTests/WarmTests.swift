@@ -140,3 +140,26 @@ import ShoalTestSupport
         #expect(throws: ShoalError.self) { try PinSet().persist(to: dir + "/pins.json") }
     }
 }
+
+@Suite(.serialized) struct HotPrefixTests {
+    /// A prefix read three times as often ranks above one read once, by reads and bytes, and the
+    /// counts outlive a restart.
+    @Test func theMoreReadPrefixRanksFirstAndIsKeptAcrossARestart() throws {
+        let h = try Harness("hot")
+        try h.put("often/o", SampleData.bytes(seed: 3, count: 100_000))
+        try h.put("seldom/o", SampleData.bytes(seed: 4, count: 100_000))
+        for _ in 0..<3 { _ = try h.readAll("often/o") }
+        _ = try h.readAll("seldom/o")
+        func ranked() -> String { h.worker.route("/hot?since=1h").body }
+        let body = ranked()
+        let often = try #require(body.range(of: "\"prefix\":\"s3://\(h.bucket)/often/\""))
+        let seldom = try #require(body.range(of: "\"prefix\":\"s3://\(h.bucket)/seldom/\""))
+        #expect(often.lowerBound < seldom.lowerBound, "\(body)")
+        #expect(body.contains("\"prefix\":\"s3://\(h.bucket)/often/\",\"reads\":3,\"bytesRead\":300000"))
+        let before = h.worker.service.datasets.hottest(since: 0, limit: 10)
+        try h.restart()
+        #expect(h.worker.service.datasets.hottest(since: 0, limit: 10) == before && before.count == 2)
+        #expect(h.worker.route("/hot?since=soon").status == 400)
+        #expect(h.worker.route("/hot?limit=0").status == 400)
+    }
+}

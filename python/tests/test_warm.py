@@ -234,3 +234,28 @@ def test_ls_cached_and_stats_json_agree_with_the_workers(cluster, bucket):
         assert w["bytesServedTotal"] == m["shoal_bytes_served_total"]
     ds = [d for d in snap["datasets"] if d["dataset"] == f"s3://{bucket}/d/"]
     assert ds and ds[0]["bytesCached"] == 2 << 20 and ds[0]["size"] == 8 << 20 and ds[0]["cachedPercent"] == 25
+
+
+def test_hot_ranks_the_prefix_read_more_and_warm_hot_takes_it(cluster, client, bucket):
+    populate(cluster, f"s3://{bucket}/often", "1MiB", "256KiB")
+    populate(cluster, f"s3://{bucket}/seldom", "1MiB", "256KiB")
+    often = client.list(f"s3://{bucket}/often/")
+    seldom = client.list(f"s3://{bucket}/seldom/")
+    for _ in range(3):
+        for o in often:
+            client.read(o.url, version=o)
+    for o in seldom:
+        client.read(o.url, version=o)
+    r = shoal(cluster, "hot", "--since", "1h", "--limit", "1000", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    names = [row["prefix"] for row in rows]
+    a, b = names.index(f"s3://{bucket}/often/"), names.index(f"s3://{bucket}/seldom/")
+    assert a < b and rows[a]["reads"] == 12 and rows[b]["reads"] == 4
+    assert rows[a]["size"] == 1 << 20 and rows[a]["bytesRead"] == 12 * 256 * 1024
+
+    # Every prefix read in the last hour (other tests' too, some of which emptied theirs).
+    r = shoal(cluster, "warm", "--hot", "1000", "--since", "1h", "--check", "--json")
+    assert r.returncode in (0, 1), r.stderr
+    assert f"shoal: hot: s3://{bucket}/often/ (12 reads" in r.stderr and f"shoal: hot: s3://{bucket}/seldom/ (4 reads" in r.stderr
+    assert documents(r.stdout)[-1]["objects"] >= 8
