@@ -225,6 +225,24 @@ public func shoal_list(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?,
     }
 }
 
+@_cdecl("shoal_manifest_list")
+public func shoal_manifest_list(_ path: UnsafePointer<CChar>?,
+                                _ each: (@convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UInt64, UnsafePointer<CChar>?) -> Int32)?,
+                                _ context: UnsafeMutableRawPointer?) -> Int64 {
+    guard let path = string(path), let each else { return Int64(badArgument("shoal_manifest_list: path and callback must not be NULL")) }
+    do throws(ShoalError) {
+        let m = try Manifest.read(path)
+        var count: Int64 = 0
+        for o in m.objects {
+            count += 1
+            if o.url.withCString({ u in o.etag.withCString { t in each(context, u, o.size, t) } }) != 0 { break }
+        }
+        return count
+    } catch {
+        return Int64(failed(error))
+    }
+}
+
 func open(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?, _ how: (ShoalClient, ObjectRef) throws(ShoalError) -> ShoalFile) -> OpaquePointer? {
     guard let c = cclient(client), let url = string(url) else {
         badArgument("shoal_open: client and url must not be NULL")

@@ -29,6 +29,17 @@ public struct Manifest: Sendable, Equatable {
 
     public var bytes: UInt64 { objects.reduce(0) { $0 + $1.size } }
 
+    /// Each object of the manifest opened at its version: no STAT, and every read of it pinned
+    /// to that version (a changed object fails with `precondition_failed`, never mixes).
+    public func open(with client: ShoalClient) throws(ShoalError) -> [ShoalFile] {
+        var files: [ShoalFile] = []
+        files.reserveCapacity(objects.count)
+        for o in objects {
+            files.append(try client.open(try ObjectRef.parse(o.url), version: ObjectVersion(size: o.size, etag: o.etag)))
+        }
+        return files
+    }
+
     /// The manifest's text; `created` is a timestamp for people (ISO 8601).
     public func encoded(created: String) -> String {
         let q = JSONText.quote

@@ -76,6 +76,24 @@ import ShoalTestSupport
         #expect(!nothing.succeeded && nothing.emptyPrefixes == [ObjectPrefix(bucket: h.bucket, prefix: "none/")])
     }
 
+    /// A dataset opened from its manifest reads the versions it names, with no STAT.
+    @Test func aDatasetOpensFromItsManifest() throws {
+        let h = try Harness("warm-manifest")
+        let data = (0..<3).map { SampleData.bytes(seed: 60 + UInt64($0), count: 70_000 + $0) }
+        for (i, d) in data.enumerated() { try h.put("m/\(i)", d) }
+        let summary = try Warmer(client: h.client, options: WarmOptions()).run([ObjectPrefix(bucket: h.bucket, prefix: "m/")]) { _ in }
+        let m = Manifest(prefixes: [ObjectPrefix(bucket: h.bucket, prefix: "m/")], objects: summary.objects.map {
+            Manifest.Entry(url: $0.url, size: $0.file.size, etag: $0.file.version.etag)
+        })
+        let path = makeTemporaryDirectory("manifest") + "/m.manifest"
+        try m.write(to: path, created: "now")
+        let fills = h.metric("shoal_fills_total")
+        let files = try Manifest.read(path).open(with: h.client)
+        #expect(files.map(\.object.key) == ["m/0", "m/1", "m/2"])
+        for (f, d) in zip(files, data) { #expect(try h.client.read(f, offset: 0, length: d.count) == d) }
+        #expect(h.metric("shoal_fills_total") == fills, "the warmed versions were fetched again")
+    }
+
     @Test func aManifestReadsBackAndItsErrorsNameTheLine() throws {
         let m = Manifest(prefixes: [ObjectPrefix(bucket: "b", prefix: "p/")],
                          objects: [Manifest.Entry(url: "s3://b/p/x", size: 10, etag: "\"e1\""), Manifest.Entry(url: "s3://b/p/y\n", size: 0, etag: "e2")])

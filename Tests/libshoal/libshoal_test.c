@@ -34,9 +34,26 @@ static int count_entry(void *context, const char *key, uint64_t size, const char
     return 0;
 }
 
+struct manifest_entry {
+    char url[1200];
+    char etag[260];
+    uint64_t size;
+    int count;
+};
+
+static int take_entry(void *context, const char *url, uint64_t size, const char *etag) {
+    struct manifest_entry *m = context;
+    if (m->count++ == 0) {
+        snprintf(m->url, sizeof m->url, "%s", url);
+        snprintf(m->etag, sizeof m->etag, "%s", etag);
+        m->size = size;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s CONFIG URL EXPECTED_FILE MISSING_URL PREFIX_URL\n", argv[0]);
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: %s CONFIG URL EXPECTED_FILE MISSING_URL PREFIX_URL [MANIFEST naming URL]\n", argv[0]);
         return 2;
     }
     const char *config = argv[1], *url = argv[2], *missing = argv[4], *prefix = argv[5];
@@ -77,6 +94,25 @@ int main(int argc, char **argv) {
     int listed = 0;
     int64_t n = shoal_list(client, prefix, count_entry, &listed);
     CHECK(n >= 1 && n == listed, "list gave %lld (%d counted): %s", (long long)n, listed, shoal_last_error());
+
+    if (argc == 7) {
+        /* A dataset from a manifest: each object opened at the version it names, no round trip. */
+        struct manifest_entry m;
+        memset(&m, 0, sizeof m);
+        CHECK(shoal_manifest_list(argv[6], take_entry, &m) == 1 && m.count == 1, "manifest_list: %s", shoal_last_error());
+        CHECK(strcmp(m.url, url) == 0 && m.size == size, "manifest entry %s %llu", m.url, (unsigned long long)m.size);
+        shoal_file *mf = shoal_open_version(client, m.url, m.size, m.etag);
+        CHECK(mf != NULL, "open_version from the manifest: %s", shoal_last_error());
+        if (mf) {
+            unsigned char *got = malloc(size);
+            CHECK(shoal_pread(mf, got, size, 0) == (int64_t)size && memcmp(got, expected, size) == 0, "read by the manifest: %s", shoal_last_error());
+            free(got);
+            shoal_close(mf);
+        }
+        CHECK(shoal_manifest_list("/nonexistent/shoal.manifest", take_entry, &m) == SHOAL_E_NOT_FOUND, "a missing manifest");
+        CHECK(shoal_manifest_list(argv[3], take_entry, &m) == SHOAL_E_BAD_REQUEST, "a file that is not a manifest");
+        CHECK(strstr(shoal_last_error(), "not a Shoal manifest") != NULL, "error: %s", shoal_last_error());
+    }
 
     shoal_file *file = shoal_open(client, url);
     CHECK(file != NULL, "open: %s", shoal_last_error());

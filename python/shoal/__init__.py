@@ -10,7 +10,7 @@ fsspec: `fsspec.open("shoal://bucket/key")` (and pandas, pyarrow, Hugging Face d
 it). PyTorch: `shoal.torch.ShoalMapDataset` and `ShoalIterableDataset`.
 """
 
-from .client import Client, ObjectInfo, ShoalFile, alloc_buffer
+from .client import Client, ObjectInfo, ShoalFile, alloc_buffer, read_manifest
 from .errors import (
     AccessDenied,
     ClusterUnreachable,
@@ -24,7 +24,7 @@ from .errors import (
 )
 
 __all__ = [
-    "Client", "ObjectInfo", "ShoalFile", "alloc_buffer",
+    "Client", "ObjectInfo", "ShoalFile", "alloc_buffer", "read_manifest",
     "ShoalError", "InvalidRequest", "NotFound", "AccessDenied", "VersionChanged", "ClusterUnreachable", "Timeout",
     "StoreUnavailable", "IntegrityError",
 ]

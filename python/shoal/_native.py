@@ -57,6 +57,7 @@ def _load():
         "shoal_stat_url": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(StatStruct)]),
         "shoal_read_object": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(StatStruct)]),
         "shoal_list": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p, LIST_FN, ctypes.c_void_p]),
+        "shoal_manifest_list": (ctypes.c_int64, [ctypes.c_char_p, LIST_FN, ctypes.c_void_p]),
         "shoal_open": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
         "shoal_open_version": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_char_p]),
         "shoal_file_size": (ctypes.c_uint64, [ctypes.c_void_p]),

@@ -48,7 +48,7 @@ class ObjectInfo:
         return hash((self.url, self.size, self.etag))
 
 
-def _c_url(url):
+def _c_url(url):  # also a path: a str without NUL
     """`url` as libshoal takes it (NUL-terminated UTF-8); anything else is InvalidRequest, never
     a URL cut short at a NUL."""
     if not isinstance(url, str):
@@ -65,6 +65,32 @@ def split_url(url):
     rest = url[5:]
     bucket, _, key = rest.partition("/")
     return bucket, key
+
+
+def read_manifest(path):
+    """The objects of a dataset manifest (`shoal warm --manifest FILE`, docs/MANIFEST.md), each
+    an ObjectInfo at the version it was warmed at: open or read them with `version=` (no round
+    trip, and every read is of that version: a changed object raises VersionChanged), or give
+    them to `read_batch` or a dataset's `from_objects`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidRequest(f"{path!r} is not a path")
+    found = []
+    failure = []
+
+    def each(_context, url, size, etag):
+        try:
+            u = url.decode()
+            found.append(ObjectInfo(u, split_url(u)[1], size, etag.decode()))
+            return 0
+        except BaseException as e:  # never let an exception cross the C frame
+            failure.append(e)
+            return 1
+
+    callback = _native.LIST_FN(each)
+    _check(lib.shoal_manifest_list(_c_url(os.fspath(path)), callback, None))
+    if failure:
+        raise failure[0]
+    return found
 
 
 _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize

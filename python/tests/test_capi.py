@@ -1,3 +1,4 @@
+import json
 import os
 import random
 import subprocess
@@ -18,7 +19,12 @@ def test_the_c_program_links_libshoal_and_passes(cluster, bucket, tmp_path):
     expected = tmp_path / "expected"
     expected.write_bytes(data)
     config = ";".join(f"{k}={v}" for k, v in cluster.settings().items())
-    r = subprocess.run([str(exe), config, f"s3://{bucket}/c/obj", str(expected), f"s3://{bucket}/c/missing", f"s3://{bucket}/c/"],
+    # A manifest of the one object, as `shoal warm --manifest` writes it.
+    info = shoal.Client(**cluster.settings()).stat(f"s3://{bucket}/c/obj")
+    manifest = tmp_path / "c.manifest"
+    manifest.write_text(json.dumps({"shoalManifest": 1, "created": "now", "prefixes": [f"s3://{bucket}/c/"], "objects": 1, "bytes": len(data)})
+                        + "\n" + json.dumps({"url": f"s3://{bucket}/c/obj", "size": len(data), "etag": info.etag}) + "\n")
+    r = subprocess.run([str(exe), config, f"s3://{bucket}/c/obj", str(expected), f"s3://{bucket}/c/missing", f"s3://{bucket}/c/", str(manifest)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"

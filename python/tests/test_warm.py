@@ -145,7 +145,7 @@ def test_denied_missing_and_malformed_are_reported_by_name(cluster, bucket):
     assert r.returncode != 0 and "--pin" in r.stderr
 
 
-def test_pin_and_manifest(cluster, bucket):
+def test_pin_and_manifest(cluster, client, bucket):
     populate(cluster, f"s3://{bucket}/d", "2MiB", "1MiB")
     manifest = os.path.join(cluster.dir, f"{bucket}.manifest")
     rc, docs = warm(cluster, f"s3://{bucket}/d", "--pin", "--ttl", "1h", "--manifest", manifest)
@@ -161,11 +161,30 @@ def test_pin_and_manifest(cluster, bucket):
 
     r = shoal(cluster, "warm", "--manifest", manifest, "--diff", "--json")
     assert r.returncode == 0 and documents(r.stdout)[-1] == {"type": "summary", "objects": 2, "added": 0, "removed": 0, "changed": 0}
+    # A job reads the dataset by the manifest: those versions, no STAT per object.
+    import shoal as shoal_package
+
+    objects = shoal_package.read_manifest(manifest)
+    assert [o.url for o in objects] == [f"s3://{bucket}/d/part-00000.bin", f"s3://{bucket}/d/part-00001.bin"]
+    first = client.read(objects[0].url, version=objects[0])
+    assert len(first) == 1 << 20
     cluster.store.put(bucket, "d/part-00000.bin", b"changed")
     cluster.store.put(bucket, "d/new", b"new")
     cluster.store.delete(bucket, "d/part-00001.bin")
     r = shoal(cluster, "warm", "--manifest", manifest, "--diff", "--json")
     docs = documents(r.stdout)
+    # The store moved on, the manifest did not: its version, warmed, is what a read by it gets
+    # (the epoch stays consistent); read by its name alone, the object is the new one.
+    assert client.read(objects[0].url, version=objects[0]) == first
+    assert client.read(objects[0].url) == b"changed"
+    bad = os.path.join(cluster.dir, f"{bucket}.not-a-manifest")
+    with open(bad, "w") as f:
+        f.write("hello\n")
+    try:
+        shoal_package.read_manifest(bad)
+        raise AssertionError("a file that is not a manifest was read")
+    except shoal_package.InvalidRequest as e:
+        assert "not a Shoal manifest" in str(e)
     assert r.returncode == 1
     assert sorted((d["change"], d["url"]) for d in docs if d["type"] == "change") == [
         ("added", f"s3://{bucket}/d/new"), ("changed", f"s3://{bucket}/d/part-00000.bin"), ("removed", f"s3://{bucket}/d/part-00001.bin")]

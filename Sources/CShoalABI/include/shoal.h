@@ -94,6 +94,14 @@ int shoal_stat_url(shoal_client *client, const char *url, shoal_stat *out);
 typedef int (*shoal_list_fn)(void *context, const char *key, uint64_t size, const char *etag);
 int64_t shoal_list(shoal_client *client, const char *prefix_url, shoal_list_fn each, void *context);
 
+/* Reads a dataset manifest (written by `shoal warm --manifest FILE`; docs/MANIFEST.md), calling
+ * `each` once per object with its URL (s3://...), size and etag, in the file's order; a non-zero
+ * return from `each` stops. Open each with shoal_open_version: no round trip, and every read is
+ * of that version. Returns the number of objects given to `each`, or a negative error code (a
+ * file that is not a manifest: SHOAL_E_BAD_REQUEST, the message naming the line; a missing one:
+ * SHOAL_E_NOT_FOUND). Needs no client. */
+int64_t shoal_manifest_list(const char *path, shoal_list_fn each, void *context);
+
 /* Reads an object from its start into `buffer` (up to `length` bytes) knowing only its URL: the
  * worker holding its first block resolves the version and sends it with the bytes, so an object
  * of up to one block (4 MiB by default) costs one round trip, with no stat first. Fills `out`
