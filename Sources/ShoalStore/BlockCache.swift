@@ -86,6 +86,11 @@ public final class BlockCache: @unchecked Sendable {
 
     public func contains(_ id: BlockID) -> Bool { disk(for: id)?.contains(id) ?? false }
 
+    /// Drops block `key` (ID `id`) from the cache (`shoal evict`); the bytes it held, or nil when
+    /// it was not cached. A snapshot written later leaves it out; after a crash, recovery from the
+    /// region footers may bring it back (still that version's bytes, checked on every read).
+    public func evict(_ key: BlockKey, id: BlockID) -> UInt64? { disk(for: id)?.evict(id, tag: key.object.datasetTag) }
+
     /// Appends a block (data in `slot` at `dataOffset`) to its disk. False if it was not cached
     /// because the disk's background cleaner had no clean region ready in time (counted in
     /// `CacheDiskStats.insertsDropped`; the block is a later miss).

@@ -413,6 +413,17 @@ final class CacheDisk: @unchecked Sendable {
 
     func contains(_ id: BlockID) -> Bool { state.lock.withLock { state.index.lookup(id) != nil } }
 
+    /// Drops block `id` (of dataset `tag`) from the index, pinned or not: later reads miss. Its
+    /// record stays on disk until its region is cleaned; the bytes of the record it held, or nil.
+    func evict(_ id: BlockID, tag: UInt16) -> UInt64? {
+        state.lock.withLock {
+            guard let e = state.index.lookup(id), state.index.remove(id) else { return nil }
+            state.headers.remove(page: e.page)
+            state.count(tag, e.pages, -1, evicted: true)
+            return UInt64(max(Int(e.pages) - 1, 0)) * 4096
+        }
+    }
+
     var snapshotStats: CacheDiskStats {
         state.lock.withLock {
             var s = state.stats

@@ -205,6 +205,17 @@ public final class Worker: @unchecked Sendable {
                 return AdminResponse(status: status, contentType: "text/plain", body: error.message + "\n")
             }
         }
+        if path == "/evict" {
+            guard method == "POST" else { return AdminResponse(status: 405, contentType: "text/plain", body: "/evict takes POST\n") }
+            do throws(ShoalError) {
+                guard let url = query["prefix"] else { throw ShoalError(.badRequest, "POST /evict needs ?prefix=s3://bucket/prefix") }
+                let (objects, blocks, bytes) = try evict(url)
+                return AdminResponse(status: 200, contentType: "application/json",
+                                     body: "{\"prefix\":\(JSONText.quote(url)),\"objects\":\(objects),\"blocks\":\(blocks),\"bytes\":\(bytes)}\n")
+            } catch {
+                return AdminResponse(status: error.code == .notFound ? 404 : 400, contentType: "text/plain", body: error.message + "\n")
+            }
+        }
         guard method == "GET" else { return AdminResponse(status: 405, contentType: "text/plain", body: "\(path) takes GET\n") }
         switch path {
         case "/metrics":
@@ -241,6 +252,31 @@ public final class Worker: @unchecked Sendable {
         let expires = ttlSeconds.map { wallClockSeconds() + $0 }
         try cache.pins.add(PinRule(store: store, bucket: bucket, prefix: prefix, expiresAt: expires, bytes: bytes))
         logger.info("pinned", metadata: ["prefix": "\(url)", "bytes": "\(bytes)", "ttl": "\(ttlSeconds.map { "\($0)s" } ?? "none")"])
+    }
+
+    /// Drops the cached blocks of the objects under a prefix (their current versions, as the
+    /// store lists them), pinned or not, from this worker's cache and DRAM tier.
+    public func evict(_ url: String) throws(ShoalError) -> (objects: Int, blocks: Int, bytes: UInt64) {
+        let p = try ObjectPrefix.parse(url)
+        let entries = try service.store(p.store).listAll(bucket: p.bucket, prefix: p.prefix)
+        guard !entries.isEmpty else { throw ShoalError(.notFound, "nothing under \(url) in store '\(p.store)'") }
+        let layout = BlockLayout(blockSize: config.blockSize)
+        var blocks = 0
+        var bytes: UInt64 = 0
+        for e in entries {
+            let object = ObjectRef(store: p.store, bucket: p.bucket, key: e.key)
+            for i in 0..<layout.blockCount(objectSize: e.version.size) {
+                let key = BlockKey(object: object, etag: e.version.etag, objectSize: e.version.size, blockSize: UInt32(config.blockSize), index: i)
+                let id = BlockID(hashing: key.encoded)
+                plane?.tier?.remove(id)
+                if let n = cache.evict(key, id: id) {
+                    blocks += 1
+                    bytes += n
+                }
+            }
+        }
+        logger.info("evicted", metadata: ["prefix": "\(url)", "objects": "\(entries.count)", "blocks": "\(blocks)"])
+        return (entries.count, blocks, bytes)
     }
 
     public func unpin(_ url: String) throws(ShoalError) {

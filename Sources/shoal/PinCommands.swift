@@ -88,3 +88,17 @@ struct UnpinCommand: ParsableCommand {
         try admin.send("DELETE", "/pins?prefix=\(PercentEncoding.encode(prefix))")
     }
 }
+
+struct EvictCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evict",
+        abstract: "Drop the cached blocks of the objects under a prefix, pinned or not, on every worker given (a later read fills them again).")
+
+    @Argument(help: "s3://bucket/prefix (or s3://store@bucket/prefix)") var prefix: String
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        do { _ = try ObjectPrefix.parse(prefix) } catch { throw fail(error.message, code: 2) }
+        try admin.send("POST", "/evict?prefix=\(PercentEncoding.encode(prefix))")
+    }
+}

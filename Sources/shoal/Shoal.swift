@@ -10,7 +10,7 @@ struct Shoal: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shoal",
         abstract: "A distributed NVMe read cache for AI training data.",
-        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, LsCommand.self, WarmCommand.self, StatsCommand.self, HotCommand.self, PinCommand.self, UnpinCommand.self, RingCommand.self,
+        subcommands: [WorkerCommand.self, CatCommand.self, StatCommand.self, LsCommand.self, WarmCommand.self, StatsCommand.self, HotCommand.self, PinCommand.self, UnpinCommand.self, EvictCommand.self, RingCommand.self,
                       DrainCommand.self, UndrainCommand.self, BenchCommand.self, SelftestCommand.self])
 
     /// ArgumentParser's own `main`, after letting members files be YAML in this process.

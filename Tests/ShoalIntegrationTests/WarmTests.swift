@@ -94,6 +94,29 @@ import ShoalTestSupport
         #expect(h.metric("shoal_fills_total") == fills, "the warmed versions were fetched again")
     }
 
+    /// Evicting a prefix drops its blocks, pinned ones too; the next read fills them again.
+    @Test func evictDropsAPrefixsBlocks() throws {
+        let h = try Harness("evict")
+        try h.put("e/a", SampleData.bytes(seed: 1, count: (1 << 20) + 10))
+        try h.put("e/b", SampleData.bytes(seed: 2, count: 5000))
+        try h.put("keep/c", SampleData.bytes(seed: 3, count: 5000))
+        #expect(h.worker.route(method: "POST", "/pins?prefix=s3://\(h.bucket)/e/").status == 200)
+        let warmed = try Warmer(client: h.client, options: WarmOptions()).run([ObjectPrefix(bucket: h.bucket, prefix: "")]) { _ in }
+        #expect(warmed.succeeded && warmed.progress.blocksFromStore == 4)
+        let r = h.worker.route(method: "POST", "/evict?prefix=s3://\(h.bucket)/e/")
+        #expect(r.status == 200 && r.body.contains("\"objects\":2,\"blocks\":3"), "\(r.body)")
+        var check = WarmOptions()
+        check.checkOnly = true
+        let after = try Warmer(client: h.client, options: check).run([ObjectPrefix(bucket: h.bucket, prefix: "")]) { _ in }
+        #expect(after.progress.objectsResident == 1 && after.progress.bytesResident == 5000, "only keep/c is left")
+        let fills = h.metric("shoal_fills_total")
+        #expect(try h.readAll("e/a").count == (1 << 20) + 10)
+        #expect(h.metric("shoal_fills_total") == fills + 2)
+        #expect(h.worker.route(method: "POST", "/evict?prefix=s3://\(h.bucket)/none/").status == 404)
+        #expect(h.worker.route(method: "GET", "/evict?prefix=s3://\(h.bucket)/e/").status == 405)
+        #expect(h.worker.route(method: "POST", "/evict").status == 400)
+    }
+
     @Test func aManifestReadsBackAndItsErrorsNameTheLine() throws {
         let m = Manifest(prefixes: [ObjectPrefix(bucket: "b", prefix: "p/")],
                          objects: [Manifest.Entry(url: "s3://b/p/x", size: 10, etag: "\"e1\""), Manifest.Entry(url: "s3://b/p/y\n", size: 0, etag: "e2")])

@@ -278,3 +278,17 @@ def test_hot_ranks_the_prefix_read_more_and_warm_hot_takes_it(cluster, client, b
     assert r.returncode in (0, 1), r.stderr
     assert f"shoal: hot: s3://{bucket}/often/ (12 reads" in r.stderr and f"shoal: hot: s3://{bucket}/seldom/ (4 reads" in r.stderr
     assert documents(r.stdout)[-1]["objects"] >= 8
+
+
+def test_evict_drops_a_prefix_on_every_worker(cluster, bucket):
+    populate(cluster, f"s3://{bucket}/d", "12MiB", "4MiB")
+    rc, docs = warm(cluster, f"s3://{bucket}/d")
+    assert rc == 0 and docs[-1]["newlyCached"]["objects"] == 3
+    r = shoal(cluster, "evict", f"s3://{bucket}/d")
+    assert r.returncode == 0, r.stderr
+    answers = [json.loads(line.split(": ", 1)[1]) for line in r.stdout.splitlines()]
+    assert len(answers) == 3 and sum(a["blocks"] for a in answers) == 3
+    rc, docs = warm(cluster, f"s3://{bucket}/d", "--check")
+    assert rc == 0 and docs[-1]["cachedPercent"] == 0
+    r = shoal(cluster, "evict", f"s3://{bucket}/nothing-here/")
+    assert r.returncode == 1 and "nothing under" in r.stderr
