@@ -16,12 +16,15 @@
 
 Each run warms a prefix of its own (cold), and the direct GETs read another of the same shape.
 The warming process, the workers and SeaweedFS share this machine's two cores and one disk; the
-workers also write every block to their cache disks, which the direct GETs do not. Medians of
---runs. Writes warm.json and warm.md to --out (default .shoal/perf).
+workers also write every block to their cache disks, which the direct GETs do not. The CPU rows
+count what the store's, the workers' and the client's processes used in each (user and system,
+/proc), per GiB or per object: where the cores are shared, a warm's extra CPU is taken from the
+store. Medians of --runs. Writes warm.json and warm.md to --out (default .shoal/perf).
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,15 +48,38 @@ def store_gets(metrics_url, bucket):
     return total
 
 
-def warm(shoal_bin, env, url, concurrency, *extra):
-    out = sh([shoal_bin, "warm", url, "--json", "--concurrency", str(concurrency), *extra], env=env)
+def cpu_seconds(pids):
+    """User and system CPU seconds the processes have used so far, together."""
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def timed(cmd, env, servers):
+    """Runs `cmd`; its output and the CPU seconds it and the servers used."""
+    before = cpu_seconds(servers)
+    start = os.times()
+    out = sh(cmd, env=env)
+    end = os.times()
+    return out, cpu_seconds(servers) - before + (end.children_user - start.children_user) + (end.children_system - start.children_system)
+
+
+def warm(shoal_bin, env, url, concurrency, servers):
+    out, cpu = timed([shoal_bin, "warm", url, "--json", "--concurrency", str(concurrency)], env, servers)
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["type"] == "summary" and not summary["failed"], summary
+    summary["cpu"] = cpu
     return summary
 
 
-def direct(shoal_bin, env, url, concurrency):
-    return json.loads(sh([shoal_bin, "bench", "get", url, "--block-size", "4MiB", "--concurrency", str(concurrency), "--json"], env=env))
+def direct(shoal_bin, env, url, concurrency, servers):
+    out, cpu = timed([shoal_bin, "bench", "get", url, "--block-size", "4MiB", "--concurrency", str(concurrency), "--json"], env, servers)
+    r = json.loads(out)
+    r["cpu"] = cpu
+    return r
 
 
 def main():
@@ -69,26 +95,37 @@ def main():
     sh(["swift", "build", "-c", "release", "--product", "shoal"], env=dict(os.environ))
     shoal_bin = os.path.join(ROOT, ".build", "release", "shoal")
     subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
-    capacity = "8GiB"
+    # Cold means cold: no cache, no objects and no state from an earlier run.
+    shutil.rmtree(work, ignore_errors=True)
+    capacity = "3GiB"
     sh([os.path.join(ROOT, "Tools", "cluster.sh"), "start", "--workers", "3", "--dir", work, "--port", str(BASE_PORT), "--capacity", capacity],
        env=dict(os.environ, SHOAL_BIN=shoal_bin))
     env = dict(os.environ, **read_env(os.path.join(work, "cluster.env")))
     c = args.concurrency
     small_bytes = args.small * 102400
-    results = {"large": [], "largeDirect": [], "small": [], "smallDirect": [], "getsPerBlock": [], "bytesHere": [], "bytesWarmed": []}
+    results = {"large": [], "largeDirect": [], "small": [], "smallDirect": [], "getsPerBlock": [], "bytesHere": [], "bytesWarmed": [],
+               "largeCpu": [], "largeDirectCpu": [], "smallCpu": [], "smallDirectCpu": []}
+    # The store's and the workers' processes: their CPU is counted with the client's.
+    servers = [int(open(os.path.join(work, p)).read().strip()) for p in ("objectstore/weed.pid", "w0/worker.pid", "w1/worker.pid", "w2/worker.pid")]
     try:
         for i in range(args.runs):
             for kind, size, each in (("large", args.large, "64MiB"), ("small", str(small_bytes), "100KiB")):
                 for side in ("warm", "direct"):
                     sh([shoal_bin, "bench", "populate", f"s3://warmperf/{kind}-{side}-{i}", "--size", size, "--object-size", each], env=env)
-            s = warm(shoal_bin, env, f"s3://warmperf/large-warm-{i}", c)
+            s = warm(shoal_bin, env, f"s3://warmperf/large-warm-{i}", c, servers)
             results["large"].append(s["bytesPerSecond"])
+            results["largeCpu"].append(s["cpu"] / (s["bytes"] / 2**30))
             results["bytesHere"].append(s["bytesReceivedHere"])
             results["bytesWarmed"].append(s["bytes"])
-            results["largeDirect"].append(direct(shoal_bin, env, f"s3://warmperf/large-direct-{i}", c)["bytesPerSecond"])
-            s = warm(shoal_bin, env, f"s3://warmperf/small-warm-{i}", c)
+            d = direct(shoal_bin, env, f"s3://warmperf/large-direct-{i}", c, servers)
+            results["largeDirect"].append(d["bytesPerSecond"])
+            results["largeDirectCpu"].append(d["cpu"] / (d["bytes"] / 2**30))
+            s = warm(shoal_bin, env, f"s3://warmperf/small-warm-{i}", c, servers)
             results["small"].append(s["objects"] / s["seconds"])
-            results["smallDirect"].append(direct(shoal_bin, env, f"s3://warmperf/small-direct-{i}", c)["bytesPerSecond"] / 102400)
+            results["smallCpu"].append(s["cpu"] / s["objects"] * 1000)
+            d = direct(shoal_bin, env, f"s3://warmperf/small-direct-{i}", c, servers)
+            results["smallDirect"].append(d["bytesPerSecond"] / 102400)
+            results["smallDirectCpu"].append(d["cpu"] / (d["bytes"] / 102400) * 1000)
             # Two warms of one cold prefix at once.
             bucket = f"warmtwice{i}"
             sh([shoal_bin, "bench", "populate", f"s3://{bucket}/d", "--size", "256MiB", "--object-size", "16MiB"], env=env)
@@ -100,6 +137,7 @@ def main():
             results["getsPerBlock"].append((store_gets(env["SHOAL_S3_METRICS"], bucket) - before) / 64)
     finally:
         subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)  # preallocated caches and the store's data: gigabytes
 
     m = {k: statistics.median(v) for k, v in results.items()}
     m["runs"] = results
@@ -111,6 +149,10 @@ def main():
              f"{m['large'] / m['largeDirect']:.2f} | >= 0.9 |",
              f"| warm of 100 KiB objects, objects/s / direct GETs at concurrency {c} | {m['small']:.0f} | {m['smallDirect']:.0f} | "
              f"{m['small'] / m['smallDirect']:.2f} | >= 0.9 |",
+             f"| CPU seconds per GiB, 64 MiB objects (store, workers and client together) | {m['largeCpu']:.2f} | {m['largeDirectCpu']:.2f} | "
+             f"{m['largeCpu'] / m['largeDirectCpu']:.2f} | |",
+             f"| CPU milliseconds per 100 KiB object (store, workers and client together) | {m['smallCpu']:.2f} | {m['smallDirectCpu']:.2f} | "
+             f"{m['smallCpu'] / m['smallDirectCpu']:.2f} | |",
              f"| store GETs per block, two warms of one cold prefix at once | {m['getsPerBlock']:.3f} | 1 | | exactly 1.0 |",
              f"| bytes read by the warming process / bytes warmed (64 MiB objects) | {m['bytesHere']:.0f} | {m['bytesWarmed']:.0f} | "
              f"{m['bytesHere'] / m['bytesWarmed']:.5f} | requests and answers only |"]

@@ -178,63 +178,40 @@ public final class Worker: @unchecked Sendable {
         metrics.record(datasets: datasetRows().map { ($0.name, $0.reads, $0.cached) })
     }
 
-    func route(method: String = "GET", _ uri: String) -> AdminResponse {
-        let path = uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri
-        let query = AdminQuery(uri)
-        if path == "/pins" {
-            do throws(ShoalError) {
-                switch method {
-                case "GET": break
-                case "POST":
-                    guard let url = query["prefix"] else { throw ShoalError(.badRequest, "POST /pins needs ?prefix=s3://bucket/prefix") }
-                    var ttl: Double?
-                    if let t = query["ttl"] {
-                        guard let s = DurationText.parseSeconds(t), s > 0 else { throw ShoalError(.badRequest, "ttl '\(t)' is not a duration (e.g. 1h)") }
-                        ttl = s
-                    }
-                    try pin(url, ttlSeconds: ttl)
-                case "DELETE":
-                    guard let url = query["prefix"] else { throw ShoalError(.badRequest, "DELETE /pins needs ?prefix=s3://bucket/prefix") }
-                    try unpin(url)
-                default:
-                    throw ShoalError(.badRequest, "/pins takes GET, POST or DELETE")
-                }
-                return AdminResponse(status: 200, contentType: "application/json", body: pinsJSON() + "\n")
-            } catch {
-                let status = error.code == .notFound ? 404 : (error.code == .tooLarge ? 507 : 400)
-                return AdminResponse(status: status, contentType: "text/plain", body: error.message + "\n")
-            }
-        }
-        if path == "/evict" {
-            guard method == "POST" else { return AdminResponse(status: 405, contentType: "text/plain", body: "/evict takes POST\n") }
-            do throws(ShoalError) {
-                guard let url = query["prefix"] else { throw ShoalError(.badRequest, "POST /evict needs ?prefix=s3://bucket/prefix") }
-                let (objects, blocks, bytes) = try evict(url)
-                return AdminResponse(status: 200, contentType: "application/json",
-                                     body: "{\"prefix\":\(JSONText.quote(url)),\"objects\":\(objects),\"blocks\":\(blocks),\"bytes\":\(bytes)}\n")
-            } catch {
-                return AdminResponse(status: error.code == .notFound ? 404 : 400, contentType: "text/plain", body: error.message + "\n")
-            }
-        }
-        guard method == "GET" else { return AdminResponse(status: 405, contentType: "text/plain", body: "\(path) takes GET\n") }
-        switch path {
-        case "/metrics":
+    func route(method: String = "GET", _ uri: String) -> AdminResponse { router.route(method: method, uri: uri) }
+
+    /// The admin port's pages, each a typed handler (bodies: AdminRouter.swift).
+    private lazy var router: AdminRouter = {
+        var r = AdminRouter()
+        r.text("GET", "/metrics", contentType: "text/plain; version=0.0.4") { [unowned self] _ in
             updateGauges()
-            return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: metrics.render())
-        case "/healthz":
-            return AdminResponse(status: 200, contentType: "text/plain", body: "ok\n")
-        case "/status":
-            return AdminResponse(status: 200, contentType: "application/json", body: statusJSON() + "\n")
-        case "/hot":
-            do throws(ShoalError) {
-                return AdminResponse(status: 200, contentType: "application/json", body: try hotJSON(query) + "\n")
-            } catch {
-                return AdminResponse(status: 400, contentType: "text/plain", body: error.message + "\n")
-            }
-        default:
-            return AdminResponse(status: 404, contentType: "text/plain", body: "no such page: \(path) (try /metrics, /healthz, /status, /hot, /pins)\n")
+            return metrics.render()
         }
-    }
+        r.text("GET", "/healthz") { _ in "ok\n" }
+        r.json("GET", "/status") { [unowned self] _ in status() }
+        r.json("GET", "/hot") { [unowned self] call throws(ShoalError) in try hot(call.query) }
+        r.json("GET", "/pins") { [unowned self] _ in pins() }
+        r.json("POST", "/pins") { [unowned self] call throws(ShoalError) in
+            let url = try call.require("prefix", example: "s3://bucket/prefix")
+            var ttl: Double?
+            if let t = call.query["ttl"] {
+                guard let s = DurationText.parseSeconds(t), s > 0 else { throw ShoalError(.badRequest, "ttl '\(t)' is not a duration (e.g. 1h)") }
+                ttl = s
+            }
+            try pin(url, ttlSeconds: ttl)
+            return pins()
+        }
+        r.json("DELETE", "/pins") { [unowned self] call throws(ShoalError) in
+            try unpin(try call.require("prefix", example: "s3://bucket/prefix"))
+            return pins()
+        }
+        r.json("POST", "/evict") { [unowned self] call throws(ShoalError) in
+            let url = try call.require("prefix", example: "s3://bucket/prefix")
+            let (objects, blocks, bytes) = try evict(url)
+            return EvictBody(prefix: url, objects: objects, blocks: blocks, bytes: bytes)
+        }
+        return r
+    }()
 
     /// Pins an object prefix (`s3://[store@]bucket/prefix`): its blocks are kept through eviction
     /// until unpinned or `ttlSeconds` pass. Refused when the prefix holds more than the room left.
@@ -287,13 +264,11 @@ public final class Worker: @unchecked Sendable {
         }
     }
 
-    func pinsJSON() -> String {
+    func pins() -> PinsBody {
         let now = wallClockSeconds()
-        let items = cache.pins.active.map { r in
-            let ttl = r.expiresAt.map { String(Int(max(0, $0 - now).rounded())) } ?? "null"
-            return "{\"prefix\":\(JSONText.quote(r.url)),\"bytes\":\(r.bytes),\"secondsLeft\":\(ttl)}"
-        }
-        return "{\"pinnable\":\(cache.pinnableBytes),\"pins\":[\(items.joined(separator: ","))]}"
+        return PinsBody(pinnable: cache.pinnableBytes, pins: cache.pins.active.map { r in
+            PinsBody.Pin(prefix: r.url, bytes: r.bytes, secondsLeft: r.expiresAt.map { Int(max(0, $0 - now).rounded()) })
+        })
     }
 
     struct DatasetRow {
@@ -318,39 +293,41 @@ public final class Worker: @unchecked Sendable {
         return rows
     }
 
-    /// The worker's state as JSON: totals and, per disk, its counters and whether (and why) it is out of service.
-    public func statusJSON() -> String {
-        let quote = JSONText.quote
-        let disks = cache.diskStats.map { d in
-            "{\"path\":\(quote(d.path)),\"inService\":\(d.failure == nil),\"failure\":\(d.failure.map(quote) ?? "null"),"
-                + "\"blocks\":\(d.blocks),\"capacity\":\(d.capacity),\"hits\":\(d.hits),\"misses\":\(d.misses),"
-                + "\"evictions\":\(d.evictions),\"reinserted\":\(d.reinserted),\"corruptBlocks\":\(d.corrupt),"
-                + "\"bytesWritten\":\(d.bytesWritten),\"indexBytes\":\(d.indexBytes)}"
-        }
-        let datasets = datasetRows().map { r in
-            "{\"dataset\":\(quote(r.name)),\"hits\":\(r.reads.hits),\"misses\":\(r.reads.misses),\"hitRatio\":\(formatFixed(r.reads.hitRatio, decimals: 4)),"
-                + "\"bytesServed\":\(r.reads.bytesServed),\"bytesFilled\":\(r.reads.bytesFilled),\"blocks\":\(r.cached.blocks),"
-                + "\"bytesCached\":\(r.cached.bytes),\"evictions\":\(r.cached.evictions)}"
-        }
+    /// The worker's state: totals and, per disk, its counters and whether (and why) it is out of service.
+    func status() -> StatusBody {
         let a = service.admission.snapshot
-        let admission = "{\"admitted\":\(a.admitted),\"refusedFirstMiss\":\(a.refusedFirstMiss),\"refusedWriteBudget\":\(a.refusedBudget),\"refusedThrashGuard\":\(a.refusedSubset),"
-            + "\"writeBudgetUsed\":\(formatFixed(a.budgetUsed, decimals: 4))}"
-        return "{\"listen\":\(quote("\(config.listen.host):\(port)")),\"blocks\":\(cache.blockCount),\"bytesCached\":\(cache.bytesCached),"
-            + "\"capacity\":\(cache.capacity),\"connections\":\(plane?.connectionCount ?? 0),\"fillsInFlight\":\(service.fills.inFlight),"
-            + "\"serveFromMemory\":\(config.serveFromMemory),\"answerWithoutData\":\(config.answerWithoutData),"
-            + "\"admission\":\(admission),\"memoryTier\":\(tierJSON()),\"cluster\":\(clusterJSON()),\"disks\":[\(disks.joined(separator: ","))],\"datasets\":[\(datasets.joined(separator: ","))]}"
+        let tier = (plane?.tier?.stats).map { t in
+            StatusBody.MemoryTier(pages: pool.tierSlots, resident: t.resident, residentBytes: t.residentBytes, pagesMoved: t.pagesMoved,
+                                  hits: t.hits, misses: t.misses, loads: t.loads, evictions: t.evictions)
+        }
+        var cluster: StatusBody.Cluster?
+        if let (source, id) = service.members {
+            let view = source.current(force: false).view
+            cluster = StatusBody.Cluster(source: source.name, memberID: id, epoch: view.epoch,
+                                         members: view.members.map { StatusBody.Member(id: $0.id, address: $0.address, state: $0.state.rawValue, weight: $0.weight) },
+                                         viewError: source.error, registrationError: registration?.error)
+        }
+        return StatusBody(
+            listen: "\(config.listen.host):\(port)", blocks: cache.blockCount, bytesCached: cache.bytesCached, capacity: cache.capacity,
+            connections: plane?.connectionCount ?? 0, fillsInFlight: service.fills.inFlight, serveFromMemory: config.serveFromMemory,
+            answerWithoutData: config.answerWithoutData,
+            admission: StatusBody.Admission(admitted: a.admitted, refusedFirstMiss: a.refusedFirstMiss, refusedWriteBudget: a.refusedBudget,
+                                            refusedThrashGuard: a.refusedSubset, writeBudgetUsed: (a.budgetUsed * 10000).rounded() / 10000),
+            memoryTier: tier, cluster: cluster,
+            disks: cache.diskStats.map { d in
+                StatusBody.Disk(path: d.path, inService: d.failure == nil, failure: d.failure, blocks: d.blocks, capacity: d.capacity, hits: d.hits,
+                                misses: d.misses, evictions: d.evictions, reinserted: d.reinserted, corruptBlocks: d.corrupt,
+                                bytesWritten: d.bytesWritten, indexBytes: d.indexBytes)
+            },
+            datasets: datasetRows().map { r in
+                StatusBody.Dataset(dataset: r.name, hits: r.reads.hits, misses: r.reads.misses, hitRatio: (r.reads.hitRatio * 10000).rounded() / 10000,
+                                   bytesServed: r.reads.bytesServed, bytesFilled: r.reads.bytesFilled, blocks: r.cached.blocks,
+                                   bytesCached: r.cached.bytes, evictions: r.cached.evictions)
+            })
     }
 
-    /// The view this worker checks READs against: its source, epoch and members, and why the
-    /// source's last answer (or the etcd registration) failed, if it did.
-    func clusterJSON() -> String {
-        guard let (source, id) = service.members else { return "null" }
-        let quote = JSONText.quote
-        let view = source.current(force: false).view
-        let members = view.members.map { "{\"id\":\(quote($0.id)),\"address\":\(quote($0.address)),\"state\":\"\($0.state.rawValue)\",\"weight\":\($0.weight)}" }
-        return "{\"source\":\(quote(source.name)),\"memberID\":\(quote(id)),\"epoch\":\(view.epoch),\"members\":[\(members.joined(separator: ","))],"
-            + "\"viewError\":\(source.error.map(quote) ?? "null"),\"registrationError\":\(registration?.error.map(quote) ?? "null")}"
-    }
+    /// `status()` as JSON (for tools and tests).
+    public func statusJSON() -> String { (try? AdminRouter.encode(status())) ?? "{}" }
 
     /// The DRAM tier's counters (nil: no tier).
     var tierStats: MemoryTierStats? { plane?.tier?.stats }
@@ -358,10 +335,6 @@ public final class Worker: @unchecked Sendable {
     /// Threads the data plane runs: its shards and fill threads.
     var dataPlaneThreads: Int { (plane?.shards.count ?? 0) + (plane?.fillPool.threads ?? 0) }
 
-    func tierJSON() -> String {
-        guard let t = plane?.tier?.stats else { return "null" }
-        return "{\"pages\":\(pool.tierSlots),\"resident\":\(t.resident),\"residentBytes\":\(t.residentBytes),\"pagesMoved\":\(t.pagesMoved),\"hits\":\(t.hits),\"misses\":\(t.misses),\"loads\":\(t.loads),\"evictions\":\(t.evictions)}"
-    }
 
     /// Stops accepting, lets requests in progress finish, and flushes the cache files.
     public func stop() async {
@@ -401,8 +374,8 @@ public final class Worker: @unchecked Sendable {
         }
     }
 
-    /// The prefixes read most since `seconds` ago, with what this worker holds of each, as JSON.
-    func hotJSON(_ query: AdminQuery) throws(ShoalError) -> String {
+    /// The prefixes read most since `seconds` ago, with what this worker holds of each.
+    func hot(_ query: AdminQuery) throws(ShoalError) -> HotBody {
         var seconds = 24.0 * 3600
         if let s = query["since"] {
             guard let v = DurationText.parseSeconds(s), v > 0 else { throw ShoalError(.badRequest, "since '\(s)' is not a duration (e.g. 24h)") }
@@ -415,11 +388,9 @@ public final class Worker: @unchecked Sendable {
         }
         plane?.flushStats()
         let cached = cache.datasetBlocks
-        let items = service.datasets.hottest(since: wallClockSeconds() - seconds, limit: limit).map { e in
-            "{\"prefix\":\(JSONText.quote(e.name)),\"reads\":\(e.reads),\"bytesRead\":\(e.bytes),\"error\":\(e.error),"
-                + "\"bytesCached\":\(cached[ObjectRef.tag(ofDataset: e.name)]?.bytes ?? 0)}"
-        }
-        return "{\"sinceSeconds\":\(Int(seconds)),\"prefixes\":[\(items.joined(separator: ","))]}"
+        return HotBody(sinceSeconds: Int(seconds), prefixes: service.datasets.hottest(since: wallClockSeconds() - seconds, limit: limit).map { e in
+            HotBody.Prefix(prefix: e.name, reads: e.reads, bytesRead: e.bytes, error: e.error, bytesCached: cached[ObjectRef.tag(ofDataset: e.name)]?.bytes ?? 0)
+        })
     }
 
     /// Stops the data plane and closes the cache (writing its snapshot), synchronously.

@@ -54,7 +54,8 @@ import ShoalTestSupport
         // A 4 KiB range from the middle of a hot block, its CRC computed over just that range.
         let f = try h.client.open(h.ref("o"))
         #expect(try h.client.read(f, offset: (1 << 20) + 12345, length: 4096) == Array(data[((1 << 20) + 12345)..<((1 << 20) + 12345 + 4096)]))
-        #expect(h.worker.statusJSON().contains("\"memoryTier\":{\"pages\":8,\"resident\":4,\"residentBytes\":\(4 << 20)"))
+        let tier = try #require(statusDocument(h.worker)["memoryTier"] as? [String: Any])
+        #expect(tier["pages"] as? Int == 8 && tier["resident"] as? Int == 4 && tier["residentBytes"] as? Int == 4 << 20, "\(tier)")
     }
 
     /// Small objects take slots their size: 24 objects of 50 KiB, hot, all stay in a tier of two
