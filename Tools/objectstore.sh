@@ -70,19 +70,14 @@ JSON
         sleep 0.1
     done
     [ "$code" = "403" ] || { echo "objectstore: S3 on port $port did not answer in 60 s (last: $code)" >&2; stop; exit 1; }
-    cat > "$dir/s3.env" <<ENV
-SHOAL_S3_ENDPOINT=http://127.0.0.1:$port
-SHOAL_S3_ACCESS_KEY=$access
-SHOAL_S3_SECRET_KEY=$secret
-SHOAL_S3_REGION=us-east-1
-ENV
-    cat > "$dir/s3-listonly.env" <<ENV
-SHOAL_S3_ENDPOINT=http://127.0.0.1:$port
-SHOAL_S3_ACCESS_KEY=$list_access
-SHOAL_S3_SECRET_KEY=$list_secret
-SHOAL_S3_REGION=us-east-1
-ENV
-    chmod 600 "$dir/s3.env" "$dir/s3-listonly.env"
+    # A credentials file a worker's store reads (readable by its owner only).
+    credentials() {
+        (umask 077; printf 'SHOAL_S3_ENDPOINT=http://127.0.0.1:%s\nSHOAL_S3_ACCESS_KEY=%s\nSHOAL_S3_SECRET_KEY=%s\nSHOAL_S3_REGION=us-east-1\n' \
+            "$port" "$2" "$3" > "$1")
+        chmod 600 "$1"
+    }
+    credentials "$dir/s3.env" "$access" "$secret"
+    credentials "$dir/s3-listonly.env" "$list_access" "$list_secret"
     # Its own Prometheus metrics (requests by bucket, type and status) at port + 10.
     echo "objectstore: SeaweedFS S3 at http://127.0.0.1:$port (credentials in $dir/s3.env)"
     ;;
