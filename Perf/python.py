@@ -28,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -205,6 +206,7 @@ def main():
     sh(["swift", "build", "-c", "release", "--product", "shoal"], cwd=ROOT)
     shoal_bin = os.path.join(ROOT, ".build", "release", "shoal")
     subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)  # nothing cached or stored from an earlier run
     sh([os.path.join(ROOT, "Tools", "cluster.sh"), "start", "--workers", str(args.workers), "--dir", work, "--port", str(BASE_PORT), "--capacity", "4GiB",
         "--memory-tier", "1GiB"],
        env=dict(os.environ, SHOAL_BIN=shoal_bin))
@@ -251,6 +253,7 @@ def main():
     finally:
         subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True)
         subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)  # preallocated caches and the store's data: gigabytes
     os.makedirs(args.out, exist_ok=True)
     results["workers"] = args.workers
     with open(os.path.join(args.out, f"python-{args.workers}w.json"), "w") as f:
