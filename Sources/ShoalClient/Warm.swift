@@ -204,7 +204,7 @@ public final class Warmer {
     /// A failure that may pass when tried again (the object is not at fault).
     static func mayPass(_ e: ShoalError) -> Bool {
         switch e.code {
-        case .storeUnavailable, .timeout, .connectionFailed, .shuttingDown, .notOwner: return true
+        case .storeUnavailable, .timeout, .connectionFailed, .shuttingDown, .notOwner, .notCached: return true
         default: return false
         }
     }

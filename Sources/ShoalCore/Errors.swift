@@ -18,6 +18,9 @@ public enum StatusCode: UInt16, Sendable, CaseIterable {
     case tampered = 15
     /// The worker does not own the block in a view newer than the one the READ was routed by.
     case notOwner = 16
+    /// A warm's block was fetched, but the worker could not cache it (its disk had no room ready
+    /// in time, or failed); asking again may pass.
+    case notCached = 17
 
     /// The label used in metrics and logs.
     public var label: String {
@@ -39,6 +42,7 @@ public enum StatusCode: UInt16, Sendable, CaseIterable {
         case .connectionFailed: "connection_failed"
         case .tampered: "tampered"
         case .notOwner: "not_owner"
+        case .notCached: "not_cached"
         }
     }
 }

@@ -257,6 +257,15 @@ public final class MemoryTier: @unchecked Sendable {
         }
     }
 
+    /// Whether block `id` (stored under exactly `key`) is resident or being loaded; not counted
+    /// as a hit or a miss, and nothing is pinned (a probe, or a fill checking its outcome).
+    public func holds(_ id: BlockID, key: UnsafeRawBufferPointer) -> Bool {
+        lock.withLock {
+            guard let slot = index[id], states[slot] != .free else { return false }
+            return keyMatches(slot, key)
+        }
+    }
+
     @inline(__always)
     private func keyMatches(_ slot: Int, _ key: UnsafeRawBufferPointer) -> Bool {
         keys[slot].withUnsafeBytes { stored in
@@ -296,7 +305,9 @@ public final class MemoryTier: @unchecked Sendable {
         return lock.withLock {
             guard index[id] == nil else { return nil }
             let slot: Int
-            if let free = freeSlot(c) {
+            // A page taken from another class evicts its blocks: with `compareFrequency`, only
+            // blocks the newcomer outranks (as for a victim of its own class).
+            if let free = freeSlot(c, newcomer: compareFrequency ? estimate(id) : nil) {
                 slot = free
             } else {
                 guard let victim = clockVictim(c) else { return nil }
@@ -323,9 +334,9 @@ public final class MemoryTier: @unchecked Sendable {
 
     /// Lock held: a free slot of class `c`, from its own pages, a free page, or a cold page of
     /// another class.
-    private func freeSlot(_ c: Int) -> Int? {
+    private func freeSlot(_ c: Int, newcomer: UInt8? = nil) -> Int? {
         if let slot = classFree[c].popLast() { return slot }
-        guard let page = freePages.popLast() ?? coldPage(notOf: c) else { return nil }
+        guard let page = freePages.popLast() ?? coldPage(notOf: c, newcomer: newcomer) else { return nil }
         pageClass[page] = c
         let count = c == 0 ? 1 : pageSize / classSizes[c]
         let stride = classSizes[c] / smallestSlot
@@ -348,7 +359,10 @@ public final class MemoryTier: @unchecked Sendable {
     /// Lock held: a page of a class other than `c` none of whose blocks were read since the page
     /// hand last passed, emptied and taken out of its class; nil after a turn without one. Pages
     /// with a slot loading or pinned are passed over; the others' reference bits are cleared.
-    private func coldPage(notOf c: Int) -> Int? {
+    /// With `newcomer` (the estimated frequency of the block that wants the room), so are pages
+    /// holding a block seen often enough to stay that the newcomer does not outrank, so a scan
+    /// of blocks of one size cannot flush the tier's blocks of another.
+    private func coldPage(notOf c: Int, newcomer: UInt8? = nil) -> Int? {
         for _ in 0..<pages {
             let page = pageHand
             pageHand = pageHand + 1 == pages ? 0 : pageHand + 1
@@ -358,7 +372,12 @@ public final class MemoryTier: @unchecked Sendable {
             for slot in slotsOf(page: page, class: owner) {
                 switch states[slot] {
                 case .free: continue
-                case .resident where pins[slot] == 0: if referenced[slot] { hot = true }
+                case .resident where pins[slot] == 0:
+                    if referenced[slot] { hot = true }
+                    if let newcomer, !hot {
+                        let resident = estimate(ids[slot])
+                        if resident >= admitAfter && newcomer <= resident { hot = true }
+                    }
                 default: busy = true
                 }
                 if busy { break }
@@ -374,7 +393,10 @@ public final class MemoryTier: @unchecked Sendable {
                 keys[slot] = []
             }
             classFree[owner].removeAll { $0 / perPage == page }
+            // The hand stays on the slot it was on: it moves back by the slots taken out before it.
+            let before = classSlots[owner].prefix(classHands[owner]).count { $0 / perPage == page }
             classSlots[owner].removeAll { $0 / perPage == page }
+            classHands[owner] -= before
             if classHands[owner] >= classSlots[owner].count { classHands[owner] = 0 }
             pageClass[page] = -1
             counters.pagesMoved += 1

@@ -32,6 +32,10 @@ struct PendingFill: Sendable {
     var crc: UInt32
     /// Filled for a fill-only READ (a warm, or a hand-over push): cached past admission.
     var warm = false
+    /// Whether this reader led the block's fill (`FillCoordinator`), so finishing it lets the
+    /// readers waiting on it go; a warm that copied another reader's fill caches the block too,
+    /// but ends no flight.
+    var leader = true
 }
 
 /// The worker's read path, one step per method: find the store, look in the cache, fill a miss
@@ -209,11 +213,7 @@ final class BlockService: @unchecked Sendable {
     /// Whether this worker holds the block of `request` (a probe): in its cache, or in the DRAM
     /// tier where filled blocks go only there (`serveFromMemory`).
     func holds(_ request: ReadRequest) -> Bool {
-        if serveFromMemory, let tier {
-            guard let hit = request.keyBytes.withUnsafeBytes({ tier.lookup(request.id, key: $0) }) else { return false }
-            tier.unpin(hit.slot)
-            return true
-        }
+        if serveFromMemory, let tier { return request.keyBytes.withUnsafeBytes { tier.holds(request.id, key: $0) } }
         return cache.contains(request.id)
     }
 
@@ -262,9 +262,15 @@ final class BlockService: @unchecked Sendable {
                 }
             case .copied(let length, let crc):
                 // Served from the worker's memory, as a reader that waited for the fill and then
-                // read the cache was: a hit (after its miss), not a store GET.
-                if !request.isFillOnly { metrics.hits.increment() }
-                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil, origin: .cache))
+                // read the cache was: a hit (after its miss), not a store GET. A warm answers only
+                // once the block is cached, and the reader it copied from may not cache it
+                // (admission), so it caches the copy itself.
+                guard request.isFillOnly else {
+                    metrics.hits.increment()
+                    return .ready(try served(request, length: length, crc: crc, data: data, fill: nil, origin: .cache))
+                }
+                let copy = PendingFill(key: request.block, id: id, length: length, crc: crc, warm: true, leader: false)
+                return .ready(try served(request, length: length, crc: crc, data: data, fill: copy, origin: .cache))
             case .followed(let error):
                 if let error { throw error }
                 // The leader cached it: read it from the cache on the next pass.
@@ -390,18 +396,25 @@ final class BlockService: @unchecked Sendable {
 
     /// Called once the reply has been sent (or failed), on a fill thread: writes a fetched block
     /// to the cache and lets readers waiting on the same fill go on. The caller then gives the
-    /// buffer back.
-    func finishFill(_ fill: PendingFill, slot: IOSlot) {
+    /// buffer back. Returns whether the block is held now (a warm's answer depends on it).
+    @discardableResult
+    func finishFill(_ fill: PendingFill, slot: IOSlot) -> Bool {
+        // Followers read the block from the cache; if it is not there (not admitted, or the
+        // write failed) they fetch it themselves.
+        defer { if fill.leader { fills.finish(fill.id, error: nil) } }
         if serveFromMemory {
             // Into a tier slot, never to the disks (the switch takes the disk out of a figure).
-            if let tier, let i = tier.beginLoad(fill.id, key: fill.key.encoded, bytes: BlockCache.dataOffset + fill.length,
-                                                        compareFrequency: false) {
+            guard let tier else { return false }
+            if let i = tier.beginLoad(fill.id, key: fill.key.encoded, bytes: BlockCache.dataOffset + fill.length, compareFrequency: false) {
                 pool.tierSlot(i, of: tier).base.advanced(by: BlockCache.dataOffset).copyMemory(from: slot.base + BlockCache.dataOffset, byteCount: fill.length)
                 tier.finishLoad(slot: i, length: fill.length, crc: fill.crc)
+                return true
             }
-            fills.finish(fill.id, error: nil)
-            return
+            // Already there (another fill of it), or no room in its size class.
+            return fill.key.encoded.withUnsafeBytes { tier.holds(fill.id, key: $0) }
         }
+        // A warm that copied another reader's fill: that reader may have cached it already.
+        if !fill.leader && cache.contains(fill.id) { return true }
         do {
             var fraction = 1.0
             if thrashGuard {
@@ -410,16 +423,16 @@ final class BlockService: @unchecked Sendable {
                 fraction = AdmissionPolicy.subsetFraction(datasetBlocks: datasets.datasetBlocks(of: fill.key.object), cacheBlocks: cacheBlocks)
             }
             // A warm asked for this block by name: it is cached whatever the admission rules say.
-            if fill.warm || admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) {
-                if try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc) { handover?.journal(fill.key, fill.id) }
-            }
+            guard fill.warm || admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) else { return false }
+            // False: the disk's cleaner had no clean region ready (counted in the disk's stats).
+            guard try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc) else { return false }
+            handover?.journal(fill.key, fill.id)
+            return true
         } catch {
             // The reader has its bytes; a block that cannot be cached is only a later miss.
             metrics.error(error.code)
             logger.warning("could not cache a filled block", metadata: ["block": "\(fill.key)", "error": "\(error)"])
+            return false
         }
-        // Followers read the block from the cache; if it is not there (not admitted, or the
-        // write failed) they fetch it themselves.
-        fills.finish(fill.id, error: nil)
     }
 }

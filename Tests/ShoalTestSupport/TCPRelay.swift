@@ -9,6 +9,7 @@ public final class TCPRelay: @unchecked Sendable {
     private var listener: TCPSocket?
     private var open: [TCPSocket] = []
     private var frozen = false
+    private var held = false
     private var _accepted = 0
     public private(set) var port: UInt16 = 0
 
@@ -40,6 +41,14 @@ public final class TCPRelay: @unchecked Sendable {
     /// A silent cut-off (a link down): connections stay open and new ones are accepted, but no
     /// byte goes through either way, and nothing says so.
     public func freeze() { lock.withLock { frozen = true } }
+
+    /// A slow link: bytes wait (nothing is lost) until `release`.
+    public func hold() { lock.withLock { held = true } }
+
+    public func release() {
+        lock.withLock { held = false }
+        lock.broadcast()
+    }
 
     /// Listens again on the same port.
     public func restore() throws { try start(port: port) }
@@ -76,7 +85,11 @@ public final class TCPRelay: @unchecked Sendable {
             let n = recv(from.fd, buffer, 1 << 16, 0)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { return }
-            if lock.withLock({ frozen }) { continue }  // swallowed
+            lock.lock()
+            while held && !frozen { _ = lock.wait() }
+            let swallowed = frozen
+            lock.unlock()
+            if swallowed { continue }
             guard (try? to.send([UnsafeRawBufferPointer(start: buffer, count: n)], deadline: monotonicNanos() + 10_000_000_000)) != nil else { return }
         }
     }

@@ -47,6 +47,7 @@ int shoal_abi_version(void);
 #define SHOAL_E_UNREACHABLE        (-14) /* no worker that holds the data can be reached */
 #define SHOAL_E_TAMPERED           (-15) /* a frame failed its authentication tag */
 #define SHOAL_E_NOT_OWNER          (-16)
+#define SHOAL_E_NOT_CACHED         (-17) /* a warm's block was fetched but could not be cached */
 
 /* The text of the calling thread's last error ("" when none). Valid until this thread's next
  * call into libshoal. */
