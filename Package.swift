@@ -84,6 +84,7 @@ let package = Package(
         .testTarget(
             name: "ShoalIntegrationTests",
             dependencies: ["ShoalWorker", "ShoalClient", "ShoalObjectStore", "ShoalStore", "ShoalTransport", "ShoalSys", "ShoalIO", "ShoalCore", "ShoalTestSupport",
-                           .product(name: "Logging", package: "swift-log")]),
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
     ]
 )

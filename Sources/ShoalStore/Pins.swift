@@ -62,13 +62,23 @@ public final class PinSet: @unchecked Sendable {
     }
 
     /// Keeps the rules in `path` from now on, starting with the ones it holds (those expired
-    /// are dropped). A missing file is no rules; one that does not read is an error naming it.
-    public func persist(to path: String) throws(ShoalError) {
+    /// are dropped). A missing file is no rules. One that does not read or parse (damaged) is
+    /// moved aside to `path.damaged` and the worker starts without pins: the returned warning
+    /// says so, for the log (pins cost warm-ups, never data). A file that cannot be written is
+    /// an error naming it.
+    @discardableResult
+    public func persist(to path: String) throws(ShoalError) -> String? {
         var loaded: [PinRule] = []
+        var warning: String?
         if FileSystem.exists(path) {
-            let bytes: [UInt8]
-            do { bytes = try FileSystem.readFile(path) } catch { throw ShoalError(.badRequest, "cannot read the pins file \(path): \(error)") }
-            loaded = try PinSet.decode(bytes, name: path)
+            do throws(ShoalError) {
+                let bytes: [UInt8]
+                do { bytes = try FileSystem.readFile(path) } catch { throw ShoalError(.badRequest, "cannot read the pins file \(path): \(error)") }
+                loaded = try PinSet.decode(bytes, name: path)
+            } catch {
+                try? FileSystem.rename(path, path + ".damaged")
+                warning = "\(error.message); moved it to \(path).damaged and started without pins (pin the prefixes again)"
+            }
         }
         let now = wallClockSeconds()
         loaded.removeAll { r in r.expiresAt.map { now >= $0 } ?? false }
@@ -77,6 +87,7 @@ public final class PinSet: @unchecked Sendable {
         file = path
         rules = loaded
         try save(loaded)
+        return warning
     }
 
     /// Lock held: writes `rules` to the file (whole, by a rename), if there is one.
@@ -87,10 +98,7 @@ public final class PinSet: @unchecked Sendable {
                 + "\"expiresAt\":\(r.expiresAt.map { formatFixed($0, decimals: 3) } ?? "null"),\"bytes\":\(r.bytes)}"
         }
         let text = "{\"pins\":[\(items.joined(separator: ","))]}\n"
-        do {
-            try FileSystem.writeFile(file + ".tmp", Array(text.utf8))
-            try FileSystem.rename(file + ".tmp", file)
-        } catch {
+        do { try FileSystem.replaceFile(file, Array(text.utf8)) } catch {
             throw ShoalError(.internal, "cannot write the pins file \(file): \(error)")
         }
     }

@@ -149,6 +149,24 @@ public enum FileSystem {
         try bytes.withUnsafeBytes { try h.write($0.baseAddress!, count: $0.count, at: 0) }
     }
 
+    /// Replaces a whole file so that a crash leaves the old one or the new one, never a torn
+    /// one: writes `path.tmp`, syncs it, renames it over `path`, and syncs the folder.
+    public static func replaceFile(_ path: String, _ bytes: [UInt8], permissions: UInt32 = 0o600) throws {
+        let temporary = path + ".tmp"
+        do {
+            let h = try FileHandle.open(temporary, [.create, .truncate], permissions: permissions)
+            if !bytes.isEmpty { try bytes.withUnsafeBytes { try h.write($0.baseAddress!, count: $0.count, at: 0) } }
+            try h.sync()
+        }
+        try rename(temporary, path)
+        let folder = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        let fd = Glibc.open(folder.isEmpty ? "/" : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            _ = fsync(fd)
+            Glibc.close(fd)
+        }
+    }
+
     public static func remove(_ path: String) { unlink(path) }
 
     /// Sets a path's permission bits (e.g. 0o700 for a folder only its owner may enter).

@@ -5,16 +5,24 @@ import ShoalSys
 /// Threads for the work that blocks, so that no io shard ever waits: fills from the object
 /// store, STATs that go to the store, and writing filled blocks to the cache. Each job posts its
 /// result back to the shard that asked (`Shard.post`). Jobs run in arrival order, foreground
-/// ones first: a background job (a warm's fill) starts only when no foreground one waits, so a
-/// warm gets what the readers leave. The queues are bounded by the shards' own limits (requests
-/// in flight per connection, leases). Each thread
+/// ones first: the warm-up queue (a warm's fills) runs when no foreground job waits, so a warm
+/// gets what the readers leave; under load that never lets up it still gets one job in
+/// `backgroundShare`, so its client (which gives up on a worker after its timeout) sees it move.
+/// Once the warm-up queue is closed (the worker is stopping: `WarmUpService`), its waiting jobs
+/// are cancelled, and so is any job submitted to it later. The queues are bounded by the shards'
+/// own limits (requests in flight per connection, leases). Each thread
 /// has a ring of its own with the whole buffer region registered (`BufferPool.consumerRing`),
 /// which its jobs read and write leased buffers with.
 final class FillPool: @unchecked Sendable {
     private let lock = ConditionLock()
-    private var foreground = JobQueue()
-    private var background = JobQueue()
+    private var foreground = JobQueue<@Sendable (IORing) -> Void>()
+    private var background = JobQueue<BackgroundJob>()
+    /// Foreground jobs taken in a row while background ones waited.
+    private var foregroundStreak = 0
+    private var backgroundClosed = false
     private var stopping = false
+    /// Under steady foreground load, one job in this many is a background one.
+    static let backgroundShare = 8
     private var running = 0
     let threads: Int
 
@@ -33,23 +41,51 @@ final class FillPool: @unchecked Sendable {
         }
     }
 
-    func submit(background: Bool = false, _ job: @escaping @Sendable (IORing) -> Void) {
-        lock.withLock {
-            if background { self.background.append(job) } else { foreground.append(job) }
-        }
+    func submit(_ job: @escaping @Sendable (IORing) -> Void) {
+        lock.withLock { foreground.append(job) }
         lock.signal()
     }
 
+    /// A job of the warm-up queue; `cancel` runs instead of it (on the caller's thread) if the
+    /// queue is closed before it starts.
+    struct BackgroundJob {
+        var run: @Sendable (IORing) -> Void
+        var cancel: @Sendable () -> Void
+    }
+
+    func submitBackground(_ job: BackgroundJob) {
+        let accepted = lock.withLock { () -> Bool in
+            guard !backgroundClosed else { return false }
+            background.append(job)
+            return true
+        }
+        if accepted { lock.signal() } else { job.cancel() }
+    }
+
+    /// Closes the warm-up queue: the jobs waiting in it are cancelled, and later ones too.
+    func closeBackground() {
+        var dropped: [BackgroundJob] = []
+        lock.withLock {
+            backgroundClosed = true
+            while let job = background.take() { dropped.append(job) }
+        }
+        for job in dropped { job.cancel() }
+    }
+
+    /// Jobs waiting in the warm-up queue.
+    var backgroundWaiting: Int { lock.withLock { background.count } }
+
     /// Jobs waiting, in arrival order.
-    private struct JobQueue {
-        private var jobs: [@Sendable (IORing) -> Void] = []
+    private struct JobQueue<Job> {
+        private var jobs: [Job] = []
         private var head = 0
 
         var isEmpty: Bool { head == jobs.count }
+        var count: Int { jobs.count - head }
 
-        mutating func append(_ job: @escaping @Sendable (IORing) -> Void) { jobs.append(job) }
+        mutating func append(_ job: Job) { jobs.append(job) }
 
-        mutating func take() -> (@Sendable (IORing) -> Void)? {
+        mutating func take() -> Job? {
             guard head < jobs.count else { return nil }
             let job = jobs[head]
             head += 1
@@ -69,8 +105,16 @@ final class FillPool: @unchecked Sendable {
             lock.lock()
             while foreground.isEmpty && background.isEmpty && !stopping { _ = lock.wait() }
             // One queue at a time (never both in one expression: each take is a modifying access).
-            var next = foreground.take()
-            if next == nil { next = background.take() }
+            var next: (@Sendable (IORing) -> Void)?
+            if background.isEmpty || foregroundStreak < FillPool.backgroundShare - 1 {
+                next = foreground.take()
+            }
+            if next == nil {
+                next = background.take()?.run
+                foregroundStreak = 0
+            } else if !background.isEmpty {
+                foregroundStreak += 1
+            }
             guard let job = next else {
                 running -= 1
                 lock.unlock()

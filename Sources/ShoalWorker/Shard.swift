@@ -149,7 +149,11 @@ final class Shard: @unchecked Sendable {
                 lastSweep = now
                 sweep(now)
             }
-            if stopping && connections.isEmpty && ops.isEmpty && jobsOut == 0 { return }
+            if stopping && connections.isEmpty && ops.isEmpty && jobsOut == 0 {
+                // The last reads count too (the hot prefixes are saved after the plane stops).
+                flushHits()
+                return
+            }
         }
     }
 
@@ -772,7 +776,7 @@ final class Shard: @unchecked Sendable {
         // Only a reply that carries data, and enough of it, streams.
         let streams = !r.request.isFillOnly && !service.answerWithoutData && Int(r.request.length) >= Shard.streamPiece
         let reporter = ProgressReporter(step: Shard.streamPiece, end: Int(r.request.offset) + Int(r.request.length))
-        plane.fillPool.submit(background: r.request.isFillOnly) { [self] ring in
+        let job: @Sendable (IORing) -> Void = { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
             let start = plane.pool.withSlot(lease, ring: ring) { slot in
                 Result { () throws(ShoalError) -> FillStart in
@@ -791,6 +795,12 @@ final class Shard: @unchecked Sendable {
             case .failure(let error): post(.filled(op: op, generation: generation, .failure(error)))
             }
         }
+        guard r.request.isFillOnly else { return plane.fillPool.submit(job) }
+        // A warm's fill waits in the warm-up queue, behind the readers; a worker that is stopping
+        // turns it away, and the warm asks the block's next owner.
+        plane.fillPool.submitBackground(FillPool.BackgroundJob(run: job, cancel: { [self] in
+            post(.filled(op: op, generation: generation, .failure(ShoalError(.shuttingDown, "the worker is stopping; warm this block on its next owner"))))
+        }))
     }
 
     /// The smallest piece of a streamed reply sent at once (and the smallest reply that streams).
@@ -894,18 +904,22 @@ final class Shard: @unchecked Sendable {
     }
 
     /// A warm's fill: its answer means "cached", so the block is written to the cache first (on
-    /// a fill thread, behind foreground work), then READ_NODATA goes out. A warm that finds the
-    /// block cached, or a check right after, never misses it.
+    /// a fill thread; the write finishes work already done, so it does not wait behind other
+    /// warms), then READ_NODATA goes out; a block that could not be cached is an error the warm
+    /// reports. A warm that finds the block cached, or a check right after, never misses it.
     private func answerAfterCaching(_ r: ReadOp, _ range: FilledRange, _ fill: PendingFill) {
         if let conn = connection(r.connection, r.connectionGeneration) { conn.leases -= 1 }
         jobsOut += 1
         let plane = self.plane
         let body = NoDataReply(crc: range.crc, length: UInt32(range.length), origin: range.origin).encoded
-        plane.fillPool.submit(background: true) { [self] ring in
+        plane.fillPool.submit { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
-            plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
+            let held = plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
             plane.giveLease(lease)
-            post(.answer(connection: r.connection, generation: r.connectionGeneration, requestID: r.requestID, .readNoData, .success(body)))
+            let answer: Result<[UInt8], ShoalError> = held
+                ? .success(body)
+                : .failure(ShoalError(.notCached, "block \(fill.key.index) of \(fill.key.object) was fetched but could not be cached on this worker (see its log)"))
+            post(.answer(connection: r.connection, generation: r.connectionGeneration, requestID: r.requestID, .readNoData, answer))
         }
     }
 
@@ -969,7 +983,7 @@ final class Shard: @unchecked Sendable {
             let plane = self.plane
             plane.fillPool.submit { ring in
                 guard let lease = plane.park.unpark(li) else { return }
-                plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
+                _ = plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
                 plane.giveLease(lease)
             }
         }

@@ -19,10 +19,10 @@ public final class Worker: @unchecked Sendable {
     private var admin: AdminServer?
     private var registration: EtcdRegistration?
     private let logger: Logger
-    /// Where the hot prefixes are kept (saved every minute and at stop).
+    /// Where the hot prefixes are kept (saved every minute by `WarmUpService`, and at stop).
     private var hotFile = ""
-    private let hotSaver = ConditionLock()
-    private var hotSaverStop = false
+    /// One save of the hot prefixes at a time.
+    private let hotSaving = ConditionLock()
 
     /// Opens the cache disks (recovering what they hold) and allocates the buffer pool.
     public init(config: WorkerConfig, logger: Logger) throws(ShoalError) {
@@ -36,7 +36,9 @@ public final class Worker: @unchecked Sendable {
         do { try FileSystem.createDirectories(state, permissions: 0o700) } catch {
             throw ShoalError(.badRequest, "key 'stateDirectory': cannot create \(state): \(error)")
         }
-        try cache.pins.persist(to: state + "/pins.json")
+        if let warning = try cache.pins.persist(to: state + "/pins.json") {
+            logger.warning("the pins file was damaged", metadata: ["error": "\(warning)"])
+        }
         hotFile = state + "/hot.json"
         let bufferSize = Int(config.blockSize) + BlockCache.dataOffset
         let tierSlots = Int(config.memoryTier / UInt64(bufferSize))
@@ -102,6 +104,7 @@ public final class Worker: @unchecked Sendable {
                 logger.notice("hand-over between workers is off with TLS on the data plane (workers hold no CA to check each other by)")
             }
         }
+        router = makeRouter()
         if config.serveFromMemory || config.answerWithoutData || config.allowUntaggedFrames {
             logger.warning("benchmark switches on: not for service", metadata: [
                 "serveFromMemory": "\(config.serveFromMemory)", "answerWithoutData": "\(config.answerWithoutData)",
@@ -152,7 +155,6 @@ public final class Worker: @unchecked Sendable {
             self.registration = registration
             etcd.startWatching()
         }
-        startHotSaver()
         logger.info("worker listening", metadata: [
             "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "blocks": "\(cache.blockCount)",
             "cached": "\(ByteSize.format(cache.bytesCached))", "capacity": "\(ByteSize.format(cache.capacity))",
@@ -180,8 +182,11 @@ public final class Worker: @unchecked Sendable {
 
     func route(method: String = "GET", _ uri: String) -> AdminResponse { router.route(method: method, uri: uri) }
 
-    /// The admin port's pages, each a typed handler (bodies: AdminRouter.swift).
-    private lazy var router: AdminRouter = {
+    /// The admin port's pages, each a typed handler (bodies: AdminRouter.swift); made at the end
+    /// of `init` (never lazily: the admin port's threads read it at once).
+    private var router = AdminRouter()
+
+    private func makeRouter() -> AdminRouter {
         var r = AdminRouter()
         r.text("GET", "/metrics", contentType: "text/plain; version=0.0.4") { [unowned self] _ in
             updateGauges()
@@ -211,7 +216,7 @@ public final class Worker: @unchecked Sendable {
             return EvictBody(prefix: url, objects: objects, blocks: blocks, bytes: bytes)
         }
         return r
-    }()
+    }
 
     /// Pins an object prefix (`s3://[store@]bucket/prefix`): its blocks are kept through eviction
     /// until unpinned or `ttlSeconds` pass. Refused when the prefix holds more than the room left.
@@ -344,35 +349,31 @@ public final class Worker: @unchecked Sendable {
         logger.info("worker stopped")
     }
 
-    /// Saves the hot prefixes every minute (and `stopDataPlane` once more).
-    private func startHotSaver() {
-        hotSaver.withLock { hotSaverStop = false }
-        do {
-            try OSThread.spawn(name: "shoal-hot") { [self] in
-                hotSaver.lock()
-                while !hotSaverStop {
-                    _ = hotSaver.wait(untilNanos: monotonicNanos() + 60_000_000_000)
-                    guard !hotSaverStop else { break }
-                    hotSaver.unlock()
-                    saveHot()
-                    hotSaver.lock()
-                }
-                hotSaver.unlock()
-            }
-        } catch {
-            logger.warning("hot prefixes are saved only at stop", metadata: ["error": "\(error)"])
+    /// Writes the hot prefixes to the state folder (a whole new file, renamed into place),
+    /// with the counts the io shards hold so far.
+    func saveHot() {
+        hotSaving.withLock {
+            plane?.flushStats()
+            writeHot()
         }
     }
 
-    private func saveHot() {
-        plane?.flushStats()
+    private func writeHot() {
         do {
-            try FileSystem.writeFile(hotFile + ".tmp", Array(service.datasets.hotEncoded.utf8))
-            try FileSystem.rename(hotFile + ".tmp", hotFile)
+            try FileSystem.replaceFile(hotFile, Array(service.datasets.hotEncoded.utf8))
         } catch {
             logger.warning("could not save the hot prefixes", metadata: ["file": "\(hotFile)", "error": "\(error)"])
         }
     }
+
+    /// Turns away the warm fills still waiting (and any that come later): the worker is
+    /// stopping, and its warms go on with the blocks' next owners.
+    func closeWarmUpQueue() {
+        plane?.fillPool.closeBackground()
+    }
+
+    /// Warm fills waiting behind foreground work.
+    var warmUpQueueLength: Int { plane?.fillPool.backgroundWaiting ?? 0 }
 
     /// The prefixes read most since `seconds` ago, with what this worker holds of each.
     func hot(_ query: AdminQuery) throws(ShoalError) -> HotBody {
@@ -395,16 +396,17 @@ public final class Worker: @unchecked Sendable {
 
     /// Stops the data plane and closes the cache (writing its snapshot), synchronously.
     public func stopDataPlane() {
-        hotSaver.withLock { hotSaverStop = true }
-        hotSaver.broadcast()
-        saveHot()
         // Out of the view first: clients move this worker's blocks before its port closes.
         registration?.stop()
         registration = nil
         service.members?.source.close()
         service.handover?.close()
-        plane?.stop()  // closes the stores too
-        plane = nil
+        plane?.stop()  // closes the stores too; its shards report their last counts
+        // The shards are gone: what they counted is all in, so this save is the last word.
+        hotSaving.withLock {
+            plane = nil
+            writeHot()
+        }
         cache.close()
     }
 }

@@ -46,7 +46,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let worker: Worker
         do { worker = try Worker(config: cfg, logger: logger) } catch { throw fail(error.message) }
         let group = ServiceGroup(
-            configuration: .init(services: [.init(service: WorkerService(worker: worker))],
+            configuration: .init(services: [.init(service: WorkerService(worker: worker)), .init(service: WarmUpService(worker: worker))],
                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do { try await group.run() } catch { throw fail("worker stopped: \(error)") }
     }

@@ -2,7 +2,9 @@ import Foundation
 import Testing
 import ShoalClient
 import ShoalCore
+import ShoalIO
 import ShoalSys
+import ServiceLifecycle
 @testable import ShoalWorker
 import ShoalStore
 import ShoalTestSupport
@@ -29,6 +31,40 @@ import ShoalTestSupport
         // Served from the cache now: no more fills.
         #expect(try h.readAll("o") == data)
         #expect(h.metric("shoal_fills_total") == fills + 3)
+    }
+
+    /// A warm that joins a reader's fill (which admission leaves uncached: it wants a second
+    /// miss) caches the block itself before it answers, so a probe right after finds it.
+    @Test func aWarmThatJoinsAReadersFillCachesTheBlockItself() throws {
+        let fx = try ObjectStoreFixture.get()
+        let storeURL = fx.credentials.endpoint
+        let target = try #require(Endpoint(String(storeURL.dropFirst(storeURL.hasPrefix("https://") ? 8 : 7))))
+        let relay = try TCPRelay(to: target)
+        let h = try Harness("warm-join") { c in
+            c.admission.admitOnSecondMiss = true
+            c.stores[0].endpoint = "http://\(relay.endpoint)"
+        }
+        let data = SampleData.bytes(seed: 76, count: 300_000)
+        try h.put("o", data)
+        let file = try h.client.open(h.ref("o"))
+        let block = ShoalClient.BlockOfFile(file: file, index: 0)
+        let fills = h.metric("shoal_fills_total")
+        relay.hold()
+        let read = ReadOutcome()
+        let client = h.client
+        try OSThread.spawn(name: "reader") { read.set(Result { try client.read(file, offset: 0, length: data.count) }) }
+        let deadline = monotonicNanos() + 10_000_000_000
+        while h.metric("shoal_fills_total") == fills && monotonicNanos() < deadline { usleep(5_000) }
+        #expect(h.metric("shoal_fills_total") == fills + 1, "the reader's fill did not start")
+        let warmed = WarmOutcome()
+        try OSThread.spawn(name: "warm") { warmed.set(Result { try client.warm([block])[0].get() }) }
+        usleep(500_000)  // the warm's READ reaches the fill and waits on it
+        relay.release()
+        #expect(try read.wait().get() == data)
+        let origin = try warmed.wait().get()
+        #expect(try h.client.probe([block])[0].get() == true, "the warm said \(origin), but the block is not cached")
+        // One GET when the warm joined the fill (origin cache); two if it came after (origin store).
+        #expect(h.metric("shoal_fills_total") == fills + (origin == .cache ? 1 : 2))
     }
 
     /// The Warmer over a prefix: counts, a check before and after, a re-run that finds it all
@@ -169,17 +205,22 @@ import ShoalTestSupport
         #expect(h.worker.cache.pins.active.map(\.prefix) == ["forever/"])
     }
 
-    @Test func aPinsFileThatDoesNotReadIsNamed() throws {
+    /// A damaged pins file costs the pins, not the start: it is named, moved aside, and the
+    /// worker goes on with none (and writes a good file again).
+    @Test func aPinsFileThatDoesNotReadIsNamedAndMovedAside() throws {
         let dir = makeTemporaryDirectory("pins-bad")
-        try FileSystem.writeFile(dir + "/pins.json", Array("{\"pins\":[{\"store\":\"default\"}]}".utf8))
-        do {
-            try PinSet().persist(to: dir + "/pins.json")
-            Issue.record("a broken pins file was taken")
-        } catch {
-            #expect(error.message.contains(dir + "/pins.json") && error.message.contains("pin 0"))
-        }
-        try FileSystem.writeFile(dir + "/pins.json", Array("not json".utf8))
-        #expect(throws: ShoalError.self) { try PinSet().persist(to: dir + "/pins.json") }
+        let path = dir + "/pins.json"
+        try FileSystem.writeFile(path, Array("{\"pins\":[{\"store\":\"default\"}]}".utf8))
+        let pins = PinSet()
+        let warning = try #require(try pins.persist(to: path))
+        #expect(warning.contains(path) && warning.contains("pin 0") && warning.contains(".damaged"), "\(warning)")
+        #expect(pins.active.isEmpty)
+        #expect(String(decoding: try FileSystem.readFile(path + ".damaged"), as: UTF8.self).contains("\"store\":\"default\""))
+        #expect(String(decoding: try FileSystem.readFile(path), as: UTF8.self) == "{\"pins\":[]}\n")
+        try FileSystem.writeFile(path, Array("not json".utf8))
+        #expect(try PinSet().persist(to: path) != nil)
+        // A good file reads without a word.
+        #expect(try PinSet().persist(to: path) == nil)
     }
 }
 
@@ -204,5 +245,135 @@ import ShoalTestSupport
         #expect(h.worker.service.datasets.hottest(since: 0, limit: 10) == before && before.count == 2)
         #expect(h.worker.route("/hot?since=soon").status == 400)
         #expect(h.worker.route("/hot?limit=0").status == 400)
+    }
+}
+
+final class WarmOutcome: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var result: Result<BlockOrigin, any Error>?
+
+    func set(_ r: Result<BlockOrigin, any Error>) {
+        lock.withLock { result = r }
+        lock.broadcast()
+    }
+
+    func wait() -> Result<BlockOrigin, any Error> {
+        lock.lock()
+        defer { lock.unlock() }
+        while result == nil { _ = lock.wait() }
+        return result!
+    }
+}
+
+/// The worker's warm-up queue: its share under load, and closing it.
+@Suite(.serialized) struct WarmUpQueueTests {
+    /// Under foreground work that never lets up, a warm's job still runs after at most
+    /// `backgroundShare - 1` foreground ones; once the queue is closed, its waiting jobs and any
+    /// submitted later are cancelled, never run.
+    @Test func theWarmUpQueueGetsItsShareAndCancelsWhenClosed() throws {
+        let pool = FillPool(threads: 1) { () throws(SysError) -> IORing in try IORing(entries: 4) }
+        try pool.start()
+        defer { pool.stop() }
+        let log = JobLog()
+        pool.submit { _ in log.gate() }
+        #expect(log.waitUntilGated())
+        for i in 0..<20 { pool.submit { _ in log.append("f\(i)") } }
+        pool.submitBackground(FillPool.BackgroundJob(run: { _ in log.append("w") }, cancel: { log.append("cancelled") }))
+        log.open()
+        #expect(log.wait(count: 21))
+        #expect(log.items.firstIndex(of: "w") == FillPool.backgroundShare - 1, "\(log.items)")
+        // Closed while two wait (the one thread held): both cancelled, and a later one too.
+        log.reset()
+        pool.submit { _ in log.gate() }
+        for _ in 0..<2 { pool.submitBackground(FillPool.BackgroundJob(run: { _ in log.append("w") }, cancel: { log.append("cancelled") })) }
+        pool.closeBackground()
+        pool.submitBackground(FillPool.BackgroundJob(run: { _ in log.append("w") }, cancel: { log.append("cancelled") }))
+        log.open()
+        pool.submit { _ in log.append("f") }
+        #expect(log.wait(count: 4))
+        #expect(log.items.sorted() == ["cancelled", "cancelled", "cancelled", "f"], "\(log.items)")
+        #expect(pool.backgroundWaiting == 0)
+    }
+
+    /// Under the service group, `WarmUpService` saves the hot prefixes on its period; on
+    /// graceful shutdown it closes the warm-up queue (a warm's fill is turned away with
+    /// `shutting_down`) and saves them once more.
+    @Test func theWarmUpServiceSavesHotPrefixesAndClosesTheQueueOnShutdown() async throws {
+        let h = try Harness("warm-service")
+        try h.put("ds/o", SampleData.bytes(seed: 5, count: 100_000))
+        try h.put("ds/p", SampleData.bytes(seed: 6, count: 100_000))
+        _ = try h.readAll("ds/o")
+        let hotFile = try h.worker.config.resolvedStateDirectory() + "/hot.json"
+        FileSystem.remove(hotFile)
+        let group = ServiceGroup(services: [WarmUpService(worker: h.worker, saveEverySeconds: 0.05)], logger: testLogger)
+        let running = Task { try await group.run() }
+        var waited = 0
+        while !FileSystem.exists(hotFile) && waited < 200 {
+            try await Task.sleep(nanoseconds: 25_000_000)
+            waited += 1
+        }
+        let saved = String(decoding: try FileSystem.readFile(hotFile), as: UTF8.self)
+        #expect(saved.contains("\(h.bucket)/ds/"), "\(saved)")
+        await group.triggerGracefulShutdown()
+        try await running.value
+        let file = try h.client.open(h.ref("ds/p"))
+        let outcome = try h.client.warm([ShoalClient.BlockOfFile(file: file, index: 0)])[0]
+        #expect(throws: ShoalError.self) { try outcome.get() }
+        if case .failure(let e) = outcome { #expect(e.code == .shuttingDown, "\(e)") }
+        #expect(try h.client.probe([ShoalClient.BlockOfFile(file: file, index: 0)])[0].get() == false)
+    }
+}
+
+/// What jobs did, in order; `gate` holds a job until `open`.
+final class JobLog: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var entries: [String] = []
+    private var closed = true
+    private var gated = false
+
+    func append(_ s: String) {
+        lock.withLock { entries.append(s) }
+        lock.broadcast()
+    }
+
+    func gate() {
+        lock.lock()
+        gated = true
+        lock.broadcast()
+        while closed { _ = lock.wait() }
+        lock.unlock()
+    }
+
+    /// Waits up to 10 s for a job to be held at the gate.
+    func waitUntilGated() -> Bool {
+        let deadline = monotonicNanos() + 10_000_000_000
+        lock.lock()
+        defer { lock.unlock() }
+        while !gated && monotonicNanos() < deadline { _ = lock.wait(untilNanos: deadline) }
+        return gated
+    }
+
+    func open() {
+        lock.withLock { closed = false }
+        lock.broadcast()
+    }
+
+    func reset() {
+        lock.withLock {
+            entries.removeAll()
+            closed = true
+            gated = false
+        }
+    }
+
+    var items: [String] { lock.withLock { entries } }
+
+    /// Waits up to 10 s for `count` entries.
+    func wait(count: Int) -> Bool {
+        let deadline = monotonicNanos() + 10_000_000_000
+        lock.lock()
+        defer { lock.unlock() }
+        while entries.count < count && monotonicNanos() < deadline { _ = lock.wait(untilNanos: deadline) }
+        return entries.count >= count
     }
 }
