@@ -756,19 +756,21 @@ public final class ShoalClient: @unchecked Sendable {
         let routing = current()
         probeDown(routing)
         func share(_ r: Routing) -> Int? { inFlight.map { max(1, ($0 + r.endpoints.count - 1) / max(1, r.endpoints.count)) } }
-        let misrouted = try fetch(routing, parts, errors: &errors, origins: &origins, inFlightPerWorker: share(routing))
+        let misrouted = try fetch(routing, parts, errors: &errors, origins: &origins, inFlightPerWorker: share(routing), inFlightTotal: inFlight)
         guard !misrouted.isEmpty else { return }
         // Routed by an old view: ask the view source now and send them where it says.
         let r = current(force: true)
-        for p in try fetch(r, misrouted, errors: &errors, origins: &origins, inFlightPerWorker: share(r)) where errors[p.range] == nil {
+        for p in try fetch(r, misrouted, errors: &errors, origins: &origins, inFlightPerWorker: share(r), inFlightTotal: inFlight) where errors[p.range] == nil {
             errors[p.range] = ShoalError(.notOwner, "workers refuse blocks of \(p.file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
         }
     }
 
     /// Reads the parts (see above).
     private func fetch(_ r: Routing, _ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
-                       inFlightPerWorker: Int? = nil) throws(ShoalError) -> [Part] {
-        // A cap on a worker's READs in flight (a warm's fair share): fewer lanes, shallower.
+                       inFlightPerWorker: Int? = nil, inFlightTotal: Int? = nil) throws(ShoalError) -> [Part] {
+        // A cap on a worker's READs in flight (a warm's fair share): fewer lanes, shallower. The
+        // shares round up (every worker gets one), so with more workers than the cap the total
+        // is held to it as well.
         let lanesPerWorker = min(config.connectionsPerWorker, inFlightPerWorker ?? .max)
         let pipelineDepth = inFlightPerWorker.map { max(1, min(config.pipelineDepth, $0 / max(1, lanesPerWorker))) } ?? config.pipelineDepth
         let workers = r.endpoints
@@ -886,7 +888,9 @@ public final class ShoalClient: @unchecked Sendable {
         /// Keeps the lane's pipeline full from its worker's queue.
         func feed(_ lane: Lane) throws(ShoalError) {
             let depth = max(1, min(pipelineDepth, lane.connection.maxInFlight))
-            while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
+            var room = inFlightTotal.map { cap in cap - lanes.reduce(0) { $0 + ($1.open ? $1.inFlight.count : 0) } } ?? .max
+            while lane.open, lane.inFlight.count < depth, room > 0, let p = queues[lane.worker].first {
+                room -= 1
                 queues[lane.worker].removeFirst()
                 let part = parts[p]
                 var request = part.request
