@@ -140,38 +140,51 @@ public final class Warmer {
         // Objects of no blocks (empty ones) are done at once.
         for i in objects.indices where objects[i].blocksLeft == 0 { finish(i, &objects, &p) }
 
-        let chunk = max(256, 16 * options.concurrency)
+        // A chunk's fills drain before the next chunk's start (and progress is told between
+        // chunks): up to 1024 blocks (more with high concurrency) or 1 GiB, whichever comes first.
+        let chunk = max(1024, 64 * options.concurrency)
+        let chunkBytes = max(UInt64(1) << 30, UInt64(4 * options.concurrency) * BlockLayout.maxBlockSize)
         var batch: [(object: Int, block: ShoalClient.BlockOfFile)] = []
+        var batchBytes: UInt64 = 0
         func flush() throws(ShoalError) {
             guard !batch.isEmpty else { return }
             try process(batch, &objects, &p)
             batch.removeAll(keepingCapacity: true)
+            batchBytes = 0
             tick()
         }
         for (i, o) in objects.enumerated() {
             for b in 0..<o.blocksLeft {
-                batch.append((i, ShoalClient.BlockOfFile(file: o.file, index: UInt64(b))))
-                if batch.count >= chunk { try flush() }
+                let block = ShoalClient.BlockOfFile(file: o.file, index: UInt64(b))
+                batch.append((i, block))
+                batchBytes += UInt64(block.length)
+                if batch.count >= chunk || batchBytes >= chunkBytes { try flush() }
             }
         }
         try flush()
         return WarmSummary(progress: p, objects: objects, emptyPrefixes: empty, listingFailures: listingFailures)
     }
 
-    /// One chunk: probes, then fills of the blocks not cached (paced per store), then records.
+    /// One chunk: fill-only READs of its blocks (paced per store), then records. A block its
+    /// owner holds needs no probe first: the owner's index answers its fill-only READ ("cache")
+    /// as it would a probe, with no GET. Probes go first with `checkOnly` (they are all it
+    /// sends) and under a bandwidth cap (only the blocks not cached are paced).
     private func process(_ batch: [(object: Int, block: ShoalClient.BlockOfFile)], _ objects: inout [WarmedObject],
                          _ p: inout WarmProgress) throws(ShoalError) {
-        let cached = try client.probe(batch.map(\.block))
         var missing: [Int] = []
-        for (k, r) in cached.enumerated() {
-            switch r {
-            case .success(true): record(batch[k], .success(.cache), &objects, &p)
-            case .success(false) where options.checkOnly: record(batch[k], .success(nil), &objects, &p)
-            case .failure(let e) where options.checkOnly: record(batch[k], .failure(e), &objects, &p)
-            default: missing.append(k)  // not cached, or the probe failed: the fill finds out
+        if options.checkOnly || options.bytesPerSecondPerStore != nil {
+            for (k, r) in try client.probe(batch.map(\.block)).enumerated() {
+                switch r {
+                case .success(true): record(batch[k], .success(.cache), &objects, &p)
+                case .success(false) where options.checkOnly: record(batch[k], .success(nil), &objects, &p)
+                case .failure(let e) where options.checkOnly: record(batch[k], .failure(e), &objects, &p)
+                default: missing.append(k)  // not cached, or the probe failed: the fill finds out
+                }
             }
+            guard !options.checkOnly else { return }
+        } else {
+            missing = Array(batch.indices)
         }
-        guard !options.checkOnly else { return }
         // One call keeps `concurrency` fills in flight across the chunk; paced, a call per
         // `concurrency` blocks, each after its bytes are allowed.
         let step = options.bytesPerSecondPerStore == nil ? max(1, missing.count) : options.concurrency

@@ -217,6 +217,12 @@ final class BlockService: @unchecked Sendable {
         return cache.contains(request.id)
     }
 
+    /// A fill-only READ the index answered (the block is cached): the dataset is named, as
+    /// when the fill path finds it (`served`), and nothing is counted as a read.
+    func noteWarmedFromCache(_ request: ReadRequest) {
+        datasets.record(request.block.object, hits: 0, misses: 0, served: 0, filled: 0, objectBlocks: objectBlocks(request))
+    }
+
     /// Counts a READ served from the cache (on an io shard); the shard reports its dataset
     /// counts in batches (`datasets.record`).
     /// A warm's fill-only READs are not reads: they count as fills, never as hits or misses.

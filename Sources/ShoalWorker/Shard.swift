@@ -525,6 +525,13 @@ final class Shard: @unchecked Sendable {
                 }
                 return
             }
+            if req.isFillOnly && req.length == 0 && service.holds(req) {
+                // A warm (or a hand-over push) of a block the index holds: cached already, so
+                // the index answers, as for a probe; nothing is read or filled.
+                service.noteWarmedFromCache(req)
+                enqueueNoData(conn, id: id, crc: 0, length: 0, origin: .cache)
+                return
+            }
             startRead(WaitingRead(connection: conn.slot, generation: conn.generation, requestID: id, request: req))
         }
     }
