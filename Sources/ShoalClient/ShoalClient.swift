@@ -753,6 +753,7 @@ public final class ShoalClient: @unchecked Sendable {
     private func fetchRouted(_ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
                              inFlight: Int? = nil) throws(ShoalError) {
         guard !parts.isEmpty else { return }
+        let inFlight = inFlight.map { max(1, $0) }
         let routing = current()
         probeDown(routing)
         func share(_ r: Routing) -> Int? { inFlight.map { max(1, ($0 + r.endpoints.count - 1) / max(1, r.endpoints.count)) } }
@@ -974,6 +975,13 @@ public final class ShoalClient: @unchecked Sendable {
                             // A status reply (or a bad checksum, read in full) leaves the connection
                             // in step; a hedged piece waits for its other copy.
                             if hasOtherCopy(piece, notOn: lane) { continue }
+                            if error.code == .shuttingDown {
+                                // The worker is leaving: its pieces go to their fallbacks now,
+                                // not after the view says so.
+                                try fail(lane.worker, error)
+                                try assign(piece, cause: error)
+                                continue
+                            }
                             if error.code == .notOwner {
                                 misrouted.append(parts[piece])
                             } else if errors[parts[piece].range] == nil {

@@ -357,13 +357,15 @@ public final class MemoryTier: @unchecked Sendable {
     }
 
     /// Lock held: a page of a class other than `c` none of whose blocks were read since the page
-    /// hand last passed, emptied and taken out of its class; nil after a turn without one. Pages
+    /// hand last passed, emptied and taken out of its class; nil when the pages looked at hold none. Pages
     /// with a slot loading or pinned are passed over; the others' reference bits are cleared.
     /// With `newcomer` (the estimated frequency of the block that wants the room), so are pages
     /// holding a block seen often enough to stay that the newcomer does not outrank, so a scan
     /// of blocks of one size cannot flush the tier's blocks of another.
     private func coldPage(notOf c: Int, newcomer: UInt8? = nil) -> Int? {
-        for _ in 0..<pages {
+        // At most 64 pages a call (the hand goes on from there next time): pages kept for their
+        // blocks' frequency stay warm, and a load must not walk the whole tier under the lock.
+        for _ in 0..<min(pages, 64) {
             let page = pageHand
             pageHand = pageHand + 1 == pages ? 0 : pageHand + 1
             let owner = pageClass[page]

@@ -31,7 +31,11 @@ public struct PinRule: Sendable, Equatable {
 /// eviction keeps a pinned block only while some rule still covers its key. With a file
 /// (`persist(to:)`), the rules are kept there and survive a restart, expiring by the wall clock.
 public final class PinSet: @unchecked Sendable {
+    /// Guards `rules` and `file`: taken on the read path (every cache hit and insert asks
+    /// `covers`), so never held across the file's write and syncs.
     private let lock = ConditionLock()
+    /// One change at a time, from reading the rules to the new file in place.
+    private let changing = ConditionLock()
     private var rules: [PinRule] = []
     private var file: String?
 
@@ -39,25 +43,26 @@ public final class PinSet: @unchecked Sendable {
 
     /// Adds or replaces the rule for the same prefix.
     public func add(_ rule: PinRule) throws(ShoalError) {
-        lock.lock()
-        defer { lock.unlock() }
-        var next = rules
+        changing.lock()
+        defer { changing.unlock() }
+        var next = lock.withLock { rules }
         next.removeAll { $0.store == rule.store && $0.bucket == rule.bucket && $0.prefix == rule.prefix }
         next.append(rule)
         try save(next)
-        rules = next
+        lock.withLock { rules = next }
     }
 
     /// Removes the rule for a prefix; false if there was none.
     @discardableResult
     public func remove(store: String, bucket: String, prefix: String) throws(ShoalError) -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        var next = rules
+        changing.lock()
+        defer { changing.unlock() }
+        let current = lock.withLock { rules }
+        var next = current
         next.removeAll { $0.store == store && $0.bucket == bucket && $0.prefix == prefix }
-        guard next.count != rules.count else { return false }
+        guard next.count != current.count else { return false }
         try save(next)
-        rules = next
+        lock.withLock { rules = next }
         return true
     }
 
@@ -68,31 +73,32 @@ public final class PinSet: @unchecked Sendable {
     /// an error naming it.
     @discardableResult
     public func persist(to path: String) throws(ShoalError) -> String? {
+        changing.lock()
+        defer { changing.unlock() }
         var loaded: [PinRule] = []
         var warning: String?
         if FileSystem.exists(path) {
-            do throws(ShoalError) {
-                let bytes: [UInt8]
-                do { bytes = try FileSystem.readFile(path) } catch { throw ShoalError(.badRequest, "cannot read the pins file \(path): \(error)") }
-                loaded = try PinSet.decode(bytes, name: path)
-            } catch {
-                try? FileSystem.rename(path, path + ".damaged")
-                warning = "\(error.message); moved it to \(path).damaged and started without pins (pin the prefixes again)"
+            let bytes: [UInt8]
+            // A file that cannot be read (permissions, an I/O error) is not damaged: say so and stop.
+            do { bytes = try FileSystem.readFile(path) } catch { throw ShoalError(.badRequest, "cannot read the pins file \(path): \(error)") }
+            do throws(ShoalError) { loaded = try PinSet.decode(bytes, name: path) } catch let damaged {
+                do { try FileSystem.rename(path, path + ".damaged") } catch {
+                    throw ShoalError(.badRequest, "\(damaged.message), and it cannot be moved aside to \(path).damaged: \(error)")
+                }
+                warning = "\(damaged.message); moved it to \(path).damaged and started without pins (pin the prefixes again)"
             }
         }
         let now = wallClockSeconds()
         loaded.removeAll { r in r.expiresAt.map { now >= $0 } ?? false }
-        lock.lock()
-        defer { lock.unlock() }
-        file = path
-        rules = loaded
+        lock.withLock { file = path }
         try save(loaded)
+        lock.withLock { rules = loaded }
         return warning
     }
 
-    /// Lock held: writes `rules` to the file (whole, by a rename), if there is one.
+    /// `changing` held: writes `rules` to the file (whole, synced, by a rename), if there is one.
     private func save(_ rules: [PinRule]) throws(ShoalError) {
-        guard let file else { return }
+        guard let file = lock.withLock({ self.file }) else { return }
         let items = rules.map { r in
             "{\"store\":\(JSONText.quote(r.store)),\"bucket\":\(JSONText.quote(r.bucket)),\"prefix\":\(JSONText.quote(r.prefix)),"
                 + "\"expiresAt\":\(r.expiresAt.map { formatFixed($0, decimals: 3) } ?? "null"),\"bytes\":\(r.bytes)}"

@@ -217,12 +217,6 @@ final class BlockService: @unchecked Sendable {
         return cache.contains(request.id)
     }
 
-    /// A fill-only READ the index answered (the block is cached): the dataset is named, as
-    /// when the fill path finds it (`served`), and nothing is counted as a read.
-    func noteWarmedFromCache(_ request: ReadRequest) {
-        datasets.record(request.block.object, hits: 0, misses: 0, served: 0, filled: 0, objectBlocks: objectBlocks(request))
-    }
-
     /// Counts a READ served from the cache (on an io shard); the shard reports its dataset
     /// counts in batches (`datasets.record`).
     /// A warm's fill-only READs are not reads: they count as fills, never as hits or misses.
@@ -383,7 +377,10 @@ final class BlockService: @unchecked Sendable {
                 }
                 if fromStore { metrics.bytesFilled.increment(by: Int64(length)) }
                 let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data, count: length))
-                let fill = leader ? PendingFill(key: key, id: id, length: length, crc: crc, warm: request.isFillOnly) : nil
+                // A warm's fill is written to the cache even when it did not lead the flight (the
+                // block kept leaving the cache as fast as others filled it): its answer says cached.
+                let fill = leader || request.isFillOnly
+                    ? PendingFill(key: key, id: id, length: length, crc: crc, warm: request.isFillOnly, leader: leader) : nil
                 // Readers waiting on this fill copy the bytes now, not after this reply is sent.
                 if leader { fills.publish(id, data, length: length, crc: crc) }
                 do throws(ShoalError) {
@@ -419,8 +416,9 @@ final class BlockService: @unchecked Sendable {
             // Already there (another fill of it), or no room in its size class.
             return fill.key.encoded.withUnsafeBytes { tier.holds(fill.id, key: $0) }
         }
-        // A warm that copied another reader's fill: that reader may have cached it already.
-        if !fill.leader && cache.contains(fill.id) { return true }
+        // Cached already: by the reader whose fill a warm copied, or by a warm that copied this
+        // one's (its write went first). Not written twice.
+        if cache.contains(fill.id) { return true }
         do {
             var fraction = 1.0
             if thrashGuard {

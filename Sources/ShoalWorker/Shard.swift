@@ -528,7 +528,7 @@ final class Shard: @unchecked Sendable {
             if req.isFillOnly && req.length == 0 && service.holds(req) {
                 // A warm (or a hand-over push) of a block the index holds: cached already, so
                 // the index answers, as for a probe; nothing is read or filled.
-                service.noteWarmedFromCache(req)
+                tallyWarmed(req)
                 enqueueNoData(conn, id: id, crc: 0, length: 0, origin: .cache)
                 return
             }
@@ -1267,6 +1267,15 @@ final class Shard: @unchecked Sendable {
             hitTally[object] = HitTally(object: request.block.object, blocks: service.objectBlocks(request))
         }
         hitTally[object]!.add(bytes: Int(request.length))
+    }
+
+    /// A warm's fill-only READ the index answered: not a read, but the dataset is named (its
+    /// cached bytes show under its name), in the same batched report as the hits.
+    private func tallyWarmed(_ request: ReadRequest) {
+        let object = request.withObjectBytes { BlockID(hashing: $0) }
+        if hitTally[object] == nil {
+            hitTally[object] = HitTally(object: request.block.object, blocks: service.objectBlocks(request))
+        }
     }
 
     private func flushHits() {

@@ -369,11 +369,8 @@ public final class Worker: @unchecked Sendable {
     /// Turns away the warm fills still waiting (and any that come later): the worker is
     /// stopping, and its warms go on with the blocks' next owners.
     func closeWarmUpQueue() {
-        plane?.fillPool.closeBackground()
+        hotSaving.withLock { plane?.fillPool.closeBackground() }
     }
-
-    /// Warm fills waiting behind foreground work.
-    var warmUpQueueLength: Int { plane?.fillPool.backgroundWaiting ?? 0 }
 
     /// The prefixes read most since `seconds` ago, with what this worker holds of each.
     func hot(_ query: AdminQuery) throws(ShoalError) -> HotBody {

@@ -123,6 +123,28 @@ import ShoalTestSupport
     /// A worker marked down is probed in the background of the client's next calls (a connect
     /// and a HELLO, never waited on): once it answers, it is taken back long before its mark
     /// would run out, and serves its blocks again.
+    /// A worker that is stopping turns its queued warm fills away (`shutting_down`): the client
+    /// takes it out of its routing at once and the warm of every block ends cached on the
+    /// fallback, with no wait for the view to change.
+    @Test func aStoppingWorkersWarmFillsGoToTheFallback() throws {
+        let data = SampleData.bytes(seed: 50, count: 16 << 20)
+        let (_, bucket, workers) = try ClusterTests.workersAndObject("stopping", 2, data: data)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        var config = ClientConfig(workers: workers.map { Endpoint(host: "127.0.0.1", port: $0.port) }, secret: Array("test-secret-0123456789".utf8))
+        config.markDownSeconds = 60
+        let client = try ShoalClient(config: config)
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        let blocks = (0..<16).map { ShoalClient.BlockOfFile(file: file, index: UInt64($0)) }
+        let stopping = Endpoint(host: "127.0.0.1", port: workers[0].port)
+        let owned = blocks.filter { client.owners(of: $0.file.block($0.index)).first == stopping }.count
+        #expect(owned > 0 && owned < 16, "worker 0 owns \(owned) of 16 blocks")
+        workers[0].closeWarmUpQueue()
+        let results = try client.warm(blocks)
+        #expect(results.allSatisfy { (try? $0.get()) == .store }, "\(results)")
+        #expect(client.downWorkers == [stopping])
+        #expect(workers[0].cache.blockCount == 0 && workers[1].cache.blockCount == 16)
+    }
+
     @Test func aWorkerThatComesBackIsFoundByProbes() throws {
         let data = SampleData.bytes(seed: 57, count: 8 << 20)
         let (_, bucket, workers) = try ClusterTests.workersAndObject("probe", 2, data: data)

@@ -317,10 +317,13 @@ final class WarmOutcome: @unchecked Sendable {
         await group.triggerGracefulShutdown()
         try await running.value
         let file = try h.client.open(h.ref("ds/p"))
+        let blocks = h.worker.cache.blockCount
         let outcome = try h.client.warm([ShoalClient.BlockOfFile(file: file, index: 0)])[0]
         #expect(throws: ShoalError.self) { try outcome.get() }
+        // The worker said it is stopping: the client took it out of its routing at once (here
+        // there is no other worker to go to, so the warm of the block fails with that reason).
         if case .failure(let e) = outcome { #expect(e.code == .shuttingDown, "\(e)") }
-        #expect(try h.client.probe([ShoalClient.BlockOfFile(file: file, index: 0)])[0].get() == false)
+        #expect(h.worker.cache.blockCount == blocks, "a block was filled after the queue closed")
     }
 }
 
