@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A Debian 12 guest under QEMU for what this machine's kernel lacks: kernel TLS (tls.ko) and a
 # real verbs stack (soft-RoCE, rdma_rxe). Software emulation (TCG): slow, but the real kernel code.
-#   Tools/vm.sh build          installs qemu and debootstrap, makes .shoal/vm/root.img (~4 min, once)
+#   Tools/vm.sh build          installs qemu and debootstrap, makes the guest's image (~4 min, once)
+#                              in a cache outside the clone, so a fresh clone reuses it:
+#                              $SHOAL_VM_CACHE, default ~/.cache/shoal/vm
 #   Tools/vm.sh run SCRIPT     boots the guest, runs SCRIPT (a path inside the repository) as root
 #                              with the repository mounted at /repo, prints its output, and exits
 #                              with its status
@@ -11,7 +13,8 @@
 # build Swift ones with `--static-swift-stdlib`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-vm="$root/.shoal/vm"
+vm="$root/.shoal/vm"  # the job's output and the console log
+cache="${SHOAL_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shoal/vm}"  # the image and the guest's tree
 cmd="${1:-}"
 
 build() {
@@ -25,20 +28,20 @@ build() {
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
-    [ -f "$vm/root.img" ] && { echo "vm: $vm/root.img exists (delete it to rebuild)"; return 0; }
+    [ -f "$cache/root.img" ] && { echo "vm: $cache/root.img exists (delete it to rebuild)"; return 0; }
     # The Debian mirror apt already uses on this machine.
     local mirror
     mirror=$(grep -rhoE '(URIs:|^deb)[[:space:]]+[a-z]+://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
              | awk '{print $2}' | grep -m1 -E '/debian/?$' || true)
     [ -n "$mirror" ] || { echo "vm: no Debian mirror found in apt's sources" >&2; exit 1; }
-    mkdir -p "$vm"
-    rm -rf "$vm/root"
+    mkdir -p "$cache"
+    rm -rf "$cache/root"
     local include=linux-image-amd64,kmod,udev,procps,iproute2,rdma-core,ibverbs-utils,rdmacm-utils,perftest
     # What a Shoal binary links besides glibc.
     include+=,libcurl4,liburing2,libnuma1,libibverbs1,librdmacm1,libssl3,libstdc++6,openssl
-    debootstrap --variant=minbase --include="$include" bookworm "$vm/root" "$mirror" > "$vm/debootstrap.log" 2>&1 \
-        || { tail -20 "$vm/debootstrap.log" >&2; exit 1; }
-    cat > "$vm/root/shoal-init.sh" <<'INIT'
+    debootstrap --variant=minbase --include="$include" bookworm "$cache/root" "$mirror" > "$cache/debootstrap.log" 2>&1 \
+        || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+    cat > "$cache/root/shoal-init.sh" <<'INIT'
 #!/bin/sh
 # PID 1 of the guest: mount what is missing, bring up eth0 and the kernel modules, run the job.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -57,26 +60,27 @@ echo $? > /repo/.shoal/vm/job.rc
 sync
 echo o > /proc/sysrq-trigger
 INIT
-    chmod 755 "$vm/root/shoal-init.sh"
-    rm -f "$vm/root.img"
-    truncate -s 2G "$vm/root.img"
-    mkfs.ext4 -q -F -d "$vm/root" "$vm/root.img"
-    echo "vm: built $vm/root.img"
+    chmod 755 "$cache/root/shoal-init.sh"
+    rm -f "$cache/root.img"
+    truncate -s 2G "$cache/root.img"
+    mkfs.ext4 -q -F -d "$cache/root" "$cache/root.img"
+    echo "vm: built $cache/root.img"
 }
 
 run() {
     local job="${1:-}"
     [ -n "$job" ] && [ -f "$root/$job" ] || { echo "usage: $0 run SCRIPT (a file inside the repository)" >&2; exit 2; }
-    [ -f "$vm/root.img" ] || { echo "vm: no image; run '$0 build' first" >&2; exit 1; }
+    [ -f "$cache/root.img" ] || { echo "vm: no image; run '$0 build' first" >&2; exit 1; }
     local kernel initrd
-    kernel=$(ls "$vm"/root/boot/vmlinuz-* | head -1)
-    initrd=$(ls "$vm"/root/boot/initrd.img-* | head -1)
+    kernel=$(ls "$cache"/root/boot/vmlinuz-* | head -1)
+    initrd=$(ls "$cache"/root/boot/initrd.img-* | head -1)
+    mkdir -p "$vm"
     rm -f "$vm/job.out" "$vm/job.rc"
     # /dev/kvm here is paravirtual and does not boot a stock kernel: software emulation only.
     timeout "${SHOAL_VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg,thread=multi,tb-size=256 -cpu max -smp 2 -m 2048 \
         -kernel "$kernel" -initrd "$initrd" \
         -append "root=/dev/vda rw console=ttyS0 init=/shoal-init.sh panic=-1 net.ifnames=0 quiet shoal.job=$job" \
-        -drive file="$vm/root.img",format=raw,if=virtio,snapshot=on \
+        -drive file="$cache/root.img",format=raw,if=virtio,snapshot=on \
         -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \
         -virtfs local,path="$root",mount_tag=host,security_model=none \
         -nographic -no-reboot > "$vm/console.log" 2>&1 || true

@@ -30,3 +30,226 @@ public enum Verbs {
         return out
     }
 }
+
+/// A real RDMA device through libibverbs (port 1): a protection domain, memory registered
+/// once per buffer, and reliable-connected queue pairs addressed by a RoCEv2 GID chosen by
+/// address (an IPv4-mapped one: `gidAddress` when given, else the first).
+public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
+    public let name: String
+    public var isSimulated: Bool { false }
+    let context: UnsafeMutablePointer<ibv_context>
+    let pd: UnsafeMutablePointer<ibv_pd>
+    let port: UInt8 = 1
+    public let gidIndex: Int
+    public let gid: [UInt8]
+    let mtu: ibv_mtu
+
+    /// Opens device `name` (nil: the first one).
+    public init(name wanted: String? = nil, gidAddress: String? = nil) throws(RDMAError) {
+        var count: Int32 = 0
+        guard let list = ibv_get_device_list(&count), count > 0 else { throw RDMAError("no RDMA device found on this host (libibverbs lists none)") }
+        defer { ibv_free_device_list(list) }
+        var chosen: UnsafeMutablePointer<ibv_device>?
+        var chosenName = ""
+        for i in 0..<Int(count) {
+            guard let dev = list[i] else { continue }
+            let n = String(cString: ibv_get_device_name(dev))
+            if wanted == nil || wanted == n {
+                chosen = dev
+                chosenName = n
+                break
+            }
+        }
+        guard let dev = chosen else { throw RDMAError("no RDMA device named \(wanted ?? "")") }
+        guard let ctx = ibv_open_device(dev) else { throw RDMAError("cannot open \(chosenName): errno \(errno)") }
+        var portAttr = ibv_port_attr()
+        guard ___ibv_query_port(ctx, 1, &portAttr) == 0 else {
+            ibv_close_device(ctx)
+            throw RDMAError("cannot query port 1 of \(chosenName)")
+        }
+        guard portAttr.state == IBV_PORT_ACTIVE else {
+            ibv_close_device(ctx)
+            throw RDMAError("port 1 of \(chosenName) is not active (state \(portAttr.state.rawValue))")
+        }
+        // The GID: RoCEv2, IPv4-mapped, matching the address asked for.
+        var found: (Int, [UInt8])?
+        for i in 0..<Int(portAttr.gid_tbl_len) {
+            var entry = ibv_gid_entry()
+            guard ibv_query_gid_ex(ctx, 1, UInt32(i), &entry, 0) == 0 else { continue }
+            let raw = withUnsafeBytes(of: entry.gid.raw) { Array($0) }
+            guard entry.gid_type == IBV_GID_TYPE_ROCE_V2.rawValue, raw[0..<10].allSatisfy({ $0 == 0 }), raw[10] == 0xff, raw[11] == 0xff else { continue }
+            if let gidAddress, RDMAQueuePairAddress.format(raw) != gidAddress { continue }
+            found = (i, raw)
+            break
+        }
+        guard let (index, gidBytes) = found else {
+            ibv_close_device(ctx)
+            throw RDMAError("\(chosenName) has no RoCEv2 IPv4 GID\(gidAddress.map { " for \($0)" } ?? "") on port 1")
+        }
+        guard let pd = ibv_alloc_pd(ctx) else {
+            ibv_close_device(ctx)
+            throw RDMAError("cannot allocate a protection domain on \(chosenName)")
+        }
+        name = chosenName
+        context = ctx
+        self.pd = pd
+        gidIndex = index
+        gid = gidBytes
+        mtu = portAttr.active_mtu
+    }
+
+    deinit {
+        ibv_dealloc_pd(pd)
+        ibv_close_device(context)
+    }
+
+    public func register(_ base: UnsafeMutableRawPointer, length: Int) throws(RDMAError) -> RDMAMemoryRegion {
+        let access = Int32(IBV_ACCESS_LOCAL_WRITE.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_REMOTE_READ.rawValue)
+        guard let mr = ibv_reg_mr(pd, base, length, access) else {
+            let e = errno
+            throw RDMAError("cannot register \(length) bytes with \(name): errno \(e)\(e == ENOMEM ? " (the locked-memory limit, RLIMIT_MEMLOCK, is too low)" : "")")
+        }
+        return RDMAMemoryRegion(address: UInt64(UInt(bitPattern: base)), length: length, lkey: mr.pointee.lkey, rkey: mr.pointee.rkey,
+                                handle: UInt(bitPattern: mr))
+    }
+
+    public func deregister(_ region: RDMAMemoryRegion) {
+        guard let mr = UnsafeMutablePointer<ibv_mr>(bitPattern: region.handle) else { return }
+        ibv_dereg_mr(mr)
+    }
+
+    public func makeQueuePair(depth: Int) throws(RDMAError) -> any RDMAQueuePairDriver {
+        try VerbsQueuePair(device: self, depth: depth)
+    }
+}
+
+/// A reliable-connected queue pair of a `VerbsRDMADevice`, with a completion queue of its own.
+final class VerbsQueuePair: RDMAQueuePairDriver {
+    let device: VerbsRDMADevice
+    let cq: UnsafeMutablePointer<ibv_cq>
+    let qp: UnsafeMutablePointer<ibv_qp>
+    private var polled: UnsafeMutablePointer<ibv_wc>
+    private let pollCapacity = 64
+
+    init(device: VerbsRDMADevice, depth: Int) throws(RDMAError) {
+        self.device = device
+        guard let cq = ibv_create_cq(device.context, Int32(depth), nil, nil, 0) else { throw RDMAError("cannot create a completion queue of \(depth)") }
+        var attr = ibv_qp_init_attr()
+        attr.send_cq = cq
+        attr.recv_cq = cq
+        attr.cap.max_send_wr = UInt32(depth)
+        attr.cap.max_recv_wr = 16
+        attr.cap.max_send_sge = 1
+        attr.cap.max_recv_sge = 1
+        attr.qp_type = IBV_QPT_RC
+        attr.sq_sig_all = 0
+        guard let qp = ibv_create_qp(device.pd, &attr) else {
+            ibv_destroy_cq(cq)
+            throw RDMAError("cannot create a queue pair of \(depth) on \(device.name): errno \(errno)")
+        }
+        self.cq = cq
+        self.qp = qp
+        polled = .allocate(capacity: pollCapacity)
+        var initAttr = ibv_qp_attr()
+        initAttr.qp_state = IBV_QPS_INIT
+        initAttr.pkey_index = 0
+        initAttr.port_num = device.port
+        initAttr.qp_access_flags = IBV_ACCESS_LOCAL_WRITE.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_REMOTE_READ.rawValue
+        let mask = IBV_QP_STATE.rawValue | IBV_QP_PKEY_INDEX.rawValue | IBV_QP_PORT.rawValue | IBV_QP_ACCESS_FLAGS.rawValue
+        let rc = ibv_modify_qp(qp, &initAttr, Int32(mask))
+        guard rc == 0 else {
+            close()
+            throw RDMAError("cannot move a queue pair to INIT: errno \(rc)")
+        }
+    }
+
+    deinit { polled.deallocate() }
+
+    var address: RDMAQueuePairAddress { RDMAQueuePairAddress(queuePair: qp.pointee.qp_num, gid: device.gid) }
+
+    func connect(to peer: RDMAQueuePairAddress) throws(RDMAError) {
+        guard peer.gid.count == 16 else { throw RDMAError("a GID is 16 bytes, not \(peer.gid.count)") }
+        var rtr = ibv_qp_attr()
+        rtr.qp_state = IBV_QPS_RTR
+        rtr.path_mtu = device.mtu
+        rtr.dest_qp_num = peer.queuePair
+        rtr.rq_psn = 0
+        rtr.max_dest_rd_atomic = 1
+        rtr.min_rnr_timer = 12
+        rtr.ah_attr.is_global = 1
+        rtr.ah_attr.port_num = device.port
+        rtr.ah_attr.grh.sgid_index = UInt8(device.gidIndex)
+        rtr.ah_attr.grh.hop_limit = 1
+        withUnsafeMutableBytes(of: &rtr.ah_attr.grh.dgid.raw) { $0.copyBytes(from: peer.gid) }
+        var mask = IBV_QP_STATE.rawValue | IBV_QP_AV.rawValue | IBV_QP_PATH_MTU.rawValue | IBV_QP_DEST_QPN.rawValue
+            | IBV_QP_RQ_PSN.rawValue | IBV_QP_MAX_DEST_RD_ATOMIC.rawValue | IBV_QP_MIN_RNR_TIMER.rawValue
+        var rc = ibv_modify_qp(qp, &rtr, Int32(mask))
+        guard rc == 0 else { throw RDMAError("cannot move the queue pair to RTR (peer \(peer)): errno \(rc)") }
+        var rts = ibv_qp_attr()
+        rts.qp_state = IBV_QPS_RTS
+        rts.timeout = 14
+        rts.retry_cnt = 7
+        rts.rnr_retry = 7
+        rts.sq_psn = 0
+        rts.max_rd_atomic = 1
+        mask = IBV_QP_STATE.rawValue | IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue | IBV_QP_RNR_RETRY.rawValue
+            | IBV_QP_SQ_PSN.rawValue | IBV_QP_MAX_QP_RD_ATOMIC.rawValue
+        rc = ibv_modify_qp(qp, &rts, Int32(mask))
+        guard rc == 0 else { throw RDMAError("cannot move the queue pair to RTS: errno \(rc)") }
+    }
+
+    func post(_ writes: [RDMAWrite], id: UInt64) -> (posted: Int, error: RDMAError?) {
+        let n = writes.count
+        guard n > 0 else { return (0, nil) }
+        let sges = UnsafeMutablePointer<ibv_sge>.allocate(capacity: n)
+        let wrs = UnsafeMutablePointer<ibv_send_wr>.allocate(capacity: n)
+        defer {
+            sges.deallocate()
+            wrs.deallocate()
+        }
+        for (i, w) in writes.enumerated() {
+            sges[i] = ibv_sge(addr: w.local, length: UInt32(w.length), lkey: w.lkey)
+            var wr = ibv_send_wr()
+            wr.wr_id = id
+            wr.sg_list = sges + i
+            wr.num_sge = 1
+            wr.opcode = IBV_WR_RDMA_WRITE
+            wr.send_flags = i == n - 1 ? IBV_SEND_SIGNALED.rawValue : 0
+            wr.wr.rdma.remote_addr = w.remoteAddress
+            wr.wr.rdma.rkey = w.rkey
+            wr.next = i == n - 1 ? nil : wrs + i + 1
+            (wrs + i).initialize(to: wr)
+        }
+        var bad: UnsafeMutablePointer<ibv_send_wr>?
+        let rc = ibv_post_send(qp, wrs, &bad)
+        guard rc != 0 else { return (n, nil) }
+        let taken = bad.map { $0 - wrs } ?? 0
+        return (max(0, min(n, taken)), RDMAError("ibv_post_send: errno \(rc)"))
+    }
+
+    func poll(max: Int) throws(RDMAError) -> [RDMACompletion] {
+        let n = ibv_poll_cq(cq, Int32(min(max, pollCapacity)), polled)
+        guard n >= 0 else { throw RDMAError("ibv_poll_cq failed (\(n))") }
+        return (0..<Int(n)).map { i in
+            let wc = polled[i]
+            let status: RDMACompletion.Status
+            switch wc.status {
+            case IBV_WC_SUCCESS: status = .success
+            case IBV_WC_WR_FLUSH_ERR: status = .flushed
+            default: status = .failed(String(cString: ibv_wc_status_str(wc.status)))
+            }
+            return RDMACompletion(id: wc.wr_id, status: status)
+        }
+    }
+
+    func moveToError() {
+        var attr = ibv_qp_attr()
+        attr.qp_state = IBV_QPS_ERR
+        _ = ibv_modify_qp(qp, &attr, Int32(IBV_QP_STATE.rawValue))
+    }
+
+    func close() {
+        ibv_destroy_qp(qp)
+        ibv_destroy_cq(cq)
+    }
+}

@@ -4,6 +4,7 @@ import Glibc
 import Testing
 import ShoalClient
 import ShoalCore
+import ShoalIO
 import ShoalObjectStore
 import ShoalSys
 import ShoalTestSupport
@@ -180,6 +181,29 @@ func fileStoreWorkerConfig(_ name: String) -> WorkerConfig {
         try FileSystem.setPermissions(secretFile, 0o644)
         let open = cat("--range", "0+10")
         #expect(open.0 == 0 && open.1.contains("can be read by every user of this host") && open.1.hasSuffix("0123456789"), "\(open)")
+    }
+}
+
+/// `shoal selftest rdma` as a user runs it: on this host, which has no RDMA device, it says so
+/// and exits 3 (nothing verified); `--simulated` runs the checks on the in-process simulated
+/// device and says that it is one.
+@Suite struct SelftestCommandTests {
+    @Test func noDeviceIsExitThreeAndTheSimulationSaysItIsOne() throws {
+        let shoal = repositoryRoot + "/.build/debug/shoal"
+        guard FileSystem.exists(shoal) else {
+            Issue.record("build the command line first: swift build --product shoal")
+            return
+        }
+        let real = runProcess(shoal, ["selftest", "rdma"])
+        if Verbs.devices().isEmpty {
+            #expect(real.0 == 3 && real.1.contains("no RDMA device found") && real.1.contains("nothing was verified"), "\(real)")
+        } else {
+            #expect(real.0 == 0 && !real.1.contains("SIMULATED"), "\(real)")
+        }
+        let sim = runProcess(shoal, ["selftest", "rdma", "--simulated"])
+        #expect(sim.0 == 0 && sim.1.contains("SIMULATED: an in-process simulation, not RDMA") && !sim.1.contains("FAIL"), "\(sim)")
+        let json = runProcess(shoal, ["selftest", "rdma", "--simulated", "--json"])
+        #expect(json.0 == 0 && json.1.contains("\"simulated\":true") && json.1.contains("\"device\":\"simulated0\""), "\(json)")
     }
 }
 
