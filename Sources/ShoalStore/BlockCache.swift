@@ -94,11 +94,41 @@ public final class BlockCache: @unchecked Sendable {
     /// Appends a block (data in `slot` at `dataOffset`) to its disk. False if it was not cached
     /// because the disk's background cleaner had no clean region ready in time (counted in
     /// `CacheDiskStats.insertsDropped`; the block is a later miss).
+    /// `chunkCRCs`: the block's chunk CRCs from `checksums(of:)`, when the caller has them.
     @discardableResult
-    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) -> Bool {
+    public func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, chunkCRCs: [UInt32]? = nil,
+                       pinned: Bool = false) throws(ShoalError) -> Bool {
         guard let d = disk(for: id) else { throw ShoalError(.internal, "every cache disk is out of service") }
-        return try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned || pins.covers(key))
+        return try d.insert(key: key, id: id, slot: slot, length: length, crc: crc, chunkCRCs: chunkCRCs, pinned: pinned || pins.covers(key))
     }
+
+    /// A block's CRC32C and its chunks' (the ones its record on disk keeps), in one pass over
+    /// the bytes: a fill checks the block with the first and hands the rest to `insert`.
+    public static func checksums(of data: UnsafeRawBufferPointer) -> (crc: UInt32, chunks: [UInt32]) {
+        let chunks = CacheFormat.chunkCRCs(data)
+        let size = 1 << CacheFormat.chunkShift(dataPages: CacheFormat.alignUp(data.count) / CacheFormat.pageSize)
+        let last = data.count - max(0, chunks.count - 1) * size
+        return (CRC32C.combine(pieces: chunks, pieceLength: size, lastLength: last, operators: zeroOperator), chunks)
+    }
+
+    /// Zero-byte operators by length, made once (blocks come in few lengths: whole ones and
+    /// each object's last).
+    private static func zeroOperator(_ bytes: Int) -> [UInt32] {
+        if let known = operatorCache.lock.withLock({ operatorCache.byLength[bytes] }) { return known }
+        let made = CRC32C.zeroOperator(bytes: bytes)
+        operatorCache.lock.withLock {
+            if operatorCache.byLength.count >= 1024 { operatorCache.byLength.removeAll() }
+            operatorCache.byLength[bytes] = made
+        }
+        return made
+    }
+
+    private final class OperatorCache: @unchecked Sendable {
+        let lock = ConditionLock()
+        var byLength: [Int: [UInt32]] = [:]
+    }
+
+    private static let operatorCache = OperatorCache()
 
     /// The room that always holds blocks, over the disks in service: each disk's regions less the
     /// one being written and the clean one its cleaner keeps ready (eviction's working room).

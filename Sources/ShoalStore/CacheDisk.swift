@@ -344,8 +344,8 @@ final class CacheDisk: @unchecked Sendable {
     /// Appends a block whose data is in `slot` at `CacheFormat.headerSize` (`RegionWriter`).
     /// False if it was not cached because no clean region was ready in time.
     @discardableResult
-    func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool = false) throws(ShoalError) -> Bool {
-        try writer.append(key: key, id: id, slot: slot, length: length, crc: crc, pinned: pinned)
+    func insert(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, chunkCRCs: [UInt32]? = nil, pinned: Bool = false) throws(ShoalError) -> Bool {
+        try writer.append(key: key, id: id, slot: slot, length: length, crc: crc, chunkCRCs: chunkCRCs, pinned: pinned)
     }
 
     // MARK: recovery and snapshot

@@ -28,7 +28,7 @@ final class RegionWriter: @unchecked Sendable {
     /// Appends a block whose data is in `slot` at `CacheFormat.headerSize`: writes the header in
     /// front of it and the whole record with one O_DIRECT write. False if it was dropped because
     /// no clean region was ready.
-    func append(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, pinned: Bool) throws(ShoalError) -> Bool {
+    func append(key: BlockKey, id: BlockID, slot: IOSlot, length: Int, crc: UInt32, chunkCRCs: [UInt32]? = nil, pinned: Bool) throws(ShoalError) -> Bool {
         let layout = state.layout
         let encoded = key.encoded
         guard encoded.count <= CacheFormat.maxKeyBytes else { throw ShoalError(.tooLarge, "block key too long to cache") }
@@ -41,7 +41,10 @@ final class RegionWriter: @unchecked Sendable {
             throw ShoalError(.tooLarge, "a record of \(count) bytes does not fit a region of \(layout.regionSize) (use a larger regionSize)")
         }
         // The header and padding go into the caller's buffer before the writer lock is taken.
-        let chunks = CacheFormat.chunkCRCs(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
+        // The chunks' CRCs: the filler's, when it computed them as it checked the block (the
+        // bytes have not moved since), else read here.
+        let chunks = chunkCRCs.flatMap { $0.count == CacheFormat.chunkCount(dataLength: length, shift: CacheFormat.chunkShift(dataPages: CacheFormat.alignUp(length) / CacheFormat.pageSize)) ? $0 : nil }
+            ?? CacheFormat.chunkCRCs(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
         let pad = count - CacheFormat.headerSize - length
         if pad > 0 { CacheFormat.memsetZero(slot.base + CacheFormat.headerSize + length, pad) }
         lock.lock()

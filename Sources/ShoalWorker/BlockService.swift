@@ -32,6 +32,8 @@ struct PendingFill: Sendable {
     var crc: UInt32
     /// Filled for a fill-only READ (a warm, or a hand-over push): cached past admission.
     var warm = false
+    /// The chunk CRCs computed with `crc` (`BlockCache.checksums`), for the cache's record.
+    var chunkCRCs: [UInt32]?
     /// Whether this reader led the block's fill (`FillCoordinator`), so finishing it lets the
     /// readers waiting on it go; a warm that copied another reader's fill caches the block too,
     /// but ends no flight.
@@ -376,11 +378,12 @@ final class BlockService: @unchecked Sendable {
                     throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
                 }
                 if fromStore { metrics.bytesFilled.increment(by: Int64(length)) }
-                let crc = CRC32C.checksum(UnsafeRawBufferPointer(start: data, count: length))
+                // One pass: the block's CRC and its chunks' (which the cache's record keeps).
+                let (crc, chunks) = BlockCache.checksums(of: UnsafeRawBufferPointer(start: data, count: length))
                 // A warm's fill is written to the cache even when it did not lead the flight (the
                 // block kept leaving the cache as fast as others filled it): its answer says cached.
                 let fill = leader || request.isFillOnly
-                    ? PendingFill(key: key, id: id, length: length, crc: crc, warm: request.isFillOnly, leader: leader) : nil
+                    ? PendingFill(key: key, id: id, length: length, crc: crc, warm: request.isFillOnly, chunkCRCs: chunks, leader: leader) : nil
                 // Readers waiting on this fill copy the bytes now, not after this reply is sent.
                 if leader { fills.publish(id, data, length: length, crc: crc) }
                 do throws(ShoalError) {
@@ -429,7 +432,7 @@ final class BlockService: @unchecked Sendable {
             // A warm asked for this block by name: it is cached whatever the admission rules say.
             guard fill.warm || admission.admit(fill.id, bytes: fill.length + BlockCache.dataOffset, subsetFraction: fraction) else { return false }
             // False: the disk's cleaner had no clean region ready (counted in the disk's stats).
-            guard try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc) else { return false }
+            guard try cache.insert(key: fill.key, id: fill.id, slot: slot, length: fill.length, crc: fill.crc, chunkCRCs: fill.chunkCRCs) else { return false }
             handover?.journal(fill.key, fill.id)
             return true
         } catch {

@@ -262,3 +262,24 @@ import Testing
         for bad in ["Zg=", "Z===", "Zm9v!A==", "Zg==Zg==", "=Zg="] { #expect(Base64.decode(bad) == nil, "\(bad)") }
     }
 }
+
+@Suite struct CRC32CCombineTests {
+    /// crc(A || B) from crc(A), crc(B) and |B|, for random splits; and a block's CRC from its
+    /// pieces' (all one length but the last), as a fill computes it.
+    @Test func combiningPiecesGivesTheWholeCRC() {
+        var rng = SplitMix(seed: 5)
+        let bytes = (0..<300_000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let whole = CRC32C.checksum(bytes)
+        for _ in 0..<40 {
+            let cut = Int(rng.next() % UInt64(bytes.count + 1))
+            let a = CRC32C.checksum(Array(bytes[..<cut])), b = CRC32C.checksum(Array(bytes[cut...]))
+            #expect(CRC32C.combine(a, b, secondLength: bytes.count - cut) == whole, "cut at \(cut)")
+        }
+        for piece in [4096, 65536, 99_999, 100_000, 300_000] {
+            let pieces = stride(from: 0, to: bytes.count, by: piece).map { CRC32C.checksum(Array(bytes[$0..<min(bytes.count, $0 + piece)])) }
+            let last = bytes.count - (pieces.count - 1) * piece
+            #expect(CRC32C.combine(pieces: pieces, pieceLength: piece, lastLength: last) == whole, "pieces of \(piece)")
+        }
+        #expect(CRC32C.combine(pieces: [], pieceLength: 1, lastLength: 0) == 0)
+    }
+}
