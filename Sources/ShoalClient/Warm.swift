@@ -109,10 +109,12 @@ public final class Warmer {
         var empty: [ObjectPrefix] = []
         var listingFailures: [(ObjectPrefix, ShoalError)] = []
         var seen = Set<ObjectRef>()
-        func tick() {
-            p.seconds = Double(elapsedNanos(from: start, to: monotonicNanos())) / 1e9
-            progress(p)
+        /// Tells `progress` where `q` stands (a chunk in progress tells it with its own `p`).
+        func report(_ q: inout WarmProgress) {
+            q.seconds = Double(elapsedNanos(from: start, to: monotonicNanos())) / 1e9
+            progress(q)
         }
+        func tick() { report(&p) }
         for prefix in prefixes {
             var found = 0
             do {
@@ -148,7 +150,7 @@ public final class Warmer {
         var batchBytes: UInt64 = 0
         func flush() throws(ShoalError) {
             guard !batch.isEmpty else { return }
-            try process(batch, &objects, &p)
+            try process(batch, &objects, &p, report)
             batch.removeAll(keepingCapacity: true)
             batchBytes = 0
             tick()
@@ -170,7 +172,7 @@ public final class Warmer {
     /// as it would a probe, with no GET. Probes go first with `checkOnly` (they are all it
     /// sends) and under a bandwidth cap (only the blocks not cached are paced).
     private func process(_ batch: [(object: Int, block: ShoalClient.BlockOfFile)], _ objects: inout [WarmedObject],
-                         _ p: inout WarmProgress) throws(ShoalError) {
+                         _ p: inout WarmProgress, _ report: (inout WarmProgress) -> Void) throws(ShoalError) {
         var missing: [Int] = []
         if options.checkOnly || options.bytesPerSecondPerStore != nil {
             for (k, r) in try client.probe(batch.map(\.block)).enumerated() {
@@ -211,6 +213,8 @@ public final class Warmer {
                 attempt += 1
                 pending = again
             }
+            // Paced, a chunk takes a while: its progress is told group by group.
+            if start < missing.count { report(&p) }
         }
     }
 
