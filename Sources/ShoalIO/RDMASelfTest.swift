@@ -147,6 +147,9 @@ public enum RDMASelfTest {
         if let sim = device as? SimulatedRDMADevice {
             checks.append(partialPost(sim, pair: pair, write: write))
         }
+        if let verbs = device as? VerbsRDMADevice {
+            checks.append(connectionCheck(address: RDMAQueuePairAddress.format(verbs.gid)))
+        }
         return RDMASelfTestReport(device: device.name, simulated: device.isSimulated, gid: RDMAQueuePairAddress.format(a.driver.address.gid),
                                   loopbackBytes: size, workRequests: a.workRequests, bytesPerWorkRequest: a.bytesPosted / max(1, a.workRequests),
                                   queueDepth: depth, highWater: highWater, latencyMicros: latency, bandwidthBytesPerSecond: bandwidth,
@@ -181,5 +184,81 @@ public enum RDMASelfTest {
         } catch {
             return .init(name: name, passed: false, detail: "\(error)")
         }
+    }
+
+    /// Two ends connected through rdma_cm on `address` (a listener on one thread, a peer dialing
+    /// it): the listener names a buffer (address, rkey, length) in its handshake, the peer writes
+    /// 1 MiB into it in a chain of four, and the bytes are compared.
+    static func connectionCheck(address: String) -> RDMASelfTestReport.Check {
+        let name = "rdma_cm: a peer writes 1 MiB into a buffer named in the listener's handshake"
+        let size = 1 << 20
+        let source = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        let target = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer {
+            source.deallocate()
+            target.deallocate()
+        }
+        for i in 0..<size { source.storeBytes(of: UInt8(truncatingIfNeeded: i &* 13 &+ 5), toByteOffset: i, as: UInt8.self) }
+        memset(target, 0, size)
+        do throws(RDMAError) {
+            let listener = try RDMAListener(address: address)
+            defer { listener.close() }
+            let mr = try listener.device.register(target, length: size)
+            defer { listener.device.deregister(mr) }
+            var offer: [UInt8] = []
+            withUnsafeBytes(of: mr.address.littleEndian) { offer += $0 }
+            withUnsafeBytes(of: mr.rkey.littleEndian) { offer += $0 }
+            withUnsafeBytes(of: UInt32(size).littleEndian) { offer += $0 }
+            let accepted = AcceptBox()
+            let handshake = offer
+            do {
+                try OSThread.spawn(name: "rdma-accept") {
+                    accepted.set(Result { () throws(RDMAError) -> RDMAConnection in try listener.accept(depth: 16, data: handshake) })
+                }
+            } catch {
+                return .init(name: name, passed: false, detail: "cannot start the listener's thread: \(error)")
+            }
+            let conn = try RDMAConnection.connect(to: address, port: listener.port, depth: 16, data: Array("shoal".utf8))
+            defer { conn.close() }
+            let server = try accepted.wait().get()
+            defer { server.close() }
+            guard conn.peerData.count >= 16 else { return .init(name: name, passed: false, detail: "the handshake carried \(conn.peerData.count) bytes") }
+            let remote = conn.peerData.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self) }.littleEndian
+            let rkey = conn.peerData.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) }.littleEndian
+            let src = try conn.device.register(source, length: size)
+            defer { conn.device.deregister(src) }
+            let q = RDMAQueue(driver: conn.queuePair, depth: 16)
+            let piece = size / 4
+            let writes = (0..<4).map { i in
+                RDMAWrite(local: source + i * piece, length: piece, lkey: src.lkey, remoteAddress: remote + UInt64(i * piece), rkey: rkey)
+            }
+            guard let id = try q.write(writes) else { return .init(name: name, passed: false, detail: "no room on a new queue pair") }
+            let status = try q.wait(for: id)
+            let exact = memcmp(source, target, size) == 0
+            let heard = String(decoding: server.peerData.prefix(5), as: UTF8.self) == "shoal"
+            return .init(name: name, passed: status == .success && exact && heard,
+                         detail: "\(address):\(listener.port), queue pair \(conn.queuePair.address.queuePair) to \(server.queuePair.address.queuePair); "
+                            + "completion \(status); byte-exact: \(exact); the listener got the peer's handshake: \(heard)")
+        } catch {
+            return .init(name: name, passed: false, detail: "\(error)")
+        }
+    }
+}
+
+/// The listener thread's accepted connection, for the thread that waits on it.
+private final class AcceptBox: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var result: Result<RDMAConnection, RDMAError>?
+
+    func set(_ r: Result<RDMAConnection, RDMAError>) {
+        lock.withLock { result = r }
+        lock.broadcast()
+    }
+
+    func wait() -> Result<RDMAConnection, RDMAError> {
+        lock.lock()
+        defer { lock.unlock() }
+        while result == nil { _ = lock.wait() }
+        return result!
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ShoalSys
 internal import CVerbs
+internal import CRDMACM
 
 /// An RDMA device as libibverbs lists it.
 public struct VerbsDeviceInfo: Sendable {
@@ -39,7 +40,7 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
     public var isSimulated: Bool { false }
     let context: UnsafeMutablePointer<ibv_context>
     let pd: UnsafeMutablePointer<ibv_pd>
-    let port: UInt8 = 1
+    let port: UInt8
     public let gidIndex: Int
     public let gid: [UInt8]
     let mtu: ibv_mtu
@@ -72,17 +73,7 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
             throw RDMAError("port 1 of \(chosenName) is not active (state \(portAttr.state.rawValue))")
         }
         // The GID: RoCEv2, IPv4-mapped, matching the address asked for.
-        var found: (Int, [UInt8])?
-        for i in 0..<Int(portAttr.gid_tbl_len) {
-            var entry = ibv_gid_entry()
-            guard ibv_query_gid_ex(ctx, 1, UInt32(i), &entry, 0) == 0 else { continue }
-            let raw = withUnsafeBytes(of: entry.gid.raw) { Array($0) }
-            guard entry.gid_type == IBV_GID_TYPE_ROCE_V2.rawValue, raw[0..<10].allSatisfy({ $0 == 0 }), raw[10] == 0xff, raw[11] == 0xff else { continue }
-            if let gidAddress, RDMAQueuePairAddress.format(raw) != gidAddress { continue }
-            found = (i, raw)
-            break
-        }
-        guard let (index, gidBytes) = found else {
+        guard let (index, gidBytes) = VerbsRDMADevice.roceV2GID(ctx, port: 1, portAttr: portAttr, address: gidAddress) else {
             ibv_close_device(ctx)
             throw RDMAError("\(chosenName) has no RoCEv2 IPv4 GID\(gidAddress.map { " for \($0)" } ?? "") on port 1")
         }
@@ -93,14 +84,52 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
         name = chosenName
         context = ctx
         self.pd = pd
+        port = 1
         gidIndex = index
         gid = gidBytes
         mtu = portAttr.active_mtu
+        ownsContext = true
+    }
+
+    /// Whether `context` is this device's to close (rdma_cm owns the ones it opens).
+    private let ownsContext: Bool
+
+    /// The device of a context librdmacm opened (a connection's `rdma_cm_id.verbs`): a
+    /// protection domain of its own on it, the GID of `gidAddress` (the connection's address).
+    init(context ctx: UnsafeMutablePointer<ibv_context>, port: UInt8, gidAddress: String?) throws(RDMAError) {
+        let devName = String(cString: ibv_get_device_name(ctx.pointee.device))
+        var portAttr = ibv_port_attr()
+        guard ___ibv_query_port(ctx, port, &portAttr) == 0 else { throw RDMAError("cannot query port \(port) of \(devName)") }
+        guard let (index, gidBytes) = VerbsRDMADevice.roceV2GID(ctx, port: port, portAttr: portAttr, address: gidAddress) else {
+            throw RDMAError("\(devName) has no RoCEv2 IPv4 GID\(gidAddress.map { " for \($0)" } ?? "") on port \(port)")
+        }
+        guard let pd = ibv_alloc_pd(ctx) else { throw RDMAError("cannot allocate a protection domain on \(devName)") }
+        name = devName
+        context = ctx
+        self.pd = pd
+        self.port = port
+        gidIndex = index
+        gid = gidBytes
+        mtu = portAttr.active_mtu
+        ownsContext = false
+    }
+
+    /// Port `port`'s first RoCEv2, IPv4-mapped GID (the one of `address`, when given).
+    static func roceV2GID(_ ctx: UnsafeMutablePointer<ibv_context>, port: UInt8, portAttr: ibv_port_attr, address: String?) -> (Int, [UInt8])? {
+        for i in 0..<Int(portAttr.gid_tbl_len) {
+            var entry = ibv_gid_entry()
+            guard ibv_query_gid_ex(ctx, UInt32(port), UInt32(i), &entry, 0) == 0 else { continue }
+            let raw = withUnsafeBytes(of: entry.gid.raw) { Array($0) }
+            guard entry.gid_type == IBV_GID_TYPE_ROCE_V2.rawValue, raw[0..<10].allSatisfy({ $0 == 0 }), raw[10] == 0xff, raw[11] == 0xff else { continue }
+            if let address, RDMAQueuePairAddress.format(raw) != address { continue }
+            return (i, raw)
+        }
+        return nil
     }
 
     deinit {
         ibv_dealloc_pd(pd)
-        ibv_close_device(context)
+        if ownsContext { ibv_close_device(context) }
     }
 
     public func register(_ base: UnsafeMutableRawPointer, length: Int) throws(RDMAError) -> RDMAMemoryRegion {
@@ -163,11 +192,24 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         }
     }
 
+    /// Set when rdma_cm made the queue pair (and moves it through its states): its id.
+    private var cmID: UnsafeMutablePointer<rdma_cm_id>?
+
+    /// A queue pair rdma_cm created on `id` (its completion queue `cq`), already connected.
+    init(device: VerbsRDMADevice, cmID id: UnsafeMutablePointer<rdma_cm_id>, cq: UnsafeMutablePointer<ibv_cq>) {
+        self.device = device
+        self.cq = cq
+        qp = id.pointee.qp
+        cmID = id
+        polled = .allocate(capacity: pollCapacity)
+    }
+
     deinit { polled.deallocate() }
 
     var address: RDMAQueuePairAddress { RDMAQueuePairAddress(queuePair: qp.pointee.qp_num, gid: device.gid) }
 
     func connect(to peer: RDMAQueuePairAddress) throws(RDMAError) {
+        guard cmID == nil else { throw RDMAError("this queue pair was connected by rdma_cm") }
         guard peer.gid.count == 16 else { throw RDMAError("a GID is 16 bytes, not \(peer.gid.count)") }
         var rtr = ibv_qp_attr()
         rtr.qp_state = IBV_QPS_RTR
@@ -249,6 +291,14 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
     }
 
     func close() {
+        if let id = cmID {
+            rdma_disconnect(id)
+            rdma_destroy_qp(id)
+            ibv_destroy_cq(cq)
+            rdma_destroy_id(id)
+            cmID = nil
+            return
+        }
         ibv_destroy_qp(qp)
         ibv_destroy_cq(cq)
     }

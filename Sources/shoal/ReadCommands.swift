@@ -162,7 +162,8 @@ struct SelftestCommand: ParsableCommand {
                 On every RDMA device libibverbs lists (or --device), between two queue pairs of it: \
                 8 MiB written and compared byte for byte, the median latency of a 64-byte write, the \
                 bandwidth of 1 MiB writes kept 16 deep, the send queue never above its depth, and \
-                writes with a bad rkey and past a region's end failing and stopping their queue pair. \
+                writes with a bad rkey and past a region's end failing and stopping their queue pair; \
+                and a connection through librdmacm (a peer writing into a buffer named in the handshake). \
                 Exit status 3 when the host has no RDMA device (nothing verified), 1 when a check \
                 fails. --simulated runs the same on the in-process simulated device instead: that \
                 checks the transport's logic, never RDMA.
