@@ -773,6 +773,8 @@ def main():
     chart(os.path.join(args.out, "report.png"), args, figures, ratios)
     print(text)
     print(f"perf: {time.monotonic() - started:.0f} s; report.md, report.json and report.png in {args.out}")
+    # The work folder holds the store's data and a preallocated cache: gigabytes, of no use now.
+    shutil.rmtree(run.work, ignore_errors=True)
 
 
 if __name__ == "__main__":
