@@ -61,8 +61,25 @@ public struct SendQueueCredits: Sendable {
         return retired
     }
 
+    /// Work request `index` of chain `id` completed with an error: the ones before it in that
+    /// chain ran (unsignalled, so silently) and are retired with it, and the queue pair stops.
+    /// The work requests after it come back flushed (`flushed`), one completion each.
+    public mutating func failed(_ id: UInt64, index: Int, reason: String) {
+        if let i = chains[head...].firstIndex(where: { $0.id == id }) {
+            // Older chains completed before it (in order): their signalled ends retired them.
+            let done = min(chains[i].count, index + 1)
+            chains[i].count -= done
+            outstanding -= done
+            if chains[i].count == 0 && i == head { head += 1 }
+            compact()
+        }
+        fail(reason)
+    }
+
     /// The device took only the first `posted` work requests of chain `id`: the queue pair goes
-    /// to the error state (what it took is flushed back; the rest was never on the queue).
+    /// to the error state. Which of those ran (silently) and which come back flushed cannot be
+    /// told apart, so from here the count is only an upper bound until `reset` (the queue pair
+    /// is torn down); the ones never posted are taken off now.
     public mutating func postFailed(_ id: UInt64, posted: Int, reason: String) {
         if let i = chains[head...].firstIndex(where: { $0.id == id }) {
             let unposted = chains[i].count - max(0, min(posted, chains[i].count))
@@ -70,6 +87,11 @@ public struct SendQueueCredits: Sendable {
             outstanding -= unposted
         }
         fail(reason)
+    }
+
+    /// Whether chain `id` was posted and has been retired (its completion came, or a later one's).
+    public func isRetired(_ id: UInt64) -> Bool {
+        id < nextID && !chains[head...].contains { $0.id == id }
     }
 
     /// An error completion (or a broken connection): no more posts on this queue pair.

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ShoalCore
 import ShoalSys
 
@@ -23,8 +26,9 @@ public protocol RDMAQueuePairDriver: AnyObject {
     /// What the peer needs to connect to this queue pair.
     var address: RDMAQueuePairAddress { get }
     func connect(to peer: RDMAQueuePairAddress) throws(RDMAError)
-    /// Posts `writes` as one chain, each with work request id `id`, only the last signalled.
-    /// Returns how many the device took: all of them, or fewer with the error that stopped it.
+    /// Posts `writes` as one chain, only the last signalled; work request `i` carries
+    /// `RDMACompletion.workRequestID(chain: id, index: i)`. Returns how many the device took:
+    /// all of them, or fewer with the error that stopped it.
     func post(_ writes: [RDMAWrite], id: UInt64) -> (posted: Int, error: RDMAError?)
     /// Up to `max` completions that are ready (none: empty, no wait).
     func poll(max: Int) throws(RDMAError) -> [RDMACompletion]
@@ -100,13 +104,23 @@ public struct RDMACompletion: Sendable, Equatable {
         case failed(String)
     }
 
-    /// The work request id (the chain's number).
+    /// The chain's number, and the work request's place in it.
     public var id: UInt64
+    public var index: Int
     public var status: Status
 
-    public init(id: UInt64, status: Status) {
+    public init(id: UInt64, index: Int = 0, status: Status) {
         self.id = id
+        self.index = index
         self.status = status
+    }
+
+    /// A work request's `wr_id`: its chain's number and its place in the chain.
+    public static func workRequestID(chain: UInt64, index: Int) -> UInt64 { chain << 16 | UInt64(index & 0xFFFF) }
+
+    /// The completion of the work request whose `wr_id` is `workRequestID`.
+    public init(workRequestID: UInt64, status: Status) {
+        self.init(id: workRequestID >> 16, index: Int(workRequestID & 0xFFFF), status: status)
     }
 }
 
@@ -132,7 +146,7 @@ public final class RDMAQueue {
     public func write(_ writes: [RDMAWrite]) throws(RDMAError) -> UInt64? {
         if case .failed(let reason) = credits.state { throw RDMAError("the queue pair has stopped: \(reason)") }
         guard !writes.isEmpty else { return nil }
-        guard writes.count <= credits.maxChain else {
+        guard writes.count <= min(credits.maxChain, 0xFFFF) else {
             throw RDMAError("a chain of \(writes.count) work requests cannot fit a queue of \(credits.depth)")
         }
         if let empty = writes.firstIndex(where: { $0.length <= 0 }) {
@@ -157,9 +171,7 @@ public final class RDMAQueue {
             switch c.status {
             case .success: credits.completed(c.id)
             case .flushed: credits.flushed()
-            case .failed(let reason):
-                credits.fail(reason)
-                credits.flushed()
+            case .failed(let reason): credits.failed(c.id, index: c.index, reason: reason)
             }
         }
         return done
@@ -169,8 +181,12 @@ public final class RDMAQueue {
     public func wait(for id: UInt64, timeoutNanos: UInt64 = 10_000_000_000) throws(RDMAError) -> RDMACompletion.Status {
         let deadline = monotonicNanos() + timeoutNanos
         while monotonicNanos() < deadline {
-            for c in try poll() where c.id == id { return c.status }
+            let done = try poll()
+            for c in done where c.id == id { return c.status }
             if case .failed(let reason) = credits.state { return .failed(reason) }
+            // Its completion came in an earlier poll (or a later chain's retired it).
+            if credits.isRetired(id) { return .success }
+            if done.isEmpty { sched_yield() }
         }
         throw RDMAError("no completion for chain \(id) in \(timeoutNanos / 1_000_000) ms")
     }

@@ -106,6 +106,7 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
     private var outstanding = 0
     private var perChain: [UInt64: Int] = [:]
     private(set) var highWater = 0
+    var outstandingForTests: Int { lock.withLock { outstanding } }
 
     init(device: SimulatedRDMADevice, number: UInt32, depth: Int) {
         self.device = device
@@ -126,7 +127,12 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
         self.peer = peer.queuePair
     }
 
+    /// Posts and polls may come from different threads, as with verbs.
+    private let lock = ConditionLock()
+
     func post(_ writes: [RDMAWrite], id: UInt64) -> (posted: Int, error: RDMAError?) {
+        lock.lock()
+        defer { lock.unlock() }
         guard let device else { return (0, RDMAError("the simulated device is gone")) }
         guard let peer, let remote = SimulatedRDMADevice.queuePair(peer), let remoteDevice = remote.device else {
             return (0, RDMAError("the simulated queue pair is not connected"))
@@ -141,28 +147,30 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
             highWater = max(highWater, outstanding)
             perChain[id, default: 0] += 1
             if failed {
-                completions.append(RDMACompletion(id: id, status: .flushed))
+                completions.append(RDMACompletion(id: id, index: i, status: .flushed))
                 continue
             }
             guard device.local(w.local, w.length, lkey: w.lkey) else {
                 failed = true
-                completions.append(RDMACompletion(id: id, status: .failed("local protection error (simulated)")))
+                completions.append(RDMACompletion(id: id, index: i, status: .failed("local protection error (simulated)")))
                 continue
             }
             guard !faults.failWrites, remoteDevice.target(w.remoteAddress, w.length, rkey: w.rkey) else {
                 failed = true
-                completions.append(RDMACompletion(id: id, status: .failed("remote access error (simulated)")))
+                completions.append(RDMACompletion(id: id, index: i, status: .failed("remote access error (simulated)")))
                 continue
             }
             memcpy(UnsafeMutableRawPointer(bitPattern: UInt(w.remoteAddress))!, UnsafeRawPointer(bitPattern: UInt(w.local))!, w.length)
             if last {
-                completions.append(RDMACompletion(id: id, status: .success))
+                completions.append(RDMACompletion(id: id, index: i, status: .success))
             }
         }
         return (writes.count, nil)
     }
 
     func poll(max: Int) throws(RDMAError) -> [RDMACompletion] {
+        lock.lock()
+        defer { lock.unlock() }
         let n = min(max, completions.count)
         let out = Array(completions.prefix(n))
         completions.removeFirst(n)
@@ -174,15 +182,19 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
                     perChain[chain] = nil
                 }
             } else {
-                outstanding -= 1
-                perChain[c.id, default: 1] -= 1
-                if perChain[c.id] == 0 { perChain[c.id] = nil }
+                // A failed one retires the chain's work requests up to it (those before it ran,
+                // silently); a flushed one retires itself.
+                let n = c.status == .flushed ? 1 : c.index + 1
+                let left = perChain[c.id, default: 0]
+                let retired = min(left, n)
+                outstanding -= retired
+                perChain[c.id] = left - retired == 0 ? nil : left - retired
             }
         }
         return out
     }
 
-    func moveToError() { failed = true }
+    func moveToError() { lock.withLock { failed = true } }
 
     func close() { SimulatedRDMADevice.remove(number) }
 

@@ -221,7 +221,7 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         rtr.ah_attr.is_global = 1
         rtr.ah_attr.port_num = device.port
         rtr.ah_attr.grh.sgid_index = UInt8(device.gidIndex)
-        rtr.ah_attr.grh.hop_limit = 1
+        rtr.ah_attr.grh.hop_limit = 64
         withUnsafeMutableBytes(of: &rtr.ah_attr.grh.dgid.raw) { $0.copyBytes(from: peer.gid) }
         var mask = IBV_QP_STATE.rawValue | IBV_QP_AV.rawValue | IBV_QP_PATH_MTU.rawValue | IBV_QP_DEST_QPN.rawValue
             | IBV_QP_RQ_PSN.rawValue | IBV_QP_MAX_DEST_RD_ATOMIC.rawValue | IBV_QP_MIN_RNR_TIMER.rawValue
@@ -252,7 +252,7 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         for (i, w) in writes.enumerated() {
             sges[i] = ibv_sge(addr: w.local, length: UInt32(w.length), lkey: w.lkey)
             var wr = ibv_send_wr()
-            wr.wr_id = id
+            wr.wr_id = RDMACompletion.workRequestID(chain: id, index: i)
             wr.sg_list = sges + i
             wr.num_sge = 1
             wr.opcode = IBV_WR_RDMA_WRITE
@@ -280,7 +280,7 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
             case IBV_WC_WR_FLUSH_ERR: status = .flushed
             default: status = .failed(String(cString: ibv_wc_status_str(wc.status)))
             }
-            return RDMACompletion(id: wc.wr_id, status: status)
+            return RDMACompletion(workRequestID: wc.wr_id, status: status)
         }
     }
 
@@ -290,7 +290,11 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         _ = ibv_modify_qp(qp, &attr, Int32(IBV_QP_STATE.rawValue))
     }
 
+    private var closed = false
+
     func close() {
+        guard !closed else { return }
+        closed = true
         if let id = cmID {
             rdma_disconnect(id)
             rdma_destroy_qp(id)

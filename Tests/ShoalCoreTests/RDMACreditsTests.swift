@@ -50,6 +50,19 @@ import ShoalCore
         #expect(r.outstanding == 0 && r.reserve(1) == nil, "a failed queue pair is replaced, not reused")
     }
 
+    /// An error completion of work request 2 of a chain of 4: the two before it ran silently and
+    /// are retired with it, the one after it comes back flushed: the count ends at zero.
+    @Test func anErrorMidChainRetiresWhatRanAndTheFlushesTheRest() {
+        var q = SendQueueCredits(depth: 8)
+        let a = q.reserve(2)!
+        let b = q.reserve(4)!
+        #expect(q.completed(a) == 2)
+        q.failed(b, index: 2, reason: "remote access error")
+        #expect(q.outstanding == 1 && q.state == .failed("remote access error"))
+        q.flushed()
+        #expect(q.outstanding == 0 && q.isRetired(b) && q.isRetired(a) && !q.isRetired(b + 1))
+    }
+
     @Test func messageCreditsAreSpentAndGrantedBackNeverAboveTheGrant() {
         var m = MessageCredits(granted: 2)
         #expect(m.spend() && m.spend() && !m.spend())

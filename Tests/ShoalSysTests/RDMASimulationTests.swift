@@ -91,4 +91,31 @@ import ShoalCore
         q.close()
         #expect(q.credits.outstanding == 0)
     }
+
+    /// The third write of a chain of four is refused: the two before it ran, the fourth is
+    /// flushed, and the count comes back to zero from the completions alone.
+    @Test func aWriteRefusedMidChainLeavesNothingCounted() throws {
+        let device = SimulatedRDMADevice()
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 64)
+        defer { buffer.deallocate() }
+        let mr = try device.register(buffer, length: 1 << 16)
+        let a = try device.makeQueuePair(depth: 8), b = try device.makeQueuePair(depth: 8)
+        try a.connect(to: b.address)
+        let q = RDMAQueue(driver: a, depth: 8)
+        let ok = RDMAWrite(local: buffer, length: 512, lkey: mr.lkey, remoteAddress: mr.address + 4096, rkey: mr.rkey)
+        var bad = ok
+        bad.rkey ^= 0x77
+        let id = try #require(try q.write([ok, ok, bad, ok]))
+        guard case .failed = try q.wait(for: id) else {
+            Issue.record("the refused write completed")
+            return
+        }
+        var polls = 0
+        while q.credits.outstanding > 0 && polls < 100 {
+            _ = try q.poll()
+            polls += 1
+        }
+        #expect(q.credits.outstanding == 0, "\(q.credits.outstanding) left after \(polls) polls")
+        #expect((a as! SimulatedQueuePair).outstandingForTests == 0)
+    }
 }
