@@ -194,7 +194,9 @@ struct Engine {
         FaultInjection.set(path: a + "/" + CacheDisk.fileName, .error(EIO))
         defer { FaultInjection.set(path: a + "/" + CacheDisk.fileName, nil) }
         for i in 0..<40 { _ = e.check(cache, UInt64(i)) }  // disk a's blocks fail once, then a is out
-        #expect(cache.diskStats[0].failure?.contains("read error") == true)
+        // Taken out by a read, or by its cleaner's write (a footer) if that came first.
+        let failure = cache.diskStats[0].failure ?? "in service"
+        #expect((failure.contains("read error") || failure.contains("write error")) && failure.contains("injected fault"), "\(failure)")
         for i in 0..<40 { try e.put(cache, UInt64(i)) }  // refilled onto disk b
         for i in 0..<40 { #expect(e.check(cache, UInt64(i)), "block \(i) not served after its disk failed") }
         #expect(cache.diskStats[1].failure == nil)
