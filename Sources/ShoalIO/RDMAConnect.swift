@@ -117,15 +117,7 @@ public final class RDMAConnection: @unchecked Sendable {
         let device: VerbsRDMADevice
         if let known { device = known } else { device = try VerbsRDMADevice(context: ctx, port: id.pointee.port_num, gidAddress: address) }
         guard device.context == ctx else { throw RDMAError("the connection to \(address) is on another device than its listener's") }
-        guard let cq = ibv_create_cq(ctx, Int32(depth), nil, nil, 0) else { throw RDMAError("cannot create a completion queue of \(depth)") }
-        var attr = ibv_qp_init_attr()
-        attr.send_cq = cq
-        attr.recv_cq = cq
-        attr.cap.max_send_wr = UInt32(depth)
-        attr.cap.max_recv_wr = 16
-        attr.cap.max_send_sge = 1
-        attr.cap.max_recv_sge = 1
-        attr.qp_type = IBV_QPT_RC
+        var (cq, attr) = try VerbsQueuePair.completionQueue(ctx, depth: depth)
         guard rdma_create_qp(id, device.pd, &attr) == 0 else {
             ibv_destroy_cq(cq)
             throw RDMAError("rdma_create_qp: errno \(errno)")

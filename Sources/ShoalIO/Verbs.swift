@@ -160,9 +160,11 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
     private var polled: UnsafeMutablePointer<ibv_wc>
     private let pollCapacity = 64
 
-    init(device: VerbsRDMADevice, depth: Int) throws(RDMAError) {
-        self.device = device
-        guard let cq = ibv_create_cq(device.context, Int32(depth), nil, nil, 0) else { throw RDMAError("cannot create a completion queue of \(depth)") }
+    /// A completion queue of `depth` on `context`, and the attributes of a reliable-connected
+    /// queue pair of that depth using it for both directions (only signalled sends complete).
+    static func completionQueue(_ context: UnsafeMutablePointer<ibv_context>, depth: Int) throws(RDMAError)
+        -> (UnsafeMutablePointer<ibv_cq>, ibv_qp_init_attr) {
+        guard let cq = ibv_create_cq(context, Int32(depth), nil, nil, 0) else { throw RDMAError("cannot create a completion queue of \(depth)") }
         var attr = ibv_qp_init_attr()
         attr.send_cq = cq
         attr.recv_cq = cq
@@ -172,6 +174,12 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         attr.cap.max_recv_sge = 1
         attr.qp_type = IBV_QPT_RC
         attr.sq_sig_all = 0
+        return (cq, attr)
+    }
+
+    init(device: VerbsRDMADevice, depth: Int) throws(RDMAError) {
+        self.device = device
+        var (cq, attr) = try VerbsQueuePair.completionQueue(device.context, depth: depth)
         guard let qp = ibv_create_qp(device.pd, &attr) else {
             ibv_destroy_cq(cq)
             throw RDMAError("cannot create a queue pair of \(depth) on \(device.name): errno \(errno)")
