@@ -35,21 +35,24 @@ public struct RDMASelfTestReport: Sendable, Codable {
 }
 
 public enum RDMASelfTest {
+    /// A source of `size` sample bytes and a zeroed target of the same size, page-aligned (the
+    /// caller frees both).
+    static func buffers(_ size: Int, seed: UInt64) -> (UnsafeMutableRawPointer, UnsafeMutableRawPointer) {
+        let source = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        let target = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        SampleData.bytes(seed: seed, count: size).withUnsafeBytes { source.copyMemory(from: $0.baseAddress!, byteCount: size) }
+        memset(target, 0, size)
+        return (source, target)
+    }
+
     /// Runs the self test on `device`. `bandwidthBytes`: how much the bandwidth check moves.
     public static func run(_ device: any RDMADevice, depth: Int = 16, bandwidthBytes: Int = 64 << 20) throws(RDMAError) -> RDMASelfTestReport {
         let size = 8 << 20
-        let source = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        let target = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        let (source, target) = buffers(size, seed: 1)
         defer {
             source.deallocate()
             target.deallocate()
         }
-        var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
-        for i in 0..<(size / 8) {
-            seed = seed &* 6364136223846793005 &+ 1442695040888963407
-            source.storeBytes(of: seed, toByteOffset: i * 8, as: UInt64.self)
-        }
-        memset(target, 0, size)
         let src = try device.register(source, length: size)
         defer { device.deregister(src) }
         let dst = try device.register(target, length: size)
@@ -192,14 +195,11 @@ public enum RDMASelfTest {
     static func connectionCheck(address: String) -> RDMASelfTestReport.Check {
         let name = "rdma_cm: a peer writes 1 MiB into a buffer named in the listener's handshake"
         let size = 1 << 20
-        let source = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        let target = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        let (source, target) = buffers(size, seed: 2)
         defer {
             source.deallocate()
             target.deallocate()
         }
-        for i in 0..<size { source.storeBytes(of: UInt8(truncatingIfNeeded: i &* 13 &+ 5), toByteOffset: i, as: UInt8.self) }
-        memset(target, 0, size)
         do throws(RDMAError) {
             let listener = try RDMAListener(address: address)
             defer { listener.close() }

@@ -106,7 +106,7 @@ public final class BlockCache: @unchecked Sendable {
     /// the bytes: a fill checks the block with the first and hands the rest to `insert`.
     public static func checksums(of data: UnsafeRawBufferPointer) -> (crc: UInt32, chunks: [UInt32]) {
         let chunks = CacheFormat.chunkCRCs(data)
-        let size = 1 << CacheFormat.chunkShift(dataPages: CacheFormat.alignUp(data.count) / CacheFormat.pageSize)
+        let size = 1 << CacheFormat.chunkShift(dataLength: data.count)
         let last = data.count - max(0, chunks.count - 1) * size
         return (CRC32C.combine(pieces: chunks, pieceLength: size, lastLength: last, operators: zeroOperator), chunks)
     }

@@ -33,9 +33,12 @@ enum CacheFormat {
 
     static func chunkCount(dataLength: Int, shift: Int) -> Int { (dataLength + (1 << shift) - 1) >> shift }
 
+    /// The chunk shift of a record of `dataLength` bytes of data.
+    static func chunkShift(dataLength: Int) -> Int { chunkShift(dataPages: alignUp(dataLength) / pageSize) }
+
     /// CRC32C of each chunk of `data`.
     static func chunkCRCs(_ data: UnsafeRawBufferPointer) -> [UInt32] {
-        let shift = chunkShift(dataPages: alignUp(data.count) / pageSize)
+        let shift = chunkShift(dataLength: data.count)
         let size = 1 << shift
         return (0..<chunkCount(dataLength: data.count, shift: shift)).map { i in
             CRC32C.checksum(UnsafeRawBufferPointer(rebasing: data[(i * size)..<min(data.count, (i + 1) * size)]))

@@ -312,8 +312,7 @@ public final class MemoryTier: @unchecked Sendable {
             } else {
                 guard let victim = clockVictim(c) else { return nil }
                 if compareFrequency {
-                    let resident = estimate(ids[victim])
-                    guard resident < admitAfter || estimate(id) > resident else {
+                    guard displaces(estimate(id), ids[victim]) else {
                         counters.refused += 1
                         return nil
                     }
@@ -376,10 +375,7 @@ public final class MemoryTier: @unchecked Sendable {
                 case .free: continue
                 case .resident where pins[slot] == 0:
                     if referenced[slot] { hot = true }
-                    if let newcomer, !hot {
-                        let resident = estimate(ids[slot])
-                        if resident >= admitAfter && newcomer <= resident { hot = true }
-                    }
+                    if let newcomer, !hot, !displaces(newcomer, ids[slot]) { hot = true }
                 default: busy = true
                 }
                 if busy { break }
@@ -405,6 +401,13 @@ public final class MemoryTier: @unchecked Sendable {
             return page
         }
         return nil
+    }
+
+    /// Lock held: whether a block seen `newcomer` times may take the place of resident block
+    /// `resident` (TinyLFU): it was not seen often enough to stay, or the newcomer more often.
+    private func displaces(_ newcomer: UInt8, _ resident: BlockID) -> Bool {
+        let seen = estimate(resident)
+        return seen < admitAfter || newcomer > seen
     }
 
     /// Lock held: resident, unpinned `slot` leaves the index (its slot is reused by the caller).

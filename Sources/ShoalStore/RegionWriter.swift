@@ -43,8 +43,12 @@ final class RegionWriter: @unchecked Sendable {
         // The header and padding go into the caller's buffer before the writer lock is taken.
         // The chunks' CRCs: the filler's, when it computed them as it checked the block (the
         // bytes have not moved since), else read here.
-        let chunks = chunkCRCs.flatMap { $0.count == CacheFormat.chunkCount(dataLength: length, shift: CacheFormat.chunkShift(dataPages: CacheFormat.alignUp(length) / CacheFormat.pageSize)) ? $0 : nil }
-            ?? CacheFormat.chunkCRCs(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
+        let chunks: [UInt32]
+        if let given = chunkCRCs, given.count == CacheFormat.chunkCount(dataLength: length, shift: CacheFormat.chunkShift(dataLength: length)) {
+            chunks = given
+        } else {
+            chunks = CacheFormat.chunkCRCs(UnsafeRawBufferPointer(start: slot.base + CacheFormat.headerSize, count: length))
+        }
         let pad = count - CacheFormat.headerSize - length
         if pad > 0 { CacheFormat.memsetZero(slot.base + CacheFormat.headerSize + length, pad) }
         lock.lock()

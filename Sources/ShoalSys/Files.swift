@@ -143,21 +143,18 @@ public enum FileSystem {
     }
 
     /// Writes a whole file; a new file is readable by its owner only unless `permissions` say otherwise.
-    public static func writeFile(_ path: String, _ bytes: [UInt8], permissions: UInt32 = 0o600) throws {
+    /// With `sync`, the data is on the disk when it returns.
+    public static func writeFile(_ path: String, _ bytes: [UInt8], permissions: UInt32 = 0o600, sync: Bool = false) throws {
         let h = try FileHandle.open(path, [.create, .truncate], permissions: permissions)
-        if bytes.isEmpty { return }
-        try bytes.withUnsafeBytes { try h.write($0.baseAddress!, count: $0.count, at: 0) }
+        if !bytes.isEmpty { try bytes.withUnsafeBytes { try h.write($0.baseAddress!, count: $0.count, at: 0) } }
+        if sync { try h.sync() }
     }
 
     /// Replaces a whole file so that a crash leaves the old one or the new one, never a torn
     /// one: writes `path.tmp`, syncs it, renames it over `path`, and syncs the folder.
     public static func replaceFile(_ path: String, _ bytes: [UInt8], permissions: UInt32 = 0o600) throws {
         let temporary = path + ".tmp"
-        do {
-            let h = try FileHandle.open(temporary, [.create, .truncate], permissions: permissions)
-            if !bytes.isEmpty { try bytes.withUnsafeBytes { try h.write($0.baseAddress!, count: $0.count, at: 0) } }
-            try h.sync()
-        }
+        try writeFile(temporary, bytes, permissions: permissions, sync: true)
         try rename(temporary, path)
         let folder = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         let fd = Glibc.open(folder.isEmpty ? "/" : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

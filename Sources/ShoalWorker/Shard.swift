@@ -917,16 +917,24 @@ final class Shard: @unchecked Sendable {
     private func answerAfterCaching(_ r: ReadOp, _ range: FilledRange, _ fill: PendingFill) {
         if let conn = connection(r.connection, r.connectionGeneration) { conn.leases -= 1 }
         jobsOut += 1
-        let plane = self.plane
         let body = NoDataReply(crc: range.crc, length: UInt32(range.length), origin: range.origin).encoded
-        plane.fillPool.submit { [self] ring in
-            guard let lease = plane.park.unpark(r.lease) else { return }
-            let held = plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
-            plane.giveLease(lease)
+        cacheFilled(r.lease, fill) { [self] held in
             let answer: Result<[UInt8], ShoalError> = held
                 ? .success(body)
                 : .failure(ShoalError(.notCached, "block \(fill.key.index) of \(fill.key.object) was fetched but could not be cached on this worker (see its log)"))
             post(.answer(connection: r.connection, generation: r.connectionGeneration, requestID: r.requestID, .readNoData, answer))
+        }
+    }
+
+    /// On a fill thread: writes filled block `fill` (in parked lease `li`) to the cache, gives the
+    /// lease back, then tells `then` whether the block is held.
+    private func cacheFilled(_ li: Int, _ fill: PendingFill, then: @escaping @Sendable (Bool) -> Void = { _ in }) {
+        let plane = self.plane
+        plane.fillPool.submit { ring in
+            guard let lease = plane.park.unpark(li) else { return }
+            let held = plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
+            plane.giveLease(lease)
+            then(held)
         }
     }
 
@@ -987,12 +995,7 @@ final class Shard: @unchecked Sendable {
         case .finishFill(let li, let fill):
             // The block goes to the cache on a fill thread; the lease comes back after.
             if let conn = connection(slot, generation) { conn.leases -= 1 }
-            let plane = self.plane
-            plane.fillPool.submit { ring in
-                guard let lease = plane.park.unpark(li) else { return }
-                _ = plane.pool.withSlot(lease, ring: ring) { slot in plane.service.finishFill(fill, slot: slot) }
-                plane.giveLease(lease)
-            }
+            cacheFilled(li, fill)
         }
     }
 
@@ -1261,21 +1264,21 @@ final class Shard: @unchecked Sendable {
     private func recordHit(_ request: ReadRequest) {
         guard !request.isFillOnly else { return }
         service.recordHit(request)
+        hitTally[tally(request)]!.add(bytes: Int(request.length))
+    }
+
+    /// A warm's fill-only READ the index answered: not a read, but the dataset is named (its
+    /// cached bytes show under its name), in the same batched report as the hits.
+    private func tallyWarmed(_ request: ReadRequest) { _ = tally(request) }
+
+    /// The request's object in this report's tally (made on its first hit): its key.
+    private func tally(_ request: ReadRequest) -> BlockID {
         let object = request.withObjectBytes { BlockID(hashing: $0) }
         if hitTally[object] == nil {
             // The object's names are decoded once per report, not per hit.
             hitTally[object] = HitTally(object: request.block.object, blocks: service.objectBlocks(request))
         }
-        hitTally[object]!.add(bytes: Int(request.length))
-    }
-
-    /// A warm's fill-only READ the index answered: not a read, but the dataset is named (its
-    /// cached bytes show under its name), in the same batched report as the hits.
-    private func tallyWarmed(_ request: ReadRequest) {
-        let object = request.withObjectBytes { BlockID(hashing: $0) }
-        if hitTally[object] == nil {
-            hitTally[object] = HitTally(object: request.block.object, blocks: service.objectBlocks(request))
-        }
+        return object
     }
 
     private func flushHits() {
