@@ -174,15 +174,25 @@ struct SelftestCommand: ParsableCommand {
         @Flag(help: "Run on the in-process SIMULATED device (no hardware; not a verification of RDMA).") var simulated = false
         @Flag(help: "One JSON document per device.") var json = false
 
+        func validate() throws {
+            if simulated && (device != nil || gidAddress != nil) {
+                throw ValidationError("--device and --gid-address name a real device; --simulated uses none")
+            }
+        }
+
         func run() throws {
             var devices: [any RDMADevice] = []
             if simulated {
                 devices = [SimulatedRDMADevice()]
             } else {
-                let names = device.map { [$0] } ?? Verbs.devices().map(\.name)
-                guard !names.isEmpty else {
+                let present = Verbs.devices().map(\.name)
+                guard !present.isEmpty else {
                     throw fail("no RDMA device found on this host (libibverbs lists none): nothing was verified", code: 3)
                 }
+                if let device, !present.contains(device) {
+                    throw fail("--device \(device): no such RDMA device on this host (it has: \(present.joined(separator: ", ")))", code: 2)
+                }
+                let names = device.map { [$0] } ?? present
                 for n in names {
                     do { devices.append(try VerbsRDMADevice(name: n, gidAddress: gidAddress)) } catch {
                         throw fail("\(n): \(error)")
