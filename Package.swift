@@ -36,14 +36,18 @@ let package = Package(
         .target(name: "CShoalShims"),
         .target(name: "CShoalTLS", dependencies: ["COpenSSL"]),
         .target(name: "CShoalCurl"),
+        // libibverbs loaded at run time the same way (its -dev package gives the header), so a
+        // client links no verbs and runs on a host without rdma-core.
+        .target(name: "CShoalVerbs"),
         // libshoal's public header (no code of its own).
         .target(name: "CShoalABI"),
 
         .target(name: "ShoalCore", dependencies: ["CShoalShims"]),
         // The system layer a client needs: POSIX (sockets, poll, threads, time, files), OpenSSL
-        // for frame tags and TLS, libcurl when loaded. It links no io_uring and no verbs.
-        .target(name: "ShoalSys", dependencies: ["COpenSSL", "CShoalShims", "CShoalTLS", "CShoalCurl", "ShoalCore"]),
-        // The worker's own system layer: io_uring, the registered buffer pool, verbs, NUMA.
+        // for frame tags and TLS, libcurl and libibverbs when loaded (RDMA's interface, the verbs
+        // device and the simulated one). It links no io_uring and no verbs.
+        .target(name: "ShoalSys", dependencies: ["COpenSSL", "CShoalShims", "CShoalTLS", "CShoalCurl", "CShoalVerbs", "ShoalCore"]),
+        // The worker's own system layer: io_uring, the registered buffer pool, rdma_cm, NUMA.
         .target(name: "ShoalIO", dependencies: ["CURing", "CVerbs", "CRDMACM", "CNuma", "CShoalShims", "ShoalSys", "ShoalCore"]),
         .target(name: "ShoalObjectStore", dependencies: ["ShoalSys", "ShoalCore"]),
         .target(name: "ShoalStore", dependencies: ["ShoalIO", "ShoalSys", "ShoalCore", .product(name: "Logging", package: "swift-log")]),

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ShoalCore
 import ShoalSys
+import ShoalTransport
 
 /// The files a client's and a worker's settings point at: the cluster secret and `KEY=VALUE`
 /// files (credentials).
@@ -55,10 +56,13 @@ public enum SettingsFile {
 /// | `timeout_ms`, `connect_timeout_ms` | | per worker, default 10000 and 1000 |
 /// | `hedge_after_ms` | | hedged reads after this long (default off) |
 /// | `client_name` | | shown in the workers' logs |
+/// | `rdma` | `SHOAL_RDMA` | an RDMA device's name, or `auto` (the first): READ data by RDMA where the worker has it (default off) |
+/// | `rdma_gid_address` | `SHOAL_RDMA_GID_ADDRESS` | the IPv4 address whose RoCEv2 GID to use (default: the port's first) |
 public enum ClientSettings {
     public static let keys: Set<String> = [
         "workers", "members_file", "etcd", "etcd_prefix", "etcd_credentials_file", "secret_file", "tls_ca_file",
         "view_discovery", "connections", "timeout_ms", "connect_timeout_ms", "hedge_after_ms", "client_name",
+        "rdma", "rdma_gid_address",
     ]
 
     /// The configuration `settings` describe (environment variables filling what they leave
@@ -111,6 +115,14 @@ public enum ClientSettings {
                 throw ShoalError(.badRequest, "setting 'client_name' is longer than \(WireLimits.maxClientName) bytes")
             }
             config.clientName = name
+        }
+        if let device = value("rdma") ?? env("SHOAL_RDMA"), !["off", "false", "0", "no"].contains(device.lowercased()) {
+            let gid = value("rdma_gid_address") ?? env("SHOAL_RDMA_GID_ADDRESS")
+            let parts = gid?.split(separator: ".", omittingEmptySubsequences: false) ?? []
+            if let gid, parts.count != 4 || parts.contains(where: { UInt8($0) == nil }) {
+                throw ShoalError(.badRequest, "setting 'rdma_gid_address' is '\(gid)', not an IPv4 address")
+            }
+            config.rdma = ClientRDMASettings(device: device.lowercased() == "auto" ? nil : device, gidAddress: gid)
         }
         return config
     }

@@ -56,6 +56,11 @@ public struct ClientConfig: Sendable {
     /// Benchmarks only: ask for frames without tags from a worker running with the switch
     /// `allowUntaggedFrames`, to measure what the tags cost. Never for service.
     public var untaggedFrames = false
+    /// RDMA: workers write READ data straight into the caller's buffers through this device,
+    /// where the worker serves RDMA too (nil: TCP only, the default). Any RDMA failure with a
+    /// worker sends that worker's reads over TCP for `rdmaRetrySeconds`.
+    public var rdma: ClientRDMASettings?
+    public var rdmaRetrySeconds: Double = 30
 
     public init(workers: [Endpoint], secret: [UInt8]) {
         self.workers = workers
@@ -143,6 +148,10 @@ public final class ShoalClient: @unchecked Sendable {
     private var probes: [String: ConnectProbe] = [:]
     private var nextProbe: [String: UInt64] = [:]
     private var _hedges = (sent: 0, won: 0)
+    /// The RDMA device, opened on the first connection that may use it (or why it could not be),
+    /// and the members whose reads go over TCP for now after an RDMA failure, until when.
+    private var rdmaOpened: Result<ClientRDMA, RDMAError>?
+    private var tcpOnlyUntil: [String: UInt64] = [:]
     /// The block size the workers cut objects into (from AUTH_OK or a STAT), once one said it.
     private var knownBlockSize: UInt32 = 0
     private let tls: TLSContext?
@@ -261,7 +270,52 @@ public final class ShoalClient: @unchecked Sendable {
                                      timeoutMillis: config.timeoutMillis, connectTimeoutMillis: config.connectTimeoutMillis, tls: tls,
                                      untaggedFrames: config.untaggedFrames)
         c.acceptsNoData = config.acceptsNoData
+        if let rdma = rdmaFor(id) {
+            do { try c.attachRDMA(rdma) } catch {
+                // This worker's reads go over TCP for a while; a connection the attempt broke is not used.
+                rdma.count { $0.connectFailures += 1 }
+                noteRDMAFailure(id)
+                if c.isBroken {
+                    c.close()
+                    throw error
+                }
+            }
+        }
         return (c, true)
+    }
+
+    // MARK: RDMA
+
+    /// The device for a new connection to member `id`: nil when RDMA is off, the device cannot
+    /// be opened, this is a forked child of the process that opened it, or `id` failed lately.
+    private func rdmaFor(_ id: String) -> ClientRDMA? {
+        guard let settings = config.rdma else { return nil }
+        return lock.withLock { () -> ClientRDMA? in
+            if let until = tcpOnlyUntil[id] {
+                guard monotonicNanos() >= until else { return nil }
+                tcpOnlyUntil[id] = nil
+            }
+            if rdmaOpened == nil { rdmaOpened = Result { () throws(RDMAError) in try ClientRDMA.open(settings) } }
+            guard case .success(let rdma)? = rdmaOpened, rdma.isUsable else { return nil }
+            return rdma
+        }
+    }
+
+    private func noteRDMAFailure(_ id: String) {
+        let until = monotonicNanos() + UInt64(max(0, config.rdmaRetrySeconds) * 1e9)
+        lock.withLock { tcpOnlyUntil[id] = until }
+    }
+
+    /// RDMA as this client uses it: the device's name (and whether it is the simulation), what
+    /// it counted, or why the device could not be opened; nil when RDMA is off or not used yet.
+    public var rdmaStatus: (device: String, simulated: Bool, counters: ClientRDMA.Counts)? {
+        guard case .success(let rdma)? = lock.withLock({ rdmaOpened }) else { return nil }
+        return (rdma.device.name, rdma.device.isSimulated, rdma.counters)
+    }
+
+    public var rdmaError: String? {
+        guard case .failure(let e)? = lock.withLock({ rdmaOpened }) else { return nil }
+        return e.message
     }
 
     /// Closes the pooled connections to member `id` (one of them broke: the others likely did too).
@@ -271,6 +325,8 @@ public final class ShoalClient: @unchecked Sendable {
     }
 
     private func giveBack(_ c: WorkerConnection, _ id: String) {
+        // Its RDMA failed on the way: the worker's next connections use TCP for a while.
+        if c.lostRDMA { noteRDMAFailure(id) }
         if c.isBroken { c.close(); return }
         lock.withLock {
             if idle[id, default: []].count < config.connectionsPerWorker { idle[id, default: []].append(c); return }

@@ -21,6 +21,8 @@ public enum WorkerRequest: Sendable, Equatable {
     case list(ListRequest)
     case read(ReadRequest)
     case members
+    /// RDMA_CONNECT: the client's queue pair, to connect one of the worker's to.
+    case rdmaConnect(RDMAConnectMessage)
 }
 
 /// What the connection's driver does next; the state machine itself does no I/O.
@@ -287,6 +289,13 @@ public struct ServerConnection {
                 }
                 inFlight.append(id)
                 actions.append(.serve(requestID: id, .members))
+            case .rdmaConnect:
+                guard let req = RDMAConnectMessage(decoding: Array(payload)) else {
+                    actions.append(fail(id, .badRequest, "malformed RDMA_CONNECT frame"))
+                    return
+                }
+                inFlight.append(id)
+                actions.append(.serve(requestID: id, .rdmaConnect(req)))
             case .readv:
                 // Reserved: answered, and the connection goes on.
                 actions.append(.send(encodeFrame(.readReply, status: .badRequest, id: id,

@@ -38,6 +38,10 @@ public enum FrameType: UInt8, Sendable {
     case list = 13
     case listReply = 14
     case error = 15
+    /// Connects an RDMA queue pair to this connection (docs/PROTOCOL.md, "RDMA"): the client's
+    /// queue pair in the request, the worker's in the reply.
+    case rdmaConnect = 16
+    case rdmaConnectReply = 17
 }
 
 /// The fixed 16-byte frame header, little-endian:
@@ -49,8 +53,9 @@ public struct FrameHeader: Sendable, Equatable {
     public static let firstByte = UInt8(truncatingIfNeeded: magic)
     /// The protocol version this build speaks (docs/PROTOCOL.md). Version 3: replies matched by
     /// request id and allowed out of order; READ carries flags, a view epoch and an optional RDMA
-    /// buffer descriptor; AUTH_OK announces the connection's in-flight limit.
-    public static let version: UInt8 = 5
+    /// buffer descriptor; AUTH_OK announces the connection's in-flight limit. Version 6: RDMA
+    /// (RDMA_CONNECT, and READs with a descriptor answered by an RDMA WRITE and READ_NODATA).
+    public static let version: UInt8 = 6
 
     /// The version written on the wire: ours, except in the refusal sent to a peer of another
     /// version, which is written in the peer's version so that it can read why.
@@ -407,6 +412,36 @@ public struct RDMADescriptor: Sendable, Equatable {
     }
 }
 
+/// RDMA_CONNECT and its reply: a reliable-connected queue pair's number and its port's GID
+/// (16 bytes; RoCEv2, the IPv4-mapped address the peer reaches it by). The worker connects its
+/// queue pair to the client's and answers with its own; the client then connects to it.
+public struct RDMAConnectMessage: Sendable, Equatable {
+    public var queuePair: UInt32
+    public var gid: [UInt8]
+
+    public static let size = 20
+
+    public init(queuePair: UInt32, gid: [UInt8]) {
+        self.queuePair = queuePair
+        self.gid = gid
+    }
+
+    public var encoded: [UInt8] {
+        var b: [UInt8] = []
+        b.appendLE(queuePair)
+        b += gid.prefix(16)
+        b += [UInt8](repeating: 0, count: max(0, 16 - gid.count))
+        return b
+    }
+
+    /// nil unless exactly 20 bytes.
+    public init?(decoding p: [UInt8]) {
+        guard p.count == RDMAConnectMessage.size else { return nil }
+        queuePair = UInt32(p[0]) | UInt32(p[1]) << 8 | UInt32(p[2]) << 16 | UInt32(p[3]) << 24
+        gid = Array(p[4...])
+    }
+}
+
 /// A block key's canonical encoding (`BlockKey.encoded`), held without a heap allocation when
 /// it fits `inlineCapacity` bytes (the usual case: short names and a hex etag), in an array when
 /// longer.
@@ -514,6 +549,14 @@ public struct ReadRequest: Sendable, Equatable {
         func count(_ s: String) -> UInt16 { UInt16(truncatingIfNeeded: s.utf8.count) }
         nameCounts = (count(block.object.store), count(block.object.bucket), count(block.object.key), count(block.etag))
         made = block
+    }
+
+    /// The same READ with `descriptor` (flag bit 1 set), or without one (nil).
+    public func with(rdma descriptor: RDMADescriptor?) -> ReadRequest {
+        var r = self
+        r.rdma = descriptor
+        r.flags = descriptor == nil ? flags & ~ReadRequest.rdmaFlag : flags | ReadRequest.rdmaFlag
+        return r
     }
 
     /// The block key (decoded from its bytes on the worker: this allocates its names).

@@ -110,6 +110,12 @@ public final class BufferPool: @unchecked Sendable {
         (0..<count + tierSlots).map { UnsafeMutableRawBufferPointer(start: region + $0 * bufferSize, count: bufferSize) }
     }
 
+    /// Registers the whole region with an RDMA device, once: every buffer and tier slot can then
+    /// be the source of a write.
+    public func register(with device: any RDMADevice) throws(RDMAError) -> RDMAMemoryRegion {
+        try device.register(region, length: regionSize)
+    }
+
     /// Registers the whole region with `ring` as fixed buffers (one step per consumer).
     public func register(with ring: ShardRing) throws(SysError) { try ring.registerBuffers(buffers) }
 

@@ -115,14 +115,27 @@ public final class RDMAConnection: @unchecked Sendable {
                               on known: VerbsRDMADevice? = nil) throws(RDMAError) -> (VerbsRDMADevice, VerbsQueuePair) {
         guard let ctx = id.pointee.verbs else { throw RDMAError("rdma_cm resolved \(address) to no device") }
         let device: VerbsRDMADevice
-        if let known { device = known } else { device = try VerbsRDMADevice(context: ctx, port: id.pointee.port_num, gidAddress: address) }
-        guard device.context == ctx else { throw RDMAError("the connection to \(address) is on another device than its listener's") }
-        var (cq, attr) = try VerbsQueuePair.completionQueue(ctx, depth: depth)
-        guard rdma_create_qp(id, device.pd, &attr) == 0 else {
-            ibv_destroy_cq(cq)
+        if let known {
+            device = known
+        } else {
+            device = try VerbsRDMADevice(rawContext: OpaquePointer(ctx), port: id.pointee.port_num, gidAddress: address)
+        }
+        guard device.rawContext == OpaquePointer(ctx) else { throw RDMAError("the connection to \(address) is on another device than its listener's") }
+        var attr = ibv_qp_init_attr()
+        let cq = try withUnsafeMutableBytes(of: &attr) { (raw) throws(RDMAError) -> OpaquePointer in
+            try VerbsQueuePair.completionQueue(rawContext: device.rawContext, depth: depth, attributes: raw.baseAddress!)
+        }
+        guard rdma_create_qp(id, UnsafeMutablePointer<ibv_pd>(device.rawPD), &attr) == 0, let qp = id.pointee.qp else {
+            VerbsQueuePair.destroyCompletionQueue(cq)
             throw RDMAError("rdma_create_qp: errno \(errno)")
         }
-        return (device, VerbsQueuePair(device: device, cmID: id, cq: cq))
+        let pair = VerbsQueuePair(device: device, rawQP: OpaquePointer(qp), rawCQ: cq) {
+            rdma_disconnect(id)
+            rdma_destroy_qp(id)
+            VerbsQueuePair.destroyCompletionQueue(cq)
+            rdma_destroy_id(id)
+        }
+        return (device, pair)
     }
 
     static func socketAddress(_ address: String, _ port: UInt16) throws(RDMAError) -> sockaddr_in {
@@ -196,7 +209,7 @@ public final class RDMAListener: @unchecked Sendable {
             guard bound == 0 else { throw RDMAError("rdma_bind_addr \(address):\(port): errno \(errno)") }
             guard rdma_listen(id, 8) == 0 else { throw RDMAError("rdma_listen: errno \(errno)") }
             guard let ctx = id.pointee.verbs else { throw RDMAError("\(address) is not the address of an RDMA device") }
-            device = try VerbsRDMADevice(context: ctx, port: id.pointee.port_num, gidAddress: address)
+            device = try VerbsRDMADevice(rawContext: OpaquePointer(ctx), port: id.pointee.port_num, gidAddress: address)
         } catch {
             rdma_destroy_id(id)
             rdma_destroy_event_channel(channel)

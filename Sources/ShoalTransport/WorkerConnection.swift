@@ -31,8 +31,10 @@ public final class WorkerConnection: @unchecked Sendable {
     /// connection must not be used again.
     public private(set) var isBroken = false
     /// READs sent and not yet answered: where each one's bytes go.
-    /// A fill-only or probe READ is answered with READ_NODATA (`noData`).
-    private var pending: [(id: UInt32, buffer: UnsafeMutableRawPointer, length: Int, noData: Bool)] = []
+    private var pending: [Pending] = []
+    /// Its RDMA queue pair (`attachRDMA`): READs with data then carry a descriptor of their
+    /// buffer, and the worker writes the data there.
+    private var rdmaChannel: RDMAChannel?
     private let staging: UnsafeMutableRawPointer
     /// A READ_REPLY's head and tag as they arrive.
     private let replyHead = UnsafeMutableRawPointer.allocate(byteCount: ReadReplyHead.size + ReadReplyTrailer.size + FrameTag.size, alignment: 16)
@@ -104,7 +106,22 @@ public final class WorkerConnection: @unchecked Sendable {
         staging = .allocate(byteCount: WorkerConnection.stagingSize, alignment: 64)
     }
 
+    struct Pending {
+        var id: UInt32
+        var buffer: UnsafeMutableRawPointer
+        var length: Int
+        /// A fill-only or probe READ: answered with READ_NODATA.
+        var noData: Bool
+        /// An RDMA READ: the registration of its buffer, and the READ itself (sent again over
+        /// TCP if the data in memory does not match its CRC32C).
+        var registration: ClientRDMA.Registration?
+        var request: ReadRequest?
+        /// Pointed elsewhere (`redirect`): a hedged READ that lost.
+        var redirected = false
+    }
+
     deinit {
+        closeRDMA()
         staging.deallocate()
         replyHead.deallocate()
     }
@@ -113,6 +130,7 @@ public final class WorkerConnection: @unchecked Sendable {
     /// worker sees the end at once even while forked children still hold copies of it; a child
     /// only closes its copy (shutting it down would cut the parent's connection).
     public func close() {
+        closeRDMA()
         if isOwnedByThisProcess { socket.shutdown() }
         socket.close()
     }
@@ -252,7 +270,7 @@ public final class WorkerConnection: @unchecked Sendable {
             throw malformed("STAT_REPLY")
         }
         let n = Int(min(UInt64(length), reply.version.size, UInt64(reply.blockSize)))
-        pending.append((id, buffer, n, false))
+        pending.append(Pending(id: id, buffer: buffer, length: n, noData: false))
         try receiveRead(id: id)
         return (reply, n)
     }
@@ -305,17 +323,90 @@ public final class WorkerConnection: @unchecked Sendable {
             throw ShoalError(.badRequest, "\(maxInFlight) READs already in flight on this connection to worker \(endpoint)")
         }
         let id = takeID()
-        try sendFrame(type: .read, id: id, count: request.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in
-            request.encode(into: b)
+        let noData = request.isFillOnly || request.isProbe
+        var request = request
+        var registration: ClientRDMA.Registration?
+        if let channel = rdmaChannel, !channel.closed, !noData, length > 0, channel.rdma.isUsable {
+            do {
+                let r = try channel.rdma.acquire(buffer, count: length)
+                registration = r
+                request = request.with(rdma: RDMADescriptor(address: UInt64(UInt(bitPattern: buffer)), rkey: r.region.rkey, length: UInt32(length)))
+            } catch {
+                // The buffer cannot be registered (the locked-memory limit, say): this READ goes over TCP.
+                channel.rdma.count { $0.fallbacks += 1 }
+            }
         }
-        pending.append((id, buffer, length, request.isFillOnly || request.isProbe))
+        do {
+            try sendFrame(type: .read, id: id, count: request.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in
+                request.encode(into: b)
+            }
+        } catch {
+            if let registration { rdmaChannel?.rdma.release(registration) }
+            throw error
+        }
+        pending.append(Pending(id: id, buffer: buffer, length: length, noData: noData, registration: registration,
+                               request: registration == nil ? nil : request))
         return id
+    }
+
+    // MARK: RDMA
+
+    /// Whether READs on this connection ask for their data by RDMA now.
+    public var usesRDMA: Bool { rdmaChannel.map { !$0.closed } ?? false }
+    /// It had RDMA and lost it (a failed write, data that did not match, a hedge let go).
+    public var lostRDMA: Bool { rdmaChannel?.closed ?? false }
+
+    /// Connects a queue pair of `rdma`'s device to one of the worker's (RDMA_CONNECT), on a
+    /// connection with nothing in flight. From then on READs with data carry a descriptor of
+    /// their buffer. Throws (and the connection stays on TCP, usable) where the worker or this
+    /// host cannot.
+    public func attachRDMA(_ rdma: ClientRDMA) throws(ShoalError) {
+        guard rdmaChannel == nil, pending.isEmpty, rdma.isUsable else {
+            throw ShoalError(.badRequest, "RDMA is set up on a new connection with nothing in flight, in the process that opened the device")
+        }
+        let queuePair: any RDMAQueuePairDriver
+        do { queuePair = try rdma.device.makeQueuePair(depth: 4) } catch {
+            throw ShoalError(.connectionFailed, "cannot make an RDMA queue pair on \(rdma.device.name): \(error)")
+        }
+        let mine = RDMAConnectMessage(queuePair: queuePair.address.queuePair, gid: queuePair.address.gid)
+        do throws(ShoalError) {
+            let body = try exchange(.rdmaConnect, mine.encoded, expecting: .rdmaConnectReply, "RDMA_CONNECT_REPLY")
+            guard let theirs = RDMAConnectMessage(decoding: body) else { throw malformed("RDMA_CONNECT_REPLY") }
+            do { try queuePair.connect(to: RDMAQueuePairAddress(queuePair: theirs.queuePair, gid: theirs.gid)) } catch {
+                throw ShoalError(.connectionFailed, "cannot connect to worker \(endpoint)'s RDMA queue pair: \(error)")
+            }
+        } catch {
+            queuePair.close()
+            throw error
+        }
+        rdmaChannel = RDMAChannel(rdma: rdma, queuePair: queuePair)
+    }
+
+    /// Destroys the queue pair (no write lands in a caller's memory after this) and lets the
+    /// registrations of READs in flight go; their answers come over TCP.
+    private func closeRDMA() {
+        guard let channel = rdmaChannel else { return }
+        channel.close()
+        for i in pending.indices {
+            if let r = pending[i].registration {
+                channel.rdma.release(r)
+                pending[i].registration = nil
+            }
+        }
     }
 
     /// Points READ `id`'s reply at `buffer` instead (a hedged read's loser: its reply must not
     /// land in the caller's memory once the winner's bytes are there).
     public func redirect(_ id: UInt32, to buffer: UnsafeMutableRawPointer) {
-        if let i = pending.firstIndex(where: { $0.id == id }) { pending[i].buffer = buffer }
+        guard let i = pending.firstIndex(where: { $0.id == id }) else { return }
+        pending[i].buffer = buffer
+        pending[i].redirected = true
+        // A worker's write cannot be pointed elsewhere: the queue pair goes, and the answer
+        // comes over TCP (into `buffer`).
+        if pending[i].registration != nil {
+            rdmaChannel?.rdma.count { $0.fallbacks += 1 }
+            closeRDMA()
+        }
     }
 
     /// Takes the next reply, whichever READ it answers, and returns that READ's id with its
@@ -328,6 +419,7 @@ public final class WorkerConnection: @unchecked Sendable {
         guard !pending.isEmpty else { throw ShoalError(.internal, "no READ in flight on this connection to worker \(endpoint)") }
         let deadline = monotonicNanos() + timeoutNanos * 3
         do throws(ShoalError) {
+          while true {
             try stage(FrameHeader.size, deadline: deadline)
             let header = try WorkerConnection.decodeHeader(staging + stagedStart, endpoint,
                                                            maxPayload: WireLimits.maxResponsePayload + UInt32(tagSize))
@@ -342,15 +434,47 @@ public final class WorkerConnection: @unchecked Sendable {
             }
             let target = pending[index]
             if header.status == 0 && header.type == FrameType.readReply.rawValue {
+                if target.registration != nil {
+                    // Asked by RDMA, answered over TCP: the worker's write failed, and it has
+                    // stopped RDMA on this connection.
+                    rdmaChannel?.rdma.count { $0.fallbacks += 1 }
+                    closeRDMA()
+                }
                 try receiveData(header, into: target.buffer, length: target.length, deadline: deadline)
                 pending.remove(at: index)
                 return (target.id, .success(nil))
             }
             let (h, payload) = try receiveSmall(deadline: deadline)
             pending.remove(at: index)
+            if let r = target.registration { rdmaChannel?.rdma.release(r) }
             if h.type == FrameType.error.rawValue {
                 isBroken = true
                 throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
+            }
+            if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }),
+               let registration = target.registration, let channel = rdmaChannel {
+                // The worker wrote the data into the buffer, and its write completed before this
+                // answer was sent: the memory must match the answer's CRC32C (which the frame's
+                // tag covers).
+                guard Int(reply.length) == target.length else {
+                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
+                }
+                if target.redirected { return (target.id, .success(nil)) }
+                if CRC32C.checksum(UnsafeRawBufferPointer(start: target.buffer, count: target.length)) == reply.crc {
+                    channel.rdma.count { $0.rdmaReads += 1 }
+                    return (target.id, .success(nil))
+                }
+                // Not what was written: the buffer's pages may have been mapped anew since they
+                // were registered. The registration goes, and the READ goes again over TCP on
+                // the same id (its first answer is in).
+                channel.rdma.invalidate(registration)
+                channel.rdma.count { $0.fallbacks += 1 }
+                guard let again = target.request?.with(rdma: nil) else {
+                    return (target.id, .failure(ShoalError(.checksumMismatch, "data RDMA-written by worker \(endpoint) failed its CRC32C check")))
+                }
+                try sendFrame(type: .read, id: target.id, count: again.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in again.encode(into: b) }
+                pending.append(Pending(id: target.id, buffer: target.buffer, length: target.length, noData: false))
+                continue
             }
             if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }) {
                 guard target.noData || acceptsNoData else {
@@ -362,10 +486,13 @@ public final class WorkerConnection: @unchecked Sendable {
                 return (target.id, .success(reply.origin))
             }
             return (target.id, .failure(WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")))
+          }
         } catch {
             if error.code == .tampered || error.code == .connectionFailed || error.code == .timeout || error.code == .unsupportedVersion {
                 isBroken = true
             }
+            // Whatever is still in flight must not land in its caller's memory once this returns.
+            if isBroken { closeRDMA() }
             throw error
         }
     }

@@ -38,6 +38,8 @@ final class DataPlane: @unchecked Sendable {
     let fillPool: FillPool
     /// The DRAM tier's bookkeeping over the pool's tier slots (nil: no tier).
     let tier: MemoryTier?
+    /// The RDMA device READ data is written from (nil: TCP only).
+    let rdma: WorkerRDMA?
     let config: DataPlaneConfig
     let logger: Logger
     /// One listening socket per shard on the same port (SO_REUSEPORT): the kernel spreads new
@@ -61,7 +63,8 @@ final class DataPlane: @unchecked Sendable {
     /// Requests waiting for a buffer, over all shards.
     private var leaseWaiters = 0
 
-    init(service: BlockService, pool: BufferPool, config: DataPlaneConfig, endpoint: Endpoint, logger: Logger) throws(SysError) {
+    init(service: BlockService, pool: BufferPool, config: DataPlaneConfig, endpoint: Endpoint, rdma: WorkerRDMA?, logger: Logger) throws(SysError) {
+        self.rdma = rdma
         self.service = service
         self.pool = pool
         self.park = LeasePark(count: pool.count)

@@ -80,6 +80,9 @@ final class Shard: @unchecked Sendable {
     /// Hits per object since the last sweep, reported to the dataset counts in one go.
     /// Hits per object since the last report, by the hash of the bytes naming the object.
     private var hitTally: [BlockID: HitTally] = [:]
+    /// Connections with RDMA writes whose completions have not come: polled every turn of the
+    /// loop, which then waits microseconds instead of half a second.
+    private var rdmaBusy: [ShardConnection] = []
 
     private var service: BlockService { plane.service }
     private var logger: Logger { plane.logger }
@@ -138,12 +141,13 @@ final class Shard: @unchecked Sendable {
 
     private func loop() {
         while true {
-            do { try ring.submitAndWait(timeoutNanos: 500_000_000) } catch {
+            do { try ring.submitAndWait(timeoutNanos: rdmaBusy.isEmpty ? 500_000_000 : 20_000) } catch {
                 logger.error("io shard stopped: its ring failed", metadata: ["shard": "\(index)", "error": "\(error)"])
                 return
             }
             ring.drain { ud, res, flags in completion(ud, res, flags) }
             takeMail()
+            if !rdmaBusy.isEmpty { pollRDMA() }
             let now = monotonicNanos()
             if now - lastSweep > 250_000_000 {
                 lastSweep = now
@@ -503,6 +507,8 @@ final class Shard: @unchecked Sendable {
         case .members:
             let view = service.members?.source.current(force: false).view ?? (try! MembershipView(epoch: 0, members: []))
             enqueueSmall(conn, conn.machine.encodeFrame(.membersReply, id: id, body: MembersReply.encode(view)), requestID: id)
+        case .rdmaConnect(let peer):
+            connectRDMA(conn, id, peer)
         case .read(let req) where req.resolvesVersion:
             // A READ by name: its version first, as for a STAT.
             service.metrics.readsByName.increment()
@@ -514,6 +520,10 @@ final class Shard: @unchecked Sendable {
         case .read(let req):
             do { try service.check(req) } catch {
                 replyError(conn, .readReply, id, error)
+                return
+            }
+            if let d = req.rdma, d.length < req.length {
+                replyError(conn, .readReply, id, ShoalError(.badRequest, "the READ's RDMA descriptor names \(d.length) bytes where it asks for \(req.length)"))
                 return
             }
             if req.isProbe {
@@ -686,8 +696,8 @@ final class Shard: @unchecked Sendable {
             enqueueNoData(conn, id: w.requestID, crc: crc, length: Int(request.length), origin: .cache)
             plane.tier?.unpin(hit.slot)
         } else {
-            enqueueData(conn, id: w.requestID, crc: crc, data: UnsafeRawBufferPointer(start: data + Int(request.offset), count: Int(request.length)),
-                        after: .unpinTier(hit.slot))
+            sendData(conn, request, id: w.requestID, crc: crc, data: UnsafeRawBufferPointer(start: data + Int(request.offset), count: Int(request.length)),
+                     origin: .cache, after: .unpinTier(hit.slot))
         }
         flush(conn)
     }
@@ -819,6 +829,8 @@ final class Shard: @unchecked Sendable {
     /// wait until it ends.
     private func stream(_ op: Int, _ generation: UInt32, upTo bytes: Int) {
         guard let r = ops.value(op, generation), let conn = connection(r.connection, r.connectionGeneration), conn.isOpen else { return }
+        // Data RDMA-written goes in one write once the block is whole.
+        if r.request.rdma != nil, conn.rdma != nil { return }
         let start = Int(r.request.offset)
         let end = start + Int(r.request.length)
         let from = start + r.streamed
@@ -904,8 +916,8 @@ final class Shard: @unchecked Sendable {
             enqueueNoData(conn, id: r.requestID, crc: range.crc, length: range.length, origin: range.origin)
             afterSend(after, connection: r.connection, generation: r.connectionGeneration)
         } else {
-            enqueueData(conn, id: r.requestID, crc: range.crc, data: UnsafeRawBufferPointer(start: base + range.dataOffset, count: range.length),
-                        after: after)
+            sendData(conn, r.request, id: r.requestID, crc: range.crc, data: UnsafeRawBufferPointer(start: base + range.dataOffset, count: range.length),
+                     origin: range.origin, after: after)
         }
         flush(conn)
     }
@@ -1044,6 +1056,123 @@ final class Shard: @unchecked Sendable {
             return
         }
         push(conn, OutFrame(copying: bytes, requestID: requestID))
+    }
+
+    // MARK: RDMA
+
+    /// RDMA_CONNECT: a queue pair of the worker's device connected to the client's, answered
+    /// with its own address. From then on this connection's READs with a descriptor get their
+    /// data by RDMA WRITE.
+    private func connectRDMA(_ conn: ShardConnection, _ id: UInt32, _ peer: RDMAConnectMessage) {
+        guard let rdma = plane.rdma else {
+            replyError(conn, .rdmaConnectReply, id, ShoalError(.badRequest, "this worker serves over TCP only (it has no 'rdma' in its config)"))
+            return
+        }
+        guard conn.rdma == nil, !conn.rdmaLost else {
+            replyError(conn, .rdmaConnectReply, id, ShoalError(.badRequest, "this connection has had its RDMA queue pair already"))
+            return
+        }
+        do throws(RDMAError) {
+            let queue = try rdma.accept(peer, depth: Int(plane.config.maxInFlight))
+            conn.rdma = queue
+            service.metrics.rdmaConnections.increment()
+            let mine = RDMAConnectMessage(queuePair: queue.driver.address.queuePair, gid: queue.driver.address.gid)
+            enqueueSmall(conn, conn.machine.encodeFrame(.rdmaConnectReply, id: id, body: mine.encoded), requestID: id)
+        } catch {
+            replyError(conn, .rdmaConnectReply, id, ShoalError(.internal, "cannot connect an RDMA queue pair on \(rdma.device.name): \(error)"))
+        }
+    }
+
+    /// A READ's data: RDMA-written into the client's memory when the READ carries a descriptor
+    /// and the connection's queue pair is up (READ_NODATA follows once the write completed),
+    /// else in a READ_REPLY. The buffer (`after`) is held until the write's completion.
+    private func sendData(_ conn: ShardConnection, _ request: ReadRequest, id: UInt32, crc: UInt32, data: UnsafeRawBufferPointer,
+                          origin: BlockOrigin, after: AfterSend) {
+        if let d = request.rdma, let queue = conn.rdma, let region = plane.rdma?.region, let base = data.baseAddress, data.count > 0 {
+            do throws(RDMAError) {
+                let write = RDMAWrite(local: base, length: data.count, lkey: region.lkey, remoteAddress: d.address, rkey: d.rkey)
+                if let chain = try queue.write([write]) {
+                    service.metrics.rdmaWrites.increment()
+                    service.metrics.rdmaBytes.increment(by: Int64(data.count))
+                    conn.rdmaWrites.append(RDMAPendingReply(chain: chain, requestID: id, crc: crc, data: data, origin: origin, after: after,
+                                                            posted: monotonicNanos()))
+                    if !conn.rdmaBusy {
+                        conn.rdmaBusy = true
+                        rdmaBusy.append(conn)
+                    }
+                    return
+                }
+                // No room (the queue is as deep as the READs a connection may have in flight, so
+                // this is not expected): this one goes over TCP.
+            } catch {
+                rdmaFailed(conn, "\(error)")
+            }
+            service.metrics.rdmaFallbacks.increment()
+        }
+        enqueueData(conn, id: id, crc: crc, data: data, after: after)
+    }
+
+    /// Polls the queue pairs with writes outstanding: a completed write's READ is answered with
+    /// READ_NODATA (its CRC32C and length, which the client checks its memory against); a failed
+    /// one stops RDMA on that connection and its READs are answered over TCP.
+    private func pollRDMA() {
+        let busy = rdmaBusy
+        rdmaBusy.removeAll(keepingCapacity: true)
+        let now = monotonicNanos()
+        for conn in busy {
+            conn.rdmaBusy = false
+            guard conn.state == .open || conn.state == .flushing, let queue = conn.rdma else { continue }
+            do throws(RDMAError) {
+                for c in try queue.poll() {
+                    guard case .success = c.status else {
+                        rdmaFailed(conn, c.status == .flushed ? "a write was flushed" : "\(c.status)")
+                        break
+                    }
+                    // That write and every older one are done (a reliable connection completes in order).
+                    while let first = conn.rdmaWrites.first, first.chain <= c.id {
+                        conn.rdmaWrites.removeFirst()
+                        enqueueNoData(conn, id: first.requestID, crc: first.crc, length: first.data.count, origin: first.origin)
+                        afterSend(first.after, connection: conn.slot, generation: conn.generation)
+                    }
+                }
+            } catch {
+                rdmaFailed(conn, "\(error)")
+            }
+            if let first = conn.rdmaWrites.first, now - first.posted > Shard.rdmaWriteTimeoutNanos {
+                rdmaFailed(conn, "no completion for a write in \(Shard.rdmaWriteTimeoutNanos / 1_000_000) ms")
+            }
+            if !conn.rdmaWrites.isEmpty, !conn.rdmaBusy {
+                conn.rdmaBusy = true
+                rdmaBusy.append(conn)
+            }
+            flush(conn)
+        }
+    }
+
+    static let rdmaWriteTimeoutNanos: UInt64 = 5_000_000_000
+
+    /// RDMA failed on `conn` (a post refused, an error completion, no completion in time): its
+    /// queue pair is destroyed, so the device reads none of its buffers any more, and the READs
+    /// whose writes were outstanding are answered over TCP from the same buffers. The
+    /// connection goes on over TCP; the client sees a READ_REPLY where it asked for RDMA and
+    /// stops asking.
+    private func rdmaFailed(_ conn: ShardConnection, _ reason: String) {
+        guard conn.rdma != nil else { return }
+        plane.protocolErrorLog.log(logger, .warning, "RDMA failed on a connection; its READs go over TCP", ["error": "\(reason)"])
+        dropRDMA(conn)
+        let pending = conn.rdmaWrites
+        conn.rdmaWrites.removeAll()
+        for w in pending {
+            service.metrics.rdmaFallbacks.increment()
+            enqueueData(conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
+        }
+    }
+
+    private func dropRDMA(_ conn: ShardConnection) {
+        guard let queue = conn.rdma else { return }
+        queue.close()
+        conn.rdma = nil
+        conn.rdmaLost = true
     }
 
     private func enqueueData(_ conn: ShardConnection, id: UInt32, crc: UInt32, data: UnsafeRawBufferPointer, after: AfterSend) {
@@ -1238,6 +1367,11 @@ final class Shard: @unchecked Sendable {
         conn.state = .dead
         if !conn.refused { plane.release(conn.place) }
         Sockets.shutdown(conn.fd)
+        // Its queue pair goes first: once it is destroyed the device reads none of the buffers
+        // of the writes still outstanding, and they go back with the rest.
+        dropRDMA(conn)
+        for w in conn.rdmaWrites { afterSend(w.after, connection: conn.slot, generation: conn.generation) }
+        conn.rdmaWrites.removeAll()
         // Replies not sent: their buffers go back now.
         for f in conn.inSend + conn.queue + conn.deferred {
             if let owned = f.owned { owned.deallocate() }
@@ -1389,6 +1523,17 @@ struct ReadOp {
 }
 
 /// What a sent reply leaves to do.
+/// A READ whose data an RDMA write is carrying: what its answer says, and what its buffer waits for.
+struct RDMAPendingReply {
+    let chain: UInt64
+    let requestID: UInt32
+    let crc: UInt32
+    let data: UnsafeRawBufferPointer
+    let origin: BlockOrigin
+    let after: AfterSend
+    let posted: UInt64
+}
+
 enum AfterSend {
     case nothing
     case giveLease(Int)
@@ -1484,6 +1629,12 @@ final class ShardConnection {
     /// Zero-copy sends whose notification has not come: their frames' buffers are still read.
     var notifications = 0
     var awaitingNotification: [[OutFrame]] = []
+    /// Its RDMA queue pair (RDMA_CONNECT), and the READs whose data it is writing: each is
+    /// answered when its write completes. `rdmaLost`: it had one, and it failed.
+    var rdma: RDMAQueue?
+    var rdmaWrites: [RDMAPendingReply] = []
+    var rdmaBusy = false
+    var rdmaLost = false
 
     static let framesPerSend = 16
     /// Two head slots per request in flight (a streamed reply holds one for its header and

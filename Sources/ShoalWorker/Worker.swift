@@ -114,6 +114,9 @@ public final class Worker: @unchecked Sendable {
         updateGauges()
     }
 
+    /// The RDMA device the data plane writes READ data from (nil: TCP only).
+    public var rdmaDevice: (any RDMADevice)? { plane?.rdma?.device }
+
     /// The data-plane port (the configured one, or the one picked for port 0).
     public var port: UInt16 { plane?.port ?? config.listen.port }
     public var adminPort: Int? { admin?.port }
@@ -140,8 +143,9 @@ public final class Worker: @unchecked Sendable {
         planeConfig.leasesPerConnection = config.buffersPerConnection
         planeConfig.sendStallNanos = UInt64(max(0.1, config.replyStallTimeout) * 1e9)
         planeConfig.sendZeroCopy = config.sendZeroCopy
+        let rdma = try config.rdma.map { (settings) throws(ShoalError) in try WorkerRDMA(settings, pool: pool) }
         do {
-            let plane = try DataPlane(service: service, pool: pool, config: planeConfig, endpoint: config.listen, logger: logger)
+            let plane = try DataPlane(service: service, pool: pool, config: planeConfig, endpoint: config.listen, rdma: rdma, logger: logger)
             try plane.start()
             self.plane = plane
         } catch {
@@ -156,7 +160,7 @@ public final class Worker: @unchecked Sendable {
             etcd.startWatching()
         }
         logger.info("worker listening", metadata: [
-            "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "blocks": "\(cache.blockCount)",
+            "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "rdma": "\(rdma.map { "\($0.device.name)\($0.device.isSimulated ? " (SIMULATED)" : "")" } ?? "off")", "blocks": "\(cache.blockCount)",
             "cached": "\(ByteSize.format(cache.bytesCached))", "capacity": "\(ByteSize.format(cache.capacity))",
         ])
     }

@@ -119,8 +119,25 @@ public struct WorkerConfig: Sendable {
     public var allowUntaggedFrames = false
     /// TLS 1.3 on the data plane (nil: plain TCP, every frame tagged under the session key).
     public var tls: TLSFiles?
+    /// RDMA on the data plane (nil: TCP only): the device READ data is RDMA-written from.
+    public var rdma: RDMASettings?
 
     public init() {}
+
+    /// Which RDMA device the worker serves with (docs/CONFIG.md, `rdma`).
+    public struct RDMASettings: Sendable, Equatable {
+        /// libibverbs' name for it (nil: the first device).
+        public var device: String?
+        /// The IPv4 address whose RoCEv2 GID the queue pairs use (nil: the port's first).
+        public var gidAddress: String?
+        /// Tests only, never from a config file: the in-process SIMULATED device.
+        public var simulated = false
+        public init(device: String? = nil, gidAddress: String? = nil, simulated: Bool = false) {
+            self.device = device
+            self.gidAddress = gidAddress
+            self.simulated = simulated
+        }
+    }
 
     public struct EtcdSettings: Sendable {
         public var endpoints: [String] = []
@@ -149,7 +166,8 @@ public struct WorkerConfig: Sendable {
                                            "adminIdleTimeout", "allowUntaggedFrames", "tls", "shards", "fillThreads",
                                            "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts",
                                            "membersFile", "memberID", "etcd", "advertise", "weight", "handover", "handoverRate",
-                                           "stateDirectory"]
+                                           "stateDirectory", "rdma"]
+    static let rdmaKeys: Set<String> = ["device", "gidAddress"]
     static let etcdKeys: Set<String> = ["endpoints", "prefix", "leaseSeconds", "credentialsFile"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
@@ -252,6 +270,11 @@ public struct WorkerConfig: Sendable {
             guard let cert = try t.string("certFile") else { throw t.missing("certFile") }
             guard let key = try t.string("keyFile") else { throw t.missing("keyFile") }
             config.tls = TLSFiles(certFile: resolve(cert), keyFile: resolve(key))
+        }
+        if let item = map["rdma"] {
+            let t = try r.nested(item, "rdma")
+            try t.checkKnown(rdmaKeys)
+            config.rdma = RDMASettings(device: try t.string("device"), gidAddress: try t.string("gidAddress"))
         }
         for (i, item) in try r.list("caches").enumerated() {
             let c = try r.nested(item, "caches[\(i)]")

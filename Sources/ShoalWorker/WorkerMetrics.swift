@@ -30,6 +30,12 @@ public final class WorkerMetrics: @unchecked Sendable {
     let repliesStreamed: Metrics.Counter
     let bytesStreamed: Metrics.Counter
     let bytesFilled: Metrics.Counter
+    /// READ data RDMA-written into clients' memory: work requests and bytes; queue pairs
+    /// connected; READs with a descriptor answered over TCP instead (the RDMA path failed).
+    let rdmaWrites: Metrics.Counter
+    let rdmaBytes: Metrics.Counter
+    let rdmaConnections: Metrics.Counter
+    let rdmaFallbacks: Metrics.Counter
     let fillsInFlight: Metrics.Meter
     let corruptBlocks: Metrics.Counter
     let cachedBlocks: Metrics.Gauge
@@ -59,6 +65,10 @@ public final class WorkerMetrics: @unchecked Sendable {
         handoverPushed = Metrics.Counter(label: "shoal_handover_pushed_total", factory: factory)
         readsByName = Metrics.Counter(label: "shoal_reads_by_name_total", factory: factory)
         bytesFilled = Metrics.Counter(label: "shoal_bytes_filled_total", factory: factory)
+        rdmaWrites = Metrics.Counter(label: "shoal_rdma_writes_total", factory: factory)
+        rdmaBytes = Metrics.Counter(label: "shoal_rdma_bytes_total", factory: factory)
+        rdmaConnections = Metrics.Counter(label: "shoal_rdma_connections_total", factory: factory)
+        rdmaFallbacks = Metrics.Counter(label: "shoal_rdma_fallbacks_total", factory: factory)
         repliesStreamed = Metrics.Counter(label: "shoal_replies_streamed_total", factory: factory)
         bytesStreamed = Metrics.Counter(label: "shoal_bytes_streamed_total", factory: factory)
         fillsInFlight = Metrics.Meter(label: "shoal_fills_in_flight", factory: factory)

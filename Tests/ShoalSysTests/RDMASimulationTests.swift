@@ -4,6 +4,7 @@ import Glibc
 import Testing
 import ShoalCore
 @testable import ShoalIO
+@testable import ShoalSys
 
 /// The RDMA transport's logic on the SIMULATED device (an in-process simulation, not RDMA):
 /// chains and credits, error completions, partly failed posts. What a real verbs stack shows is

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import ShoalCore
-import ShoalSys
 
 /// The thin interface every RDMA call goes through (docs/DESIGN.md, "RDMA"), with two
 /// implementations: `VerbsRDMADevice` (libibverbs, a real verbs stack) and

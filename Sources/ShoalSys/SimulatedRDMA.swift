@@ -2,7 +2,6 @@
 import Glibc
 #endif
 import ShoalCore
-import ShoalSys
 
 /// A SIMULATED RDMA device, in process: not RDMA hardware and not a verbs stack. An RDMA WRITE
 /// is a memory copy into the peer's registered memory (checked against its rkey and bounds as a
@@ -19,6 +18,9 @@ public final class SimulatedRDMADevice: RDMADevice, @unchecked Sendable {
         public var failNextPostAfter: Int?
         /// Every write fails at the remote end (as a bad rkey would), stopping its queue pair.
         public var failWrites = false
+        /// Every write lands with its first byte changed (memory that is not what the registration
+        /// pinned, say): the completion says success, and only the reader's CRC32C can tell.
+        public var corruptWrites = false
 
         public init() {}
     }
@@ -131,6 +133,9 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
     private let lock = ConditionLock()
 
     func post(_ writes: [RDMAWrite], id: UInt64) -> (posted: Int, error: RDMAError?) {
+        // The peer's state is read before this queue pair's lock is taken (two queue pairs
+        // posting to each other must not wait on each other's locks).
+        let peerFailed = lock.withLock { peer }.flatMap { SimulatedRDMADevice.queuePair($0) }?.isFailed ?? false
         lock.lock()
         defer { lock.unlock() }
         guard let device else { return (0, RDMAError("the simulated device is gone")) }
@@ -155,12 +160,16 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
                 completions.append(RDMACompletion(id: id, index: i, status: .failed("local protection error (simulated)")))
                 continue
             }
-            guard !faults.failWrites, remoteDevice.target(w.remoteAddress, w.length, rkey: w.rkey) else {
+            guard !faults.failWrites, !peerFailed, remoteDevice.target(w.remoteAddress, w.length, rkey: w.rkey) else {
                 failed = true
                 completions.append(RDMACompletion(id: id, index: i, status: .failed("remote access error (simulated)")))
                 continue
             }
             memcpy(UnsafeMutableRawPointer(bitPattern: UInt(w.remoteAddress))!, UnsafeRawPointer(bitPattern: UInt(w.local))!, w.length)
+            if faults.corruptWrites {
+                let first = UnsafeMutablePointer<UInt8>(bitPattern: UInt(w.remoteAddress))!
+                first.pointee ^= 0xFF
+            }
             if last {
                 completions.append(RDMACompletion(id: id, index: i, status: .success))
             }
@@ -195,6 +204,9 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
     }
 
     func moveToError() { lock.withLock { failed = true } }
+
+    /// In the error state (a peer's write to it fails, as a NIC would refuse it).
+    var isFailed: Bool { lock.withLock { failed } }
 
     func close() { SimulatedRDMADevice.remove(number) }
 

@@ -1,9 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ShoalSys
-internal import CVerbs
-internal import CRDMACM
+import ShoalCore
+internal import CShoalVerbs
 
 /// An RDMA device as libibverbs lists it.
 public struct VerbsDeviceInfo: Sendable {
@@ -12,19 +11,29 @@ public struct VerbsDeviceInfo: Sendable {
 }
 
 public enum Verbs {
+    /// Loads libibverbs (once; it is opened at run time, so a host without rdma-core runs
+    /// everything but RDMA): throws why where it cannot be loaded.
+    public static func load() throws(RDMAError) {
+        var error = [CChar](repeating: 0, count: 256)
+        guard shoal_verbs_load(&error, error.count) == 0 else {
+            throw RDMAError(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+    }
+
     /// The RDMA devices on this host; empty where there are none (libibverbs returns nil then).
     public static func devices() -> [VerbsDeviceInfo] {
+        guard (try? load()) != nil else { return [] }
         var count: Int32 = 0
-        guard let list = ibv_get_device_list(&count) else { return [] }
-        defer { ibv_free_device_list(list) }
+        guard let list = shoal_ibv_get_device_list(&count) else { return [] }
+        defer { shoal_ibv_free_device_list(list) }
         var out: [VerbsDeviceInfo] = []
         for i in 0..<Int(count) {
             guard let dev = list[i] else { continue }
-            let name = String(cString: ibv_get_device_name(dev))
+            let name = String(cString: shoal_ibv_get_device_name(dev))
             var opened = false
-            if let ctx = ibv_open_device(dev) {
+            if let ctx = shoal_ibv_open_device(dev) {
                 opened = true
-                ibv_close_device(ctx)
+                shoal_ibv_close_device(ctx)
             }
             out.append(VerbsDeviceInfo(name: name, opened: opened))
         }
@@ -40,6 +49,9 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
     public var isSimulated: Bool { false }
     let context: UnsafeMutablePointer<ibv_context>
     let pd: UnsafeMutablePointer<ibv_pd>
+    /// The device's context and protection domain, for rdma_cm in the worker's system layer.
+    package var rawContext: OpaquePointer { OpaquePointer(context) }
+    package var rawPD: OpaquePointer { OpaquePointer(pd) }
     let port: UInt8
     public let gidIndex: Int
     public let gid: [UInt8]
@@ -47,14 +59,15 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
 
     /// Opens device `name` (nil: the first one).
     public init(name wanted: String? = nil, gidAddress: String? = nil) throws(RDMAError) {
+        try Verbs.load()
         var count: Int32 = 0
-        guard let list = ibv_get_device_list(&count), count > 0 else { throw RDMAError("no RDMA device found on this host (libibverbs lists none)") }
-        defer { ibv_free_device_list(list) }
+        guard let list = shoal_ibv_get_device_list(&count), count > 0 else { throw RDMAError("no RDMA device found on this host (libibverbs lists none)") }
+        defer { shoal_ibv_free_device_list(list) }
         var chosen: UnsafeMutablePointer<ibv_device>?
         var chosenName = ""
         for i in 0..<Int(count) {
             guard let dev = list[i] else { continue }
-            let n = String(cString: ibv_get_device_name(dev))
+            let n = String(cString: shoal_ibv_get_device_name(dev))
             if wanted == nil || wanted == n {
                 chosen = dev
                 chosenName = n
@@ -62,23 +75,23 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
             }
         }
         guard let dev = chosen else { throw RDMAError("no RDMA device named \(wanted ?? "")") }
-        guard let ctx = ibv_open_device(dev) else { throw RDMAError("cannot open \(chosenName): errno \(errno)") }
+        guard let ctx = shoal_ibv_open_device(dev) else { throw RDMAError("cannot open \(chosenName): errno \(errno)") }
         var portAttr = ibv_port_attr()
-        guard ___ibv_query_port(ctx, 1, &portAttr) == 0 else {
-            ibv_close_device(ctx)
+        guard shoal_ibv_query_port(ctx, 1, &portAttr) == 0 else {
+            shoal_ibv_close_device(ctx)
             throw RDMAError("cannot query port 1 of \(chosenName)")
         }
         guard portAttr.state == IBV_PORT_ACTIVE else {
-            ibv_close_device(ctx)
+            shoal_ibv_close_device(ctx)
             throw RDMAError("port 1 of \(chosenName) is not active (state \(portAttr.state.rawValue))")
         }
         // The GID: RoCEv2, IPv4-mapped, matching the address asked for.
         guard let (index, gidBytes) = VerbsRDMADevice.roceV2GID(ctx, port: 1, portAttr: portAttr, address: gidAddress) else {
-            ibv_close_device(ctx)
+            shoal_ibv_close_device(ctx)
             throw RDMAError("\(chosenName) has no RoCEv2 IPv4 GID\(gidAddress.map { " for \($0)" } ?? "") on port 1")
         }
-        guard let pd = ibv_alloc_pd(ctx) else {
-            ibv_close_device(ctx)
+        guard let pd = shoal_ibv_alloc_pd(ctx) else {
+            shoal_ibv_close_device(ctx)
             throw RDMAError("cannot allocate a protection domain on \(chosenName)")
         }
         name = chosenName
@@ -96,14 +109,19 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
 
     /// The device of a context librdmacm opened (a connection's `rdma_cm_id.verbs`): a
     /// protection domain of its own on it, the GID of `gidAddress` (the connection's address).
+    package convenience init(rawContext: OpaquePointer, port: UInt8, gidAddress: String?) throws(RDMAError) {
+        try Verbs.load()
+        try self.init(context: UnsafeMutablePointer<ibv_context>(rawContext), port: port, gidAddress: gidAddress)
+    }
+
     init(context ctx: UnsafeMutablePointer<ibv_context>, port: UInt8, gidAddress: String?) throws(RDMAError) {
-        let devName = String(cString: ibv_get_device_name(ctx.pointee.device))
+        let devName = String(cString: shoal_ibv_get_device_name(ctx.pointee.device))
         var portAttr = ibv_port_attr()
-        guard ___ibv_query_port(ctx, port, &portAttr) == 0 else { throw RDMAError("cannot query port \(port) of \(devName)") }
+        guard shoal_ibv_query_port(ctx, port, &portAttr) == 0 else { throw RDMAError("cannot query port \(port) of \(devName)") }
         guard let (index, gidBytes) = VerbsRDMADevice.roceV2GID(ctx, port: port, portAttr: portAttr, address: gidAddress) else {
             throw RDMAError("\(devName) has no RoCEv2 IPv4 GID\(gidAddress.map { " for \($0)" } ?? "") on port \(port)")
         }
-        guard let pd = ibv_alloc_pd(ctx) else { throw RDMAError("cannot allocate a protection domain on \(devName)") }
+        guard let pd = shoal_ibv_alloc_pd(ctx) else { throw RDMAError("cannot allocate a protection domain on \(devName)") }
         name = devName
         context = ctx
         self.pd = pd
@@ -118,7 +136,7 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
     static func roceV2GID(_ ctx: UnsafeMutablePointer<ibv_context>, port: UInt8, portAttr: ibv_port_attr, address: String?) -> (Int, [UInt8])? {
         for i in 0..<Int(portAttr.gid_tbl_len) {
             var entry = ibv_gid_entry()
-            guard ibv_query_gid_ex(ctx, UInt32(port), UInt32(i), &entry, 0) == 0 else { continue }
+            guard shoal_ibv_query_gid_ex(ctx, UInt32(port), UInt32(i), &entry) == 0 else { continue }
             let raw = withUnsafeBytes(of: entry.gid.raw) { Array($0) }
             guard entry.gid_type == IBV_GID_TYPE_ROCE_V2.rawValue, raw[0..<10].allSatisfy({ $0 == 0 }), raw[10] == 0xff, raw[11] == 0xff else { continue }
             if let address, RDMAQueuePairAddress.format(raw) != address { continue }
@@ -128,13 +146,13 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
     }
 
     deinit {
-        ibv_dealloc_pd(pd)
-        if ownsContext { ibv_close_device(context) }
+        shoal_ibv_dealloc_pd(pd)
+        if ownsContext { shoal_ibv_close_device(context) }
     }
 
     public func register(_ base: UnsafeMutableRawPointer, length: Int) throws(RDMAError) -> RDMAMemoryRegion {
         let access = Int32(IBV_ACCESS_LOCAL_WRITE.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_REMOTE_READ.rawValue)
-        guard let mr = ibv_reg_mr(pd, base, length, access) else {
+        guard let mr = shoal_ibv_reg_mr(pd, base, length, access) else {
             let e = errno
             throw RDMAError("cannot register \(length) bytes with \(name): errno \(e)\(e == ENOMEM ? " (the locked-memory limit, RLIMIT_MEMLOCK, is too low)" : "")")
         }
@@ -144,7 +162,7 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
 
     public func deregister(_ region: RDMAMemoryRegion) {
         guard let mr = UnsafeMutablePointer<ibv_mr>(bitPattern: region.handle) else { return }
-        ibv_dereg_mr(mr)
+        shoal_ibv_dereg_mr(mr)
     }
 
     public func makeQueuePair(depth: Int) throws(RDMAError) -> any RDMAQueuePairDriver {
@@ -153,7 +171,7 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
 }
 
 /// A reliable-connected queue pair of a `VerbsRDMADevice`, with a completion queue of its own.
-final class VerbsQueuePair: RDMAQueuePairDriver {
+package final class VerbsQueuePair: RDMAQueuePairDriver {
     let device: VerbsRDMADevice
     let cq: UnsafeMutablePointer<ibv_cq>
     let qp: UnsafeMutablePointer<ibv_qp>
@@ -162,9 +180,19 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
 
     /// A completion queue of `depth` on `context`, and the attributes of a reliable-connected
     /// queue pair of that depth using it for both directions (only signalled sends complete).
+    /// The same for rdma_cm, which creates the queue pair itself: the completion queue, and the
+    /// attributes written to `attributes` (an `ibv_qp_init_attr`).
+    package static func completionQueue(rawContext: OpaquePointer, depth: Int, attributes: UnsafeMutableRawPointer) throws(RDMAError) -> OpaquePointer {
+        let (cq, attr) = try completionQueue(UnsafeMutablePointer<ibv_context>(rawContext), depth: depth)
+        attributes.storeBytes(of: attr, as: ibv_qp_init_attr.self)
+        return OpaquePointer(cq)
+    }
+
+    package static func destroyCompletionQueue(_ cq: OpaquePointer) { _ = shoal_ibv_destroy_cq(UnsafeMutablePointer<ibv_cq>(cq)) }
+
     static func completionQueue(_ context: UnsafeMutablePointer<ibv_context>, depth: Int) throws(RDMAError)
         -> (UnsafeMutablePointer<ibv_cq>, ibv_qp_init_attr) {
-        guard let cq = ibv_create_cq(context, Int32(depth), nil, nil, 0) else { throw RDMAError("cannot create a completion queue of \(depth)") }
+        guard let cq = shoal_ibv_create_cq(context, Int32(depth)) else { throw RDMAError("cannot create a completion queue of \(depth)") }
         var attr = ibv_qp_init_attr()
         attr.send_cq = cq
         attr.recv_cq = cq
@@ -180,8 +208,8 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
     init(device: VerbsRDMADevice, depth: Int) throws(RDMAError) {
         self.device = device
         var (cq, attr) = try VerbsQueuePair.completionQueue(device.context, depth: depth)
-        guard let qp = ibv_create_qp(device.pd, &attr) else {
-            ibv_destroy_cq(cq)
+        guard let qp = shoal_ibv_create_qp(device.pd, &attr) else {
+            shoal_ibv_destroy_cq(cq)
             throw RDMAError("cannot create a queue pair of \(depth) on \(device.name): errno \(errno)")
         }
         self.cq = cq
@@ -193,31 +221,33 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         initAttr.port_num = device.port
         initAttr.qp_access_flags = IBV_ACCESS_LOCAL_WRITE.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_REMOTE_READ.rawValue
         let mask = IBV_QP_STATE.rawValue | IBV_QP_PKEY_INDEX.rawValue | IBV_QP_PORT.rawValue | IBV_QP_ACCESS_FLAGS.rawValue
-        let rc = ibv_modify_qp(qp, &initAttr, Int32(mask))
+        let rc = shoal_ibv_modify_qp(qp, &initAttr, Int32(mask))
         guard rc == 0 else {
             close()
             throw RDMAError("cannot move a queue pair to INIT: errno \(rc)")
         }
     }
 
-    /// Set when rdma_cm made the queue pair (and moves it through its states): its id.
-    private var cmID: UnsafeMutablePointer<rdma_cm_id>?
+    /// Set when rdma_cm made the queue pair (and moves it through its states): what closes it
+    /// (disconnect, then rdma_cm's own teardown).
+    private var closeByCM: (() -> Void)?
 
-    /// A queue pair rdma_cm created on `id` (its completion queue `cq`), already connected.
-    init(device: VerbsRDMADevice, cmID id: UnsafeMutablePointer<rdma_cm_id>, cq: UnsafeMutablePointer<ibv_cq>) {
+    /// A queue pair rdma_cm created (`qp`, its completion queue `cq`), already connected;
+    /// `close` runs `closeByCM`, which tears it down.
+    package init(device: VerbsRDMADevice, rawQP: OpaquePointer, rawCQ: OpaquePointer, closeByCM: @escaping () -> Void) {
         self.device = device
-        self.cq = cq
-        qp = id.pointee.qp
-        cmID = id
+        cq = UnsafeMutablePointer<ibv_cq>(rawCQ)
+        qp = UnsafeMutablePointer<ibv_qp>(rawQP)
+        self.closeByCM = closeByCM
         polled = .allocate(capacity: pollCapacity)
     }
 
     deinit { polled.deallocate() }
 
-    var address: RDMAQueuePairAddress { RDMAQueuePairAddress(queuePair: qp.pointee.qp_num, gid: device.gid) }
+    package var address: RDMAQueuePairAddress { RDMAQueuePairAddress(queuePair: qp.pointee.qp_num, gid: device.gid) }
 
-    func connect(to peer: RDMAQueuePairAddress) throws(RDMAError) {
-        guard cmID == nil else { throw RDMAError("this queue pair was connected by rdma_cm") }
+    package func connect(to peer: RDMAQueuePairAddress) throws(RDMAError) {
+        guard closeByCM == nil else { throw RDMAError("this queue pair was connected by rdma_cm") }
         guard peer.gid.count == 16 else { throw RDMAError("a GID is 16 bytes, not \(peer.gid.count)") }
         var rtr = ibv_qp_attr()
         rtr.qp_state = IBV_QPS_RTR
@@ -233,7 +263,7 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         withUnsafeMutableBytes(of: &rtr.ah_attr.grh.dgid.raw) { $0.copyBytes(from: peer.gid) }
         var mask = IBV_QP_STATE.rawValue | IBV_QP_AV.rawValue | IBV_QP_PATH_MTU.rawValue | IBV_QP_DEST_QPN.rawValue
             | IBV_QP_RQ_PSN.rawValue | IBV_QP_MAX_DEST_RD_ATOMIC.rawValue | IBV_QP_MIN_RNR_TIMER.rawValue
-        var rc = ibv_modify_qp(qp, &rtr, Int32(mask))
+        var rc = shoal_ibv_modify_qp(qp, &rtr, Int32(mask))
         guard rc == 0 else { throw RDMAError("cannot move the queue pair to RTR (peer \(peer)): errno \(rc)") }
         var rts = ibv_qp_attr()
         rts.qp_state = IBV_QPS_RTS
@@ -244,11 +274,11 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
         rts.max_rd_atomic = 1
         mask = IBV_QP_STATE.rawValue | IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue | IBV_QP_RNR_RETRY.rawValue
             | IBV_QP_SQ_PSN.rawValue | IBV_QP_MAX_QP_RD_ATOMIC.rawValue
-        rc = ibv_modify_qp(qp, &rts, Int32(mask))
+        rc = shoal_ibv_modify_qp(qp, &rts, Int32(mask))
         guard rc == 0 else { throw RDMAError("cannot move the queue pair to RTS: errno \(rc)") }
     }
 
-    func post(_ writes: [RDMAWrite], id: UInt64) -> (posted: Int, error: RDMAError?) {
+    package func post(_ writes: [RDMAWrite], id: UInt64) -> (posted: Int, error: RDMAError?) {
         let n = writes.count
         guard n > 0 else { return (0, nil) }
         let sges = UnsafeMutablePointer<ibv_sge>.allocate(capacity: n)
@@ -271,14 +301,14 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
             (wrs + i).initialize(to: wr)
         }
         var bad: UnsafeMutablePointer<ibv_send_wr>?
-        let rc = ibv_post_send(qp, wrs, &bad)
+        let rc = shoal_ibv_post_send(qp, wrs, &bad)
         guard rc != 0 else { return (n, nil) }
         let taken = bad.map { $0 - wrs } ?? 0
         return (max(0, min(n, taken)), RDMAError("ibv_post_send: errno \(rc)"))
     }
 
-    func poll(max: Int) throws(RDMAError) -> [RDMACompletion] {
-        let n = ibv_poll_cq(cq, Int32(min(max, pollCapacity)), polled)
+    package func poll(max: Int) throws(RDMAError) -> [RDMACompletion] {
+        let n = shoal_ibv_poll_cq(cq, Int32(min(max, pollCapacity)), polled)
         guard n >= 0 else { throw RDMAError("ibv_poll_cq failed (\(n))") }
         return (0..<Int(n)).map { i in
             let wc = polled[i]
@@ -286,32 +316,29 @@ final class VerbsQueuePair: RDMAQueuePairDriver {
             switch wc.status {
             case IBV_WC_SUCCESS: status = .success
             case IBV_WC_WR_FLUSH_ERR: status = .flushed
-            default: status = .failed(String(cString: ibv_wc_status_str(wc.status)))
+            default: status = .failed(String(cString: shoal_ibv_wc_status_str(wc.status)))
             }
             return RDMACompletion(workRequestID: wc.wr_id, status: status)
         }
     }
 
-    func moveToError() {
+    package func moveToError() {
         var attr = ibv_qp_attr()
         attr.qp_state = IBV_QPS_ERR
-        _ = ibv_modify_qp(qp, &attr, Int32(IBV_QP_STATE.rawValue))
+        _ = shoal_ibv_modify_qp(qp, &attr, Int32(IBV_QP_STATE.rawValue))
     }
 
     private var closed = false
 
-    func close() {
+    package func close() {
         guard !closed else { return }
         closed = true
-        if let id = cmID {
-            rdma_disconnect(id)
-            rdma_destroy_qp(id)
-            ibv_destroy_cq(cq)
-            rdma_destroy_id(id)
-            cmID = nil
+        if let closeByCM {
+            self.closeByCM = nil
+            closeByCM()
             return
         }
-        ibv_destroy_qp(qp)
-        ibv_destroy_cq(cq)
+        shoal_ibv_destroy_qp(qp)
+        shoal_ibv_destroy_cq(cq)
     }
 }

@@ -1,0 +1,174 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ShoalCore
+import ShoalSys
+
+/// Which RDMA device a client reads through (nil in `ClientConfig`: TCP only).
+public struct ClientRDMASettings: Sendable, Equatable {
+    /// libibverbs' name for it (nil: the first device).
+    public var device: String?
+    /// The IPv4 address whose RoCEv2 GID its queue pairs use (nil: the port's first).
+    public var gidAddress: String?
+    /// Tests only: the in-process SIMULATED device (it reaches only workers in this process).
+    public var simulated = false
+
+    public init(device: String? = nil, gidAddress: String? = nil, simulated: Bool = false) {
+        self.device = device
+        self.gidAddress = gidAddress
+        self.simulated = simulated
+    }
+}
+
+/// A client's RDMA (docs/DESIGN.md, "RDMA"): one device per process, opened when first used (so
+/// libibverbs is loaded only then), and a registration cache of the caller's buffers: a buffer
+/// is registered once, by the pages it spans, and reused by every READ into it, never per read.
+/// Workers RDMA-write READ data straight into those buffers; each connection that uses it has a
+/// queue pair of its own (`RDMAChannel`).
+public final class ClientRDMA: @unchecked Sendable {
+    public let device: any RDMADevice
+    /// The process that opened it: a forked child uses TCP (verbs resources do not cross fork).
+    public let process: pid_t
+    private let lock = ConditionLock()
+    private var regions: [Registration] = []
+    private var clock: UInt64 = 0
+    private var counts = Counts()
+    /// The most registrations kept, and the most bytes they may pin; the least recently used
+    /// unused ones go first.
+    public let maxRegistrations: Int
+    public let maxRegisteredBytes: Int
+
+    public struct Counts: Sendable, Equatable {
+        /// Buffers registered, READs that found theirs registered, registrations dropped.
+        public var registrations = 0
+        public var reused = 0
+        public var evicted = 0
+        /// READs whose data came by RDMA; READs asked by RDMA and answered over TCP instead (the
+        /// worker's write failed, or the data in memory did not match its CRC32C).
+        public var rdmaReads = 0
+        public var fallbacks = 0
+        /// Connections whose RDMA could not be set up (they run over TCP).
+        public var connectFailures = 0
+    }
+
+    final class Registration {
+        let start: UInt
+        let end: UInt
+        let region: RDMAMemoryRegion
+        var uses = 0
+        var lastUse: UInt64 = 0
+        var dropped = false
+        init(start: UInt, end: UInt, region: RDMAMemoryRegion) {
+            self.start = start
+            self.end = end
+            self.region = region
+        }
+    }
+
+    public init(device: any RDMADevice, maxRegistrations: Int = 1024, maxRegisteredBytes: Int = 16 << 30) {
+        self.device = device
+        process = getpid()
+        self.maxRegistrations = max(1, maxRegistrations)
+        self.maxRegisteredBytes = maxRegisteredBytes
+    }
+
+    /// Opens the device `settings` names.
+    public static func open(_ settings: ClientRDMASettings) throws(RDMAError) -> ClientRDMA {
+        if settings.simulated { return ClientRDMA(device: SimulatedRDMADevice(name: "simulated-client")) }
+        return ClientRDMA(device: try VerbsRDMADevice(name: settings.device, gidAddress: settings.gidAddress))
+    }
+
+    deinit {
+        for r in regions { device.deregister(r.region) }
+    }
+
+    public var isUsable: Bool { process == getpid() }
+
+    public var counters: Counts { lock.withLock { counts } }
+
+    package func count(_ body: (inout Counts) -> Void) { lock.withLock { body(&counts) } }
+
+    /// The registration covering `count` bytes at `p` (made now, by whole pages, if none does),
+    /// held for one READ until `release`.
+    func acquire(_ p: UnsafeMutableRawPointer, count: Int) throws(RDMAError) -> Registration {
+        let start = UInt(bitPattern: p)
+        let end = start + UInt(count)
+        lock.lock()
+        defer { lock.unlock() }
+        clock += 1
+        if let r = regions.first(where: { $0.start <= start && end <= $0.end }) {
+            r.uses += 1
+            r.lastUse = clock
+            counts.reused += 1
+            return r
+        }
+        let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        let from = start & ~(page - 1)
+        let to = (end + page - 1) & ~(page - 1)
+        let region = try device.register(UnsafeMutableRawPointer(bitPattern: from)!, length: Int(to - from))
+        let r = Registration(start: from, end: to, region: region)
+        r.uses = 1
+        r.lastUse = clock
+        regions.append(r)
+        counts.registrations += 1
+        evictLocked()
+        return r
+    }
+
+    func release(_ r: Registration) {
+        lock.withLock {
+            r.uses -= 1
+            if r.dropped && r.uses == 0 { device.deregister(r.region) }
+        }
+    }
+
+    /// The data in `r`'s memory did not match its CRC32C: the buffer's pages may have been
+    /// unmapped and mapped again since it was registered (the registration pins the old ones),
+    /// so it is dropped and the next READ there registers the pages anew.
+    func invalidate(_ r: Registration) {
+        lock.withLock {
+            guard let i = regions.firstIndex(where: { $0 === r }) else { return }
+            regions.remove(at: i)
+            r.dropped = true
+            if r.uses == 0 { device.deregister(r.region) }
+        }
+    }
+
+    private func evictLocked() {
+        var bytes = regions.reduce(0) { $0 + Int($1.end - $1.start) }
+        while regions.count > maxRegistrations || bytes > maxRegisteredBytes {
+            guard let victim = regions.indices.filter({ regions[$0].uses == 0 }).min(by: { regions[$0].lastUse < regions[$1].lastUse }) else { return }
+            let r = regions.remove(at: victim)
+            bytes -= Int(r.end - r.start)
+            r.dropped = true
+            device.deregister(r.region)
+            counts.evicted += 1
+        }
+    }
+
+    /// Registrations held now (for tests and status).
+    public var registeredCount: Int { lock.withLock { regions.count } }
+}
+
+/// One connection's RDMA: its queue pair, connected to the worker's, into which the worker
+/// writes READ data. The client posts nothing on it; destroying it (`close`) guarantees that no
+/// write lands in the caller's memory any more, so a connection that breaks, times out or lets
+/// a hedged READ go closes it before its caller gets its buffer back.
+final class RDMAChannel {
+    let rdma: ClientRDMA
+    let queuePair: any RDMAQueuePairDriver
+    private(set) var closed = false
+
+    init(rdma: ClientRDMA, queuePair: any RDMAQueuePairDriver) {
+        self.rdma = rdma
+        self.queuePair = queuePair
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        queuePair.close()
+    }
+
+    deinit { close() }
+}
