@@ -84,7 +84,12 @@ public final class BufferPool: @unchecked Sendable {
     public static let alignment = 2 * 1024 * 1024
 
     /// `bufferSize` is rounded up to 4 KiB.
-    public init(bufferSize: Int, count: Int, tierSlots: Int = 0) throws(SysError) {
+    /// The NUMA node the region's pages were bound to before they were touched (nil: none asked,
+    /// or the host has no NUMA).
+    public let numaNode: Int?
+
+    /// `numaNode`: bind the region to that node (the RDMA device's) before its pages are touched.
+    public init(bufferSize: Int, count: Int, tierSlots: Int = 0, numaNode: Int? = nil) throws(SysError) {
         precondition(count > 0 && bufferSize > 0 && tierSlots >= 0)
         let size = (bufferSize + 4095) & ~4095
         let total = (size * (count + tierSlots) + BufferPool.alignment - 1) & ~(BufferPool.alignment - 1)
@@ -93,7 +98,8 @@ public final class BufferPool: @unchecked Sendable {
         guard rc == 0, let region = raw else { throw SysError("posix_memalign(\(total) bytes)", errno: rc) }
         // Advice only: a host without transparent huge pages keeps 4 KiB pages and works the same.
         _ = madvise(region, total, MADV_HUGEPAGE)
-        memset(region, 0, total)  // fault the pages in now, not on the first request
+        self.numaNode = numaNode.flatMap { NUMA.bind(region, length: total, node: $0) ? $0 : nil }
+        memset(region, 0, total)  // fault the pages in now (on that node), not on the first request
         self.bufferSize = size
         self.count = count
         self.tierSlots = tierSlots

@@ -120,6 +120,8 @@ final class Shard: @unchecked Sendable {
 
     private func run() {
         do throws(SysError) {
+            // It polls the RDMA device's queue pairs: on the device's NUMA node, with the buffers.
+            if let node = plane.pool.numaNode { NUMA.runOn(node: node) }
             // The ring is made on this thread: with SINGLE_ISSUER only it may submit.
             ring = try ShardRing(entries: 1024)
             try plane.pool.register(with: ring)

@@ -47,7 +47,9 @@ public final class Worker: @unchecked Sendable {
         }
         let pool: BufferPool
         do {
-            pool = try BufferPool(bufferSize: bufferSize, count: config.buffers, tierSlots: tierSlots)
+            // The buffers RDMA writes from sit on the device's NUMA node (docs/DESIGN.md, "RDMA").
+            let node = config.rdma.flatMap { r in r.simulated ? nil : (r.device ?? Verbs.devices().first?.name).flatMap { NUMA.node(ofRDMADevice: $0) } }
+            pool = try BufferPool(bufferSize: bufferSize, count: config.buffers, tierSlots: tierSlots, numaNode: node)
         } catch {
             let total = UInt64(config.buffers + tierSlots) * UInt64(bufferSize)
             throw ShoalError(.badRequest, "keys 'buffers' and 'memoryTier': cannot allocate \(ByteSize.format(total)) (\(config.buffers) I/O buffers "
@@ -160,7 +162,8 @@ public final class Worker: @unchecked Sendable {
             etcd.startWatching()
         }
         logger.info("worker listening", metadata: [
-            "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "rdma": "\(rdma.map { "\($0.device.name)\($0.device.isSimulated ? " (SIMULATED)" : "")" } ?? "off")", "blocks": "\(cache.blockCount)",
+            "listen": "\(config.listen.host):\(port)", "tls": "\(tls == nil ? "off (frames tagged)" : "TLS 1.3")", "rdma": "\(rdma.map { "\($0.device.name)\($0.device.isSimulated ? " (SIMULATED)" : "")" } ?? "off")",
+            "numaNode": "\(pool.numaNode.map(String.init) ?? "none")", "blocks": "\(cache.blockCount)",
             "cached": "\(ByteSize.format(cache.bytesCached))", "capacity": "\(ByteSize.format(cache.capacity))",
         ])
     }

@@ -45,6 +45,15 @@ struct CatCommand: ParsableCommand {
                 guard StandardStreams.write(fd: 1, buffer.baseAddress!, count: got) else { return }  // reader closed the pipe
                 position += UInt64(got)
             }
+            if client.rdma != nil || ClientSettings.processEnvironment("SHOAL_RDMA") != nil {
+                // What RDMA did, on standard error (standard output is the object's bytes).
+                if let s = c.rdmaStatus {
+                    let k = s.counters
+                    note("shoal: rdma on \(s.device)\(s.simulated ? " (SIMULATED)" : ""): \(k.rdmaReads) reads by RDMA, \(k.fallbacks) answered over TCP after an RDMA failure, \(k.connectFailures) connections without RDMA, \(k.registrations) buffer registrations")
+                } else {
+                    note("shoal: rdma not used: \(c.rdmaError ?? "no connection asked for it")")
+                }
+            }
         } catch {
             throw fail(error.message)
         }

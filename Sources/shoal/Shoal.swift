@@ -79,6 +79,12 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "TLS to the workers: the CA file (PEM) their certificates are signed by (default: $SHOAL_TLS_CA_FILE; none: plain TCP).")
     var tlsCa: String?
 
+    @Option(help: "READ data by RDMA through this device (its libibverbs name, or 'auto' for the first) from workers that serve RDMA; TCP for the others and after any RDMA failure (default: $SHOAL_RDMA; none: TCP only).")
+    var rdma: String?
+
+    @Option(help: "With --rdma: the IPv4 address whose RoCEv2 GID to use (default: $SHOAL_RDMA_GID_ADDRESS, else the port's first).")
+    var rdmaGidAddress: String?
+
     func makeClientConfig() throws -> ClientConfig {
         var settings: [String: String] = ["client_name": "shoal-cli", "connections": String(connections)]
         if !workers.isEmpty { settings["workers"] = workers.joined(separator: ",") }
@@ -88,6 +94,8 @@ struct ClientOptions: ParsableArguments {
         settings["etcd_credentials_file"] = etcdCredentialsFile
         settings["secret_file"] = secretFile
         settings["tls_ca_file"] = tlsCa
+        settings["rdma"] = rdma
+        settings["rdma_gid_address"] = rdmaGidAddress
         if noViewDiscovery { settings["view_discovery"] = "false" }
         do {
             return try ClientSettings.config(settings, warn: { note("shoal: warning: \($0)") })
@@ -104,7 +112,8 @@ extension String {
         var s = self
         for (key, option) in [("'workers'", "--worker"), ("'members_file'", "--members"), ("'etcd_prefix'", "--etcd-prefix"),
                               ("'etcd_credentials_file'", "--etcd-credentials-file"), ("'etcd'", "--etcd"), ("'secret_file'", "--secret-file"),
-                              ("'tls_ca_file'", "--tls-ca"), ("'connections'", "--connections")] {
+                              ("'tls_ca_file'", "--tls-ca"), ("'connections'", "--connections"),
+                              ("'rdma_gid_address'", "--rdma-gid-address")] {
             s = s.replacing(key, with: option)
         }
         return s
