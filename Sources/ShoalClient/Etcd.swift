@@ -318,8 +318,8 @@ public final class EtcdMembers: MembershipSource, @unchecked Sendable {
             guard let fields = (try? JSON.parse(kv.value)) as? [String: Any] else {
                 throw bad("not a JSON object with address, weight and state")
             }
-            for key in fields.keys where !["address", "weight", "state"].contains(key) {
-                throw bad("unknown key '\(key)' (known: address, weight, state)")
+            for key in fields.keys where !["address", "weight", "state", "rdma"].contains(key) {
+                throw bad("unknown key '\(key)' (known: address, weight, state, rdma)")
             }
             members.append(try MembersFile.member(id: id, fields: fields, at: "member", bad: bad))
         }

@@ -41,8 +41,8 @@ public enum MembersFile {
         for (i, item) in list.enumerated() {
             let at = "members[\(i)]"
             guard let m = item as? [String: Any] else { throw bad("\(at) must be a mapping with id, address, weight, state") }
-            for key in m.keys where !["id", "address", "weight", "state"].contains(key) {
-                throw bad("\(at): unknown key '\(key)' (known: id, address, weight, state)")
+            for key in m.keys where !["id", "address", "weight", "state", "rdma"].contains(key) {
+                throw bad("\(at): unknown key '\(key)' (known: id, address, weight, state, rdma)")
             }
             guard let id = m["id"].map({ "\($0)" }), !id.isEmpty else { throw bad("\(at).id is missing") }
             members.append(try member(id: id, fields: m, at: at, bad: bad))
@@ -70,7 +70,12 @@ public enum MembersFile {
             }
             state = parsed
         }
-        return Member(id: id, address: address, weight: weight, state: state)
+        var rdma: Bool?
+        if let r = m["rdma"] {
+            guard let b = r as? Bool else { throw bad("\(at).rdma '\(r)' is not true or false") }
+            rdma = b
+        }
+        return Member(id: id, address: address, weight: weight, state: state, rdma: rdma)
     }
 
     /// Reads and parses `path`.
@@ -85,7 +90,8 @@ public enum MembersFile {
     public static func render(_ view: MembershipView) -> String {
         let members = view.members.map { m in
             let weight = m.weight == m.weight.rounded() && abs(m.weight) < 1e18 ? "\(Int64(m.weight))" : "\(m.weight)"
-            return "    {\"id\": \(JSONText.quote(m.id)), \"address\": \(JSONText.quote(m.address)), \"weight\": \(weight), \"state\": \"\(m.state.rawValue)\"}"
+            let rdma = m.rdma.map { ", \"rdma\": \($0)" } ?? ""
+            return "    {\"id\": \(JSONText.quote(m.id)), \"address\": \(JSONText.quote(m.address)), \"weight\": \(weight), \"state\": \"\(m.state.rawValue)\"\(rdma)}"
         }
         return "{\"epoch\": \(view.epoch), \"members\": [\n" + members.joined(separator: ",\n") + "\n]}\n"
     }

@@ -270,7 +270,8 @@ public final class ShoalClient: @unchecked Sendable {
                                      timeoutMillis: config.timeoutMillis, connectTimeoutMillis: config.connectTimeoutMillis, tls: tls,
                                      untaggedFrames: config.untaggedFrames)
         c.acceptsNoData = config.acceptsNoData
-        if let rdma = rdmaFor(id) {
+        // A member whose view says it serves TCP only is not asked.
+        if r.view.members[worker].rdma != false, let rdma = rdmaFor(id) {
             do { try c.attachRDMA(rdma) } catch {
                 // This worker's reads go over TCP for a while; a connection the attempt broke is not used.
                 rdma.count { $0.connectFailures += 1 }

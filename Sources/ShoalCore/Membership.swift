@@ -15,12 +15,16 @@ public struct Member: Sendable, Equatable {
     public var address: String
     public var weight: Double
     public var state: MemberState
+    /// Whether it serves READ data over RDMA as well as TCP (nil: its view does not say; a
+    /// client then asks, RDMA_CONNECT).
+    public var rdma: Bool?
 
-    public init(id: String, address: String, weight: Double = 1, state: MemberState = .active) {
+    public init(id: String, address: String, weight: Double = 1, state: MemberState = .active, rdma: Bool? = nil) {
         self.id = id
         self.address = address
         self.weight = weight
         self.state = state
+        self.rdma = rdma
     }
 
     /// Owns slots in a view: active, with a weight above 0 (weight 0 drains it).

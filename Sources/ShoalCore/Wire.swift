@@ -335,7 +335,9 @@ public enum ListReply {
 }
 
 /// MEMBERS_REPLY: the view a worker routes by, `epoch u64 | count u16 | count × (id str16 |
-/// address str16 | weight f64 as u64 bits | state u8)`; epoch 0 and no members when it has none.
+/// address str16 | weight f64 as u64 bits | state u8 | transports u8)`, transports 0 when the
+/// worker's view does not say, 1 for TCP only, 2 for TCP and RDMA; epoch 0 and no members when
+/// it has none.
 public enum MembersReply {
     static let states: [MemberState] = [.joining, .active, .draining]
 
@@ -348,6 +350,7 @@ public enum MembersReply {
             out.appendString16(m.address)
             out.appendLE(m.weight.bitPattern)
             out.appendLE(UInt8(states.firstIndex(of: m.state)!))
+            out.appendLE(UInt8(m.rdma.map { $0 ? 2 : 1 } ?? 0))
         }
         return out
     }
@@ -358,9 +361,10 @@ public enum MembersReply {
         guard let epoch = r.u64(), let count = r.u16() else { return nil }
         var members: [Member] = []
         for _ in 0..<count {
-            guard let id = r.string16(max: 1024), let address = r.string16(max: 1024), let bits = r.u64(), let s = r.u8(), Int(s) < states.count
+            guard let id = r.string16(max: 1024), let address = r.string16(max: 1024), let bits = r.u64(), let s = r.u8(), Int(s) < states.count,
+                  let t = r.u8(), t <= 2
             else { return nil }
-            members.append(Member(id: id, address: address, weight: Double(bitPattern: bits), state: states[Int(s)]))
+            members.append(Member(id: id, address: address, weight: Double(bitPattern: bits), state: states[Int(s)], rdma: t == 0 ? nil : t == 2))
         }
         guard r.isAtEnd else { return nil }
         return try? MembershipView(epoch: epoch, members: members)

@@ -6,7 +6,7 @@ import ShoalSys
 import Glibc
 #endif
 
-/// A worker's entry in etcd: `<prefix>members/<id>` = {"address", "weight", "state"}, tied to a
+/// A worker's entry in etcd: `<prefix>members/<id>` = {"address", "weight", "state", "rdma"}, tied to a
 /// lease renewed every third of its time to live (and put again if it went). While etcd cannot be reached the worker keeps
 /// serving and keeps trying; a lease that ran out meanwhile is taken again with the entry. On
 /// stop the lease is revoked, so clients move the worker's blocks at once instead of after the
@@ -26,7 +26,8 @@ final class EtcdRegistration: @unchecked Sendable {
         self.client = client
         key = EtcdMembers.memberKey(prefix: prefix, id: member.id)
         let weight = member.weight == member.weight.rounded() && member.weight < 1e18 ? "\(Int64(member.weight))" : "\(member.weight)"
-        value = Array("{\"address\":\(JSONText.quote(member.address)),\"weight\":\(weight),\"state\":\"\(member.state.rawValue)\"}".utf8)
+        let rdma = member.rdma.map { ",\"rdma\":\($0)" } ?? ""
+        value = Array("{\"address\":\(JSONText.quote(member.address)),\"weight\":\(weight),\"state\":\"\(member.state.rawValue)\"\(rdma)}".utf8)
         ttl = leaseSeconds
         self.logger = logger
     }

@@ -155,7 +155,7 @@ public final class Worker: @unchecked Sendable {
         }
         if let settings = config.etcd, let (source, id) = service.members, let etcd = source as? EtcdMembers {
             let address = config.advertise?.description ?? "\(config.listen.host):\(port)"
-            let member = Member(id: id, address: address, weight: config.weight ?? Double(cache.capacity))
+            let member = Member(id: id, address: address, weight: config.weight ?? Double(cache.capacity), rdma: rdma != nil)
             let registration = EtcdRegistration(client: etcd.client, prefix: etcd.prefix, member: member, leaseSeconds: settings.leaseSeconds, logger: logger)
             registration.start()
             self.registration = registration

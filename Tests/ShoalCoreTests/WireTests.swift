@@ -66,8 +66,20 @@ import Testing
         #expect(MembersReply.decode(Array(bytes.dropLast())) == nil)
         #expect(MembersReply.decode(bytes + [0]) == nil)
         var badState = bytes
-        badState[badState.count - 1] = 9
+        badState[badState.count - 2] = 9
         #expect(MembersReply.decode(badState) == nil)
+        var badTransports = bytes
+        badTransports[badTransports.count - 1] = 3
+        #expect(MembersReply.decode(badTransports) == nil)
+        // Transports: not said, TCP only, TCP and RDMA.
+        let said = try MembershipView(epoch: 78, members: [Member(id: "a", address: "10.0.0.1:7070"), Member(id: "b", address: "10.0.0.2:7070", rdma: false),
+                                                          Member(id: "c", address: "10.0.0.3:7070", rdma: true)])
+        #expect(MembersReply.decode(MembersReply.encode(said))?.members.map(\.rdma) == [nil, false, true])
+        // RDMA_CONNECT's queue pair and GID round-trip; any other length is not one.
+        let qp = RDMAConnectMessage(queuePair: 0x0102_0304, gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 2, 15])
+        #expect(RDMAConnectMessage(decoding: qp.encoded) == qp)
+        #expect(RDMAConnectMessage(decoding: Array(qp.encoded.dropLast())) == nil)
+        #expect(RDMAConnectMessage(decoding: qp.encoded + [0]) == nil)
         let empty = try MembershipView(epoch: 0, members: [])
         #expect(MembersReply.decode(MembersReply.encode(empty)) == empty)
         let key = BlockKey(object: ObjectRef(store: "d", bucket: "b", key: "k"), etag: "e", objectSize: 1 << 20, blockSize: 1 << 20, index: 0)

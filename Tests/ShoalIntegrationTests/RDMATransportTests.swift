@@ -123,6 +123,30 @@ import ShoalTestSupport
         #expect(h.metric("shoal_rdma_writes_total") == 0)
     }
 
+    /// Workers advertise their transports in the view: a client does not ask one whose view
+    /// entry says TCP only, and uses RDMA with one that says it serves RDMA.
+    @Test func theViewSaysWhichWorkersServeRDMA() throws {
+        for advertised in [false, true] {
+            let h = try Self.harness("rdma-advertised-\(advertised)")
+            let data = SampleData.bytes(seed: 77, count: 1 << 20)
+            try h.put("o", data)
+            let path = makeTemporaryDirectory("members") + "/members.json"
+            try MembersFile.write(try MembershipView(epoch: 1, members: [Member(id: "w", address: h.endpoint.description, rdma: advertised)]), to: path)
+            var config = ClientConfig(workers: [], secret: Array(h.secret.utf8))
+            config.membersFile = path
+            config.rdma = ClientRDMASettings(simulated: true)
+            h.client = try ShoalClient(config: config)
+            #expect(h.client.view.members.first?.rdma == advertised)
+            #expect(try h.readAll("o") == data)
+            if advertised {
+                #expect(h.metric("shoal_rdma_writes_total") >= 1 && (h.client.rdmaStatus?.counters.rdmaReads ?? 0) >= 1)
+            } else {
+                #expect(h.metric("shoal_rdma_writes_total") == 0 && h.metric("shoal_rdma_connections_total") == 0)
+                #expect(h.client.rdmaStatus == nil, "the device is not even opened")
+            }
+        }
+    }
+
     /// A READ whose descriptor names fewer bytes than it asks for is refused, and the connection
     /// goes on; RDMA_CONNECT on a worker without RDMA says why.
     @Test func badRDMARequestsGetClearErrors() throws {
