@@ -182,6 +182,12 @@ struct StatsSnapshot: Encodable {
         var missesTotal: UInt64
         var fillsTotal: UInt64
         var bytesFilledTotal: UInt64
+        /// READ data RDMA-written into clients' memory (per second, and the counters), and READs
+        /// asked by RDMA and answered over TCP because the RDMA path failed.
+        var rdmaBytesPerSecond: Double
+        var rdmaBytesTotal: UInt64
+        var rdmaWritesTotal: UInt64
+        var rdmaFallbacksTotal: UInt64
     }
 
     struct Dataset: Encodable {
@@ -228,7 +234,9 @@ struct StatsSnapshot: Encodable {
                           disksInService: disks.filter { ($0["inService"] as? Bool) == true }.count, disks: disks.count,
                           connections: Int(w.number("connections")),
                           bytesServedTotal: UInt64(w.counter("shoal_bytes_served_total")), hitsTotal: UInt64(hits), missesTotal: UInt64(misses),
-                          fillsTotal: UInt64(w.counter("shoal_fills_total")), bytesFilledTotal: UInt64(w.counter("shoal_bytes_filled_total")))
+                          fillsTotal: UInt64(w.counter("shoal_fills_total")), bytesFilledTotal: UInt64(w.counter("shoal_bytes_filled_total")),
+                          rdmaBytesPerSecond: rate("shoal_rdma_bytes_total"), rdmaBytesTotal: UInt64(w.counter("shoal_rdma_bytes_total")),
+                          rdmaWritesTotal: UInt64(w.counter("shoal_rdma_writes_total")), rdmaFallbacksTotal: UInt64(w.counter("shoal_rdma_fallbacks_total")))
         }
         datasets = ds.values.map { d in
             var d = d
@@ -250,15 +258,17 @@ struct StatsSnapshot: Encodable {
         }
         func rate(_ bytes: Double) -> String { ByteSize.formatRate(bytes: UInt64(bytes), seconds: 1) }
         var lines = ["shoal stats — \(workers.filter(\.up).count) of \(workers.count) workers up", ""]
-        lines.append(pad("worker", 22, right: false) + pad("served", 12) + pad("reads/s", 9) + pad("hit", 7) + pad("fills/s", 9)
+        lines.append(pad("worker", 22, right: false) + pad("served", 12) + pad("by RDMA", 12) + pad("reads/s", 9) + pad("hit", 7) + pad("fills/s", 9)
                      + pad("filled", 12) + pad("cached", 12) + pad("of", 10) + pad("disks", 7) + "  health")
         for w in workers {
             guard w.up else {
                 lines.append(pad(w.address, 22, right: false) + "  down: \(w.error ?? "no answer")")
                 continue
             }
-            let health = w.disksInService == w.disks ? "ok" : "\(w.disks - w.disksInService) disk(s) out"
-            lines.append(pad(w.address, 22, right: false) + pad(rate(w.bytesServedPerSecond), 12) + pad(formatFixed(w.readsPerSecond, decimals: 0), 9)
+            var health = w.disksInService == w.disks ? "ok" : "\(w.disks - w.disksInService) disk(s) out"
+            if w.rdmaFallbacksTotal > 0 { health += ", \(w.rdmaFallbacksTotal) RDMA fallback(s) to TCP" }
+            lines.append(pad(w.address, 22, right: false) + pad(rate(w.bytesServedPerSecond), 12) + pad(rate(w.rdmaBytesPerSecond), 12)
+                         + pad(formatFixed(w.readsPerSecond, decimals: 0), 9)
                          + pad(formatFixed(100 * w.hitRatio, decimals: 1) + "%", 7) + pad(formatFixed(w.fillsPerSecond, decimals: 0), 9)
                          + pad(rate(w.bytesFilledPerSecond), 12) + pad(ByteSize.format(w.bytesCached), 12) + pad(ByteSize.format(w.capacity), 10)
                          + pad("\(w.disksInService)/\(w.disks)", 7) + "  " + health)

@@ -34,12 +34,16 @@ import ShoalTestSupport
               - name: local
                 type: file
                 root: \(dir)
+            rdma:
+              device: mlx5_0
+              gidAddress: 192.168.7.1
             """, baseDirectory: "/etc/shoal")
         #expect(c.listen == Endpoint(host: "0.0.0.0", port: 7000))
         #expect(c.tls == TLSFiles(certFile: "/etc/shoal/worker.pem", keyFile: "/etc/shoal/keys/worker.key"))
         #expect(c.blockSize == 8 << 20 && c.buffers == 32 && c.metadataTTL == 5 && c.maxConnections == 10)
         #expect(c.caches.first?.capacity == 1 << 30 && c.caches.first?.regionSize == 64 << 20)
         #expect(c.stores.map(\.name) == ["default", "local"])
+        #expect(c.rdma == WorkerConfig.RDMASettings(device: "mlx5_0", gidAddress: "192.168.7.1"))
         try c.validate()
     }
 
@@ -64,6 +68,7 @@ import ShoalTestSupport
         expectError("tls: {certFile: w.pem}", mentions: "'tls.keyFile' is required")
         expectError("tls: {certFile: w.pem, keyFile: w.key, caFile: ca.pem}", mentions: "unknown key 'tls.caFile'")
         expectError("[1, 2]", mentions: "mapping")
+        expectError("rdma: {device: rxe0, simulated: true}", mentions: "unknown key 'rdma.simulated'")
         expectError("secret: x\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b}]",
                     mentions: "at least 16 random")
         expectError("secret: 0123456789abcdef0123\ncaches: [{path: /x, capacity: 1GiB}]\nstores: [{name: d, type: s3, endpoint: http://h:1, accessKey: a, secretKey: b, stallTimeout: 9s}]",

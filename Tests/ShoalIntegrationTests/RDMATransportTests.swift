@@ -147,6 +147,19 @@ import ShoalTestSupport
         }
     }
 
+    /// A worker told to serve RDMA through a device this host has not refuses to start, naming the key.
+    @Test func aWorkerWhoseRDMADeviceIsMissingRefusesToStart() throws {
+        let fx = try ObjectStoreFixture.get()
+        var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("rdma-missing"), store: fx.storeConfig())
+        config.rdma = WorkerConfig.RDMASettings(device: "no-such-device0")
+        let worker = try Worker(config: config, logger: testLogger)
+        #expect { try worker.start() } throws: { e in
+            let m = (e as? ShoalError)?.message ?? ""
+            return m.contains("key 'rdma'") && (m.contains("no RDMA device") || m.contains("libibverbs"))
+        }
+        worker.stopDataPlane()
+    }
+
     /// A READ whose descriptor names fewer bytes than it asks for is refused, and the connection
     /// goes on; RDMA_CONNECT on a worker without RDMA says why.
     @Test func badRDMARequestsGetClearErrors() throws {

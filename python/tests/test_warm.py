@@ -251,6 +251,7 @@ def test_ls_cached_and_stats_json_agree_with_the_workers(cluster, bucket):
         assert w["hitsTotal"] == m["shoal_hits_total"] and w["missesTotal"] == m["shoal_misses_total"]
         assert w["fillsTotal"] == m["shoal_fills_total"] and w["bytesFilledTotal"] == m["shoal_bytes_filled_total"]
         assert w["bytesServedTotal"] == m["shoal_bytes_served_total"]
+        assert w["rdmaWritesTotal"] == m.get("shoal_rdma_writes_total", 0) and w["rdmaFallbacksTotal"] == m.get("shoal_rdma_fallbacks_total", 0)
     ds = [d for d in snap["datasets"] if d["dataset"] == f"s3://{bucket}/d/"]
     assert ds and ds[0]["bytesCached"] == 2 << 20 and ds[0]["size"] == 8 << 20 and ds[0]["cachedPercent"] == 25
 
