@@ -14,6 +14,7 @@ from .errors import InvalidRequest, ShoalError, error_for
 _SETTINGS = (
     "workers", "members_file", "etcd", "etcd_prefix", "etcd_credentials_file", "secret_file", "tls_ca_file",
     "view_discovery", "connections", "timeout_ms", "connect_timeout_ms", "hedge_after_ms", "client_name",
+    "rdma", "rdma_gid_address",
 )
 
 

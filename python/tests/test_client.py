@@ -282,3 +282,16 @@ def test_a_worker_killed_during_a_read_is_routed_around():
         client.close()
     finally:
         c.stop()
+
+
+def test_rdma_asked_on_a_host_without_a_device_reads_over_tcp(cluster, bucket):
+    # libshoal loads libibverbs only when RDMA is asked for; with no device (this host has none)
+    # the reads go over TCP, byte-exact, and nothing fails.
+    data = put_random(cluster, bucket, "rdma-asked", (3 << 20) + 77, 91)
+    c = shoal.Client(**cluster.settings(), rdma="auto")
+    with c.open(f"s3://{bucket}/rdma-asked") as f:
+        buf = bytearray(len(data))
+        assert f.readinto(buf) == len(data) and bytes(buf) == data
+    c.close()
+    with pytest.raises(shoal.InvalidRequest, match="rdma_gid_address"):
+        shoal.Client(**cluster.settings(), rdma="auto", rdma_gid_address="not-an-address")

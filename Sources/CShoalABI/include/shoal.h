@@ -74,6 +74,9 @@ typedef struct shoal_file shoal_file;
  *   connect_timeout_ms     (default 1000)
  *   hedge_after_ms         send a read unanswered this long to the block's other owner too
  *   client_name            shown in the workers' logs
+ *   rdma                   an RDMA device's name, or "auto": READ data is RDMA-written into the
+ *                          caller's buffers by workers that serve RDMA (default off)  (SHOAL_RDMA)
+ *   rdma_gid_address       the IPv4 address whose RoCEv2 GID to use   (SHOAL_RDMA_GID_ADDRESS)
  * NULL (or "") takes everything from the environment. Returns NULL on error. */
 shoal_client *shoal_client_new(const char *config);
 /* Frees the client. Its files must be closed first. NULL is allowed. */
