@@ -58,6 +58,8 @@ public final class ClientRDMA: @unchecked Sendable {
         var uses = 0
         var lastUse: UInt64 = 0
         var dropped = false
+        /// Registered by its owner (a worker's buffer pool), not by this cache: never dropped here.
+        var owned = true
         init(start: UInt, end: UInt, region: RDMAMemoryRegion) {
             self.start = start
             self.end = end
@@ -65,11 +67,18 @@ public final class ClientRDMA: @unchecked Sendable {
         }
     }
 
-    public init(device: any RDMADevice, maxRegistrations: Int = 1024, maxRegisteredBytes: Int = 16 << 30) {
+    /// `preregistered`: memory its owner registered with `device` already (a worker's buffer
+    /// pool, for its transfers from other workers): READs into it use that registration.
+    public init(device: any RDMADevice, preregistered: [RDMAMemoryRegion] = [], maxRegistrations: Int = 1024, maxRegisteredBytes: Int = 16 << 30) {
         self.device = device
         process = getpid()
         self.maxRegistrations = max(1, maxRegistrations)
         self.maxRegisteredBytes = maxRegisteredBytes
+        regions = preregistered.map { r in
+            let entry = Registration(start: UInt(r.address), end: UInt(r.address) + UInt(r.length), region: r)
+            entry.owned = false
+            return entry
+        }
     }
 
     /// Opens the device `settings` names.
@@ -79,7 +88,7 @@ public final class ClientRDMA: @unchecked Sendable {
     }
 
     deinit {
-        for r in regions { device.deregister(r.region) }
+        for r in regions where r.owned { device.deregister(r.region) }
     }
 
     public var isUsable: Bool { process == getpid() }
@@ -127,7 +136,7 @@ public final class ClientRDMA: @unchecked Sendable {
     /// so it is dropped and the next READ there registers the pages anew.
     func invalidate(_ r: Registration) {
         lock.withLock {
-            guard let i = regions.firstIndex(where: { $0 === r }) else { return }
+            guard r.owned, let i = regions.firstIndex(where: { $0 === r }) else { return }
             regions.remove(at: i)
             r.dropped = true
             if r.uses == 0 { device.deregister(r.region) }
@@ -135,9 +144,10 @@ public final class ClientRDMA: @unchecked Sendable {
     }
 
     private func evictLocked() {
-        var bytes = regions.reduce(0) { $0 + Int($1.end - $1.start) }
+        var bytes = regions.reduce(0) { $0 + ($1.owned ? Int($1.end - $1.start) : 0) }
         while regions.count > maxRegistrations || bytes > maxRegisteredBytes {
-            guard let victim = regions.indices.filter({ regions[$0].uses == 0 }).min(by: { regions[$0].lastUse < regions[$1].lastUse }) else { return }
+            guard let victim = regions.indices.filter({ regions[$0].uses == 0 && regions[$0].owned })
+                .min(by: { regions[$0].lastUse < regions[$1].lastUse }) else { return }
             let r = regions.remove(at: victim)
             bytes -= Int(r.end - r.start)
             r.dropped = true

@@ -39,6 +39,9 @@ final class Handover: @unchecked Sendable {
     let pushRate: Double
     let cache: BlockCache?
     let metrics: WorkerMetrics?
+    /// The worker's RDMA device with its buffer pool registered: blocks taken from a previous
+    /// owner that serves RDMA are written by it straight into the lease (nil: TCP).
+    private var rdma: ClientRDMA?
     private var pushGeneration = 0
     private var pushing = false
     private var closed = false
@@ -55,6 +58,8 @@ final class Handover: @unchecked Sendable {
         self.pushRate = pushRate
         self.journalCapacity = journalCapacity
     }
+
+    func useRDMA(_ rdma: ClientRDMA) { lock.withLock { self.rdma = rdma } }
 
     /// Notes a block just written to this worker's cache.
     func journal(_ key: BlockKey, _ id: BlockID) {
@@ -216,6 +221,14 @@ final class Handover: @unchecked Sendable {
             } catch {
                 markDown(peer, error)
                 return false
+            }
+            if let rdma = lock.withLock({ rdma }) {
+                // Over RDMA where the previous owner serves it; TCP where it does not.
+                do { try connection.attachRDMA(rdma) } catch where connection.isBroken {
+                    connection.close()
+                    markDown(peer, error)
+                    return false
+                } catch {}
             }
         }
         let request = ReadRequest(block: key, offset: 0, length: UInt32(length), flags: ReadRequest.cachedOnlyFlag)

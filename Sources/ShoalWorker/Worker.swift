@@ -146,6 +146,10 @@ public final class Worker: @unchecked Sendable {
         planeConfig.sendStallNanos = UInt64(max(0.1, config.replyStallTimeout) * 1e9)
         planeConfig.sendZeroCopy = config.sendZeroCopy
         let rdma = try config.rdma.map { (settings) throws(ShoalError) in try WorkerRDMA(settings, pool: pool) }
+        if let rdma, let handover = service.handover {
+            // Blocks taken from their previous owner come by RDMA too, into the registered pool.
+            handover.useRDMA(ClientRDMA(device: rdma.device, preregistered: [rdma.region]))
+        }
         do {
             let plane = try DataPlane(service: service, pool: pool, config: planeConfig, endpoint: config.listen, rdma: rdma, logger: logger)
             try plane.start()

@@ -16,18 +16,21 @@ import ShoalTestSupport
 
     /// `n` in-process workers registered under `prefix` (ids w0, w1, ...), and a bucket holding
     /// `data` as "o".
-    static func cluster(_ name: String, _ n: Int, prefix: String, data: [UInt8], etcdEndpoint: String? = nil) throws -> (String, [Worker]) {
+    static func cluster(_ name: String, _ n: Int, prefix: String, data: [UInt8], etcdEndpoint: String? = nil,
+                        rdma: WorkerConfig.RDMASettings? = nil) throws -> (String, [Worker]) {
         let fx = try ObjectStoreFixture.get()
         let bucket = try fx.makeBucket(name)
         try fx.store().put(bucket: bucket, key: "o", bytes: data)
-        let workers = try (0..<n).map { i in try worker(name, i, prefix: prefix, etcdEndpoint: etcdEndpoint) }
+        let workers = try (0..<n).map { i in try worker(name, i, prefix: prefix, etcdEndpoint: etcdEndpoint, rdma: rdma) }
         return (bucket, workers)
     }
 
     /// Worker `wI` registered under `prefix`, started.
-    static func worker(_ name: String, _ i: Int, prefix: String, etcdEndpoint: String? = nil, handoverSeconds: Double = 600) throws -> Worker {
+    static func worker(_ name: String, _ i: Int, prefix: String, etcdEndpoint: String? = nil, handoverSeconds: Double = 600,
+                       rdma: WorkerConfig.RDMASettings? = nil) throws -> Worker {
         let fx = try ObjectStoreFixture.get()
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("\(name)-\(i)"), store: fx.storeConfig())
+        config.rdma = rdma
         config.memberID = "w\(i)"
         config.etcd = try EtcdFixture.get().settings(prefix: prefix, endpoint: etcdEndpoint)
         config.handoverSeconds = handoverSeconds

@@ -147,6 +147,33 @@ import ShoalTestSupport
         }
     }
 
+    /// Worker to worker: a worker that joins takes the blocks it now owns from their previous
+    /// owners, and those write them by RDMA straight into its registered buffers (the client
+    /// here reads over TCP, so every RDMA write counted is a hand-over).
+    @Test func blocksHandedOverBetweenWorkersComeByRDMA() throws {
+        let prefix = try EtcdFixture.get().makePrefix("rdma-handover")
+        let simulated = WorkerConfig.RDMASettings(simulated: true)
+        let data = SampleData.bytes(seed: 78, count: 12 << 20)
+        var (bucket, workers) = try EtcdTests.cluster("rdma-hand", 2, prefix: prefix, data: data, rdma: simulated)
+        defer { workers.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        #expect(client.view.members.allSatisfy { $0.rdma == true }, "registered with rdma: \(client.view.members)")
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(workers.map { $0.metrics.value("shoal_rdma_writes_total") } == [0, 0])
+
+        workers.append(try EtcdTests.worker("rdma-hand", 2, prefix: prefix, rdma: simulated))
+        #expect(EtcdTests.eventually(3) { client.view.members.count == 3 })
+        let moved = (0..<12).filter { client.owners(of: file.block(UInt64($0))).first == Endpoint(host: "127.0.0.1", port: workers[2].port) }.count
+        #expect(moved > 0, "the new worker owns none of 12 blocks")
+        #expect(try client.read(file, offset: 0, length: data.count) == data)
+        #expect(EtcdTests.storeGETs(workers) == 12, "blocks that moved were fetched from the store again")
+        #expect(workers[2].metrics.value("shoal_handover_hits_total") == Double(moved))
+        let written = workers[0].metrics.value("shoal_rdma_writes_total") + workers[1].metrics.value("shoal_rdma_writes_total")
+        #expect(written == Double(moved), "\(moved) blocks handed over, \(written) RDMA writes")
+        #expect(workers.map { $0.metrics.value("shoal_rdma_fallbacks_total") } == [0, 0, 0])
+    }
+
     /// A worker told to serve RDMA through a device this host has not refuses to start, naming the key.
     @Test func aWorkerWhoseRDMADeviceIsMissingRefusesToStart() throws {
         let fx = try ObjectStoreFixture.get()
