@@ -112,7 +112,8 @@ public final class WorkerConnection: @unchecked Sendable {
         var length: Int
         /// A fill-only or probe READ: answered with READ_NODATA.
         var noData: Bool
-        /// An RDMA READ: the registration of its buffer, and the READ itself (sent again over
+        /// An RDMA READ: the registration of its buffer (until its answer, or the queue pair goes),
+        /// and the READ itself (set for every READ asked by RDMA; sent again over
         /// TCP if the data in memory does not match its CRC32C).
         var registration: ClientRDMA.Registration?
         var request: ReadRequest?
@@ -403,7 +404,7 @@ public final class WorkerConnection: @unchecked Sendable {
         pending[i].redirected = true
         // A worker's write cannot be pointed elsewhere: the queue pair goes, and the answer
         // comes over TCP (into `buffer`).
-        if pending[i].registration != nil {
+        if pending[i].request != nil, usesRDMA {
             rdmaChannel?.rdma.count { $0.fallbacks += 1 }
             closeRDMA()
         }
@@ -434,7 +435,7 @@ public final class WorkerConnection: @unchecked Sendable {
             }
             let target = pending[index]
             if header.status == 0 && header.type == FrameType.readReply.rawValue {
-                if target.registration != nil {
+                if target.request != nil {
                     // Asked by RDMA, answered over TCP: the worker's write failed, and it has
                     // stopped RDMA on this connection.
                     rdmaChannel?.rdma.count { $0.fallbacks += 1 }
@@ -452,7 +453,7 @@ public final class WorkerConnection: @unchecked Sendable {
                 throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
             }
             if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }),
-               let registration = target.registration, let channel = rdmaChannel {
+               target.request != nil, let channel = rdmaChannel {
                 // The worker wrote the data into the buffer, and its write completed before this
                 // answer was sent: the memory must match the answer's CRC32C (which the frame's
                 // tag covers).
@@ -467,7 +468,7 @@ public final class WorkerConnection: @unchecked Sendable {
                 // Not what was written: the buffer's pages may have been mapped anew since they
                 // were registered. The registration goes, and the READ goes again over TCP on
                 // the same id (its first answer is in).
-                channel.rdma.invalidate(registration)
+                if let registration = target.registration { channel.rdma.invalidate(registration) }
                 channel.rdma.count { $0.fallbacks += 1 }
                 guard let again = target.request?.with(rdma: nil) else {
                     return (target.id, .failure(ShoalError(.checksumMismatch, "data RDMA-written by worker \(endpoint) failed its CRC32C check")))

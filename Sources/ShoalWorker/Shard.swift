@@ -83,6 +83,9 @@ final class Shard: @unchecked Sendable {
     /// Connections with RDMA writes whose completions have not come: polled every turn of the
     /// loop, which then waits microseconds instead of half a second.
     private var rdmaBusy: [ShardConnection] = []
+    /// READ data waiting for room on the device (`maxTransfers` writes out) or on its queue pair,
+    /// oldest first: written as writes complete.
+    private var rdmaWaiting: [RDMAWaitingWrite] = []
 
     private var service: BlockService { plane.service }
     private var logger: Logger { plane.logger }
@@ -143,13 +146,13 @@ final class Shard: @unchecked Sendable {
 
     private func loop() {
         while true {
-            do { try ring.submitAndWait(timeoutNanos: rdmaBusy.isEmpty ? 500_000_000 : 20_000) } catch {
+            do { try ring.submitAndWait(timeoutNanos: rdmaBusy.isEmpty && rdmaWaiting.isEmpty ? 500_000_000 : 20_000) } catch {
                 logger.error("io shard stopped: its ring failed", metadata: ["shard": "\(index)", "error": "\(error)"])
                 return
             }
             ring.drain { ud, res, flags in completion(ud, res, flags) }
             takeMail()
-            if !rdmaBusy.isEmpty { pollRDMA() }
+            if !rdmaBusy.isEmpty || !rdmaWaiting.isEmpty { pollRDMA() }
             let now = monotonicNanos()
             if now - lastSweep > 250_000_000 {
                 lastSweep = now
@@ -1090,28 +1093,71 @@ final class Shard: @unchecked Sendable {
     /// else in a READ_REPLY. The buffer (`after`) is held until the write's completion.
     private func sendData(_ conn: ShardConnection, _ request: ReadRequest, id: UInt32, crc: UInt32, data: UnsafeRawBufferPointer,
                           origin: BlockOrigin, after: AfterSend) {
-        if let d = request.rdma, let queue = conn.rdma, let region = plane.rdma?.region, let base = data.baseAddress, data.count > 0 {
-            do throws(RDMAError) {
-                let write = RDMAWrite(local: base, length: data.count, lkey: region.lkey, remoteAddress: d.address, rkey: d.rkey)
-                if let chain = try queue.write([write]) {
-                    service.metrics.rdmaWrites.increment()
-                    service.metrics.rdmaBytes.increment(by: Int64(data.count))
-                    conn.rdmaWrites.append(RDMAPendingReply(chain: chain, requestID: id, crc: crc, data: data, origin: origin, after: after,
-                                                            posted: monotonicNanos()))
-                    if !conn.rdmaBusy {
-                        conn.rdmaBusy = true
-                        rdmaBusy.append(conn)
-                    }
-                    return
-                }
-                // No room (the queue is as deep as the READs a connection may have in flight, so
-                // this is not expected): this one goes over TCP.
-            } catch {
-                rdmaFailed(conn, "\(error)")
-            }
-            service.metrics.rdmaFallbacks.increment()
+        guard let d = request.rdma, conn.rdma != nil, plane.rdma != nil, data.count > 0 else {
+            enqueueData(conn, id: id, crc: crc, data: data, after: after)
+            return
         }
-        enqueueData(conn, id: id, crc: crc, data: data, after: after)
+        let w = RDMAWaitingWrite(conn: conn, requestID: id, crc: crc, data: data, origin: origin, after: after, descriptor: d)
+        // The device's writes and each queue pair's are bounded: past either bound the write
+        // waits (its buffer held) until one completes, behind any that wait already.
+        if !rdmaWaiting.isEmpty || !post(w) {
+            service.metrics.rdmaBusy.increment()
+            rdmaWaiting.append(w)
+        }
+    }
+
+    /// Posts `w`'s write: false when the device or the queue pair has no room. A post the device
+    /// refuses stops RDMA on the connection, and the READ is answered over TCP.
+    private func post(_ w: RDMAWaitingWrite) -> Bool {
+        let conn = w.conn
+        guard let queue = conn.rdma, let rdma = plane.rdma, let base = w.data.baseAddress else {
+            // RDMA stopped on this connection while the write waited: over TCP.
+            service.metrics.rdmaFallbacks.increment()
+            enqueueData(conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
+            return true
+        }
+        guard rdma.beginTransfer() else { return false }
+        let chain: UInt64?
+        do {
+            chain = try queue.write([RDMAWrite(local: base, length: w.data.count, lkey: rdma.region.lkey,
+                                               remoteAddress: w.descriptor.address, rkey: w.descriptor.rkey)])
+        } catch {
+            rdma.endTransfers(1)
+            rdmaFailed(conn, "\(error)")
+            service.metrics.rdmaFallbacks.increment()
+            enqueueData(conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
+            return true
+        }
+        guard let chain else {
+            rdma.endTransfers(1)
+            return false
+        }
+        service.metrics.rdmaWrites.increment()
+        service.metrics.rdmaBytes.increment(by: Int64(w.data.count))
+        conn.rdmaWrites.append(RDMAPendingReply(chain: chain, requestID: w.requestID, crc: w.crc, data: w.data, origin: w.origin, after: w.after,
+                                                posted: monotonicNanos()))
+        if !conn.rdmaBusy {
+            conn.rdmaBusy = true
+            rdmaBusy.append(conn)
+        }
+        return true
+    }
+
+    /// Posts the writes that waited, oldest first, while there is room.
+    private func postWaiting() {
+        var posted = 0
+        while posted < rdmaWaiting.count {
+            let w = rdmaWaiting[posted]
+            if w.conn.state == .dead {
+                afterSend(w.after, connection: w.conn.slot, generation: w.conn.generation)
+            } else if !post(w) {
+                break
+            } else {
+                flush(w.conn)
+            }
+            posted += 1
+        }
+        if posted > 0 { rdmaWaiting.removeFirst(posted) }
     }
 
     /// Polls the queue pairs with writes outstanding: a completed write's READ is answered with
@@ -1133,6 +1179,7 @@ final class Shard: @unchecked Sendable {
                     // That write and every older one are done (a reliable connection completes in order).
                     while let first = conn.rdmaWrites.first, first.chain <= c.id {
                         conn.rdmaWrites.removeFirst()
+                        plane.rdma?.endTransfers(1)
                         enqueueNoData(conn, id: first.requestID, crc: first.crc, length: first.data.count, origin: first.origin)
                         afterSend(first.after, connection: conn.slot, generation: conn.generation)
                     }
@@ -1149,6 +1196,7 @@ final class Shard: @unchecked Sendable {
             }
             flush(conn)
         }
+        if !rdmaWaiting.isEmpty { postWaiting() }
     }
 
     static let rdmaWriteTimeoutNanos: UInt64 = 5_000_000_000
@@ -1164,6 +1212,7 @@ final class Shard: @unchecked Sendable {
         dropRDMA(conn)
         let pending = conn.rdmaWrites
         conn.rdmaWrites.removeAll()
+        plane.rdma?.endTransfers(pending.count)
         for w in pending {
             service.metrics.rdmaFallbacks.increment()
             enqueueData(conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
@@ -1372,8 +1421,14 @@ final class Shard: @unchecked Sendable {
         // Its queue pair goes first: once it is destroyed the device reads none of the buffers
         // of the writes still outstanding, and they go back with the rest.
         dropRDMA(conn)
+        plane.rdma?.endTransfers(conn.rdmaWrites.count)
         for w in conn.rdmaWrites { afterSend(w.after, connection: conn.slot, generation: conn.generation) }
         conn.rdmaWrites.removeAll()
+        rdmaWaiting.removeAll { w in
+            guard w.conn === conn else { return false }
+            afterSend(w.after, connection: conn.slot, generation: conn.generation)
+            return true
+        }
         // Replies not sent: their buffers go back now.
         for f in conn.inSend + conn.queue + conn.deferred {
             if let owned = f.owned { owned.deallocate() }
@@ -1525,6 +1580,17 @@ struct ReadOp {
 }
 
 /// What a sent reply leaves to do.
+/// A READ whose data waits for room to be RDMA-written.
+struct RDMAWaitingWrite {
+    let conn: ShardConnection
+    let requestID: UInt32
+    let crc: UInt32
+    let data: UnsafeRawBufferPointer
+    let origin: BlockOrigin
+    let after: AfterSend
+    let descriptor: RDMADescriptor
+}
+
 /// A READ whose data an RDMA write is carrying: what its answer says, and what its buffer waits for.
 struct RDMAPendingReply {
     let chain: UInt64

@@ -119,6 +119,11 @@ public final class Worker: @unchecked Sendable {
     /// The RDMA device the data plane writes READ data from (nil: TCP only).
     public var rdmaDevice: (any RDMADevice)? { plane?.rdma?.device }
 
+    /// RDMA writes outstanding on the device now, the most ever at once, and the bound.
+    public var rdmaTransfers: (outstanding: Int, highWater: Int, max: Int)? {
+        plane?.rdma.map { ($0.transfersOutstanding, $0.transfersHighWater, $0.maxTransfers) }
+    }
+
     /// The data-plane port (the configured one, or the one picked for port 0).
     public var port: UInt16 { plane?.port ?? config.listen.port }
     public var adminPort: Int? { admin?.port }
@@ -145,7 +150,7 @@ public final class Worker: @unchecked Sendable {
         planeConfig.leasesPerConnection = config.buffersPerConnection
         planeConfig.sendStallNanos = UInt64(max(0.1, config.replyStallTimeout) * 1e9)
         planeConfig.sendZeroCopy = config.sendZeroCopy
-        let rdma = try config.rdma.map { (settings) throws(ShoalError) in try WorkerRDMA(settings, pool: pool) }
+        let rdma = try config.rdma.map { (settings) throws(ShoalError) in try WorkerRDMA(settings, pool: pool, maxTransfers: settings.maxTransfers) }
         if let rdma, let handover = service.handover {
             // Blocks taken from their previous owner come by RDMA too, into the registered pool.
             handover.useRDMA(ClientRDMA(device: rdma.device, preregistered: [rdma.region]))

@@ -130,11 +130,15 @@ public struct WorkerConfig: Sendable {
         public var device: String?
         /// The IPv4 address whose RoCEv2 GID the queue pairs use (nil: the port's first).
         public var gidAddress: String?
+        /// RDMA writes outstanding on the device at once, over all its queue pairs; past it a
+        /// write waits for one to complete.
+        public var maxTransfers = 4096
         /// Tests only, never from a config file: the in-process SIMULATED device.
         public var simulated = false
-        public init(device: String? = nil, gidAddress: String? = nil, simulated: Bool = false) {
+        public init(device: String? = nil, gidAddress: String? = nil, maxTransfers: Int = 4096, simulated: Bool = false) {
             self.device = device
             self.gidAddress = gidAddress
+            self.maxTransfers = maxTransfers
             self.simulated = simulated
         }
     }
@@ -167,7 +171,7 @@ public struct WorkerConfig: Sendable {
                                            "maxInFlight", "buffersPerConnection", "memoryTier", "replyStallTimeout", "sendZeroCopy", "fillParts",
                                            "membersFile", "memberID", "etcd", "advertise", "weight", "handover", "handoverRate",
                                            "stateDirectory", "rdma"]
-    static let rdmaKeys: Set<String> = ["device", "gidAddress"]
+    static let rdmaKeys: Set<String> = ["device", "gidAddress", "maxTransfers"]
     static let etcdKeys: Set<String> = ["endpoints", "prefix", "leaseSeconds", "credentialsFile"]
     static let tlsKeys: Set<String> = ["certFile", "keyFile"]
     static let cacheKeys: Set<String> = ["path", "capacity", "regionSize", "minFreeSpace", "allowRootFilesystem", "stallTimeout"]
@@ -274,7 +278,8 @@ public struct WorkerConfig: Sendable {
         if let item = map["rdma"] {
             let t = try r.nested(item, "rdma")
             try t.checkKnown(rdmaKeys)
-            config.rdma = RDMASettings(device: try t.string("device"), gidAddress: try t.string("gidAddress"))
+            config.rdma = RDMASettings(device: try t.string("device"), gidAddress: try t.string("gidAddress"),
+                                       maxTransfers: try t.int("maxTransfers", min: 1, max: 1 << 20) ?? 4096)
         }
         for (i, item) in try r.list("caches").enumerated() {
             let c = try r.nested(item, "caches[\(i)]")

@@ -36,6 +36,8 @@ public final class WorkerMetrics: @unchecked Sendable {
     let rdmaBytes: Metrics.Counter
     let rdmaConnections: Metrics.Counter
     let rdmaFallbacks: Metrics.Counter
+    /// RDMA writes that waited for room (the device had `maxTransfers` out, or the queue pair was full).
+    let rdmaBusy: Metrics.Counter
     let fillsInFlight: Metrics.Meter
     let corruptBlocks: Metrics.Counter
     let cachedBlocks: Metrics.Gauge
@@ -69,6 +71,7 @@ public final class WorkerMetrics: @unchecked Sendable {
         rdmaBytes = Metrics.Counter(label: "shoal_rdma_bytes_total", factory: factory)
         rdmaConnections = Metrics.Counter(label: "shoal_rdma_connections_total", factory: factory)
         rdmaFallbacks = Metrics.Counter(label: "shoal_rdma_fallbacks_total", factory: factory)
+        rdmaBusy = Metrics.Counter(label: "shoal_rdma_busy_total", factory: factory)
         repliesStreamed = Metrics.Counter(label: "shoal_replies_streamed_total", factory: factory)
         bytesStreamed = Metrics.Counter(label: "shoal_bytes_streamed_total", factory: factory)
         fillsInFlight = Metrics.Meter(label: "shoal_fills_in_flight", factory: factory)

@@ -9,8 +9,15 @@ import ShoalSys
 final class WorkerRDMA: @unchecked Sendable {
     let device: any RDMADevice
     let region: RDMAMemoryRegion
+    /// Writes outstanding on the device at once, over all its queue pairs, at most: past it a
+    /// write waits for one to complete (each queue pair is bounded by its depth as well).
+    let maxTransfers: Int
+    private let lock = ConditionLock()
+    private var transfers = 0
+    private var highWater = 0
 
-    init(_ settings: WorkerConfig.RDMASettings, pool: BufferPool) throws(ShoalError) {
+    init(_ settings: WorkerConfig.RDMASettings, pool: BufferPool, maxTransfers: Int = 4096) throws(ShoalError) {
+        self.maxTransfers = max(1, maxTransfers)
         do throws(RDMAError) {
             device = settings.simulated
                 ? SimulatedRDMADevice(name: "simulated-worker")
@@ -22,6 +29,25 @@ final class WorkerRDMA: @unchecked Sendable {
     }
 
     deinit { device.deregister(region) }
+
+    /// Room for one more write on the device: false when `maxTransfers` are outstanding.
+    func beginTransfer() -> Bool {
+        lock.withLock {
+            guard transfers < maxTransfers else { return false }
+            transfers += 1
+            highWater = max(highWater, transfers)
+            return true
+        }
+    }
+
+    /// `count` writes completed, failed or were flushed.
+    func endTransfers(_ count: Int) {
+        guard count > 0 else { return }
+        lock.withLock { transfers -= count }
+    }
+
+    var transfersOutstanding: Int { lock.withLock { transfers } }
+    var transfersHighWater: Int { lock.withLock { highWater } }
 
     /// A queue pair of `depth` connected to the client's `peer`.
     func accept(_ peer: RDMAConnectMessage, depth: Int) throws(RDMAError) -> RDMAQueue {

@@ -15,6 +15,9 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "An env file with SHOAL_S3_ENDPOINT, SHOAL_S3_ACCESS_KEY, SHOAL_S3_SECRET_KEY (default: those variables).")
         var storeEnv: String?
 
+        /// Whether the store's credentials were given (a file, or the variables).
+        var given: Bool { storeEnv != nil || ClientSettings.processEnvironment("SHOAL_S3_ENDPOINT") != nil }
+
         func makeStore() throws -> S3Store {
             var values: [String: String] = [:]
             if let storeEnv {
@@ -85,11 +88,13 @@ struct BenchCommand: ParsableCommand {
         func run() throws {
             let target = try BenchCommand.parsePrefix(url)
             guard readers >= 1 && readers <= 64 else { throw fail("--readers must be 1-64", code: 2) }
-            let s3 = try reads.store.makeStore()
             do {
-                let entries = try s3.listAll(bucket: target.bucket, prefix: target.key)
-                guard !entries.isEmpty else { throw fail("no objects under \(url)") }
                 let c = try ShoalClient(config: try reads.clientConfig())
+                // Listed by the store itself where its credentials are given, else by a worker.
+                let entries = reads.store.given
+                    ? try reads.store.makeStore().listAll(bucket: target.bucket, prefix: target.key)
+                    : try c.listAll(store: target.store, bucket: target.bucket, prefix: target.key)
+                guard !entries.isEmpty else { throw fail("no objects under \(url)") }
                 let queue = WorkQueue(items: entries.map { ($0.key, 0, 0) })
                 let done = ConditionLock()
                 nonisolated(unsafe) var total: UInt64 = 0
@@ -103,7 +108,7 @@ struct BenchCommand: ParsableCommand {
                         var bytes: UInt64 = 0
                         do throws(ShoalError) {
                             while let (key, _, _) = queue.next() {
-                                let file = try c.open(ObjectRef(store: ObjectRef.defaultStore, bucket: target.bucket, key: key))
+                                let file = try c.open(ObjectRef(store: target.store, bucket: target.bucket, key: key))
                                 let chunk = Int(file.blockSize) * 16
                                 if buffer == nil || buffer!.count != chunk {
                                     buffer?.deallocate()
@@ -128,7 +133,11 @@ struct BenchCommand: ParsableCommand {
                 done.unlock()
                 if let firstError { throw fail(firstError) }
                 let seconds = Double(monotonicNanos() - start) / 1e9
-                BenchCommand.report(label, bytes: total, seconds: seconds, json: reads.json)
+                var extra = ""
+                if let r = c.rdmaStatus {
+                    extra = ",\"rdmaReads\":\(r.counters.rdmaReads),\"rdmaFallbacks\":\(r.counters.fallbacks),\"rdmaRegistrations\":\(r.counters.registrations)"
+                }
+                BenchCommand.report(label, bytes: total, seconds: seconds, json: reads.json, extra: extra)
             } catch let e as ShoalError {
                 throw fail(e.message)
             }

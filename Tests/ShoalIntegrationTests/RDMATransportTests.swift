@@ -61,6 +61,25 @@ import ShoalTestSupport
         #expect(buffer[99] == 0xEE && buffer[100 + 70_000] == 0xEE)
     }
 
+    /// The device's writes are bounded over all its queue pairs: with room for one, a write that
+    /// finds it taken waits for it (its buffer held), and every READ still comes by RDMA.
+    @Test func theDevicesTransfersAreBounded() throws {
+        let h = try Harness("rdma-bounded") { $0.rdma = WorkerConfig.RDMASettings(maxTransfers: 1, simulated: true) }
+        var config = ClientConfig(workers: [h.endpoint], secret: Array(h.secret.utf8))
+        config.rdma = ClientRDMASettings(simulated: true)
+        config.pipelineDepth = 8
+        h.client = try ShoalClient(config: config)
+        let data = SampleData.bytes(seed: 79, count: 16 << 20)
+        try h.put("o", data)
+        for _ in 0..<3 { #expect(try h.readAll("o") == data) }
+        let t = try #require(h.worker.rdmaTransfers)
+        #expect(t.max == 1 && t.highWater == 1 && t.outstanding == 0, "\(t)")
+        #expect(h.metric("shoal_rdma_writes_total") == 48)
+        #expect(h.metric("shoal_rdma_busy_total") >= 1, "no write ever waited for room: \(h.metric("shoal_rdma_busy_total"))")
+        #expect(h.metric("shoal_rdma_fallbacks_total") == 0)
+        #expect(try #require(h.client.rdmaStatus).counters.rdmaReads == 48)
+    }
+
     @Test func aWriteThatFailsIsAnsweredOverTCPAndTheReadSucceeds() throws {
         let h = try Self.harness("rdma-write-fails")
         let data = SampleData.bytes(seed: 72, count: 2 << 20)
