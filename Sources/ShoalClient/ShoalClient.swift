@@ -152,6 +152,7 @@ public final class ShoalClient: @unchecked Sendable {
     /// and the members whose reads go over TCP for now after an RDMA failure, until when.
     private var rdmaOpened: Result<ClientRDMA, RDMAError>?
     private var tcpOnlyUntil: [String: UInt64] = [:]
+    private var rdmaOfParents: [ClientRDMA] = []
     /// The block size the workers cut objects into (from AUTH_OK or a STAT), once one said it.
     private var knownBlockSize: UInt32 = 0
     private let tls: TLSContext?
@@ -287,8 +288,8 @@ public final class ShoalClient: @unchecked Sendable {
 
     // MARK: RDMA
 
-    /// The device for a new connection to member `id`: nil when RDMA is off, the device cannot
-    /// be opened, this is a forked child of the process that opened it, or `id` failed lately.
+    /// The device for a new connection to member `id` (opened by this process): nil when RDMA is
+    /// off, the device cannot be opened, or `id` failed lately.
     private func rdmaFor(_ id: String) -> ClientRDMA? {
         guard let settings = config.rdma else { return nil }
         return lock.withLock { () -> ClientRDMA? in
@@ -296,8 +297,16 @@ public final class ShoalClient: @unchecked Sendable {
                 guard monotonicNanos() >= until else { return nil }
                 tcpOnlyUntil[id] = nil
             }
+            // A forked child (a DataLoader worker) opens the device anew: its parent's verbs
+            // resources are not its to use.
+            if case .success(let parents)? = rdmaOpened, !parents.isUsable {
+                // Kept, never freed here: freeing it would tear down the parent's registrations
+                // and queue pairs through the descriptors the child shares with it.
+                rdmaOfParents.append(parents)
+                rdmaOpened = nil
+            }
             if rdmaOpened == nil { rdmaOpened = Result { () throws(RDMAError) in try ClientRDMA.open(settings) } }
-            guard case .success(let rdma)? = rdmaOpened, rdma.isUsable else { return nil }
+            guard case .success(let rdma)? = rdmaOpened else { return nil }
             return rdma
         }
     }

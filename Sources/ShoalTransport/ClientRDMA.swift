@@ -88,6 +88,8 @@ public final class ClientRDMA: @unchecked Sendable {
     }
 
     deinit {
+        // In a forked child the registrations are the parent's (through shared descriptors).
+        guard process == getpid() else { return }
         for r in regions where r.owned { device.deregister(r.region) }
     }
 
@@ -127,7 +129,7 @@ public final class ClientRDMA: @unchecked Sendable {
     func release(_ r: Registration) {
         lock.withLock {
             r.uses -= 1
-            if r.dropped && r.uses == 0 { device.deregister(r.region) }
+            if r.dropped && r.uses == 0 && isUsable { device.deregister(r.region) }
         }
     }
 
@@ -139,7 +141,7 @@ public final class ClientRDMA: @unchecked Sendable {
             guard r.owned, let i = regions.firstIndex(where: { $0 === r }) else { return }
             regions.remove(at: i)
             r.dropped = true
-            if r.uses == 0 { device.deregister(r.region) }
+            if r.uses == 0 && isUsable { device.deregister(r.region) }
         }
     }
 
@@ -177,6 +179,8 @@ final class RDMAChannel {
     func close() {
         guard !closed else { return }
         closed = true
+        // A forked child only forgets it: destroying it would destroy the parent's.
+        guard rdma.isUsable else { return }
         queuePair.close()
     }
 
