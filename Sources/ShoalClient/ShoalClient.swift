@@ -335,9 +335,10 @@ public final class ShoalClient: @unchecked Sendable {
     }
 
     private func giveBack(_ c: WorkerConnection, _ id: String) {
-        // Its RDMA failed on the way: the worker's next connections use TCP for a while.
-        if c.lostRDMA { noteRDMAFailure(id) }
-        if c.isBroken { c.close(); return }
+        // Its RDMA failed on the way: the worker's next connections use TCP for a while. One
+        // whose queue pair is gone for any reason is not kept (the next one asks again).
+        if c.rdmaFailed { noteRDMAFailure(id) }
+        if c.isBroken || c.lostRDMA { c.close(); return }
         lock.withLock {
             if idle[id, default: []].count < config.connectionsPerWorker { idle[id, default: []].append(c); return }
             c.close()

@@ -416,18 +416,21 @@ public struct RDMADescriptor: Sendable, Equatable {
     }
 }
 
-/// RDMA_CONNECT and its reply: a reliable-connected queue pair's number and its port's GID
-/// (16 bytes; RoCEv2, the IPv4-mapped address the peer reaches it by). The worker connects its
-/// queue pair to the client's and answers with its own; the client then connects to it.
+/// RDMA_CONNECT and its reply: a reliable-connected queue pair's number, its port's GID (16
+/// bytes; RoCEv2, the IPv4-mapped address the peer reaches it by) and its first packet sequence
+/// number (24 bits, random). The worker connects its queue pair to the client's and answers with
+/// its own; the client then connects to it.
 public struct RDMAConnectMessage: Sendable, Equatable {
     public var queuePair: UInt32
     public var gid: [UInt8]
+    public var psn: UInt32
 
-    public static let size = 20
+    public static let size = 24
 
-    public init(queuePair: UInt32, gid: [UInt8]) {
+    public init(queuePair: UInt32, gid: [UInt8], psn: UInt32) {
         self.queuePair = queuePair
         self.gid = gid
+        self.psn = psn & 0xFF_FFFF
     }
 
     public var encoded: [UInt8] {
@@ -435,14 +438,18 @@ public struct RDMAConnectMessage: Sendable, Equatable {
         b.appendLE(queuePair)
         b += gid.prefix(16)
         b += [UInt8](repeating: 0, count: max(0, 16 - gid.count))
+        b.appendLE(psn)
         return b
     }
 
-    /// nil unless exactly 20 bytes.
+    /// nil unless exactly 24 bytes with a 24-bit sequence number.
     public init?(decoding p: [UInt8]) {
         guard p.count == RDMAConnectMessage.size else { return nil }
-        queuePair = UInt32(p[0]) | UInt32(p[1]) << 8 | UInt32(p[2]) << 16 | UInt32(p[3]) << 24
-        gid = Array(p[4...])
+        func u32(_ at: Int) -> UInt32 { UInt32(p[at]) | UInt32(p[at + 1]) << 8 | UInt32(p[at + 2]) << 16 | UInt32(p[at + 3]) << 24 }
+        queuePair = u32(0)
+        gid = Array(p[4..<20])
+        psn = u32(20)
+        guard psn <= 0xFF_FFFF else { return nil }
     }
 }
 

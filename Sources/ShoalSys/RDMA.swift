@@ -13,11 +13,22 @@ public protocol RDMADevice: AnyObject {
     var name: String { get }
     /// True for the in-process simulation: every report says so.
     var isSimulated: Bool { get }
-    /// Registers `length` bytes at `base` for local use and for remote writes into them.
+    /// Registers `length` bytes at `base` for local use and for remote writes into them (never
+    /// remote reads).
     func register(_ base: UnsafeMutableRawPointer, length: Int) throws(RDMAError) -> RDMAMemoryRegion
     func deregister(_ region: RDMAMemoryRegion)
     /// A reliable-connected queue pair with room for `depth` work requests, not yet connected.
-    func makeQueuePair(depth: Int) throws(RDMAError) -> any RDMAQueuePairDriver
+    /// `acceptsWrites`: its peer may RDMA-write into this side's registered memory through it
+    /// (a reader's queue pair); false for a queue pair that only writes (a worker serving), so a
+    /// peer can neither write nor read the worker's memory whatever rkey it guesses.
+    func makeQueuePair(depth: Int, acceptsWrites: Bool) throws(RDMAError) -> any RDMAQueuePairDriver
+}
+
+extension RDMADevice {
+    /// A queue pair that accepts writes (the self test's, which write both ways).
+    public func makeQueuePair(depth: Int) throws(RDMAError) -> any RDMAQueuePairDriver {
+        try makeQueuePair(depth: depth, acceptsWrites: true)
+    }
 }
 
 /// A queue pair as a device drives it: connect, post a chain of writes, poll completions.
@@ -53,14 +64,24 @@ public struct RDMAMemoryRegion: Sendable, Equatable {
     let handle: UInt
 }
 
-/// A queue pair's number and its port's GID (RoCEv2, chosen by address): all a peer needs.
+/// A queue pair's number, its port's GID (RoCEv2, chosen by address) and the first packet
+/// sequence number it sends (random, 24 bits, so a stray retransmission meant for an earlier
+/// queue pair of the same number is not taken): all a peer needs.
 public struct RDMAQueuePairAddress: Sendable, Equatable, CustomStringConvertible {
     public var queuePair: UInt32
     public var gid: [UInt8]
+    public var psn: UInt32
 
-    public init(queuePair: UInt32, gid: [UInt8]) {
+    public init(queuePair: UInt32, gid: [UInt8], psn: UInt32 = 0) {
         self.queuePair = queuePair
         self.gid = gid
+        self.psn = psn & 0xFF_FFFF
+    }
+
+    /// A random 24-bit starting sequence number (0 where the system's random source fails).
+    public static func randomPSN() -> UInt32 {
+        guard let b = try? secureRandomBytes(3) else { return 0 }
+        return UInt32(b[0]) | UInt32(b[1]) << 8 | UInt32(b[2]) << 16
     }
 
     public var description: String { "qp \(queuePair) gid \(RDMAQueuePairAddress.format(gid))" }

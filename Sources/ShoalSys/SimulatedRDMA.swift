@@ -51,8 +51,8 @@ public final class SimulatedRDMADevice: RDMADevice, @unchecked Sendable {
 
     public func deregister(_ region: RDMAMemoryRegion) { _ = lock.withLock { regions.removeValue(forKey: region.rkey) } }
 
-    public func makeQueuePair(depth: Int) throws(RDMAError) -> any RDMAQueuePairDriver {
-        SimulatedQueuePair(device: self, number: SimulatedRDMADevice.fabric.nextNumber(), depth: depth)
+    public func makeQueuePair(depth: Int, acceptsWrites: Bool) throws(RDMAError) -> any RDMAQueuePairDriver {
+        SimulatedQueuePair(device: self, number: SimulatedRDMADevice.fabric.nextNumber(), depth: depth, acceptsWrites: acceptsWrites)
     }
 
     /// The region `rkey` names, if `length` bytes at `address` lie inside it.
@@ -110,10 +110,15 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
     private(set) var highWater = 0
     var outstandingForTests: Int { lock.withLock { outstanding } }
 
-    init(device: SimulatedRDMADevice, number: UInt32, depth: Int) {
+    /// A peer may write into this side's memory through it (as a NIC checks the queue pair's
+    /// access flags before the region's).
+    let acceptsWrites: Bool
+
+    init(device: SimulatedRDMADevice, number: UInt32, depth: Int, acceptsWrites: Bool) {
         self.device = device
         self.number = number
         self.depth = depth
+        self.acceptsWrites = acceptsWrites
         SimulatedRDMADevice.add(self)
     }
 
@@ -135,7 +140,8 @@ final class SimulatedQueuePair: RDMAQueuePairDriver, @unchecked Sendable {
     func post(_ writes: [RDMAWrite], id: UInt64) -> (posted: Int, error: RDMAError?) {
         // The peer's state is read before this queue pair's lock is taken (two queue pairs
         // posting to each other must not wait on each other's locks).
-        let peerFailed = lock.withLock { peer }.flatMap { SimulatedRDMADevice.queuePair($0) }?.isFailed ?? false
+        let peerQP = lock.withLock { peer }.flatMap { SimulatedRDMADevice.queuePair($0) }
+        let peerFailed = peerQP.map { $0.isFailed || !$0.acceptsWrites } ?? false
         lock.lock()
         defer { lock.unlock() }
         guard let device else { return (0, RDMAError("the simulated device is gone")) }

@@ -151,7 +151,8 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
     }
 
     public func register(_ base: UnsafeMutableRawPointer, length: Int) throws(RDMAError) -> RDMAMemoryRegion {
-        let access = Int32(IBV_ACCESS_LOCAL_WRITE.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_REMOTE_READ.rawValue)
+        // Remote writes only: no peer reads memory of this side (a worker's pool included).
+        let access = Int32(IBV_ACCESS_LOCAL_WRITE.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue)
         guard let mr = shoal_ibv_reg_mr(pd, base, length, access) else {
             let e = errno
             throw RDMAError("cannot register \(length) bytes with \(name): errno \(e)\(e == ENOMEM ? " (the locked-memory limit, RLIMIT_MEMLOCK, is too low)" : "")")
@@ -165,8 +166,8 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
         shoal_ibv_dereg_mr(mr)
     }
 
-    public func makeQueuePair(depth: Int) throws(RDMAError) -> any RDMAQueuePairDriver {
-        try VerbsQueuePair(device: self, depth: depth)
+    public func makeQueuePair(depth: Int, acceptsWrites: Bool) throws(RDMAError) -> any RDMAQueuePairDriver {
+        try VerbsQueuePair(device: self, depth: depth, acceptsWrites: acceptsWrites)
     }
 }
 
@@ -205,7 +206,10 @@ package final class VerbsQueuePair: RDMAQueuePairDriver {
         return (cq, attr)
     }
 
-    init(device: VerbsRDMADevice, depth: Int) throws(RDMAError) {
+    /// This side's first packet sequence number.
+    let psn = RDMAQueuePairAddress.randomPSN()
+
+    init(device: VerbsRDMADevice, depth: Int, acceptsWrites: Bool) throws(RDMAError) {
         self.device = device
         var (cq, attr) = try VerbsQueuePair.completionQueue(device.context, depth: depth)
         guard let qp = shoal_ibv_create_qp(device.pd, &attr) else {
@@ -219,7 +223,8 @@ package final class VerbsQueuePair: RDMAQueuePairDriver {
         initAttr.qp_state = IBV_QPS_INIT
         initAttr.pkey_index = 0
         initAttr.port_num = device.port
-        initAttr.qp_access_flags = IBV_ACCESS_LOCAL_WRITE.rawValue | IBV_ACCESS_REMOTE_WRITE.rawValue | IBV_ACCESS_REMOTE_READ.rawValue
+        // A peer may write through it only where this side reads (the peer serves); never read.
+        initAttr.qp_access_flags = acceptsWrites ? IBV_ACCESS_REMOTE_WRITE.rawValue : 0
         let mask = IBV_QP_STATE.rawValue | IBV_QP_PKEY_INDEX.rawValue | IBV_QP_PORT.rawValue | IBV_QP_ACCESS_FLAGS.rawValue
         let rc = shoal_ibv_modify_qp(qp, &initAttr, Int32(mask))
         guard rc == 0 else {
@@ -244,7 +249,7 @@ package final class VerbsQueuePair: RDMAQueuePairDriver {
 
     deinit { polled.deallocate() }
 
-    package var address: RDMAQueuePairAddress { RDMAQueuePairAddress(queuePair: qp.pointee.qp_num, gid: device.gid) }
+    package var address: RDMAQueuePairAddress { RDMAQueuePairAddress(queuePair: qp.pointee.qp_num, gid: device.gid, psn: psn) }
 
     package func connect(to peer: RDMAQueuePairAddress) throws(RDMAError) {
         guard closeByCM == nil else { throw RDMAError("this queue pair was connected by rdma_cm") }
@@ -253,8 +258,8 @@ package final class VerbsQueuePair: RDMAQueuePairDriver {
         rtr.qp_state = IBV_QPS_RTR
         rtr.path_mtu = device.mtu
         rtr.dest_qp_num = peer.queuePair
-        rtr.rq_psn = 0
-        rtr.max_dest_rd_atomic = 1
+        rtr.rq_psn = peer.psn
+        rtr.max_dest_rd_atomic = 0  // no RDMA READs or atomics are answered
         rtr.min_rnr_timer = 12
         rtr.ah_attr.is_global = 1
         rtr.ah_attr.port_num = device.port
@@ -270,8 +275,8 @@ package final class VerbsQueuePair: RDMAQueuePairDriver {
         rts.timeout = 14
         rts.retry_cnt = 7
         rts.rnr_retry = 7
-        rts.sq_psn = 0
-        rts.max_rd_atomic = 1
+        rts.sq_psn = psn
+        rts.max_rd_atomic = 0
         mask = IBV_QP_STATE.rawValue | IBV_QP_TIMEOUT.rawValue | IBV_QP_RETRY_CNT.rawValue | IBV_QP_RNR_RETRY.rawValue
             | IBV_QP_SQ_PSN.rawValue | IBV_QP_MAX_QP_RD_ATOMIC.rawValue
         rc = shoal_ibv_modify_qp(qp, &rts, Int32(mask))

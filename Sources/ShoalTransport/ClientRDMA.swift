@@ -116,7 +116,12 @@ public final class ClientRDMA: @unchecked Sendable {
         let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
         let from = start & ~(page - 1)
         let to = (end + page - 1) & ~(page - 1)
-        let region = try device.register(UnsafeMutableRawPointer(bitPattern: from)!, length: Int(to - from))
+        let region: RDMAMemoryRegion
+        do { region = try device.register(UnsafeMutableRawPointer(bitPattern: from)!, length: Int(to - from)) } catch {
+            // The locked-memory limit, most likely: the unused registrations go, and once more.
+            dropUnusedLocked()
+            region = try device.register(UnsafeMutableRawPointer(bitPattern: from)!, length: Int(to - from))
+        }
         let r = Registration(start: from, end: to, region: region)
         r.uses = 1
         r.lastUse = clock
@@ -142,6 +147,16 @@ public final class ClientRDMA: @unchecked Sendable {
             regions.remove(at: i)
             r.dropped = true
             if r.uses == 0 && isUsable { device.deregister(r.region) }
+        }
+    }
+
+    private func dropUnusedLocked() {
+        regions.removeAll { r in
+            guard r.owned, r.uses == 0 else { return false }
+            r.dropped = true
+            device.deregister(r.region)
+            counts.evicted += 1
+            return true
         }
     }
 

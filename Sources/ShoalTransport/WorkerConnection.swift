@@ -107,7 +107,9 @@ public final class WorkerConnection: @unchecked Sendable {
     }
 
     struct Pending {
+        /// Its id on the wire, and the id its caller knows it by (another when it was sent again).
         var id: UInt32
+        var callerID: UInt32
         var buffer: UnsafeMutableRawPointer
         var length: Int
         /// A fill-only or probe READ: answered with READ_NODATA.
@@ -119,6 +121,17 @@ public final class WorkerConnection: @unchecked Sendable {
         var request: ReadRequest?
         /// Pointed elsewhere (`redirect`): a hedged READ that lost.
         var redirected = false
+
+        init(id: UInt32, callerID: UInt32? = nil, buffer: UnsafeMutableRawPointer, length: Int, noData: Bool,
+             registration: ClientRDMA.Registration? = nil, request: ReadRequest? = nil) {
+            self.id = id
+            self.callerID = callerID ?? id
+            self.buffer = buffer
+            self.length = length
+            self.noData = noData
+            self.registration = registration
+            self.request = request
+        }
     }
 
     deinit {
@@ -354,8 +367,11 @@ public final class WorkerConnection: @unchecked Sendable {
 
     /// Whether READs on this connection ask for their data by RDMA now.
     public var usesRDMA: Bool { rdmaChannel.map { !$0.closed } ?? false }
-    /// It had RDMA and lost it (a failed write, data that did not match, a hedge let go).
+    /// It had RDMA and its queue pair is gone (a failed write, or a hedged READ let go): it is
+    /// closed rather than pooled, so the next connection asks again.
     public var lostRDMA: Bool { rdmaChannel?.closed ?? false }
+    /// RDMA failed on it (the worker answered a READ asked by RDMA over TCP).
+    public private(set) var rdmaFailed = false
 
     /// Connects a queue pair of `rdma`'s device to one of the worker's (RDMA_CONNECT), on a
     /// connection with nothing in flight. From then on READs with data carry a descriptor of
@@ -366,14 +382,15 @@ public final class WorkerConnection: @unchecked Sendable {
             throw ShoalError(.badRequest, "RDMA is set up on a new connection with nothing in flight, in the process that opened the device")
         }
         let queuePair: any RDMAQueuePairDriver
-        do { queuePair = try rdma.device.makeQueuePair(depth: 4) } catch {
+        do { queuePair = try rdma.device.makeQueuePair(depth: 4, acceptsWrites: true) } catch {
             throw ShoalError(.connectionFailed, "cannot make an RDMA queue pair on \(rdma.device.name): \(error)")
         }
-        let mine = RDMAConnectMessage(queuePair: queuePair.address.queuePair, gid: queuePair.address.gid)
+        let address = queuePair.address
+        let mine = RDMAConnectMessage(queuePair: address.queuePair, gid: address.gid, psn: address.psn)
         do throws(ShoalError) {
             let body = try exchange(.rdmaConnect, mine.encoded, expecting: .rdmaConnectReply, "RDMA_CONNECT_REPLY")
             guard let theirs = RDMAConnectMessage(decoding: body) else { throw malformed("RDMA_CONNECT_REPLY") }
-            do { try queuePair.connect(to: RDMAQueuePairAddress(queuePair: theirs.queuePair, gid: theirs.gid)) } catch {
+            do { try queuePair.connect(to: RDMAQueuePairAddress(queuePair: theirs.queuePair, gid: theirs.gid, psn: theirs.psn)) } catch {
                 throw ShoalError(.connectionFailed, "cannot connect to worker \(endpoint)'s RDMA queue pair: \(error)")
             }
         } catch {
@@ -383,13 +400,16 @@ public final class WorkerConnection: @unchecked Sendable {
         rdmaChannel = RDMAChannel(rdma: rdma, queuePair: queuePair)
     }
 
-    /// Destroys the queue pair (no write lands in a caller's memory after this) and lets the
-    /// registrations of READs in flight go; their answers come over TCP.
+    /// Destroys the queue pair (no write lands in a caller's memory after this) and drops the
+    /// registrations of READs in flight: a retransmission of a write meant for them that reached
+    /// a later queue pair of the same number would find their rkeys gone. Their answers come
+    /// over TCP.
     private func closeRDMA() {
         guard let channel = rdmaChannel else { return }
         channel.close()
         for i in pending.indices {
             if let r = pending[i].registration {
+                channel.rdma.invalidate(r)
                 channel.rdma.release(r)
                 pending[i].registration = nil
             }
@@ -399,15 +419,12 @@ public final class WorkerConnection: @unchecked Sendable {
     /// Points READ `id`'s reply at `buffer` instead (a hedged read's loser: its reply must not
     /// land in the caller's memory once the winner's bytes are there).
     public func redirect(_ id: UInt32, to buffer: UnsafeMutableRawPointer) {
-        guard let i = pending.firstIndex(where: { $0.id == id }) else { return }
+        guard let i = pending.firstIndex(where: { $0.callerID == id }) else { return }
         pending[i].buffer = buffer
         pending[i].redirected = true
-        // A worker's write cannot be pointed elsewhere: the queue pair goes, and the answer
-        // comes over TCP (into `buffer`).
-        if pending[i].request != nil, usesRDMA {
-            rdmaChannel?.rdma.count { $0.fallbacks += 1 }
-            closeRDMA()
-        }
+        // A worker's write cannot be pointed elsewhere: the queue pair goes (not a failure: the
+        // connection is closed after this read, not pooled), and the answer comes over TCP.
+        if pending[i].request != nil, usesRDMA { closeRDMA() }
     }
 
     /// Takes the next reply, whichever READ it answers, and returns that READ's id with its
@@ -435,15 +452,16 @@ public final class WorkerConnection: @unchecked Sendable {
             }
             let target = pending[index]
             if header.status == 0 && header.type == FrameType.readReply.rawValue {
-                if target.request != nil {
+                if target.request != nil, !target.redirected {
                     // Asked by RDMA, answered over TCP: the worker's write failed, and it has
                     // stopped RDMA on this connection.
                     rdmaChannel?.rdma.count { $0.fallbacks += 1 }
+                    rdmaFailed = true
                     closeRDMA()
                 }
                 try receiveData(header, into: target.buffer, length: target.length, deadline: deadline)
                 pending.remove(at: index)
-                return (target.id, .success(nil))
+                return (target.callerID, .success(nil))
             }
             let (h, payload) = try receiveSmall(deadline: deadline)
             pending.remove(at: index)
@@ -458,12 +476,12 @@ public final class WorkerConnection: @unchecked Sendable {
                 // answer was sent: the memory must match the answer's CRC32C (which the frame's
                 // tag covers).
                 guard Int(reply.length) == target.length else {
-                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
+                    return (target.callerID, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
                 }
-                if target.redirected { return (target.id, .success(nil)) }
+                if target.redirected { return (target.callerID, .success(nil)) }
                 if CRC32C.checksum(UnsafeRawBufferPointer(start: target.buffer, count: target.length)) == reply.crc {
                     channel.rdma.count { $0.rdmaReads += 1 }
-                    return (target.id, .success(nil))
+                    return (target.callerID, .success(nil))
                 }
                 // Not what was written: the buffer's pages may have been mapped anew since they
                 // were registered. The registration goes, and the READ goes again over TCP on
@@ -471,22 +489,24 @@ public final class WorkerConnection: @unchecked Sendable {
                 if let registration = target.registration { channel.rdma.invalidate(registration) }
                 channel.rdma.count { $0.fallbacks += 1 }
                 guard let again = target.request?.with(rdma: nil) else {
-                    return (target.id, .failure(ShoalError(.checksumMismatch, "data RDMA-written by worker \(endpoint) failed its CRC32C check")))
+                    return (target.callerID, .failure(ShoalError(.checksumMismatch, "data RDMA-written by worker \(endpoint) failed its CRC32C check")))
                 }
-                try sendFrame(type: .read, id: target.id, count: again.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in again.encode(into: b) }
-                pending.append(Pending(id: target.id, buffer: target.buffer, length: target.length, noData: false))
+                // A fresh id: the worker may not have let the first one go yet.
+                let retry = takeID()
+                try sendFrame(type: .read, id: retry, count: again.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in again.encode(into: b) }
+                pending.append(Pending(id: retry, callerID: target.callerID, buffer: target.buffer, length: target.length, noData: false))
                 continue
             }
             if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }) {
                 guard target.noData || acceptsNoData else {
-                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")))
+                    return (target.callerID, .failure(ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")))
                 }
                 guard Int(reply.length) == target.length else {
-                    return (target.id, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
+                    return (target.callerID, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
                 }
-                return (target.id, .success(reply.origin))
+                return (target.callerID, .success(reply.origin))
             }
-            return (target.id, .failure(WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")))
+            return (target.callerID, .failure(WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")))
           }
         } catch {
             if error.code == .tampered || error.code == .connectionFailed || error.code == .timeout || error.code == .unsupportedVersion {
@@ -502,7 +522,7 @@ public final class WorkerConnection: @unchecked Sendable {
     /// buffers); throws that READ's error.
     public func receiveRead(id: UInt32) throws(ShoalError) {
         var firstError: ShoalError?
-        while pending.contains(where: { $0.id == id }) {
+        while pending.contains(where: { $0.callerID == id }) {
             let (got, result) = try receiveNext()
             if case .failure(let e) = result {
                 if got == id { throw e }

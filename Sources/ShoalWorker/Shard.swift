@@ -1081,7 +1081,8 @@ final class Shard: @unchecked Sendable {
             let queue = try rdma.accept(peer, depth: Int(plane.config.maxInFlight))
             conn.rdma = queue
             service.metrics.rdmaConnections.increment()
-            let mine = RDMAConnectMessage(queuePair: queue.driver.address.queuePair, gid: queue.driver.address.gid)
+            let address = queue.driver.address
+            let mine = RDMAConnectMessage(queuePair: address.queuePair, gid: address.gid, psn: address.psn)
             enqueueSmall(conn, conn.machine.encodeFrame(.rdmaConnectReply, id: id, body: mine.encoded), requestID: id)
         } catch {
             replyError(conn, .rdmaConnectReply, id, ShoalError(.internal, "cannot connect an RDMA queue pair on \(rdma.device.name): \(error)"))
@@ -1143,21 +1144,21 @@ final class Shard: @unchecked Sendable {
         return true
     }
 
-    /// Posts the writes that waited, oldest first, while there is room.
+    /// Posts the writes that waited, oldest first, while there is room. One at a time from the
+    /// front: what a post sets off (an answer over TCP, a connection killed) may change the list.
     private func postWaiting() {
-        var posted = 0
-        while posted < rdmaWaiting.count {
-            let w = rdmaWaiting[posted]
+        while !rdmaWaiting.isEmpty {
+            let w = rdmaWaiting.removeFirst()
             if w.conn.state == .dead {
                 afterSend(w.after, connection: w.conn.slot, generation: w.conn.generation)
-            } else if !post(w) {
-                break
-            } else {
-                flush(w.conn)
+                continue
             }
-            posted += 1
+            guard post(w) else {
+                rdmaWaiting.insert(w, at: 0)
+                return
+            }
+            flush(w.conn)
         }
-        if posted > 0 { rdmaWaiting.removeFirst(posted) }
     }
 
     /// Polls the queue pairs with writes outstanding: a completed write's READ is answered with
@@ -1166,7 +1167,6 @@ final class Shard: @unchecked Sendable {
     private func pollRDMA() {
         let busy = rdmaBusy
         rdmaBusy.removeAll(keepingCapacity: true)
-        let now = monotonicNanos()
         for conn in busy {
             conn.rdmaBusy = false
             guard conn.state == .open || conn.state == .flushing, let queue = conn.rdma else { continue }
@@ -1187,7 +1187,8 @@ final class Shard: @unchecked Sendable {
             } catch {
                 rdmaFailed(conn, "\(error)")
             }
-            if let first = conn.rdmaWrites.first, now - first.posted > Shard.rdmaWriteTimeoutNanos {
+            // (Answers above may have started READs that posted writes since: elapsed, not now - posted.)
+            if let first = conn.rdmaWrites.first, elapsedNanos(from: first.posted, to: monotonicNanos()) > Shard.rdmaWriteTimeoutNanos {
                 rdmaFailed(conn, "no completion for a write in \(Shard.rdmaWriteTimeoutNanos / 1_000_000) ms")
             }
             if !conn.rdmaWrites.isEmpty, !conn.rdmaBusy {
@@ -1424,11 +1425,10 @@ final class Shard: @unchecked Sendable {
         plane.rdma?.endTransfers(conn.rdmaWrites.count)
         for w in conn.rdmaWrites { afterSend(w.after, connection: conn.slot, generation: conn.generation) }
         conn.rdmaWrites.removeAll()
-        rdmaWaiting.removeAll { w in
-            guard w.conn === conn else { return false }
-            afterSend(w.after, connection: conn.slot, generation: conn.generation)
-            return true
-        }
+        // Taken out first: what afterSend starts may post (and look at the list) again.
+        let waited = rdmaWaiting.filter { $0.conn === conn }
+        rdmaWaiting.removeAll { $0.conn === conn }
+        for w in waited { afterSend(w.after, connection: conn.slot, generation: conn.generation) }
         // Replies not sent: their buffers go back now.
         for f in conn.inSend + conn.queue + conn.deferred {
             if let owned = f.owned { owned.deallocate() }

@@ -51,8 +51,9 @@ final class WorkerRDMA: @unchecked Sendable {
 
     /// A queue pair of `depth` connected to the client's `peer`.
     func accept(_ peer: RDMAConnectMessage, depth: Int) throws(RDMAError) -> RDMAQueue {
-        let driver = try device.makeQueuePair(depth: depth)
-        do { try driver.connect(to: RDMAQueuePairAddress(queuePair: peer.queuePair, gid: peer.gid)) } catch {
+        // It only writes: the client can neither write nor read the worker's memory through it.
+        let driver = try device.makeQueuePair(depth: depth, acceptsWrites: false)
+        do { try driver.connect(to: RDMAQueuePairAddress(queuePair: peer.queuePair, gid: peer.gid, psn: peer.psn)) } catch {
             driver.close()
             throw error
         }

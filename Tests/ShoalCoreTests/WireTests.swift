@@ -76,8 +76,11 @@ import Testing
                                                           Member(id: "c", address: "10.0.0.3:7070", rdma: true)])
         #expect(MembersReply.decode(MembersReply.encode(said))?.members.map(\.rdma) == [nil, false, true])
         // RDMA_CONNECT's queue pair and GID round-trip; any other length is not one.
-        let qp = RDMAConnectMessage(queuePair: 0x0102_0304, gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 2, 15])
+        let qp = RDMAConnectMessage(queuePair: 0x0102_0304, gid: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 2, 15], psn: 0xABCDEF)
         #expect(RDMAConnectMessage(decoding: qp.encoded) == qp)
+        var wide = qp.encoded
+        wide[23] = 1
+        #expect(RDMAConnectMessage(decoding: wide) == nil, "a sequence number is 24 bits")
         #expect(RDMAConnectMessage(decoding: Array(qp.encoded.dropLast())) == nil)
         #expect(RDMAConnectMessage(decoding: qp.encoded + [0]) == nil)
         let empty = try MembershipView(epoch: 0, members: [])

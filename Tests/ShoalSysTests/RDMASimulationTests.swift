@@ -119,4 +119,36 @@ import ShoalCore
         #expect(q.credits.outstanding == 0, "\(q.credits.outstanding) left after \(polls) polls")
         #expect((a as! SimulatedQueuePair).outstandingForTests == 0)
     }
+
+    /// A queue pair made not to accept writes (a worker's, which only writes) refuses a peer's
+    /// write whatever rkey it names, as a NIC checks the queue pair's access before the region's.
+    @Test func aQueuePairThatOnlyWritesRefusesWritesIntoItsSide() throws {
+        let device = SimulatedRDMADevice()
+        let size = 1 << 16
+        let (source, target) = RDMASelfTest.buffers(size, seed: 9)
+        defer {
+            source.deallocate()
+            target.deallocate()
+        }
+        let src = try device.register(source, length: size)
+        let dst = try device.register(target, length: size)
+        let worker = try device.makeQueuePair(depth: 4, acceptsWrites: false)
+        let client = try device.makeQueuePair(depth: 4, acceptsWrites: true)
+        try worker.connect(to: client.address)
+        try client.connect(to: worker.address)
+        // The client writes into memory behind the worker's queue pair: refused.
+        let intoWorker = RDMAQueue(driver: client, depth: 4)
+        let id = try #require(try intoWorker.write([RDMAWrite(local: target, length: 4096, lkey: dst.lkey, remoteAddress: src.address, rkey: src.rkey)]))
+        #expect(try intoWorker.wait(for: id) != .success)
+        #expect(Array(UnsafeRawBufferPointer(start: source, count: 16)) == Array(SampleData.bytes(seed: 9, count: 16)))
+        // On a new pair (the refused write stopped the first), the worker writes into the client's: taken.
+        let worker2 = try device.makeQueuePair(depth: 4, acceptsWrites: false)
+        let client2 = try device.makeQueuePair(depth: 4, acceptsWrites: true)
+        try worker2.connect(to: client2.address)
+        try client2.connect(to: worker2.address)
+        let intoClient = RDMAQueue(driver: worker2, depth: 4)
+        let id2 = try #require(try intoClient.write([RDMAWrite(local: source, length: 4096, lkey: src.lkey, remoteAddress: dst.address, rkey: dst.rkey)]))
+        #expect(try intoClient.wait(for: id2) == .success)
+        #expect(memcmp(source, target, 4096) == 0)
+    }
 }
