@@ -60,9 +60,9 @@ public enum RDMASelfTest {
         var checks: [RDMASelfTestReport.Check] = []
 
         // Two queue pairs of the device, connected to each other (loopback).
-        func pair() throws(RDMAError) -> (RDMAQueue, RDMAQueue) {
+        func pair(peerAcceptsWrites: Bool = true) throws(RDMAError) -> (RDMAQueue, RDMAQueue) {
             let a = try device.makeQueuePair(depth: depth)
-            let b = try device.makeQueuePair(depth: depth)
+            let b = try device.makeQueuePair(depth: depth, acceptsWrites: peerAcceptsWrites)
             try a.connect(to: b.address)
             try b.connect(to: a.address)
             return (RDMAQueue(driver: a, depth: depth), RDMAQueue(driver: b, depth: depth))
@@ -125,9 +125,9 @@ public enum RDMASelfTest {
                             detail: "at most \(highWater) of \(depth) work requests outstanding"))
 
         // Error paths, each on a pair of its own: the queue pair stops and later posts are refused.
-        func errorPath(_ name: String, _ make: (RDMAQueue) -> RDMAWrite) -> RDMASelfTestReport.Check {
+        func errorPath(_ name: String, peerAcceptsWrites: Bool = true, _ make: (RDMAQueue) -> RDMAWrite) -> RDMASelfTestReport.Check {
             do throws(RDMAError) {
-                let (x, y) = try pair()
+                let (x, y) = try pair(peerAcceptsWrites: peerAcceptsWrites)
                 defer {
                     x.close()
                     y.close()
@@ -147,8 +147,11 @@ public enum RDMASelfTest {
         checks.append(errorPath("a write past the region's end fails and stops its queue pair") { q in
             write(q, 0, 4096, remote: dst.address + UInt64(size) - 1024)
         })
+        // A worker's queue pairs only write: a peer's write into memory behind one is refused
+        // even with a valid rkey (the queue pair's access, checked before the region's).
+        checks.append(errorPath("a write into a queue pair that only writes (a worker's) fails", peerAcceptsWrites: false) { q in write(q, 0, 4096) })
         if let sim = device as? SimulatedRDMADevice {
-            checks.append(partialPost(sim, pair: pair, write: write))
+            checks.append(partialPost(sim, pair: { () throws(RDMAError) in try pair() }, write: write))
         }
         if let verbs = device as? VerbsRDMADevice {
             checks.append(connectionCheck(address: RDMAQueuePairAddress.format(verbs.gid)))

@@ -15,7 +15,7 @@ import ShoalCore
         #expect(report.simulated && report.device == "simulated0")
         #expect(report.passed, "\(report.checks.filter { !$0.passed })")
         #expect(report.highWater <= report.queueDepth && report.highWater > 1)
-        #expect(report.checks.count == 5)
+        #expect(report.checks.count == 6)
         #expect(report.workRequests > 0 && report.bytesPerWorkRequest > 64)
     }
 
