@@ -172,7 +172,8 @@ import ShoalTestSupport
     @Test func blocksHandedOverBetweenWorkersComeByRDMA() throws {
         let prefix = try EtcdFixture.get().makePrefix("rdma-handover")
         let simulated = WorkerConfig.RDMASettings(simulated: true)
-        let data = SampleData.bytes(seed: 78, count: 12 << 20)
+        // 36 blocks: the new worker owns none of them with a chance of (2/3)^36, under one in a million.
+        let data = SampleData.bytes(seed: 78, count: 36 << 20)
         var (bucket, workers) = try EtcdTests.cluster("rdma-hand", 2, prefix: prefix, data: data, rdma: simulated)
         defer { workers.forEach { $0.stopDataPlane() } }
         let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
@@ -183,10 +184,10 @@ import ShoalTestSupport
 
         workers.append(try EtcdTests.worker("rdma-hand", 2, prefix: prefix, rdma: simulated))
         #expect(EtcdTests.eventually(3) { client.view.members.count == 3 })
-        let moved = (0..<12).filter { client.owners(of: file.block(UInt64($0))).first == Endpoint(host: "127.0.0.1", port: workers[2].port) }.count
-        #expect(moved > 0, "the new worker owns none of 12 blocks")
+        let moved = (0..<36).filter { client.owners(of: file.block(UInt64($0))).first == Endpoint(host: "127.0.0.1", port: workers[2].port) }.count
+        #expect(moved > 0, "the new worker owns none of 36 blocks")
         #expect(try client.read(file, offset: 0, length: data.count) == data)
-        #expect(EtcdTests.storeGETs(workers) == 12, "blocks that moved were fetched from the store again")
+        #expect(EtcdTests.storeGETs(workers) == 36, "blocks that moved were fetched from the store again")
         #expect(workers[2].metrics.value("shoal_handover_hits_total") == Double(moved))
         let written = workers[0].metrics.value("shoal_rdma_writes_total") + workers[1].metrics.value("shoal_rdma_writes_total")
         #expect(written == Double(moved), "\(moved) blocks handed over, \(written) RDMA writes")
