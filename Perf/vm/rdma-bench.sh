@@ -4,31 +4,11 @@ set -eu
 shoal=/repo/.build-vm/release/shoal
 runs=$(cat /repo/.shoal/vm/bench-runs 2>/dev/null || echo 3)
 w=/var/tmp/shoal-bench
-rm -rf "$w"; mkdir -p "$w/store/data" "$w/cache"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$w/secret"; chmod 600 "$w/secret"
+rm -rf "$w"; mkdir -p "$w/store/data"
 for i in 1 2 3 4 5 6 7 8; do head -c $((16 << 20)) /dev/urandom > "$w/store/data/part-$i"; done
-cat > "$w/worker.yaml" <<YAML
-listen: 127.0.0.1:7070
-admin: 127.0.0.1:7071
-secretFile: $w/secret
-blockSize: 4MiB
-buffers: 32
-caches:
-  - path: $w/cache
-    capacity: 512MiB
-    regionSize: 64MiB
-stores:
-  - name: local
-    type: file
-    root: $w/store
-rdma:
-  device: rxe0
-  gidAddress: 10.0.2.15
-YAML
-"$shoal" worker --config "$w/worker.yaml" > "$w/worker.log" 2>&1 &
-worker=$!
-for _ in $(seq 1 100); do grep -q "worker listening" "$w/worker.log" && break; sleep 0.2; done
-bench() { "$shoal" bench read --json --readers 4 --worker 127.0.0.1:7070 --secret-file "$w/secret" "$@" s3://local@data/; }
+. /repo/Tools/vm-jobs/rdma-worker.sh
+rdma_worker "$w"
+bench() { "$shoal" bench read --json --readers 4 --worker 127.0.0.1:7070 --secret-file "$secret" "$@" s3://local@data/; }
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 bench > /dev/null  # warm: every block filled and cached
@@ -48,7 +28,7 @@ for r in $(seq 1 "$runs"); do
     echo "run $r: limit $(tail -1 "$w/limit") B/s, rdma $(tail -1 "$w/rdma") B/s ($(cat "$w/r.json" | field rdmaReads) reads by RDMA, $(cat "$w/r.json" | field rdmaFallbacks) fallbacks), tcp $(tail -1 "$w/tcp") B/s"
 done
 limit=$(median < "$w/limit"); rdma=$(median < "$w/rdma"); tcp=$(median < "$w/tcp")
-"$shoal" stats --json --admin 127.0.0.1:7071 --secret-file "$w/secret" --interval 0.2 > "$w/stats.json" 2>&1 || true
+"$shoal" stats --json --admin 127.0.0.1:7071 --secret-file "$secret" --interval 0.2 > "$w/stats.json" 2>&1 || true
 writes=$(field rdmaWritesTotal < "$w/stats.json"); bytes=$(field rdmaBytesTotal < "$w/stats.json"); fallbacks=$(field rdmaFallbacksTotal < "$w/stats.json")
 awk -v l="$limit" -v r="$rdma" -v t="$tcp" -v n="$runs" -v w="$writes" -v b="$bytes" -v f="$fallbacks" 'BEGIN {
     printf "medians of %d runs (soft-RoCE under QEMU TCG; emulation speed, not hardware):\n", n

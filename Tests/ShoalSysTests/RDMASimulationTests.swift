@@ -132,23 +132,26 @@ import ShoalCore
         }
         let src = try device.register(source, length: size)
         let dst = try device.register(target, length: size)
-        let worker = try device.makeQueuePair(depth: 4, acceptsWrites: false)
-        let client = try device.makeQueuePair(depth: 4, acceptsWrites: true)
-        try worker.connect(to: client.address)
-        try client.connect(to: worker.address)
+        /// A worker-style queue pair (writes only) connected to a client-style one.
+        func workerAndClient() throws -> (any RDMAQueuePairDriver, any RDMAQueuePairDriver) {
+            let worker = try device.makeQueuePair(depth: 4, acceptsWrites: false)
+            let client = try device.makeQueuePair(depth: 4, acceptsWrites: true)
+            try worker.connect(to: client.address)
+            try client.connect(to: worker.address)
+            return (worker, client)
+        }
+        let (worker, client) = try workerAndClient()
         // The client writes into memory behind the worker's queue pair: refused.
         let intoWorker = RDMAQueue(driver: client, depth: 4)
         let id = try #require(try intoWorker.write([RDMAWrite(local: target, length: 4096, lkey: dst.lkey, remoteAddress: src.address, rkey: src.rkey)]))
         #expect(try intoWorker.wait(for: id) != .success)
         #expect(Array(UnsafeRawBufferPointer(start: source, count: 16)) == Array(SampleData.bytes(seed: 9, count: 16)))
         // On a new pair (the refused write stopped the first), the worker writes into the client's: taken.
-        let worker2 = try device.makeQueuePair(depth: 4, acceptsWrites: false)
-        let client2 = try device.makeQueuePair(depth: 4, acceptsWrites: true)
-        try worker2.connect(to: client2.address)
-        try client2.connect(to: worker2.address)
+        let (worker2, client2) = try workerAndClient()
         let intoClient = RDMAQueue(driver: worker2, depth: 4)
         let id2 = try #require(try intoClient.write([RDMAWrite(local: source, length: 4096, lkey: src.lkey, remoteAddress: dst.address, rkey: dst.rkey)]))
         #expect(try intoClient.wait(for: id2) == .success)
         #expect(memcmp(source, target, 4096) == 0)
+        withExtendedLifetime((worker, client2)) {}
     }
 }

@@ -17,35 +17,13 @@ echo "== shoal selftest rdma"
 echo "== shoal selftest rdma --json"
 "$shoal" selftest rdma --json
 
-# A worker on the guest's disk (the cache needs O_DIRECT, which /tmp's tmpfs has not), its
-# store a folder; TCP on loopback, RDMA on rxe0 (the GID of eth0's address).
 w=/var/tmp/shoal-rdma
-rm -rf "$w"; mkdir -p "$w/store/data" "$w/cache"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$w/secret"; chmod 600 "$w/secret"
+rm -rf "$w"; mkdir -p "$w/store/data"
 for i in 1 2 3; do head -c $((24 << 20)) /dev/urandom > "$w/store/data/part-$i"; done
 head -c $((160 << 20)) /dev/urandom > "$w/store/data/big"
-cat > "$w/worker.yaml" <<YAML
-listen: 127.0.0.1:7070
-secretFile: $w/secret
-blockSize: 4MiB
-buffers: 32
-caches:
-  - path: $w/cache
-    capacity: 512MiB
-    regionSize: 64MiB
-stores:
-  - name: local
-    type: file
-    root: $w/store
-rdma:
-  device: rxe0
-  gidAddress: 10.0.2.15
-YAML
-"$shoal" worker --config "$w/worker.yaml" > "$w/worker.log" 2>&1 &
-worker=$!
-for _ in $(seq 1 100); do grep -q "worker listening" "$w/worker.log" && break; sleep 0.2; done
-grep "worker listening" "$w/worker.log" || { cat "$w/worker.log"; exit 1; }
-cat_() { "$shoal" cat --worker 127.0.0.1:7070 --secret-file "$w/secret" --rdma rxe0 --rdma-gid-address 10.0.2.15 "$@"; }
+. /repo/Tools/vm-jobs/rdma-worker.sh
+rdma_worker "$w"
+cat_() { "$shoal" cat --worker 127.0.0.1:7070 --secret-file "$secret" --rdma rxe0 --rdma-gid-address 10.0.2.15 "$@"; }
 
 echo "== a dataset read over RDMA (cold: filled from the store; warm: from the cache)"
 for pass in cold warm; do
@@ -63,7 +41,7 @@ done
 
 echo "== the same, warm, over TCP (no --rdma), for comparison"
 start=$(date +%s%N)
-got=$("$shoal" cat --worker 127.0.0.1:7070 --secret-file "$w/secret" s3://local@data/part-1 | sha256sum | cut -d' ' -f1)
+got=$("$shoal" cat --worker 127.0.0.1:7070 --secret-file "$secret" s3://local@data/part-1 | sha256sum | cut -d' ' -f1)
 end=$(date +%s%N)
 [ "$got" = "$(sha256sum < "$w/store/data/part-1" | cut -d' ' -f1)" ] || { echo "FAIL: part-1 over TCP differs"; exit 1; }
 echo "ok: part-1 warm, 24 MiB byte-exact over TCP in $(( (end - start) / 1000000 )) ms"
