@@ -18,11 +18,20 @@ enum ShardMessage: Sendable {
     case answer(connection: Int, generation: UInt32, requestID: UInt32, FrameType, Result<[UInt8], ShoalError>)
     /// A version a fill thread asked the store for, for a STAT or (with its READ) a READ by name.
     case version(connection: Int, generation: UInt32, requestID: UInt32, ReadRequest?, Result<StatReply, ShoalError>)
+    /// A queue pair a fill thread made for a connection's RDMA_CONNECT, or why not.
+    case rdmaConnected(connection: Int, generation: UInt32, requestID: UInt32, QueueHandoff)
     /// A lease came free somewhere: requests waiting for one may go on.
     case leaseFreed
     /// Report the hits counted so far now (the admin port is asked for dataset figures).
     case flushStats(Countdown)
     case stop
+}
+
+/// A queue pair (or why not) passed from the fill thread that made it to its connection's shard,
+/// which alone uses it from then on.
+struct QueueHandoff: @unchecked Sendable {
+    let result: Result<RDMAQueue, RDMAError>
+    init(_ result: Result<RDMAQueue, RDMAError>) { self.result = result }
 }
 
 /// Counts down to zero as shards answer; the asker waits for it (bounded).
@@ -250,6 +259,9 @@ final class Shard: @unchecked Sendable {
                 case .failure(let e): replyError(conn, type, id, e)
                 }
                 flush(conn)
+            case .rdmaConnected(let c, let generation, let id, let made):
+                jobsOut -= 1
+                rdmaConnected(c, generation, id, made.result)
             case .leaseFreed:
                 serveWaiting()
             case .flushStats(let countdown):
@@ -1073,20 +1085,41 @@ final class Shard: @unchecked Sendable {
             replyError(conn, .rdmaConnectReply, id, ShoalError(.badRequest, "this worker serves over TCP only (it has no 'rdma' in its config)"))
             return
         }
-        guard conn.rdma == nil, !conn.rdmaLost else {
+        guard conn.rdma == nil, !conn.rdmaLost, !conn.rdmaConnecting else {
             replyError(conn, .rdmaConnectReply, id, ShoalError(.badRequest, "this connection has had its RDMA queue pair already"))
             return
         }
-        do throws(RDMAError) {
-            let queue = try rdma.accept(peer, depth: Int(plane.config.maxInFlight))
+        // Making and connecting a queue pair are verbs calls into the kernel (and the NIC's
+        // firmware): on a fill thread, so the shard's other connections do not wait on them.
+        conn.rdmaConnecting = true
+        jobsOut += 1
+        let (slot, generation, depth) = (conn.slot, conn.generation, Int(plane.config.maxInFlight))
+        plane.fillPool.submit { [self] _ in
+            let made = Result { () throws(RDMAError) -> RDMAQueue in try rdma.accept(peer, depth: depth) }
+            post(.rdmaConnected(connection: slot, generation: generation, requestID: id, QueueHandoff(made)))
+        }
+    }
+
+    /// A queue pair made for connection `slot` (or why not): it answers RDMA_CONNECT with it.
+    private func rdmaConnected(_ slot: Int, _ generation: UInt32, _ id: UInt32, _ made: Result<RDMAQueue, RDMAError>) {
+        guard let conn = connection(slot, generation), conn.isOpen else {
+            // The connection went meanwhile: so does the queue pair.
+            if case .success(let queue) = made { queue.close() }
+            return
+        }
+        conn.rdmaConnecting = false
+        switch made {
+        case .success(let queue):
             conn.rdma = queue
             service.metrics.rdmaConnections.increment()
             let address = queue.driver.address
             let mine = RDMAConnectMessage(queuePair: address.queuePair, gid: address.gid, psn: address.psn)
             enqueueSmall(conn, conn.machine.encodeFrame(.rdmaConnectReply, id: id, body: mine.encoded), requestID: id)
-        } catch {
-            replyError(conn, .rdmaConnectReply, id, ShoalError(.internal, "cannot connect an RDMA queue pair on \(rdma.device.name): \(error)"))
+        case .failure(let error):
+            let device = plane.rdma?.device.name ?? "the device"
+            replyError(conn, .rdmaConnectReply, id, ShoalError(.internal, "cannot connect an RDMA queue pair on \(device): \(error)"))
         }
+        flush(conn)
     }
 
     /// A READ's data: RDMA-written into the client's memory when the READ carries a descriptor
@@ -1703,6 +1736,8 @@ final class ShardConnection {
     var rdmaWrites: [RDMAPendingReply] = []
     var rdmaBusy = false
     var rdmaLost = false
+    /// Its queue pair is being made on a fill thread.
+    var rdmaConnecting = false
 
     static let framesPerSend = 16
     /// Two head slots per request in flight (a streamed reply holds one for its header and
