@@ -683,8 +683,13 @@ public final class ShoalClient: @unchecked Sendable {
             guard range.offset < file.size, range.buffer.count > 0, let base = range.buffer.baseAddress else { continue }
             let length = min(UInt64(range.buffer.count), file.size - range.offset)
             lengths[i] = Int(length)
-            for p in BlockLayout(blockSize: UInt64(file.blockSize)).pieces(offset: range.offset, length: length) {
+            let pieces = BlockLayout(blockSize: UInt64(file.blockSize)).pieces(offset: range.offset, length: length)
+            for p in pieces {
                 parts.append(Part(range: i, file: file, piece: p, into: base + Int(p.offsetInRange)))
+            }
+            // Read over RDMA in pieces: the whole buffer is registered once, not piece by piece.
+            if pieces.count > 1, case .success(let rdma)? = lock.withLock({ rdmaOpened }), rdma.isUsable {
+                rdma.prepare(base, count: Int(length))
             }
         }
         var errors: [Int: ShoalError] = [:]

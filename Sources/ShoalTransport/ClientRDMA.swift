@@ -131,6 +131,13 @@ public final class ClientRDMA: @unchecked Sendable {
         return r
     }
 
+    /// Registers the pages of `count` bytes at `p` now (if no registration covers them), so the
+    /// READs of its pieces all find that one. A failure only means each piece registers its own.
+    package func prepare(_ p: UnsafeMutableRawPointer, count: Int) {
+        guard let r = try? acquire(p, count: count) else { return }
+        release(r)
+    }
+
     func release(_ r: Registration) {
         lock.withLock {
             r.uses -= 1
