@@ -688,7 +688,7 @@ public final class ShoalClient: @unchecked Sendable {
                 parts.append(Part(range: i, file: file, piece: p, into: base + Int(p.offsetInRange)))
             }
             // Read over RDMA in pieces: the whole buffer is registered once, not piece by piece.
-            if pieces.count > 1, case .success(let rdma)? = lock.withLock({ rdmaOpened }), rdma.isUsable {
+            if pieces.count > 1, config.rdma != nil, case .success(let rdma)? = lock.withLock({ rdmaOpened }), rdma.isUsable {
                 rdma.prepare(base, count: Int(length))
             }
         }

@@ -48,6 +48,27 @@ public protocol RDMAQueuePairDriver: AnyObject {
     func close()
 }
 
+/// Which device a worker or a client uses: libibverbs' name for it and the address whose RoCEv2
+/// GID its queue pairs use (nil: the first device, the port's first GID), or, in tests only, the
+/// in-process SIMULATED device (it reaches only peers in the same process).
+public struct RDMADeviceChoice: Sendable, Equatable {
+    public var device: String?
+    public var gidAddress: String?
+    public var simulated = false
+
+    public init(device: String? = nil, gidAddress: String? = nil, simulated: Bool = false) {
+        self.device = device
+        self.gidAddress = gidAddress
+        self.simulated = simulated
+    }
+
+    /// Opens it (the simulation under `simulatedName`).
+    public func open(simulatedName: String) throws(RDMAError) -> any RDMADevice {
+        if simulated { return SimulatedRDMADevice(name: simulatedName) }
+        return try VerbsRDMADevice(name: device, gidAddress: gidAddress)
+    }
+}
+
 public struct RDMAError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public init(_ message: String) { self.message = message }

@@ -57,51 +57,21 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
     public let gid: [UInt8]
     let mtu: ibv_mtu
 
-    /// Opens device `name` (nil: the first one).
-    public init(name wanted: String? = nil, gidAddress: String? = nil) throws(RDMAError) {
+    /// Opens device `name` (nil: the first one), port 1.
+    public convenience init(name wanted: String? = nil, gidAddress: String? = nil) throws(RDMAError) {
         try Verbs.load()
         var count: Int32 = 0
         guard let list = shoal_ibv_get_device_list(&count), count > 0 else { throw RDMAError("no RDMA device found on this host (libibverbs lists none)") }
         defer { shoal_ibv_free_device_list(list) }
-        var chosen: UnsafeMutablePointer<ibv_device>?
-        var chosenName = ""
-        for i in 0..<Int(count) {
-            guard let dev = list[i] else { continue }
-            let n = String(cString: shoal_ibv_get_device_name(dev))
-            if wanted == nil || wanted == n {
-                chosen = dev
-                chosenName = n
-                break
-            }
+        let devices = (0..<Int(count)).compactMap { list[$0] }
+        guard let dev = devices.first(where: { wanted == nil || String(cString: shoal_ibv_get_device_name($0)) == wanted }) else {
+            throw RDMAError("no RDMA device named \(wanted ?? "")")
         }
-        guard let dev = chosen else { throw RDMAError("no RDMA device named \(wanted ?? "")") }
-        guard let ctx = shoal_ibv_open_device(dev) else { throw RDMAError("cannot open \(chosenName): errno \(errno)") }
-        var portAttr = ibv_port_attr()
-        guard shoal_ibv_query_port(ctx, 1, &portAttr) == 0 else {
+        guard let ctx = shoal_ibv_open_device(dev) else { throw RDMAError("cannot open \(String(cString: shoal_ibv_get_device_name(dev))): errno \(errno)") }
+        do { try self.init(context: ctx, port: 1, gidAddress: gidAddress, ownsContext: true) } catch {
             shoal_ibv_close_device(ctx)
-            throw RDMAError("cannot query port 1 of \(chosenName)")
+            throw error
         }
-        guard portAttr.state == IBV_PORT_ACTIVE else {
-            shoal_ibv_close_device(ctx)
-            throw RDMAError("port 1 of \(chosenName) is not active (state \(portAttr.state.rawValue))")
-        }
-        // The GID: RoCEv2, IPv4-mapped, matching the address asked for.
-        guard let (index, gidBytes) = VerbsRDMADevice.roceV2GID(ctx, port: 1, portAttr: portAttr, address: gidAddress) else {
-            shoal_ibv_close_device(ctx)
-            throw RDMAError("\(chosenName) has no RoCEv2 IPv4 GID\(gidAddress.map { " for \($0)" } ?? "") on port 1")
-        }
-        guard let pd = shoal_ibv_alloc_pd(ctx) else {
-            shoal_ibv_close_device(ctx)
-            throw RDMAError("cannot allocate a protection domain on \(chosenName)")
-        }
-        name = chosenName
-        context = ctx
-        self.pd = pd
-        port = 1
-        gidIndex = index
-        gid = gidBytes
-        mtu = portAttr.active_mtu
-        ownsContext = true
     }
 
     /// Whether `context` is this device's to close (rdma_cm owns the ones it opens).
@@ -111,13 +81,18 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
     /// protection domain of its own on it, the GID of `gidAddress` (the connection's address).
     package convenience init(rawContext: OpaquePointer, port: UInt8, gidAddress: String?) throws(RDMAError) {
         try Verbs.load()
-        try self.init(context: UnsafeMutablePointer<ibv_context>(rawContext), port: port, gidAddress: gidAddress)
+        try self.init(context: UnsafeMutablePointer<ibv_context>(rawContext), port: port, gidAddress: gidAddress, ownsContext: false)
     }
 
-    init(context ctx: UnsafeMutablePointer<ibv_context>, port: UInt8, gidAddress: String?) throws(RDMAError) {
+    /// Port `port` of `ctx` (active), its GID for `gidAddress` and a protection domain.
+    private init(context ctx: UnsafeMutablePointer<ibv_context>, port: UInt8, gidAddress: String?, ownsContext: Bool) throws(RDMAError) {
         let devName = String(cString: shoal_ibv_get_device_name(ctx.pointee.device))
         var portAttr = ibv_port_attr()
         guard shoal_ibv_query_port(ctx, port, &portAttr) == 0 else { throw RDMAError("cannot query port \(port) of \(devName)") }
+        guard portAttr.state == IBV_PORT_ACTIVE else {
+            throw RDMAError("port \(port) of \(devName) is not active (state \(portAttr.state.rawValue))")
+        }
+        // The GID: RoCEv2, IPv4-mapped, matching the address asked for.
         guard let (index, gidBytes) = VerbsRDMADevice.roceV2GID(ctx, port: port, portAttr: portAttr, address: gidAddress) else {
             throw RDMAError("\(devName) has no RoCEv2 IPv4 GID\(gidAddress.map { " for \($0)" } ?? "") on port \(port)")
         }
@@ -129,7 +104,7 @@ public final class VerbsRDMADevice: RDMADevice, @unchecked Sendable {
         gidIndex = index
         gid = gidBytes
         mtu = portAttr.active_mtu
-        ownsContext = false
+        self.ownsContext = ownsContext
     }
 
     /// Port `port`'s first RoCEv2, IPv4-mapped GID (the one of `address`, when given).

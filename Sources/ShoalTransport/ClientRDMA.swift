@@ -5,20 +5,7 @@ import ShoalCore
 import ShoalSys
 
 /// Which RDMA device a client reads through (nil in `ClientConfig`: TCP only).
-public struct ClientRDMASettings: Sendable, Equatable {
-    /// libibverbs' name for it (nil: the first device).
-    public var device: String?
-    /// The IPv4 address whose RoCEv2 GID its queue pairs use (nil: the port's first).
-    public var gidAddress: String?
-    /// Tests only: the in-process SIMULATED device (it reaches only workers in this process).
-    public var simulated = false
-
-    public init(device: String? = nil, gidAddress: String? = nil, simulated: Bool = false) {
-        self.device = device
-        self.gidAddress = gidAddress
-        self.simulated = simulated
-    }
-}
+public typealias ClientRDMASettings = RDMADeviceChoice
 
 /// A client's RDMA (docs/DESIGN.md, "RDMA"): one device per process, opened when first used (so
 /// libibverbs is loaded only then), and a registration cache of the caller's buffers: a buffer
@@ -27,7 +14,8 @@ public struct ClientRDMASettings: Sendable, Equatable {
 /// queue pair of its own (`RDMAChannel`).
 public final class ClientRDMA: @unchecked Sendable {
     public let device: any RDMADevice
-    /// The process that opened it: a forked child uses TCP (verbs resources do not cross fork).
+    /// The process that opened it: a forked child opens a device of its own (verbs resources do
+    /// not cross fork).
     public let process: pid_t
     private let lock = ConditionLock()
     private var regions: [Registration] = []
@@ -83,8 +71,7 @@ public final class ClientRDMA: @unchecked Sendable {
 
     /// Opens the device `settings` names.
     public static func open(_ settings: ClientRDMASettings) throws(RDMAError) -> ClientRDMA {
-        if settings.simulated { return ClientRDMA(device: SimulatedRDMADevice(name: "simulated-client")) }
-        return ClientRDMA(device: try VerbsRDMADevice(name: settings.device, gidAddress: settings.gidAddress))
+        ClientRDMA(device: try settings.open(simulatedName: "simulated-client"))
     }
 
     deinit {
@@ -116,18 +103,19 @@ public final class ClientRDMA: @unchecked Sendable {
         let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
         let from = start & ~(page - 1)
         let to = (end + page - 1) & ~(page - 1)
+        let pages = UnsafeMutableRawPointer(bitPattern: from)!
         let region: RDMAMemoryRegion
-        do { region = try device.register(UnsafeMutableRawPointer(bitPattern: from)!, length: Int(to - from)) } catch {
+        do { region = try device.register(pages, length: Int(to - from)) } catch {
             // The locked-memory limit, most likely: the unused registrations go, and once more.
-            dropUnusedLocked()
-            region = try device.register(UnsafeMutableRawPointer(bitPattern: from)!, length: Int(to - from))
+            for r in regions where r.owned && r.uses == 0 { evictLocked(r) }
+            region = try device.register(pages, length: Int(to - from))
         }
         let r = Registration(start: from, end: to, region: region)
         r.uses = 1
         r.lastUse = clock
         regions.append(r)
         counts.registrations += 1
-        evictLocked()
+        trimLocked()
         return r
     }
 
@@ -150,38 +138,33 @@ public final class ClientRDMA: @unchecked Sendable {
     /// so it is dropped and the next READ there registers the pages anew.
     func invalidate(_ r: Registration) {
         lock.withLock {
-            guard r.owned, let i = regions.firstIndex(where: { $0 === r }) else { return }
-            regions.remove(at: i)
-            r.dropped = true
-            if r.uses == 0 && isUsable { device.deregister(r.region) }
+            guard r.owned, regions.contains(where: { $0 === r }) else { return }
+            dropLocked(r)
         }
     }
 
-    private func dropUnusedLocked() {
-        regions.removeAll { r in
-            guard r.owned, r.uses == 0 else { return false }
-            r.dropped = true
-            device.deregister(r.region)
-            counts.evicted += 1
-            return true
-        }
+    /// Takes `r` out of the cache; it is deregistered now, or by the last READ that holds it.
+    private func dropLocked(_ r: Registration) {
+        regions.removeAll { $0 === r }
+        r.dropped = true
+        if r.uses == 0 && isUsable { device.deregister(r.region) }
     }
 
-    private func evictLocked() {
+    /// Drops unused registration `r` to make room (counted).
+    private func evictLocked(_ r: Registration) {
+        dropLocked(r)
+        counts.evicted += 1
+    }
+
+    /// Past `maxRegistrations` or `maxRegisteredBytes`: the least recently used unused go.
+    private func trimLocked() {
         var bytes = regions.reduce(0) { $0 + ($1.owned ? Int($1.end - $1.start) : 0) }
         while regions.count > maxRegistrations || bytes > maxRegisteredBytes {
-            guard let victim = regions.indices.filter({ regions[$0].uses == 0 && regions[$0].owned })
-                .min(by: { regions[$0].lastUse < regions[$1].lastUse }) else { return }
-            let r = regions.remove(at: victim)
-            bytes -= Int(r.end - r.start)
-            r.dropped = true
-            device.deregister(r.region)
-            counts.evicted += 1
+            guard let victim = regions.filter({ $0.uses == 0 && $0.owned }).min(by: { $0.lastUse < $1.lastUse }) else { return }
+            bytes -= Int(victim.end - victim.start)
+            evictLocked(victim)
         }
     }
-
-    /// Registrations held now (for tests and status).
-    public var registeredCount: Int { lock.withLock { regions.count } }
 }
 
 /// One connection's RDMA: its queue pair, connected to the worker's, into which the worker

@@ -470,41 +470,35 @@ public final class WorkerConnection: @unchecked Sendable {
                 isBroken = true
                 throw WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")
             }
-            if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }),
-               target.request != nil, let channel = rdmaChannel {
-                // The worker wrote the data into the buffer, and its write completed before this
-                // answer was sent: the memory must match the answer's CRC32C (which the frame's
-                // tag covers).
+            if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }) {
+                let byRDMA = target.request != nil
+                guard byRDMA || target.noData || acceptsNoData else {
+                    return (target.callerID, .failure(ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")))
+                }
                 guard Int(reply.length) == target.length else {
                     return (target.callerID, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
                 }
+                guard byRDMA, let channel = rdmaChannel else { return (target.callerID, .success(reply.origin)) }
+                // The worker wrote the data into the buffer, and its write completed before this
+                // answer was sent: the memory must match the answer's CRC32C (which the frame's
+                // tag covers).
                 if target.redirected { return (target.callerID, .success(nil)) }
                 if CRC32C.checksum(UnsafeRawBufferPointer(start: target.buffer, count: target.length)) == reply.crc {
                     channel.rdma.count { $0.rdmaReads += 1 }
                     return (target.callerID, .success(nil))
                 }
                 // Not what was written: the buffer's pages may have been mapped anew since they
-                // were registered. The registration goes, and the READ goes again over TCP on
-                // the same id (its first answer is in).
+                // were registered. The registration goes, and the READ goes again over TCP under
+                // a fresh id (the worker may not have let the first one go yet).
                 if let registration = target.registration { channel.rdma.invalidate(registration) }
                 channel.rdma.count { $0.fallbacks += 1 }
                 guard let again = target.request?.with(rdma: nil) else {
                     return (target.callerID, .failure(ShoalError(.checksumMismatch, "data RDMA-written by worker \(endpoint) failed its CRC32C check")))
                 }
-                // A fresh id: the worker may not have let the first one go yet.
                 let retry = takeID()
                 try sendFrame(type: .read, id: retry, count: again.encodedCount, deadline: monotonicNanos() + timeoutNanos) { b in again.encode(into: b) }
                 pending.append(Pending(id: retry, callerID: target.callerID, buffer: target.buffer, length: target.length, noData: false))
                 continue
-            }
-            if h.status == 0 && h.type == FrameType.readNoData.rawValue, let reply = payload.withUnsafeBytes({ NoDataReply(decoding: $0) }) {
-                guard target.noData || acceptsNoData else {
-                    return (target.callerID, .failure(ShoalError(.badRequest, "worker \(endpoint) runs with answerWithoutData, a benchmark switch, and sent no data")))
-                }
-                guard Int(reply.length) == target.length else {
-                    return (target.callerID, .failure(ShoalError(.badRequest, "worker \(endpoint) answered for \(reply.length) bytes where \(target.length) were asked")))
-                }
-                return (target.callerID, .success(reply.origin))
             }
             return (target.callerID, .failure(WorkerConnection.unexpected(h, payload, endpoint, "READ_REPLY")))
           }

@@ -94,7 +94,7 @@ final class Shard: @unchecked Sendable {
     private var rdmaBusy: [ShardConnection] = []
     /// READ data waiting for room on the device (`maxTransfers` writes out) or on its queue pair,
     /// oldest first: written as writes complete.
-    private var rdmaWaiting: [RDMAWaitingWrite] = []
+    private var rdmaWaiting: [RDMAReply] = []
 
     private var service: BlockService { plane.service }
     private var logger: Logger { plane.logger }
@@ -1131,7 +1131,7 @@ final class Shard: @unchecked Sendable {
             enqueueData(conn, id: id, crc: crc, data: data, after: after)
             return
         }
-        let w = RDMAWaitingWrite(conn: conn, requestID: id, crc: crc, data: data, origin: origin, after: after, descriptor: d)
+        let w = RDMAReply(conn: conn, requestID: id, crc: crc, data: data, origin: origin, after: after, descriptor: d)
         // The device's writes and each queue pair's are bounded: past either bound the write
         // waits (its buffer held) until one completes, behind any that wait already.
         if !rdmaWaiting.isEmpty || !post(w) {
@@ -1142,12 +1142,11 @@ final class Shard: @unchecked Sendable {
 
     /// Posts `w`'s write: false when the device or the queue pair has no room. A post the device
     /// refuses stops RDMA on the connection, and the READ is answered over TCP.
-    private func post(_ w: RDMAWaitingWrite) -> Bool {
+    private func post(_ w: RDMAReply) -> Bool {
         let conn = w.conn
         guard let queue = conn.rdma, let rdma = plane.rdma, let base = w.data.baseAddress else {
-            // RDMA stopped on this connection while the write waited: over TCP.
-            service.metrics.rdmaFallbacks.increment()
-            enqueueData(conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
+            // RDMA stopped on this connection while the write waited.
+            answerOverTCP(w)
             return true
         }
         guard rdma.beginTransfer() else { return false }
@@ -1158,8 +1157,7 @@ final class Shard: @unchecked Sendable {
         } catch {
             rdma.endTransfers(1)
             rdmaFailed(conn, "\(error)")
-            service.metrics.rdmaFallbacks.increment()
-            enqueueData(conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
+            answerOverTCP(w)
             return true
         }
         guard let chain else {
@@ -1168,8 +1166,7 @@ final class Shard: @unchecked Sendable {
         }
         service.metrics.rdmaWrites.increment()
         service.metrics.rdmaBytes.increment(by: Int64(w.data.count))
-        conn.rdmaWrites.append(RDMAPendingReply(chain: chain, requestID: w.requestID, crc: w.crc, data: w.data, origin: w.origin, after: w.after,
-                                                posted: monotonicNanos()))
+        conn.rdmaWrites.append(RDMAPendingReply(chain: chain, posted: monotonicNanos(), reply: w))
         if !conn.rdmaBusy {
             conn.rdmaBusy = true
             rdmaBusy.append(conn)
@@ -1213,8 +1210,9 @@ final class Shard: @unchecked Sendable {
                     while let first = conn.rdmaWrites.first, first.chain <= c.id {
                         conn.rdmaWrites.removeFirst()
                         plane.rdma?.endTransfers(1)
-                        enqueueNoData(conn, id: first.requestID, crc: first.crc, length: first.data.count, origin: first.origin)
-                        afterSend(first.after, connection: conn.slot, generation: conn.generation)
+                        let w = first.reply
+                        enqueueNoData(conn, id: w.requestID, crc: w.crc, length: w.data.count, origin: w.origin)
+                        afterSend(w.after, connection: conn.slot, generation: conn.generation)
                     }
                 }
             } catch {
@@ -1243,21 +1241,26 @@ final class Shard: @unchecked Sendable {
     private func rdmaFailed(_ conn: ShardConnection, _ reason: String) {
         guard conn.rdma != nil else { return }
         plane.protocolErrorLog.log(logger, .warning, "RDMA failed on a connection; its READs go over TCP", ["error": "\(reason)"])
-        dropRDMA(conn)
-        let pending = conn.rdmaWrites
-        conn.rdmaWrites.removeAll()
-        plane.rdma?.endTransfers(pending.count)
-        for w in pending {
-            service.metrics.rdmaFallbacks.increment()
-            enqueueData(conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
-        }
+        for w in dropRDMA(conn) { answerOverTCP(w) }
     }
 
-    private func dropRDMA(_ conn: ShardConnection) {
-        guard let queue = conn.rdma else { return }
+    /// Destroys the connection's queue pair (the device reads none of its buffers after this)
+    /// and hands back the replies whose writes were outstanding.
+    private func dropRDMA(_ conn: ShardConnection) -> [RDMAReply] {
+        guard let queue = conn.rdma else { return [] }
         queue.close()
         conn.rdma = nil
         conn.rdmaLost = true
+        let outstanding = conn.rdmaWrites.map(\.reply)
+        conn.rdmaWrites.removeAll()
+        plane.rdma?.endTransfers(outstanding.count)
+        return outstanding
+    }
+
+    /// A READ asked by RDMA answered over TCP instead, from the same buffer.
+    private func answerOverTCP(_ w: RDMAReply) {
+        service.metrics.rdmaFallbacks.increment()
+        enqueueData(w.conn, id: w.requestID, crc: w.crc, data: w.data, after: w.after)
     }
 
     private func enqueueData(_ conn: ShardConnection, id: UInt32, crc: UInt32, data: UnsafeRawBufferPointer, after: AfterSend) {
@@ -1453,15 +1456,11 @@ final class Shard: @unchecked Sendable {
         if !conn.refused { plane.release(conn.place) }
         Sockets.shutdown(conn.fd)
         // Its queue pair goes first: once it is destroyed the device reads none of the buffers
-        // of the writes still outstanding, and they go back with the rest.
-        dropRDMA(conn)
-        plane.rdma?.endTransfers(conn.rdmaWrites.count)
-        for w in conn.rdmaWrites { afterSend(w.after, connection: conn.slot, generation: conn.generation) }
-        conn.rdmaWrites.removeAll()
-        // Taken out first: what afterSend starts may post (and look at the list) again.
+        // of the writes still outstanding, and they go back with the rest (those that waited for
+        // room too, taken out first: what afterSend starts may post, and look at the list, again).
         let waited = rdmaWaiting.filter { $0.conn === conn }
         rdmaWaiting.removeAll { $0.conn === conn }
-        for w in waited { afterSend(w.after, connection: conn.slot, generation: conn.generation) }
+        for w in dropRDMA(conn) + waited { afterSend(w.after, connection: conn.slot, generation: conn.generation) }
         // Replies not sent: their buffers go back now.
         for f in conn.inSend + conn.queue + conn.deferred {
             if let owned = f.owned { owned.deallocate() }
@@ -1612,9 +1611,10 @@ struct ReadOp {
     }
 }
 
-/// What a sent reply leaves to do.
-/// A READ whose data waits for room to be RDMA-written.
-struct RDMAWaitingWrite {
+/// A READ answered by RDMA: where its data goes, what its answer says, and what its buffer
+/// waits for. It waits in the shard (`rdmaWaiting`) while the device or the queue pair has no
+/// room, then in its connection (`RDMAPendingReply`) until its write completes.
+struct RDMAReply {
     let conn: ShardConnection
     let requestID: UInt32
     let crc: UInt32
@@ -1624,17 +1624,14 @@ struct RDMAWaitingWrite {
     let descriptor: RDMADescriptor
 }
 
-/// A READ whose data an RDMA write is carrying: what its answer says, and what its buffer waits for.
+/// An RDMA reply whose write is posted: its chain, and when.
 struct RDMAPendingReply {
     let chain: UInt64
-    let requestID: UInt32
-    let crc: UInt32
-    let data: UnsafeRawBufferPointer
-    let origin: BlockOrigin
-    let after: AfterSend
     let posted: UInt64
+    let reply: RDMAReply
 }
 
+/// What a sent reply leaves to do.
 enum AfterSend {
     case nothing
     case giveLease(Int)

@@ -150,7 +150,7 @@ public final class Worker: @unchecked Sendable {
         planeConfig.leasesPerConnection = config.buffersPerConnection
         planeConfig.sendStallNanos = UInt64(max(0.1, config.replyStallTimeout) * 1e9)
         planeConfig.sendZeroCopy = config.sendZeroCopy
-        let rdma = try config.rdma.map { (settings) throws(ShoalError) in try WorkerRDMA(settings, pool: pool, maxTransfers: settings.maxTransfers) }
+        let rdma = try config.rdma.map { (settings) throws(ShoalError) in try WorkerRDMA(settings, pool: pool) }
         if let rdma, let handover = service.handover {
             // Blocks taken from their previous owner come by RDMA too, into the registered pool.
             handover.useRDMA(ClientRDMA(device: rdma.device, preregistered: [rdma.region]))

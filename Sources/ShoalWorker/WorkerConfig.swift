@@ -141,6 +141,9 @@ public struct WorkerConfig: Sendable {
             self.maxTransfers = maxTransfers
             self.simulated = simulated
         }
+
+        /// The device it names.
+        public var choice: RDMADeviceChoice { RDMADeviceChoice(device: device, gidAddress: gidAddress, simulated: simulated) }
     }
 
     public struct EtcdSettings: Sendable {

@@ -16,12 +16,10 @@ final class WorkerRDMA: @unchecked Sendable {
     private var transfers = 0
     private var highWater = 0
 
-    init(_ settings: WorkerConfig.RDMASettings, pool: BufferPool, maxTransfers: Int = 4096) throws(ShoalError) {
-        self.maxTransfers = max(1, maxTransfers)
+    init(_ settings: WorkerConfig.RDMASettings, pool: BufferPool) throws(ShoalError) {
+        maxTransfers = max(1, settings.maxTransfers)
         do throws(RDMAError) {
-            device = settings.simulated
-                ? SimulatedRDMADevice(name: "simulated-worker")
-                : try VerbsRDMADevice(name: settings.device, gidAddress: settings.gidAddress)
+            device = try settings.choice.open(simulatedName: "simulated-worker")
             region = try pool.register(with: device)
         } catch {
             throw ShoalError(.badRequest, "key 'rdma': \(error.message)")

@@ -65,14 +65,9 @@ import ShoalCore
     /// throws (the caller falls back to TCP for that peer); a chain longer than the queue and a
     /// zero-byte write are refused before they reach the device.
     @Test func anErrorCompletionStopsTheQueuePair() throws {
-        let device = SimulatedRDMADevice()
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 64)
-        defer { buffer.deallocate() }
-        let mr = try device.register(buffer, length: 1 << 16)
-        let a = try device.makeQueuePair(depth: 4), b = try device.makeQueuePair(depth: 4)
-        try a.connect(to: b.address)
-        let q = RDMAQueue(driver: a, depth: 4)
-        let ok = RDMAWrite(local: buffer, length: 512, lkey: mr.lkey, remoteAddress: mr.address + 4096, rkey: mr.rkey)
+        let f = try OneQueue(depth: 4)
+        defer { f.buffer.deallocate() }
+        let (device, q, ok) = (f.device, f.queue, f.ok)
         #expect(throws: RDMAError.self) { try q.write(Array(repeating: ok, count: 5)) }
         var empty = ok
         empty.length = 0
@@ -96,14 +91,9 @@ import ShoalCore
     /// The third write of a chain of four is refused: the two before it ran, the fourth is
     /// flushed, and the count comes back to zero from the completions alone.
     @Test func aWriteRefusedMidChainLeavesNothingCounted() throws {
-        let device = SimulatedRDMADevice()
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 64)
-        defer { buffer.deallocate() }
-        let mr = try device.register(buffer, length: 1 << 16)
-        let a = try device.makeQueuePair(depth: 8), b = try device.makeQueuePair(depth: 8)
-        try a.connect(to: b.address)
-        let q = RDMAQueue(driver: a, depth: 8)
-        let ok = RDMAWrite(local: buffer, length: 512, lkey: mr.lkey, remoteAddress: mr.address + 4096, rkey: mr.rkey)
+        let f = try OneQueue(depth: 8)
+        defer { f.buffer.deallocate() }
+        let (a, q, ok) = (f.queue.driver, f.queue, f.ok)
         var bad = ok
         bad.rkey ^= 0x77
         let id = try #require(try q.write([ok, ok, bad, ok]))
@@ -153,5 +143,24 @@ import ShoalCore
         #expect(try intoClient.wait(for: id2) == .success)
         #expect(memcmp(source, target, 4096) == 0)
         withExtendedLifetime((worker, client2)) {}
+    }
+}
+
+/// A simulated device with 64 KiB registered, and a queue of `depth` connected to a peer on it;
+/// `ok` writes 512 bytes within the region (the caller deallocates `buffer`).
+private struct OneQueue {
+    let device = SimulatedRDMADevice()
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 64)
+    let queue: RDMAQueue
+    let peer: any RDMAQueuePairDriver
+    let ok: RDMAWrite
+
+    init(depth: Int) throws {
+        let mr = try device.register(buffer, length: 1 << 16)
+        let a = try device.makeQueuePair(depth: depth)
+        peer = try device.makeQueuePair(depth: depth)
+        try a.connect(to: peer.address)
+        queue = RDMAQueue(driver: a, depth: depth)
+        ok = RDMAWrite(local: buffer, length: 512, lkey: mr.lkey, remoteAddress: mr.address + 4096, rkey: mr.rkey)
     }
 }
