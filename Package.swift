@@ -66,7 +66,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]),
         .target(name: "ShoalClient", dependencies: ["ShoalSys", "ShoalCore", "ShoalTransport", "ShoalObjectStore"]),
-        .target(name: "ShoalCABI", dependencies: ["CShoalABI", "ShoalClient", "ShoalCore"]),
+        .target(name: "ShoalCABI", dependencies: ["CShoalABI", "ShoalClient", "ShoalSys", "ShoalCore"]),
         .executableTarget(
             name: "shoal",
             dependencies: [

@@ -4,6 +4,7 @@ import Glibc
 import CShoalABI
 import ShoalClient
 import ShoalCore
+import ShoalSys
 import Synchronization
 
 // libshoal's C ABI (include/shoal.h). Every entry point checks its arguments and turns every
@@ -22,9 +23,10 @@ final class CClient: @unchecked Sendable {
     private let closed = Atomic<Bool>(false)
 
     final class ProcessClient {
-        let process: pid_t
+        /// The process it was made in, as its fork generation (compared with no syscall).
+        let process: Int
         let client: ShoalClient
-        init(process: pid_t, client: ShoalClient) {
+        init(process: Int, client: ShoalClient) {
             self.process = process
             self.client = client
         }
@@ -36,15 +38,15 @@ final class CClient: @unchecked Sendable {
 
     /// This process's client, made now if this process has none yet.
     func client() throws(ShoalError) -> ShoalClient {
-        let pid = getpid()
+        let generation = ForkGeneration.current
         while true {
             guard !closed.load(ordering: .acquiring) else { throw ShoalError(.badRequest, "the client was freed (shoal_client_free)") }
             let current = state.load(ordering: .acquiring)
             if let current {
                 let pc = Unmanaged<ProcessClient>.fromOpaque(current).takeUnretainedValue()
-                if pc.process == pid { return pc.client }
+                if pc.process == generation { return pc.client }
             }
-            let made = Unmanaged.passRetained(ProcessClient(process: pid, client: try ShoalClient(config: config))).toOpaque()
+            let made = Unmanaged.passRetained(ProcessClient(process: generation, client: try ShoalClient(config: config))).toOpaque()
             // The one a parent made stays allocated in the child (see above); another thread of
             // this process that got here first wins, and this one's client is dropped.
             if state.compareExchange(expected: current, desired: made, ordering: .acquiringAndReleasing).exchanged {
@@ -61,7 +63,7 @@ final class CClient: @unchecked Sendable {
         closed.store(true, ordering: .releasing)
         guard let current = state.exchange(nil, ordering: .acquiringAndReleasing) else { return }
         let pc = Unmanaged<ProcessClient>.fromOpaque(current)
-        if pc.takeUnretainedValue().process == getpid() { pc.release() }
+        if pc.takeUnretainedValue().process == ForkGeneration.current { pc.release() }
     }
 }
 
@@ -139,7 +141,7 @@ func cfile(_ p: OpaquePointer?) -> CFile? {
 }
 
 @_cdecl("shoal_abi_version")
-public func shoal_abi_version() -> Int32 { 1 }
+public func shoal_abi_version() -> Int32 { 2 }
 
 @_cdecl("shoal_last_error")
 public func shoal_last_error() -> UnsafePointer<CChar> { UnsafePointer(ThreadError.current.text) }
@@ -295,6 +297,21 @@ public func shoal_pread(_ file: OpaquePointer?, _ p: UnsafeMutableRawPointer?, _
     guard let f = cfile(file) else { return Int64(badArgument("shoal_pread: file must not be NULL")) }
     do throws(ShoalError) {
         return Int64(try f.owner.client().read(f.file, at: offset, into: try buffer(p, length)))
+    } catch {
+        return Int64(failed(error))
+    }
+}
+
+@_cdecl("shoal_pread_version")
+public func shoal_pread_version(_ client: OpaquePointer?, _ url: UnsafePointer<CChar>?, _ size: UInt64, _ etag: UnsafePointer<CChar>?,
+                                _ p: UnsafeMutableRawPointer?, _ length: Int, _ offset: UInt64) -> Int64 {
+    guard let c = cclient(client), let url = string(url), let etag = string(etag) else {
+        return Int64(badArgument("shoal_pread_version: client, url and etag must not be NULL"))
+    }
+    do throws(ShoalError) {
+        let client = try c.client()
+        let file = try client.open(try ObjectRef.parse(url), version: ObjectVersion(size: size, etag: etag))
+        return Int64(try client.read(file, at: offset, into: try buffer(p, length)))
     } catch {
         return Int64(failed(error))
     }

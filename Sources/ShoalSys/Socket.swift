@@ -342,6 +342,42 @@ public final class TCPSocket: @unchecked Sendable {
         }
     }
 
+    /// Receives exactly `count` bytes into `buffer`, then `count2` into `buffer2` (a frame's data
+    /// and the trailer behind it): one recvmsg when they have arrived, as `receive` does for one.
+    public func receive(into buffer: UnsafeMutableRawPointer, count: Int, then buffer2: UnsafeMutableRawPointer, count count2: Int,
+                        deadline: UInt64? = nil) throws(SysError) {
+        if tls != nil || count == 0 {
+            try receive(into: buffer, count: count, deadline: deadline)
+            try receive(into: buffer2, count: count2, deadline: deadline)
+            return
+        }
+        let flags = blockingReceives ? Int32(MSG_WAITALL) : Int32(MSG_DONTWAIT)
+        var done = 0
+        while done < count + count2 {
+            let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2) { vecs -> Int in
+                var used = 0
+                if done < count {
+                    vecs[0] = iovec(iov_base: buffer + done, iov_len: count - done)
+                    vecs[1] = iovec(iov_base: buffer2, iov_len: count2)
+                    used = 2
+                } else {
+                    vecs[0] = iovec(iov_base: buffer2 + (done - count), iov_len: count2 - (done - count))
+                    used = 1
+                }
+                var msg = msghdr()
+                msg.msg_iov = vecs.baseAddress
+                msg.msg_iovlen = used
+                return recvmsg(fd, &msg, flags)
+            }
+            if n > 0 { done += n; continue }
+            if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
+            let e = currentErrno()
+            if e == EINTR { continue }
+            guard e == EAGAIN else { throw SysError("recvmsg", errno: e) }
+            try awaitData(deadline: deadline)
+        }
+    }
+
     /// After a receive found nothing: with a receive timeout the kernel has waited already (past
     /// the deadline it is a timeout); without, poll until data comes or the deadline passes.
     private func awaitData(deadline: UInt64?) throws(SysError) {

@@ -14,9 +14,9 @@ public typealias ClientRDMASettings = RDMADeviceChoice
 /// queue pair of its own (`RDMAChannel`).
 public final class ClientRDMA: @unchecked Sendable {
     public let device: any RDMADevice
-    /// The process that opened it: a forked child opens a device of its own (verbs resources do
-    /// not cross fork).
-    public let process: pid_t
+    /// The process that opened it (its fork generation): a forked child opens a device of its
+    /// own (verbs resources do not cross fork).
+    private let forkGeneration: Int
     private let lock = ConditionLock()
     private var regions: [Registration] = []
     private var clock: UInt64 = 0
@@ -59,7 +59,7 @@ public final class ClientRDMA: @unchecked Sendable {
     /// pool, for its transfers from other workers): READs into it use that registration.
     public init(device: any RDMADevice, preregistered: [RDMAMemoryRegion] = [], maxRegistrations: Int = 1024, maxRegisteredBytes: Int = 16 << 30) {
         self.device = device
-        process = getpid()
+        forkGeneration = ForkGeneration.current
         self.maxRegistrations = max(1, maxRegistrations)
         self.maxRegisteredBytes = maxRegisteredBytes
         regions = preregistered.map { r in
@@ -76,11 +76,11 @@ public final class ClientRDMA: @unchecked Sendable {
 
     deinit {
         // In a forked child the registrations are the parent's (through shared descriptors).
-        guard process == getpid() else { return }
+        guard isUsable else { return }
         for r in regions where r.owned { device.deregister(r.region) }
     }
 
-    public var isUsable: Bool { process == getpid() }
+    public var isUsable: Bool { forkGeneration == ForkGeneration.current }
 
     public var counters: Counts { lock.withLock { counts } }
 

@@ -99,7 +99,7 @@ public final class WorkerConnection: @unchecked Sendable {
             throw ShoalError(.connectionFailed, "cannot set up the connection to worker \(endpoint): \(error)")
         }
         self.socket = socket
-        self.process = getpid()
+        self.forkGeneration = ForkGeneration.current
         self.authenticator = authenticator
         self.blockSize = ok.blockSize
         self.maxInFlight = Int(ok.maxInFlight)
@@ -149,10 +149,11 @@ public final class WorkerConnection: @unchecked Sendable {
         socket.close()
     }
 
-    /// The process that made this connection. A forked child shares its socket and its frame
-    /// sequence with the parent, so it must never use it: pools check this before lending one.
-    public let process: pid_t
-    public var isOwnedByThisProcess: Bool { process == getpid() }
+    /// The process that made this connection (its fork generation: no syscall per check). A
+    /// forked child shares its socket and its frame sequence with the parent, so it must never
+    /// use it: pools check this before lending one.
+    private let forkGeneration: Int
+    public var isOwnedByThisProcess: Bool { forkGeneration == ForkGeneration.current }
 
     static func io<T>(_ endpoint: Endpoint, _ body: () throws -> T) throws(ShoalError) -> T {
         do { return try body() } catch let e as SysError {
@@ -583,6 +584,25 @@ public final class WorkerConnection: @unchecked Sendable {
         }
     }
 
+    /// `take(into: p, count:)` then `take(into: q, count: count2)`, with what is not staged received
+    /// in one call: a READ_REPLY's data and its trailer.
+    private func take(into p: UnsafeMutableRawPointer, count: Int, then q: UnsafeMutableRawPointer, count count2: Int,
+                      deadline: UInt64) throws(ShoalError) {
+        let staged = min(count, stagedEnd - stagedStart)
+        guard count > staged else {
+            try take(into: p, count: count, deadline: deadline)
+            try take(into: q, count: count2, deadline: deadline)
+            return
+        }
+        if staged > 0 {
+            p.copyMemory(from: staging + stagedStart, byteCount: staged)
+            stagedStart += staged
+        }
+        do { try socket.receive(into: p + staged, count: count - staged, then: q, count: count2, deadline: deadline) } catch {
+            throw WorkerConnection.failure(error, endpoint)
+        }
+    }
+
     private func takeBytes(_ count: Int, deadline: UInt64) throws(ShoalError) -> [UInt8] {
         guard count > 0 else { return [] }
         let p = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 8)
@@ -611,8 +631,7 @@ public final class WorkerConnection: @unchecked Sendable {
         let trailer = replyHead + ReadReplyHead.size
         let tag = trailer + ReadReplyTrailer.size
         try take(into: head, count: ReadReplyHead.size, deadline: deadline)
-        if length > 0 { try take(into: buffer, count: length, deadline: deadline) }
-        try take(into: trailer, count: ReadReplyTrailer.size + tagSize, deadline: deadline)
+        try take(into: buffer, count: length, then: trailer, count: ReadReplyTrailer.size + tagSize, deadline: deadline)
         let data = UnsafeRawBufferPointer(start: buffer, count: length)
         if let authenticator {
             let ok = authenticator.open(UnsafeRawBufferPointer(start: head, count: ReadReplyHead.size), data,

@@ -152,6 +152,15 @@ int main(int argc, char **argv) {
     ops[1].file = NULL;
     CHECK(shoal_pread_batch(ops, 4) == 1 && ops[1].result == SHOAL_E_BAD_REQUEST && ops[0].result == 4096, "batch with a bad op");
 
+    /* Open, read and close in one call, at the known version. */
+    memset(buffer, 0, 5000);
+    got = shoal_pread_version(client, url, shoal_file_size(file), shoal_file_etag(file), buffer, 5000, size / 3);
+    CHECK(got == (int64_t)(size - size / 3 < 5000 ? size - size / 3 : 5000) && memcmp(buffer, expected + size / 3, (size_t)got) == 0,
+          "pread_version: %lld %s", (long long)got, shoal_last_error());
+    CHECK(shoal_pread_version(client, url, 10, "\"not-the-etag\"", buffer, 10, 0) == SHOAL_E_CHANGED, "pread_version of a made-up version: %s",
+          shoal_last_error());
+    CHECK(shoal_pread_version(client, url, shoal_file_size(file), NULL, buffer, 10, 0) == SHOAL_E_BAD_REQUEST, "pread_version without an etag");
+
     shoal_file *ghost = shoal_open_version(client, url, 10, "\"not-the-etag\"");
     CHECK(ghost != NULL, "open_version of a made-up version opens (the read finds out)");
     if (ghost) {

@@ -7,7 +7,7 @@ threads run in parallel, and a read lands straight in the caller's buffer.
 import ctypes
 import os
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class StatStruct(ctypes.Structure):
@@ -64,6 +64,8 @@ def _load():
         "shoal_file_etag": (ctypes.c_char_p, [ctypes.c_void_p]),
         "shoal_close": (None, [ctypes.c_void_p]),
         "shoal_pread": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64]),
+        "shoal_pread_version": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_void_p,
+                                                 ctypes.c_size_t, ctypes.c_uint64]),
         "shoal_pread_batch": (ctypes.c_int64, [ctypes.POINTER(ReadOp), ctypes.c_size_t]),
     }
     for name, (restype, argtypes) in sig.items():

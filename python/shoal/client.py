@@ -299,15 +299,21 @@ class Client:
             raise failure[0]
         return found
 
+    @staticmethod
+    def _version(url, version):
+        """(size, etag) of a version given as an ObjectInfo or (size, etag)."""
+        size, etag = (version.size, version.etag) if isinstance(version, ObjectInfo) else version
+        if not isinstance(size, int) or size < 0:
+            raise InvalidRequest(f"{url}: a version's size must be a whole number of 0 or more, not {size!r}")
+        return int(size), str(etag)
+
     def _open_handle(self, url, version):
         """libshoal's file handle: at the current version, or at `version` with no round trip."""
         if version is None:
             handle = lib.shoal_open(self.handle, _c_url(url))
         else:
-            size, etag = (version.size, version.etag) if isinstance(version, ObjectInfo) else version
-            if not isinstance(size, int) or size < 0:
-                raise InvalidRequest(f"{url}: a version's size must be a whole number of 0 or more, not {size!r}")
-            handle = lib.shoal_open_version(self.handle, _c_url(url), int(size), _c_url(str(etag)))
+            size, etag = self._version(url, version)
+            handle = lib.shoal_open_version(self.handle, _c_url(url), size, _c_url(etag))
         if not handle:
             _raise_last()
         return handle
@@ -326,6 +332,18 @@ class Client:
         with the bytes)."""
         if version is None and offset == 0 and (length is None or length >= 2):
             return self._read_by_name(url, length)
+        if version is not None:
+            # One call into libshoal (open, read and close there): small objects read one by one
+            # pay for each ctypes call and its turn of the GIL.
+            size, etag = self._version(url, version)
+            if offset < 0:
+                raise InvalidRequest(f"a negative offset ({offset})")
+            if length is None or offset + length > size:
+                length = max(0, size - offset)
+            if length == 0:
+                return b""
+            out, address = _result_buffer(length)
+            return _result(out, _check(lib.shoal_pread_version(self.handle, _c_url(url), size, _c_url(etag), address, length, offset)))
         handle = self._open_handle(url, version)
         try:
             if offset < 0:

@@ -27,7 +27,7 @@ extern "C" {
 
 /* The ABI this header describes. shoal_abi_version() says which one the library has; a program
  * built against a higher one must not use the library. */
-#define SHOAL_ABI_VERSION 1
+#define SHOAL_ABI_VERSION 2 /* 2: shoal_pread_version */
 int shoal_abi_version(void);
 
 /* Error codes: the negated status codes of Shoal's wire protocol (docs/PROTOCOL.md). */
@@ -127,6 +127,13 @@ void shoal_close(shoal_file *file);
  * there with no copy). Returns the count (short only at the object's end, 0 past it) or a
  * negative error code. Every byte is checked against its block's CRC32C. */
 int64_t shoal_pread(shoal_file *file, void *buffer, size_t length, uint64_t offset);
+
+/* shoal_open_version, shoal_pread and shoal_close in one call: reads up to `length` bytes at
+ * `offset` of the object at the version the caller knows (from shoal_list or a manifest), with
+ * no round trip but the read's own. For many small objects read one by one (from a language
+ * where each call into C costs, Python's ctypes among them). Returns as shoal_pread does. */
+int64_t shoal_pread_version(shoal_client *client, const char *url, uint64_t size, const char *etag, void *buffer, size_t length,
+                            uint64_t offset);
 
 /* One range of a batched read. `result` is set: the count, or a negative error code. */
 typedef struct shoal_read_op {
