@@ -1,4 +1,5 @@
 internal import COpenSSL
+internal import CShoalTLS
 import ShoalCore
 
 /// A failure inside OpenSSL (TLS set-up, a handshake, a cipher context), with OpenSSL's reason.
@@ -42,21 +43,19 @@ public final class FrameAuthenticator: @unchecked Sendable {
     private var sendSequence: UInt64 = 0
     private var receiveSequence: UInt64 = 0
 
-    public init(keys: SessionKeys, role: Role) throws(CryptoError) {
+    /// True where GHASH runs with VPCLMULQDQ (CShoalTLS/gmac.c) rather than in OpenSSL's GCM.
+    public static var isAccelerated: Bool { shoal_gmac_is_accelerated() == 1 }
+
+    /// `accelerated: false` keeps every tag on OpenSSL's GCM (tests compare the two).
+    public init(keys: SessionKeys, role: Role, accelerated: Bool = true) throws(CryptoError) {
         let (sendKey, receiveKey) = role == .client ? (keys.clientToWorker, keys.workerToClient) : (keys.workerToClient, keys.clientToWorker)
         sendDirection = role == .client ? .clientToWorker : .workerToClient
         receiveDirection = role == .client ? .workerToClient : .clientToWorker
         guard sendKey.count == 32, receiveKey.count == 32 else { throw CryptoError("frame tags need 32-byte session keys") }
-        guard let s = FrameAuthenticator.makeContext(key: sendKey) else {
-            throw CryptoError("cannot set up AES-256-GCM for frame tags: \(openSSLErrors())")
-        }
-        guard let r = FrameAuthenticator.makeContext(key: receiveKey) else {
-            EVP_CIPHER_CTX_free(s)
-            throw CryptoError("cannot set up AES-256-GCM for frame tags: \(openSSLErrors())")
-        }
-        guard let t = FrameAuthenticator.makeContext(key: sendKey) else {
-            EVP_CIPHER_CTX_free(s)
-            EVP_CIPHER_CTX_free(r)
+        let fast: Int32 = accelerated ? 1 : 0
+        let made = [sendKey, receiveKey, sendKey].map { key in key.withUnsafeBufferPointer { shoal_gmac_new($0.baseAddress, fast) } }
+        guard let s = made[0], let r = made[1], let t = made[2] else {
+            made.forEach { shoal_gmac_free($0) }
             throw CryptoError("cannot set up AES-256-GCM for frame tags: \(openSSLErrors())")
         }
         sendContext = s
@@ -65,19 +64,9 @@ public final class FrameAuthenticator: @unchecked Sendable {
     }
 
     deinit {
-        EVP_CIPHER_CTX_free(sendContext)
-        EVP_CIPHER_CTX_free(receiveContext)
-        EVP_CIPHER_CTX_free(streamContext)
-    }
-
-    private static func makeContext(key: [UInt8]) -> OpaquePointer? {
-        guard let ctx = EVP_CIPHER_CTX_new() else { return nil }
-        // The key is set once; each frame sets only its nonce (12 bytes, GCM's default length).
-        guard EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key, nil) == 1 else {
-            EVP_CIPHER_CTX_free(ctx)
-            return nil
-        }
-        return ctx
+        shoal_gmac_free(sendContext)
+        shoal_gmac_free(receiveContext)
+        shoal_gmac_free(streamContext)
     }
 
     /// The tag of one frame over its pieces (its header and payload without the tag), in order.
@@ -95,28 +84,17 @@ public final class FrameAuthenticator: @unchecked Sendable {
     private static func start(_ ctx: OpaquePointer, _ direction: FrameTag.Direction, _ sequence: UInt64) -> Bool {
         withUnsafeTemporaryAllocation(byteCount: FrameTag.nonceSize, alignment: 8) { nonce in
             FrameTag.writeNonce(direction, sequence: sequence, into: nonce.baseAddress!)
-            return EVP_EncryptInit_ex(ctx, nil, nil, nil, nonce.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
+            return shoal_gmac_start(ctx, nonce.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
         }
     }
 
     private static func final(_ ctx: OpaquePointer, into tag: UnsafeMutableRawPointer) -> Bool {
-        var outLength: Int32 = 0
-        var none: UInt8 = 0
-        guard EVP_EncryptFinal_ex(ctx, &none, &outLength) == 1 else { return false }
-        return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, Int32(FrameTag.size), tag) == 1
+        shoal_gmac_finish(ctx, tag.assumingMemoryBound(to: UInt8.self)) == 1
     }
 
     /// Adds one piece as additional data: hashed, never copied.
     private static func add(_ ctx: OpaquePointer, _ piece: UnsafeRawBufferPointer) -> Bool {
-        var outLength: Int32 = 0
-        var offset = 0
-        while offset < piece.count {
-            let n = min(piece.count - offset, Int(Int32.max))
-            let p = piece.baseAddress!.advanced(by: offset).assumingMemoryBound(to: UInt8.self)
-            guard EVP_EncryptUpdate(ctx, nil, &outLength, p, Int32(n)) == 1 else { return false }
-            offset += n
-        }
-        return true
+        piece.isEmpty || shoal_gmac_add(ctx, piece.baseAddress!, piece.count) == 1
     }
 
     private static func split(_ pieces: [UnsafeRawBufferPointer]) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer, [UnsafeRawBufferPointer]) {

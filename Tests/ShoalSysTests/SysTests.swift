@@ -118,6 +118,33 @@ import ShoalTestSupport
         #expect(client2.open(frame: a + fromWorker))
     }
 
+    /// The GHASH of CShoalTLS/gmac.c (VPCLMULQDQ) against OpenSSL's GCM: the same tag for any
+    /// pieces, of lengths around its 16-, 256- and 512-byte steps, one frame after another.
+    @Test(.enabled(if: FrameAuthenticator.isAccelerated, "this CPU has no VPCLMULQDQ with AVX-512: every tag is OpenSSL's"))
+    func theAcceleratedHashGivesOpenSSLsTags() throws {
+        let fast = try FrameAuthenticator(keys: keys, role: .worker)
+        let openSSL = try FrameAuthenticator(keys: keys, role: .worker, accelerated: false)
+        let data = SampleData.bytes(seed: 11, count: 300_000)
+        var random = SystemRandomNumberGenerator()
+        let lengths = [0, 1, 15, 16, 17, 255, 256, 257, 511, 512, 513, 767, 768, 1023, 1024, 1025, 102_400, 299_999]
+        try data.withUnsafeBytes { d in
+            for round in 0..<600 {
+                var pieces: [UnsafeRawBufferPointer] = []
+                var offset = 0
+                for _ in 0..<Int.random(in: 1...4, using: &random) {
+                    let n = round < lengths.count && pieces.isEmpty ? lengths[round] : Int.random(in: 0...(round % 5 == 0 ? 20_000 : 700), using: &random)
+                    let count = min(n, data.count - offset)
+                    pieces.append(UnsafeRawBufferPointer(rebasing: d[offset..<(offset + count)]))
+                    offset += count
+                }
+                var a = [UInt8](repeating: 0, count: FrameTag.size), b = a
+                try a.withUnsafeMutableBytes { try fast.seal(pieces, tag: $0.baseAddress!) }
+                try b.withUnsafeMutableBytes { try openSSL.seal(pieces, tag: $0.baseAddress!) }
+                #expect(a == b, "round \(round): pieces of \(pieces.map(\.count)) bytes")
+            }
+        }
+    }
+
     @Test func aTagOverPiecesEqualsTheTagOverTheirConcatenation() throws {
         let data = SampleData.bytes(seed: 9, count: (4 << 20) + 3)
         let head = frame(3, [])
