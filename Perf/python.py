@@ -7,10 +7,11 @@
 .tools/venv; Tools/install-deps.sh --perf installs redis.)
 
 - Python `readinto` throughput, warm, against the Swift client on the same dataset (goal >= 0.9):
-  64 MiB objects, two readers sharing the client's connections (8 per worker) on both sides; the
-  Swift side is `shoal bench read` (its buffer advised to use huge pages), the Python side two
-  threads calling `readinto` into a buffer of the object's size: `shoal.alloc_buffer` (the same
-  kind of memory), and a plain bytearray for comparison.
+  64 MiB objects, the dataset read 4 times over per measurement, two readers sharing the
+  client's connections (8 per worker) on both sides; the Swift side is `shoal bench read` (its
+  buffer advised to use huge pages), the Python side two threads calling `readinto` into a buffer
+  of the object's size: `shoal.alloc_buffer` (the same kind of memory), and a plain bytearray for
+  comparison.
 - Small objects: 100 KiB objects per second through Python, warm, with 1 and 8 threads (each
   read is one object at its listed version, or by its URL alone: one round trip either way),
   and as batches of 64 (`read_batch`); against redis-benchmark GET of 100 KiB values at the same concurrency (goal
@@ -38,6 +39,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_PORT = 17570
 REDIS_PORT = 17790
+# The large dataset is read this many times per measurement on each side: one pass of 512 MiB
+# takes a quarter of a second, too short to measure steadily on a shared machine.
+PASSES = 4
 
 
 def sh(cmd, env=None, **kw):
@@ -53,10 +57,10 @@ def read_env(path):
     return out
 
 
-def python_large(client, objects, readers, make_buffer=bytearray):
+def python_large(client, objects, readers, make_buffer=bytearray, passes=1):
     """Bytes per second: `readers` threads, each taking the next object and reading it whole
-    with readinto into its own buffer (`make_buffer(size)`)."""
-    queue = list(objects)
+    with readinto into its own buffer (`make_buffer(size)`); the objects `passes` times over."""
+    queue = list(objects) * passes
     lock = threading.Lock()
     total = [0]
     errors = []
@@ -227,10 +231,11 @@ def main():
             client.read(o.url)  # and its version in its metadata owner's cache (the TTL is 60 s)
         swift, py, plain = [], [], []
         for _ in range(args.runs):
-            r = json.loads(sh([shoal_bin, "bench", "read", "s3://pyperf/large", "--readers", "2", "--connections", "8", "--json"], env=env))
+            r = json.loads(sh([shoal_bin, "bench", "read", "s3://pyperf/large", "--readers", "2", "--connections", "8", "--passes", str(PASSES),
+                               "--json"], env=env))
             swift.append(r["bytesPerSecond"])
-            py.append(python_large(client, large, 2, shoal.alloc_buffer))
-            plain.append(python_large(client, large, 2, bytearray))
+            py.append(python_large(client, large, 2, shoal.alloc_buffer, PASSES))
+            plain.append(python_large(client, large, 2, bytearray, PASSES))
         results["large"] = {"swiftBytesPerSecond": statistics.median(swift), "pythonBytesPerSecond": statistics.median(py),
                             "pythonBytearrayBytesPerSecond": statistics.median(plain)}
         start_redis(work, min(args.small, 2000), 102400)

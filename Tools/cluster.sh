@@ -9,6 +9,8 @@
 # --membership file uses a members file (DIR/members.yaml) instead of etcd. `start` writes
 # DIR/cluster.env: source it and `shoal cat s3://...` reads through the cluster. --tls makes a CA
 # and a certificate per worker with openssl (DIR/tls) and runs the data plane over TLS 1.3.
+# The workers share this host's cores as separate hosts would have their own: each gets
+# cores/N io shards (at least one) unless --shards says otherwise.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-}"; shift || true
@@ -44,6 +46,7 @@ stop_workers() {
 
 case "$cmd" in
 start)
+    if [ -z "$shards" ]; then shards=$(( $(nproc) / workers )); [ "$shards" -ge 1 ] || shards=1; fi
     # Ports in the ephemeral range are handed to client sockets: a client of a stopped worker
     # there can connect to itself. Keep the workers' and the store's ports below it.
     ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
@@ -120,7 +123,7 @@ YAML
             printf 'tls:\n  certFile: %s\n  keyFile: %s\n' "$dir/tls/worker.pem" "$dir/tls/worker.key" >> "$w/worker.yaml"
         fi
         if [ -n "$tier" ]; then echo "memoryTier: $tier" >> "$w/worker.yaml"; fi
-        if [ -n "$shards" ]; then echo "shards: $shards" >> "$w/worker.yaml"; fi
+        echo "shards: $shards" >> "$w/worker.yaml"
         if ! $handover; then printf 'handover: 0\nhandoverRate: 0\n' >> "$w/worker.yaml"; fi
         setsid "$shoal" worker --config "$w/worker.yaml" > "$w/worker.log" 2>&1 < /dev/null &
         echo $! > "$w/worker.pid"

@@ -83,11 +83,14 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "Label for the printed figure.") var label = "read"
         @Option(help: "Objects read at once, each by its own thread sharing the client's connections, so one read's tail never leaves the connections idle.")
         var readers = 1
+        @Option(help: "Times the whole dataset is read, one pass after another (a longer, steadier measurement).")
+        var passes = 1
         @OptionGroup var reads: ReadBenchOptions
 
         func run() throws {
             let target = try BenchCommand.parsePrefix(url)
             guard readers >= 1 && readers <= 64 else { throw fail("--readers must be 1-64", code: 2) }
+            guard passes >= 1 && passes <= 1000 else { throw fail("--passes must be 1-1000", code: 2) }
             do {
                 let c = try ShoalClient(config: try reads.clientConfig())
                 // Listed by the store itself where its credentials are given, else by a worker.
@@ -95,7 +98,7 @@ struct BenchCommand: ParsableCommand {
                     ? try reads.store.makeStore().listAll(bucket: target.bucket, prefix: target.key)
                     : try c.listAll(store: target.store, bucket: target.bucket, prefix: target.key)
                 guard !entries.isEmpty else { throw fail("no objects under \(url)") }
-                let queue = WorkQueue(items: entries.map { ($0.key, 0, 0) })
+                let queue = WorkQueue(items: Array(repeating: entries.map { ($0.key, UInt64(0), 0) }, count: passes).flatMap { $0 })
                 let done = ConditionLock()
                 nonisolated(unsafe) var total: UInt64 = 0
                 nonisolated(unsafe) var finished = 0
