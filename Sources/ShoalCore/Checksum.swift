@@ -20,7 +20,16 @@ public enum CRC32C {
     }
 
     /// Whether the SSE4.2 instruction is in use.
-    public static var isHardwareAccelerated: Bool { shoal_crc32c_is_hardware() == 1 }
+    public static var isHardwareAccelerated: Bool { shoal_crc32c_is_hardware() >= 1 }
+
+    /// Whether long inputs are folded with VPCLMULQDQ (CShoalShims/shims.c).
+    public static var foldsWithVPCLMULQDQ: Bool { shoal_crc32c_is_hardware() == 2 }
+
+    /// The CRC32C without VPCLMULQDQ folding (tests compare the two).
+    static func unfolded(_ bytes: UnsafeRawBufferPointer, continuing previous: UInt32 = 0) -> UInt32 {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return previous }
+        return shoal_crc32c_unfolded(previous, base, bytes.count)
+    }
 
     /// The CRC32C of `A || B` from `crc(A)`, `crc(B)` and B's length: no byte read again. The
     /// register is linear over GF(2), so `crc(A || B) = zeros(crc(A), |B|) ^ crc(B)`, where

@@ -31,9 +31,36 @@ import Testing
             return ~c
         }
         let data = SampleData.bytes(seed: 11, count: 40_000)
-        for (start, count) in [(0, 12_288), (3, 12_288), (0, 12_289), (5, 24_581), (1, 36_863), (7, 39_993), (0, 100)] {
+        // The three streams (12 KiB and up), and VPCLMULQDQ folding's steps (512 bytes and up,
+        // 256 a step, then a tail of the crc32 instruction).
+        let cases = [(0, 12_288), (3, 12_288), (0, 12_289), (5, 24_581), (1, 36_863), (7, 39_993), (0, 100),
+                     (0, 511), (1, 512), (2, 513), (0, 767), (3, 768), (0, 769), (5, 1023), (0, 1024), (9, 1025), (0, 4095), (1, 102_400 / 4)]
+        for (start, count) in cases {
             let slice = data[start..<(start + count)]
-            #expect(slice.withUnsafeBytes { CRC32C.checksum($0) } == reference(slice), "offset \(start), \(count) bytes")
+            let want = reference(slice)
+            #expect(slice.withUnsafeBytes { CRC32C.checksum($0) } == want, "offset \(start), \(count) bytes")
+            #expect(slice.withUnsafeBytes { CRC32C.unfolded($0) } == want, "offset \(start), \(count) bytes, without folding")
+            // Continuing from a value: it goes into the folded path's first bytes.
+            let cut = count / 3
+            let first = data[start..<(start + cut)].withUnsafeBytes { CRC32C.checksum($0) }
+            #expect(data[(start + cut)..<(start + count)].withUnsafeBytes { CRC32C.checksum($0, continuing: first) } == want,
+                    "offset \(start), \(count) bytes, continued after \(cut)")
+        }
+    }
+
+    /// The folded and the unfolded paths on random lengths, offsets and starting values.
+    @Test(.enabled(if: CRC32C.foldsWithVPCLMULQDQ, "this CPU has no VPCLMULQDQ with AVX-512: there is no folded path"))
+    func crc32cFoldedEqualsUnfolded() {
+        let data = SampleData.bytes(seed: 12, count: 70_000)
+        var random = SystemRandomNumberGenerator()
+        data.withUnsafeBytes { d in
+            for _ in 0..<2000 {
+                let start = Int.random(in: 0..<64, using: &random)
+                let count = Bool.random(using: &random) ? Int.random(in: 0...6000, using: &random) : Int.random(in: 0...(data.count - start), using: &random)
+                let piece = UnsafeRawBufferPointer(rebasing: d[start..<(start + count)])
+                let from = UInt32.random(in: 0...UInt32.max, using: &random)
+                #expect(CRC32C.checksum(piece, continuing: from) == CRC32C.unfolded(piece, continuing: from), "offset \(start), \(piece.count) bytes")
+            }
         }
     }
 

@@ -11,8 +11,11 @@
 /// CRC32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2. `crc` is the running
 /// value (0 to start); the result is finalised, so chaining passes the previous result.
 uint32_t shoal_crc32c(uint32_t crc, const void *data, size_t length);
-/// 1 when shoal_crc32c uses the CPU instruction, 0 for the table fallback.
+/// 2 when shoal_crc32c folds long inputs with VPCLMULQDQ (and uses the crc32 instruction for the
+/// rest), 1 when it uses the crc32 instruction alone, 0 for the table fallback.
 int shoal_crc32c_is_hardware(void);
+/// shoal_crc32c without the VPCLMULQDQ folding (tests compare the paths).
+uint32_t shoal_crc32c_unfolded(uint32_t crc, const void *data, size_t length);
 
 /// The O_DIRECT open flag for this architecture.
 int shoal_o_direct(void);
