@@ -45,6 +45,13 @@ static void crc32c_init(void) {
     __atomic_store_n(&crc32c_mode, hw, __ATOMIC_RELEASE);
 }
 
+/* The tables and the mode, made once by whichever thread comes first (the others wait). */
+static int crc32c_ready(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, crc32c_init);
+    return __atomic_load_n(&crc32c_mode, __ATOMIC_ACQUIRE);
+}
+
 static uint32_t crc32c_soft(uint32_t crc, const unsigned char *p, size_t n) {
     while (n >= 8) {
         uint64_t w;
@@ -202,7 +209,7 @@ static uint32_t crc32c_wide(uint32_t crc, const unsigned char *p, size_t n) {
 
 uint32_t shoal_crc32c(uint32_t crc, const void *data, size_t length) {
     int mode = __atomic_load_n(&crc32c_mode, __ATOMIC_ACQUIRE);
-    if (mode < 0) { crc32c_init(); mode = crc32c_mode; }
+    if (mode < 0) mode = crc32c_ready();
     crc = ~crc;
 #if defined(__x86_64__)
     if (mode == 2 && length >= 512) return ~crc32c_wide(crc, (const unsigned char *)data, length);
@@ -213,7 +220,7 @@ uint32_t shoal_crc32c(uint32_t crc, const void *data, size_t length) {
 
 uint32_t shoal_crc32c_unfolded(uint32_t crc, const void *data, size_t length) {
     int mode = __atomic_load_n(&crc32c_mode, __ATOMIC_ACQUIRE);
-    if (mode < 0) { crc32c_init(); mode = crc32c_mode; }
+    if (mode < 0) mode = crc32c_ready();
     crc = ~crc;
 #if defined(__x86_64__)
     if (mode >= 1) return ~crc32c_hw(crc, (const unsigned char *)data, length);
@@ -222,8 +229,7 @@ uint32_t shoal_crc32c_unfolded(uint32_t crc, const void *data, size_t length) {
 }
 
 int shoal_crc32c_is_hardware(void) {
-    if (__atomic_load_n(&crc32c_mode, __ATOMIC_ACQUIRE) < 0) crc32c_init();
-    return crc32c_mode;
+    return crc32c_ready();
 }
 
 int shoal_o_direct(void) { return O_DIRECT; }

@@ -14,6 +14,7 @@
 
 #include "shoal_gmac.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,7 +195,7 @@ shoal_gmac *shoal_gmac_new(const unsigned char key[32], int allow_fast) {
     int n = 0;
     if (EVP_EncryptUpdate(g->aes, h, &n, zero, 16) != 1 || n != 16) goto fail;
     set_key(g, h);
-    memset(h, 0, sizeof h);
+    OPENSSL_cleanse(h, sizeof h);
     return g;
 #endif
 fail:
@@ -206,22 +207,22 @@ void shoal_gmac_free(shoal_gmac *g) {
     if (!g) return;
     EVP_CIPHER_CTX_free(g->gcm);
     EVP_CIPHER_CTX_free(g->aes);
-    memset(g, 0, sizeof *g);
+    OPENSSL_cleanse(g, sizeof *g); /* H and its powers: with one tag, enough to forge others */
     free(g);
 }
 
 int shoal_gmac_start(shoal_gmac *g, const unsigned char nonce[12]) {
     if (!g->fast) return EVP_EncryptInit_ex(g->gcm, NULL, NULL, NULL, nonce) == 1;
 #if defined(__x86_64__)
+    /* Nothing of the frame before survives, even if AES fails below. */
+    fast_start(g);
+    g->partial_count = 0;
+    g->total = 0;
     unsigned char j0[16];
     memcpy(j0, nonce, 12);
     j0[12] = 0, j0[13] = 0, j0[14] = 0, j0[15] = 1;
     int n = 0;
-    if (EVP_EncryptUpdate(g->aes, g->mask, &n, j0, 16) != 1 || n != 16) return 0;
-    fast_start(g);
-    g->partial_count = 0;
-    g->total = 0;
-    return 1;
+    return EVP_EncryptUpdate(g->aes, g->mask, &n, j0, 16) == 1 && n == 16;
 #else
     return 0;
 #endif
@@ -252,7 +253,7 @@ int shoal_gmac_add(shoal_gmac *g, const void *data, size_t length) {
         hash_blocks(g, g->partial, 1);
         g->partial_count = 0;
     }
-    size_t done = hash_wide(g, p, length);
+    size_t done = length >= 256 ? hash_wide(g, p, length) : 0;
     size_t blocks = (length - done) / 16;
     hash_blocks(g, p + done, blocks);
     done += blocks * 16;

@@ -50,9 +50,11 @@ public final class ConditionLock: @unchecked Sendable {
     public func signal() { pthread_cond_signal(cond) }
 }
 
-/// A plain OS thread (no Dispatch, no Swift tasks).
-/// Counts forks of this process (raised in the child), so that an object running a thread can
-/// tell with one load, no syscall, that it is in a child where that thread does not exist.
+/// Counts forks of this process (raised in the child), so that an object running a thread, or
+/// a client's connection, can tell with one load, no syscall, that it is in a child where that
+/// thread does not exist (or whose socket is its parent's). It counts the forks that run
+/// `pthread_atfork` handlers: fork(), and so Python's os.fork and multiprocessing; a child made
+/// with _Fork() or a raw clone is not seen.
 public enum ForkGeneration {
     /// Written only in a child right after fork, while it has a single thread.
     nonisolated(unsafe) static var value = 0
@@ -63,6 +65,7 @@ public enum ForkGeneration {
     }
 }
 
+/// A plain OS thread (no Dispatch, no Swift tasks).
 public enum OSThread {
     private final class Box {
         let name: String

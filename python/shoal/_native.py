@@ -68,13 +68,16 @@ def _load():
                                                  ctypes.c_size_t, ctypes.c_uint64]),
         "shoal_pread_batch": (ctypes.c_int64, [ctypes.POINTER(ReadOp), ctypes.c_size_t]),
     }
+    # The version first: an older library lacks some of the functions bound below.
+    lib.shoal_abi_version.restype = ctypes.c_int
+    lib.shoal_abi_version.argtypes = []
+    version = lib.shoal_abi_version()
+    if version < ABI_VERSION:
+        raise ImportError(f"shoal: {path} has ABI version {version}; this package needs {ABI_VERSION}")
     for name, (restype, argtypes) in sig.items():
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
-    version = lib.shoal_abi_version()
-    if version < ABI_VERSION:
-        raise ImportError(f"shoal: {path} has ABI version {version}; this package needs {ABI_VERSION}")
     return lib
 
 

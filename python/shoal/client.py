@@ -336,6 +336,7 @@ class Client:
             # One call into libshoal (open, read and close there): small objects read one by one
             # pay for each ctypes call and its turn of the GIL.
             size, etag = self._version(url, version)
+            handle, c_url, c_etag = self.handle, _c_url(url), _c_url(etag)  # a closed client, a bad URL: raised even for 0 bytes
             if offset < 0:
                 raise InvalidRequest(f"a negative offset ({offset})")
             if length is None or offset + length > size:
@@ -343,7 +344,7 @@ class Client:
             if length == 0:
                 return b""
             out, address = _result_buffer(length)
-            return _result(out, _check(lib.shoal_pread_version(self.handle, _c_url(url), size, _c_url(etag), address, length, offset)))
+            return _result(out, _check(lib.shoal_pread_version(handle, c_url, size, c_etag, address, length, offset)))
         handle = self._open_handle(url, version)
         try:
             if offset < 0:
