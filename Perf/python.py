@@ -236,6 +236,7 @@ def main():
             swift.append(r["bytesPerSecond"])
             py.append(python_large(client, large, 2, shoal.alloc_buffer, PASSES))
             plain.append(python_large(client, large, 2, bytearray, PASSES))
+        results["runs"] = {"large.swift": swift, "large.python": py, "large.bytearray": plain}
         results["large"] = {"swiftBytesPerSecond": statistics.median(swift), "pythonBytesPerSecond": statistics.median(py),
                             "pythonBytearrayBytesPerSecond": statistics.median(plain)}
         start_redis(work, min(args.small, 2000), 102400)
@@ -252,6 +253,7 @@ def main():
                                    "--json"], env=env))
                 rates["direct"].append(r["bytesPerSecond"] / 102400)
             results[f"small.{threads}"] = {k: statistics.median(v) for k, v in rates.items()}
+            results["runs"].update({f"small.{threads}.{k}": v for k, v in rates.items()})
         if importlib.util.find_spec("torch") is not None:
             results["dataloader"] = dataloader_figures(settings, small[:1000], env, args.runs)
         client.close()

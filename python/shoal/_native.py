@@ -64,7 +64,9 @@ def _load():
         "shoal_file_etag": (ctypes.c_char_p, [ctypes.c_void_p]),
         "shoal_close": (None, [ctypes.c_void_p]),
         "shoal_pread": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64]),
-        "shoal_pread_version": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_void_p,
+        # The buffer: a new bytes object the caller fills (ctypes passes a bytes object's buffer
+        # for c_char_p with no copy).
+        "shoal_pread_version": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_char_p,
                                                  ctypes.c_size_t, ctypes.c_uint64]),
         "shoal_pread_batch": (ctypes.c_int64, [ctypes.POINTER(ReadOp), ctypes.c_size_t]),
     }

@@ -110,9 +110,12 @@ def _result_buffer(n):
     return b, (ctypes.addressof((ctypes.c_char * n).from_buffer(b)) if n else None)
 
 
-def _result(buffer, n):
-    """The bytes read into a `_result_buffer` (`n` of them)."""
-    return buffer if n == len(buffer) and isinstance(buffer, bytes) else bytes(buffer[:n])
+def _result(buffer, n, asked=None):
+    """The bytes read into a `_result_buffer` (`n` of them; `asked`: the length of the read, where
+    the buffer is longer)."""
+    if n == len(buffer) and isinstance(buffer, bytes) and (asked is None or asked == n):
+        return buffer
+    return bytes(buffer[:n])
 
 
 def alloc_buffer(size):
@@ -343,8 +346,10 @@ class Client:
                 length = max(0, size - offset)
             if length == 0:
                 return b""
-            out, address = _result_buffer(length)
-            return _result(out, _check(lib.shoal_pread_version(handle, c_url, size, c_etag, address, length, offset)))
+            # A new bytes object of at least 2 bytes (CPython shares shorter ones), handed to C as
+            # it is (ctypes passes its buffer): no address to work out.
+            out = _new_bytes(None, max(2, length))
+            return _result(out, _check(lib.shoal_pread_version(handle, c_url, size, c_etag, out, length, offset)), length)
         handle = self._open_handle(url, version)
         try:
             if offset < 0:

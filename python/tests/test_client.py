@@ -117,6 +117,29 @@ def test_listing_gives_versions_that_open_with_no_round_trip(cluster, client, bu
     assert client.list(f"s3://{bucket}/nothing-here/") == []
 
 
+def test_a_read_at_a_known_version_is_one_call_with_every_range(cluster, client, bucket):
+    data = put_random(cluster, bucket, "known", 300_000, seed=5)
+    o = client.stat(f"s3://{bucket}/known")
+    for version in (o, (o.size, o.etag)):
+        assert client.read(o.url, version=version) == data
+        assert client.read(o.url, offset=1000, length=5000, version=version) == data[1000:6000]
+        assert client.read(o.url, offset=17, length=1, version=version) == data[17:18]
+        assert client.read(o.url, offset=299_990, length=100, version=version) == data[299_990:]  # short at the end
+        assert client.read(o.url, offset=300_000, version=version) == b""
+        assert client.read(o.url, offset=5, length=0, version=version) == b""
+    with pytest.raises(shoal.InvalidRequest):
+        client.read(o.url, offset=-1, version=o)
+    with pytest.raises(shoal.InvalidRequest):
+        client.read("s3://b/with\0nul", length=0, version=o)  # checked even when nothing is read
+    # A version the store has moved on from, never read before (a cached block of a version
+    # stays readable at that version).
+    cluster.store.put(bucket, "known2", b"first")
+    first = client.stat(f"s3://{bucket}/known2")
+    cluster.store.put(bucket, "known2", b"second")
+    with pytest.raises(shoal.VersionChanged):
+        client.read(first.url, version=first)
+
+
 def test_a_changed_object_is_an_error_never_a_mix(cluster, client, bucket):
     cluster.store.put(bucket, "v", b"a" * 1000)
     old = client.stat(f"s3://{bucket}/v")
