@@ -327,42 +327,39 @@ public final class TCPSocket: @unchecked Sendable {
             while done < count { done += try tlsReadSome(tls, into: buffer + done, max: count - done, deadline: deadline, midFrame: done > 0) }
             return
         }
-        // With a receive timeout set, the whole count in one blocking call when it arrives in
-        // time (MSG_WAITALL); otherwise try first and poll only when nothing has arrived.
-        let flags = blockingReceives ? Int32(MSG_WAITALL) : Int32(MSG_DONTWAIT)
-        var done = 0
-        while done < count {
-            let n = recv(fd, buffer + done, count - done, flags)
-            if n > 0 { done += n; continue }
-            if n == 0 { throw SysError(done == 0 ? "connection closed by peer" : "connection closed mid-frame", errno: ECONNRESET) }
-            let e = currentErrno()
-            if e == EINTR { continue }
-            guard e == EAGAIN else { throw SysError("recv", errno: e) }
-            try awaitData(deadline: deadline)
-        }
+        try receivePlain(into: buffer, count: count, then: nil, count: 0, deadline: deadline)
     }
 
     /// Receives exactly `count` bytes into `buffer`, then `count2` into `buffer2` (a frame's data
     /// and the trailer behind it): one recvmsg when they have arrived, as `receive` does for one.
     public func receive(into buffer: UnsafeMutableRawPointer, count: Int, then buffer2: UnsafeMutableRawPointer, count count2: Int,
                         deadline: UInt64? = nil) throws(SysError) {
-        if tls != nil || count == 0 {
+        if tls != nil {
             try receive(into: buffer, count: count, deadline: deadline)
             try receive(into: buffer2, count: count2, deadline: deadline)
             return
         }
+        try receivePlain(into: buffer, count: count, then: buffer2, count: count2, deadline: deadline)
+    }
+
+    /// Plain TCP: exactly `count` bytes into `buffer`, then `count2` into `buffer2` (none when
+    /// nil). With a receive timeout set, all of it in one blocking call when it arrives in time
+    /// (MSG_WAITALL); otherwise try first and poll only when nothing has arrived.
+    private func receivePlain(into buffer: UnsafeMutableRawPointer, count: Int, then buffer2: UnsafeMutableRawPointer?, count count2: Int,
+                              deadline: UInt64?) throws(SysError) {
         let flags = blockingReceives ? Int32(MSG_WAITALL) : Int32(MSG_DONTWAIT)
         var done = 0
         while done < count + count2 {
             let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2) { vecs -> Int in
                 var used = 0
                 if done < count {
-                    vecs[0] = iovec(iov_base: buffer + done, iov_len: count - done)
-                    vecs[1] = iovec(iov_base: buffer2, iov_len: count2)
-                    used = 2
-                } else {
-                    vecs[0] = iovec(iov_base: buffer2 + (done - count), iov_len: count2 - (done - count))
-                    used = 1
+                    vecs[used] = iovec(iov_base: buffer + done, iov_len: count - done)
+                    used += 1
+                }
+                if let buffer2, count2 > 0 {
+                    let skip = max(0, done - count)
+                    vecs[used] = iovec(iov_base: buffer2 + skip, iov_len: count2 - skip)
+                    used += 1
                 }
                 var msg = msghdr()
                 msg.msg_iov = vecs.baseAddress
