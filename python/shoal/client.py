@@ -390,30 +390,34 @@ class Client:
         share pipelined. A target is a ShoalFile, an ObjectInfo (from `list`: opened at that
         version, no round trip) or a URL. A failed range raises (or, with `return_exceptions`,
         is its exception)."""
-        opened = []
-        files = []
-        entered = []
+        # Targets that are not files get a libshoal handle of their own, not a file object: for a
+        # batch of small objects, making and closing those cost more than the reads.
+        opened = []  # handles opened here
+        entered = []  # files whose handles are in use
         try:
+            targets = []  # (url, size, handle)
             for target, _, _ in requests:
                 if isinstance(target, ShoalFile):
-                    files.append(target)
+                    handle = target._enter()
+                    entered.append(target)
+                    targets.append((target.url, target.size, handle))
                 else:
                     listed = isinstance(target, ObjectInfo)
-                    f = self.open(target.url if listed else target, version=target if listed else None, read_ahead=False)
-                    opened.append(f)
-                    files.append(f)
+                    url = target.url if listed else target
+                    handle = self._open_handle(url, target if listed else None)
+                    opened.append(handle)
+                    targets.append((url, target.size if listed else lib.shoal_file_size(handle), handle))
             buffers = []
             ops = (_native.ReadOp * len(requests))()
-            for i, ((_, offset, length), f) in enumerate(zip(requests, files)):
+            for i, ((_, offset, length), (url, size, handle)) in enumerate(zip(requests, targets)):
                 if offset < 0 or (length is not None and length < 0):
-                    raise InvalidRequest(f"{f.url}: a negative offset or length ({offset}, {length})")
+                    raise InvalidRequest(f"{url}: a negative offset or length ({offset}, {length})")
                 if length is None:
-                    length = max(0, f.size - offset)
-                length = max(0, min(length, f.size - offset)) if offset < f.size else 0
+                    length = max(0, size - offset)
+                length = max(0, min(length, size - offset)) if offset < size else 0
                 b, address = _result_buffer(length)
                 buffers.append(b)
-                ops[i].file = f._enter()
-                entered.append(f)
+                ops[i].file = handle
                 ops[i].offset = offset
                 ops[i].length = length
                 ops[i].buffer = address
@@ -425,7 +429,7 @@ class Client:
             for i, b in enumerate(buffers):
                 r = ops[i].result
                 if r < 0:
-                    e = error_for(int(r), f"{files[i].url}: read of {len(b)} bytes at {requests[i][1]} failed ({int(r)})")
+                    e = error_for(int(r), f"{targets[i][0]}: read of {len(b)} bytes at {requests[i][1]} failed ({int(r)})")
                     if not return_exceptions:
                         raise e
                     out.append(e)
@@ -435,8 +439,8 @@ class Client:
         finally:
             for f in entered:
                 f._leave()
-            for f in opened:
-                f.close()
+            for handle in opened:
+                lib.shoal_close(handle)
 
 
 class ShoalFile(io.RawIOBase):
