@@ -34,7 +34,7 @@ let package = Package(
         // needs libc only; CShoalTLS wraps OpenSSL's macros; CShoalCurl loads libcurl at run time
         // (its -dev package gives the header: libcurl4-openssl-dev), so nothing links it.
         .target(name: "CShoalShims"),
-        .target(name: "CShoalTLS", dependencies: ["COpenSSL"]),
+        .target(name: "CShoalTLS", dependencies: ["COpenSSL", "CShoalShims"]),
         .target(name: "CShoalCurl"),
         // libibverbs loaded at run time the same way (its -dev package gives the header), so a
         // client links no verbs and runs on a host without rdma-core.

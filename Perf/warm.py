@@ -120,26 +120,24 @@ def main():
                 for side in sides:
                     sh([shoal_bin, "bench", "populate", f"s3://warmperf/{kind}-{side}-{i}", "--size", size, "--object-size", each], env=env)
             os.sync()
-            for side in sides:
-                if side == "warm":
-                    s = warm(shoal_bin, env, f"s3://warmperf/large-warm-{i}", c, servers)
-                    results["large"].append(s["bytesPerSecond"])
-                    results["largeCpu"].append(s["cpu"] / (s["bytes"] / 2**30))
-                    results["bytesHere"].append(s["bytesReceivedHere"])
-                    results["bytesWarmed"].append(s["bytes"])
-                else:
-                    d = direct(shoal_bin, env, f"s3://warmperf/large-direct-{i}", c, servers)
-                    results["largeDirect"].append(d["bytesPerSecond"])
-                    results["largeDirectCpu"].append(d["cpu"] / (d["bytes"] / 2**30))
-            for side in sides:
-                if side == "warm":
-                    s = warm(shoal_bin, env, f"s3://warmperf/small-warm-{i}", c, servers)
-                    results["small"].append(s["objects"] / s["seconds"])
-                    results["smallCpu"].append(s["cpu"] / s["objects"] * 1000)
-                else:
-                    d = direct(shoal_bin, env, f"s3://warmperf/small-direct-{i}", c, servers)
-                    results["smallDirect"].append(d["bytesPerSecond"] / 102400)
-                    results["smallDirectCpu"].append(d["cpu"] / (d["bytes"] / 102400) * 1000)
+            for kind in ("large", "small"):
+                for side in sides:
+                    # Large: bytes per second and CPU seconds per GiB; small: objects per second
+                    # and CPU milliseconds per object.
+                    url = f"s3://warmperf/{kind}-{side}-{i}"
+                    r = (warm if side == "warm" else direct)(shoal_bin, env, url, c, servers)
+                    if kind == "large":
+                        rate, units = r["bytesPerSecond"], r["bytes"] / 2**30
+                    elif side == "warm":
+                        rate, units = r["objects"] / r["seconds"], r["objects"] / 1000
+                    else:
+                        rate, units = r["bytesPerSecond"] / 102400, r["bytes"] / 102400 / 1000
+                    key = kind if side == "warm" else kind + "Direct"
+                    results[key].append(rate)
+                    results[key + "Cpu"].append(r["cpu"] / units)
+                    if kind == "large" and side == "warm":
+                        results["bytesHere"].append(r["bytesReceivedHere"])
+                        results["bytesWarmed"].append(r["bytes"])
             # Two warms of one cold prefix at once.
             bucket = f"warmtwice{i}"
             sh([shoal_bin, "bench", "populate", f"s3://{bucket}/d", "--size", "256MiB", "--object-size", "16MiB"], env=env)

@@ -15,7 +15,6 @@ static uint32_t crc32c_table[8][256];
 static int crc32c_mode = -1; /* -1 unknown, 0 table, 1 crc32 instruction, 2 that and VPCLMULQDQ folding */
 #if defined(__x86_64__)
 static void crc32c_init_shift(void);
-static int crc32c_wide_supported(void);
 static void crc32c_init_fold(void);
 #endif
 
@@ -37,7 +36,7 @@ static void crc32c_init(void) {
     unsigned eax, ebx, ecx, edx;
     if (__get_cpuid(1, &eax, &ebx, &ecx, &edx)) hw = (ecx & bit_SSE4_2) != 0;
     if (hw) crc32c_init_shift();
-    if (hw && crc32c_wide_supported()) {
+    if (hw && shoal_cpu_has_wide_clmul()) {
         crc32c_init_fold();
         hw = 2;
     }
@@ -154,15 +153,16 @@ static void crc32c_init_fold(void) {
     }
 }
 
-static int crc32c_wide_supported(void) {
+int shoal_cpu_has_wide_clmul(void) {
     unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_PCLMUL) || !(ecx & bit_OSXSAVE)) return 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    if (!(ecx & bit_PCLMUL) || !(ecx & bit_OSXSAVE) || !(ecx & bit_SSE4_1) || !(ecx & bit_SSSE3)) return 0;
     unsigned lo, hi;
     __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     (void)hi;
-    if ((lo & 0xE6) != 0xE6) return 0; /* SSE, AVX and AVX-512 state enabled by the OS */
+    if ((lo & 0xE6) != 0xE6) return 0; /* SSE, AVX and the three AVX-512 states enabled by the OS */
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
-    return (ebx & bit_AVX512F) && (ecx & bit_VPCLMULQDQ);
+    return (ebx & bit_AVX512F) && (ebx & bit_AVX512BW) && (ecx & bit_VPCLMULQDQ);
 }
 
 __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
@@ -205,28 +205,25 @@ static uint32_t crc32c_wide(uint32_t crc, const unsigned char *p, size_t n) {
     c = _mm_crc32_u64(c, (uint64_t)_mm_extract_epi64(s, 1));
     return crc32c_hw((uint32_t)c, p, n);
 }
+#else
+int shoal_cpu_has_wide_clmul(void) { return 0; }
 #endif
 
-uint32_t shoal_crc32c(uint32_t crc, const void *data, size_t length) {
+/* The CRC by the fastest path this CPU has (`fold` 0: never the VPCLMULQDQ one). */
+static uint32_t crc32c(uint32_t crc, const void *data, size_t length, int fold) {
     int mode = __atomic_load_n(&crc32c_mode, __ATOMIC_ACQUIRE);
     if (mode < 0) mode = crc32c_ready();
     crc = ~crc;
 #if defined(__x86_64__)
-    if (mode == 2 && length >= 512) return ~crc32c_wide(crc, (const unsigned char *)data, length);
+    if (fold && mode == 2 && length >= 512) return ~crc32c_wide(crc, (const unsigned char *)data, length);
     if (mode >= 1) return ~crc32c_hw(crc, (const unsigned char *)data, length);
 #endif
     return ~crc32c_soft(crc, (const unsigned char *)data, length);
 }
 
-uint32_t shoal_crc32c_unfolded(uint32_t crc, const void *data, size_t length) {
-    int mode = __atomic_load_n(&crc32c_mode, __ATOMIC_ACQUIRE);
-    if (mode < 0) mode = crc32c_ready();
-    crc = ~crc;
-#if defined(__x86_64__)
-    if (mode >= 1) return ~crc32c_hw(crc, (const unsigned char *)data, length);
-#endif
-    return ~crc32c_soft(crc, (const unsigned char *)data, length);
-}
+uint32_t shoal_crc32c(uint32_t crc, const void *data, size_t length) { return crc32c(crc, data, length, 1); }
+
+uint32_t shoal_crc32c_unfolded(uint32_t crc, const void *data, size_t length) { return crc32c(crc, data, length, 0); }
 
 int shoal_crc32c_is_hardware(void) {
     return crc32c_ready();

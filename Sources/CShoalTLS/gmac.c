@@ -13,6 +13,7 @@
 // of a block and a power needs no shift, and a 256-bit product is reduced in two shift phases.
 
 #include "shoal_gmac.h"
+#include "shoal_shims.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -20,7 +21,6 @@
 #include <string.h>
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 
 #define CLMUL_TARGET __attribute__((target("pclmul,sse4.1,ssse3")))
@@ -42,19 +42,6 @@ struct shoal_gmac {
 };
 
 #if defined(__x86_64__)
-
-static int wide_supported(void) {
-    unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
-    if (!(ecx & bit_PCLMUL) || !(ecx & bit_OSXSAVE) || !(ecx & bit_SSE4_1) || !(ecx & bit_SSSE3)) return 0;
-    unsigned lo, hi;
-    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    (void)hi;
-    /* SSE, AVX and the three AVX-512 states enabled by the OS. */
-    if ((lo & 0xE6) != 0xE6) return 0;
-    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
-    return (ebx & bit_AVX512F) && (ebx & bit_AVX512BW) && (ecx & bit_VPCLMULQDQ);
-}
 
 CLMUL_TARGET static inline __m128i byte_reversed(__m128i v) {
     return _mm_shuffle_epi8(v, _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
@@ -159,8 +146,6 @@ CLMUL_TARGET static void fast_finish(shoal_gmac *g, unsigned char tag[16]) {
     _mm_storeu_si128((__m128i *)tag, t);
 }
 
-#else
-static int wide_supported(void) { return 0; }
 #endif
 
 static int fast_available = -1;
@@ -168,7 +153,7 @@ static int fast_available = -1;
 int shoal_gmac_is_accelerated(void) {
     int v = __atomic_load_n(&fast_available, __ATOMIC_ACQUIRE);
     if (v < 0) {
-        v = wide_supported();
+        v = shoal_cpu_has_wide_clmul();
         const char *off = getenv("SHOAL_GMAC_OPENSSL");
         if (off && *off && strcmp(off, "0") != 0) v = 0;
         __atomic_store_n(&fast_available, v, __ATOMIC_RELEASE);

@@ -318,47 +318,36 @@ public final class TCPSocket: @unchecked Sendable {
         try bytes.withUnsafeBytes { try send([$0], deadline: deadline) }
     }
 
-    /// Receives exactly `count` bytes; throws ECONNRESET-style errors on a closed peer
+    /// Receives exactly `count` bytes into `buffer`, then `count2` into `buffer2` when given (a
+    /// frame's data and the trailer behind it); throws ECONNRESET-style errors on a closed peer
     /// (`errno` 0 with "closed" for an orderly close before any byte of this read). Tries the
-    /// receive first and waits only when nothing has arrived: one syscall when data is there.
-    public func receive(into buffer: UnsafeMutableRawPointer, count: Int, deadline: UInt64? = nil) throws(SysError) {
-        if let tls {
-            var done = 0
-            while done < count { done += try tlsReadSome(tls, into: buffer + done, max: count - done, deadline: deadline, midFrame: done > 0) }
-            return
-        }
-        try receivePlain(into: buffer, count: count, then: nil, count: 0, deadline: deadline)
-    }
-
-    /// Receives exactly `count` bytes into `buffer`, then `count2` into `buffer2` (a frame's data
-    /// and the trailer behind it): one recvmsg when they have arrived, as `receive` does for one.
-    public func receive(into buffer: UnsafeMutableRawPointer, count: Int, then buffer2: UnsafeMutableRawPointer, count count2: Int,
+    /// receive first and waits only when nothing has arrived: one syscall when all of it is there.
+    public func receive(into buffer: UnsafeMutableRawPointer, count: Int, then buffer2: UnsafeMutableRawPointer? = nil, count count2: Int = 0,
                         deadline: UInt64? = nil) throws(SysError) {
-        if tls != nil {
-            try receive(into: buffer, count: count, deadline: deadline)
-            try receive(into: buffer2, count: count2, deadline: deadline)
+        if let tls {
+            func fill(_ p: UnsafeMutableRawPointer, _ n: Int) throws(SysError) {
+                var done = 0
+                while done < n { done += try tlsReadSome(tls, into: p + done, max: n - done, deadline: deadline, midFrame: done > 0) }
+            }
+            try fill(buffer, count)
+            if let buffer2 { try fill(buffer2, count2) }
             return
         }
-        try receivePlain(into: buffer, count: count, then: buffer2, count: count2, deadline: deadline)
-    }
-
-    /// Plain TCP: exactly `count` bytes into `buffer`, then `count2` into `buffer2` (none when
-    /// nil). With a receive timeout set, all of it in one blocking call when it arrives in time
-    /// (MSG_WAITALL); otherwise try first and poll only when nothing has arrived.
-    private func receivePlain(into buffer: UnsafeMutableRawPointer, count: Int, then buffer2: UnsafeMutableRawPointer?, count count2: Int,
-                              deadline: UInt64?) throws(SysError) {
+        // With a receive timeout set, all of it in one blocking call when it arrives in time
+        // (MSG_WAITALL); otherwise try first and poll only when nothing has arrived.
+        let second = buffer2 == nil ? 0 : count2
         let flags = blockingReceives ? Int32(MSG_WAITALL) : Int32(MSG_DONTWAIT)
         var done = 0
-        while done < count + count2 {
+        while done < count + second {
             let n = withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2) { vecs -> Int in
                 var used = 0
                 if done < count {
                     vecs[used] = iovec(iov_base: buffer + done, iov_len: count - done)
                     used += 1
                 }
-                if let buffer2, count2 > 0 {
+                if let buffer2, second > 0 {
                     let skip = max(0, done - count)
-                    vecs[used] = iovec(iov_base: buffer2 + skip, iov_len: count2 - skip)
+                    vecs[used] = iovec(iov_base: buffer2 + skip, iov_len: second - skip)
                     used += 1
                 }
                 var msg = msghdr()

@@ -571,32 +571,18 @@ public final class WorkerConnection: @unchecked Sendable {
         min(WorkerConnection.stagingSize - stagedEnd, max(count - stagedEnd, 4096))
     }
 
-    /// Copies `count` bytes of the stream to `p`: staged ones first, the rest straight from the socket.
-    private func take(into p: UnsafeMutableRawPointer, count: Int, deadline: UInt64) throws(ShoalError) {
-        let staged = min(count, stagedEnd - stagedStart)
-        if staged > 0 {
-            p.copyMemory(from: staging + stagedStart, byteCount: staged)
-            stagedStart += staged
-        }
-        guard count > staged else { return }
-        do { try socket.receive(into: p + staged, count: count - staged, deadline: deadline) } catch {
-            throw WorkerConnection.failure(error, endpoint)
-        }
-    }
-
-    /// `take(into: p, count:)` then `take(into: q, count: count2)`, with what is not staged received
-    /// in one call: a READ_REPLY's data and its trailer.
-    private func take(into p: UnsafeMutableRawPointer, count: Int, then q: UnsafeMutableRawPointer, count count2: Int,
+    /// Copies `count` bytes of the stream to `p`, then `count2` to `q` (a READ_REPLY's data and
+    /// its trailer): staged ones first, the rest straight from the socket, in one receive.
+    private func take(into p: UnsafeMutableRawPointer, count: Int, then q: UnsafeMutableRawPointer? = nil, count count2: Int = 0,
                       deadline: UInt64) throws(ShoalError) {
         let staged = min(count, stagedEnd - stagedStart)
-        guard count > staged else {
-            try take(into: p, count: count, deadline: deadline)
-            try take(into: q, count: count2, deadline: deadline)
-            return
-        }
         if staged > 0 {
             p.copyMemory(from: staging + stagedStart, byteCount: staged)
             stagedStart += staged
+        }
+        guard count > staged else {
+            if let q, count2 > 0 { try take(into: q, count: count2, deadline: deadline) }
+            return
         }
         do { try socket.receive(into: p + staged, count: count - staged, then: q, count: count2, deadline: deadline) } catch {
             throw WorkerConnection.failure(error, endpoint)

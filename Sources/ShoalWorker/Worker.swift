@@ -48,7 +48,7 @@ public final class Worker: @unchecked Sendable {
         let pool: BufferPool
         do {
             // The buffers RDMA writes from sit on the device's NUMA node (docs/DESIGN.md, "RDMA").
-            let node = config.rdma.flatMap { r in r.simulated ? nil : (r.device ?? Verbs.devices().first?.name).flatMap { NUMA.node(ofRDMADevice: $0) } }
+            let node = config.rdma.map(\.choice).flatMap { r in r.simulated ? nil : (r.device ?? Verbs.devices().first?.name).flatMap { NUMA.node(ofRDMADevice: $0) } }
             pool = try BufferPool(bufferSize: bufferSize, count: config.buffers, tierSlots: tierSlots, numaNode: node)
         } catch {
             let total = UInt64(config.buffers + tierSlots) * UInt64(bufferSize)

@@ -126,24 +126,17 @@ public struct WorkerConfig: Sendable {
 
     /// Which RDMA device the worker serves with (docs/CONFIG.md, `rdma`).
     public struct RDMASettings: Sendable, Equatable {
-        /// libibverbs' name for it (nil: the first device).
-        public var device: String?
-        /// The IPv4 address whose RoCEv2 GID the queue pairs use (nil: the port's first).
-        public var gidAddress: String?
+        /// The device: libibverbs' name for it (nil: the first), the IPv4 address whose RoCEv2
+        /// GID the queue pairs use (nil: the port's first), or (tests only, never from a config
+        /// file) the in-process SIMULATED device.
+        public var choice: RDMADeviceChoice
         /// RDMA writes outstanding on the device at once, over all its queue pairs; past it a
         /// write waits for one to complete.
         public var maxTransfers = 4096
-        /// Tests only, never from a config file: the in-process SIMULATED device.
-        public var simulated = false
         public init(device: String? = nil, gidAddress: String? = nil, maxTransfers: Int = 4096, simulated: Bool = false) {
-            self.device = device
-            self.gidAddress = gidAddress
+            choice = RDMADeviceChoice(device: device, gidAddress: gidAddress, simulated: simulated)
             self.maxTransfers = maxTransfers
-            self.simulated = simulated
         }
-
-        /// The device it names.
-        public var choice: RDMADeviceChoice { RDMADeviceChoice(device: device, gidAddress: gidAddress, simulated: simulated) }
     }
 
     public struct EtcdSettings: Sendable {

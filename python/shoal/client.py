@@ -110,12 +110,18 @@ def _result_buffer(n):
     return b, (ctypes.addressof((ctypes.c_char * n).from_buffer(b)) if n else None)
 
 
-def _result(buffer, n, asked=None):
-    """The bytes read into a `_result_buffer` (`n` of them; `asked`: the length of the read, where
-    the buffer is longer)."""
-    if n == len(buffer) and isinstance(buffer, bytes) and (asked is None or asked == n):
-        return buffer
-    return bytes(buffer[:n])
+def _result(buffer, n):
+    """The bytes read into a `_result_buffer` (`n` of them)."""
+    return buffer if n == len(buffer) and isinstance(buffer, bytes) else bytes(buffer[:n])
+
+
+def _span(url, offset, length, size):
+    """How many bytes a read of `length` (None: to the end) at `offset` gets of an object of
+    `size` bytes."""
+    if offset < 0 or (length is not None and length < 0):
+        raise InvalidRequest(f"{url}: a negative offset or length ({offset}, {length})")
+    rest = max(0, size - offset)
+    return rest if length is None else min(length, rest)
 
 
 def alloc_buffer(size):
@@ -340,23 +346,16 @@ class Client:
             # pay for each ctypes call and its turn of the GIL.
             size, etag = self._version(url, version)
             handle, c_url, c_etag = self.handle, _c_url(url), _c_url(etag)  # a closed client, a bad URL: raised even for 0 bytes
-            if offset < 0:
-                raise InvalidRequest(f"a negative offset ({offset})")
-            if length is None or offset + length > size:
-                length = max(0, size - offset)
+            length = _span(url, offset, length, size)
             if length == 0:
                 return b""
-            # A new bytes object of at least 2 bytes (CPython shares shorter ones), handed to C as
-            # it is (ctypes passes its buffer): no address to work out.
+            # A new bytes object of at least 2 bytes (CPython shares shorter ones; a 1-byte read
+            # is then copied out), handed to C as it is (ctypes passes its buffer).
             out = _new_bytes(None, max(2, length))
-            return _result(out, _check(lib.shoal_pread_version(handle, c_url, size, c_etag, out, length, offset)), length)
+            return _result(out, _check(lib.shoal_pread_version(handle, c_url, size, c_etag, out, length, offset)))
         handle = self._open_handle(url, version)
         try:
-            if offset < 0:
-                raise InvalidRequest(f"a negative offset ({offset})")
-            size = lib.shoal_file_size(handle)
-            if length is None or offset + length > size:
-                length = max(0, size - offset)
+            length = _span(url, offset, length, lib.shoal_file_size(handle))
             if length == 0:
                 return b""
             out, address = _result_buffer(length)
@@ -410,11 +409,7 @@ class Client:
             buffers = []
             ops = (_native.ReadOp * len(requests))()
             for i, ((_, offset, length), (url, size, handle)) in enumerate(zip(requests, targets)):
-                if offset < 0 or (length is not None and length < 0):
-                    raise InvalidRequest(f"{url}: a negative offset or length ({offset}, {length})")
-                if length is None:
-                    length = max(0, size - offset)
-                length = max(0, min(length, size - offset)) if offset < size else 0
+                length = _span(url, offset, length, size)
                 b, address = _result_buffer(length)
                 buffers.append(b)
                 ops[i].file = handle

@@ -16,6 +16,9 @@ uint32_t shoal_crc32c(uint32_t crc, const void *data, size_t length);
 int shoal_crc32c_is_hardware(void);
 /// shoal_crc32c without the VPCLMULQDQ folding (tests compare the paths).
 uint32_t shoal_crc32c_unfolded(uint32_t crc, const void *data, size_t length);
+/// 1 where the CPU has VPCLMULQDQ with AVX-512 (F and BW) and the OS keeps the 512-bit state:
+/// CRC32C's folding and the frame tags' GHASH (CShoalTLS/gmac.c) use it then.
+int shoal_cpu_has_wide_clmul(void);
 
 /// The O_DIRECT open flag for this architecture.
 int shoal_o_direct(void);
