@@ -46,6 +46,9 @@ stop_workers() {
 
 case "$cmd" in
 start)
+    case "$workers" in
+        '' | *[!0-9]* | 0) echo "cluster: --workers must be a whole number of 1 or more, not '$workers'" >&2; exit 2 ;;
+    esac
     if [ -z "$shards" ]; then shards=$(( $(nproc) / workers )); [ "$shards" -ge 1 ] || shards=1; fi
     # Ports in the ephemeral range are handed to client sockets: a client of a stopped worker
     # there can connect to itself. Keep the workers' and the store's ports below it.

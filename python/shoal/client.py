@@ -311,7 +311,12 @@ class Client:
     @staticmethod
     def _version(url, version):
         """(size, etag) of a version given as an ObjectInfo or (size, etag)."""
-        size, etag = (version.size, version.etag) if isinstance(version, ObjectInfo) else version
+        if isinstance(version, ObjectInfo):
+            size, etag = version.size, version.etag
+        elif isinstance(version, (tuple, list)) and len(version) == 2:
+            size, etag = version
+        else:
+            raise InvalidRequest(f"{url}: a version is an ObjectInfo (from list or stat) or (size, etag), not {version!r}")
         if not isinstance(size, int) or size < 0:
             raise InvalidRequest(f"{url}: a version's size must be a whole number of 0 or more, not {size!r}")
         return int(size), str(etag)

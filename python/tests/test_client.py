@@ -129,6 +129,9 @@ def test_a_read_at_a_known_version_is_one_call_with_every_range(cluster, client,
         assert client.read(o.url, offset=5, length=0, version=version) == b""
     with pytest.raises(shoal.InvalidRequest):
         client.read(o.url, offset=-1, version=o)
+    for bad in ("an-etag", (1, 2, 3), 42):
+        with pytest.raises(shoal.InvalidRequest, match="a version is an ObjectInfo"):
+            client.read(o.url, version=bad)
     with pytest.raises(shoal.InvalidRequest):
         client.read("s3://b/with\0nul", length=0, version=o)  # checked even when nothing is read
     # A version the store has moved on from, never read before (a cached block of a version
