@@ -5,6 +5,7 @@ import ShoalObjectStore
 import ShoalStore
 import ShoalIO
 import ShoalSys
+import Synchronization
 
 /// A block's bytes in a leased buffer, ready to send: the requested range's place and CRC32C.
 /// A block just fetched from the store carries the fill to finish once the reply is on its way.
@@ -237,8 +238,10 @@ final class BlockService: @unchecked Sendable {
     /// this reader must fetch it, returns the GET to start (once the caller has put its lease
     /// away). The fetch then reports with `progress` (bytes of the block in place, from its
     /// start, checked against the version) and ends with `done`, on the store's fetch thread.
-    /// A returned fill is finished with `finishFill` once the reply has been sent; on an error
-    /// nothing is left to finish. The shard has checked the request (`check`) before.
+    /// A warm's fill may instead be fetched here and come back ready (`fetch`).
+    /// A returned fill is finished with `finishFill` once the reply has been sent (a warm's: once
+    /// it is fetched); on an error nothing is left to finish. The shard has checked the request
+    /// (`check`) before.
     func startRead(_ request: ReadRequest, slot: IOSlot, progress: @escaping @Sendable (Int) -> Void,
                    done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> FillStart {
         let s = try store(request.storeName)
@@ -256,12 +259,12 @@ final class BlockService: @unchecked Sendable {
             if attempt == 0 && !request.isFillOnly { metrics.misses.increment() }
             switch fills.join(id, copy: { bytes, length, _ in data.copyMemory(from: bytes, byteCount: length) }) {
             case .leader:
-                do throws(ShoalError) {
-                    return .fetch(try fetch(request, store: s, into: data, leader: true, progress: progress, done: done))
-                } catch {
+                let plan: FetchPlan
+                do throws(ShoalError) { plan = try fetchPlan(request, into: data, leader: true) } catch {
                     fills.finish(id, error: error)
                     throw error
                 }
+                return try fetch(plan, store: s, progress: progress, done: done)
             case .copied(let length, let crc):
                 // Served from the worker's memory, as a reader that waited for the fill and then
                 // read the cache was: a hit (after its miss), not a store GET. A warm answers only
@@ -280,7 +283,7 @@ final class BlockService: @unchecked Sendable {
         }
         // The block would not stay in the cache (it is being evicted as fast as it is filled):
         // fetch it for this reader alone.
-        return .fetch(try fetch(request, store: s, into: data, leader: false, progress: progress, done: done))
+        return try fetch(try fetchPlan(request, into: data, leader: false), store: s, progress: progress, done: done)
     }
 
     /// The block from the cache (or, with `serveFromMemory`, the DRAM tier) into `slot`: its
@@ -326,17 +329,24 @@ final class BlockService: @unchecked Sendable {
                            crc: BlockService.rangeCRC(request, blockLength: length, blockCRC: crc, data: data), fill: fill, origin: origin)
     }
 
-    /// The GET of the whole block with If-Match into `data`, to start: the store's answer
-    /// decides the object's size, and a block is filled only if it agrees with the key's. When
-    /// it ends, the block is checksummed and (for the `leader` of its fill) published to the
-    /// readers waiting on it, then `done` gets the range to send.
-    private func fetch(_ request: ReadRequest, store: any ObjectStore, into data: UnsafeMutableRawPointer, leader: Bool,
-                       progress: @escaping @Sendable (Int) -> Void,
-                       done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> @Sendable () -> Void {
+    /// A fill this reader is to make: the whole block, with If-Match, into the buffer at `address`.
+    private struct FetchPlan: Sendable {
+        var request: ReadRequest
+        var length: Int
+        /// GETs the block is split into (`fillParts`, or 1).
+        var parts: Int
+        var address: UInt
+        /// Whether this reader leads the block's fill (`FillCoordinator`).
+        var leader: Bool
+        var key: BlockKey { request.block }
+        var data: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: address)! }
+    }
+
+    /// Checks a fill before the store is asked. The worker's own knowledge of a version beats the
+    /// client's: a size that disagrees with it is refused. (A hit needs no such check: the size
+    /// is part of the key, and was the store's when the block was filled.)
+    private func fetchPlan(_ request: ReadRequest, into data: UnsafeMutableRawPointer, leader: Bool) throws(ShoalError) -> FetchPlan {
         let key = request.block
-        // The worker's own knowledge of a version beats the client's: a size that disagrees with
-        // it is refused before the store is asked. (A hit needs no such check: the size is part
-        // of the key, and was the store's when the block was filled.)
         if let known = metadata.lastKnown(key.object), known.etag == key.etag, known.size != key.objectSize {
             throw ShoalError(.badRequest, "READ names \(key.object) at version \(known.etag) as \(key.objectSize) bytes, but it has \(known.size): STAT it again")
         }
@@ -345,59 +355,107 @@ final class BlockService: @unchecked Sendable {
         // read, so the block comes in parts on several connections at once. Not for a warm: its
         // many fills at once are its parallelism, and each block costs the store one GET.
         let parts = length >= 1 << 20 && fills.inFlight <= 2 && !request.isFillOnly ? fillParts : 1
-        let id = request.id
-        let address = UInt(bitPattern: data)
-        return { [self] in
-            // After a view change, the block's previous owner may hold it: no GET then.
-            if let handover, handover.fetch(key, id: request.id, epoch: request.epoch, length: length, into: UnsafeMutableRawPointer(bitPattern: address)!, metrics: metrics) {
-                progress(length)
-                done(complete(.success(StoreRead(count: length, objectSize: key.objectSize)), fromStore: false))
+        return FetchPlan(request: request, length: length, parts: parts, address: UInt(bitPattern: data), leader: leader)
+    }
+
+    /// Fill threads that may run a warm's GET themselves at once (`fetch`); set by the worker
+    /// to half its fill threads, so the other half is always free for readers' work.
+    var warmFetchesHere = 8
+    private let warmFetchesRunning = Atomic<Int>(0)
+    /// Warms' GETs run on fill threads so far (the rest ran on the fetch thread).
+    let warmFetchesDoneHere = Atomic<Int>(0)
+
+    /// The fill of `plan`. A reader's GET is started on the store's fetch thread, which reports
+    /// its bytes with `progress` (from the block's start, checked against the version) and its
+    /// end with `done`; this fill thread is free meanwhile. A warm's fill (a fill-only READ, no
+    /// bytes to stream) runs here to the end while fewer than `warmFetchesHere` do: the fill
+    /// thread that caches the block then answers the warm, with no hand-over to the fetch
+    /// thread and back (on a small block those cost about as much as the GET itself).
+    /// When the transfer ends the block is checksummed and (for the leader of its fill)
+    /// published to the readers waiting on it, then the range to send is the result.
+    private func fetch(_ plan: FetchPlan, store: any ObjectStore, progress: @escaping @Sendable (Int) -> Void,
+                       done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> FillStart {
+        if plan.request.isFillOnly, claimWarmFetch() {
+            defer { warmFetchesRunning.subtract(1, ordering: .relaxed) }
+            warmFetchesDoneHere.add(1, ordering: .relaxed)
+            if let peer = fromPreviousOwner(plan) { return .ready(try peer.get()) }
+            metrics.fills.increment()
+            metrics.fillsInFlight.increment()
+            let key = plan.key
+            let result = Result { () throws(ShoalError) -> StoreRead in
+                try store.get(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset, length: plan.length, ifMatch: key.etag, into: plan.data)
+            }
+            metrics.fillsInFlight.decrement()
+            return .ready(try complete(plan, result, fromStore: true).get())
+        }
+        return .fetch { [self] in
+            if let peer = fromPreviousOwner(plan) {
+                progress(plan.length)
+                done(peer)
                 return
             }
             metrics.fills.increment()
             metrics.fillsInFlight.increment()
-            store.startGet(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset, length: length, ifMatch: key.etag,
-                           objectSize: key.objectSize, into: UnsafeMutableRawPointer(bitPattern: address)!, parts: parts,
-                           progress: progress) { [self] result in
+            let key = plan.key
+            store.startGet(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset, length: plan.length, ifMatch: key.etag,
+                           objectSize: key.objectSize, into: plan.data, parts: plan.parts, progress: progress) { [self] result in
                 metrics.fillsInFlight.decrement()
-                done(complete(result, fromStore: true))
+                done(complete(plan, result, fromStore: true))
             }
         }
-        /// The block's bytes are in place (or the GET failed): checksummed and published to the
-        /// readers waiting on this fill, then the range to send.
-        @Sendable func complete(_ result: Result<StoreRead, ShoalError>, fromStore: Bool) -> Result<FilledRange, ShoalError> {
-            let data = UnsafeMutableRawPointer(bitPattern: address)!
-            var finished = false
-            let outcome = Result { () throws(ShoalError) -> FilledRange in
-                let got: StoreRead
-                do throws(ShoalError) { got = try result.get() } catch {
-                    if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
-                    throw error
-                }
-                guard got.objectSize == key.objectSize, got.count == length else {
-                    throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
-                }
-                if fromStore { metrics.bytesFilled.increment(by: Int64(length)) }
-                // One pass: the block's CRC and its chunks' (which the cache's record keeps).
-                let (crc, chunks) = BlockCache.checksums(of: UnsafeRawBufferPointer(start: data, count: length))
-                // A warm's fill is written to the cache even when it did not lead the flight (the
-                // block kept leaving the cache as fast as others filled it): its answer says cached.
-                let fill = leader || request.isFillOnly
-                    ? PendingFill(key: key, id: id, length: length, crc: crc, warm: request.isFillOnly, chunkCRCs: chunks, leader: leader) : nil
-                // Readers waiting on this fill copy the bytes now, not after this reply is sent.
-                if leader { fills.publish(id, data, length: length, crc: crc) }
-                do throws(ShoalError) {
-                    return try served(request, length: length, crc: crc, data: data, fill: fill, origin: fromStore ? .store : .peer)
-                } catch {
-                    if leader { fills.finish(id, error: error) }
-                    finished = true
-                    throw error
-                }
-            }
-            // A leader whose GET failed lets the readers waiting on it go, with its error.
-            if case .failure(let error) = outcome, leader, !finished { fills.finish(id, error: error) }
-            return outcome
+    }
+
+    private func claimWarmFetch() -> Bool {
+        var running = warmFetchesRunning.load(ordering: .relaxed)
+        while running < warmFetchesHere {
+            let (exchanged, now) = warmFetchesRunning.compareExchange(expected: running, desired: running + 1, ordering: .relaxed)
+            if exchanged { return true }
+            running = now
         }
+        return false
+    }
+
+    /// After a view change, the block's previous owner may hold it: no GET then.
+    private func fromPreviousOwner(_ plan: FetchPlan) -> Result<FilledRange, ShoalError>? {
+        guard let handover, handover.fetch(plan.key, id: plan.request.id, epoch: plan.request.epoch, length: plan.length, into: plan.data, metrics: metrics)
+        else { return nil }
+        return complete(plan, .success(StoreRead(count: plan.length, objectSize: plan.key.objectSize)), fromStore: false)
+    }
+
+    /// The block's bytes are in place (or the GET failed): checksummed and published to the
+    /// readers waiting on this fill, then the range to send. A leader that fails lets the
+    /// readers waiting on it go, with its error.
+    private func complete(_ plan: FetchPlan, _ result: Result<StoreRead, ShoalError>, fromStore: Bool) -> Result<FilledRange, ShoalError> {
+        let (request, key, length, data, leader) = (plan.request, plan.key, plan.length, plan.data, plan.leader)
+        var finished = false
+        let outcome = Result { () throws(ShoalError) -> FilledRange in
+            let got: StoreRead
+            do throws(ShoalError) { got = try result.get() } catch {
+                if error.code == .preconditionFailed || error.code == .notFound { metadata.invalidate(key.object) }
+                throw error
+            }
+            guard got.objectSize == key.objectSize, got.count == length else {
+                throw ShoalError(.badRequest, "READ names \(key.object) at version \(key.etag) as \(key.objectSize) bytes, but the store has \(got.objectSize): STAT it again")
+            }
+            if fromStore { metrics.bytesFilled.increment(by: Int64(length)) }
+            // One pass: the block's CRC and its chunks' (which the cache's record keeps).
+            let (crc, chunks) = BlockCache.checksums(of: UnsafeRawBufferPointer(start: data, count: length))
+            // A warm's fill is written to the cache even when it did not lead the flight (the
+            // block kept leaving the cache as fast as others filled it): its answer says cached.
+            let fill = leader || request.isFillOnly
+                ? PendingFill(key: key, id: request.id, length: length, crc: crc, warm: request.isFillOnly, chunkCRCs: chunks, leader: leader) : nil
+            // Readers waiting on this fill copy the bytes now, not after this reply is sent.
+            if leader { fills.publish(request.id, data, length: length, crc: crc) }
+            do throws(ShoalError) {
+                return try served(request, length: length, crc: crc, data: data, fill: fill, origin: fromStore ? .store : .peer)
+            } catch {
+                if leader { fills.finish(request.id, error: error) }
+                finished = true
+                throw error
+            }
+        }
+        if case .failure(let error) = outcome, leader, !finished { fills.finish(request.id, error: error) }
+        return outcome
     }
 
     /// Called once the reply has been sent (or failed), on a fill thread: writes a fetched block

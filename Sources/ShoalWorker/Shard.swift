@@ -11,6 +11,9 @@ import ShoalSys
 enum ShardMessage: Sendable {
     /// A fill job finished READ op `op` (generation `generation`); the lease is parked again.
     case filled(op: Int, generation: UInt32, Result<FilledRange, ShoalError>)
+    /// A fill thread fetched a warm's block and wrote it to the cache (success), or could not
+    /// cache it; READ op `op`'s lease is back in the pool.
+    case warmed(op: Int, generation: UInt32, Result<FilledRange, ShoalError>)
     /// A fill of READ op `op` has this many bytes of its block in the lease, from the block's
     /// start, checked against the version: the reply may start before the block is whole.
     case fillProgress(op: Int, generation: UInt32, Int)
@@ -244,6 +247,9 @@ final class Shard: @unchecked Sendable {
             case .filled(let op, let generation, let result):
                 jobsOut -= 1
                 filled(op, generation, result)
+            case .warmed(let op, let generation, let result):
+                jobsOut -= 1
+                warmed(op, generation, result)
             case .fillProgress(let op, let generation, let bytes):
                 stream(op, generation, upTo: bytes)
             case .version(let c, let generation, let id, let read, let result):
@@ -812,14 +818,26 @@ final class Shard: @unchecked Sendable {
         let reporter = ProgressReporter(step: Shard.streamPiece, end: Int(r.request.offset) + Int(r.request.length))
         let job: @Sendable (IORing) -> Void = { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
+            // A warm's block in this buffer already (fetched here, or copied from another
+            // reader's fill) is cached by this thread at once: whether it is held is the answer.
+            var held: Bool?
             let start = plane.pool.withSlot(lease, ring: ring) { slot in
-                Result { () throws(ShoalError) -> FillStart in
+                let start = Result { () throws(ShoalError) -> FillStart in
                     try plane.service.startRead(r.request, slot: slot, progress: { [self] bytes in
                         if streams && reporter.worthReporting(bytes) { post(.fillProgress(op: op, generation: generation, bytes)) }
                     }, done: { [self] result in
                         post(.filled(op: op, generation: generation, result))
                     })
                 }
+                if r.request.isFillOnly, case .success(.ready(let range)) = start, let fill = range.fill {
+                    held = plane.service.finishFill(fill, slot: slot)
+                }
+                return start
+            }
+            if let held, case .success(.ready(let range)) = start, let fill = range.fill {
+                plane.giveLease(lease)
+                post(.warmed(op: op, generation: generation, held ? .success(range) : .failure(notCached(fill))))
+                return
             }
             // The lease is back in its place before a GET can end and the shard reply from it.
             _ = plane.park.park(lease)
@@ -948,11 +966,30 @@ final class Shard: @unchecked Sendable {
         jobsOut += 1
         let body = NoDataReply(crc: range.crc, length: UInt32(range.length), origin: range.origin).encoded
         cacheFilled(r.lease, fill) { [self] held in
-            let answer: Result<[UInt8], ShoalError> = held
-                ? .success(body)
-                : .failure(ShoalError(.notCached, "block \(fill.key.index) of \(fill.key.object) was fetched but could not be cached on this worker (see its log)"))
+            let answer: Result<[UInt8], ShoalError> = held ? .success(body) : .failure(notCached(fill))
             post(.answer(connection: r.connection, generation: r.connectionGeneration, requestID: r.requestID, .readNoData, answer))
         }
+    }
+
+    private func notCached(_ fill: PendingFill) -> ShoalError {
+        ShoalError(.notCached, "block \(fill.key.index) of \(fill.key.object) was fetched but could not be cached on this worker (see its log)")
+    }
+
+    /// A warm's fill that a fill thread fetched and cached (or failed to cache) start to finish;
+    /// its lease is back in the pool.
+    private func warmed(_ op: Int, _ generation: UInt32, _ result: Result<FilledRange, ShoalError>) {
+        guard let r = ops.value(op, generation) else { return }
+        freeOp(op)
+        guard let conn = connection(r.connection, r.connectionGeneration) else { return }
+        conn.leases -= 1
+        if conn.isOpen {
+            switch result {
+            case .success(let range): enqueueNoData(conn, id: r.requestID, crc: range.crc, length: range.length, origin: range.origin)
+            case .failure(let error): replyError(conn, .readNoData, r.requestID, error)
+            }
+            flush(conn)
+        }
+        serveWaiting()
     }
 
     /// On a fill thread: writes filled block `fill` (in parked lease `li`) to the cache, gives the

@@ -65,6 +65,7 @@ public final class Worker: @unchecked Sendable {
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
                                serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
         service.fillParts = config.fillParts
+        service.warmFetchesHere = config.fillThreads / 2
         if FileSystem.exists(hotFile) {
             // A damaged file costs the history, not the start.
             do { try service.datasets.loadHot(try FileSystem.readFile(hotFile)) } catch {

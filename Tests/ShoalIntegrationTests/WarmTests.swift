@@ -8,14 +8,18 @@ import ServiceLifecycle
 @testable import ShoalWorker
 import ShoalStore
 import ShoalTestSupport
+import Synchronization
 
 /// Warm-up on one worker: probes and fill-only READs, the Warmer over them, manifests and pacing.
 @Suite(.serialized) struct WarmTests {
     /// A fill-only READ caches its block even where admission would refuse a first miss, says
     /// it came from the store, and costs the store one GET; asked again, it says "cache" and costs
-    /// none. A probe answers from the index: not cached, then cached, with nothing filled.
-    @Test func fillOnlyReadsCacheEachBlockOnceAndSayWhereItCameFrom() throws {
-        let h = try Harness("warm-fill") { $0.admission.admitOnSecondMiss = true }
+    /// none. A probe answers from the index: not cached, then cached, with nothing filled. Its GET
+    /// runs on the fill thread that caches the block, or (where that many warms' GETs run on fill
+    /// threads already) on the store's fetch thread: both ways are taken here.
+    @Test(arguments: [true, false]) func fillOnlyReadsCacheEachBlockOnceAndSayWhereItCameFrom(onFillThread: Bool) throws {
+        let h = try Harness("warm-fill-\(onFillThread)") { $0.admission.admitOnSecondMiss = true }
+        if !onFillThread { h.worker.service.warmFetchesHere = 0 }
         let data = SampleData.bytes(seed: 71, count: (2 << 20) + 12345)
         try h.put("o", data)
         let file = try h.client.open(h.ref("o"))
@@ -25,6 +29,7 @@ import ShoalTestSupport
         #expect(h.metric("shoal_fills_total") == fills, "a probe filled something")
         #expect(try h.client.warm(blocks).map { try $0.get() } == [.store, .store, .store])
         #expect(h.metric("shoal_fills_total") == fills + 3)
+        #expect(h.worker.service.warmFetchesDoneHere.load(ordering: .relaxed) == (onFillThread ? 3 : 0))
         #expect(try h.client.probe(blocks).map { try $0.get() } == [true, true, true])
         #expect(try h.client.warm(blocks).map { try $0.get() } == [.cache, .cache, .cache])
         #expect(h.metric("shoal_fills_total") == fills + 3)
