@@ -33,6 +33,8 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     /// The thread that runs `startGet`'s transfers (started on the first one).
     private var fetchLoop: CurlMultiLoop?
     private var closed = false
+    /// The bodies of blocking GETs under way, which `close` cancels.
+    private var gets: [ObjectIdentifier: HTTPBodySink] = [:]
 
     public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000,
                 connectTimeoutMillis: Int = HTTPRequest.defaultConnectTimeoutMillis,
@@ -151,9 +153,19 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         guard length > 0 else { return StoreRead(count: 0, objectSize: 0) }
         let req = try rangedRequest(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, what: what)
         let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer, count: length))
+        let closedAlready = lock.withLock { () -> Bool in
+            if !closed { gets[ObjectIdentifier(sink)] = sink }
+            return closed
+        }
+        guard !closedAlready else { throw closedError }
+        defer { lock.withLock { _ = gets.removeValue(forKey: ObjectIdentifier(sink)) } }
         let response = try perform(req, sink: sink, what: what)
+        // Cancelled by `close`: the worker is stopping.
+        guard !sink.stopped else { throw closedError }
         return try checked(response, sink: sink, offset: offset, length: length, ifMatch: ifMatch, what: what)
     }
+
+    private var closedError: ShoalError { ShoalError(.storeUnavailable, "store '\(name)' is closed: the worker is stopping") }
 
     /// A ranged GET as up to `parts` GETs at once (split on 4 KiB boundaries: one block filled
     /// by several connections, for when few blocks are missing and one GET's speed would bound
@@ -244,12 +256,14 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         }
     }
 
+    /// Ends every transfer: the fetch thread's at once, blocking GETs as their next bytes come.
     public func close() {
-        let loop = lock.withLock { () -> CurlMultiLoop? in
+        let (loop, running) = lock.withLock { () -> (CurlMultiLoop?, [HTTPBodySink]) in
             closed = true
             defer { fetchLoop = nil }
-            return fetchLoop
+            return (fetchLoop, Array(gets.values))
         }
+        running.forEach { $0.cancel() }
         loop?.stop()
     }
 
@@ -257,7 +271,7 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let fetchLoop { return fetchLoop }
-        guard !closed else { throw ShoalError(.storeUnavailable, "store '\(name)' is closed: the worker is stopping") }
+        guard !closed else { throw closedError }
         do {
             let loop = try CurlMultiLoop(name: "shoal-fetch", maxTransfers: maxConcurrency)
             fetchLoop = loop
@@ -336,6 +350,9 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         if response.status == 206 {
             guard let range = response.headers["content-range"], let total = S3Store.contentRangeTotal(range) else {
                 throw ShoalError(.internal, "store '\(name)' answered a ranged GET of \(what) without a Content-Range total")
+            }
+            guard S3Store.contentRangeStart(range) == offset else {
+                throw ShoalError(.internal, "store '\(name)' answered a ranged GET of \(what) without the range asked for")
             }
             objectSize = total
         } else {

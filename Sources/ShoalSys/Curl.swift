@@ -46,7 +46,8 @@ public final class HTTPBodySink: @unchecked Sendable {
         self.deliver = deliver
     }
 
-    /// Ends a streaming transfer within about a second (any thread).
+    /// Ends a streaming transfer within about a second (any thread); a transfer into a buffer
+    /// or an array ends when its next bytes come (a silent one at its stall limit).
     public func cancel() { cancelLock.withLock { _cancelled = true } }
 
     var cancelled: Bool {
@@ -61,6 +62,7 @@ public final class HTTPBodySink: @unchecked Sendable {
             guard !cancelled, deliver(UnsafeRawBufferPointer(start: data, count: n)) else { stopped = true; return false }
             return true
         }
+        guard !cancelled else { return false }
         guard count + n <= limit else { overflowed = true; return false }
         if let fixed {
             (fixed.baseAddress! + count).copyMemory(from: data, byteCount: n)

@@ -358,9 +358,10 @@ final class BlockService: @unchecked Sendable {
         return FetchPlan(request: request, length: length, parts: parts, address: UInt(bitPattern: data), leader: leader)
     }
 
-    /// Fill threads that may run a warm's GET themselves at once (`fetch`); set by the worker
-    /// to half its fill threads, so the other half is always free for readers' work.
-    var warmFetchesHere = 8
+    /// Fill threads that may wait on a warm's GET at once (`fetch`); set by the worker to half its
+    /// fill threads and half its stores' blocking requests (the other half of each is left to
+    /// readers' misses and STATs). 0: every GET on the fetch thread.
+    let warmFetchesHere = Atomic<Int>(8)
     private let warmFetchesRunning = Atomic<Int>(0)
     /// Warms' GETs run on fill threads so far (the rest ran on the fetch thread).
     let warmFetchesDoneHere = Atomic<Int>(0)
@@ -383,7 +384,13 @@ final class BlockService: @unchecked Sendable {
             metrics.fillsInFlight.increment()
             let key = plan.key
             let result = Result { () throws(ShoalError) -> StoreRead in
-                try store.get(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset, length: plan.length, ifMatch: key.etag, into: plan.data)
+                let got = try store.get(bucket: key.object.bucket, key: key.object.key, offset: key.objectOffset, length: plan.length,
+                                        ifMatch: key.etag, into: plan.data)
+                // As the fetch thread's GET says it (`startGet`): the object changed.
+                guard got.objectSize == key.objectSize else {
+                    throw ShoalError(.preconditionFailed, "\(key.object) has \(got.objectSize) bytes in the store where version \(key.etag) has \(key.objectSize): it changed")
+                }
+                return got
             }
             metrics.fillsInFlight.decrement()
             return .ready(try complete(plan, result, fromStore: true).get())
@@ -407,7 +414,8 @@ final class BlockService: @unchecked Sendable {
 
     private func claimWarmFetch() -> Bool {
         var running = warmFetchesRunning.load(ordering: .relaxed)
-        while running < warmFetchesHere {
+        let limit = warmFetchesHere.load(ordering: .relaxed)
+        while running < limit {
             let (exchanged, now) = warmFetchesRunning.compareExchange(expected: running, desired: running + 1, ordering: .relaxed)
             if exchanged { return true }
             running = now

@@ -6,6 +6,7 @@ import ShoalObjectStore
 import ShoalStore
 import ShoalIO
 import ShoalSys
+import Synchronization
 import ShoalTransport
 
 /// A cache worker: buffers, cache disks, stores, the TCP data plane and the admin port.
@@ -65,7 +66,7 @@ public final class Worker: @unchecked Sendable {
                                serveFromMemory: config.serveFromMemory, answerWithoutData: config.answerWithoutData,
                                serveStaleOnOutage: config.serveStaleOnOutage, logger: logger)
         service.fillParts = config.fillParts
-        service.warmFetchesHere = config.fillThreads / 2
+        service.warmFetchesHere.store(min(config.fillThreads, config.stores.map(\.maxConcurrency).min() ?? 0) / 2, ordering: .relaxed)
         if FileSystem.exists(hotFile) {
             // A damaged file costs the history, not the start.
             do { try service.datasets.loadHot(try FileSystem.readFile(hotFile)) } catch {

@@ -19,7 +19,7 @@ import Synchronization
     /// threads already) on the store's fetch thread: both ways are taken here.
     @Test(arguments: [true, false]) func fillOnlyReadsCacheEachBlockOnceAndSayWhereItCameFrom(onFillThread: Bool) throws {
         let h = try Harness("warm-fill-\(onFillThread)") { $0.admission.admitOnSecondMiss = true }
-        if !onFillThread { h.worker.service.warmFetchesHere = 0 }
+        if !onFillThread { h.worker.service.warmFetchesHere.store(0, ordering: .relaxed) }
         let data = SampleData.bytes(seed: 71, count: (2 << 20) + 12345)
         try h.put("o", data)
         let file = try h.client.open(h.ref("o"))
@@ -73,9 +73,11 @@ import Synchronization
     }
 
     /// The Warmer over a prefix: counts, a check before and after, a re-run that finds it all
-    /// cached, and objects that vanish or change between the listing and their fill, named.
-    @Test func aWarmReportsWhatItCachedAndWhatFailedByName() throws {
-        let h = try Harness("warm-prefix")
+    /// cached, and objects that vanish or change between the listing and their fill, named;
+    /// with the GETs on fill threads and on the fetch thread.
+    @Test(arguments: [true, false]) func aWarmReportsWhatItCachedAndWhatFailedByName(onFillThread: Bool) throws {
+        let h = try Harness("warm-prefix-\(onFillThread)")
+        if !onFillThread { h.worker.service.warmFetchesHere.store(0, ordering: .relaxed) }
         for i in 0..<6 { try h.put("ds/\(i)", SampleData.bytes(seed: 80 + UInt64(i), count: 300_000 * (i + 1))) }
         try h.put("ds/empty", [])
         let prefix = ObjectPrefix(bucket: h.bucket, prefix: "ds/")

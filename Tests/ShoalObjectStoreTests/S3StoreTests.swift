@@ -166,6 +166,41 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
         #expect(!server.requests.contains { $0.contains("X-Injected") })
     }
 
+    /// A blocking GET (a warm's fill runs one) is checked as the fetch thread's is: a 206 for
+    /// another range is refused. `close` ends one under way when its next bytes come, so a
+    /// stopping worker waits on no GET, and refuses the next.
+    @Test func aBlockingGetChecksItsRangeAndEndsOnClose() throws {
+        let server = try CannedHTTPServer()
+        let store = S3Store(name: "plain", credentials: S3Credentials(endpoint: server.url, accessKey: "a", secretKey: "b"))
+        server.respond("206 Partial Content", headers: ["ETag: \"e\"", "Content-Range: bytes 0-1/5"], body: [1, 2])
+        #expect { try get(store, "bkt", "k", offset: 2, length: 2, ifMatch: "\"e\"") } throws: {
+            let e = $0 as? ShoalError
+            return e?.code == .internal && e!.message.contains("without the range asked for")
+        }
+        let size = 1 << 20
+        server.respond("206 Partial Content", headers: ["ETag: \"e\"", "Content-Range: bytes 0-\(size - 1)/\(size)"], body: SampleData.bytes(seed: 5, count: size))
+        server.hold(after: 64 << 10)
+        let lock = ConditionLock()
+        nonisolated(unsafe) var outcome: Result<[UInt8], any Error>?
+        try OSThread.spawn(name: "get") {
+            let r = Result { try get(store, "bkt", "k", offset: 0, length: size, ifMatch: "\"e\"") }
+            lock.withLock { outcome = r }
+            lock.broadcast()
+        }
+        usleep(300_000)
+        #expect(lock.withLock { outcome == nil }, "the GET ended while its body was held")
+        store.close()
+        server.release()
+        lock.lock()
+        while outcome == nil { _ = lock.wait() }
+        lock.unlock()
+        #expect { try outcome!.get() } throws: {
+            let e = $0 as? ShoalError
+            return e?.code == .storeUnavailable && e!.message.contains("closed")
+        }
+        #expect { try get(store, "bkt", "k", offset: 0, length: 2, ifMatch: "\"e\"") } throws: { ($0 as? ShoalError)?.code == .storeUnavailable }
+    }
+
     /// 400 and 405 are the store refusing the request, not an internal error of Shoal's.
     @Test func refusedRequestsAreBadRequests() throws {
         let server = try CannedHTTPServer()
