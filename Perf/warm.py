@@ -20,6 +20,11 @@ workers also write every block to their cache disks, which the direct GETs do no
 count what the store's, the workers' and the client's processes used in each (user and system,
 /proc), per GiB or per object: where the cores are shared, a warm's extra CPU is taken from the
 store. Medians of --runs. Writes warm.json and warm.md to --out (default .shoal/perf).
+
+--store-core runs SeaweedFS alone on CPU 0 (GOMAXPROCS=1) and the workers, the warm and the
+direct GETs on the other CPUs, as a store on hosts of its own would be: both sides then get the
+same store, and the figure says whether the warm keeps that store as busy as direct GETs do,
+rather than how much of a shared CPU it leaves the store. It writes warm-store-core.json and .md.
 """
 import argparse
 import json
@@ -67,16 +72,16 @@ def timed(cmd, env, servers):
     return out, cpu_seconds(servers) - before + (end.children_user - start.children_user) + (end.children_system - start.children_system)
 
 
-def warm(shoal_bin, env, url, concurrency, servers):
-    out, cpu = timed([shoal_bin, "warm", url, "--json", "--concurrency", str(concurrency)], env, servers)
+def warm(shoal_bin, env, url, concurrency, servers, pinned):
+    out, cpu = timed(pinned([shoal_bin, "warm", url, "--json", "--concurrency", str(concurrency)]), env, servers)
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["type"] == "summary" and not summary["failed"], summary
     summary["cpu"] = cpu
     return summary
 
 
-def direct(shoal_bin, env, url, concurrency, servers):
-    out, cpu = timed([shoal_bin, "bench", "get", url, "--block-size", "4MiB", "--concurrency", str(concurrency), "--json"], env, servers)
+def direct(shoal_bin, env, url, concurrency, servers, pinned):
+    out, cpu = timed(pinned([shoal_bin, "bench", "get", url, "--block-size", "4MiB", "--concurrency", str(concurrency), "--json"]), env, servers)
     r = json.loads(out)
     r["cpu"] = cpu
     return r
@@ -90,8 +95,15 @@ def main():
     ap.add_argument("--large", default="2GiB", help="bytes of 64 MiB objects per run")
     ap.add_argument("--small", type=int, default=4000, help="100 KiB objects per run")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--store-core", action="store_true", help="SeaweedFS alone on CPU 0, everything else on the other CPUs")
     ap.add_argument("--out", default=os.path.join(ROOT, ".shoal", "perf"))
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.store_core and (len(cpus) < 2 or cpus[0] != 0):
+        sys.exit("warm.py: --store-core needs CPU 0 and at least one more CPU")
+    others = ",".join(map(str, cpus[1:]))
+    # The commands measured run where the workers do; the store's CPU is its own.
+    pinned = (lambda cmd: ["taskset", "-c", others] + cmd) if args.store_core else (lambda cmd: cmd)
 
     work = os.path.join(ROOT, ".shoal", "perf-warm")
     sh(["swift", "build", "-c", "release", "--product", "shoal"], env=dict(os.environ))
@@ -101,7 +113,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     capacity = "4GiB"  # every run's warms stay cached: nothing is evicted
     sh([os.path.join(ROOT, "Tools", "cluster.sh"), "start", "--workers", "3", "--dir", work, "--port", str(BASE_PORT), "--capacity", capacity],
-       env=dict(os.environ, SHOAL_BIN=shoal_bin))
+       env=dict(os.environ, SHOAL_BIN=shoal_bin, **({"GOMAXPROCS": "1"} if args.store_core else {})))
     env = dict(os.environ, **read_env(os.path.join(work, "cluster.env")))
     c = args.concurrency
     small_bytes = args.small * 102400
@@ -109,6 +121,10 @@ def main():
                "largeCpu": [], "largeDirectCpu": [], "smallCpu": [], "smallDirectCpu": []}
     # The store's and the workers' processes: their CPU is counted with the client's.
     servers = [int(open(os.path.join(work, p)).read().strip()) for p in ("objectstore/weed.pid", "w0/worker.pid", "w1/worker.pid", "w2/worker.pid")]
+    if args.store_core:
+        sh(["taskset", "-a", "-p", "-c", "0", str(servers[0])])
+        for pid in servers[1:]:
+            sh(["taskset", "-a", "-p", "-c", others, str(pid)])
     try:
         for i in range(args.runs):
             # Each side reads a prefix of its own; which is written last, and measured first,
@@ -125,7 +141,7 @@ def main():
                     # Large: bytes per second and CPU seconds per GiB; small: objects per second
                     # and CPU milliseconds per object.
                     url = f"s3://warmperf/{kind}-{side}-{i}"
-                    r = (warm if side == "warm" else direct)(shoal_bin, env, url, c, servers)
+                    r = (warm if side == "warm" else direct)(shoal_bin, env, url, c, servers, pinned)
                     if kind == "large":
                         rate, units = r["bytesPerSecond"], r["bytes"] / 2**30
                     elif side == "warm":
@@ -142,7 +158,7 @@ def main():
             bucket = f"warmtwice{i}"
             sh([shoal_bin, "bench", "populate", f"s3://{bucket}/d", "--size", "256MiB", "--object-size", "16MiB"], env=env)
             before = store_gets(env["SHOAL_S3_METRICS"], bucket)
-            cmd = [shoal_bin, "warm", f"s3://{bucket}/d", "--json", "--concurrency", str(c)]
+            cmd = pinned([shoal_bin, "warm", f"s3://{bucket}/d", "--json", "--concurrency", str(c)])
             procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
             outs = [p.communicate()[0] for p in procs]
             assert all(p.returncode == 0 for p in procs), outs
@@ -154,7 +170,8 @@ def main():
     m = {k: statistics.median(v) for k, v in results.items()}
     m["runs"] = results
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "warm.json"), "w") as f:
+    name = "warm-store-core" if args.store_core else "warm"
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(m, f, indent=2)
     lines = ["| figure | Shoal | limit | ratio | goal |", "|---|---|---|---|---|",
              f"| warm of 64 MiB objects, GB/s / direct 4 MiB GETs at concurrency {c} | {m['large'] / 1e9:.2f} | {m['largeDirect'] / 1e9:.2f} | "
@@ -169,7 +186,9 @@ def main():
              f"| bytes read by the warming process / bytes warmed (64 MiB objects) | {m['bytesHere']:.0f} | {m['bytesWarmed']:.0f} | "
              f"{m['bytesHere'] / m['bytesWarmed']:.5f} | requests and answers only |"]
     text = "\n".join(lines)
-    with open(os.path.join(args.out, "warm.md"), "w") as f:
+    if args.store_core:
+        text = f"SeaweedFS alone on CPU 0; workers, warm and direct GETs on CPUs {others}\n\n" + text
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
         f.write(text + "\n")
     print(text)
 
