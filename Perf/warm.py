@@ -5,9 +5,11 @@
 
 - Large objects (64 MiB): bytes per second a cold warm caches, as a ratio to the limit, ranged
   GETs of every 4 MiB block straight from SeaweedFS at the same concurrency (`shoal bench get`,
-  `--concurrency` GETs in flight, the warm's fill requests in flight) (goal >= 0.9).
+  `--concurrency` GETs in flight, the warm's fill requests in flight) (goal >= 0.9). Each side is
+  timed after its listing, as `bench get` times itself: the warm from its summary's `seconds`
+  less its `listingSeconds`.
 - Small objects (100 KiB): objects per second a cold warm caches, against direct GETs of the same
-  objects at the same concurrency (goal >= 0.9).
+  objects at the same concurrency, each timed after its listing as above (goal >= 0.9).
 - Store GETs per block when two warms of the same cold prefix run at once (goal exactly 1.0),
   counted by SeaweedFS itself (its Prometheus metrics: GETs answered with data, for the bucket).
 - Bytes that crossed to the warming host: what the warm process read from its sockets and files
@@ -142,10 +144,12 @@ def main():
                     # and CPU milliseconds per object.
                     url = f"s3://warmperf/{kind}-{side}-{i}"
                     r = (warm if side == "warm" else direct)(shoal_bin, env, url, c, servers, pinned)
-                    if kind == "large":
+                    if side == "warm":
+                        filling = r["seconds"] - r["listingSeconds"]
+                        rate = r["bytes"] / filling if kind == "large" else r["objects"] / filling
+                        units = r["bytes"] / 2**30 if kind == "large" else r["objects"] / 1000
+                    elif kind == "large":
                         rate, units = r["bytesPerSecond"], r["bytes"] / 2**30
-                    elif side == "warm":
-                        rate, units = r["objects"] / r["seconds"], r["objects"] / 1000
                     else:
                         rate, units = r["bytesPerSecond"] / 102400, r["bytes"] / 102400 / 1000
                     key = kind if side == "warm" else kind + "Direct"

@@ -58,6 +58,8 @@ public struct WarmProgress: Sendable {
     /// Block requests tried again after a failure that may pass.
     public var retries = 0
     public var seconds = 0.0
+    /// Seconds the listing took (the fills came after it); 0 while listing.
+    public var listingSeconds = 0.0
 
     public init() {}
 
@@ -139,6 +141,7 @@ public final class Warmer {
         }
         p.listing = false
         tick()
+        p.listingSeconds = p.seconds
         // Objects of no blocks (empty ones) are done at once.
         for i in objects.indices where objects[i].blocksLeft == 0 { finish(i, &objects, &p) }
 

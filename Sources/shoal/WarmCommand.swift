@@ -344,6 +344,8 @@ final class WarmOutput {
         var blocksFromPeers: Int
         var retries: Int
         var seconds: Double
+        /// Of `seconds`, those the listing took.
+        var listingSeconds: Double
         var bytesPerSecond: Double
         /// Bytes this process read from sockets and files (/proc/self/io): a warm's data stays
         /// on the workers, so this is requests' answers and listings.
@@ -368,6 +370,7 @@ final class WarmOutput {
             blocksFromPeers = p.blocksFromPeers
             retries = p.retries
             seconds = (p.seconds * 1000).rounded() / 1000
+            listingSeconds = (p.listingSeconds * 1000).rounded() / 1000
             bytesPerSecond = p.bytesPerSecond.rounded()
             bytesReceivedHere = ProcessIO.bytesRead() ?? 0
         }

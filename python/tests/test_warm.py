@@ -77,6 +77,10 @@ def test_warm_small_and_large_objects_check_and_rerun(cluster, bucket):
         assert d["bytes"] <= d["bytesTotal"] or d["listing"]
     # The data stayed on the workers: this process received far less than it warmed.
     assert summary["bytesReceivedHere"] < summary["bytes"] / 20, summary["bytesReceivedHere"]
+    # The listing's time is part of the whole, and is not all of it.
+    listed_by = [d["seconds"] for d in progress if not d["listing"]]
+    assert 0 < summary["listingSeconds"] < summary["seconds"], summary
+    assert not listed_by or summary["listingSeconds"] <= min(listed_by), (summary, listed_by)
 
     rc, docs = warm(cluster, f"s3://{bucket}/", "--check")
     assert rc == 0 and docs[-1]["cachedPercent"] == 100 and docs[-1]["cached"]["objects"] == 1503
