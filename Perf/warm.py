@@ -144,14 +144,9 @@ def main():
                     # and CPU milliseconds per object.
                     url = f"s3://warmperf/{kind}-{side}-{i}"
                     r = (warm if side == "warm" else direct)(shoal_bin, env, url, c, servers, pinned)
-                    if side == "warm":
-                        filling = r["seconds"] - r["listingSeconds"]
-                        rate = r["bytes"] / filling if kind == "large" else r["objects"] / filling
-                        units = r["bytes"] / 2**30 if kind == "large" else r["objects"] / 1000
-                    elif kind == "large":
-                        rate, units = r["bytesPerSecond"], r["bytes"] / 2**30
-                    else:
-                        rate, units = r["bytesPerSecond"] / 102400, r["bytes"] / 102400 / 1000
+                    seconds = r["seconds"] - r.get("listingSeconds", 0)  # bench get's seconds start after its listing
+                    count = r["bytes"] if kind == "large" else r["bytes"] / 102400
+                    rate, units = count / seconds, count / (2**30 if kind == "large" else 1000)
                     key = kind if side == "warm" else kind + "Direct"
                     results[key].append(rate)
                     results[key + "Cpu"].append(r["cpu"] / units)

@@ -49,9 +49,18 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
 
     // MARK: requests
 
-    private func withHandle<T>(_ body: (CurlEasy) throws(ShoalError) -> T) throws(ShoalError) -> T {
+    /// Runs `body` on a pooled handle, at most `maxConcurrency` at once. A `cancellable` sink is
+    /// one `close` may cancel (a GET's); once closed, no more of those start.
+    private func withHandle<T>(cancellable sink: HTTPBodySink?, _ body: (CurlEasy) throws(ShoalError) -> T) throws(ShoalError) -> T {
         lock.lock()
         while inFlight >= maxConcurrency { lock.wait() }
+        if let sink {
+            guard !closed else {
+                lock.unlock()
+                throw closedError
+            }
+            gets[ObjectIdentifier(sink)] = sink
+        }
         inFlight += 1
         let handle = idle.popLast()
         lock.unlock()
@@ -60,6 +69,7 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
             lock.lock()
             inFlight -= 1
             if let easy { idle.append(easy) }
+            if let sink { gets[ObjectIdentifier(sink)] = nil }
             lock.unlock()
             lock.signal()
         }
@@ -84,14 +94,17 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return r
     }
 
-    private func perform(_ req: HTTPRequest, sink: HTTPBodySink, what: String) throws(ShoalError) -> HTTPResponse {
-        try withHandle { (easy) throws(ShoalError) -> HTTPResponse in
+    private func perform(_ req: HTTPRequest, sink: HTTPBodySink, what: String, cancellable: Bool = false) throws(ShoalError) -> HTTPResponse {
+        let response = try withHandle(cancellable: cancellable ? sink : nil) { (easy) throws(ShoalError) -> HTTPResponse in
             do throws(CurlError) {
                 return try easy.perform(req, sink: sink)
             } catch {
                 throw transportFailure(error, what: what)
             }
         }
+        // Cancelled by `close`: the worker is stopping.
+        guard !(cancellable && sink.stopped) else { throw closedError }
+        return response
     }
 
     private func transportFailure(_ error: CurlError, what: String) -> ShoalError {
@@ -153,15 +166,7 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         guard length > 0 else { return StoreRead(count: 0, objectSize: 0) }
         let req = try rangedRequest(bucket: bucket, key: key, offset: offset, length: length, ifMatch: ifMatch, what: what)
         let sink = HTTPBodySink(buffer: UnsafeMutableRawBufferPointer(start: buffer, count: length))
-        let closedAlready = lock.withLock { () -> Bool in
-            if !closed { gets[ObjectIdentifier(sink)] = sink }
-            return closed
-        }
-        guard !closedAlready else { throw closedError }
-        defer { lock.withLock { _ = gets.removeValue(forKey: ObjectIdentifier(sink)) } }
-        let response = try perform(req, sink: sink, what: what)
-        // Cancelled by `close`: the worker is stopping.
-        guard !sink.stopped else { throw closedError }
+        let response = try perform(req, sink: sink, what: what, cancellable: true)
         return try checked(response, sink: sink, offset: offset, length: length, ifMatch: ifMatch, what: what)
     }
 

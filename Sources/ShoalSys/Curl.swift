@@ -2,14 +2,15 @@
 import Glibc
 #endif
 internal import CShoalCurl
+import Synchronization
 
 /// Where a response body goes: straight into a caller's buffer, or into a growing array.
 public final class HTTPBodySink: @unchecked Sendable {
     let fixed: UnsafeMutableRawBufferPointer?
     let limit: Int
     let deliver: ((UnsafeRawBufferPointer) -> Bool)?
-    private let cancelLock = ConditionLock()
-    private var _cancelled = false
+    /// Read on every piece of a body: a load, no lock.
+    private let cancelFlag = Atomic<Bool>(false)
     /// The transfer was stopped on purpose (by `deliver` or `cancel`), not by a fault.
     public private(set) var stopped = false
     public private(set) var count = 0
@@ -48,10 +49,10 @@ public final class HTTPBodySink: @unchecked Sendable {
 
     /// Ends a streaming transfer within about a second (any thread); a transfer into a buffer
     /// or an array ends when its next bytes come (a silent one at its stall limit).
-    public func cancel() { cancelLock.withLock { _cancelled = true } }
+    public func cancel() { cancelFlag.store(true, ordering: .releasing) }
 
     var cancelled: Bool {
-        let c = cancelLock.withLock { _cancelled }
+        let c = cancelFlag.load(ordering: .acquiring)
         if c { stopped = true }
         return c
     }

@@ -820,7 +820,7 @@ final class Shard: @unchecked Sendable {
             guard let lease = plane.park.unpark(r.lease) else { return }
             // A warm's block in this buffer already (fetched here, or copied from another
             // reader's fill) is cached by this thread at once: whether it is held is the answer.
-            var held: Bool?
+            var warmed: Result<FilledRange, ShoalError>?
             let start = plane.pool.withSlot(lease, ring: ring) { slot in
                 let start = Result { () throws(ShoalError) -> FillStart in
                     try plane.service.startRead(r.request, slot: slot, progress: { [self] bytes in
@@ -830,13 +830,13 @@ final class Shard: @unchecked Sendable {
                     })
                 }
                 if r.request.isFillOnly, case .success(.ready(let range)) = start, let fill = range.fill {
-                    held = plane.service.finishFill(fill, slot: slot)
+                    warmed = plane.service.finishFill(fill, slot: slot) ? .success(range) : .failure(notCached(fill))
                 }
                 return start
             }
-            if let held, case .success(.ready(let range)) = start, let fill = range.fill {
+            if let warmed {
                 plane.giveLease(lease)
-                post(.warmed(op: op, generation: generation, held ? .success(range) : .failure(notCached(fill))))
+                post(.warmed(op: op, generation: generation, warmed))
                 return
             }
             // The lease is back in its place before a GET can end and the shard reply from it.
