@@ -204,6 +204,9 @@ def main():
     ap.add_argument("--workers", type=int, default=3, help="workers in the cluster (1: one process against redis's one)")
     ap.add_argument("--out", default=os.path.join(ROOT, ".shoal", "perf"))
     args = ap.parse_args()
+    for name in ("small", "runs", "workers"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be 1 or more, not {getattr(args, name)}")
     import shoal
 
     work = os.path.join(ROOT, ".shoal", "perf-python")

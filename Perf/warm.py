@@ -100,6 +100,9 @@ def main():
     ap.add_argument("--store-core", action="store_true", help="SeaweedFS alone on CPU 0, everything else on the other CPUs")
     ap.add_argument("--out", default=os.path.join(ROOT, ".shoal", "perf"))
     args = ap.parse_args()
+    for name in ("runs", "small", "concurrency"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be 1 or more, not {getattr(args, name)}")
     cpus = sorted(os.sched_getaffinity(0))
     if args.store_core and (len(cpus) < 2 or cpus[0] != 0):
         sys.exit("warm.py: --store-core needs CPU 0 and at least one more CPU")
