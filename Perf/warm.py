@@ -10,6 +10,11 @@
   less its `listingSeconds`.
 - Small objects (100 KiB): objects per second a cold warm caches, against direct GETs of the same
   objects at the same concurrency, each timed after its listing as above (goal >= 0.9).
+- The least any warm must do, on the same machine: the same direct GETs, each block also written
+  with O_DIRECT to a preallocated file as a cache disk is written (`shoal bench get --write-to`),
+  with no routing, checksum or index. Its ratio to the direct GETs is about the most a warm that
+  writes each block as it comes could reach here; the warm's ratio to it is what Shoal's own work
+  (requests to the owners, checks, index) costs.
 - Store GETs per block when two warms of the same cold prefix run at once (goal exactly 1.0),
   counted by SeaweedFS itself (its Prometheus metrics: GETs answered with data, for the bucket).
 - Bytes that crossed to the warming host: what the warm process read from its sockets and files
@@ -82,9 +87,11 @@ def warm(shoal_bin, env, url, concurrency, servers, pinned):
     return summary
 
 
-def direct(shoal_bin, env, url, concurrency, servers, pinned):
-    out, cpu = timed(pinned([shoal_bin, "bench", "get", url, "--block-size", "4MiB", "--concurrency", str(concurrency), "--json"]), env, servers)
+def direct(shoal_bin, env, url, concurrency, servers, pinned, write_to=None):
+    out, cpu = timed(pinned([shoal_bin, "bench", "get", url, "--block-size", "4MiB", "--concurrency", str(concurrency), "--json"]
+                            + (["--write-to", write_to] if write_to else [])), env, servers)
     r = json.loads(out)
+    assert r["written"] == (r["bytes"] if write_to else 0), r  # 100 KiB and 4 MiB blocks are whole 4 KiB pages
     r["cpu"] = cpu
     return r
 
@@ -122,8 +129,8 @@ def main():
     env = dict(os.environ, **read_env(os.path.join(work, "cluster.env")))
     c = args.concurrency
     small_bytes = args.small * 102400
-    results = {"large": [], "largeDirect": [], "small": [], "smallDirect": [], "getsPerBlock": [], "bytesHere": [], "bytesWarmed": [],
-               "largeCpu": [], "largeDirectCpu": [], "smallCpu": [], "smallDirectCpu": []}
+    results = {k + side + cpu: [] for k in ("large", "small") for side in ("", "Direct", "Floor") for cpu in ("", "Cpu")}
+    results.update({"getsPerBlock": [], "bytesHere": [], "bytesWarmed": []})
     # The store's and the workers' processes: their CPU is counted with the client's.
     servers = [int(open(os.path.join(work, p)).read().strip()) for p in ("objectstore/weed.pid", "w0/worker.pid", "w1/worker.pid", "w2/worker.pid")]
     if args.store_core:
@@ -133,10 +140,10 @@ def main():
     try:
         for i in range(args.runs):
             # Each side reads a prefix of its own; which is written last, and measured first,
-            # alternates between runs (the store serves the most recently written data a little
-            # faster), and the writes are on disk before either is measured (the first read after
+            # turns between runs (the store serves the most recently written data a little
+            # faster), and the writes are on disk before any is measured (the first read after
             # a populate otherwise shares the machine with the kernel's writeback).
-            sides = ("warm", "direct") if i % 2 == 0 else ("direct", "warm")
+            sides = ("warm", "direct", "floor")[i % 3:] + ("warm", "direct", "floor")[:i % 3]
             for kind, size, each in (("large", args.large, "64MiB"), ("small", str(small_bytes), "100KiB")):
                 for side in sides:
                     sh([shoal_bin, "bench", "populate", f"s3://warmperf/{kind}-{side}-{i}", "--size", size, "--object-size", each], env=env)
@@ -146,11 +153,14 @@ def main():
                     # Large: bytes per second and CPU seconds per GiB; small: objects per second
                     # and CPU milliseconds per object.
                     url = f"s3://warmperf/{kind}-{side}-{i}"
-                    r = (warm if side == "warm" else direct)(shoal_bin, env, url, c, servers, pinned)
+                    if side == "warm":
+                        r = warm(shoal_bin, env, url, c, servers, pinned)
+                    else:
+                        r = direct(shoal_bin, env, url, c, servers, pinned, os.path.join(work, "floor.bin") if side == "floor" else None)
                     seconds = r["seconds"] - r.get("listingSeconds", 0)  # bench get's seconds start after its listing
                     count = r["bytes"] if kind == "large" else r["bytes"] / 102400
                     rate, units = count / seconds, count / (2**30 if kind == "large" else 1000)
-                    key = kind if side == "warm" else kind + "Direct"
+                    key = kind + {"warm": "", "direct": "Direct", "floor": "Floor"}[side]
                     results[key].append(rate)
                     results[key + "Cpu"].append(r["cpu"] / units)
                     if kind == "large" and side == "warm":
@@ -180,10 +190,18 @@ def main():
              f"{m['large'] / m['largeDirect']:.2f} | >= 0.9 |",
              f"| warm of 100 KiB objects, objects/s / direct GETs at concurrency {c} | {m['small']:.0f} | {m['smallDirect']:.0f} | "
              f"{m['small'] / m['smallDirect']:.2f} | >= 0.9 |",
+             f"| the least a warm must do (direct GETs, each block written O_DIRECT), 64 MiB objects, GB/s / direct GETs | "
+             f"{m['largeFloor'] / 1e9:.2f} | {m['largeDirect'] / 1e9:.2f} | {m['largeFloor'] / m['largeDirect']:.2f} | |",
+             f"| the same, 100 KiB objects, objects/s / direct GETs | {m['smallFloor']:.0f} | {m['smallDirect']:.0f} | "
+             f"{m['smallFloor'] / m['smallDirect']:.2f} | |",
+             f"| warm / the least a warm must do: 64 MiB objects, 100 KiB objects | | | "
+             f"{m['large'] / m['largeFloor']:.2f}, {m['small'] / m['smallFloor']:.2f} | |",
              f"| CPU seconds per GiB, 64 MiB objects (store, workers and client together) | {m['largeCpu']:.2f} | {m['largeDirectCpu']:.2f} | "
              f"{m['largeCpu'] / m['largeDirectCpu']:.2f} | |",
              f"| CPU milliseconds per 100 KiB object (store, workers and client together) | {m['smallCpu']:.2f} | {m['smallDirectCpu']:.2f} | "
              f"{m['smallCpu'] / m['smallDirectCpu']:.2f} | |",
+             f"| the same CPU, the least a warm must do / direct GETs: per GiB, per 100 KiB object | | | "
+             f"{m['largeFloorCpu'] / m['largeDirectCpu']:.2f}, {m['smallFloorCpu'] / m['smallDirectCpu']:.2f} | |",
              f"| store GETs per block, two warms of one cold prefix at once | {m['getsPerBlock']:.3f} | 1 | | exactly 1.0 |",
              f"| bytes read by the warming process / bytes warmed (64 MiB objects) | {m['bytesHere']:.0f} | {m['bytesWarmed']:.0f} | "
              f"{m['bytesHere'] / m['bytesWarmed']:.5f} | requests and answers only |"]

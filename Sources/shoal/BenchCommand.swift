@@ -110,7 +110,7 @@ struct BenchCommand: ParsableCommand {
                         defer { buffer?.deallocate() }
                         var bytes: UInt64 = 0
                         do throws(ShoalError) {
-                            while let (key, _, _) = queue.next() {
+                            while let (_, (key, _, _)) = queue.next() {
                                 let file = try c.open(ObjectRef(store: target.store, bucket: target.bucket, key: key))
                                 let chunk = Int(file.blockSize) * 16
                                 if buffer == nil || buffer!.count != chunk {
@@ -152,6 +152,8 @@ struct BenchCommand: ParsableCommand {
         @Argument(help: "s3://bucket/prefix") var url: String
         @Option(help: "GETs in flight.") var concurrency = 8
         @Option(help: "Range size, e.g. 4MiB.") var blockSize = "4MiB"
+        @Option(help: ArgumentHelp("Also write each block with O_DIRECT to this new file, preallocated as a cache file is and removed at the end: the least a warm must do per block.", valueName: "file"))
+        var writeTo: String?
         @Flag(help: "Print one JSON line.") var json = false
         @OptionGroup var store: StoreOptions
 
@@ -160,17 +162,38 @@ struct BenchCommand: ParsableCommand {
             guard let bs = ByteSize.parse(blockSize), bs > 0, concurrency >= 1, concurrency <= 256 else {
                 throw fail("--block-size must be a size and --concurrency 1-256", code: 2)
             }
+            if let writeTo, FileSystem.exists(writeTo) { throw fail("--write-to \(writeTo): the file exists; name a new one", code: 2) }
             let s3 = try store.makeStore()
             let entries: [ObjectEntry]
             do { entries = try s3.listAll(bucket: target.bucket, prefix: target.key) } catch { throw fail(error.message) }
             var work: [(String, UInt64, Int)] = []
+            // Where each block lands in --write-to's file: one after another, each padded to the
+            // 4 KiB that O_DIRECT writes in, as blocks are appended to a cache region.
+            var offsets: [UInt64] = []
+            var fileLength: UInt64 = 0
             for e in entries {
                 var off: UInt64 = 0
                 while off < e.version.size {
-                    work.append((e.key, off, Int(min(bs, e.version.size - off))))
+                    let n = min(bs, e.version.size - off)
+                    work.append((e.key, off, Int(n)))
+                    offsets.append(fileLength)
+                    fileLength += (n + 4095) / 4096 * 4096
                     off += bs
                 }
             }
+            let file: FileHandle?
+            do {
+                file = try writeTo.map { (path) throws(SysError) -> FileHandle in
+                    let f = try FileHandle.open(path, [.create, .direct])
+                    try f.allocate(length: max(fileLength, 4096))
+                    return f
+                }
+            } catch {
+                if let writeTo { FileSystem.remove(writeTo) }
+                throw fail("--write-to: \(error)")
+            }
+            defer { if let writeTo { FileSystem.remove(writeTo) } }
+            let fileOffsets = offsets
             let queue = WorkQueue(items: work)
             let done = ConditionLock()
             nonisolated(unsafe) var finished = 0
@@ -178,13 +201,19 @@ struct BenchCommand: ParsableCommand {
             let start = monotonicNanos()
             for _ in 0..<concurrency {
                 try OSThread.spawn(name: "bench-get") {
-                    let buffer = UnsafeMutableRawPointer.allocate(byteCount: Int(bs), alignment: 4096)
+                    let buffer = UnsafeMutableRawPointer.allocate(byteCount: Int((bs + 4095) / 4096 * 4096), alignment: 4096)
                     defer { buffer.deallocate() }
-                    while let (key, off, n) = queue.next() {
+                    while let (i, (key, off, n)) = queue.next() {
                         do throws(ShoalError) {
                             _ = try s3.get(bucket: target.bucket, key: key, offset: off, length: n, ifMatch: nil, into: buffer).count
                         } catch {
                             done.withLock { firstError = firstError ?? error.message }
+                            continue
+                        }
+                        do throws(SysError) {
+                            try file?.write(buffer, count: (n + 4095) / 4096 * 4096, at: fileOffsets[i])
+                        } catch {
+                            done.withLock { firstError = firstError ?? "--write-to: \(error)" }
                         }
                     }
                     done.withLock { finished += 1 }
@@ -197,7 +226,7 @@ struct BenchCommand: ParsableCommand {
             let seconds = Double(monotonicNanos() - start) / 1e9
             if let firstError { throw fail(firstError) }
             BenchCommand.report("direct-get", bytes: entries.reduce(0) { $0 + $1.version.size }, seconds: seconds, json: json,
-                                extra: ",\"concurrency\":\(concurrency)")
+                                extra: ",\"concurrency\":\(concurrency),\"written\":\(file == nil ? 0 : fileLength)")
         }
     }
 }
@@ -225,11 +254,12 @@ final class WorkQueue: @unchecked Sendable {
     private var nextIndex = 0
     private let lock = ConditionLock()
     init(items: [(String, UInt64, Int)]) { self.items = items }
-    func next() -> (String, UInt64, Int)? {
+    /// The next item, and its place in `items`.
+    func next() -> (Int, (String, UInt64, Int))? {
         lock.withLock {
             guard nextIndex < items.count else { return nil }
             defer { nextIndex += 1 }
-            return items[nextIndex]
+            return (nextIndex, items[nextIndex])
         }
     }
 }
