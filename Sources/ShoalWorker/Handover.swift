@@ -29,6 +29,8 @@ final class Handover: @unchecked Sendable {
     private var changedAt: UInt64 = 0
     private var idle: [String: [WorkerConnection]] = [:]
     private var downUntil: [String: UInt64] = [:]
+    /// Previous owners that answered only misses lately are asked for a sample of the blocks.
+    private var sampler = PeerAskSampler()
     /// The blocks this worker cached most recently (a ring of `journalCapacity`), newest last:
     /// what it pushes to their new owners after a view change.
     private var recent: [(key: BlockKey, id: BlockID)] = []
@@ -172,6 +174,7 @@ final class Handover: @unchecked Sendable {
             let first = current == nil
             current = placement
             changedAt = monotonicNanos()
+            sampler.reset()
             return !first
         }
         if changed { startPush() }
@@ -208,6 +211,12 @@ final class Handover: @unchecked Sendable {
                 "current": "\(lock.withLock { current?.view.epoch ?? 0 })", "previous": "\(lock.withLock { previous?.view.epoch ?? 0 })"])
             return false
         }
+        // A previous owner that held none of the last misses asked of it (a cold dataset) is
+        // asked for a sample only: the round trips would cost more than its rare hits save.
+        guard lock.withLock({ sampler.shouldAsk(peer) }) else {
+            metrics.handoverSkipped.increment()
+            return false
+        }
         metrics.handoverAsked.increment()
         let reused = lock.withLock { idle[peer]?.popLast() }
         let connection: WorkerConnection
@@ -242,9 +251,11 @@ final class Handover: @unchecked Sendable {
                 markDown(peer, error)
             } else {
                 giveBack(connection, peer)  // it answered (not cached there): the connection is in step
+                if error.code == .notFound { lock.withLock { sampler.answered(peer, hit: false) } }
             }
             return false
         }
+        lock.withLock { sampler.answered(peer, hit: true) }
         giveBack(connection, peer)
         metrics.handoverHits.increment()
         return true

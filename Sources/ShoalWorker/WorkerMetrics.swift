@@ -21,6 +21,8 @@ public final class WorkerMetrics: @unchecked Sendable {
     /// (each one a store GET saved).
     let handoverAsked: Metrics.Counter
     let handoverHits: Metrics.Counter
+    /// Misses not asked of their previous owner, which had answered only misses lately.
+    let handoverSkipped: Metrics.Counter
     /// Blocks this worker handed to their new owner after a view change (fill-only READs sent).
     let handoverPushed: Metrics.Counter
     /// READs by name (flag bit 3): the version resolved here and sent with the bytes.
@@ -64,6 +66,7 @@ public final class WorkerMetrics: @unchecked Sendable {
         bytesServed = Metrics.Counter(label: "shoal_bytes_served_total", factory: factory)
         handoverAsked = Metrics.Counter(label: "shoal_handover_asked_total", factory: factory)
         handoverHits = Metrics.Counter(label: "shoal_handover_hits_total", factory: factory)
+        handoverSkipped = Metrics.Counter(label: "shoal_handover_skipped_total", factory: factory)
         handoverPushed = Metrics.Counter(label: "shoal_handover_pushed_total", factory: factory)
         readsByName = Metrics.Counter(label: "shoal_reads_by_name_total", factory: factory)
         bytesFilled = Metrics.Counter(label: "shoal_bytes_filled_total", factory: factory)

@@ -216,6 +216,33 @@ import ShoalTestSupport
         #expect(workers[1].metrics.value("shoal_handover_hits_total") + workers[2].metrics.value("shoal_handover_hits_total") > Double(moved))
     }
 
+    /// A worker that joins a cluster whose cache holds none of what is then read (a cold
+    /// dataset) asks the blocks' previous owners for a sample only, once each has answered a
+    /// run of misses: not a round trip between workers per block.
+    @Test func aJoinBeforeAColdReadAsksThePreviousOwnersForASampleOnly() throws {
+        let prefix = try EtcdFixture.get().makePrefix("cold-join")
+        let (bucket, workers) = try EtcdTests.cluster("etcd-coldjoin", 2, prefix: prefix, data: [7])
+        var all = workers
+        defer { all.forEach { $0.stopDataPlane() } }
+        let store = try ObjectStoreFixture.get().store()
+        let count = 400
+        for i in 0..<count { try store.put(bucket: bucket, key: "cold/\(i)", bytes: SampleData.bytes(seed: UInt64(300 + i), count: 1024)) }
+        all.append(try EtcdTests.worker("etcd-coldjoin", 2, prefix: prefix))
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        #expect(EtcdTests.eventually(3) { client.view.members.count == 3 })
+        for i in 0..<count {
+            let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "cold/\(i)"))
+            #expect(try client.read(file, offset: 0, length: 1024) == SampleData.bytes(seed: UInt64(300 + i), count: 1024))
+        }
+        let joined = all[2].metrics
+        let (fills, asked, skipped) = (joined.value("shoal_fills_total"), joined.value("shoal_handover_asked_total"), joined.value("shoal_handover_skipped_total"))
+        #expect(fills > 100, "the new worker filled \(fills) of \(count) blocks")
+        // Each of its misses had a previous owner: asked, or skipped once that owner missed 32 in a row.
+        #expect(asked + skipped == fills)
+        #expect(joined.value("shoal_handover_hits_total") == 0)
+        #expect(skipped > 0 && asked < fills, "asked \(asked), skipped \(skipped) of \(fills) misses")
+    }
+
     /// A drained worker pushes the blocks it cached to their new owners on its own (fill-only
     /// READs, which they answer by taking each block from it), before anyone reads them: once it
     /// is done it can leave, and a read of everything costs the store nothing.
