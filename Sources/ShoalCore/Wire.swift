@@ -524,7 +524,11 @@ public struct ReadRequest: Sendable, Equatable {
     /// status `not_found` if not; nothing is read, filled or counted. An empty range of a block
     /// with a version, no other flag (`shoal warm --check`, `shoal ls --cached`).
     public static let probeFlag: UInt16 = 16
-    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag | cachedOnlyFlag | resolveFlag | probeFlag
+    /// Flag bit 5, with bit 0 only: a hand-over push. The sender is the block's previous owner and
+    /// holds it: the new owner asks it for the block whatever its recent answers (a previous owner
+    /// that missed many in a row is otherwise asked for a sample of the misses only).
+    public static let pushFlag: UInt16 = 32
+    static let knownFlags: UInt16 = fillOnlyFlag | rdmaFlag | cachedOnlyFlag | resolveFlag | probeFlag | pushFlag
 
     public var offset: UInt32
     public var length: UInt32
@@ -581,6 +585,7 @@ public struct ReadRequest: Sendable, Equatable {
     public var resolvesVersion: Bool { flags & ReadRequest.resolveFlag != 0 }
     public var isCachedOnly: Bool { flags & ReadRequest.cachedOnlyFlag != 0 }
     public var isProbe: Bool { flags & ReadRequest.probeFlag != 0 }
+    public var isPush: Bool { flags & ReadRequest.pushFlag != 0 }
 
     /// The length this block has in its object version (0 if the index is past the end).
     public var expectedLength: Int {
@@ -707,6 +712,9 @@ public struct ReadRequest: Sendable, Equatable {
         }
         guard !isProbe || (flags == ReadRequest.probeFlag && offset == 0 && length == 0) else {
             throw ShoalError(.badRequest, "READ of \(block.object) asks whether a block is cached (flag bit 4) with a range or another flag")
+        }
+        guard !isPush || isFillOnly else {
+            throw ShoalError(.badRequest, "READ of \(block.object) is a hand-over push (flag bit 5) without fill-only (bit 0)")
         }
         guard !(isFillOnly && isCachedOnly) else {
             throw ShoalError(.badRequest, "READ of \(block.object) asks to fill the block and not to fill it (flags fill-only and cached-only)")

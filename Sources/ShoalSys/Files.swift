@@ -22,6 +22,8 @@ public final class FileHandle: @unchecked Sendable {
         public static let direct = Options(rawValue: 2)
         public static let readOnly = Options(rawValue: 4)
         public static let truncate = Options(rawValue: 8)
+        /// With `.create`: fail (EEXIST) if the path exists, a symbolic link included.
+        public static let exclusive = Options(rawValue: 16)
     }
 
     /// Opens `path`; `.direct` asks for O_DIRECT (the filesystem must support it). A file it
@@ -31,6 +33,7 @@ public final class FileHandle: @unchecked Sendable {
         flags |= O_CLOEXEC
         if options.contains(.create) { flags |= O_CREAT }
         if options.contains(.truncate) { flags |= O_TRUNC }
+        if options.contains(.exclusive) { flags |= O_EXCL }
         if options.contains(.direct) { flags |= shoal_o_direct() }
         let fd = try retryingEINTR("open \(path)") { Glibc.open(path, flags, mode_t(permissions)) }
         return FileHandle(fd: fd, path: path)

@@ -425,7 +425,8 @@ final class BlockService: @unchecked Sendable {
 
     /// After a view change, the block's previous owner may hold it: no GET then.
     private func fromPreviousOwner(_ plan: FetchPlan) -> Result<FilledRange, ShoalError>? {
-        guard let handover, handover.fetch(plan.key, id: plan.request.id, epoch: plan.request.epoch, length: plan.length, into: plan.data, metrics: metrics)
+        guard let handover, handover.fetch(plan.key, id: plan.request.id, epoch: plan.request.epoch, length: plan.length, into: plan.data,
+                                              metrics: metrics, pushed: plan.request.isPush)
         else { return nil }
         return complete(plan, .success(StoreRead(count: plan.length, objectSize: plan.key.objectSize)), fromStore: false)
     }

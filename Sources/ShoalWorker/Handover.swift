@@ -129,7 +129,8 @@ final class Handover: @unchecked Sendable {
                 }
                 let c = connections[owner]!
                 var none: UInt8 = 0
-                let request = ReadRequest(block: entry.key, offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag, epoch: placement.view.epoch)
+                let request = ReadRequest(block: entry.key, offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag | ReadRequest.pushFlag,
+                                          epoch: placement.view.epoch)
                 let id = try withUnsafeMutableBytes(of: &none) { p throws(ShoalError) in try c.sendRead(request, into: p.baseAddress!, length: 0) }
                 try c.receiveRead(id: id)
                 pushed += 1
@@ -199,8 +200,10 @@ final class Handover: @unchecked Sendable {
     /// Asks the previous owner for the whole block `key` into `data` (`length` bytes, CRC32C
     /// checked on the way); whether it had it.
     /// `epoch` is the view the READ was routed by: one newer than this worker's makes it ask its
-    /// source now (the READ may be the first news of a view that put the block here).
-    func fetch(_ key: BlockKey, id: BlockID, epoch: UInt64, length: Int, into data: UnsafeMutableRawPointer, metrics: WorkerMetrics) -> Bool {
+    /// source now (the READ may be the first news of a view that put the block here). `pushed`:
+    /// the previous owner pushed the block here (it holds it), so it is asked whatever it answered lately.
+    func fetch(_ key: BlockKey, id: BlockID, epoch: UInt64, length: Int, into data: UnsafeMutableRawPointer, metrics: WorkerMetrics,
+               pushed: Bool = false) -> Bool {
         guard windowNanos > 0 else { return false }
         if epoch > lock.withLock({ current?.view.epoch ?? 0 }) {
             let (view, placement) = source.current(force: true)
@@ -213,7 +216,7 @@ final class Handover: @unchecked Sendable {
         }
         // A previous owner that held none of the last misses asked of it (a cold dataset) is
         // asked for a sample only: the round trips would cost more than its rare hits save.
-        guard lock.withLock({ sampler.shouldAsk(peer) }) else {
+        guard pushed || lock.withLock({ sampler.shouldAsk(peer) }) else {
             metrics.handoverSkipped.increment()
             return false
         }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import ShoalClient
 import ShoalCore
@@ -162,7 +165,18 @@ struct BenchCommand: ParsableCommand {
             guard let bs = ByteSize.parse(blockSize), bs > 0, concurrency >= 1, concurrency <= 256 else {
                 throw fail("--block-size must be a size and --concurrency 1-256", code: 2)
             }
-            if let writeTo, FileSystem.exists(writeTo) { throw fail("--write-to \(writeTo): the file exists; name a new one", code: 2) }
+            // Made here and now (never an existing file, nor through a link), so removing it at the end removes only this.
+            let file: FileHandle?
+            do {
+                file = try writeTo.map { (path) throws(SysError) -> FileHandle in try FileHandle.open(path, [.create, .exclusive, .direct]) }
+            } catch {
+                switch error.errno {
+                case EEXIST: throw fail("--write-to \(writeTo ?? ""): the path exists; name a new file", code: 2)
+                case EINVAL: throw fail("--write-to \(writeTo ?? ""): the filesystem does not take O_DIRECT (tmpfs?); name a file on a disk", code: 2)
+                default: throw fail("--write-to: \(error)", code: 2)
+                }
+            }
+            defer { if let writeTo, file != nil { FileSystem.remove(writeTo) } }
             let s3 = try store.makeStore()
             let entries: [ObjectEntry]
             do { entries = try s3.listAll(bucket: target.bucket, prefix: target.key) } catch { throw fail(error.message) }
@@ -181,23 +195,14 @@ struct BenchCommand: ParsableCommand {
                     off += bs
                 }
             }
-            let file: FileHandle?
-            do {
-                file = try writeTo.map { (path) throws(SysError) -> FileHandle in
-                    let f = try FileHandle.open(path, [.create, .direct])
-                    try f.allocate(length: max(fileLength, 4096))
-                    return f
-                }
-            } catch {
-                if let writeTo { FileSystem.remove(writeTo) }
-                throw fail("--write-to: \(error)")
-            }
-            defer { if let writeTo { FileSystem.remove(writeTo) } }
+            // Preallocated as a cache file is: its first writes go to unwritten extents, as a new cache's do.
+            do { try file?.allocate(length: max(fileLength, 4096)) } catch { throw fail("--write-to: \(error)") }
             let fileOffsets = offsets
             let queue = WorkQueue(items: work)
             let done = ConditionLock()
             nonisolated(unsafe) var finished = 0
             nonisolated(unsafe) var firstError: String?
+            nonisolated(unsafe) var written: UInt64 = 0
             let start = monotonicNanos()
             for _ in 0..<concurrency {
                 try OSThread.spawn(name: "bench-get") {
@@ -211,7 +216,10 @@ struct BenchCommand: ParsableCommand {
                             continue
                         }
                         do throws(SysError) {
-                            try file?.write(buffer, count: (n + 4095) / 4096 * 4096, at: fileOffsets[i])
+                            guard let file else { continue }
+                            let count = (n + 4095) / 4096 * 4096
+                            try file.write(buffer, count: count, at: fileOffsets[i])
+                            done.withLock { written += UInt64(count) }
                         } catch {
                             done.withLock { firstError = firstError ?? "--write-to: \(error)" }
                         }
@@ -226,7 +234,7 @@ struct BenchCommand: ParsableCommand {
             let seconds = Double(monotonicNanos() - start) / 1e9
             if let firstError { throw fail(firstError) }
             BenchCommand.report("direct-get", bytes: entries.reduce(0) { $0 + $1.version.size }, seconds: seconds, json: json,
-                                extra: ",\"concurrency\":\(concurrency),\"written\":\(file == nil ? 0 : fileLength)")
+                                extra: ",\"concurrency\":\(concurrency),\"written\":\(written)")
         }
     }
 }

@@ -91,6 +91,12 @@ import Testing
         let cachedOnly = try #require(ReadRequest(decoding: ReadRequest(block: key, offset: 0, length: 1, flags: ReadRequest.cachedOnlyFlag).encoded))
         #expect(cachedOnly.isCachedOnly && !cachedOnly.isFillOnly)
         try cachedOnly.validate()
+        // A hand-over push (bit 5) goes with fill-only and nothing else; bit 6 is no flag.
+        let push = try #require(ReadRequest(decoding: ReadRequest(block: key, offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag | ReadRequest.pushFlag).encoded))
+        #expect(push.isPush && push.isFillOnly)
+        try push.validate()
+        #expect(throws: ShoalError.self) { try ReadRequest(block: key, offset: 0, length: 0, flags: ReadRequest.pushFlag).validate() }
+        #expect(ReadRequest(decoding: ReadRequest(block: key, offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag | 64).encoded) == nil)
     }
 
     /// A READ by name (flag bit 3): block 0 from byte 0, no etag, no other flag; and block 0 is

@@ -6,6 +6,7 @@ import Testing
 @testable import ShoalClient
 @testable import ShoalCore
 @testable import ShoalSys
+import ShoalTransport
 @testable import ShoalWorker
 import ShoalTestSupport
 
@@ -27,13 +28,14 @@ import ShoalTestSupport
 
     /// Worker `wI` registered under `prefix`, started.
     static func worker(_ name: String, _ i: Int, prefix: String, etcdEndpoint: String? = nil, handoverSeconds: Double = 600,
-                       rdma: WorkerConfig.RDMASettings? = nil) throws -> Worker {
+                       handoverRate: Double? = nil, rdma: WorkerConfig.RDMASettings? = nil) throws -> Worker {
         let fx = try ObjectStoreFixture.get()
         var config = testWorkerConfig(cacheDirectory: makeTemporaryDirectory("\(name)-\(i)"), store: fx.storeConfig())
         config.rdma = rdma
         config.memberID = "w\(i)"
         config.etcd = try EtcdFixture.get().settings(prefix: prefix, endpoint: etcdEndpoint)
         config.handoverSeconds = handoverSeconds
+        if let handoverRate { config.handoverRate = handoverRate }
         let w = try Worker(config: config, logger: testLogger)
         try w.start()
         return w
@@ -218,29 +220,52 @@ import ShoalTestSupport
 
     /// A worker that joins a cluster whose cache holds none of what is then read (a cold
     /// dataset) asks the blocks' previous owners for a sample only, once each has answered a
-    /// run of misses: not a round trip between workers per block.
+    /// run of misses: not a round trip between workers per block. A block its previous owner
+    /// pushes to it (flag bit 5: that member holds it) is still taken from there.
     @Test func aJoinBeforeAColdReadAsksThePreviousOwnersForASampleOnly() throws {
         let prefix = try EtcdFixture.get().makePrefix("cold-join")
-        let (bucket, workers) = try EtcdTests.cluster("etcd-coldjoin", 2, prefix: prefix, data: [7])
-        var all = workers
-        defer { all.forEach { $0.stopDataPlane() } }
+        let data = SampleData.bytes(seed: 96, count: 24 << 20)
+        let bucket = try ObjectStoreFixture.get().makeBucket("etcd-coldjoin")
         let store = try ObjectStoreFixture.get().store()
+        try store.put(bucket: bucket, key: "o", bytes: data)
+        // The first two push nothing on their own: the one push below is the test's.
+        var all = try (0..<2).map { i in try EtcdTests.worker("etcd-coldjoin", i, prefix: prefix, handoverRate: 0) }
+        defer { all.forEach { $0.stopDataPlane() } }
+        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
+        let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "o"))
+        #expect(try client.read(file, offset: 0, length: data.count) == data)  // cached on w0 and w1
         let count = 400
         for i in 0..<count { try store.put(bucket: bucket, key: "cold/\(i)", bytes: SampleData.bytes(seed: UInt64(300 + i), count: 1024)) }
         all.append(try EtcdTests.worker("etcd-coldjoin", 2, prefix: prefix))
-        let client = try ShoalClient(config: EtcdTests.clientConfig(prefix: prefix))
         #expect(EtcdTests.eventually(3) { client.view.members.count == 3 })
         for i in 0..<count {
-            let file = try client.open(ObjectRef(store: "default", bucket: bucket, key: "cold/\(i)"))
-            #expect(try client.read(file, offset: 0, length: 1024) == SampleData.bytes(seed: UInt64(300 + i), count: 1024))
+            let cold = try client.open(ObjectRef(store: "default", bucket: bucket, key: "cold/\(i)"))
+            #expect(try client.read(cold, offset: 0, length: 1024) == SampleData.bytes(seed: UInt64(300 + i), count: 1024))
         }
         let joined = all[2].metrics
         let (fills, asked, skipped) = (joined.value("shoal_fills_total"), joined.value("shoal_handover_asked_total"), joined.value("shoal_handover_skipped_total"))
-        #expect(fills > 100, "the new worker filled \(fills) of \(count) blocks")
-        // Each of its misses had a previous owner: asked, or skipped once that owner missed 32 in a row.
-        #expect(asked + skipped == fills)
+        // 66 misses give one of the two previous owners 33 or more: past the 32 before sampling.
+        #expect(fills >= 66, "the new worker filled \(fills) of \(count) blocks")
+        // Each miss had a previous owner: asked, or skipped once that owner had missed 32 in a row
+        // (fewer where an owner was left alone for not answering in time).
+        #expect(asked + skipped <= fills)
         #expect(joined.value("shoal_handover_hits_total") == 0)
         #expect(skipped > 0 && asked < fills, "asked \(asked), skipped \(skipped) of \(fills) misses")
+
+        // A push of a block of "o" that moved to the new worker: taken from its previous owner.
+        let here = Endpoint(host: "127.0.0.1", port: all[2].port)
+        let moved = try #require((0..<24).first { client.owners(of: file.block(UInt64($0))).first == here }, "the new worker owns none of 24 blocks")
+        let gets = EtcdTests.storeGETs(all)
+        let pusher = try WorkerConnection(endpoint: here, secret: EtcdTests.secret)
+        defer { pusher.close() }
+        pusher.acceptsNoData = true
+        var none: UInt8 = 0
+        let push = ReadRequest(block: file.block(UInt64(moved)), offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag | ReadRequest.pushFlag,
+                               epoch: client.view.epoch)
+        let id = try withUnsafeMutableBytes(of: &none) { p throws(ShoalError) in try pusher.sendRead(push, into: p.baseAddress!, length: 0) }
+        try pusher.receiveRead(id: id)
+        #expect(joined.value("shoal_handover_hits_total") == 1)
+        #expect(EtcdTests.storeGETs(all) == gets, "the pushed block was fetched from the store")
     }
 
     /// A drained worker pushes the blocks it cached to their new owners on its own (fill-only
