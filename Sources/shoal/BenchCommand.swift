@@ -191,7 +191,7 @@ struct BenchCommand: ParsableCommand {
                     let n = min(bs, e.version.size - off)
                     work.append((e.key, off, Int(n)))
                     offsets.append(fileLength)
-                    fileLength += (n + 4095) / 4096 * 4096
+                    fileLength += Get.paged(n)
                     off += bs
                 }
             }
@@ -206,8 +206,9 @@ struct BenchCommand: ParsableCommand {
             let start = monotonicNanos()
             for _ in 0..<concurrency {
                 try OSThread.spawn(name: "bench-get") {
-                    let buffer = UnsafeMutableRawPointer.allocate(byteCount: Int((bs + 4095) / 4096 * 4096), alignment: 4096)
+                    let buffer = UnsafeMutableRawPointer.allocate(byteCount: Int(Get.paged(bs)), alignment: 4096)
                     defer { buffer.deallocate() }
+                    var wrote: UInt64 = 0
                     while let (i, (key, off, n)) = queue.next() {
                         do throws(ShoalError) {
                             _ = try s3.get(bucket: target.bucket, key: key, offset: off, length: n, ifMatch: nil, into: buffer).count
@@ -217,14 +218,17 @@ struct BenchCommand: ParsableCommand {
                         }
                         do throws(SysError) {
                             guard let file else { continue }
-                            let count = (n + 4095) / 4096 * 4096
-                            try file.write(buffer, count: count, at: fileOffsets[i])
-                            done.withLock { written += UInt64(count) }
+                            let count = Get.paged(UInt64(n))
+                            try file.write(buffer, count: Int(count), at: fileOffsets[i])
+                            wrote += count
                         } catch {
                             done.withLock { firstError = firstError ?? "--write-to: \(error)" }
                         }
                     }
-                    done.withLock { finished += 1 }
+                    done.withLock {
+                        finished += 1
+                        written += wrote
+                    }
                     done.broadcast()
                 }
             }
@@ -236,6 +240,9 @@ struct BenchCommand: ParsableCommand {
             BenchCommand.report("direct-get", bytes: entries.reduce(0) { $0 + $1.version.size }, seconds: seconds, json: json,
                                 extra: ",\"concurrency\":\(concurrency),\"written\":\(written)")
         }
+
+        /// `n` rounded up to whole 4 KiB pages, the unit O_DIRECT writes in.
+        static func paged(_ n: UInt64) -> UInt64 { (n + 4095) & ~4095 }
     }
 }
 
