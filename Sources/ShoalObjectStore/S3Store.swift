@@ -1,5 +1,6 @@
 import ShoalCore
 import ShoalSys
+import Synchronization
 
 /// Connection details of an S3-compatible endpoint.
 public struct S3Credentials: Sendable {
@@ -35,6 +36,11 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     private var closed = false
     /// The bodies of blocking GETs under way, which `close` cancels.
     private var gets: [ObjectIdentifier: HTTPBodySink] = [:]
+    /// The endpoint's `host[:port]` (the Host header, signed) and the path before the bucket.
+    private let host: String
+    private let basePath: String
+    /// Today's SigV4 key (it changes at midnight UTC).
+    private let signingKey = Mutex<SigV4.SigningKey?>(nil)
 
     public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000,
                 connectTimeoutMillis: Int = HTTPRequest.defaultConnectTimeoutMillis,
@@ -45,6 +51,10 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         self.name = name
         self.credentials = credentials
         self.maxConcurrency = max(1, maxConcurrency)
+        let afterScheme = credentials.endpoint.range(of: "://").map { credentials.endpoint[$0.upperBound...] } ?? Substring(credentials.endpoint)
+        let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
+        host = String(afterScheme[..<slash])
+        basePath = String(afterScheme[slash...])
     }
 
     // MARK: requests
@@ -79,16 +89,29 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return try body(easy!)
     }
 
-    private func request(_ method: String, bucket: String, key: String?, query: [(String, String)] = []) -> HTTPRequest {
-        var url = credentials.endpoint + "/" + PercentEncoding.encode(bucket, keepSlash: false)
-        if let key { url += "/" + PercentEncoding.encode(key, keepSlash: true) }
-        if !query.isEmpty {
-            // SigV4 wants the query sorted by name; curl signs it as written.
-            url += "?" + query.sorted { $0.0 < $1.0 }.map { "\($0.0)=\(PercentEncoding.encode($0.1, keepSlash: false))" }.joined(separator: "&")
+    /// A request, signed (SigV4) as of now. Headers added to it afterwards go unsigned, which S3
+    /// allows for all but `x-amz-*` ones.
+    private func request(_ method: String, bucket: String, key: String?, query: [(String, String)] = [],
+                         payloadHash: String = SigV4.emptyPayloadHash) -> HTTPRequest {
+        var path = basePath + "/" + PercentEncoding.encode(bucket, keepSlash: false)
+        if let key { path += "/" + PercentEncoding.encode(key, keepSlash: true) }
+        // SigV4 signs the query sorted by name, as it is sent.
+        let queryText = query.sorted { $0.0 < $1.0 }.map { "\($0.0)=\(PercentEncoding.encode($0.1, keepSlash: false))" }.joined(separator: "&")
+        var r = HTTPRequest(method: method, url: credentials.endpoint + path.dropFirst(basePath.count) + (queryText.isEmpty ? "" : "?" + queryText))
+        let now = Int64(wallClockSeconds())
+        let amzDate = SigV4.amzDate(unixSeconds: now)
+        let key = signingKey.withLock { (cached: inout SigV4.SigningKey?) -> SigV4.SigningKey in
+            let day = String(amzDate.prefix(8))
+            if let cached, cached.day == day { return cached }
+            let fresh = SigV4.SigningKey(secretKey: credentials.secretKey, day: day, region: credentials.region)
+            cached = fresh
+            return fresh
         }
-        var r = HTTPRequest(method: method, url: url)
-        r.sigV4 = "aws:amz:\(credentials.region):s3"
-        r.credentials = (credentials.accessKey, credentials.secretKey)
+        r.headers.append("Host: \(host)")
+        for h in SigV4.sign(method: method, host: host, path: path, query: queryText, payloadHash: payloadHash, amzDate: amzDate,
+                            key: key, accessKey: credentials.accessKey) {
+            r.headers.append("\(h.name): \(h.value)")
+        }
         r.connectTimeoutMillis = connectTimeoutMillis
         r.stallTimeoutSeconds = stallTimeoutSeconds
         return r
@@ -414,10 +437,8 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
 
     public func put(bucket: String, key: String, bytes: [UInt8]) throws(ShoalError) {
         let what = describe(bucket, key)
-        var req = request("PUT", bucket: bucket, key: key)
+        var req = request("PUT", bucket: bucket, key: key, payloadHash: SigV4.unsignedPayload)
         req.body = bytes
-        // curl 7.88 signs only host and x-amz-date; the payload is declared unsigned.
-        req.headers.append("x-amz-content-sha256: UNSIGNED-PAYLOAD")
         req.headers.append("Content-Type: application/octet-stream")
         let sink = HTTPBodySink(limit: 1 << 20)
         let response = try perform(req, sink: sink, what: what)
@@ -433,8 +454,7 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
 
     public func createBucket(_ bucket: String) throws(ShoalError) {
         let what = "bucket \(bucket)"
-        var req = request("PUT", bucket: bucket, key: nil)
-        req.headers.append("x-amz-content-sha256: UNSIGNED-PAYLOAD")
+        let req = request("PUT", bucket: bucket, key: nil)
         let sink = HTTPBodySink(limit: 1 << 20)
         let response = try perform(req, sink: sink, what: what)
         if response.status == 200 { return }
