@@ -312,17 +312,18 @@ final class BlockService: @unchecked Sendable {
     /// The requested range of a block that is whole in the buffer at `data`, to send; never a
     /// byte that was not read for this block.
     private func served(_ request: ReadRequest, length: Int, crc: UInt32, data: UnsafeRawPointer, fill: PendingFill?,
-                        origin: BlockOrigin) throws(ShoalError) -> FilledRange {
+                        origin: BlockOrigin, object: ObjectRef? = nil) throws(ShoalError) -> FilledRange {
         let offset = Int(request.offset)
         let count = Int(request.length)
         guard length == request.expectedLength, offset + count <= length else {
             throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.expectedLength) were expected; not served")
         }
+        let object = object ?? request.block.object
         if request.isFillOnly {
             // Not a read, but the dataset is named (its cached bytes show under its name).
-            datasets.record(request.block.object, hits: 0, misses: 0, served: 0, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
+            datasets.record(object, hits: 0, misses: 0, served: 0, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
         } else {
-            datasets.record(request.block.object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
+            datasets.record(object, hit: fill == nil, served: count, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
             metrics.bytesServed.increment(by: Int64(count))
         }
         return FilledRange(dataOffset: BlockCache.dataOffset + offset, length: count,
@@ -338,7 +339,8 @@ final class BlockService: @unchecked Sendable {
         var address: UInt
         /// Whether this reader leads the block's fill (`FillCoordinator`).
         var leader: Bool
-        var key: BlockKey { request.block }
+        /// The request's block key, decoded once (each decoding allocates its names).
+        var key: BlockKey
         var data: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: address)! }
     }
 
@@ -355,7 +357,7 @@ final class BlockService: @unchecked Sendable {
         // read, so the block comes in parts on several connections at once. Not for a warm: its
         // many fills at once are its parallelism, and each block costs the store one GET.
         let parts = length >= 1 << 20 && fills.inFlight <= 2 && !request.isFillOnly ? fillParts : 1
-        return FetchPlan(request: request, length: length, parts: parts, address: UInt(bitPattern: data), leader: leader)
+        return FetchPlan(request: request, length: length, parts: parts, address: UInt(bitPattern: data), leader: leader, key: key)
     }
 
     /// Fill threads that may wait on a warm's GET at once (`fetch`); set by the worker to half its
@@ -456,7 +458,7 @@ final class BlockService: @unchecked Sendable {
             // Readers waiting on this fill copy the bytes now, not after this reply is sent.
             if leader { fills.publish(request.id, data, length: length, crc: crc) }
             do throws(ShoalError) {
-                return try served(request, length: length, crc: crc, data: data, fill: fill, origin: fromStore ? .store : .peer)
+                return try served(request, length: length, crc: crc, data: data, fill: fill, origin: fromStore ? .store : .peer, object: key.object)
             } catch {
                 if leader { fills.finish(request.id, error: error) }
                 finished = true

@@ -139,6 +139,15 @@ import Testing
 }
 
 @Suite struct ObjectModelTests {
+    /// A dataset is the bucket and the key's first path component.
+    @Test func datasetOfAnObject() {
+        #expect(ObjectRef(store: "default", bucket: "b", key: "imagenet/train/0.jpg").dataset == "s3://b/imagenet/")
+        #expect(ObjectRef(store: "aws", bucket: "b", key: "é/x").dataset == "s3://aws@b/é/")
+        #expect(ObjectRef(store: "default", bucket: "b", key: "top.bin").dataset == "s3://b/")
+        #expect(ObjectRef(store: "default", bucket: "b", key: "/lead").dataset == "s3://b//")
+        #expect(ObjectRef(store: "default", bucket: "b", key: "a/b").datasetTag == ObjectRef.tag(ofDataset: "s3://b/a/"))
+    }
+
     @Test func parsesURLs() throws {
         let r = try ObjectRef.parse("s3://bucket/a/b.bin")
         #expect(r == ObjectRef(store: "default", bucket: "bucket", key: "a/b.bin"))
