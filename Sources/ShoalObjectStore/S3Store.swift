@@ -40,7 +40,7 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     private let host: String
     private let basePath: String
     /// Today's SigV4 key (it changes at midnight UTC).
-    private let signingKey = Mutex<SigV4.SigningKey?>(nil)
+    private let dayKey = Mutex<SigV4.SigningKey?>(nil)
 
     public init(name: String, credentials: S3Credentials, maxConcurrency: Int = 16, listPageSize: Int = 1000,
                 connectTimeoutMillis: Int = HTTPRequest.defaultConnectTimeoutMillis,
@@ -53,7 +53,9 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         self.maxConcurrency = max(1, maxConcurrency)
         let afterScheme = credentials.endpoint.range(of: "://").map { credentials.endpoint[$0.upperBound...] } ?? Substring(credentials.endpoint)
         let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
-        host = String(afterScheme[..<slash])
+        // The Host header is the authority without any user:password@ in front.
+        let authority = afterScheme[..<slash]
+        host = String(authority.lastIndex(of: "@").map { authority[authority.index(after: $0)...] } ?? authority)
         basePath = String(afterScheme[slash...])
     }
 
@@ -89,8 +91,9 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         return try body(easy!)
     }
 
-    /// A request, signed (SigV4) as of now. Headers added to it afterwards go unsigned, which S3
-    /// allows for all but `x-amz-*` ones.
+    /// A request, signed (SigV4) as its transfer starts: a request may wait for a handle or
+    /// behind other fills, and S3 refuses a signature dated over 15 minutes before it arrives.
+    /// Headers added to it go unsigned, which S3 allows for all but `x-amz-*` ones.
     private func request(_ method: String, bucket: String, key: String?, query: [(String, String)] = [],
                          payloadHash: String = SigV4.emptyPayloadHash) -> HTTPRequest {
         var path = basePath + "/" + PercentEncoding.encode(bucket, keepSlash: false)
@@ -98,23 +101,26 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
         // SigV4 signs the query sorted by name, as it is sent.
         let queryText = query.sorted { $0.0 < $1.0 }.map { "\($0.0)=\(PercentEncoding.encode($0.1, keepSlash: false))" }.joined(separator: "&")
         var r = HTTPRequest(method: method, url: credentials.endpoint + path.dropFirst(basePath.count) + (queryText.isEmpty ? "" : "?" + queryText))
-        let now = Int64(wallClockSeconds())
-        let amzDate = SigV4.amzDate(unixSeconds: now)
-        let key = signingKey.withLock { (cached: inout SigV4.SigningKey?) -> SigV4.SigningKey in
+        r.headers.append("Host: \(host)")
+        r.lateHeaders = { [self, path] in
+            let amzDate = SigV4.amzDate(unixSeconds: Int64(wallClockSeconds()))
+            return SigV4.sign(method: method, host: host, path: path, query: queryText, payloadHash: payloadHash, amzDate: amzDate,
+                              key: signingKey(for: amzDate), accessKey: credentials.accessKey).map { "\($0.name): \($0.value)" }
+        }
+        r.connectTimeoutMillis = connectTimeoutMillis
+        r.stallTimeoutSeconds = stallTimeoutSeconds
+        return r
+    }
+
+    /// The signing key of `amzDate`'s day, kept until the day changes.
+    private func signingKey(for amzDate: String) -> SigV4.SigningKey {
+        dayKey.withLock { (cached: inout SigV4.SigningKey?) -> SigV4.SigningKey in
             let day = String(amzDate.prefix(8))
             if let cached, cached.day == day { return cached }
             let fresh = SigV4.SigningKey(secretKey: credentials.secretKey, day: day, region: credentials.region)
             cached = fresh
             return fresh
         }
-        r.headers.append("Host: \(host)")
-        for h in SigV4.sign(method: method, host: host, path: path, query: queryText, payloadHash: payloadHash, amzDate: amzDate,
-                            key: key, accessKey: credentials.accessKey) {
-            r.headers.append("\(h.name): \(h.value)")
-        }
-        r.connectTimeoutMillis = connectTimeoutMillis
-        r.stallTimeoutSeconds = stallTimeoutSeconds
-        return r
     }
 
     private func perform(_ req: HTTPRequest, sink: HTTPBodySink, what: String, cancellable: Bool = false) throws(ShoalError) -> HTTPResponse {
@@ -147,6 +153,8 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
             return ShoalError(.notFound, "\(what) not found (\(suffix))")
         case 405:
             return ShoalError(.badRequest, "store '\(name)' does not allow this request on \(what) (\(suffix))")
+        case 403 where code == "RequestTimeTooSkewed":
+            return ShoalError(.accessDenied, "store '\(name)' refused \(what): this machine's clock and the store's differ by more than its limit (\(suffix)); check the clocks")
         case 401, 403:
             return ShoalError(.accessDenied, "access denied to \(what) by store '\(name)' (\(suffix)); check its access key and secret")
         case 412:

@@ -87,6 +87,9 @@ public struct HTTPRequest: Sendable {
     public var method: String
     public var url: String
     public var headers: [String] = []
+    /// Headers made as the transfer starts, sent after `headers`: a signature dated when the
+    /// request goes out, not when it was queued (S3 refuses one over 15 minutes old).
+    public var lateHeaders: (@Sendable () -> [String])?
     public var credentials: (user: String, password: String)?
     public var body: [UInt8]?
     /// Both limits are well under a Shoal client's request timeout (10 s), so a worker stuck on
@@ -256,6 +259,7 @@ public final class CurlEasy: @unchecked Sendable {
             _ = shoal_curl_setopt_ptr(handle, CURLOPT_POSTFIELDS, copy)
         }
         for h in request.headers { transfer.headerList = shoal_curl_slist_append(transfer.headerList, h) }
+        for h in request.lateHeaders?() ?? [] { transfer.headerList = shoal_curl_slist_append(transfer.headerList, h) }
         if let headerList = transfer.headerList { _ = shoal_curl_setopt_ptr(handle, CURLOPT_HTTPHEADER, headerList) }
 
         _ = shoal_curl_setopt_callback(handle, CURLOPT_WRITEFUNCTION, { data, size, count, ctx in

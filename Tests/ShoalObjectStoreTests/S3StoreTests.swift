@@ -6,6 +6,7 @@ import ShoalCore
 @testable import ShoalObjectStore
 import ShoalSys
 import ShoalTestSupport
+import Synchronization
 
 /// A ranged GET into a new array (exactly the bytes received).
 /// `startGet` of object "o" in 4 parts, waited for.
@@ -164,6 +165,43 @@ func get(_ store: any ObjectStore, _ bucket: String, _ key: String, offset: UInt
             }
         }
         #expect(!server.requests.contains { $0.contains("X-Injected") })
+    }
+
+    /// A request is signed as its transfer starts, not when it was made: the same request sent
+    /// twice carries two signatures, each dated when it went out; the Host signed is the one
+    /// sent (without an endpoint's user:password@).
+    @Test func requestsAreSignedAsTheyGoOut() throws {
+        let server = try CannedHTTPServer()
+        let endpoint = "http://u:p@" + server.url.dropFirst("http://".count)
+        let store = S3Store(name: "plain", credentials: S3Credentials(endpoint: endpoint, accessKey: "AK", secretKey: "b"))
+        server.respond("206 Partial Content", headers: ["ETag: \"e\"", "Content-Range: bytes 0-1/5"], body: [1, 2])
+        let before = SigV4.amzDate(unixSeconds: Int64(wallClockSeconds()))
+        _ = try get(store, "bkt", "k", offset: 0, length: 2)
+        let after = SigV4.amzDate(unixSeconds: Int64(wallClockSeconds()))
+        let head = try #require(server.requests.last).lowercased()
+        #expect(head.contains("\r\nhost: \(server.endpoint)\r\n".lowercased()))
+        let date = try #require(head.split(separator: "\r\n").first { $0.hasPrefix("x-amz-date: ") }).dropFirst(12).uppercased()
+        #expect(before <= date && date <= after, "\(date) not between \(before) and \(after)")
+        #expect(head.contains("authorization: aws4-hmac-sha256 credential=ak/\(date.prefix(8))/us-east-1/s3/aws4_request, signedheaders=host;x-amz-content-sha256;x-amz-date, signature="))
+
+        // One HTTPRequest, sent twice: its late headers are made at each start.
+        let calls = Mutex(0)
+        var request = HTTPRequest(method: "GET", url: server.url + "/x")
+        request.lateHeaders = { ["X-Late: \(calls.withLock { $0 += 1; return $0 })"] }
+        #expect(calls.withLock { $0 } == 0)
+        let easy = try CurlEasy()
+        for n in 1...2 {
+            _ = try easy.perform(request, sink: HTTPBodySink(limit: 16))
+            #expect(server.requests.last?.contains("X-Late: \(n)\r\n") == true)
+        }
+
+        // A store whose clock differs says so, not "check the access key".
+        server.respond("403 Forbidden", headers: ["Content-Type: application/xml"],
+                       body: Array("<Error><Code>RequestTimeTooSkewed</Code><Message>The difference is too large.</Message></Error>".utf8))
+        #expect { try get(store, "bkt", "k", offset: 0, length: 2) } throws: {
+            let e = $0 as? ShoalError
+            return e?.code == .accessDenied && e!.message.contains("clock") && !e!.message.contains("access key")
+        }
     }
 
     /// A blocking GET (a warm's fill runs one) is checked as the fetch thread's is: a 206 for
