@@ -96,13 +96,14 @@ public final class S3Store: ObjectStore, @unchecked Sendable {
     /// Headers added to it go unsigned, which S3 allows for all but `x-amz-*` ones.
     private func request(_ method: String, bucket: String, key: String?, query: [(String, String)] = [],
                          payloadHash: String = SigV4.emptyPayloadHash) -> HTTPRequest {
-        var path = basePath + "/" + PercentEncoding.encode(bucket, keepSlash: false)
-        if let key { path += "/" + PercentEncoding.encode(key, keepSlash: true) }
+        var resource = "/" + PercentEncoding.encode(bucket, keepSlash: false)
+        if let key { resource += "/" + PercentEncoding.encode(key, keepSlash: true) }
         // SigV4 signs the query sorted by name, as it is sent.
         let queryText = query.sorted { $0.0 < $1.0 }.map { "\($0.0)=\(PercentEncoding.encode($0.1, keepSlash: false))" }.joined(separator: "&")
-        var r = HTTPRequest(method: method, url: credentials.endpoint + path.dropFirst(basePath.count) + (queryText.isEmpty ? "" : "?" + queryText))
+        var r = HTTPRequest(method: method, url: credentials.endpoint + resource + (queryText.isEmpty ? "" : "?" + queryText))
+        let path = basePath + resource  // as the store sees it, after the endpoint's own path
         r.headers.append("Host: \(host)")
-        r.lateHeaders = { [self, path] in
+        r.lateHeaders = { [self] in
             let amzDate = SigV4.amzDate(unixSeconds: Int64(wallClockSeconds()))
             return SigV4.sign(method: method, host: host, path: path, query: queryText, payloadHash: payloadHash, amzDate: amzDate,
                               key: signingKey(for: amzDate), accessKey: credentials.accessKey).map { "\($0.name): \($0.value)" }

@@ -250,7 +250,7 @@ final class BlockService: @unchecked Sendable {
         let range = Int(request.offset)..<Int(request.offset) + Int(request.length)
         for attempt in 0..<3 {
             if let (length, crc) = cached(request, id: id, slot: slot, range: range) {
-                return .ready(try served(request, length: length, crc: crc, data: data, fill: nil, origin: .cache))
+                return .ready(try served(request, object: request.block.object, length: length, crc: crc, data: data, fill: nil, origin: .cache))
             }
             if request.isCachedOnly {
                 // A peer asking before its store: nothing is filled for it, and it is not a miss here.
@@ -272,10 +272,10 @@ final class BlockService: @unchecked Sendable {
                 // (admission), so it caches the copy itself.
                 guard request.isFillOnly else {
                     metrics.hits.increment()
-                    return .ready(try served(request, length: length, crc: crc, data: data, fill: nil, origin: .cache))
+                    return .ready(try served(request, object: request.block.object, length: length, crc: crc, data: data, fill: nil, origin: .cache))
                 }
                 let copy = PendingFill(key: request.block, id: id, length: length, crc: crc, warm: true, leader: false)
-                return .ready(try served(request, length: length, crc: crc, data: data, fill: copy, origin: .cache))
+                return .ready(try served(request, object: copy.key.object, length: length, crc: crc, data: data, fill: copy, origin: .cache))
             case .followed(let error):
                 if let error { throw error }
                 // The leader cached it: read it from the cache on the next pass.
@@ -311,14 +311,14 @@ final class BlockService: @unchecked Sendable {
 
     /// The requested range of a block that is whole in the buffer at `data`, to send; never a
     /// byte that was not read for this block.
-    private func served(_ request: ReadRequest, length: Int, crc: UInt32, data: UnsafeRawPointer, fill: PendingFill?,
-                        origin: BlockOrigin, object: ObjectRef? = nil) throws(ShoalError) -> FilledRange {
+    /// `object` is the request's, decoded by the caller (which has it already on a fill).
+    private func served(_ request: ReadRequest, object: ObjectRef, length: Int, crc: UInt32, data: UnsafeRawPointer, fill: PendingFill?,
+                        origin: BlockOrigin) throws(ShoalError) -> FilledRange {
         let offset = Int(request.offset)
         let count = Int(request.length)
         guard length == request.expectedLength, offset + count <= length else {
             throw ShoalError(.internal, "block \(request.block) holds \(length) bytes where \(request.expectedLength) were expected; not served")
         }
-        let object = object ?? request.block.object
         if request.isFillOnly {
             // Not a read, but the dataset is named (its cached bytes show under its name).
             datasets.record(object, hits: 0, misses: 0, served: 0, filled: fill == nil ? 0 : length, objectBlocks: objectBlocks(request))
@@ -458,7 +458,7 @@ final class BlockService: @unchecked Sendable {
             // Readers waiting on this fill copy the bytes now, not after this reply is sent.
             if leader { fills.publish(request.id, data, length: length, crc: crc) }
             do throws(ShoalError) {
-                return try served(request, length: length, crc: crc, data: data, fill: fill, origin: fromStore ? .store : .peer, object: key.object)
+                return try served(request, object: key.object, length: length, crc: crc, data: data, fill: fill, origin: fromStore ? .store : .peer)
             } catch {
                 if leader { fills.finish(request.id, error: error) }
                 finished = true
