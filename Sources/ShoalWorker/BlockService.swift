@@ -242,7 +242,9 @@ final class BlockService: @unchecked Sendable {
     /// A returned fill is finished with `finishFill` once the reply has been sent (a warm's: once
     /// it is fetched); on an error nothing is left to finish. The shard has checked the request
     /// (`check`) before.
-    func startRead(_ request: ReadRequest, slot: IOSlot, progress: @escaping @Sendable (Int) -> Void,
+    /// `claimed`: the caller holds a warm's GET on a fill thread (`claimWarmFetch`) for this
+    /// fill-only READ, and releases it after: its fill is fetched here whatever the count.
+    func startRead(_ request: ReadRequest, slot: IOSlot, claimed: Bool = false, progress: @escaping @Sendable (Int) -> Void,
                    done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> FillStart {
         let s = try store(request.storeName)
         let id = request.id
@@ -264,7 +266,7 @@ final class BlockService: @unchecked Sendable {
                     fills.finish(id, error: error)
                     throw error
                 }
-                return try fetch(plan, store: s, progress: progress, done: done)
+                return try fetch(plan, store: s, claimed: claimed, progress: progress, done: done)
             case .copied(let length, let crc):
                 // Served from the worker's memory, as a reader that waited for the fill and then
                 // read the cache was: a hit (after its miss), not a store GET. A warm answers only
@@ -283,7 +285,7 @@ final class BlockService: @unchecked Sendable {
         }
         // The block would not stay in the cache (it is being evicted as fast as it is filled):
         // fetch it for this reader alone.
-        return try fetch(try fetchPlan(request, into: data, leader: false), store: s, progress: progress, done: done)
+        return try fetch(try fetchPlan(request, into: data, leader: false), store: s, claimed: claimed, progress: progress, done: done)
     }
 
     /// The block from the cache (or, with `serveFromMemory`, the DRAM tier) into `slot`: its
@@ -376,10 +378,10 @@ final class BlockService: @unchecked Sendable {
     /// thread and back (on a small block those cost about as much as the GET itself).
     /// When the transfer ends the block is checksummed and (for the leader of its fill)
     /// published to the readers waiting on it, then the range to send is the result.
-    private func fetch(_ plan: FetchPlan, store: any ObjectStore, progress: @escaping @Sendable (Int) -> Void,
+    private func fetch(_ plan: FetchPlan, store: any ObjectStore, claimed: Bool, progress: @escaping @Sendable (Int) -> Void,
                        done: @escaping @Sendable (Result<FilledRange, ShoalError>) -> Void) throws(ShoalError) -> FillStart {
-        if plan.request.isFillOnly, claimWarmFetch() {
-            defer { warmFetchesRunning.subtract(1, ordering: .relaxed) }
+        if plan.request.isFillOnly, claimed || claimWarmFetch() {
+            defer { if !claimed { releaseWarmFetch() } }
             warmFetchesDoneHere.add(1, ordering: .relaxed)
             if let peer = fromPreviousOwner(plan) { return .ready(try peer.get()) }
             metrics.fills.increment()
@@ -414,7 +416,8 @@ final class BlockService: @unchecked Sendable {
         }
     }
 
-    private func claimWarmFetch() -> Bool {
+    /// Takes one of the `warmFetchesHere` (false: all taken); `releaseWarmFetch` gives it back.
+    func claimWarmFetch() -> Bool {
         var running = warmFetchesRunning.load(ordering: .relaxed)
         let limit = warmFetchesHere.load(ordering: .relaxed)
         while running < limit {
@@ -424,6 +427,8 @@ final class BlockService: @unchecked Sendable {
         }
         return false
     }
+
+    func releaseWarmFetch() { warmFetchesRunning.subtract(1, ordering: .relaxed) }
 
     /// After a view change, the block's previous owner may hold it: no GET then.
     private func fromPreviousOwner(_ plan: FetchPlan) -> Result<FilledRange, ShoalError>? {

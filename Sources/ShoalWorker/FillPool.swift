@@ -75,6 +75,10 @@ final class FillPool: @unchecked Sendable {
     /// Jobs waiting in the warm-up queue.
     var backgroundWaiting: Int { lock.withLock { background.count } }
 
+    /// A warm's fill may go on now, outside the queue (a warm lane's next READ, on the fill thread
+    /// that ended the one before): no reader's job waits, and the warm-up queue is open.
+    var mayRunWarm: Bool { lock.withLock { !backgroundClosed && foreground.isEmpty } }
+
     /// Jobs waiting, in arrival order.
     private struct JobQueue<Job> {
         private var jobs: [Job] = []

@@ -6,14 +6,23 @@ import ShoalCore
 import ShoalStore
 import ShoalIO
 import ShoalSys
+import Synchronization
 
 /// What other threads tell a shard (through its mailbox and eventfd).
 enum ShardMessage: Sendable {
     /// A fill job finished READ op `op` (generation `generation`); the lease is parked again.
     case filled(op: Int, generation: UInt32, Result<FilledRange, ShoalError>)
     /// A fill thread fetched a warm's block and wrote it to the cache (success), or could not
-    /// cache it; READ op `op`'s lease is back in the pool.
-    case warmed(op: Int, generation: UInt32, Result<FilledRange, ShoalError>)
+    /// cache it; READ op `op`'s lease is back in the pool, or (`chained`) the fill thread goes on
+    /// with the next READs of its warm lane in it (`laneAnswer`, then `chainEnded`).
+    case warmed(op: Int, generation: UInt32, Result<FilledRange, ShoalError>, chained: Bool)
+    /// A READ of a warm lane that a fill thread ran after the one before, with no op: its answer.
+    case laneAnswer(connection: Int, generation: UInt32, requestID: UInt32, Result<[UInt8], ShoalError>)
+    /// The next READ of a warm lane, for the shard to start as any READ (the fill thread that
+    /// ended the one before may not run it: readers' jobs wait, or the warm-up queue is closed).
+    case laneStart(WaitingRead)
+    /// A fill thread is done running a warm lane's READs; its lease is back in the pool.
+    case chainEnded
     /// A fill of READ op `op` has this many bytes of its block in the lease, from the block's
     /// start, checked against the version: the reply may start before the block is whole.
     case fillProgress(op: Int, generation: UInt32, Int)
@@ -84,6 +93,11 @@ final class Shard: @unchecked Sendable {
     private var waitingHead = 0
     /// Fill and STAT jobs sent out and not yet answered.
     private var jobsOut = 0
+    /// Connections whose warm lane's READ just ended (`ShardConnection.lane`): each starts its
+    /// next one when the turn's completions and mail are done.
+    private var lanesEnded: [(slot: Int, generation: UInt32)] = []
+    /// Fill threads running warm lanes' READs one after another (`chainEnded` to come).
+    private var chainsOut = 0
     private var stopping = false
     private var actions: [ServerAction] = []
     /// Plaintext out of TLS records, for the state machine.
@@ -164,13 +178,14 @@ final class Shard: @unchecked Sendable {
             }
             ring.drain { ud, res, flags in completion(ud, res, flags) }
             takeMail()
+            advanceLanes()
             if !rdmaBusy.isEmpty || !rdmaWaiting.isEmpty { pollRDMA() }
             let now = monotonicNanos()
             if now - lastSweep > 250_000_000 {
                 lastSweep = now
                 sweep(now)
             }
-            if stopping && connections.isEmpty && ops.isEmpty && jobsOut == 0 {
+            if stopping && connections.isEmpty && ops.isEmpty && jobsOut == 0 && chainsOut == 0 {
                 // The last reads count too (the hot prefixes are saved after the plane stops).
                 flushHits()
                 return
@@ -247,9 +262,22 @@ final class Shard: @unchecked Sendable {
             case .filled(let op, let generation, let result):
                 jobsOut -= 1
                 filled(op, generation, result)
-            case .warmed(let op, let generation, let result):
+            case .warmed(let op, let generation, let result, let chained):
                 jobsOut -= 1
+                if chained { chainsOut += 1 }
                 warmed(op, generation, result)
+            case .laneAnswer(let c, let generation, let id, let result):
+                guard let conn = connection(c, generation), conn.isOpen else { continue }
+                switch result {
+                case .success(let body): enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: id, body: body), requestID: id)
+                case .failure(let e): replyError(conn, .readNoData, id, e)
+                }
+                flush(conn)
+            case .laneStart(let read):
+                startRead(read)
+            case .chainEnded:
+                chainsOut -= 1
+                serveWaiting()
             case .fillProgress(let op, let generation, let bytes):
                 stream(op, generation, upTo: bytes)
             case .version(let c, let generation, let id, let read, let result):
@@ -565,7 +593,11 @@ final class Shard: @unchecked Sendable {
                 enqueueNoData(conn, id: id, crc: 0, length: 0, origin: .cache)
                 return
             }
-            startRead(WaitingRead(connection: conn.slot, generation: conn.generation, requestID: id, request: req))
+            var read = WaitingRead(connection: conn.slot, generation: conn.generation, requestID: id, request: req)
+            guard req.isFillOnly && !req.isPush else { return startRead(read) }
+            // A warm's: one at a time per connection, the next as soon as one ends.
+            read.inLane = true
+            if let now = conn.lane.add(read) { startRead(now) }
         }
     }
 
@@ -638,7 +670,9 @@ final class Shard: @unchecked Sendable {
         }
         conn.leases += 1
         let li = plane.park.park(lease)
-        let op = newOp(ReadOp(connection: w.connection, connectionGeneration: w.generation, requestID: w.requestID, request: w.request, lease: li))
+        var read = ReadOp(connection: w.connection, connectionGeneration: w.generation, requestID: w.requestID, request: w.request, lease: li)
+        read.inLane = w.inLane
+        let op = newOp(read)
         let bufferSize = plane.pool.bufferSize
         let range = Int(w.request.offset)..<Int(w.request.offset) + Int(w.request.length)
         if !service.serveFromMemory, let plan = service.cache.plan(id: w.request.id, range: range.isEmpty ? nil : range, capacity: bufferSize) {
@@ -816,6 +850,7 @@ final class Shard: @unchecked Sendable {
         // Only a reply that carries data, and enough of it, streams.
         let streams = !r.request.isFillOnly && !service.answerWithoutData && Int(r.request.length) >= Shard.streamPiece
         let reporter = ProgressReporter(step: Shard.streamPiece, end: Int(r.request.offset) + Int(r.request.length))
+        let lane = r.inLane ? connection(r.connection, r.connectionGeneration)?.lane : nil
         let job: @Sendable (IORing) -> Void = { [self] ring in
             guard let lease = plane.park.unpark(r.lease) else { return }
             // A warm's block in this buffer already (fetched here, or copied from another
@@ -835,8 +870,12 @@ final class Shard: @unchecked Sendable {
                 return start
             }
             if let warmed {
+                // Its lane's next READs run here, one after another, in the same buffer.
+                let next = lane?.next()
+                post(.warmed(op: op, generation: generation, warmed, chained: next != nil))
+                if let next { runLane(lane!, from: next, lease: lease, ring: ring) }
                 plane.giveLease(lease)
-                post(.warmed(op: op, generation: generation, warmed))
+                if next != nil { post(.chainEnded) }
                 return
             }
             // The lease is back in its place before a GET can end and the shard reply from it.
@@ -853,6 +892,33 @@ final class Shard: @unchecked Sendable {
         plane.fillPool.submitBackground(FillPool.BackgroundJob(run: job, cancel: { [self] in
             post(.filled(op: op, generation: generation, .failure(ShoalError(.shuttingDown, "the worker is stopping; warm this block on its next owner"))))
         }))
+    }
+
+    /// On the fill thread that filled a warm lane's READ: runs the lane's next ones in `lease`,
+    /// from `first`, each as the one before ends, with no op and no hop to the shard and back
+    /// between them, while it may (a warm's GET on a fill thread free, no reader's job waiting,
+    /// the warm-up queue open); the READ it may not run goes to the shard, as any READ.
+    private func runLane(_ lane: WarmLane, from first: WaitingRead, lease: borrowing Lease, ring: IORing) {
+        var next: WaitingRead? = first
+        while let read = next {
+            guard plane.fillPool.mayRunWarm, service.claimWarmFetch() else {
+                post(.laneStart(read))
+                return
+            }
+            let answer = plane.pool.withSlot(lease, ring: ring) { slot in
+                Result { () throws(ShoalError) -> [UInt8] in
+                    let start = try plane.service.startRead(read.request, slot: slot, claimed: true, progress: { _ in }, done: { _ in })
+                    guard case .ready(let range) = start else {
+                        throw ShoalError(.internal, "a warm's fill on a fill thread was not fetched there")
+                    }
+                    if let fill = range.fill, !plane.service.finishFill(fill, slot: slot) { throw notCached(fill) }
+                    return NoDataReply(crc: range.crc, length: UInt32(range.length), origin: range.origin).encoded
+                }
+            }
+            service.releaseWarmFetch()
+            post(.laneAnswer(connection: read.connection, generation: read.generation, requestID: read.requestID, answer))
+            next = lane.next()
+        }
     }
 
     /// The smallest piece of a streamed reply sent at once (and the smallest reply that streams).
@@ -979,6 +1045,8 @@ final class Shard: @unchecked Sendable {
     /// its lease is back in the pool.
     private func warmed(_ op: Int, _ generation: UInt32, _ result: Result<FilledRange, ShoalError>) {
         guard let r = ops.value(op, generation) else { return }
+        // Its lane went on (or went idle) on the fill thread.
+        ops[op]!.inLane = false
         freeOp(op)
         guard let conn = connection(r.connection, r.connectionGeneration) else { return }
         conn.leases -= 1
@@ -1097,7 +1165,19 @@ final class Shard: @unchecked Sendable {
 
     private func newOp(_ op: ReadOp) -> Int { ops.insert { _, _ in op } }
 
-    private func freeOp(_ i: Int) { ops.remove(i) }
+    private func freeOp(_ i: Int) {
+        if let op = ops[i], op.inLane { lanesEnded.append((op.connection, op.connectionGeneration)) }
+        ops.remove(i)
+    }
+
+    /// Starts the next READ of each warm lane whose READ ended this turn (its GET is done; the
+    /// block's write may still be under way on a fill thread).
+    private func advanceLanes() {
+        while let (slot, generation) = lanesEnded.popLast() {
+            guard let conn = connection(slot, generation), conn.isOpen, let next = conn.lane.next() else { continue }
+            startRead(next)
+        }
+    }
 
     // MARK: sending
 
@@ -1491,6 +1571,7 @@ final class Shard: @unchecked Sendable {
         guard conn.state != .dead else { return }
         conn.state = .dead
         if !conn.refused { plane.release(conn.place) }
+        conn.lane.close()
         Sockets.shutdown(conn.fd)
         // Its queue pair goes first: once it is destroyed the device reads none of the buffers
         // of the writes still outstanding, and they go back with the rest (those that waited for
@@ -1619,6 +1700,8 @@ struct WaitingRead {
     var bypassTier = false
     /// Queued because every buffer was taken (not for its connection's share).
     var starved = false
+    /// A warm's fill-only READ, in its connection's lane.
+    var inLane = false
 }
 
 /// A READ in progress on a shard: its lease (parked by number) and its cache read.
@@ -1638,6 +1721,8 @@ struct ReadOp {
     var submitFailed = false
     /// Bytes of the requested range already sent while the block was being filled (streaming).
     var streamed = 0
+    /// The READ under way in its connection's warm lane: its end starts the lane's next.
+    var inLane = false
 
     init(connection: Int, connectionGeneration: UInt32, requestID: UInt32, request: ReadRequest, lease: Int) {
         self.connection = connection
@@ -1761,6 +1846,8 @@ final class ShardConnection {
     var inSend: [OutFrame] = []
     var sentInFirst = 0
     var leases = 0
+    /// Its warm lane: a warm's fill-only READs (not hand-over pushes) are filled one at a time.
+    let lane = WarmLane()
     /// Zero-copy sends whose notification has not come: their frames' buffers are still read.
     var notifications = 0
     var awaitingNotification: [[OutFrame]] = []
@@ -1859,5 +1946,57 @@ final class ProgressReporter: @unchecked Sendable {
         guard bytes - last >= step || (bytes >= end && last < end) else { return false }
         last = bytes
         return true
+    }
+}
+
+/// A connection's warm lane: its warm's fill-only READs (not hand-over pushes) are filled one at
+/// a time, in the order they came, each as the one before ends, so a warm's connection keeps one
+/// store GET going with no round trip to the warm between two. One is under way (from waiting
+/// for a buffer until its GET ends, on the shard's ops, or on the fill thread that ended the one
+/// before); the rest wait here, bounded by the requests a connection may have in flight, holding
+/// no buffer. Shared by the connection's shard and that fill thread.
+final class WarmLane: Sendable {
+    private struct State {
+        var queue: [WaitingRead] = []
+        var head = 0
+        var busy = false
+        var closed = false
+    }
+    private let state = Mutex(State())
+
+    /// `read` waits its turn; it is returned when the lane was idle (start it now).
+    func add(_ read: WaitingRead) -> WaitingRead? {
+        state.withLock { s in
+            guard !s.closed else { return nil }
+            if s.busy {
+                s.queue.append(read)
+                return nil
+            }
+            s.busy = true
+            return read
+        }
+    }
+
+    /// For whoever ended the READ under way: the next (the lane stays busy), or nil (now idle).
+    func next() -> WaitingRead? {
+        state.withLock { s in
+            guard !s.closed, s.head < s.queue.count else {
+                s.busy = false
+                s.queue.removeAll(keepingCapacity: true)
+                s.head = 0
+                return nil
+            }
+            s.head += 1
+            return s.queue[s.head - 1]
+        }
+    }
+
+    /// The connection is closed: what waits is dropped, and nothing more starts.
+    func close() {
+        state.withLock { s in
+            s.closed = true
+            s.queue = []
+            s.head = 0
+        }
     }
 }

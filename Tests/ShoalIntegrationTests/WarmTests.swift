@@ -4,6 +4,7 @@ import ShoalClient
 import ShoalCore
 import ShoalIO
 import ShoalSys
+import ShoalTransport
 import ServiceLifecycle
 @testable import ShoalWorker
 import ShoalStore
@@ -61,7 +62,7 @@ import Synchronization
         let deadline = monotonicNanos() + 10_000_000_000
         while h.metric("shoal_fills_total") == fills && monotonicNanos() < deadline { usleep(5_000) }
         #expect(h.metric("shoal_fills_total") == fills + 1, "the reader's fill did not start")
-        let warmed = WarmOutcome()
+        let warmed = Outcome<BlockOrigin>()
         try OSThread.spawn(name: "warm") { warmed.set(Result { try client.warm([block])[0].get() }) }
         usleep(500_000)  // the warm's READ reaches the fill and waits on it
         relay.release()
@@ -70,6 +71,73 @@ import Synchronization
         #expect(try h.client.probe([block])[0].get() == true, "the warm said \(origin), but the block is not cached")
         // One GET when the warm joined the fill (origin cache); two if it came after (origin store).
         #expect(h.metric("shoal_fills_total") == fills + (origin == .cache ? 1 : 2))
+    }
+
+    /// A warm's fill-only READs on one connection are filled one at a time, in the order they
+    /// came (its lane), the next as soon as one's GET ends: with the store's link held, three
+    /// pipelined on one connection start one GET, and a second connection's READ starts its own
+    /// at once. Released, each is answered in turn, from the store, and is cached. The client's
+    /// `warm` with two lanes keeps two GETs going, however many blocks it has. A lane's next READ
+    /// runs on the fill thread that ended the one before, or (no warm GET free on a fill thread)
+    /// goes by the shard and the fetch thread: both ways are taken here.
+    @Test(arguments: [true, false]) func aConnectionsWarmReadsAreFilledOneAtATime(onFillThread: Bool) throws {
+        let fx = try ObjectStoreFixture.get()
+        let storeURL = fx.credentials.endpoint
+        let target = try #require(Endpoint(String(storeURL.dropFirst(storeURL.hasPrefix("https://") ? 8 : 7))))
+        let relay = try TCPRelay(to: target)
+        let h = try Harness("warm-lane-\(onFillThread)") { $0.stores[0].endpoint = "http://\(relay.endpoint)" }
+        if !onFillThread { h.worker.service.warmFetchesHere.store(0, ordering: .relaxed) }
+        for i in 0..<10 { try h.put("l/\(i)", SampleData.bytes(seed: 120 + UInt64(i), count: 50_000)) }
+        let files = try (0..<10).map { try h.client.open(h.ref("l/\($0)")) }
+        let fills = h.metric("shoal_fills_total")
+        func fillsStarted(_ n: Double) -> Bool {
+            let deadline = monotonicNanos() + 10_000_000_000
+            while h.metric("shoal_fills_total") < fills + n && monotonicNanos() < deadline { usleep(5_000) }
+            usleep(300_000)  // and no more
+            return h.metric("shoal_fills_total") == fills + n
+        }
+        func connect() throws -> WorkerConnection {
+            let c = try WorkerConnection(endpoint: h.endpoint, secret: Array(h.secret.utf8))
+            c.acceptsNoData = true
+            return c
+        }
+        let nowhere = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
+        defer { nowhere.deallocate() }
+        func warm(_ c: WorkerConnection, _ file: ShoalFile) throws -> UInt32 {
+            try c.sendRead(ReadRequest(block: file.block(0), offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag), into: nowhere, length: 0)
+        }
+        relay.hold()
+        let lane = try connect()
+        defer { lane.close() }
+        let ids = try files[0..<3].map { try warm(lane, $0) }
+        #expect(fillsStarted(1), "\(h.metric("shoal_fills_total") - fills) GETs for one connection's warm")
+        let other = try connect()
+        defer { other.close() }
+        let otherID = try warm(other, files[3])
+        #expect(fillsStarted(2), "\(h.metric("shoal_fills_total") - fills) GETs for two connections' warms")
+        relay.release()
+        var answered: [UInt32] = []
+        for _ in ids {
+            let (id, result) = try lane.receiveNext()
+            #expect(try result.get() == .store)
+            answered.append(id)
+        }
+        #expect(answered == ids, "a connection's warm READs were answered out of order")
+        let (id, result) = try other.receiveNext()
+        #expect(id == otherID)
+        #expect(try result.get() == .store)
+        #expect(try h.client.probe(files[0..<4].map { ShoalClient.BlockOfFile(file: $0, index: 0) }).map { try $0.get() } == [true, true, true, true])
+
+        relay.hold()
+        let client = h.client
+        let rest = files[4...].map { ShoalClient.BlockOfFile(file: $0, index: 0) }
+        let warmed = Outcome<[Result<BlockOrigin, ShoalError>]>()
+        try OSThread.spawn(name: "warm") { warmed.set(Result { try client.warm(rest, inFlight: 2) }) }
+        #expect(fillsStarted(6), "\(h.metric("shoal_fills_total") - fills - 4) GETs for a warm of two lanes")
+        relay.release()
+        #expect(try warmed.wait().get().map { try $0.get() } == Array(repeating: .store, count: 6))
+        #expect(h.metric("shoal_fills_total") == fills + 10)
+        #expect(h.worker.service.warmFetchesDoneHere.load(ordering: .relaxed) == (onFillThread ? 10 : 0))
     }
 
     /// The Warmer over a prefix: counts, a check before and after, a re-run that finds it all
@@ -255,16 +323,17 @@ import Synchronization
     }
 }
 
-final class WarmOutcome: @unchecked Sendable {
+/// What a call made on another thread returned.
+final class Outcome<Value>: @unchecked Sendable {
     private let lock = ConditionLock()
-    private var result: Result<BlockOrigin, any Error>?
+    private var result: Result<Value, any Error>?
 
-    func set(_ r: Result<BlockOrigin, any Error>) {
+    func set(_ r: Result<Value, any Error>) {
         lock.withLock { result = r }
         lock.broadcast()
     }
 
-    func wait() -> Result<BlockOrigin, any Error> {
+    func wait() -> Result<Value, any Error> {
         lock.lock()
         defer { lock.unlock() }
         while result == nil { _ = lock.wait() }
