@@ -334,13 +334,15 @@ public final class ShoalClient: @unchecked Sendable {
         stale.forEach { $0.close() }
     }
 
-    private func giveBack(_ c: WorkerConnection, _ id: String) {
+    /// Keeps `c` for the next call (up to `connectionsPerWorker` idle per worker, or `keep`: a
+    /// warm's lanes, kept for its next chunk), or closes it.
+    private func giveBack(_ c: WorkerConnection, _ id: String, keep: Int = 0) {
         // Its RDMA failed on the way: the worker's next connections use TCP for a while. One
         // whose queue pair is gone for any reason is not kept (the next one asks again).
         if c.rdmaFailed { noteRDMAFailure(id) }
         if c.isBroken || c.lostRDMA { c.close(); return }
         lock.withLock {
-            if idle[id, default: []].count < config.connectionsPerWorker { idle[id, default: []].append(c); return }
+            if idle[id, default: []].count < max(keep, config.connectionsPerWorker) { idle[id, default: []].append(c); return }
             c.close()
         }
     }
@@ -721,18 +723,29 @@ public final class ShoalClient: @unchecked Sendable {
         public var length: Int { Int(BlockLayout(blockSize: UInt64(file.blockSize)).blockLength(index: index, objectSize: file.size)) }
     }
 
+    /// READs a warm keeps queued on each of its lanes (`warm`): one filling, one waiting, so the
+    /// worker starts the next GET as one ends, with no round trip to the warm between.
+    static let laneDepth = 2
+
     /// Makes sure each block is cached on its owner, with no data sent back: a fill-only READ per
     /// block, all owners at once, each one's share pipelined. Each block's result says where it
     /// came from (`cache`: held already, or filled by another request; `store`: fetched now;
     /// `peer`: from its previous owner), or why it failed. A worker that cannot be reached hands
     /// its blocks to their fallbacks. Throws only when no block could be tried.
-    /// `inFlight` caps the fill requests in flight across the cluster (each worker its share).
-    public func warm(_ blocks: [BlockOfFile], inFlight: Int? = nil) throws(ShoalError) -> [Result<BlockOrigin, ShoalError>] {
-        try noData(blocks, flags: ReadRequest.fillOnlyFlag, inFlight: inFlight).map { r in
+    /// A worker fills one connection's blocks one at a time, each as the one before ends (a
+    /// warm lane), so `inFlight` connections across the cluster are that many fills (store GETs)
+    /// at once, with a couple of READs queued on each so that no GET waits on this process; the
+    /// lanes go where the blocks left to fill are. Nil: `connectionsPerWorker` lanes per worker.
+    /// `answered` is told each block's result (by its index in `blocks`) as it comes.
+    public func warm(_ blocks: [BlockOfFile], inFlight: Int? = nil,
+                     answered: (Int, Result<BlockOrigin, ShoalError>) -> Void = { _, _ in }) throws(ShoalError) -> [Result<BlockOrigin, ShoalError>] {
+        func origin(_ r: Result<BlockOrigin?, ShoalError>) -> Result<BlockOrigin, ShoalError> {
             r.flatMap { o in
                 o.map { .success($0) } ?? .failure(ShoalError(.internal, "a worker answered a fill-only READ with data"))
             }
         }
+        return try noData(blocks, flags: ReadRequest.fillOnlyFlag, lanes: inFlight) { i, r in answered(i, origin(r)) }
+            .map(origin)
     }
 
     /// Whether each block is cached on its owner (true), or not (false): the owner's index answers;
@@ -750,13 +763,14 @@ public final class ShoalClient: @unchecked Sendable {
     /// Where no-data parts "land" (nothing is written there: their length is 0).
     private nonisolated(unsafe) static let nowhere = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
 
-    private func noData(_ blocks: [BlockOfFile], flags: UInt16, inFlight: Int? = nil) throws(ShoalError) -> [Result<BlockOrigin?, ShoalError>] {
+    private func noData(_ blocks: [BlockOfFile], flags: UInt16, lanes: Int? = nil,
+                        answered: (Int, Result<BlockOrigin?, ShoalError>) -> Void = { _, _ in }) throws(ShoalError) -> [Result<BlockOrigin?, ShoalError>] {
         let parts = blocks.enumerated().map { i, b in
             Part(range: i, file: b.file, piece: BlockPiece(index: b.index, offsetInBlock: 0, length: 0, offsetInRange: 0), into: ShoalClient.nowhere, flags: flags)
         }
         var errors: [Int: ShoalError] = [:]
         var origins: [Int: BlockOrigin] = [:]
-        try fetchRouted(parts, errors: &errors, origins: &origins, inFlight: inFlight)
+        try fetchRouted(parts, errors: &errors, origins: &origins, lanes: lanes, answered: answered)
         return blocks.indices.map { i in errors[i].map { .failure($0) } ?? .success(origins[i]) }
     }
 
@@ -822,33 +836,37 @@ public final class ShoalClient: @unchecked Sendable {
     /// Fetches `parts` by the current view; those refused as routed by an old one go again by
     /// the view source's latest. Errors and (for fill-only and probe parts) where each block came
     /// from, by range.
+    /// `lanes`: warm lanes (`warm`), that many connections across the cluster. `answered` is told
+    /// each range's result as its last part is answered (a no-data part is a range of its own).
     private func fetchRouted(_ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
-                             inFlight: Int? = nil) throws(ShoalError) {
+                             lanes: Int? = nil, answered: (Int, Result<BlockOrigin?, ShoalError>) -> Void = { _, _ in }) throws(ShoalError) {
         guard !parts.isEmpty else { return }
-        let inFlight = inFlight.map { max(1, $0) }
+        let lanes = lanes.map { max(1, $0) }
         let routing = current()
         probeDown(routing)
-        func share(_ r: Routing) -> Int? { inFlight.map { max(1, ($0 + r.endpoints.count - 1) / max(1, r.endpoints.count)) } }
-        let misrouted = try fetch(routing, parts, errors: &errors, origins: &origins, inFlightPerWorker: share(routing), inFlightTotal: inFlight)
+        let misrouted = try fetch(routing, parts, errors: &errors, origins: &origins, laneBudget: lanes, answered: answered)
         guard !misrouted.isEmpty else { return }
         // Routed by an old view: ask the view source now and send them where it says.
         let r = current(force: true)
-        for p in try fetch(r, misrouted, errors: &errors, origins: &origins, inFlightPerWorker: share(r), inFlightTotal: inFlight) where errors[p.range] == nil {
-            errors[p.range] = ShoalError(.notOwner, "workers refuse blocks of \(p.file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
+        for p in try fetch(r, misrouted, errors: &errors, origins: &origins, laneBudget: lanes, answered: answered) where errors[p.range] == nil {
+            let e = ShoalError(.notOwner, "workers refuse blocks of \(p.file.object) as not theirs even in view epoch \(r.view.epoch): \(members?.name ?? "the view source") and the workers disagree")
+            errors[p.range] = e
+            answered(p.range, .failure(e))
         }
     }
 
-    /// Reads the parts (see above).
+    /// Reads the parts (see above). With `laneBudget` (a warm's lanes: each connection's fills
+    /// run one at a time on its worker), that many connections in all, each with up to
+    /// `ShoalClient.laneDepth` READs: a lane opens on the worker with the most blocks left per
+    /// lane, among those whose queue its lanes cannot take, and one with nothing left to send
+    /// or wait for is given back, so the budget follows the blocks left to the last of them.
     private func fetch(_ r: Routing, _ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
-                       inFlightPerWorker: Int? = nil, inFlightTotal: Int? = nil) throws(ShoalError) -> [Part] {
-        // A cap on a worker's READs in flight (a warm's fair share): fewer lanes, shallower. The
-        // shares round up (every worker gets one), so with more workers than the cap the total
-        // is held to it as well.
-        let lanesPerWorker = min(config.connectionsPerWorker, inFlightPerWorker ?? .max)
-        let pipelineDepth = inFlightPerWorker.map { max(1, min(config.pipelineDepth, $0 / max(1, lanesPerWorker))) } ?? config.pipelineDepth
+                       laneBudget: Int? = nil, answered: (Int, Result<BlockOrigin?, ShoalError>) -> Void = { _, _ in }) throws(ShoalError) -> [Part] {
+        let lanesPerWorker = config.connectionsPerWorker
+        let pipelineDepth = laneBudget == nil ? config.pipelineDepth : min(config.pipelineDepth, ShoalClient.laneDepth)
         let workers = r.endpoints
         // Queues and sets hold part numbers.
-        var queues = Array(repeating: [Int](), count: workers.count)
+        var queues = Array(repeating: PartQueue(), count: workers.count)
         var lanes: [Lane] = []
         var resent = Set<Int>()
         var failed = Set<Int>()
@@ -864,7 +882,7 @@ public final class ShoalClient: @unchecked Sendable {
         defer {
             // A lane still waiting on a hedge's loser is closed: its reply must find no one.
             for lane in lanes where lane.open {
-                if lane.inFlight.isEmpty { giveBack(lane.connection, r.ids[lane.worker]) } else { lane.connection.close() }
+                if lane.inFlight.isEmpty { giveBack(lane.connection, r.ids[lane.worker], keep: laneBudget ?? 0) } else { lane.connection.close() }
             }
             scratch?.deallocate()
         }
@@ -893,10 +911,15 @@ public final class ShoalClient: @unchecked Sendable {
             if queues.contains(where: { $0.contains(p) }) { return true }
             return lanes.contains { $0 !== lane && $0.open && $0.inFlight.values.contains(p) }
         }
-        /// `p` is answered: a hedged copy still out is pointed at scratch memory or unqueued.
-        func finish(_ p: Int) {
+        /// `p` is answered (`told`: its result is final; a misrouted one goes again): a hedged copy
+        /// still out is pointed at scratch memory or unqueued.
+        func finish(_ p: Int, told: Bool = true) {
             guard done.insert(p).inserted else { return }
             remaining -= 1
+            if told {
+                let range = parts[p].range
+                answered(range, errors[range].map { .failure($0) } ?? .success(origins[range]))
+            }
             guard hedged.contains(p) else { return }
             for w in queues.indices { queues[w].removeAll { $0 == p } }
             for lane in lanes where lane.open {
@@ -920,7 +943,7 @@ public final class ShoalClient: @unchecked Sendable {
                     finish(p)
                     continue
                 }
-                queues[lane.worker].insert(p, at: 0)
+                queues[lane.worker].pushFront(p)
             }
             lane.inFlight.removeAll()
             lane.sentAt.removeAll()
@@ -929,7 +952,7 @@ public final class ShoalClient: @unchecked Sendable {
         func fail(_ worker: Int, _ cause: ShoalError) throws(ShoalError) {
             markDown(r.ids[worker])
             failed.insert(worker)
-            var orphans = queues[worker]
+            var orphans = Array(queues[worker].elements)
             queues[worker].removeAll()
             for lane in lanes where lane.worker == worker && lane.open {
                 lane.open = false
@@ -942,6 +965,7 @@ public final class ShoalClient: @unchecked Sendable {
         }
         /// Opens connections to workers with pieces waiting and none open.
         func openLanes() throws(ShoalError) {
+            if let laneBudget { return try openWarmLanes(laneBudget) }
             var w = 0
             while w < workers.count {
                 defer { w += 1 }
@@ -958,13 +982,50 @@ public final class ShoalClient: @unchecked Sendable {
                 }
             }
         }
+        /// Warm lanes (see above): gives back the idle ones, then opens up to `budget`.
+        func openWarmLanes(_ budget: Int) throws(ShoalError) {
+            for lane in lanes where lane.open && lane.inFlight.isEmpty && queues[lane.worker].isEmpty {
+                lane.open = false
+                giveBack(lane.connection, r.ids[lane.worker], keep: budget)
+            }
+            var open = Array(repeating: 0, count: workers.count)
+            var room = Array(repeating: 0, count: workers.count)
+            var sent = Array(repeating: 0, count: workers.count)
+            for lane in lanes where lane.open {
+                open[lane.worker] += 1
+                room[lane.worker] += max(0, depth(lane) - lane.inFlight.count)
+                sent[lane.worker] += lane.inFlight.count
+            }
+            var total = open.reduce(0, +)
+            while total < budget {
+                var best: (worker: Int, perLane: Double)?
+                for w in workers.indices where queues[w].count > room[w] {
+                    let perLane = Double(queues[w].count + sent[w]) / Double(open[w] + 1)
+                    if perLane > best?.perLane ?? -1 { best = (w, perLane) }
+                }
+                guard let w = best?.worker else { return }
+                do {
+                    let (c, fresh) = try connectionAndAge(r, w)
+                    let lane = Lane(worker: w, connection: c, fresh: fresh)
+                    lanes.append(lane)
+                    open[w] += 1
+                    total += 1
+                    // Fed now: its READs go out while the next lanes connect.
+                    try feed(lane)
+                    room[w] += depth(lane) - lane.inFlight.count
+                } catch where ShoalClient.unreachable(error) {
+                    // Its pieces went elsewhere: count again.
+                    try fail(w, error)
+                    return try openWarmLanes(budget)
+                }
+            }
+        }
+        func depth(_ lane: Lane) -> Int { max(1, min(pipelineDepth, lane.connection.maxInFlight)) }
         /// Keeps the lane's pipeline full from its worker's queue.
         func feed(_ lane: Lane) throws(ShoalError) {
-            let depth = max(1, min(pipelineDepth, lane.connection.maxInFlight))
-            var room = inFlightTotal.map { cap in cap - lanes.reduce(0) { $0 + ($1.open ? $1.inFlight.count : 0) } } ?? .max
-            while lane.open, lane.inFlight.count < depth, room > 0, let p = queues[lane.worker].first {
-                room -= 1
-                queues[lane.worker].removeFirst()
+            let depth = depth(lane)
+            while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
+                _ = queues[lane.worker].popFirst()
                 let part = parts[p]
                 var request = part.request
                 request.epoch = r.view.epoch
@@ -975,7 +1036,7 @@ public final class ShoalClient: @unchecked Sendable {
                     lane.inFlight[id] = p
                     lane.sentAt[id] = now
                 } catch where ShoalClient.unreachable(error) {
-                    queues[lane.worker].insert(p, at: 0)
+                    queues[lane.worker].pushFront(p)
                     try broke(lane, error)
                 }
             }
@@ -1056,6 +1117,8 @@ public final class ShoalClient: @unchecked Sendable {
                             }
                             if error.code == .notOwner {
                                 misrouted.append(parts[piece])
+                                finish(piece, told: false)
+                                continue
                             } else if errors[parts[piece].range] == nil {
                                 errors[parts[piece].range] = error
                             }
@@ -1106,6 +1169,50 @@ public final class ShoalClient: @unchecked Sendable {
             throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
         }
     }
+}
+
+/// Part numbers waiting for a worker's connections, oldest first: taking the first costs the
+/// same however many wait (a warm's chunk queues thousands).
+struct PartQueue {
+    private var items: [Int] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == items.count }
+    var count: Int { items.count - head }
+    var first: Int? { isEmpty ? nil : items[head] }
+    var elements: ArraySlice<Int> { items[head...] }
+
+    mutating func append(_ p: Int) { items.append(p) }
+
+    mutating func popFirst() -> Int? {
+        guard !isEmpty else { return nil }
+        head += 1
+        let p = items[head - 1]
+        if head == items.count { removeAll() }
+        return p
+    }
+
+    /// Back at the front (a piece to send again first).
+    mutating func pushFront(_ p: Int) {
+        if head > 0 {
+            head -= 1
+            items[head] = p
+        } else {
+            items.insert(p, at: 0)
+        }
+    }
+
+    mutating func removeAll(where drop: (Int) -> Bool) {
+        items = items[head...].filter { !drop($0) }
+        head = 0
+    }
+
+    mutating func removeAll() {
+        items.removeAll(keepingCapacity: true)
+        head = 0
+    }
+
+    func contains(_ p: Int) -> Bool { elements.contains(p) }
 }
 
 /// The direct store requests running in this process, from every client.

@@ -3,7 +3,7 @@ import ShoalSys
 
 /// How a warm runs (`Warmer`).
 public struct WarmOptions: Sendable {
-    /// Fill requests in flight at once, across the cluster.
+    /// Fills (store GETs) at once across the cluster: the warm lanes of `ShoalClient.warm`.
     public var concurrency = 64
     /// Bytes per second a warm may make each store send the cluster (nil: no cap). Blocks already
     /// cached cost nothing against it.
@@ -145,10 +145,11 @@ public final class Warmer {
         // Objects of no blocks (empty ones) are done at once.
         for i in objects.indices where objects[i].blocksLeft == 0 { finish(i, &objects, &p) }
 
-        // A chunk's fills drain before the next chunk's start (and progress is told between
-        // chunks): up to 1024 blocks (more with high concurrency) or 1 GiB, whichever comes first.
-        let chunk = max(1024, 64 * options.concurrency)
-        let chunkBytes = max(UInt64(1) << 30, UInt64(4 * options.concurrency) * BlockLayout.maxBlockSize)
+        // A chunk's fills drain before the next chunk's start, and its failures that may pass are
+        // tried again then: up to 16384 blocks or 16 GiB, whichever comes first. Progress is told
+        // as blocks are answered.
+        let chunk = max(16384, 64 * options.concurrency)
+        let chunkBytes = max(UInt64(16) << 30, UInt64(4 * options.concurrency) * BlockLayout.maxBlockSize)
         var batch: [(object: Int, block: ShoalClient.BlockOfFile)] = []
         var batchBytes: UInt64 = 0
         func flush() throws(ShoalError) {
@@ -201,13 +202,14 @@ public final class Warmer {
             var pending = group
             var attempt = 1
             while !pending.isEmpty {
-                let results = try client.warm(pending.map { batch[$0].block }, inFlight: options.concurrency)
                 var again: [Int] = []
-                for (k, r) in zip(pending, results) {
+                _ = try client.warm(pending.map { batch[$0].block }, inFlight: options.concurrency) { i, r in
+                    let k = pending[i]
                     if case .failure(let e) = r, attempt < options.attempts, Warmer.mayPass(e) {
                         again.append(k)
                     } else {
                         record(batch[k], r.map { Optional($0) }, &objects, &p)
+                        report(&p)
                     }
                 }
                 guard !again.isEmpty else { break }

@@ -21,7 +21,7 @@ struct WarmCommand: ParsableCommand {
     @Option(help: "Also warm the N prefixes read most over --since (shoal hot), e.g. yesterday's hot tables before the morning jobs.")
     var hot: Int?
     @Option(help: "With --hot: the window the reads are counted over.") var since = "24h"
-    @Option(help: "Fill requests in flight at once.") var concurrency = 64
+    @Option(help: "Store GETs at once across the cluster (a connection to a block's owner each).") var concurrency = 64
     @Option(help: "Cap on the bytes per second each store sends the cluster for this warm, e.g. 500MiB (blocks already cached do not count).")
     var bandwidth: String?
     @Flag(help: "Report what fraction of the dataset is cached; fetch nothing.") var check = false
@@ -56,8 +56,8 @@ struct WarmCommand: ParsableCommand {
             options.bytesPerSecondPerStore = rate
         }
         var config = try client.makeClientConfig()
-        // The warm's requests in flight (`concurrency` across the cluster, each worker its share),
-        // over a few connections per worker.
+        // Probes (--check, --bandwidth) go over a few connections per worker, pipelined deep; fills
+        // over `concurrency` warm lanes across the cluster (`ShoalClient.warm`).
         config.connectionsPerWorker = min(4, concurrency)
         config.pipelineDepth = max(1, min(Int(WireLimits.maxInFlight), concurrency))
         let c: ShoalClient

@@ -126,7 +126,9 @@ import ShoalTestSupport
     /// A worker that is stopping turns its queued warm fills away (`shutting_down`): the client
     /// takes it out of its routing at once and the warm of every block ends cached on the
     /// fallback, with no wait for the view to change.
-    @Test func aStoppingWorkersWarmFillsGoToTheFallback() throws {
+    /// Both with the client's own lanes and with warm lanes, fewer of them than workers (1) and
+    /// more (3): the budget moves to the worker with blocks left.
+    @Test(arguments: [nil, 1, 3]) func aStoppingWorkersWarmFillsGoToTheFallback(lanes: Int?) throws {
         let data = SampleData.bytes(seed: 50, count: 16 << 20)
         let (_, bucket, workers) = try ClusterTests.workersAndObject("stopping", 2, data: data)
         defer { workers.forEach { $0.stopDataPlane() } }
@@ -139,7 +141,7 @@ import ShoalTestSupport
         let owned = blocks.filter { client.owners(of: $0.file.block($0.index)).first == stopping }.count
         #expect(owned > 0 && owned < 16, "worker 0 owns \(owned) of 16 blocks")
         workers[0].closeWarmUpQueue()
-        let results = try client.warm(blocks)
+        let results = try client.warm(blocks, inFlight: lanes)
         #expect(results.allSatisfy { (try? $0.get()) == .store }, "\(results)")
         #expect(client.downWorkers == [stopping])
         #expect(workers[0].cache.blockCount == 0 && workers[1].cache.blockCount == 16)
