@@ -57,6 +57,13 @@ public struct MembershipView: Sendable, Equatable {
         self.members = members.sorted { $0.id < $1.id }
     }
 
+    /// Whether `other` places every block as this view does: the same members, weights and
+    /// states (an address, an RDMA flag or the epoch may differ).
+    public func placesLike(_ other: MembershipView) -> Bool {
+        members.count == other.members.count
+            && zip(members, other.members).allSatisfy { $0.id == $1.id && $0.weight == $1.weight && $0.state == $1.state }
+    }
+
     /// The position of member `id` in `members`.
     public func index(of id: String) -> Int? {
         var low = 0

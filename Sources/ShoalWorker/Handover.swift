@@ -166,6 +166,12 @@ final class Handover: @unchecked Sendable {
         let changed = lock.withLock { () -> Bool in
             // Views come in from several threads: only a newer one replaces the one in use.
             guard current !== placement, current.map({ placement.view.epoch > $0.view.epoch }) ?? true else { return false }
+            if let current, current.view.placesLike(view) {
+                // Nothing moved (a member's record changed, not who owns what): the view before
+                // stays the one blocks are taken from, for the rest of its window.
+                self.current = placement
+                return false
+            }
             if let current {
                 previous = current
             } else if view.index(of: myID) != nil, let without = try? MembershipView(epoch: 0, members: view.members.filter { $0.id != myID }) {

@@ -263,6 +263,17 @@ import Testing
         #expect(empty.owner(slot: 0) == nil)
     }
 
+    /// Views that differ only in addresses, RDMA flags or epoch place alike; a member more, a
+    /// weight or a state changed do not.
+    @Test func viewsThatPlaceAlike() throws {
+        let a = try MembershipView(epoch: 1, members: [Member(id: "a", address: "a:1"), Member(id: "b", address: "b:1", weight: 2)])
+        let moved = try MembershipView(epoch: 2, members: [Member(id: "b", address: "b:2", weight: 2, rdma: true), Member(id: "a", address: "a:1")])
+        #expect(a.placesLike(moved) && moved.placesLike(a))
+        #expect(!a.placesLike(try MembershipView(epoch: 2, members: a.members + [Member(id: "c", address: "c:1")])))
+        #expect(!a.placesLike(try MembershipView(epoch: 2, members: [Member(id: "a", address: "a:1"), Member(id: "b", address: "b:1")])))
+        #expect(!a.placesLike(try MembershipView(epoch: 2, members: [Member(id: "a", address: "a:1", state: .draining), a.members[1]])))
+    }
+
     @Test func theScoresLogarithmMatchesLibm() {
         var bits: UInt64 = 12345
         for _ in 0..<100_000 {
