@@ -837,7 +837,8 @@ public final class ShoalClient: @unchecked Sendable {
     /// the view source's latest. Errors and (for fill-only and probe parts) where each block came
     /// from, by range.
     /// `lanes`: warm lanes (`warm`), that many connections across the cluster. `answered` is told
-    /// each range's result as its last part is answered (a no-data part is a range of its own).
+    /// each part's range and its result so far as the part is answered (for no-data parts, each
+    /// a range of its own, that is the block's result).
     private func fetchRouted(_ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
                              lanes: Int? = nil, answered: (Int, Result<BlockOrigin?, ShoalError>) -> Void = { _, _ in }) throws(ShoalError) {
         guard !parts.isEmpty else { return }
@@ -865,6 +866,8 @@ public final class ShoalClient: @unchecked Sendable {
         let lanesPerWorker = config.connectionsPerWorker
         let pipelineDepth = laneBudget == nil ? config.pipelineDepth : min(config.pipelineDepth, ShoalClient.laneDepth)
         let workers = r.endpoints
+        // Idle lanes kept per worker for the warm's next chunk: about its share of the budget.
+        let keep = laneBudget.map { ($0 + workers.count - 1) / max(1, workers.count) + 1 } ?? 0
         // Queues and sets hold part numbers.
         var queues = Array(repeating: PartQueue(), count: workers.count)
         var lanes: [Lane] = []
@@ -882,7 +885,7 @@ public final class ShoalClient: @unchecked Sendable {
         defer {
             // A lane still waiting on a hedge's loser is closed: its reply must find no one.
             for lane in lanes where lane.open {
-                if lane.inFlight.isEmpty { giveBack(lane.connection, r.ids[lane.worker], keep: laneBudget ?? 0) } else { lane.connection.close() }
+                if lane.inFlight.isEmpty { giveBack(lane.connection, r.ids[lane.worker], keep: keep) } else { lane.connection.close() }
             }
             scratch?.deallocate()
         }
@@ -986,7 +989,7 @@ public final class ShoalClient: @unchecked Sendable {
         func openWarmLanes(_ budget: Int) throws(ShoalError) {
             for lane in lanes where lane.open && lane.inFlight.isEmpty && queues[lane.worker].isEmpty {
                 lane.open = false
-                giveBack(lane.connection, r.ids[lane.worker], keep: budget)
+                giveBack(lane.connection, r.ids[lane.worker], keep: keep)
             }
             var open = Array(repeating: 0, count: workers.count)
             var room = Array(repeating: 0, count: workers.count)

@@ -871,11 +871,15 @@ final class Shard: @unchecked Sendable {
             }
             if let warmed {
                 // Its lane's next READs run here, one after another, in the same buffer.
-                let next = lane?.next()
-                post(.warmed(op: op, generation: generation, warmed, chained: next != nil))
-                if let next { runLane(lane!, from: next, lease: lease, ring: ring) }
+                guard let lane, let next = lane.next() else {
+                    plane.giveLease(lease)
+                    post(.warmed(op: op, generation: generation, warmed, chained: false))
+                    return
+                }
+                post(.warmed(op: op, generation: generation, warmed, chained: true))
+                runLane(lane, from: next, lease: lease, ring: ring)
                 plane.giveLease(lease)
-                if next != nil { post(.chainEnded) }
+                post(.chainEnded)
                 return
             }
             // The lease is back in its place before a GET can end and the shard reply from it.
@@ -1987,7 +1991,13 @@ final class WarmLane: Sendable {
                 return nil
             }
             s.head += 1
-            return s.queue[s.head - 1]
+            let read = s.queue[s.head - 1]
+            // A lane kept busy never empties: what it went past is dropped now and then.
+            if s.head >= 64 && s.head * 2 >= s.queue.count {
+                s.queue.removeFirst(s.head)
+                s.head = 0
+            }
+            return read
         }
     }
 

@@ -140,6 +140,36 @@ import Synchronization
         #expect(h.worker.service.warmFetchesDoneHere.load(ordering: .relaxed) == (onFillThread ? 10 : 0))
     }
 
+    /// A warm lane hands its READs out one at a time, in the order they came, through a lane
+    /// that never goes idle (what it went past is dropped now and then); idle, the next READ
+    /// starts at once; closed, it starts nothing more.
+    @Test func aWarmLaneKeepsItsOrder() {
+        let key = BlockKey(object: ObjectRef(store: "d", bucket: "b", key: "k"), etag: "e", objectSize: 1 << 20, blockSize: 1 << 20, index: 0)
+        let request = ReadRequest(block: key, offset: 0, length: 0, flags: ReadRequest.fillOnlyFlag)
+        func read(_ i: Int) -> WaitingRead { WaitingRead(connection: 0, generation: 0, requestID: UInt32(i), request: request) }
+        let lane = WarmLane()
+        #expect(lane.add(read(0))?.requestID == 0, "an idle lane did not start its READ")
+        var sent = 1
+        var next = 1
+        for _ in 0..<300 {
+            for _ in 0..<2 {
+                #expect(lane.add(read(sent)) == nil, "a busy lane started a second READ")
+                sent += 1
+            }
+            #expect(lane.next()?.requestID == UInt32(next))
+            next += 1
+        }
+        while let r = lane.next() {
+            #expect(r.requestID == UInt32(next))
+            next += 1
+        }
+        #expect(next == sent)
+        #expect(lane.add(read(sent))?.requestID == UInt32(sent), "an idle lane did not start its READ")
+        #expect(lane.add(read(sent + 1)) == nil)
+        lane.close()
+        #expect(lane.next() == nil && lane.add(read(sent + 2)) == nil)
+    }
+
     /// The Warmer over a prefix: counts, a check before and after, a re-run that finds it all
     /// cached, and objects that vanish or change between the listing and their fill, named;
     /// with the GETs on fill threads and on the fetch thread.
