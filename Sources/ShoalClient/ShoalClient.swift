@@ -837,8 +837,7 @@ public final class ShoalClient: @unchecked Sendable {
     /// the view source's latest. Errors and (for fill-only and probe parts) where each block came
     /// from, by range.
     /// `lanes`: warm lanes (`warm`), that many connections across the cluster. `answered` is told
-    /// each part's range and its result so far as the part is answered (for no-data parts, each
-    /// a range of its own, that is the block's result).
+    /// each no-data part's result (its range is its own) as it is answered.
     private func fetchRouted(_ parts: [Part], errors: inout [Int: ShoalError], origins: inout [Int: BlockOrigin],
                              lanes: Int? = nil, answered: (Int, Result<BlockOrigin?, ShoalError>) -> Void = { _, _ in }) throws(ShoalError) {
         guard !parts.isEmpty else { return }
@@ -869,7 +868,7 @@ public final class ShoalClient: @unchecked Sendable {
         // Idle lanes kept per worker for the warm's next chunk: about its share of the budget.
         let keep = laneBudget.map { ($0 + workers.count - 1) / max(1, workers.count) + 1 } ?? 0
         // Queues and sets hold part numbers.
-        var queues = Array(repeating: PartQueue(), count: workers.count)
+        var queues = Array(repeating: FIFOQueue<Int>(), count: workers.count)
         var lanes: [Lane] = []
         var resent = Set<Int>()
         var failed = Set<Int>()
@@ -919,7 +918,7 @@ public final class ShoalClient: @unchecked Sendable {
         func finish(_ p: Int, told: Bool = true) {
             guard done.insert(p).inserted else { return }
             remaining -= 1
-            if told {
+            if told && parts[p].isNoData {
                 let range = parts[p].range
                 answered(range, errors[range].map { .failure($0) } ?? .success(origins[range]))
             }
@@ -1028,7 +1027,7 @@ public final class ShoalClient: @unchecked Sendable {
         func feed(_ lane: Lane) throws(ShoalError) {
             let depth = depth(lane)
             while lane.open, lane.inFlight.count < depth, let p = queues[lane.worker].first {
-                _ = queues[lane.worker].popFirst()
+                _ = queues[lane.worker].take()
                 let part = parts[p]
                 var request = part.request
                 request.epoch = r.view.epoch
@@ -1172,50 +1171,6 @@ public final class ShoalClient: @unchecked Sendable {
             throw ShoalError(.connectionFailed, "poll on worker connections failed: \(error)")
         }
     }
-}
-
-/// Part numbers waiting for a worker's connections, oldest first: taking the first costs the
-/// same however many wait (a warm's chunk queues thousands).
-struct PartQueue {
-    private var items: [Int] = []
-    private var head = 0
-
-    var isEmpty: Bool { head == items.count }
-    var count: Int { items.count - head }
-    var first: Int? { isEmpty ? nil : items[head] }
-    var elements: ArraySlice<Int> { items[head...] }
-
-    mutating func append(_ p: Int) { items.append(p) }
-
-    mutating func popFirst() -> Int? {
-        guard !isEmpty else { return nil }
-        head += 1
-        let p = items[head - 1]
-        if head == items.count { removeAll() }
-        return p
-    }
-
-    /// Back at the front (a piece to send again first).
-    mutating func pushFront(_ p: Int) {
-        if head > 0 {
-            head -= 1
-            items[head] = p
-        } else {
-            items.insert(p, at: 0)
-        }
-    }
-
-    mutating func removeAll(where drop: (Int) -> Bool) {
-        items = items[head...].filter { !drop($0) }
-        head = 0
-    }
-
-    mutating func removeAll() {
-        items.removeAll(keepingCapacity: true)
-        head = 0
-    }
-
-    func contains(_ p: Int) -> Bool { elements.contains(p) }
 }
 
 /// The direct store requests running in this process, from every client.

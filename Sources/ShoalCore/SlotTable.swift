@@ -39,11 +39,12 @@ public struct SlotTable<Value> {
         set { values[place] = newValue }
     }
 
-    /// Frees `place` (its value goes).
-    public mutating func remove(_ place: Int) {
-        guard values[place] != nil else { return }
-        values[place] = nil
+    /// Frees `place`; its value, taken out.
+    @discardableResult
+    public mutating func remove(_ place: Int) -> Value? {
+        guard let value = values[place].take() else { return nil }
         free.append(place)
+        return value
     }
 
     public var isEmpty: Bool { free.count == values.count }

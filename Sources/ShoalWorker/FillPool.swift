@@ -15,8 +15,8 @@ import ShoalSys
 /// which its jobs read and write leased buffers with.
 final class FillPool: @unchecked Sendable {
     private let lock = ConditionLock()
-    private var foreground = JobQueue<@Sendable (IORing) -> Void>()
-    private var background = JobQueue<BackgroundJob>()
+    private var foreground = FIFOQueue<@Sendable (IORing) -> Void>()
+    private var background = FIFOQueue<BackgroundJob>()
     /// Foreground jobs taken in a row while background ones waited.
     private var foregroundStreak = 0
     private var backgroundClosed = false
@@ -78,31 +78,6 @@ final class FillPool: @unchecked Sendable {
     /// A warm's fill may go on now, outside the queue (a warm lane's next READ, on the fill thread
     /// that ended the one before): no reader's job waits, and the warm-up queue is open.
     var mayRunWarm: Bool { lock.withLock { !backgroundClosed && foreground.isEmpty } }
-
-    /// Jobs waiting, in arrival order.
-    private struct JobQueue<Job> {
-        private var jobs: [Job] = []
-        private var head = 0
-
-        var isEmpty: Bool { head == jobs.count }
-        var count: Int { jobs.count - head }
-
-        mutating func append(_ job: Job) { jobs.append(job) }
-
-        mutating func take() -> Job? {
-            guard head < jobs.count else { return nil }
-            let job = jobs[head]
-            head += 1
-            if head == jobs.count {
-                jobs.removeAll(keepingCapacity: true)
-                head = 0
-            } else if head > 1024 && head * 2 > jobs.count {
-                jobs.removeFirst(head)
-                head = 0
-            }
-            return job
-        }
-    }
 
     private func run(_ ring: IORing) {
         while true {

@@ -17,7 +17,7 @@ enum ShardMessage: Sendable {
     /// with the next READs of its warm lane in it (`laneAnswer`, then `chainEnded`).
     case warmed(op: Int, generation: UInt32, Result<FilledRange, ShoalError>, chained: Bool)
     /// A READ of a warm lane that a fill thread ran after the one before, with no op: its answer.
-    case laneAnswer(connection: Int, generation: UInt32, requestID: UInt32, Result<[UInt8], ShoalError>)
+    case laneAnswer(connection: Int, generation: UInt32, requestID: UInt32, Result<FilledRange, ShoalError>)
     /// The next READ of a warm lane, for the shard to start as any READ (the fill thread that
     /// ended the one before may not run it: readers' jobs wait, or the warm-up queue is closed).
     case laneStart(WaitingRead)
@@ -268,11 +268,7 @@ final class Shard: @unchecked Sendable {
                 warmed(op, generation, result)
             case .laneAnswer(let c, let generation, let id, let result):
                 guard let conn = connection(c, generation), conn.isOpen else { continue }
-                switch result {
-                case .success(let body): enqueueSmall(conn, conn.machine.encodeFrame(.readNoData, id: id, body: body), requestID: id)
-                case .failure(let e): replyError(conn, .readNoData, id, e)
-                }
-                flush(conn)
+                answerWarm(conn, id, result)
             case .laneStart(let read):
                 startRead(read)
             case .chainEnded:
@@ -864,8 +860,8 @@ final class Shard: @unchecked Sendable {
                         post(.filled(op: op, generation: generation, result))
                     })
                 }
-                if r.request.isFillOnly, case .success(.ready(let range)) = start, let fill = range.fill {
-                    warmed = plane.service.finishFill(fill, slot: slot) ? .success(range) : .failure(notCached(fill))
+                if r.request.isFillOnly, case .success(.ready(let range)) = start, range.fill != nil {
+                    warmed = cacheWarmFill(range, slot: slot)
                 }
                 return start
             }
@@ -910,13 +906,13 @@ final class Shard: @unchecked Sendable {
                 return
             }
             let answer = plane.pool.withSlot(lease, ring: ring) { slot in
-                Result { () throws(ShoalError) -> [UInt8] in
-                    let start = try plane.service.startRead(read.request, slot: slot, claimed: true, progress: { _ in }, done: { _ in })
+                Result { () throws(ShoalError) -> FillStart in
+                    try plane.service.startRead(read.request, slot: slot, claimed: true, progress: { _ in }, done: { _ in })
+                }.flatMap { start -> Result<FilledRange, ShoalError> in
                     guard case .ready(let range) = start else {
-                        throw ShoalError(.internal, "a warm's fill on a fill thread was not fetched there")
+                        return .failure(ShoalError(.internal, "a warm's fill on a fill thread was not fetched there"))
                     }
-                    if let fill = range.fill, !plane.service.finishFill(fill, slot: slot) { throw notCached(fill) }
-                    return NoDataReply(crc: range.crc, length: UInt32(range.length), origin: range.origin).encoded
+                    return cacheWarmFill(range, slot: slot)
                 }
             }
             service.releaseWarmFetch()
@@ -1050,18 +1046,27 @@ final class Shard: @unchecked Sendable {
     private func warmed(_ op: Int, _ generation: UInt32, _ result: Result<FilledRange, ShoalError>) {
         guard let r = ops.value(op, generation) else { return }
         // Its lane went on (or went idle) on the fill thread.
-        ops[op]!.inLane = false
-        freeOp(op)
+        freeOp(op, endsLaneRead: false)
         guard let conn = connection(r.connection, r.connectionGeneration) else { return }
         conn.leases -= 1
-        if conn.isOpen {
-            switch result {
-            case .success(let range): enqueueNoData(conn, id: r.requestID, crc: range.crc, length: range.length, origin: range.origin)
-            case .failure(let error): replyError(conn, .readNoData, r.requestID, error)
-            }
-            flush(conn)
-        }
+        if conn.isOpen { answerWarm(conn, r.requestID, result) }
         serveWaiting()
+    }
+
+    /// A warm's answer: READ_NODATA (the block is cached), or why not.
+    private func answerWarm(_ conn: ShardConnection, _ id: UInt32, _ result: Result<FilledRange, ShoalError>) {
+        switch result {
+        case .success(let range): enqueueNoData(conn, id: id, crc: range.crc, length: range.length, origin: range.origin)
+        case .failure(let error): replyError(conn, .readNoData, id, error)
+        }
+        flush(conn)
+    }
+
+    /// On a fill thread: a warm's fill that came back ready is written to the cache (one copied
+    /// from the cache is there already); the warm's answer.
+    private func cacheWarmFill(_ range: FilledRange, slot: IOSlot) -> Result<FilledRange, ShoalError> {
+        guard let fill = range.fill else { return .success(range) }
+        return plane.service.finishFill(fill, slot: slot) ? .success(range) : .failure(notCached(fill))
     }
 
     /// On a fill thread: writes filled block `fill` (in parked lease `li`) to the cache, gives the
@@ -1169,9 +1174,10 @@ final class Shard: @unchecked Sendable {
 
     private func newOp(_ op: ReadOp) -> Int { ops.insert { _, _ in op } }
 
-    private func freeOp(_ i: Int) {
-        if let op = ops[i], op.inLane { lanesEnded.append((op.connection, op.connectionGeneration)) }
-        ops.remove(i)
+    /// Frees op `i`; a warm lane's READ that ends here (`endsLaneRead`: not on the fill thread
+    /// that goes on with the lane) lets the lane's next start.
+    private func freeOp(_ i: Int, endsLaneRead: Bool = true) {
+        if let op = ops.remove(i), op.inLane, endsLaneRead { lanesEnded.append((op.connection, op.connectionGeneration)) }
     }
 
     /// Starts the next READ of each warm lane whose READ ended this turn (its GET is done; the
@@ -1961,8 +1967,7 @@ final class ProgressReporter: @unchecked Sendable {
 /// no buffer. Shared by the connection's shard and that fill thread.
 final class WarmLane: Sendable {
     private struct State {
-        var queue: [WaitingRead] = []
-        var head = 0
+        var queue = FIFOQueue<WaitingRead>()
         var busy = false
         var closed = false
     }
@@ -1984,18 +1989,9 @@ final class WarmLane: Sendable {
     /// For whoever ended the READ under way: the next (the lane stays busy), or nil (now idle).
     func next() -> WaitingRead? {
         state.withLock { s in
-            guard !s.closed, s.head < s.queue.count else {
+            guard !s.closed, let read = s.queue.take() else {
                 s.busy = false
-                s.queue.removeAll(keepingCapacity: true)
-                s.head = 0
                 return nil
-            }
-            s.head += 1
-            let read = s.queue[s.head - 1]
-            // A lane kept busy never empties: what it went past is dropped now and then.
-            if s.head >= 64 && s.head * 2 >= s.queue.count {
-                s.queue.removeFirst(s.head)
-                s.head = 0
             }
             return read
         }
@@ -2005,8 +2001,7 @@ final class WarmLane: Sendable {
     func close() {
         state.withLock { s in
             s.closed = true
-            s.queue = []
-            s.head = 0
+            s.queue.removeAll()
         }
     }
 }

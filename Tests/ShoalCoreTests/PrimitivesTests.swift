@@ -263,6 +263,31 @@ import Testing
         #expect(empty.owner(slot: 0) == nil)
     }
 
+    /// A FIFO queue keeps arrival order through the compactions of a queue that never empties,
+    /// a value pushed back comes out first, and removing by value keeps the others' order.
+    @Test func aFIFOQueueKeepsItsOrder() {
+        var q = FIFOQueue<Int>()
+        #expect(q.isEmpty && q.take() == nil && q.first == nil)
+        var sent = 0
+        var next = 0
+        for _ in 0..<500 {
+            q.append(sent)
+            q.append(sent + 1)
+            sent += 2
+            #expect(q.take() == next)
+            next += 1
+        }
+        #expect(q.count == sent - next && q.first == next)
+        q.pushFront(-1)
+        #expect(q.take() == -1 && q.contains(next) && !q.contains(-1))
+        q.removeAll { $0 % 2 == 0 }
+        #expect(Array(q.elements) == Array(next..<sent).filter { $0 % 2 != 0 })
+        q.pushFront(-2)
+        #expect(Array(q.elements.prefix(2)) == [-2, (next | 1)])
+        q.removeAll()
+        #expect(q.isEmpty && q.count == 0)
+    }
+
     /// Views that differ only in addresses, RDMA flags or epoch place alike; a member more, a
     /// weight or a state changed do not.
     @Test func viewsThatPlaceAlike() throws {
