@@ -726,6 +726,10 @@ public final class ShoalClient: @unchecked Sendable {
     /// READs a warm keeps queued on each of its lanes (`warm`): one filling, one waiting, so the
     /// worker starts the next GET as one ends, with no round trip to the warm between.
     static let laneDepth = 2
+    /// A warm's lanes on one worker at most: more connections than its fill threads and its
+    /// store's fetch thread run GETs for would only wait there, and take places a worker has
+    /// few of (`maxConnections`).
+    static let maxLanesPerWorker = 64
 
     /// Makes sure each block is cached on its owner, with no data sent back: a fill-only READ per
     /// block, all owners at once, each one's share pipelined. Each block's result says where it
@@ -735,7 +739,8 @@ public final class ShoalClient: @unchecked Sendable {
     /// A worker fills one connection's blocks one at a time, each as the one before ends (a
     /// warm lane), so `inFlight` connections across the cluster are that many fills (store GETs)
     /// at once, with a couple of READs queued on each so that no GET waits on this process; the
-    /// lanes go where the blocks left to fill are. Nil: `connectionsPerWorker` lanes per worker.
+    /// lanes go where the blocks left to fill are, at most `maxLanesPerWorker` on a worker. Nil:
+    /// `connectionsPerWorker` lanes per worker.
     /// `answered` is told each block's result (by its index in `blocks`) as it comes.
     public func warm(_ blocks: [BlockOfFile], inFlight: Int? = nil,
                      answered: (Int, Result<BlockOrigin, ShoalError>) -> Void = { _, _ in }) throws(ShoalError) -> [Result<BlockOrigin, ShoalError>] {
@@ -1001,7 +1006,7 @@ public final class ShoalClient: @unchecked Sendable {
             var total = open.reduce(0, +)
             while total < budget {
                 var best: (worker: Int, perLane: Double)?
-                for w in workers.indices where queues[w].count > room[w] {
+                for w in workers.indices where queues[w].count > room[w] && open[w] < ShoalClient.maxLanesPerWorker {
                     let perLane = Double(queues[w].count + sent[w]) / Double(open[w] + 1)
                     if perLane > best?.perLane ?? -1 { best = (w, perLane) }
                 }

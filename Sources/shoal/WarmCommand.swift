@@ -21,7 +21,7 @@ struct WarmCommand: ParsableCommand {
     @Option(help: "Also warm the N prefixes read most over --since (shoal hot), e.g. yesterday's hot tables before the morning jobs.")
     var hot: Int?
     @Option(help: "With --hot: the window the reads are counted over.") var since = "24h"
-    @Option(help: "Store GETs at once across the cluster (a connection to a block's owner each).") var concurrency = 64
+    @Option(help: "Store GETs at once across the cluster (a connection to a block's owner each; at most 64 per worker).") var concurrency = 64
     @Option(help: "Cap on the bytes per second each store sends the cluster for this warm, e.g. 500MiB (blocks already cached do not count).")
     var bandwidth: String?
     @Flag(help: "Report what fraction of the dataset is cached; fetch nothing.") var check = false
