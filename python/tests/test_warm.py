@@ -143,6 +143,17 @@ def test_denied_missing_and_malformed_are_reported_by_name(cluster, bucket):
     r = shoal(cluster, "warm", f"s3://{bucket}/nothing-here/")
     assert r.returncode == 1 and f"nothing under s3://{bucket}/nothing-here/" in r.stderr
 
+    # A listing that fails says which prefix, and why, once: from a worker (a store it does not
+    # know) and from the client (no worker to ask).
+    rc, docs = warm(cluster, f"s3://nostore@{bucket}/d")
+    failed = docs[-1]["failed"]
+    assert rc == 1 and [f["code"] for f in failed] == ["unknown_store"], failed
+    assert failed[0]["url"] == f"s3://nostore@{bucket}/d" and failed[0]["error"].count("cannot list") == 1, failed
+    alone = dict(env_of(cluster), SHOAL_ETCD="", SHOAL_MEMBERS_FILE="", SHOAL_WORKERS="127.0.0.1:1")
+    r = subprocess.run([cluster.bin, "warm", f"s3://{bucket}/d"], env=alone, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"cannot list s3://{bucket}/d: no worker can be reached" in r.stderr, r.stderr
+    assert r.stderr.count("cannot list") == 1, r.stderr
+
     r = shoal(cluster, "warm", "gs://elsewhere/x")
     assert r.returncode == 2 and "s3://" in r.stderr
     r = shoal(cluster, "warm", f"s3://{bucket}/d", "--check", "--pin")
