@@ -2,6 +2,7 @@
 """Warm-up figures (`shoal warm`), on this machine, against three workers and SeaweedFS.
 
     .tools/venv/bin/python Perf/warm.py [--runs 3] [--large 2GiB] [--small 4000] [--concurrency 16]
+                                        [--store-core] [--only large|small]
 
 - Large objects (64 MiB): bytes per second a cold warm caches, as a ratio to the limit, ranged
   GETs of every 4 MiB block straight from SeaweedFS at the same concurrency (`shoal bench get`,
@@ -26,12 +27,17 @@ The warming process, the workers and SeaweedFS share this machine's two cores an
 workers also write every block to their cache disks, which the direct GETs do not. The CPU rows
 count what the store's, the workers' and the client's processes used in each (user and system,
 /proc), per GiB or per object: where the cores are shared, a warm's extra CPU is taken from the
-store. Medians of --runs. Writes warm.json and warm.md to --out (default .shoal/perf).
+store. Medians of --runs. Writes warm.json and warm.md to --out (default .shoal/perf); --store-core
+and --only add to the name (warm-store-core-small.json).
 
 --store-core runs SeaweedFS alone on CPU 0 (GOMAXPROCS=1) and the workers, the warm and the
 direct GETs on the other CPUs, as a store on hosts of its own would be: both sides then get the
 same store, and the figure says whether the warm keeps that store as busy as direct GETs do,
 rather than how much of a shared CPU it leaves the store. It writes warm-store-core.json and .md.
+
+The ratios are of the medians over the runs; "each run's" rows give the median of the runs' own
+ratios, whose two sides ran seconds apart: the machine's drift over minutes cancels in them.
+--only measures one kind (and skips the two-warms count), for longer runs of it.
 """
 import argparse
 import json
@@ -44,6 +50,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from python import read_env, sh  # noqa: E402
+from run import parse_size  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_PORT = 17970
@@ -105,6 +112,7 @@ def main():
     ap.add_argument("--small", type=int, default=4000, help="100 KiB objects per run")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--store-core", action="store_true", help="SeaweedFS alone on CPU 0, everything else on the other CPUs")
+    ap.add_argument("--only", choices=("large", "small"), help="measure one kind of object only")
     ap.add_argument("--out", default=os.path.join(ROOT, ".shoal", "perf"))
     args = ap.parse_args()
     for name in ("runs", "small", "concurrency"):
@@ -123,12 +131,17 @@ def main():
     subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
     # Cold means cold: no cache, no objects and no state from an earlier run.
     shutil.rmtree(work, ignore_errors=True)
-    capacity = "4GiB"  # every run's warms stay cached: nothing is evicted
+    kinds = (args.only,) if args.only else ("large", "small")
+    large_bytes = parse_size(args.large)
+    small_bytes = args.small * 102400
+    # Every run's warms stay cached, nothing is evicted: each worker holds about a third of them,
+    # with room for uneven placement and the cache's own regions (the caches are preallocated).
+    warmed = args.runs * ((large_bytes if "large" in kinds else 0) + (small_bytes if "small" in kinds else 0) + (0 if args.only else 256 << 20))
+    capacity = f"{max(4 << 30, int(warmed / 3 * 1.4) + (1 << 30)) >> 20}MiB"
     sh([os.path.join(ROOT, "Tools", "cluster.sh"), "start", "--workers", "3", "--dir", work, "--port", str(BASE_PORT), "--capacity", capacity],
        env=dict(os.environ, SHOAL_BIN=shoal_bin, **({"GOMAXPROCS": "1"} if args.store_core else {})))
     env = dict(os.environ, **read_env(os.path.join(work, "cluster.env")))
     c = args.concurrency
-    small_bytes = args.small * 102400
     results = {k + side + cpu: [] for k in ("large", "small") for side in ("", "Direct", "Floor") for cpu in ("", "Cpu")}
     results.update({"getsPerBlock": [], "bytesHere": [], "bytesWarmed": []})
     # The store's and the workers' processes: their CPU is counted with the client's.
@@ -145,10 +158,12 @@ def main():
             # a populate otherwise shares the machine with the kernel's writeback).
             sides = ("warm", "direct", "floor")[i % 3:] + ("warm", "direct", "floor")[:i % 3]
             for kind, size, each in (("large", args.large, "64MiB"), ("small", str(small_bytes), "100KiB")):
+                if kind not in kinds:
+                    continue
                 for side in sides:
                     sh([shoal_bin, "bench", "populate", f"s3://warmperf/{kind}-{side}-{i}", "--size", size, "--object-size", each], env=env)
             os.sync()
-            for kind in ("large", "small"):
+            for kind in kinds:
                 for side in sides:
                     # Large: bytes per second and CPU seconds per GiB; small: objects per second
                     # and CPU milliseconds per object.
@@ -166,6 +181,8 @@ def main():
                     if kind == "large" and side == "warm":
                         results["bytesHere"].append(r["bytesReceivedHere"])
                         results["bytesWarmed"].append(r["bytes"])
+            if args.only:
+                continue
             # Two warms of one cold prefix at once.
             bucket = f"warmtwice{i}"
             sh([shoal_bin, "bench", "populate", f"s3://{bucket}/d", "--size", "256MiB", "--object-size", "16MiB"], env=env)
@@ -179,32 +196,35 @@ def main():
         subprocess.run([os.path.join(ROOT, "Tools", "cluster.sh"), "stop", "--dir", work], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)  # preallocated caches and the store's data: gigabytes
 
-    m = {k: statistics.median(v) for k, v in results.items()}
+    for kind in kinds:
+        results[kind + "RunRatio"] = [w / d for w, d in zip(results[kind], results[kind + "Direct"])]
+        results[kind + "FloorRunRatio"] = [f / d for f, d in zip(results[kind + "Floor"], results[kind + "Direct"])]
+    m = {k: statistics.median(v) for k, v in results.items() if v}
     m["runs"] = results
     os.makedirs(args.out, exist_ok=True)
-    name = "warm-store-core" if args.store_core else "warm"
+    name = ("warm-store-core" if args.store_core else "warm") + (f"-{args.only}" if args.only else "")
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(m, f, indent=2)
-    lines = ["| figure | Shoal | limit | ratio | goal |", "|---|---|---|---|---|",
-             f"| warm of 64 MiB objects, GB/s / direct 4 MiB GETs at concurrency {c} | {m['large'] / 1e9:.2f} | {m['largeDirect'] / 1e9:.2f} | "
-             f"{m['large'] / m['largeDirect']:.2f} | >= 0.9 |",
-             f"| warm of 100 KiB objects, objects/s / direct GETs at concurrency {c} | {m['small']:.0f} | {m['smallDirect']:.0f} | "
-             f"{m['small'] / m['smallDirect']:.2f} | >= 0.9 |",
-             f"| the least a warm must do (direct GETs, each block written O_DIRECT), 64 MiB objects, GB/s / direct GETs | "
-             f"{m['largeFloor'] / 1e9:.2f} | {m['largeDirect'] / 1e9:.2f} | {m['largeFloor'] / m['largeDirect']:.2f} | |",
-             f"| the same, 100 KiB objects, objects/s / direct GETs | {m['smallFloor']:.0f} | {m['smallDirect']:.0f} | "
-             f"{m['smallFloor'] / m['smallDirect']:.2f} | |",
-             f"| warm / the least a warm must do: 64 MiB objects, 100 KiB objects | | | "
-             f"{m['large'] / m['largeFloor']:.2f}, {m['small'] / m['smallFloor']:.2f} | |",
-             f"| CPU seconds per GiB, 64 MiB objects (store, workers and client together) | {m['largeCpu']:.2f} | {m['largeDirectCpu']:.2f} | "
-             f"{m['largeCpu'] / m['largeDirectCpu']:.2f} | |",
-             f"| CPU milliseconds per 100 KiB object (store, workers and client together) | {m['smallCpu']:.2f} | {m['smallDirectCpu']:.2f} | "
-             f"{m['smallCpu'] / m['smallDirectCpu']:.2f} | |",
-             f"| the same CPU, the least a warm must do / direct GETs: per GiB, per 100 KiB object | | | "
-             f"{m['largeFloorCpu'] / m['largeDirectCpu']:.2f}, {m['smallFloorCpu'] / m['smallDirectCpu']:.2f} | |",
-             f"| store GETs per block, two warms of one cold prefix at once | {m['getsPerBlock']:.3f} | 1 | | exactly 1.0 |",
-             f"| bytes read by the warming process / bytes warmed (64 MiB objects) | {m['bytesHere']:.0f} | {m['bytesWarmed']:.0f} | "
-             f"{m['bytesHere'] / m['bytesWarmed']:.5f} | requests and answers only |"]
+    lines = ["| figure | Shoal | limit | ratio | goal |", "|---|---|---|---|---|"]
+    for kind in kinds:
+        large = kind == "large"
+        what, rate = ("64 MiB objects, GB/s", lambda v: f"{v / 1e9:.2f}") if large else ("100 KiB objects, objects/s", lambda v: f"{v:.0f}")
+        runs = ", ".join(f"{r:.2f}" for r in results[kind + "RunRatio"])
+        lines += [f"| warm of {what} / direct {'4 MiB ' if large else ''}GETs at concurrency {c} | {rate(m[kind])} | {rate(m[kind + 'Direct'])} | "
+                  f"{m[kind] / m[kind + 'Direct']:.2f} | >= 0.9 |",
+                  f"| the same, each run's warm / its direct GETs: median (runs {runs}) | | | {m[kind + 'RunRatio']:.2f} | >= 0.9 |",
+                  f"| the least a warm must do (direct GETs, each block written O_DIRECT), {what} / direct GETs | "
+                  f"{rate(m[kind + 'Floor'])} | {rate(m[kind + 'Direct'])} | {m[kind + 'Floor'] / m[kind + 'Direct']:.2f} | |",
+                  f"| warm / the least a warm must do, {what.split(',')[0]} | | | {m[kind] / m[kind + 'Floor']:.2f} | |",
+                  (f"| CPU seconds per GiB, 64 MiB objects (store, workers and client together) | {m['largeCpu']:.2f} | {m['largeDirectCpu']:.2f} | "
+                   if large else
+                   f"| CPU milliseconds per 100 KiB object (store, workers and client together) | {m['smallCpu']:.2f} | {m['smallDirectCpu']:.2f} | ")
+                  + f"{m[kind + 'Cpu'] / m[kind + 'DirectCpu']:.2f} | |",
+                  f"| the same CPU, the least a warm must do / direct GETs | | | {m[kind + 'FloorCpu'] / m[kind + 'DirectCpu']:.2f} | |"]
+    if not args.only:
+        lines += [f"| store GETs per block, two warms of one cold prefix at once | {m['getsPerBlock']:.3f} | 1 | | exactly 1.0 |",
+                  f"| bytes read by the warming process / bytes warmed (64 MiB objects) | {m['bytesHere']:.0f} | {m['bytesWarmed']:.0f} | "
+                  f"{m['bytesHere'] / m['bytesWarmed']:.5f} | requests and answers only |"]
     text = "\n".join(lines)
     if args.store_core:
         text = f"SeaweedFS alone on CPU 0; workers, warm and direct GETs on CPUs {others}\n\n" + text
