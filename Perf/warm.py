@@ -208,14 +208,15 @@ def main():
     lines = ["| figure | Shoal | limit | ratio | goal |", "|---|---|---|---|---|"]
     for kind in kinds:
         large = kind == "large"
-        what, rate = ("64 MiB objects, GB/s", lambda v: f"{v / 1e9:.2f}") if large else ("100 KiB objects, objects/s", lambda v: f"{v:.0f}")
+        objects, unit, rate = ("64 MiB objects", "GB/s", lambda v: f"{v / 1e9:.2f}") if large else ("100 KiB objects", "objects/s", lambda v: f"{v:.0f}")
+        what = f"{objects}, {unit}"
         runs = ", ".join(f"{r:.2f}" for r in results[kind + "RunRatio"])
         lines += [f"| warm of {what} / direct {'4 MiB ' if large else ''}GETs at concurrency {c} | {rate(m[kind])} | {rate(m[kind + 'Direct'])} | "
                   f"{m[kind] / m[kind + 'Direct']:.2f} | >= 0.9 |",
                   f"| the same, each run's warm / its direct GETs: median (runs {runs}) | | | {m[kind + 'RunRatio']:.2f} | >= 0.9 |",
                   f"| the least a warm must do (direct GETs, each block written O_DIRECT), {what} / direct GETs | "
                   f"{rate(m[kind + 'Floor'])} | {rate(m[kind + 'Direct'])} | {m[kind + 'Floor'] / m[kind + 'Direct']:.2f} | |",
-                  f"| warm / the least a warm must do, {what.split(',')[0]} | | | {m[kind] / m[kind + 'Floor']:.2f} | |",
+                  f"| warm / the least a warm must do, {objects} | | | {m[kind] / m[kind + 'Floor']:.2f} | |",
                   (f"| CPU seconds per GiB, 64 MiB objects (store, workers and client together) | {m['largeCpu']:.2f} | {m['largeDirectCpu']:.2f} | "
                    if large else
                    f"| CPU milliseconds per 100 KiB object (store, workers and client together) | {m['smallCpu']:.2f} | {m['smallDirectCpu']:.2f} | ")

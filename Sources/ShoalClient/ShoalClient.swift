@@ -517,12 +517,22 @@ public final class ShoalClient: @unchecked Sendable {
 
     /// One page of the objects under `prefix` (sorted by key; `continuation` nil on the last
     /// page), listed by a worker with its store's credentials. The versions it gives can open
-    /// objects with no STAT (`open(_:version:)`).
+    /// objects with no STAT (`open(_:version:)`). Its errors say "cannot list s3://…: " first.
     public func list(store: String = "default", bucket: String, prefix: String, continuation: String? = nil) throws(ShoalError) -> ObjectListing {
+        do throws(ShoalError) {
+            return try listPage(store: store, bucket: bucket, prefix: prefix, continuation: continuation)
+        } catch {
+            let named = prefix.utf8.count <= WireLimits.maxKey ? prefix : prefix.prefix(64) + "…"
+            let url = ObjectPrefix(store: store, bucket: bucket, prefix: named)
+            throw ShoalError(error.code, "cannot list \(url): \(error.message)")
+        }
+    }
+
+    private func listPage(store: String, bucket: String, prefix: String, continuation: String?) throws(ShoalError) -> ObjectListing {
         guard (1...WireLimits.maxStoreName).contains(store.utf8.count), (1...WireLimits.maxBucket).contains(bucket.utf8.count),
               prefix.utf8.count <= WireLimits.maxKey, (continuation?.utf8.count ?? 0) <= ListRequest.maxContinuation
         else {
-            throw ShoalError(.badRequest, "cannot list s3://\(store == "default" ? "" : store + "@")\(bucket)/\(prefix.prefix(64)): the store name must be 1-\(WireLimits.maxStoreName) bytes, the bucket 1-\(WireLimits.maxBucket) and the prefix at most \(WireLimits.maxKey)")
+            throw ShoalError(.badRequest, "the store name must be 1-\(WireLimits.maxStoreName) bytes, the bucket 1-\(WireLimits.maxBucket) and the prefix at most \(WireLimits.maxKey)")
         }
         let request = ListRequest(store: store, bucket: bucket, prefix: prefix, continuation: continuation)
         let r = current()
@@ -533,7 +543,7 @@ public final class ShoalClient: @unchecked Sendable {
         var failed = Set<Int>()
         while true {
             guard let worker = route(r, id, avoiding: failed) ?? r.ids.indices.first(where: { !failed.contains($0) && !isDown(r.ids[$0]) }) else {
-                throw ShoalError(.connectionFailed, "cannot list s3://\(bucket)/\(prefix): no worker can be reached")
+                throw ShoalError(.connectionFailed, "no worker can be reached")
             }
             let answer: Result<ObjectListing, ShoalError>
             do { answer = try ask(r, worker) { c throws(ShoalError) in try c.list(request) } } catch {

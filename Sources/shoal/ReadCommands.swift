@@ -134,7 +134,7 @@ struct LsCommand: ParsableCommand {
         } catch {
             throw fail(error.message)
         }
-        if let f = summary.listingFailures.first { throw fail(listingFailure(f.prefix, f.error)) }
+        if let f = summary.listingFailures.first { throw fail(f.error.message) }
         guard !summary.objects.isEmpty else { throw fail("nothing under \(prefix)") }
         for o in summary.objects {
             let percent = o.file.size == 0 ? 100 : 100 * Double(o.bytesResident) / Double(o.file.size)

@@ -89,7 +89,7 @@ struct WarmCommand: ParsableCommand {
         if output.json {
             // The JSON is for programs; what went wrong is said to people too.
             for e in summary.emptyPrefixes { note("shoal: error: nothing under \(e)") }
-            for f in summary.listingFailures { note("shoal: error: \(listingFailure(f.prefix, f.error))") }
+            for f in summary.listingFailures { note("shoal: error: \(f.error.message)") }
             let failed = summary.failed
             if let first = failed.first {
                 note("shoal: error: \(failed.count) object(s) failed; the first: \(first.url): \(first.failure!.message)")
@@ -266,7 +266,7 @@ final class WarmOutput {
         for o in doc.failed.prefix(20) { lines.append("  \(o.url): \(o.error)") }
         if doc.failed.count > 20 { lines.append("  … and \(doc.failed.count - 20) more (--json lists them all)") }
         for e in s.emptyPrefixes { lines.append("nothing under \(e)") }
-        for f in s.listingFailures { lines.append(listingFailure(f.prefix, f.error)) }
+        for f in s.listingFailures { lines.append(f.error.message) }
         lines.append("in \(WarmOutput.duration(p.seconds)); this process received \(ByteSize.format(doc.bytesReceivedHere)) in all")
         write(lines.joined(separator: "\n") + "\n")
     }
@@ -364,7 +364,7 @@ final class WarmOutput {
                 alreadyCached = Count(objects: p.objectsAlreadyCached, bytes: p.bytesAlreadyCached)
             }
             failed = s.failed.map { Failure(url: $0.url, code: $0.failure!.code.label, error: $0.failure!.message) }
-                + s.listingFailures.map { Failure(url: $0.prefix.description, code: $0.error.code.label, error: listingFailure($0.prefix, $0.error)) }
+                + s.listingFailures.map { Failure(url: $0.prefix.description, code: $0.error.code.label, error: $0.error.message) }
             emptyPrefixes = s.emptyPrefixes.map(\.description)
             blocksFromStore = p.blocksFromStore
             blocksFromPeers = p.blocksFromPeers
@@ -375,9 +375,4 @@ final class WarmOutput {
             bytesReceivedHere = ProcessIO.bytesRead() ?? 0
         }
     }
-}
-
-/// Why listing `prefix` failed, naming it once (the client's own errors name it already).
-func listingFailure(_ prefix: ObjectPrefix, _ error: ShoalError) -> String {
-    error.message.hasPrefix("cannot list ") ? error.message : "cannot list \(prefix): \(error.message)"
 }
